@@ -1,0 +1,259 @@
+//! The audit record and the hash chain over it. Pure: storing records is the store's job.
+//!
+//! Each record is encoded canonically (compact JSON, fields in the fixed order of
+//! [`AuditRecord`], no maps), and its hash is `SHA-256(prev_hash || "\n" || encoding)`.
+//! The first record's `prev_hash` is [`GENESIS`]. The record carries its own `seq`,
+//! so moving a record to another position breaks the chain even if its bytes are intact.
+//! Schema version: [`AuditRecord::SCHEMA`]; add fields only at the end, as `Option`s.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of the first record in a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Which moment of a request a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Written durably before anything reaches the upstream (or as the only record of a denial).
+    Decided,
+    /// Written when the upstream's answer has been handled.
+    Completed,
+}
+
+/// One entry of the audit log. Secrets never appear here: only their owners' names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Version of this schema.
+    pub v: u32,
+    /// Position in the chain, from 1. Assigned by the store.
+    pub seq: u64,
+    /// RFC 3339 UTC time the record was made.
+    pub time: String,
+    pub request_id: String,
+    pub phase: Phase,
+    /// Authenticated subject, or `anonymous` / `unauthenticated` when authentication failed.
+    pub identity: String,
+    pub groups: Vec<String>,
+    /// human / agent / service, when authenticated.
+    pub kind: Option<String>,
+    /// The source the request was routed to, or the target the client named if none matched.
+    pub source: String,
+    /// API method as the wire names it (`jobs.query`, `tabledata.list`, …).
+    pub method: String,
+    /// The full statement, never truncated.
+    pub statement: Option<String>,
+    /// The table a direct read or metadata call addressed.
+    pub table: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// Why: the denial message, or the rule that allowed it.
+    pub reason: Option<String>,
+    pub job_id: Option<String>,
+    /// Status returned to the client (HTTP status for REST fronts). Unset in `decided` records of allowed requests.
+    pub status: Option<u16>,
+    /// Error text returned to the client, if any (upstream or gateway).
+    pub error: Option<String>,
+    pub rows: Option<u64>,
+    pub bytes_processed: Option<u64>,
+    pub bytes_billed: Option<u64>,
+    pub duration_ms: Option<f64>,
+    pub user_agent: Option<String>,
+    pub peer: Option<String>,
+}
+
+impl AuditRecord {
+    pub const SCHEMA: u32 = 1;
+
+    /// The canonical encoding the chain hashes.
+    pub fn canonical(&self) -> String {
+        // Serializing a struct of strings, numbers and options cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The hash of a record given its predecessor's hash and its canonical encoding.
+pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(canonical.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// One stored row of the chain, as read back for verification.
+#[derive(Debug, Clone)]
+pub struct ChainRow {
+    pub seq: u64,
+    pub record: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What is wrong with the first bad record of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub seq: u64,
+    pub problem: String,
+}
+
+/// Walks a chain in stored order and stops at the first record that does not fit.
+///
+/// Detects: an edited record (hash mismatch), a deleted record (gap in `seq` or
+/// `prev_hash` mismatch), an inserted record (`seq` or link mismatch), and reordering
+/// (the record's own `seq` differs from its position, or links mismatch).
+#[derive(Debug)]
+pub struct ChainVerifier {
+    expected_seq: u64,
+    prev_hash: String,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            expected_seq: 1,
+            prev_hash: GENESIS.to_string(),
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next row; `Err` names the first problem.
+    pub fn check(&mut self, row: &ChainRow) -> Result<(), ChainBreak> {
+        let fail = |problem: String| ChainBreak {
+            seq: row.seq,
+            problem,
+        };
+        if row.seq != self.expected_seq {
+            return Err(fail(format!(
+                "expected record {} here, found {} (a record was deleted, inserted or moved)",
+                self.expected_seq, row.seq
+            )));
+        }
+        if row.prev_hash != self.prev_hash {
+            return Err(fail(
+                "prev_hash does not match the previous record's hash (a record before it was removed, inserted or changed)".into(),
+            ));
+        }
+        let computed = chain_hash(&row.prev_hash, &row.record);
+        if computed != row.hash {
+            return Err(fail(
+                "hash does not match the record's content (the record was edited)".into(),
+            ));
+        }
+        let inner_seq = serde_json::from_str::<serde_json::Value>(&row.record)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
+        if inner_seq != Some(row.seq) {
+            return Err(fail(format!(
+                "the record says it is number {inner_seq:?}, but it is stored as {} (records were reordered)",
+                row.seq
+            )));
+        }
+        self.expected_seq += 1;
+        self.prev_hash = row.hash.clone();
+        Ok(())
+    }
+
+    /// Number of records checked so far.
+    pub fn count(&self) -> u64 {
+        self.expected_seq - 1
+    }
+
+    pub fn head(&self) -> &str {
+        &self.prev_hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, statement: &str) -> AuditRecord {
+        AuditRecord {
+            v: AuditRecord::SCHEMA,
+            seq,
+            time: "2026-11-27T00:00:00Z".into(),
+            request_id: format!("r{seq}"),
+            phase: Phase::Decided,
+            identity: "agent:x".into(),
+            groups: vec!["agents".into()],
+            kind: Some("agent".into()),
+            source: "analytics".into(),
+            method: "jobs.query".into(),
+            statement: Some(statement.into()),
+            table: None,
+            decision: "allow".into(),
+            reason: None,
+            job_id: None,
+            status: None,
+            error: None,
+            rows: None,
+            bytes_processed: None,
+            bytes_billed: None,
+            duration_ms: None,
+            user_agent: None,
+            peer: None,
+        }
+    }
+
+    fn chain(n: u64) -> Vec<ChainRow> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let rec = record(seq, &format!("SELECT {seq}")).canonical();
+                let hash = chain_hash(&prev, &rec);
+                let row = ChainRow {
+                    seq,
+                    record: rec,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                row
+            })
+            .collect()
+    }
+
+    fn first_break(rows: &[ChainRow]) -> Option<ChainBreak> {
+        let mut v = ChainVerifier::default();
+        rows.iter().find_map(|r| v.check(r).err())
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        assert_eq!(first_break(&chain(5)), None);
+    }
+
+    #[test]
+    fn edit_is_named() {
+        let mut rows = chain(5);
+        rows[2].record = rows[2].record.replace("SELECT 3", "SELECT 4");
+        assert_eq!(first_break(&rows).map(|b| b.seq), Some(3));
+    }
+
+    #[test]
+    fn deletion_is_named() {
+        let mut rows = chain(5);
+        rows.remove(1);
+        assert_eq!(first_break(&rows).map(|b| b.seq), Some(3));
+    }
+
+    #[test]
+    fn reorder_is_named() {
+        let mut rows = chain(5);
+        // Swap contents of 2 and 4 but keep positions' seq numbers (what an UPDATE would do).
+        let (a, b) = (rows[1].clone(), rows[3].clone());
+        rows[1] = ChainRow { seq: 2, ..b };
+        rows[3] = ChainRow { seq: 4, ..a };
+        assert_eq!(first_break(&rows).map(|b| b.seq), Some(2));
+    }
+
+    #[test]
+    fn canonical_encoding_is_stable() {
+        let r = record(1, "SELECT 1");
+        assert_eq!(r.canonical(), r.clone().canonical());
+        assert!(r.canonical().starts_with("{\"v\":1,\"seq\":1,"));
+    }
+}

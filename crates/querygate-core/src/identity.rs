@@ -1,0 +1,33 @@
+//! Who is asking: the authenticated identity of a request.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of principal an identity is, so an auditor can tell AI traffic from people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    Human,
+    #[default]
+    Agent,
+    Service,
+}
+
+/// An authenticated principal. Produced only by the pipeline's `authenticate` stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Stable name recorded in the audit log, e.g. `agent:claude-code`.
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub kind: IdentityKind,
+}
+
+impl Identity {
+    /// The kind implied by a subject's prefix (`agent:`, `human:`/`user:`, `service:`/`ci:`).
+    pub fn kind_from_subject(subject: &str) -> IdentityKind {
+        match subject.split_once(':').map(|(p, _)| p) {
+            Some("human" | "user") => IdentityKind::Human,
+            Some("service" | "ci" | "svc") => IdentityKind::Service,
+            _ => IdentityKind::Agent,
+        }
+    }
+}

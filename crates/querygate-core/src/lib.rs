@@ -1,0 +1,18 @@
+//! querygate's vocabulary: the small types every stage of the pipeline shares.
+//!
+//! An *identity* makes a *request* to a *source*; the pipeline reaches a *decision*,
+//! and the front renders the *outcome*. Every request leaves *audit records*.
+//! This crate holds data only: no IO, no async, no policy. Anything that needs a
+//! socket, a file or a clock lives elsewhere.
+
+pub mod audit;
+pub mod decision;
+pub mod identity;
+pub mod request;
+pub mod secret;
+
+pub use audit::{AuditRecord, Phase};
+pub use decision::{Decision, Denial, DenialKind, Fault, FaultCause};
+pub use identity::{Identity, IdentityKind};
+pub use request::{Action, ClientInfo, Request, RequestId};
+pub use secret::Secret;

@@ -1,0 +1,82 @@
+//! What the pipeline needs from a source, and the [`Admitted`] token that guards it.
+//!
+//! A source (the BigQuery upstream, later PostgreSQL and the embedded engine) runs
+//! only an `Admitted` call. `Admitted::new` is private to this crate, so the only
+//! code path that can produce one is `Pipeline::handle`, after the decided record
+//! is durable.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use querygate_core::{Fault, Identity};
+
+/// A call the pipeline has authenticated, decided, and audited.
+#[derive(Debug)]
+pub struct Admitted<C> {
+    call: C,
+    identity: Identity,
+}
+
+impl<C> Admitted<C> {
+    pub(crate) fn new(call: C, identity: Identity) -> Self {
+        Admitted { call, identity }
+    }
+
+    pub fn call(&self) -> &C {
+        &self.call
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn into_call(self) -> C {
+        self.call
+    }
+}
+
+/// What the pipeline learns from a reply, for the audit log and the job table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Status returned to the client.
+    pub status: u16,
+    pub rows: Option<u64>,
+    pub bytes_processed: Option<u64>,
+    pub bytes_billed: Option<u64>,
+    pub job_id: Option<String>,
+    /// The job's result table, when the reply names one.
+    pub destination: Option<String>,
+    /// The result schema as JSON, when the reply carries one.
+    pub schema: Option<String>,
+    /// The error the reply carries (upstream HTTP error or job error).
+    pub error: Option<String>,
+}
+
+/// What an identity may see of a reply.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Jobs the identity owns on this source (for job listings).
+    pub owned_jobs: HashSet<String>,
+}
+
+/// A source's answer, before the front renders it.
+pub trait Reply: Send {
+    fn summary(&self) -> Summary;
+    /// Removes from the reply what `scope` does not allow the identity to see.
+    fn restrict(&mut self, scope: &Scope);
+}
+
+/// Something the gateway forwards admitted calls to.
+pub trait Source: Send + Sync {
+    /// The source-specific request (for BigQuery: the HTTP call to forward).
+    type Call: Send;
+    type Reply: Reply;
+
+    /// The source's configured name, recorded in the audit log.
+    fn name(&self) -> &str;
+
+    fn execute(
+        &self,
+        call: Admitted<Self::Call>,
+    ) -> impl Future<Output = Result<Self::Reply, Fault>> + Send;
+}

@@ -1,0 +1,178 @@
+//! The store: the audit chain and job ownership, in one SQLite file (WAL).
+//!
+//! Writes go through one writer thread that commits whatever is queued in one
+//! transaction (group commit) with `synchronous = FULL`, so a returned `append`
+//! means the record is on disk. The writer reads the chain head inside each
+//! `BEGIN IMMEDIATE` transaction, so several gateway processes sharing the file
+//! still build one chain. Reads use their own connection and never wait for the writer.
+//! This crate knows nothing of HTTP, policy or SQL.
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+
+use querygate_core::AuditRecord;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+pub use reader::{AuditFilter, Reader, VerifyReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("audit store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("audit store writer has stopped")]
+    WriterGone,
+    #[error("audit store {path}: {message}")]
+    Failed { path: String, message: String },
+}
+
+/// A job created through the gateway, and who owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub source: String,
+    pub job_id: String,
+    pub identity: String,
+    /// `project.dataset.table` of the job's destination (BigQuery anonymous result table).
+    pub destination: Option<String>,
+    /// Result schema as the upstream sent it (JSON), kept for pages that arrive without one.
+    pub schema: Option<String>,
+}
+
+enum Op {
+    Append {
+        record: Box<AuditRecord>,
+        ack: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    ClaimJob {
+        job: JobRow,
+        ack: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// Handle to the store used by a running gateway. Cheap to share behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    ops: mpsc::Sender<Op>,
+    reads: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = sqlite_err(path);
+        let write_conn = schema::open(path).map_err(&err)?;
+        let reads = schema::open(path).map_err(&err)?;
+        let (tx, rx) = mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("querygate-store".into())
+            .spawn(move || writer::run(write_conn, p, rx))
+            .map_err(|e| StoreError::Failed {
+                path: path.display().to_string(),
+                message: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            ops: tx,
+            reads: Mutex::new(reads),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a record to the chain; returns its `seq` once it is durable.
+    pub async fn append(&self, record: AuditRecord) -> Result<u64, StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.ops
+            .send(Op::Append {
+                record: Box::new(record),
+                ack,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        done.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Records (or updates) a job's owner, destination and schema durably.
+    /// An existing owner is never replaced.
+    pub async fn claim_job(&self, job: JobRow) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.ops
+            .send(Op::ClaimJob { job, ack })
+            .map_err(|_| StoreError::WriterGone)?;
+        done.await.map_err(|_| StoreError::WriterGone)?.map(|_| ())
+    }
+
+    /// The job with this id on this source, if the gateway created it.
+    pub fn job(&self, source: &str, job_id: &str) -> Result<Option<JobRow>, StoreError> {
+        let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        conn.prepare_cached(
+            "SELECT source, job_id, identity, destination, schema FROM jobs WHERE source = ?1 AND job_id = ?2",
+        )
+        .and_then(|mut st| st.query_row(params![source, job_id], job_row).optional())
+        .map_err(sqlite_err(&self.path))
+    }
+
+    /// Whether `identity` owns a job on `source` whose destination is `table`.
+    pub fn owns_destination(
+        &self,
+        source: &str,
+        identity: &str,
+        table: &str,
+    ) -> Result<bool, StoreError> {
+        let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        conn.prepare_cached(
+            "SELECT 1 FROM jobs WHERE source = ?1 AND identity = ?2 AND destination = ?3 LIMIT 1",
+        )
+        .and_then(|mut st| st.exists(params![source, identity, table]))
+        .map_err(sqlite_err(&self.path))
+    }
+
+    /// Ids of every job `identity` owns on `source`.
+    pub fn jobs_of(&self, source: &str, identity: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = conn
+            .prepare_cached("SELECT job_id FROM jobs WHERE source = ?1 AND identity = ?2")
+            .map_err(sqlite_err(&self.path))?;
+        let ids = st
+            .query_map(params![source, identity], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sqlite_err(&self.path))?;
+        Ok(ids)
+    }
+}
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        source: r.get(0)?,
+        job_id: r.get(1)?,
+        identity: r.get(2)?,
+        destination: r.get(3)?,
+        schema: r.get(4)?,
+    })
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;

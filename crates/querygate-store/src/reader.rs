@@ -1,0 +1,141 @@
+//! Reading the audit log back: search, tail, export and chain verification.
+//!
+//! Used by the `querygate audit` commands, which may run while a gateway is writing
+//! (WAL lets readers proceed). Reads never change the file.
+
+use std::path::Path;
+
+use querygate_core::AuditRecord;
+use querygate_core::audit::{ChainBreak, ChainRow, ChainVerifier};
+use rusqlite::{Connection, params};
+
+use crate::{StoreError, schema, sqlite_err};
+
+/// Which records to return. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub identity: Option<String>,
+    pub source: Option<String>,
+    pub method: Option<String>,
+    pub decision: Option<String>,
+    pub job_id: Option<String>,
+    /// Only records at or after this RFC 3339 time (string comparison of UTC times).
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+impl AuditFilter {
+    fn matches(&self, r: &AuditRecord) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        eq(&self.identity, &r.identity)
+            && eq(&self.source, &r.source)
+            && eq(&self.method, &r.method)
+            && eq(&self.decision, &r.decision)
+            && self
+                .job_id
+                .as_deref()
+                .is_none_or(|j| r.job_id.as_deref() == Some(j))
+            && self.since.as_deref().is_none_or(|s| r.time.as_str() >= s)
+            && self.until.as_deref().is_none_or(|u| r.time.as_str() <= u)
+    }
+}
+
+/// The result of a successful verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub head: String,
+}
+
+/// Read-only access to a store file.
+pub struct Reader {
+    conn: Connection,
+    path: String,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Failed {
+                path: path.display().to_string(),
+                message: "no such file (has the gateway run with this config?)".into(),
+            });
+        }
+        let conn = schema::open_existing(path).map_err(sqlite_err(path))?;
+        Ok(Reader {
+            conn,
+            path: path.display().to_string(),
+        })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Calls `each` for every record matching `filter`, in chain order.
+    /// With `last = Some(n)`, only the last `n` matching records.
+    pub fn records(
+        &self,
+        filter: &AuditFilter,
+        last: Option<usize>,
+        mut each: impl FnMut(&AuditRecord),
+    ) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, record FROM audit_log ORDER BY seq")
+            .map_err(self.err())?;
+        let mut rows = st.query(params![]).map_err(self.err())?;
+        let mut tail = std::collections::VecDeque::new();
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let seq: i64 = row.get(0).map_err(self.err())?;
+            let text: String = row.get(1).map_err(self.err())?;
+            let record: AuditRecord =
+                serde_json::from_str(&text).map_err(|e| StoreError::Failed {
+                    path: self.path.clone(),
+                    message: format!("record {seq} is not a valid audit record: {e}"),
+                })?;
+            if !filter.matches(&record) {
+                continue;
+            }
+            match last {
+                Some(n) => {
+                    tail.push_back(record);
+                    if tail.len() > n {
+                        tail.pop_front();
+                    }
+                }
+                None => each(&record),
+            }
+        }
+        tail.iter().for_each(each);
+        Ok(())
+    }
+
+    /// Walks the whole chain. `Ok(Err(break))` names the first bad record.
+    pub fn verify(&self) -> Result<Result<VerifyReport, ChainBreak>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")
+            .map_err(self.err())?;
+        let mut rows = st.query(params![]).map_err(self.err())?;
+        let mut verifier = ChainVerifier::default();
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let chain_row = ChainRow {
+                seq: row.get::<_, i64>(0).map_err(self.err())? as u64,
+                record: row.get(1).map_err(self.err())?,
+                prev_hash: row.get(2).map_err(self.err())?,
+                hash: row.get(3).map_err(self.err())?,
+            };
+            if let Err(b) = verifier.check(&chain_row) {
+                return Ok(Err(b));
+            }
+        }
+        Ok(Ok(VerifyReport {
+            records: verifier.count(),
+            head: verifier.head().to_string(),
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! Store tests: durability of appends, the chain on disk, and tamper detection
+//! through the same SQL an attacker with the file would run.
+
+use super::*;
+use querygate_core::Phase;
+
+fn record(statement: &str) -> AuditRecord {
+    AuditRecord {
+        v: AuditRecord::SCHEMA,
+        seq: 0,
+        time: "2026-11-27T10:00:00Z".into(),
+        request_id: "r".into(),
+        phase: Phase::Decided,
+        identity: "agent:x".into(),
+        groups: vec![],
+        kind: None,
+        source: "s".into(),
+        method: "jobs.query".into(),
+        statement: Some(statement.into()),
+        table: None,
+        decision: "allow".into(),
+        reason: None,
+        job_id: None,
+        status: None,
+        error: None,
+        rows: None,
+        bytes_processed: None,
+        bytes_billed: None,
+        duration_ms: None,
+        user_agent: None,
+        peer: None,
+    }
+}
+
+async fn store_with(n: usize) -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::open(&path).expect("open");
+    let mut handles = Vec::new();
+    let store = std::sync::Arc::new(store);
+    for i in 1..=n {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            s.append(record(&format!("SELECT {i}"))).await
+        }));
+    }
+    for h in handles {
+        h.await.expect("join").expect("append");
+    }
+    (dir, path)
+}
+
+fn verify(path: &Path) -> Result<VerifyReport, querygate_core::audit::ChainBreak> {
+    Reader::open(path).expect("reader").verify().expect("read")
+}
+
+fn tamper(path: &Path, sql: &str) {
+    let conn = Connection::open(path).expect("open");
+    conn.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete; {sql}"
+    ))
+    .expect("tamper");
+}
+
+#[tokio::test]
+async fn concurrent_appends_form_one_chain() {
+    let (_d, path) = store_with(50).await;
+    let report = verify(&path).expect("intact");
+    assert_eq!(report.records, 50);
+    let mut seen = Vec::new();
+    Reader::open(&path)
+        .expect("reader")
+        .records(&AuditFilter::default(), Some(3), |r| seen.push(r.seq))
+        .expect("records");
+    assert_eq!(seen, vec![48, 49, 50]);
+}
+
+#[tokio::test]
+async fn triggers_refuse_update_and_delete() {
+    let (_d, path) = store_with(2).await;
+    let conn = Connection::open(&path).expect("open");
+    let e = conn
+        .execute("UPDATE audit_log SET record = 'x' WHERE seq = 1", [])
+        .expect_err("update refused");
+    assert!(e.to_string().contains("append-only"), "{e}");
+    assert!(conn.execute("DELETE FROM audit_log", []).is_err());
+}
+
+#[tokio::test]
+async fn edit_is_detected_and_named() {
+    let (_d, path) = store_with(5).await;
+    tamper(
+        &path,
+        "UPDATE audit_log SET record = replace(record, 'allow', 'deny') WHERE seq = 3",
+    );
+    assert_eq!(verify(&path).expect_err("edited").seq, 3);
+}
+
+#[tokio::test]
+async fn deletion_is_detected_and_named() {
+    let (_d, path) = store_with(5).await;
+    tamper(&path, "DELETE FROM audit_log WHERE seq = 2");
+    assert_eq!(verify(&path).expect_err("deleted").seq, 3);
+}
+
+#[tokio::test]
+async fn reorder_is_detected_and_named() {
+    let (_d, path) = store_with(5).await;
+    tamper(
+        &path,
+        "UPDATE audit_log SET seq = 100 WHERE seq = 2;
+         UPDATE audit_log SET seq = 2 WHERE seq = 4;
+         UPDATE audit_log SET seq = 4 WHERE seq = 100;",
+    );
+    assert_eq!(verify(&path).expect_err("reordered").seq, 2);
+}
+
+#[tokio::test]
+async fn insertion_is_detected_and_named() {
+    let (_d, path) = store_with(5).await;
+    // Make room at 3 (in two steps, so the primary key never collides), then copy row 2 there.
+    tamper(
+        &path,
+        "UPDATE audit_log SET seq = seq + 100 WHERE seq >= 3;
+         UPDATE audit_log SET seq = seq - 99 WHERE seq >= 103;
+         INSERT INTO audit_log (seq, record, prev_hash, hash)
+           SELECT 3, record, prev_hash, hash FROM audit_log WHERE seq = 2;",
+    );
+    assert_eq!(verify(&path).expect_err("inserted").seq, 3);
+}
+
+#[tokio::test]
+async fn job_claims_keep_the_first_owner() {
+    let dir = tempdir::Dir::new();
+    let store = Store::open(&dir.0.join("qg.db")).expect("open");
+    let job = |who: &str, dest: Option<&str>| JobRow {
+        source: "s".into(),
+        job_id: "j1".into(),
+        identity: who.into(),
+        destination: dest.map(Into::into),
+        schema: None,
+    };
+    store.claim_job(job("agent:a", None)).await.expect("claim");
+    store
+        .claim_job(job("agent:b", Some("p._anon.t")))
+        .await
+        .expect("claim");
+    let row = store.job("s", "j1").expect("read").expect("exists");
+    assert_eq!(row.identity, "agent:a");
+    assert_eq!(row.destination.as_deref(), Some("p._anon.t"));
+    assert!(
+        store
+            .owns_destination("s", "agent:a", "p._anon.t")
+            .expect("read")
+    );
+    assert!(
+        !store
+            .owns_destination("s", "agent:b", "p._anon.t")
+            .expect("read")
+    );
+    assert_eq!(store.jobs_of("s", "agent:a").expect("read"), vec!["j1"]);
+}
+
+/// A temporary directory removed on drop (no extra dependency for one helper).
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "qg-store-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ));
+            std::fs::create_dir_all(&p).expect("mkdir");
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

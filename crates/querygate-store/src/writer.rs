@@ -1,0 +1,104 @@
+//! The writer thread: group commit of audit records and job claims.
+//!
+//! It blocks for the first queued operation, takes whatever else is already queued
+//! (up to [`MAX_BATCH`]), applies them all in one `BEGIN IMMEDIATE` transaction and
+//! acknowledges each only after the commit. A failed batch fails every operation in
+//! it, so callers never believe an unwritten record is durable.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use querygate_core::audit::{GENESIS, chain_hash};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{Op, StoreError};
+
+const MAX_BATCH: usize = 512;
+
+pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut conn, &mut batch) {
+            Ok(results) => {
+                for (op, seq) in batch.into_iter().zip(results) {
+                    ack(op, Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "audit store write failed");
+                for op in batch {
+                    ack(
+                        op,
+                        Err(StoreError::Failed {
+                            path: path.display().to_string(),
+                            message: format!("write failed: {e}"),
+                        }),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn ack(op: Op, result: Result<u64, StoreError>) {
+    // A caller that stopped waiting is fine to ignore.
+    let _ = match op {
+        Op::Append { ack, .. } | Op::ClaimJob { ack, .. } => ack.send(result),
+    };
+}
+
+fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let head: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (last, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+        let mut seq = last as u64;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut claim = tx.prepare_cached(
+            "INSERT INTO jobs (source, job_id, identity, destination, schema) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (source, job_id) DO UPDATE SET
+                destination = COALESCE(excluded.destination, jobs.destination),
+                schema = COALESCE(excluded.schema, jobs.schema)",
+        )?;
+        for op in batch.iter_mut() {
+            match op {
+                Op::Append { record, .. } => {
+                    seq += 1;
+                    record.seq = seq;
+                    let encoded = record.canonical();
+                    let hash = chain_hash(&prev, &encoded);
+                    insert.execute(params![seq as i64, encoded, prev, hash])?;
+                    prev = hash;
+                    results.push(seq);
+                }
+                Op::ClaimJob { job, .. } => {
+                    claim.execute(params![
+                        job.source,
+                        job.job_id,
+                        job.identity,
+                        job.destination,
+                        job.schema
+                    ])?;
+                    results.push(0);
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
