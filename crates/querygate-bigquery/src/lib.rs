@@ -1,0 +1,21 @@
+//! The BigQuery REST v2 front and the `bigquery` upstream.
+//!
+//! - [`decode`]: HTTP request → protocol-neutral [`querygate_core::Request`] + [`Call`]. Pure.
+//! - [`render`]: pipeline outcome → HTTP response in BigQuery's own format. Pure.
+//! - [`routes`]: the axum service that reads bodies and wires decode → pipeline → render.
+//! - [`upstream`]: the [`BigQuerySource`] that executes admitted calls with the
+//!   gateway's own credential.
+//! - [`model`]: the parts of BigQuery's JSON the gateway reads.
+//!
+//! The front holds no policy: everything it refuses by itself is a decode result
+//! (`Malformed`) that the pipeline audits and denies like any other request.
+
+pub mod decode;
+pub mod model;
+pub mod render;
+pub mod routes;
+pub mod upstream;
+
+pub use decode::{Api, Call};
+pub use routes::{Front, router};
+pub use upstream::{BigQueryReply, BigQuerySource, UpstreamAuth};

@@ -59,7 +59,9 @@ pub fn decide(
             if let Some(why) = &facts.opaque {
                 deny(
                     DenialKind::Invalid,
-                    format!("{why}. querygate refuses SQL it cannot analyze; rewrite the statement"),
+                    format!(
+                        "{why}. querygate refuses SQL it cannot analyze; rewrite the statement"
+                    ),
                 )
             } else if facts.read_only() {
                 Decision::Allow

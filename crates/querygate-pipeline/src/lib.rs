@@ -282,9 +282,7 @@ impl Pipeline {
         reason: Option<String>,
     ) -> AuditRecord {
         let r = ctx.request;
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let now = audit_time(time::OffsetDateTime::now_utc());
         AuditRecord {
             v: AuditRecord::SCHEMA,
             seq: 0,
@@ -331,6 +329,21 @@ impl Pipeline {
             peer: r.client.peer.clone(),
         }
     }
+}
+
+/// RFC 3339 UTC with exactly six fractional digits, so that times sort as strings.
+pub fn audit_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
 }
 
 /// The HTTP-style status a denial is rendered with, recorded in the audit log.

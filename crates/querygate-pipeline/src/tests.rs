@@ -96,7 +96,11 @@ async fn allowed_query_reaches_source_and_is_audited_twice() {
         calls: AtomicUsize::new(0),
     };
     let out = p
-        .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "job-1")
+        .handle(
+            request(Some("key-a"), query("SELECT 1")),
+            Some(&src),
+            "job-1",
+        )
         .await;
     assert!(matches!(out, Outcome::Done(_)));
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
@@ -107,7 +111,11 @@ async fn allowed_query_reaches_source_and_is_audited_twice() {
     assert_eq!(recs[1].job_id.as_deref(), Some("job-1"));
     assert_eq!(recs[0].statement.as_deref(), Some("SELECT 1"));
     // The job is now owned by agent:a.
-    let job = p.store().job("echo", "job-1").expect("read").expect("claimed");
+    let job = p
+        .store()
+        .job("echo", "job-1")
+        .expect("read")
+        .expect("claimed");
     assert_eq!(job.identity, "agent:a");
 }
 
@@ -120,9 +128,21 @@ async fn bad_key_and_writes_never_reach_the_source() {
     };
     for (key, action, kind) in [
         (None, query("SELECT 1"), DenialKind::Unauthenticated),
-        (Some("wrong"), query("SELECT 1"), DenialKind::Unauthenticated),
-        (Some("key-a"), query("DELETE FROM d.t WHERE true"), DenialKind::Forbidden),
-        (Some("key-a"), query("SELECT 1; DROP TABLE d.t"), DenialKind::Forbidden),
+        (
+            Some("wrong"),
+            query("SELECT 1"),
+            DenialKind::Unauthenticated,
+        ),
+        (
+            Some("key-a"),
+            query("DELETE FROM d.t WHERE true"),
+            DenialKind::Forbidden,
+        ),
+        (
+            Some("key-a"),
+            query("SELECT 1; DROP TABLE d.t"),
+            DenialKind::Forbidden,
+        ),
         (Some("key-a"), query("SELEC garbage"), DenialKind::Invalid),
         (
             Some("key-a"),
@@ -139,7 +159,10 @@ async fn bad_key_and_writes_never_reach_the_source() {
             DenialKind::NotFound,
         ),
     ] {
-        match p.handle(request(key, action.clone()), Some(&src), "x").await {
+        match p
+            .handle(request(key, action.clone()), Some(&src), "x")
+            .await
+        {
             Outcome::Denied(d) => assert_eq!(d.kind, kind, "{action:?}"),
             other => panic!("{action:?} was not denied: {other:?}"),
         }
@@ -169,7 +192,11 @@ async fn unwritable_audit_log_fails_closed() {
         .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
         .await;
     assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
-    assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing may run unaudited");
+    assert_eq!(
+        src.calls.load(Ordering::SeqCst),
+        0,
+        "nothing may run unaudited"
+    );
 }
 
 fn rusqlite_exec(path: &std::path::Path, sql: &str) {

@@ -176,7 +176,11 @@ mod tests {
     fn unparsable_is_opaque_not_an_error() {
         check("SELEC nonsense", &[], true);
         check("", &[], true);
-        check("SELECT * FROM ML.PREDICT(MODEL `d.m`, TABLE d.t)", &[], true);
+        check(
+            "SELECT * FROM ML.PREDICT(MODEL `d.m`, TABLE d.t)",
+            &[],
+            true,
+        );
         assert!(!analyze("SELEC", SqlDialect::BigQuery).read_only());
     }
 

@@ -1,1 +1,102 @@
-fn main(){}
+//! The `querygate` command: `serve`, `keys`, `audit`, `config check`.
+//!
+//! Parses the command line and hands off to one module per command. Errors reach
+//! the user as one readable message and a non-zero exit; nothing here panics.
+
+mod audit_cmd;
+mod config;
+mod keys;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "querygate",
+    version,
+    about = "The data gateway for AI agents: identity, audit, policy and masking in the data path"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ConfigArg {
+    /// Path of querygate.toml.
+    #[arg(
+        long,
+        short,
+        env = "QUERYGATE_CONFIG",
+        default_value = "querygate.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: serve::LogFormat,
+    },
+    /// Create API keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Read and verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
+    },
+    /// Check a config file and exit.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and check the config; exit non-zero with file, line and problem if it is wrong.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, log_format } => serve::run(&config.config, log_format),
+        Command::Keys { command } => keys::run(command),
+        Command::Audit { command } => audit_cmd::run(command),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => config::Config::load(&config.config)
+            .map(|c| {
+                println!(
+                    "{}: ok ({} api keys, {} sources)",
+                    config.config.display(),
+                    c.api_keys.len(),
+                    c.sources.len()
+                );
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::msg),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("querygate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

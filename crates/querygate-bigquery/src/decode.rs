@@ -1,0 +1,431 @@
+//! Decoding: an HTTP request of the BigQuery REST v2 API → a [`Request`] and a [`Call`].
+//!
+//! Pure: no IO, no policy. Every input decodes to something — requests the gateway
+//! cannot read become `Action::Malformed`, and API methods it does not serve become
+//! `Action::Other` — so that the pipeline audits and answers every request the same way.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use percent_encoding::percent_decode_str;
+use querygate_core::{Action, ClientInfo, Request, RequestId, Secret};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::TableReference;
+
+/// Which API method a call is, for reading its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    JobsQuery,
+    JobsInsert,
+    JobsGet,
+    JobsGetQueryResults,
+    JobsCancel,
+    JobsList,
+    TabledataList,
+    Metadata,
+    /// Never forwarded (always refused); kept so decode stays total.
+    Refused,
+}
+
+/// The HTTP call to forward upstream once admitted.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub api: Api,
+    pub method: Method,
+    /// Path under the upstream's root, e.g. `/bigquery/v2/projects/p/queries`.
+    pub path: String,
+    /// Query string to forward (credentials and `allUsers` removed), without `?`.
+    pub query: Option<String>,
+    /// JSON body to forward.
+    pub body: Option<Bytes>,
+}
+
+/// The HTTP request as the front received it. `body` is `Err` when it could not be read.
+pub struct WireRequest<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Result<Bytes, BodyProblem>,
+    pub peer: Option<String>,
+    pub request_id: RequestId,
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Clone)]
+pub enum BodyProblem {
+    TooLarge { limit: usize },
+    Unreadable(String),
+}
+
+/// Query parameters never forwarded upstream: credentials, and `allUsers` (the
+/// gateway lists only the caller's jobs).
+const DROPPED_PARAMS: &[&str] = &["access_token", "key", "oauth_token", "allUsers"];
+
+pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
+    let segments: Vec<String> = api_path(wire.path)
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let upload = wire.path.starts_with("/upload/");
+    let target = match seg.as_slice() {
+        ["projects", p, ..] => p.to_string(),
+        _ => String::new(),
+    };
+    let mut call = Call {
+        api: Api::Refused,
+        method: wire.method.clone(),
+        path: format!("/bigquery/v2/{}", seg_join(&segments)),
+        query: forwarded_query(wire.query),
+        body: None,
+    };
+    let mut job_id = None;
+    let (method, action) = if upload {
+        (
+            "jobs.insert(upload)".to_string(),
+            other("uploading data (load jobs)"),
+        )
+    } else {
+        route(&wire, &seg, &mut call, &mut job_id)
+    };
+    let request = Request {
+        id: wire.request_id,
+        credential: bearer(wire.headers),
+        client: ClientInfo {
+            user_agent: wire
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            peer: wire.peer,
+        },
+        target,
+        method,
+        action,
+        job_id,
+    };
+    (request, call)
+}
+
+fn route(
+    wire: &WireRequest<'_>,
+    seg: &[&str],
+    call: &mut Call,
+    job_id: &mut Option<String>,
+) -> (String, Action) {
+    let m = wire.method;
+    let get = m == Method::GET;
+    let post = m == Method::POST;
+    let named = |s: &str, a: Action| (s.to_string(), a);
+    match seg {
+        ["projects", _, "queries"] if post => {
+            call.api = Api::JobsQuery;
+            named("jobs.query", with_json(wire, call, jobs_query))
+        }
+        ["projects", _, "queries", job] if get => {
+            call.api = Api::JobsGetQueryResults;
+            named("jobs.getQueryResults", read_job(job))
+        }
+        ["projects", p, "jobs"] if post => {
+            call.api = Api::JobsInsert;
+            let action = with_json(wire, call, |body| jobs_insert(body, p, job_id));
+            named("jobs.insert", action)
+        }
+        ["projects", _, "jobs"] if get => {
+            call.api = Api::JobsList;
+            named("jobs.list", Action::ListJobs)
+        }
+        ["projects", _, "jobs", job] if get => {
+            call.api = Api::JobsGet;
+            named("jobs.get", read_job(job))
+        }
+        ["projects", _, "jobs", job, "cancel"] if post => {
+            call.api = Api::JobsCancel;
+            named(
+                "jobs.cancel",
+                Action::CancelJob {
+                    job_id: job.to_string(),
+                },
+            )
+        }
+        ["projects", _, "datasets"] if get => {
+            call.api = Api::Metadata;
+            named("datasets.list", metadata(None, false))
+        }
+        ["projects", p, "datasets", d] if get => {
+            call.api = Api::Metadata;
+            named(
+                "datasets.get",
+                hidden_dataset(p, d).unwrap_or(metadata(None, false)),
+            )
+        }
+        ["projects", p, "datasets", d, "tables"] if get => {
+            call.api = Api::Metadata;
+            named(
+                "tables.list",
+                hidden_dataset(p, d).unwrap_or(metadata(None, false)),
+            )
+        }
+        ["projects", p, "datasets", d, "tables", t] if get => {
+            call.api = Api::Metadata;
+            let table = format!("{p}.{d}.{t}");
+            named("tables.get", metadata(Some(table), d.starts_with('_')))
+        }
+        ["projects", p, "datasets", d, "tables", t, "data"] if get => {
+            call.api = Api::TabledataList;
+            named(
+                "tabledata.list",
+                Action::ReadRows {
+                    table: format!("{p}.{d}.{t}"),
+                    result_table: d.starts_with('_'),
+                },
+            )
+        }
+        ["projects", _, rest @ ..] => refused(m, rest),
+        ["projects"] if get => named("projects.list", other("listing projects")),
+        _ => (
+            format!("{} {}", m, wire.path),
+            Action::Malformed {
+                message: format!(
+                    "Not found: {} {} is not a BigQuery API method served by querygate",
+                    m, wire.path
+                ),
+                status: 404,
+            },
+        ),
+    }
+}
+
+/// Names the BigQuery method of a request the gateway refuses, for the audit log and the message.
+fn refused(m: &Method, rest: &[&str]) -> (String, Action) {
+    let (name, what) = match rest {
+        [.., last] if last.contains(":") => ("iam", "IAM and permission calls"),
+        ["jobs", _, "delete"] | ["jobs", _] if m == Method::DELETE => {
+            ("jobs.delete", "deleting jobs")
+        }
+        ["datasets"] => ("datasets.insert", "creating datasets"),
+        ["datasets", _] => ("datasets.write", "changing or deleting datasets"),
+        ["datasets", _, "tables"] => ("tables.insert", "creating tables"),
+        ["datasets", _, "tables", _] => ("tables.write", "changing or deleting tables"),
+        ["datasets", _, "tables", _, "insertAll"] => (
+            "tabledata.insertAll",
+            "streaming inserts (tabledata.insertAll)",
+        ),
+        ["datasets", _, "routines", ..] => ("routines", "routines"),
+        ["datasets", _, "models", ..] => ("models", "models"),
+        ["datasets", _, "tables", _, "rowAccessPolicies", ..] => {
+            ("rowAccessPolicies", "row access policies")
+        }
+        _ => ("unknown", "this BigQuery API method"),
+    };
+    (name.to_string(), other(what))
+}
+
+fn other(what: &str) -> Action {
+    Action::Other {
+        what: what.to_string(),
+    }
+}
+
+fn metadata(table: Option<String>, result_table: bool) -> Action {
+    Action::ReadMetadata {
+        table,
+        result_table,
+    }
+}
+
+/// Hidden datasets (`_…`) hold other jobs' results: listing them is refused.
+fn hidden_dataset(p: &str, d: &str) -> Option<Action> {
+    d.starts_with('_')
+        .then(|| metadata(Some(format!("{p}.{d}")), true))
+}
+
+fn read_job(job: &str) -> Action {
+    Action::ReadJob {
+        job_id: job.to_string(),
+    }
+}
+
+/// Parses the JSON body and hands it to `f`; reports unreadable bodies as `Malformed`.
+fn with_json(
+    wire: &WireRequest<'_>,
+    call: &mut Call,
+    f: impl FnOnce(&mut Value) -> Result<(Action, bool), String>,
+) -> Action {
+    let bytes = match &wire.body {
+        Ok(b) => b,
+        Err(BodyProblem::TooLarge { limit }) => {
+            return Action::Malformed {
+                message: format!(
+                    "Request body is larger than querygate accepts ({limit} bytes); \
+                     send a smaller request"
+                ),
+                status: 413,
+            };
+        }
+        Err(BodyProblem::Unreadable(why)) => {
+            return Action::Malformed {
+                message: format!("Request body could not be read: {why}"),
+                status: 400,
+            };
+        }
+    };
+    let mut body: Value = match serde_json::from_slice(bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return malformed("Invalid JSON payload received: expected a JSON object"),
+        Err(e) => return malformed(&format!("Invalid JSON payload received: {e}")),
+    };
+    match f(&mut body) {
+        Ok((action, changed)) => {
+            call.body = Some(if changed {
+                Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+            } else {
+                bytes.clone()
+            });
+            action
+        }
+        Err(message) => malformed(&message),
+    }
+}
+
+fn malformed(message: &str) -> Action {
+    Action::Malformed {
+        message: message.to_string(),
+        status: 400,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QueryFields {
+    query: Option<String>,
+    use_legacy_sql: Option<bool>,
+    #[serde(default)]
+    dry_run: bool,
+    destination_table: Option<TableReference>,
+}
+
+fn query_action(q: QueryFields, dry_run: bool) -> Result<Action, String> {
+    let Some(statement) = q.query else {
+        return Err("Invalid query request: the `query` field is required".into());
+    };
+    let trimmed = statement.trim_start();
+    let standard_marker = trimmed.len() >= 12 && trimmed[..12].eq_ignore_ascii_case("#standardSQL");
+    // The REST API defaults to legacy SQL when `useLegacySql` is absent.
+    let legacy = q.use_legacy_sql.unwrap_or(!standard_marker);
+    Ok(Action::Query {
+        dialect_problem: legacy.then(|| {
+            "Legacy SQL is not supported through querygate: set useLegacySql to false \
+             (the client libraries do by default) and use GoogleSQL"
+                .to_string()
+        }),
+        destination: q.destination_table.map(|t| t.dotted()),
+        dry_run: dry_run || q.dry_run,
+        statement,
+    })
+}
+
+fn jobs_query(body: &mut Value) -> Result<(Action, bool), String> {
+    let q: QueryFields =
+        serde_json::from_value(body.clone()).map_err(|e| format!("Invalid query request: {e}"))?;
+    Ok((query_action(q, false)?, false))
+}
+
+fn jobs_insert(
+    body: &mut Value,
+    project: &str,
+    job_id: &mut Option<String>,
+) -> Result<(Action, bool), String> {
+    let config = body
+        .get("configuration")
+        .and_then(Value::as_object)
+        .ok_or("Invalid job: the `configuration` object is required")?;
+    let dry_run = config
+        .get("dryRun")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let action = if let Some(q) = config.get("query") {
+        let q: QueryFields = serde_json::from_value(q.clone())
+            .map_err(|e| format!("Invalid query job configuration: {e}"))?;
+        query_action(q, dry_run)?
+    } else if config.contains_key("load") {
+        other("load jobs")
+    } else if config.contains_key("extract") {
+        other("extract jobs (exporting tables)")
+    } else if config.contains_key("copy") {
+        other("copy jobs")
+    } else {
+        other("this job type")
+    };
+    // Keep the client's job id; choose one when it sent none, so the job can be tracked.
+    let mut changed = false;
+    let existing = body
+        .pointer("/jobReference/jobId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            let id = format!("querygate_{}", uuid::Uuid::new_v4().simple());
+            let reference = body.as_object_mut().map(|o| {
+                o.entry("jobReference")
+                    .or_insert_with(|| Value::Object(Default::default()))
+            });
+            if let Some(Value::Object(r)) = reference {
+                r.insert("jobId".into(), Value::String(id.clone()));
+                r.entry("projectId")
+                    .or_insert_with(|| Value::String(project.to_string()));
+                changed = true;
+            }
+            id
+        }
+    };
+    *job_id = Some(id);
+    Ok((action, changed))
+}
+
+/// The path below the API root: `/bigquery/v2/x` and `/x` (Node's emulator form) both give `x`.
+fn api_path(path: &str) -> &str {
+    let path = path.strip_prefix("/upload").unwrap_or(path);
+    path.strip_prefix("/bigquery/v2").unwrap_or(path)
+}
+
+fn seg_join(segments: &[String]) -> String {
+    segments
+        .iter()
+        .map(|s| percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'@');
+
+fn forwarded_query(query: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = query?
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            !name.is_empty() && !DROPPED_PARAMS.contains(&name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| Secret::new(token.trim()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,351 @@
+//! `querygate.toml`: the format users write, parsed and checked before anything starts.
+//!
+//! Every error names the file and, where it can, the line. Relative paths in the file
+//! are relative to the file's own directory. This module builds no runtime objects;
+//! `serve` turns a checked [`Config`] into them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use querygate_core::IdentityKind;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// The directory of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the BigQuery REST front, e.g. `127.0.0.1:9050`.
+    pub bigquery_listen: Spanned<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allow plaintext on a non-loopback address (agents send bearer tokens: think twice).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub identity: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub key_sha256: Spanned<String>,
+    pub kind: Option<IdentityKind>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: Spanned<String>,
+    pub project: String,
+    pub endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub credentials: Option<Spanned<Credentials>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Credentials {
+    /// `credentials = "none"`.
+    Keyword(String),
+    /// `credentials = { service_account_key = "sa.json" }`.
+    ServiceAccount { service_account_key: PathBuf },
+}
+
+/// The upstream credential of a source, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamCredential {
+    None,
+    ServiceAccountKey(PathBuf),
+}
+
+pub const BIGQUERY_ENDPOINT: &str = "https://bigquery.googleapis.com";
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| line_of(text, &s)).unwrap_or_default();
+            format!("{}{at}: {}", path.display(), e.message())
+        })?;
+        config.base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.check(text, path)?;
+        Ok(config)
+    }
+
+    fn check(&self, text: &str, path: &Path) -> Result<(), String> {
+        let fail = |span: Range<usize>, msg: String| {
+            Err(format!("{}{}: {msg}", path.display(), line_of(text, &span)))
+        };
+        let listen = &self.server.bigquery_listen;
+        let addr: SocketAddr = match listen.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return fail(
+                    listen.span(),
+                    format!(
+                        "server.bigquery_listen = {:?} is not an address like \"127.0.0.1:9050\"",
+                        listen.get_ref()
+                    ),
+                );
+            }
+        };
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(format!(
+                    "{}: [server] needs both tls_cert and tls_key, or neither",
+                    path.display()
+                ));
+            }
+            (None, None) if !addr.ip().is_loopback() && !self.server.insecure_plaintext => {
+                return fail(
+                    listen.span(),
+                    format!(
+                        "server.bigquery_listen = {addr} is not a loopback address, and agents send \
+                         bearer tokens: set tls_cert and tls_key, or insecure_plaintext = true if \
+                         TLS ends in front of querygate"
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let mut hashes = HashSet::new();
+        for key in &self.api_keys {
+            let h = key.key_sha256.get_ref();
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return fail(
+                    key.key_sha256.span(),
+                    format!(
+                        "key_sha256 of {} must be the 64-hex-digit SHA-256 of the key \
+                         (`querygate keys new` prints it); never put the key itself here",
+                        key.identity
+                    ),
+                );
+            }
+            if !hashes.insert(h.to_ascii_lowercase()) {
+                return fail(
+                    key.key_sha256.span(),
+                    "the same key_sha256 appears twice".into(),
+                );
+            }
+            if key.identity.trim().is_empty() {
+                return fail(key.key_sha256.span(), "identity must not be empty".into());
+            }
+        }
+        let mut names = HashSet::new();
+        let mut projects = HashSet::new();
+        for source in &self.sources {
+            if source.kind.get_ref() != "bigquery" {
+                return fail(
+                    source.kind.span(),
+                    format!(
+                        "source {}: kind {:?} is not supported; supported kinds: \"bigquery\"",
+                        source.name,
+                        source.kind.get_ref()
+                    ),
+                );
+            }
+            if !names.insert(source.name.as_str()) {
+                return fail(
+                    source.kind.span(),
+                    format!("two sources are named {}", source.name),
+                );
+            }
+            if !projects.insert(source.project.as_str()) {
+                return fail(
+                    source.kind.span(),
+                    format!("two sources serve project {}", source.project),
+                );
+            }
+            if let Some(ep) = &source.endpoint {
+                let e = ep.get_ref();
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return fail(
+                        ep.span(),
+                        format!("endpoint {e:?} must start with http:// or https://"),
+                    );
+                }
+            }
+            if let Some(c) = &source.credentials {
+                if let Credentials::Keyword(k) = c.get_ref() {
+                    if k != "none" {
+                        return fail(
+                            c.span(),
+                            format!(
+                                "credentials = {k:?}: write \"none\" or {{ service_account_key = \"sa.json\" }}"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.resolve(&self.store.path)
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        // Checked in `check`.
+        self.server
+            .bigquery_listen
+            .get_ref()
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9050)))
+    }
+}
+
+impl SourceConfig {
+    pub fn endpoint(&self) -> &str {
+        self.endpoint
+            .as_ref()
+            .map_or(BIGQUERY_ENDPOINT, |e| e.get_ref().as_str())
+    }
+
+    pub fn credential(&self, config: &Config) -> UpstreamCredential {
+        match self.credentials.as_ref().map(Spanned::get_ref) {
+            Some(Credentials::ServiceAccount {
+                service_account_key,
+            }) => UpstreamCredential::ServiceAccountKey(config.resolve(service_account_key)),
+            _ => UpstreamCredential::None,
+        }
+    }
+}
+
+/// `" line N"` for a byte span of `text`.
+fn line_of(text: &str, span: &Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    format!(", line {line}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+bigquery_listen = "127.0.0.1:9050"
+
+[store]
+path = "querygate.db"
+
+[[api_keys]]
+identity = "agent:claude-code"
+groups = ["agents"]
+key_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+[[sources]]
+name = "analytics"
+kind = "bigquery"
+project = "test-project"
+endpoint = "http://127.0.0.1:19050"
+credentials = "none"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/qg/querygate.toml"))
+    }
+
+    #[test]
+    fn the_documented_format_parses() {
+        let c = parse(GOOD).expect("good config");
+        assert_eq!(c.listen().port(), 9050);
+        assert_eq!(c.store_path(), PathBuf::from("/etc/qg/querygate.db"));
+        assert_eq!(c.sources[0].endpoint(), "http://127.0.0.1:19050");
+        assert_eq!(c.sources[0].credential(&c), UpstreamCredential::None);
+        let sa = GOOD.replace(
+            "credentials = \"none\"",
+            "credentials = { service_account_key = \"sa.json\" }",
+        );
+        let c = parse(&sa).expect("sa config");
+        assert_eq!(
+            c.sources[0].credential(&c),
+            UpstreamCredential::ServiceAccountKey("/etc/qg/sa.json".into())
+        );
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("bad config must fail")
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let e = error_of(&GOOD.replace("key_sha256 = \"ba78", "key_sha256 = \"secret-ba78"));
+        assert!(
+            e.starts_with("/etc/qg/querygate.toml, line 11:") && e.contains("64-hex-digit"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("project =", "projekt ="));
+        assert!(e.contains("line 16") && e.contains("projekt"), "{e}");
+        let e = error_of(&GOOD.replace("kind = \"bigquery\"", "kind = \"oracle\""));
+        assert!(e.contains("line 15") && e.contains("oracle"), "{e}");
+        let e = error_of(&GOOD.replace("\"127.0.0.1:9050\"", "\"nonsense\""));
+        assert!(e.contains("line 3"), "{e}");
+        let e = error_of(&GOOD.replace("credentials = \"none\"", "credentials = \"adc\""));
+        assert!(e.contains("line 18") && e.contains("adc"), "{e}");
+        let e = error_of("[server\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_consent() {
+        let open = GOOD.replace("127.0.0.1:9050", "0.0.0.0:9050");
+        let e = error_of(&open);
+        assert!(
+            e.contains("line 3") && e.contains("insecure_plaintext"),
+            "{e}"
+        );
+        let consented = open.replace("[store]", "insecure_plaintext = true\n\n[store]");
+        parse(&consented).expect("explicit plaintext");
+        let tls = open.replace(
+            "[store]",
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\n[store]",
+        );
+        parse(&tls).expect("tls");
+    }
+}

@@ -1,0 +1,208 @@
+//! `querygate serve`: build the runtime objects from a checked config and run the fronts.
+//!
+//! Wiring only: config → store, authenticator, sources, pipeline → BigQuery front,
+//! served over TLS (rustls) when configured, else plaintext (loopback, or by consent).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use querygate_bigquery::{BigQuerySource, Front, UpstreamAuth, router};
+use querygate_core::Identity;
+use querygate_pipeline::{ApiKey, Authenticator, Pipeline};
+use querygate_store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, DEFAULT_MAX_BODY_BYTES, UpstreamCredential};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn run(config_path: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUERYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Builds the BigQuery front from a config.
+pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
+    let store_path = config.store_path();
+    let store = Store::open(&store_path)
+        .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+    let keys = config.api_keys.iter().map(|k| ApiKey {
+        identity: Identity {
+            subject: k.identity.clone(),
+            groups: k.groups.clone(),
+            kind: k
+                .kind
+                .unwrap_or_else(|| Identity::kind_from_subject(&k.identity)),
+        },
+        key_sha256: k.key_sha256.get_ref().clone(),
+    });
+    let pipeline = Arc::new(Pipeline::new(Authenticator::new(keys), Arc::new(store)));
+    let mut sources = HashMap::new();
+    for s in &config.sources {
+        let auth = match s.credential(config) {
+            UpstreamCredential::None => UpstreamAuth::None,
+            UpstreamCredential::ServiceAccountKey(path) => UpstreamAuth::service_account(&path)
+                .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
+        };
+        let source = BigQuerySource::new(s.name.clone(), s.project.clone(), s.endpoint(), auth)
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
+        sources.insert(s.project.clone(), Arc::new(source));
+    }
+    Ok(Arc::new(Front {
+        pipeline,
+        sources,
+        max_body_bytes: config
+            .server
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+    }))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let front = front(&config)?;
+    let addr = config.listen();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(&config.resolve(cert), &config.resolve(key))?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    for s in &config.sources {
+        tracing::info!(source = %s.name, project = %s.project, upstream = %s.endpoint(), "source ready");
+    }
+    tracing::info!(
+        store = %config.store_path().display(),
+        "querygate serving the BigQuery REST API at {scheme}://{} (clients: api_endpoint = \"{scheme}://{}\")",
+        listener.local_addr().unwrap_or(addr),
+        listener.local_addr().unwrap_or(addr)
+    );
+    serve_on(listener, front, tls, shutdown()).await
+}
+
+/// Serves the BigQuery front on a bound listener until `stop` completes.
+pub async fn serve_on(
+    listener: TcpListener,
+    front: Arc<Front>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(front);
+    let Some(tls) = tls else {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .context("server failed")?;
+        return Ok(());
+    };
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+            () = &mut stop => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        tokio::spawn(async move {
+            let stream = match tls.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let served =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A TLS acceptor from PEM files. Errors name the files, never their content.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert)
+            .with_context(|| format!("cannot open tls_cert {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("tls_cert {} is not PEM", cert.display()))?;
+    if certs.is_empty() {
+        bail!("tls_cert {} holds no certificate", cert.display());
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key)
+            .with_context(|| format!("cannot open tls_key {}", key.display()))?,
+    ))
+    .ok()
+    .flatten()
+    .with_context(|| format!("tls_key {} holds no PEM private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls_cert and tls_key do not form a usable certificate")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down");
+}
