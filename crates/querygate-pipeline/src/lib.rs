@@ -129,10 +129,9 @@ impl Pipeline {
         }
         if let (Some(job_id), Action::Query { dry_run: false, .. }) =
             (&request.job_id, &request.action)
+            && let Err(e) = self.claim(source_name, job_id, &identity, None, None).await
         {
-            if let Err(e) = self.claim(source_name, job_id, &identity, None, None).await {
-                return self.fail(&ctx, e).await;
-            }
+            return self.fail(&ctx, e).await;
         }
 
         // execute: only an Admitted call reaches the source.

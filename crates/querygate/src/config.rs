@@ -201,17 +201,16 @@ impl Config {
                     );
                 }
             }
-            if let Some(c) = &source.credentials {
-                if let Credentials::Keyword(k) = c.get_ref() {
-                    if k != "none" {
-                        return fail(
-                            c.span(),
-                            format!(
-                                "credentials = {k:?}: write \"none\" or {{ service_account_key = \"sa.json\" }}"
-                            ),
-                        );
-                    }
-                }
+            if let Some(c) = &source.credentials
+                && let Credentials::Keyword(k) = c.get_ref()
+                && k != "none"
+            {
+                return fail(
+                    c.span(),
+                    format!(
+                        "credentials = {k:?}: write \"none\" or {{ service_account_key = \"sa.json\" }}"
+                    ),
+                );
             }
         }
         Ok(())

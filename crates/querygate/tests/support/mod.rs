@@ -180,10 +180,10 @@ impl Gateway {
                 if tls {
                     return;
                 }
-                if let Ok(r) = reqwest::get(format!("{}/healthz", self.url())).await {
-                    if r.status().is_success() {
-                        return;
-                    }
+                if let Ok(r) = reqwest::get(format!("{}/healthz", self.url())).await
+                    && r.status().is_success()
+                {
+                    return;
                 }
             }
             assert!(
