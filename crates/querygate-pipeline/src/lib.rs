@@ -119,19 +119,20 @@ impl Pipeline {
         // approve: approvals land with the approvals work; every allowed request passes.
 
         // audit decided: durable before anything reaches the upstream (fail closed).
+        // A job id the client chose is claimed for it in the same commit.
         let decided = self.record(&ctx, Phase::Decided, "allow", None);
-        if let Err(e) = self.store.append(decided).await {
+        let claim = match (&request.job_id, &request.action) {
+            (Some(job_id), Action::Query { dry_run: false, .. }) => {
+                Some(job_row(source_name, job_id, &identity, None, None))
+            }
+            _ => None,
+        };
+        if let Err(e) = self.store.append_with(decided, claim).await {
             tracing::error!(request_id = %request.id, error = %e, "cannot write the decided record; refusing");
             return Outcome::Failed(Fault::gateway(
                 "querygate could not write its audit record, so the request was not run; \
                  contact the gateway's operator",
             ));
-        }
-        if let (Some(job_id), Action::Query { dry_run: false, .. }) =
-            (&request.job_id, &request.action)
-            && let Err(e) = self.claim(source_name, job_id, &identity, None, None).await
-        {
-            return self.fail(&ctx, e).await;
         }
 
         // execute: only an Admitted call reaches the source.
@@ -151,27 +152,27 @@ impl Pipeline {
             }
         }
 
-        // audit completed: what went back, and the job the upstream ran.
+        // audit completed: what went back, and the job the upstream ran (claimed for the
+        // caller in the same commit, so its next request finds it).
         let summary = reply.summary();
-        if let Some(job_id) = summary.job_id.as_deref().filter(|_| {
-            matches!(
-                request.action,
-                Action::Query { dry_run: false, .. } | Action::ReadJob { .. }
-            )
-        }) {
-            let claimed = self
-                .claim(
+        let claim = summary
+            .job_id
+            .as_deref()
+            .filter(|_| {
+                matches!(
+                    request.action,
+                    Action::Query { dry_run: false, .. } | Action::ReadJob { .. }
+                )
+            })
+            .map(|job_id| {
+                job_row(
                     source_name,
                     job_id,
                     &identity,
                     summary.destination.clone(),
                     summary.schema.clone(),
                 )
-                .await;
-            if let Err(fault) = claimed {
-                tracing::error!(request_id = %request.id, error = %fault.message, "cannot record job ownership");
-            }
-        }
+            });
         let mut completed = self.record(&ctx, Phase::Completed, "allow", None);
         completed.status = Some(summary.status);
         completed.rows = summary.rows;
@@ -179,7 +180,7 @@ impl Pipeline {
         completed.bytes_billed = summary.bytes_billed;
         completed.error = summary.error;
         completed.job_id = summary.job_id.or(completed.job_id);
-        if let Err(e) = self.store.append(completed).await {
+        if let Err(e) = self.store.append_with(completed, claim).await {
             // The upstream already answered; withholding the answer would not undo it.
             tracing::error!(request_id = %request.id, error = %e, "cannot write the completed record");
         }
@@ -222,26 +223,6 @@ impl Pipeline {
             },
             _ => Ownership::default(),
         })
-    }
-
-    async fn claim(
-        &self,
-        source: &str,
-        job_id: &str,
-        identity: &Identity,
-        destination: Option<String>,
-        schema: Option<String>,
-    ) -> Result<(), Fault> {
-        self.store
-            .claim_job(JobRow {
-                source: source.to_string(),
-                job_id: job_id.to_string(),
-                identity: identity.subject.clone(),
-                destination,
-                schema,
-            })
-            .await
-            .map_err(|e| Fault::gateway(e.to_string()))
     }
 
     /// Records a denial (one record) and returns it.
@@ -327,6 +308,22 @@ impl Pipeline {
             user_agent: r.client.user_agent.clone(),
             peer: r.client.peer.clone(),
         }
+    }
+}
+
+fn job_row(
+    source: &str,
+    job_id: &str,
+    identity: &Identity,
+    destination: Option<String>,
+    schema: Option<String>,
+) -> JobRow {
+    JobRow {
+        source: source.to_string(),
+        job_id: job_id.to_string(),
+        identity: identity.subject.clone(),
+        destination,
+        schema,
     }
 }
 

@@ -33,6 +33,7 @@ impl Source for Echo {
             status: 200,
             rows: Some(3),
             job_id: Some(call.into_call().to_string()),
+            schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
             ..Summary::default()
         }))
     }
@@ -117,6 +118,8 @@ async fn allowed_query_reaches_source_and_is_audited_twice() {
         .expect("read")
         .expect("claimed");
     assert_eq!(job.identity, "agent:a");
+    // The schema is remembered for pages that arrive without one (`fields=`).
+    assert!(job.schema.is_some_and(|s| s.contains("INTEGER")));
 }
 
 #[tokio::test]

@@ -98,6 +98,24 @@ impl Store {
 
     /// Appends a record to the chain; returns its `seq` once it is durable.
     pub async fn append(&self, record: AuditRecord) -> Result<u64, StoreError> {
+        self.append_with(record, None).await
+    }
+
+    /// Records a job claim (see [`Store::claim_job`]) and appends a record, committed
+    /// together: when this returns, both are durable. Costs one commit, not two.
+    pub async fn append_with(
+        &self,
+        record: AuditRecord,
+        claim: Option<JobRow>,
+    ) -> Result<u64, StoreError> {
+        let mut claimed = None;
+        if let Some(job) = claim {
+            let (ack, done) = oneshot::channel();
+            self.ops
+                .send(Op::ClaimJob { job, ack })
+                .map_err(|_| StoreError::WriterGone)?;
+            claimed = Some(done);
+        }
         let (ack, done) = oneshot::channel();
         self.ops
             .send(Op::Append {
@@ -105,6 +123,11 @@ impl Store {
                 ack,
             })
             .map_err(|_| StoreError::WriterGone)?;
+        // The writer takes operations in order, so the claim commits in the same batch as
+        // the record or an earlier one; awaiting both reports either failure.
+        if let Some(claimed) = claimed {
+            claimed.await.map_err(|_| StoreError::WriterGone)??;
+        }
         done.await.map_err(|_| StoreError::WriterGone)?
     }
 
