@@ -84,10 +84,17 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
     };
     let mut job_id = None;
     let (method, action) = if upload {
-        (
-            "jobs.insert(upload)".to_string(),
-            other("uploading data (load jobs)"),
-        )
+        let metadata = upload_metadata(wire.headers, wire.body.as_ref().ok());
+        job_id = metadata
+            .as_ref()
+            .and_then(|m| m.pointer("/jobReference/jobId"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let what = metadata
+            .as_ref()
+            .and_then(|m| m.get("configuration"))
+            .map_or_else(|| "load jobs (uploading data)".to_string(), describe_job);
+        ("jobs.insert".to_string(), Action::Other { what })
     } else {
         route(&wire, &seg, &mut call, &mut job_id)
     };
@@ -199,29 +206,89 @@ fn route(
     }
 }
 
+/// Says what a non-query job does, naming its tables, for the denial message and the audit log.
+fn describe_job(config: &Value) -> String {
+    let table = |v: Option<&Value>| {
+        v.and_then(|t| serde_json::from_value::<TableReference>(t.clone()).ok())
+            .map_or_else(|| "?".to_string(), |t| t.dotted())
+    };
+    if let Some(load) = config.get("load") {
+        format!(
+            "load jobs (loading into {})",
+            table(load.get("destinationTable"))
+        )
+    } else if let Some(extract) = config.get("extract") {
+        format!(
+            "extract jobs (exporting {})",
+            table(extract.get("sourceTable"))
+        )
+    } else if let Some(copy) = config.get("copy") {
+        let from = copy
+            .get("sourceTables")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .or(copy.get("sourceTable"));
+        format!(
+            "copy jobs (copying {} into {})",
+            table(from),
+            table(copy.get("destinationTable"))
+        )
+    } else {
+        "this job type".to_string()
+    }
+}
+
+/// The job resource of an upload: the JSON body (resumable) or the first part of a
+/// `multipart/related` body.
+fn upload_metadata(headers: &HeaderMap, body: Option<&Bytes>) -> Option<Value> {
+    let body = body?;
+    if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(body) {
+        return Some(v);
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let text = String::from_utf8_lossy(body);
+    let part = text
+        .split(delimiter.as_str())
+        .find(|p| !p.trim().is_empty())?;
+    let (_, json) = part
+        .split_once("\r\n\r\n")
+        .or_else(|| part.split_once("\n\n"))?;
+    serde_json::from_str(json.trim()).ok()
+}
+
 /// Names the BigQuery method of a request the gateway refuses, for the audit log and the message.
 fn refused(m: &Method, rest: &[&str]) -> (String, Action) {
+    let verb = match *m {
+        Method::DELETE => "delete",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        Method::POST => "insert",
+        _ => "get",
+    };
     let (name, what) = match rest {
-        [.., last] if last.contains(":") => ("iam", "IAM and permission calls"),
-        ["jobs", _, "delete"] | ["jobs", _] if m == Method::DELETE => {
-            ("jobs.delete", "deleting jobs")
-        }
-        ["datasets"] => ("datasets.insert", "creating datasets"),
-        ["datasets", _] => ("datasets.write", "changing or deleting datasets"),
-        ["datasets", _, "tables"] => ("tables.insert", "creating tables"),
-        ["datasets", _, "tables", _] => ("tables.write", "changing or deleting tables"),
+        [.., last] if last.contains(':') => (format!("iam.{verb}"), "IAM and permission calls"),
+        ["jobs", _, "delete"] | ["jobs", _] => ("jobs.delete".into(), "deleting jobs"),
+        ["datasets"] => ("datasets.insert".into(), "creating datasets"),
+        ["datasets", _] => (format!("datasets.{verb}"), "changing or deleting datasets"),
+        ["datasets", _, "tables"] => ("tables.insert".into(), "creating tables"),
+        ["datasets", _, "tables", _] => (format!("tables.{verb}"), "changing or deleting tables"),
         ["datasets", _, "tables", _, "insertAll"] => (
-            "tabledata.insertAll",
+            "tabledata.insertAll".into(),
             "streaming inserts (tabledata.insertAll)",
         ),
-        ["datasets", _, "routines", ..] => ("routines", "routines"),
-        ["datasets", _, "models", ..] => ("models", "models"),
+        ["datasets", _, "routines", ..] => (format!("routines.{verb}"), "routines"),
+        ["datasets", _, "models", ..] => (format!("models.{verb}"), "models"),
         ["datasets", _, "tables", _, "rowAccessPolicies", ..] => {
-            ("rowAccessPolicies", "row access policies")
+            (format!("rowAccessPolicies.{verb}"), "row access policies")
         }
-        _ => ("unknown", "this BigQuery API method"),
+        _ => ("unknown".into(), "this BigQuery API method"),
     };
-    (name.to_string(), other(what))
+    (name, other(what))
 }
 
 fn other(what: &str) -> Action {
@@ -351,14 +418,10 @@ fn jobs_insert(
         let q: QueryFields = serde_json::from_value(q.clone())
             .map_err(|e| format!("Invalid query job configuration: {e}"))?;
         query_action(q, dry_run)?
-    } else if config.contains_key("load") {
-        other("load jobs")
-    } else if config.contains_key("extract") {
-        other("extract jobs (exporting tables)")
-    } else if config.contains_key("copy") {
-        other("copy jobs")
     } else {
-        other("this job type")
+        Action::Other {
+            what: describe_job(&Value::Object(config.clone())),
+        }
     };
     // Keep the client's job id; choose one when it sent none, so the job can be tracked.
     let mut changed = false;

@@ -19,7 +19,9 @@ pub fn render(outcome: Outcome<BigQueryReply>, sql: bool) -> Response<Body> {
         Outcome::Done(reply) => reply.into_response(),
         Outcome::Denied(denial) => {
             let (code, reason) = match denial.kind {
-                DenialKind::Unauthenticated => (401, "authError"),
+                // 403, not 401: on a 401 the Google auth libraries try to refresh the token
+                // and raise their own RefreshError, which hides this message from the agent.
+                DenialKind::Unauthenticated => (403, "authError"),
                 DenialKind::Forbidden => (403, "accessDenied"),
                 DenialKind::NotFound => (404, "notFound"),
                 DenialKind::Invalid if sql => (400, "invalidQuery"),

@@ -345,7 +345,8 @@ pub fn audit_time(t: time::OffsetDateTime) -> String {
 /// The HTTP-style status a denial is rendered with, recorded in the audit log.
 pub fn status_of(kind: DenialKind) -> u16 {
     match kind {
-        DenialKind::Unauthenticated => 401,
+        // See querygate-bigquery's render: a 401 makes Google's clients hide the message.
+        DenialKind::Unauthenticated => 403,
         DenialKind::Forbidden => 403,
         DenialKind::NotFound => 404,
         DenialKind::Invalid => 400,

@@ -84,7 +84,7 @@ fn records(dir: &std::path::Path) -> Vec<AuditRecord> {
     let mut out = Vec::new();
     Reader::open(&dir.join("qg.db"))
         .expect("reader")
-        .records(&Default::default(), None, |r| out.push(r.clone()))
+        .records(&Default::default(), None, |r| out.push(r.record.clone()))
         .expect("records");
     out
 }

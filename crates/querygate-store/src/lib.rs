@@ -18,7 +18,7 @@ use querygate_core::AuditRecord;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-pub use reader::{AuditFilter, Reader, VerifyReport};
+pub use reader::{AuditFilter, Reader, StoredRecord, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -47,6 +47,26 @@ pub struct VerifyReport {
     pub head: String,
 }
 
+/// A record as stored, with its place in the chain.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub record: AuditRecord,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl StoredRecord {
+    /// The record's JSON with `prev_hash` and `hash` added (what `--json` prints).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.record).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("prev_hash".into(), self.prev_hash.clone().into());
+            o.insert("hash".into(), self.hash.clone().into());
+        }
+        v
+    }
+}
+
 /// Read-only access to a store file.
 pub struct Reader {
     conn: Connection,
@@ -81,11 +101,11 @@ impl Reader {
         &self,
         filter: &AuditFilter,
         last: Option<usize>,
-        mut each: impl FnMut(&AuditRecord),
+        mut each: impl FnMut(&StoredRecord),
     ) -> Result<(), StoreError> {
         let mut st = self
             .conn
-            .prepare("SELECT seq, record FROM audit_log ORDER BY seq")
+            .prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")
             .map_err(self.err())?;
         let mut rows = st.query(params![]).map_err(self.err())?;
         let mut tail = std::collections::VecDeque::new();
@@ -100,6 +120,11 @@ impl Reader {
             if !filter.matches(&record) {
                 continue;
             }
+            let record = StoredRecord {
+                record,
+                prev_hash: row.get(2).map_err(self.err())?,
+                hash: row.get(3).map_err(self.err())?,
+            };
             match last {
                 Some(n) => {
                     tail.push_back(record);

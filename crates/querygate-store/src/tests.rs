@@ -70,7 +70,9 @@ async fn concurrent_appends_form_one_chain() {
     let mut seen = Vec::new();
     Reader::open(&path)
         .expect("reader")
-        .records(&AuditFilter::default(), Some(3), |r| seen.push(r.seq))
+        .records(&AuditFilter::default(), Some(3), |r| {
+            seen.push(r.record.seq)
+        })
         .expect("records");
     assert_eq!(seen, vec![48, 49, 50]);
 }

@@ -137,7 +137,11 @@ fn print(
         if failed.is_some() {
             return;
         }
-        let line = if json { r.canonical() } else { human(r) };
+        let line = if json {
+            r.to_json().to_string()
+        } else {
+            human(&r.record)
+        };
         if let Err(e) = writeln!(out, "{line}") {
             failed = Some(e);
         }
@@ -211,13 +215,15 @@ fn export_csv(reader: &Reader, filter: &AuditFilter) -> anyhow::Result<ExitCode>
         "duration_ms",
         "user_agent",
         "peer",
+        "prev_hash",
+        "hash",
     ];
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(out, "{}", COLUMNS.join(","))?;
     let mut failed = None;
     reader.records(filter, None, |r| {
-        let v = serde_json::to_value(r).unwrap_or_default();
+        let v = r.to_json();
         let row: Vec<String> = COLUMNS
             .iter()
             .map(|c| match &v[*c] {

@@ -120,19 +120,25 @@ fn non_query_jobs_and_writes_are_other() {
             Method::DELETE,
             "/bigquery/v2/projects/p/datasets/d/tables/t",
             "",
-            "tables.write",
+            "tables.delete",
+        ),
+        (
+            Method::PATCH,
+            "/bigquery/v2/projects/p/datasets/d",
+            "{}",
+            "datasets.patch",
         ),
         (
             Method::POST,
             "/upload/bigquery/v2/projects/p/jobs?uploadType=multipart",
             "x",
-            "jobs.insert(upload)",
+            "jobs.insert",
         ),
         (
             Method::POST,
             "/bigquery/v2/projects/p/datasets/d/tables/t:getIamPolicy",
             "{}",
-            "iam",
+            "iam.insert",
         ),
     ] {
         let (req, _) = check(m, p, b);
@@ -249,4 +255,33 @@ fn bad_input_is_malformed_with_a_message() {
             other => panic!("{p} {b}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn uploads_are_refused_but_named_with_their_job_and_table() {
+    let body = "--b1\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n\
+        {\"jobReference\":{\"jobId\":\"load-1\"},\"configuration\":{\"load\":{\"destinationTable\":\
+        {\"projectId\":\"p\",\"datasetId\":\"d\",\"tableId\":\"t\"}}}}\r\n--b1\r\n\
+        Content-Type: */*\r\n\r\n{\"a\":1}\r\n--b1--";
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        "multipart/related; boundary=b1".parse().expect("ct"),
+    );
+    let (req, _) = decode(WireRequest {
+        method: &Method::POST,
+        path: "/upload/bigquery/v2/projects/p/jobs",
+        query: Some("uploadType=multipart"),
+        headers: &headers,
+        body: Ok(Bytes::from(body)),
+        peer: None,
+        request_id: RequestId("r".into()),
+    });
+    assert_eq!(req.job_id.as_deref(), Some("load-1"));
+    assert_eq!(
+        req.action,
+        Action::Other {
+            what: "load jobs (loading into p.d.t)".into()
+        }
+    );
 }

@@ -1,0 +1,206 @@
+"""Shared constants and helpers for the querygate end-to-end tests.
+
+Imported by conftest.py and the test modules (pytest puts this directory on
+sys.path because the e2e tests are not a package).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent.parent
+
+#: "gateway" (default) or "emulator": the self-check mode with no gateway in between.
+TARGET = os.environ.get("QUERYGATE_E2E_TARGET", "gateway")
+DIRECT = TARGET == "emulator"
+
+PROJECT = "test-project"
+DATASET = "shop"
+TABLE = "customers"
+TABLE_ID = f"{PROJECT}.{DATASET}.{TABLE}"
+TABLE_SQL = f"`{TABLE_ID}`"
+IDENTITY = "agent:claude-code"
+GROUPS = ["agents"]
+SOURCE = "analytics"
+
+_FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken",
+          "Frances", "Dennis", "Radia", "John"]
+_LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton",
+         "Thompson", "Allen", "Ritchie", "Perlman", "Backus"]
+
+#: The 12 seed rows of shop.customers, in id order.
+CUSTOMERS = [
+    {
+        "id": i,
+        "name": f"{_FIRST[i - 1]} {_LAST[i - 1]}",
+        "email": f"{_FIRST[i - 1].lower()}.{_LAST[i - 1].lower()}@example.com",
+        "score": round(i * 7.25, 2),
+        "created": f"2024-01-{i:02d}T08:30:00Z",
+    }
+    for i in range(1, 13)
+]
+
+
+def created_dt(row: dict) -> dt.datetime:
+    return dt.datetime.fromisoformat(row["created"].replace("Z", "+00:00"))
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (closed again; the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Child pre-exec: get SIGTERM if pytest dies, so no server outlives a crashed run."""
+    os.setsid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # noqa: BLE001 - not Linux/glibc: best effort only
+        pass
+
+
+@dataclass
+class Server:
+    """A child process we started, with its combined stdout/stderr in a log file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> "Server":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            preexec_fn=_die_with_parent,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self, limit: int = 20000) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return "<no log>"
+        text = data.decode("utf-8", "replace")
+        return text if len(text) <= limit else "...(truncated)...\n" + text[-limit:]
+
+    def wait_http(self, url: str, timeout: float, ok=lambda r: r.status_code == 200) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no response"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.proc.returncode} before {url} answered.\n"
+                    f"--- {self.name} log ({self.log_path}) ---\n{self.log_text()}"
+                )
+            try:
+                r = requests.get(url, timeout=1)
+                if ok(r):
+                    return
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}"
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} not ready: {url} gave {last} after {timeout:.0f}s.\n"
+            f"--- {self.name} log ({self.log_path}) ---\n{self.log_text()}"
+        )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM our own process group (we made it with setsid), then SIGKILL."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=grace)
+        with contextlib.suppress(Exception):
+            self._log.close()
+
+
+def default_gateway_bin() -> Path:
+    explicit = os.environ.get("QUERYGATE_BIN")
+    if explicit:
+        return Path(explicit)
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "querygate", "target")
+    return Path(target) / "debug" / "querygate"
+
+
+def write_gateway_config(path: Path, *, listen_port: int, store: Path, key_sha256: str,
+                         emulator_url: str) -> Path:
+    path.write_text(
+        "[server]\n"
+        f'bigquery_listen = "127.0.0.1:{listen_port}"\n'
+        "\n[store]\n"
+        f'path = "{store}"\n'
+        "\n[[api_keys]]\n"
+        f'identity = "{IDENTITY}"\n'
+        f"groups = {json.dumps(GROUPS)}\n"
+        f'key_sha256 = "{key_sha256}"\n'
+        "\n[[sources]]\n"
+        f'name = "{SOURCE}"\n'
+        'kind = "bigquery"\n'
+        f'project = "{PROJECT}"\n'
+        f'endpoint = "{emulator_url}"\n'
+        'credentials = "none"\n'
+    )
+    return path
+
+
+def run_cli(binary: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `querygate ARGS...`, capturing text output."""
+    return subprocess.run([str(binary), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def describe(cp: subprocess.CompletedProcess) -> str:
+    return (f"$ {' '.join(map(str, cp.args))}\nexit {cp.returncode}\n"
+            f"--- stdout ---\n{cp.stdout[-4000:]}\n--- stderr ---\n{cp.stderr[-4000:]}")
+
+
+def make_client(endpoint: str, token: str | None):
+    """The Python client as a user configures it for querygate (token=None: anonymous)."""
+    import google.oauth2.credentials
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    creds = AnonymousCredentials() if token is None else google.oauth2.credentials.Credentials(token=token)
+    return bigquery.Client(project=PROJECT, credentials=creds, client_options={"api_endpoint": endpoint})

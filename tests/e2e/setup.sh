@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Install everything the querygate end-to-end tests need, from a fresh clone:
+#   tests/e2e/.venv-emu     bqemulator (the BigQuery upstream) + pinned duckdb + numpy
+#   tests/e2e/.venv-client  google-cloud-bigquery + pandas/pyarrow/db-dtypes + pytest + requests
+#   tests/e2e/node/node_modules  @google-cloud/bigquery 8.x (9.x needs Node >= 22)
+#
+# Idempotent and fast when already done: each step writes a stamp file holding a
+# hash of its requirement file(s) (and the interpreter); a rerun with the same
+# hash skips pip/npm entirely.
+#
+# Environment:
+#   PYTHON   interpreter used to create the venvs (default: python3)
+#   E2E_FORCE_SETUP=1   ignore stamps and reinstall
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+FORCE="${E2E_FORCE_SETUP:-0}"
+
+log() { printf '[e2e-setup] %s\n' "$*" >&2; }
+
+python_id() { "$PYTHON" -c 'import sys; print(sys.executable, sys.version)'; }
+
+# ensure_venv DIR REQFILE
+ensure_venv() {
+    local dir="$1" req="$2" stamp="$1/.e2e-stamp" want
+    want="$( { cat "$req"; python_id; } | sha256sum | cut -d' ' -f1)"
+    if [[ "$FORCE" != 1 && -x "$dir/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        log "$(basename "$dir"): up to date"
+        return 0
+    fi
+    log "$(basename "$dir"): installing from $(basename "$req")"
+    rm -rf "$dir"
+    "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+    printf '%s\n' "$want" > "$stamp"
+}
+
+ensure_node() {
+    local dir="$HERE/node" stamp="$HERE/node/node_modules/.e2e-stamp" want
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        log "node and npm are required (Node >= 18; @google-cloud/bigquery 8.x)"
+        exit 1
+    fi
+    local lockfiles=("$dir/package.json")
+    [[ -f "$dir/package-lock.json" ]] && lockfiles+=("$dir/package-lock.json")
+    want="$( { cat "${lockfiles[@]}"; node --version; } | sha256sum | cut -d' ' -f1)"
+    if [[ "$FORCE" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        log "node_modules: up to date"
+        return 0
+    fi
+    log "node_modules: installing"
+    if [[ -f "$dir/package-lock.json" ]]; then
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    else
+        (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
+    fi
+    # recompute: npm install may have just written package-lock.json
+    lockfiles=("$dir/package.json" "$dir/package-lock.json")
+    { cat "${lockfiles[@]}"; node --version; } | sha256sum | cut -d' ' -f1 > "$stamp"
+}
+
+ensure_venv "$HERE/.venv-emu" "$HERE/requirements-emu.txt"
+ensure_venv "$HERE/.venv-client" "$HERE/requirements-client.txt"
+ensure_node
+log "done"
