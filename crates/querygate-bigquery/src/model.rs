@@ -18,6 +18,8 @@ pub struct ResponseFacts {
     #[serde(default, deserialize_with = "count_seq")]
     pub rows: Option<u64>,
     #[serde(default, deserialize_with = "opt_u64")]
+    pub total_rows: Option<u64>,
+    #[serde(default, deserialize_with = "opt_u64")]
     pub total_bytes_processed: Option<u64>,
     #[serde(default, deserialize_with = "opt_u64")]
     pub total_bytes_billed: Option<u64>,
@@ -57,6 +59,19 @@ pub struct QueryStatistics {
     #[serde(default, deserialize_with = "opt_u64")]
     pub total_bytes_billed: Option<u64>,
     pub schema: Option<Box<RawValue>>,
+}
+
+/// The partitioning facts of a table resource (tables.get).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TablePartitioning {
+    pub time_partitioning: Option<PartitionSpec>,
+    pub range_partitioning: Option<PartitionSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PartitionSpec {
+    pub field: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

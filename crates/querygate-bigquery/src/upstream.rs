@@ -6,19 +6,20 @@
 //! service-account key from which access tokens are minted and cached (gcp_auth,
 //! JWT bearer grant to the key's own `token_uri`). Tokens never reach logs or errors.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{HeaderValue, Response, StatusCode, header};
-use querygate_core::Fault;
-use querygate_pipeline::{Admitted, Reply, Scope, Source, Summary};
+use querygate_core::{Denial, DenialKind, Fault};
+use querygate_pipeline::{Admitted, Partitioning, Refusal, Reply, Scope, Source, Summary};
 use serde_json::Value;
 
 use crate::decode::{Api, Call};
-use crate::model::{ErrorEnvelope, ResponseFacts};
+use crate::model::{ErrorEnvelope, ResponseFacts, TablePartitioning};
 use crate::render::json_response;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
@@ -56,6 +57,38 @@ impl UpstreamAuth {
     }
 }
 
+/// How long dry-run estimates and table partitioning are reused.
+const ESTIMATE_TTL: Duration = Duration::from_secs(60);
+const TABLE_TTL: Duration = Duration::from_secs(300);
+const CACHE_CAP: usize = 4096;
+
+/// A small map of recent answers, cleared when full.
+#[derive(Debug)]
+struct Recent<V>(Mutex<HashMap<String, (V, Instant)>>);
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V: Clone> Recent<V> {
+    fn get(&self, key: &str, ttl: Duration) -> Option<V> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(v, _)| v.clone())
+    }
+
+    fn put(&self, key: String, value: V) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_CAP {
+            map.clear();
+        }
+        map.insert(key, (value, Instant::now()));
+    }
+}
+
 /// One configured `bigquery` source.
 #[derive(Debug)]
 pub struct BigQuerySource {
@@ -64,6 +97,8 @@ pub struct BigQuerySource {
     endpoint: String,
     auth: UpstreamAuth,
     http: reqwest::Client,
+    estimates: Recent<u64>,
+    tables: Recent<Partitioning>,
 }
 
 impl BigQuerySource {
@@ -87,6 +122,8 @@ impl BigQuerySource {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             auth,
             http,
+            estimates: Recent::default(),
+            tables: Recent::default(),
         })
     }
 
@@ -114,12 +151,195 @@ impl BigQuerySource {
     }
 }
 
+impl BigQuerySource {
+    /// Sends a request of the gateway's own (dry run, table metadata) upstream.
+    async fn own_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Fault> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.endpoint));
+        if let Some(token) = self.token().await? {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = req.send().await.map_err(|_| {
+            Fault::upstream(format!(
+                "querygate could not reach the BigQuery upstream of source {}",
+                self.name
+            ))
+        })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|_| {
+            Fault::upstream(format!(
+                "the BigQuery upstream of source {} closed the connection mid-answer",
+                self.name
+            ))
+        })?;
+        Ok((status, body))
+    }
+}
+
+/// The jobs.query dry-run body equivalent to a query call, or `None` for other calls.
+fn dry_run_body(call: &Call) -> Option<Value> {
+    let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
+    let (query, location) = match call.api {
+        Api::JobsQuery => (body.clone(), body.get("location").cloned()),
+        Api::JobsInsert => (
+            body.pointer("/configuration/query")?.clone(),
+            body.pointer("/jobReference/location").cloned(),
+        ),
+        _ => return None,
+    };
+    let mut dry = serde_json::Map::new();
+    for key in [
+        "query",
+        "useLegacySql",
+        "queryParameters",
+        "parameterMode",
+        "defaultDataset",
+        "connectionProperties",
+    ] {
+        if let Some(v) = query.get(key) {
+            dry.insert(key.to_string(), v.clone());
+        }
+    }
+    if let Some(l) = location {
+        dry.insert("location".into(), l);
+    }
+    dry.insert("dryRun".into(), Value::Bool(true));
+    Some(Value::Object(dry))
+}
+
 impl Source for BigQuerySource {
     type Call = Call;
     type Reply = BigQueryReply;
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn default_project(&self) -> &str {
+        &self.project
+    }
+
+    async fn estimate(&self, call: &Call) -> Result<u64, Refusal> {
+        let Some(body) = dry_run_body(call) else {
+            return Err(Refusal::Failed(Fault::gateway(
+                "this call carries no query to estimate",
+            )));
+        };
+        let key = body.to_string();
+        if let Some(bytes) = self.estimates.get(&key, ESTIMATE_TTL) {
+            return Ok(bytes);
+        }
+        let path = format!("/bigquery/v2/projects/{}/queries", self.project);
+        let (status, reply) = self
+            .own_request(http::Method::POST, &path, Some(key.clone().into_bytes()))
+            .await
+            .map_err(Refusal::Failed)?;
+        let facts: ResponseFacts = serde_json::from_slice(&reply).map_err(|_| {
+            Refusal::Failed(Fault::upstream(format!(
+                "the BigQuery upstream of source {} answered a dry run with something that is not BigQuery JSON",
+                self.name
+            )))
+        })?;
+        let error = facts.error.and_then(|e| e.message).or_else(|| {
+            facts
+                .errors
+                .and_then(|e| e.into_iter().next())
+                .and_then(|e| e.message)
+        });
+        if let Some(message) = error {
+            // The upstream rejected the query itself: that is the client's to fix.
+            if status.is_client_error() || status.is_success() {
+                return Err(Refusal::Denied(Denial::new(DenialKind::Invalid, message)));
+            }
+            return Err(Refusal::Failed(Fault::upstream(format!(
+                "the BigQuery upstream of source {} failed a dry run: HTTP {}",
+                self.name,
+                status.as_u16()
+            ))));
+        }
+        let bytes = facts
+            .total_bytes_processed
+            .or(facts
+                .statistics
+                .and_then(|s| s.query)
+                .and_then(|q| q.total_bytes_processed))
+            .unwrap_or(0);
+        self.estimates.put(key, bytes);
+        Ok(bytes)
+    }
+
+    async fn partitioning(&self, table: &str) -> Result<Partitioning, Fault> {
+        if let Some(p) = self.tables.get(table, TABLE_TTL) {
+            return Ok(p);
+        }
+        let parts: Vec<&str> = table.split('.').collect();
+        let [project, dataset, name] = parts.as_slice() else {
+            return Err(Fault::gateway(format!(
+                "{table} is not project.dataset.table"
+            )));
+        };
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let path = format!(
+            "/bigquery/v2/projects/{}/datasets/{}/tables/{}",
+            enc(project),
+            enc(dataset),
+            enc(name)
+        );
+        let (status, body) = self.own_request(http::Method::GET, &path, None).await?;
+        if !status.is_success() {
+            return Err(Fault::upstream(format!(
+                "tables.get {table} answered HTTP {}",
+                status.as_u16()
+            )));
+        }
+        let t: TablePartitioning = serde_json::from_slice(&body)
+            .map_err(|_| Fault::upstream(format!("tables.get {table} is not BigQuery JSON")))?;
+        let p = match (t.time_partitioning, t.range_partitioning) {
+            (Some(tp), _) => {
+                Partitioning::Column(tp.field.unwrap_or_else(|| "_PARTITIONTIME".into()))
+            }
+            (None, Some(rp)) => rp
+                .field
+                .map_or(Partitioning::NotPartitioned, Partitioning::Column),
+            (None, None) => Partitioning::NotPartitioned,
+        };
+        self.tables.put(table.to_string(), p.clone());
+        Ok(p)
+    }
+
+    fn limit_bytes(&self, call: &mut Call, bytes: u64) {
+        let Some(Ok(mut body)) = call.body.as_deref().map(serde_json::from_slice::<Value>) else {
+            return;
+        };
+        let target = match call.api {
+            Api::JobsQuery => Some(&mut body),
+            Api::JobsInsert => body.pointer_mut("/configuration/query"),
+            _ => None,
+        };
+        let Some(Value::Object(q)) = target else {
+            return;
+        };
+        let existing = q.get("maximumBytesBilled").and_then(|v| match v {
+            Value::String(s) => s.parse::<u64>().ok(),
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        });
+        let cap = existing.map_or(bytes, |e| e.min(bytes));
+        q.insert("maximumBytesBilled".into(), Value::String(cap.to_string()));
+        call.body = Some(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
     }
 
     async fn execute(&self, admitted: Admitted<Call>) -> Result<BigQueryReply, Fault> {
@@ -210,6 +430,7 @@ impl BigQueryReply {
         let schema = f.schema.or(qstats.schema).map(|s| s.get().to_string());
         Summary {
             status: self.status.as_u16(),
+            total_rows: f.total_rows,
             rows: f.rows.or(
                 // A successful page with no `rows` field returned zero rows.
                 matches!(

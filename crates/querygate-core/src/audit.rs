@@ -61,6 +61,24 @@ pub struct AuditRecord {
     pub duration_ms: Option<f64>,
     pub user_agent: Option<String>,
     pub peer: Option<String>,
+    /// Statement kinds of the analyzed SQL (`select`, `insert`, …).
+    #[serde(default)]
+    pub statement_kinds: Vec<String>,
+    /// Tables the request reads or writes, qualified (`project.dataset.table`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// The policy rule that decided, if one did.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// Every rule that matched, in order.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Hash of the policy that decided.
+    #[serde(default)]
+    pub policy_version: Option<String>,
+    /// Dry-run estimate of the bytes the query would process, when one was made.
+    #[serde(default)]
+    pub bytes_estimate: Option<u64>,
 }
 
 impl AuditRecord {
@@ -195,6 +213,12 @@ mod tests {
             duration_ms: None,
             user_agent: None,
             peer: None,
+            statement_kinds: vec![],
+            tables: vec![],
+            rule: None,
+            rules: vec![],
+            policy_version: None,
+            bytes_estimate: None,
         }
     }
 

@@ -1,11 +1,20 @@
-//! The decide stage: pure, over the identity, the action, SQL facts and job ownership.
+//! The request-shape half of the decide stage: pure, over the action and job ownership.
 //!
-//! Until rule-based policy lands, the built-in policy is: every authenticated
-//! identity may read (SELECT queries, dry runs, metadata, its own jobs and their
-//! result tables) and nothing else. Every denial says why and what to do instead.
+//! It settles what does not need policy (malformed requests, unknown sources, legacy
+//! SQL, jobs and result tables that belong to someone else, API methods not served)
+//! and hands queries and table reads to the policy ([`Gate::Policy`]). Every denial
+//! says why and what to do instead.
 
-use querygate_core::{Action, Decision, Denial, DenialKind, Identity};
-use querygate_sql::Facts;
+use querygate_core::{Action, Denial, DenialKind};
+
+/// What the request's shape settles before policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Allow,
+    Deny(Denial),
+    /// A query or table read: the rules decide.
+    Policy,
+}
 
 /// Facts about jobs and result tables, looked up in the store before deciding.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,15 +25,8 @@ pub struct Ownership {
     pub owns_result_table: bool,
 }
 
-pub fn decide(
-    _identity: &Identity,
-    source_known: bool,
-    target: &str,
-    action: &Action,
-    facts: &Facts,
-    ownership: &Ownership,
-) -> Decision {
-    let deny = |kind, message: String| Decision::Deny(Denial::new(kind, message));
+pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Ownership) -> Gate {
+    let deny = |kind, message: String| Gate::Deny(Denial::new(kind, message));
     match action {
         Action::Malformed { message, status } => {
             let kind = match status {
@@ -55,37 +57,10 @@ pub fn decide(
                  identity has read-only access through querygate; remove the destination table"
             ),
         ),
-        Action::Query { .. } => {
-            if let Some(why) = &facts.opaque {
-                deny(
-                    DenialKind::Invalid,
-                    format!(
-                        "{why}. querygate refuses SQL it cannot analyze; rewrite the statement"
-                    ),
-                )
-            } else if facts.read_only() {
-                Decision::Allow
-            } else {
-                let kinds: Vec<&str> = facts
-                    .statements
-                    .iter()
-                    .map(|k| k.name())
-                    .filter(|k| *k != "select")
-                    .collect();
-                deny(
-                    DenialKind::Forbidden,
-                    format!(
-                        "Access Denied: this identity has read-only access through querygate, and \
-                         the statement contains {}; only SELECT queries may run — ask a person to \
-                         run this change",
-                        kinds.join(", ").to_uppercase()
-                    ),
-                )
-            }
-        }
+        Action::Query { .. } => Gate::Policy,
         Action::ReadJob { job_id } | Action::CancelJob { job_id } => {
             if ownership.owns_job {
-                Decision::Allow
+                Gate::Allow
             } else {
                 deny(
                     DenialKind::NotFound,
@@ -110,7 +85,11 @@ pub fn decide(
                  identity that ran the query)"
             ),
         ),
-        Action::ReadRows { .. } | Action::ReadMetadata { .. } | Action::ListJobs => Decision::Allow,
+        Action::ReadRows {
+            result_table: true, ..
+        } => Gate::Allow,
+        Action::ReadRows { .. } => Gate::Policy,
+        Action::ReadMetadata { .. } | Action::ListJobs => Gate::Allow,
         Action::Other { what } => deny(
             DenialKind::Forbidden,
             format!(

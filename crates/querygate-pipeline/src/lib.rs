@@ -12,20 +12,25 @@
 
 mod authenticate;
 mod decide;
+mod policies;
 mod source;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use querygate_core::{
-    Action, AuditRecord, Decision, Denial, DenialKind, Fault, Identity, Phase, Request,
+use querygate_core::{Action, AuditRecord, Denial, DenialKind, Fault, Identity, Phase, Request};
+use querygate_policy::{
+    Input, Outcome as PolicyOutcome, StatementKind, TableUse, Verdict, format_bytes,
 };
 use querygate_sql::{Facts, SqlDialect, analyze};
-use querygate_store::{JobRow, Store};
+use querygate_store::{Alongside, JobRow, Store};
 
 pub use authenticate::{ApiKey, Authenticator};
-pub use decide::{Ownership, decide};
-pub use source::{Admitted, Reply, Scope, Source, Summary};
+pub use decide::{Gate, Ownership, gate};
+pub use policies::PolicySet;
+pub use querygate_policy::Partitioning;
+pub use source::{Admitted, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.
 #[derive(Debug)]
@@ -38,27 +43,74 @@ pub enum Outcome<R> {
     Failed(Fault),
 }
 
+/// The parts of the configuration a reload may replace.
+#[derive(Debug)]
+struct Settings {
+    authenticator: Authenticator,
+    policies: PolicySet,
+}
+
 /// The pipeline shared by every front.
 #[derive(Debug)]
 pub struct Pipeline {
-    authenticator: Authenticator,
+    settings: RwLock<Arc<Settings>>,
     store: Arc<Store>,
 }
 
-/// The decide stage's context for one request, recorded in the decided audit record.
+/// One request's context, recorded in its audit records.
 struct Context<'a> {
     request: &'a Request,
     identity: Option<&'a Identity>,
     source: &'a str,
     started: Instant,
+    /// What analysis and policy said, for the records.
+    explained: Explained,
+}
+
+#[derive(Default, Clone)]
+struct Explained {
+    kinds: Vec<String>,
+    tables: Vec<String>,
+    rule: Option<String>,
+    rules: Vec<String>,
+    policy_version: Option<String>,
+    bytes_estimate: Option<u64>,
+}
+
+/// Limits the decision puts on the execution.
+#[derive(Default)]
+struct Limits {
+    max_bytes_billed: Option<u64>,
+    row_limit: Option<querygate_policy::RowLimit>,
+    /// Bytes to charge to the identity's daily usage once the query completes.
+    billable: bool,
 }
 
 impl Pipeline {
-    pub fn new(authenticator: Authenticator, store: Arc<Store>) -> Pipeline {
+    pub fn new(authenticator: Authenticator, policies: PolicySet, store: Arc<Store>) -> Pipeline {
         Pipeline {
-            authenticator,
+            settings: RwLock::new(Arc::new(Settings {
+                authenticator,
+                policies,
+            })),
             store,
         }
+    }
+
+    /// Replaces keys and policy; requests in flight finish with what they started with.
+    pub fn reload(&self, authenticator: Authenticator, policies: PolicySet) {
+        let next = Arc::new(Settings {
+            authenticator,
+            policies,
+        });
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -71,19 +123,23 @@ impl Pipeline {
         &self,
         request: Request,
         source: Option<&S>,
-        call: S::Call,
+        mut call: S::Call,
     ) -> Outcome<S::Reply> {
-        let started = Instant::now();
+        let settings = self.settings();
         let source_name = source.map_or(request.target.as_str(), |s| s.name());
         let mut ctx = Context {
             request: &request,
             identity: None,
             source: source_name,
-            started,
+            started: Instant::now(),
+            explained: Explained::default(),
         };
 
         // authenticate: who is asking.
-        let identity = match self.authenticator.authenticate(request.credential.as_ref()) {
+        let identity = match settings
+            .authenticator
+            .authenticate(request.credential.as_ref())
+        {
             Ok(identity) => identity,
             Err(denial) => return self.refuse(&ctx, denial).await,
         };
@@ -91,43 +147,75 @@ impl Pipeline {
 
         // analyze: facts from the SQL text (pure).
         let facts = match &request.action {
-            Action::Query { statement, .. } => analyze(statement, SqlDialect::BigQuery),
-            _ => Facts::default(),
+            Action::Query { statement, .. } => Some(analyze(statement, SqlDialect::BigQuery)),
+            _ => None,
         };
 
-        // decide: allow or deny (pure, over facts the store supplies about jobs).
+        // decide: the request's shape first (jobs, result tables, methods not served),
+        // then the rules for queries and table reads.
         let ownership = match self.ownership(&request, &identity, source_name) {
             Ok(o) => o,
             Err(fault) => return self.fail(&ctx, fault).await,
         };
-        let decision = decide(
-            &identity,
-            source.is_some(),
-            &request.target,
-            &request.action,
-            &facts,
-            &ownership,
-        );
-        let Some(source) = source.filter(|_| decision == Decision::Allow) else {
-            let denial = match decision {
-                Decision::Deny(d) => d,
-                Decision::Allow => Denial::new(DenialKind::NotFound, "no such source"),
-            };
-            return self.refuse(&ctx, denial).await;
+        let mut limits = Limits::default();
+        let source = match (
+            gate(
+                source.is_some(),
+                &request.target,
+                &request.action,
+                &ownership,
+            ),
+            source,
+        ) {
+            (Gate::Deny(denial), _) => return self.refuse(&ctx, denial).await,
+            (_, None) => {
+                let denial = Denial::new(DenialKind::NotFound, "no such source");
+                return self.refuse(&ctx, denial).await;
+            }
+            (Gate::Allow, Some(source)) => source,
+            (Gate::Policy, Some(source)) => {
+                match self
+                    .decide(
+                        &settings.policies,
+                        &mut ctx,
+                        &identity,
+                        source,
+                        &call,
+                        facts.as_ref(),
+                    )
+                    .await
+                {
+                    Ok(l) => {
+                        limits = l;
+                        source
+                    }
+                    Err(Refusal::Denied(denial)) => return self.refuse(&ctx, denial).await,
+                    Err(Refusal::Failed(fault)) => return self.fail(&ctx, fault).await,
+                }
+            }
         };
+        if let Some(bytes) = limits.max_bytes_billed {
+            source.limit_bytes(&mut call, bytes);
+        }
 
-        // approve: approvals land with the approvals work; every allowed request passes.
+        // approve: approvals land with the approvals work; approve rules refuse for now.
 
         // audit decided: durable before anything reaches the upstream (fail closed).
         // A job id the client chose is claimed for it in the same commit.
         let decided = self.record(&ctx, Phase::Decided, "allow", None);
         let claim = match (&request.job_id, &request.action) {
-            (Some(job_id), Action::Query { dry_run: false, .. }) => {
-                Some(job_row(source_name, job_id, &identity, None, None))
-            }
+            (Some(job_id), Action::Query { dry_run: false, .. }) => Some(job_row(
+                source_name,
+                job_id,
+                &identity,
+                None,
+                None,
+                limits.row_limit.as_ref().map(|l| l.rows),
+            )),
             _ => None,
         };
-        if let Err(e) = self.store.append_with(decided, claim).await {
+        let alongside = Alongside { claim, usage: None };
+        if let Err(e) = self.store.append_with(decided, alongside).await {
             tracing::error!(request_id = %request.id, error = %e, "cannot write the decided record; refusing");
             return Outcome::Failed(Fault::gateway(
                 "querygate could not write its audit record, so the request was not run; \
@@ -151,10 +239,33 @@ impl Pipeline {
                 Err(e) => return self.fail(&ctx, Fault::gateway(e.to_string())).await,
             }
         }
+        let summary = reply.summary();
+        let row_limit = limits
+            .row_limit
+            .as_ref()
+            .map(|l| (l.rows, l.message.clone()))
+            .or_else(|| {
+                // Pages of a job carry the limit its query was decided with.
+                match &request.action {
+                Action::ReadJob { job_id } => self
+                    .store
+                    .job(source_name, job_id)
+                    .ok()
+                    .flatten()
+                    .and_then(|j| j.row_limit)
+                    .map(|rows| (rows, format!(
+                        "Access Denied: the result of job {job_id} has more than {rows} rows, \
+                         over the limit a policy rule sets; narrow the query"
+                    ))),
+                _ => None,
+            }
+            });
+        let withheld = row_limit
+            .filter(|(rows, _)| summary.total_rows.is_some_and(|t| t > *rows))
+            .map(|(_, message)| message);
 
         // audit completed: what went back, and the job the upstream ran (claimed for the
         // caller in the same commit, so its next request finds it).
-        let summary = reply.summary();
         let claim = summary
             .job_id
             .as_deref()
@@ -171,24 +282,160 @@ impl Pipeline {
                     &identity,
                     summary.destination.clone(),
                     summary.schema.clone(),
+                    limits.row_limit.as_ref().map(|l| l.rows),
                 )
             });
-        let mut completed = self.record(&ctx, Phase::Completed, "allow", None);
-        completed.status = Some(summary.status);
-        completed.rows = summary.rows;
+        let usage = if limits.billable {
+            summary.bytes_billed.or(summary.bytes_processed)
+        } else {
+            None
+        };
+        let (decision, status) = match &withheld {
+            Some(_) => ("deny", 403),
+            None => ("allow", summary.status),
+        };
+        let mut completed = self.record(&ctx, Phase::Completed, decision, withheld.clone());
+        completed.status = Some(status);
+        completed.rows = if withheld.is_some() {
+            Some(0)
+        } else {
+            summary.rows
+        };
         completed.bytes_processed = summary.bytes_processed;
         completed.bytes_billed = summary.bytes_billed;
         completed.error = summary.error;
         completed.job_id = summary.job_id.or(completed.job_id);
-        if let Err(e) = self.store.append_with(completed, claim).await {
+        if let Err(e) = self
+            .store
+            .append_with(completed, Alongside { claim, usage })
+            .await
+        {
             // The upstream already answered; withholding the answer would not undo it.
             tracing::error!(request_id = %request.id, error = %e, "cannot write the completed record");
+        }
+        if let Some(message) = withheld {
+            tracing::info!(request_id = %request.id, identity = %identity.subject, "result withheld: {message}");
+            return Outcome::Denied(Denial::new(DenialKind::Forbidden, message));
         }
         tracing::info!(
             request_id = %request.id, identity = %identity.subject, method = %request.method,
             status = summary.status, "request completed"
         );
         Outcome::Done(reply)
+    }
+
+    /// The policy half of decide: rules over the facts, with a dry-run estimate and
+    /// partitioning looked up only when a rule or a budget needs them.
+    async fn decide<S: Source>(
+        &self,
+        policies: &PolicySet,
+        ctx: &mut Context<'_>,
+        identity: &Identity,
+        source: &S,
+        call: &S::Call,
+        facts: Option<&Facts>,
+    ) -> Result<Limits, Refusal> {
+        let Some(policy) = policies.policy(source.name()) else {
+            return Err(Refusal::Denied(Denial::new(
+                DenialKind::Forbidden,
+                format!("Access Denied: source {} has no policy", source.name()),
+            )));
+        };
+        let project = source.default_project();
+        let Subject {
+            kinds,
+            tables,
+            opaque,
+        } = match (facts, &ctx.request.action) {
+            (Some(f), _) => Subject::of(f, project),
+            (None, Action::ReadRows { table, .. }) => Subject::table_read(table),
+            _ => Subject::default(),
+        };
+        ctx.explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
+        ctx.explained.tables = tables.iter().map(|t| t.name.clone()).collect();
+        ctx.explained.policy_version = Some(policy.version.clone());
+        let dry_run = matches!(ctx.request.action, Action::Query { dry_run: true, .. });
+        let is_query = matches!(ctx.request.action, Action::Query { .. });
+
+        let mut partitions = HashMap::new();
+        if policy.rules.iter().any(|r| r.when.full_scan.is_some()) {
+            for t in tables.iter().filter(|t| !t.write) {
+                if let Ok(p) = source.partitioning(&t.name).await {
+                    partitions.insert(t.name.clone(), p);
+                }
+            }
+        }
+        let budget = policies.budget(identity).filter(|_| is_query && !dry_run);
+        let mut bytes = None;
+        let mut input = Input {
+            identity,
+            source: source.name(),
+            statements: &kinds,
+            tables: &tables,
+            opaque: opaque.as_deref(),
+            bytes: None,
+            partitions: &partitions,
+            tags: &[],
+            now: jiff::Timestamp::now(),
+        };
+        let mut verdict: Verdict = policy.evaluate(&input);
+        let needs_bytes = verdict.needs_estimate.is_some()
+            || (budget.is_some() && matches!(verdict.outcome, PolicyOutcome::Allow));
+        if needs_bytes && is_query && opaque.is_none() {
+            let estimate = source.estimate(call).await?;
+            bytes = Some(estimate);
+            ctx.explained.bytes_estimate = bytes;
+            input.bytes = bytes;
+            verdict = policy.evaluate(&input);
+        }
+        ctx.explained.rule = verdict.rule.clone();
+        ctx.explained.rules = verdict.matched.clone();
+        if let Some(rule) = &verdict.needs_estimate {
+            // Only reachable for requests that cannot be estimated (opaque SQL, table reads).
+            return Err(Refusal::Denied(Denial::new(
+                DenialKind::Forbidden,
+                format!(
+                    "Access Denied: rule {rule:?} needs the bytes this request would process, and querygate cannot estimate them for it"
+                ),
+            )));
+        }
+        match verdict.outcome {
+            PolicyOutcome::Allow => {}
+            PolicyOutcome::Deny { message } | PolicyOutcome::Approve { message, .. } => {
+                return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, message)));
+            }
+        }
+        if let (Some((limit, whose)), Some(bytes)) = (&budget, bytes) {
+            let day = audit_time(time::OffsetDateTime::now_utc());
+            let used = self
+                .store
+                .usage(&identity.subject, &day[..10])
+                .map_err(|e| Refusal::Failed(Fault::gateway(e.to_string())))?;
+            if used.saturating_add(bytes) > *limit {
+                return Err(Refusal::Denied(Denial::new(
+                    DenialKind::Forbidden,
+                    format!(
+                        "Access Denied: daily budget of {} for {whose} would be exceeded: {} used today, {} remaining, and this query would process {}; try a narrower query or wait until tomorrow (UTC)",
+                        format_bytes(*limit),
+                        format_bytes(used),
+                        format_bytes(limit.saturating_sub(used)),
+                        format_bytes(bytes)
+                    ),
+                )));
+            }
+        }
+        let cap = [
+            verdict.max_bytes_billed,
+            policies.max_bytes_billed.get(source.name()).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        Ok(Limits {
+            max_bytes_billed: cap.filter(|_| is_query && !dry_run),
+            row_limit: verdict.row_limit,
+            billable: is_query && !dry_run,
+        })
     }
 
     /// Job facts the decide stage needs, read from the store.
@@ -307,6 +554,12 @@ impl Pipeline {
                 .then(|| ctx.started.elapsed().as_secs_f64() * 1000.0),
             user_agent: r.client.user_agent.clone(),
             peer: r.client.peer.clone(),
+            statement_kinds: ctx.explained.kinds.clone(),
+            tables: ctx.explained.tables.clone(),
+            rule: ctx.explained.rule.clone(),
+            rules: ctx.explained.rules.clone(),
+            policy_version: ctx.explained.policy_version.clone(),
+            bytes_estimate: ctx.explained.bytes_estimate,
         }
     }
 }
@@ -317,6 +570,7 @@ fn job_row(
     identity: &Identity,
     destination: Option<String>,
     schema: Option<String>,
+    row_limit: Option<u64>,
 ) -> JobRow {
     JobRow {
         source: source.to_string(),
@@ -324,7 +578,46 @@ fn job_row(
         identity: identity.subject.clone(),
         destination,
         schema,
+        row_limit,
     }
+}
+
+/// What policy sees of a request: statement kinds, tables, and whether it was understood.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub kinds: Vec<StatementKind>,
+    pub tables: Vec<TableUse>,
+    pub opaque: Option<String>,
+}
+
+impl Subject {
+    /// From SQL facts; table names are qualified with the source's project.
+    pub fn of(facts: &Facts, project: &str) -> Subject {
+        let _ = project;
+        Subject {
+            kinds: facts.kinds().collect(),
+            tables: Vec::new(),
+            opaque: facts.opaque.clone(),
+        }
+    }
+
+    /// A direct read of a table's rows (BigQuery tabledata.list): a SELECT with no filter.
+    pub fn table_read(table: &str) -> Subject {
+        Subject {
+            kinds: vec![StatementKind::Select],
+            tables: vec![TableUse {
+                name: strip_decorator(table),
+                write: false,
+                filtered: vec![],
+            }],
+            opaque: None,
+        }
+    }
+}
+
+/// `p.d.t$20240101` / `p.d.t@1700000000` → `p.d.t`.
+fn strip_decorator(table: &str) -> String {
+    table.split(['$', '@']).next().unwrap_or(table).to_string()
 }
 
 /// RFC 3339 UTC with exactly six fractional digits, so that times sort as strings.

@@ -8,7 +8,8 @@
 use std::collections::HashSet;
 use std::future::Future;
 
-use querygate_core::{Fault, Identity};
+use querygate_core::{Denial, Fault, Identity};
+use querygate_policy::Partitioning;
 
 /// A call the pipeline has authenticated, decided, and audited.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct Summary {
     /// Status returned to the client.
     pub status: u16,
     pub rows: Option<u64>,
+    /// Rows of the whole result, when the reply says (`totalRows`).
+    pub total_rows: Option<u64>,
     pub bytes_processed: Option<u64>,
     pub bytes_billed: Option<u64>,
     pub job_id: Option<String>,
@@ -75,8 +78,31 @@ pub trait Source: Send + Sync {
     /// The source's configured name, recorded in the audit log.
     fn name(&self) -> &str;
 
+    /// The project (or database) unqualified table names belong to.
+    fn default_project(&self) -> &str;
+
     fn execute(
         &self,
         call: Admitted<Self::Call>,
     ) -> impl Future<Output = Result<Self::Reply, Fault>> + Send;
+
+    /// Bytes the call's query would process (a dry run upstream). Runs no query and
+    /// returns no rows; the pipeline calls it only when a rule or budget needs it.
+    fn estimate(&self, call: &Self::Call) -> impl Future<Output = Result<u64, Refusal>> + Send;
+
+    /// How a table is partitioned (metadata lookup, cached by the source).
+    fn partitioning(&self, table: &str)
+    -> impl Future<Output = Result<Partitioning, Fault>> + Send;
+
+    /// Caps the bytes the call's query may bill (`maximumBytesBilled` for BigQuery),
+    /// keeping a lower cap the client set.
+    fn limit_bytes(&self, call: &mut Self::Call, bytes: u64);
+}
+
+/// Why an estimate could not be made: the upstream rejected the query (its message is
+/// for the client) or could not be asked.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    Denied(Denial),
+    Failed(Fault),
 }

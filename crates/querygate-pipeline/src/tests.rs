@@ -7,8 +7,12 @@ use querygate_store::Reader;
 
 use super::*;
 
+#[derive(Default)]
 struct Echo {
     calls: AtomicUsize,
+    estimates: AtomicUsize,
+    limited: AtomicUsize,
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -27,6 +31,19 @@ impl Source for Echo {
     fn name(&self) -> &str {
         "echo"
     }
+    fn default_project(&self) -> &str {
+        "p"
+    }
+    async fn estimate(&self, _call: &&'static str) -> Result<u64, Refusal> {
+        self.estimates.fetch_add(1, Ordering::SeqCst);
+        Ok(self.bytes)
+    }
+    async fn partitioning(&self, _table: &str) -> Result<Partitioning, Fault> {
+        Ok(Partitioning::NotPartitioned)
+    }
+    fn limit_bytes(&self, _call: &mut &'static str, bytes: u64) {
+        self.limited.store(bytes as usize, Ordering::SeqCst);
+    }
     async fn execute(&self, call: Admitted<&'static str>) -> Result<EchoReply, Fault> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(EchoReply(Summary {
@@ -34,6 +51,7 @@ impl Source for Echo {
             rows: Some(3),
             job_id: Some(call.into_call().to_string()),
             schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
+            bytes_billed: Some(self.bytes),
             ..Summary::default()
         }))
     }
@@ -49,7 +67,17 @@ fn pipeline(dir: &std::path::Path) -> Pipeline {
         },
         key_sha256: Secret::new("key-a").sha256_hex(),
     };
-    Pipeline::new(Authenticator::new([key]), Arc::new(store))
+    Pipeline::new(
+        Authenticator::new([key]),
+        policies(querygate_policy::Policy::builtin_read_only()),
+        Arc::new(store),
+    )
+}
+
+fn policies(policy: querygate_policy::Policy) -> PolicySet {
+    let mut set = PolicySet::default();
+    set.sources.insert("echo".into(), Arc::new(policy));
+    set
 }
 
 fn request(key: Option<&str>, action: Action) -> Request {
@@ -93,9 +121,7 @@ fn records(dir: &std::path::Path) -> Vec<AuditRecord> {
 async fn allowed_query_reaches_source_and_is_audited_twice() {
     let dir = tmp("allow");
     let p = pipeline(&dir);
-    let src = Echo {
-        calls: AtomicUsize::new(0),
-    };
+    let src = Echo::default();
     let out = p
         .handle(
             request(Some("key-a"), query("SELECT 1")),
@@ -126,9 +152,7 @@ async fn allowed_query_reaches_source_and_is_audited_twice() {
 async fn bad_key_and_writes_never_reach_the_source() {
     let dir = tmp("deny");
     let p = pipeline(&dir);
-    let src = Echo {
-        calls: AtomicUsize::new(0),
-    };
+    let src = Echo::default();
     for (key, action, kind) in [
         (None, query("SELECT 1"), DenialKind::Unauthenticated),
         (
@@ -146,7 +170,7 @@ async fn bad_key_and_writes_never_reach_the_source() {
             query("SELECT 1; DROP TABLE d.t"),
             DenialKind::Forbidden,
         ),
-        (Some("key-a"), query("SELEC garbage"), DenialKind::Invalid),
+        (Some("key-a"), query("SELEC garbage"), DenialKind::Forbidden),
         (
             Some("key-a"),
             Action::Other {
@@ -188,9 +212,7 @@ async fn unwritable_audit_log_fails_closed() {
         &dir.join("qg.db"),
         "CREATE TRIGGER no_insert BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
     );
-    let src = Echo {
-        calls: AtomicUsize::new(0),
-    };
+    let src = Echo::default();
     let out = p
         .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
         .await;
@@ -205,4 +227,95 @@ async fn unwritable_audit_log_fails_closed() {
 fn rusqlite_exec(path: &std::path::Path, sql: &str) {
     let conn = rusqlite::Connection::open(path).expect("open");
     conn.execute_batch(sql).expect("exec");
+}
+
+#[tokio::test]
+async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
+    use querygate_policy::{Budget, Principal, Rule, RuleAction, When};
+    let dir = tmp("budget");
+    let p = pipeline(&dir);
+    let rule = |name: &str, action, when: When, max: Option<u64>| Rule {
+        name: name.into(),
+        who: vec![],
+        tables: vec![],
+        statements: vec![],
+        when,
+        action,
+        message: Some(format!("{name} says no")),
+        approvers: vec![],
+        max_bytes_billed: max,
+    };
+    let mut set = policies(querygate_policy::Policy::new(vec![
+        rule(
+            "big",
+            RuleAction::Deny,
+            When {
+                bytes_over: Some(1000),
+                ..When::default()
+            },
+            None,
+        ),
+        rule("read", RuleAction::Allow, When::default(), Some(5000)),
+    ]));
+    set.budgets.push(Budget {
+        who: Principal::Group("agents".into()),
+        bytes_per_day: 1500,
+    });
+    let keys = Authenticator::new([ApiKey {
+        identity: Identity {
+            subject: "agent:a".into(),
+            groups: vec!["agents".into()],
+            kind: querygate_core::IdentityKind::Agent,
+        },
+        key_sha256: Secret::new("key-a").sha256_hex(),
+    }]);
+    p.reload(keys, set);
+    let small = Echo {
+        bytes: 600,
+        ..Echo::default()
+    };
+    // 600 bytes: allowed, capped at the rule's 5000, charged to the budget.
+    for _ in 0..2 {
+        let out = p
+            .handle(request(Some("key-a"), query("SELECT 1")), Some(&small), "j")
+            .await;
+        assert!(matches!(out, Outcome::Done(_)), "{out:?}");
+    }
+    assert_eq!(small.limited.load(Ordering::SeqCst), 5000);
+    assert_eq!(small.estimates.load(Ordering::SeqCst), 2);
+    // Two queries billed 1200 of the 1500 daily budget: a third 600 would cross it.
+    match p
+        .handle(request(Some("key-a"), query("SELECT 1")), Some(&small), "j")
+        .await
+    {
+        Outcome::Denied(d) => assert!(
+            d.message.contains("daily budget") && d.message.contains("300 B remaining"),
+            "{}",
+            d.message
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(small.calls.load(Ordering::SeqCst), 2);
+    // 2000 bytes: over the rule's 1000 → denied by rule "big", with its message.
+    let big = Echo {
+        bytes: 2000,
+        ..Echo::default()
+    };
+    match p
+        .handle(request(Some("key-a"), query("SELECT 2")), Some(&big), "j")
+        .await
+    {
+        Outcome::Denied(d) => assert!(
+            d.message.contains("rule \"big\"") && d.message.contains("big says no"),
+            "{}",
+            d.message
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(big.calls.load(Ordering::SeqCst), 0);
+    let recs = records(&dir);
+    let last = recs.last().expect("records");
+    assert_eq!(last.rule.as_deref(), Some("big"));
+    assert_eq!(last.bytes_estimate, Some(2000));
+    assert_eq!(last.statement_kinds, vec!["select"]);
 }

@@ -69,6 +69,11 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// The kind of every statement, in order.
+    pub fn kinds(&self) -> impl Iterator<Item = StatementKind> + '_ {
+        self.statements.iter().copied()
+    }
+
     /// True when every statement only reads.
     pub fn read_only(&self) -> bool {
         self.opaque.is_none()

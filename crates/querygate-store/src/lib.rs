@@ -44,11 +44,23 @@ pub struct JobRow {
     pub destination: Option<String>,
     /// Result schema as the upstream sent it (JSON), kept for pages that arrive without one.
     pub schema: Option<String>,
+    /// Policy's limit on result rows for this job, applied to every page.
+    pub row_limit: Option<u64>,
+}
+
+/// What else to commit together with an audit record.
+#[derive(Debug, Clone, Default)]
+pub struct Alongside {
+    /// A job to claim for its owner (see [`Store::claim_job`]).
+    pub claim: Option<JobRow>,
+    /// Bytes to add to the record's identity's usage for the record's day.
+    pub usage: Option<u64>,
 }
 
 enum Op {
     Append {
         record: Box<AuditRecord>,
+        usage: Option<u64>,
         ack: oneshot::Sender<Result<u64, StoreError>>,
     },
     ClaimJob {
@@ -98,7 +110,7 @@ impl Store {
 
     /// Appends a record to the chain; returns its `seq` once it is durable.
     pub async fn append(&self, record: AuditRecord) -> Result<u64, StoreError> {
-        self.append_with(record, None).await
+        self.append_with(record, Alongside::default()).await
     }
 
     /// Records a job claim (see [`Store::claim_job`]) and appends a record, committed
@@ -106,10 +118,10 @@ impl Store {
     pub async fn append_with(
         &self,
         record: AuditRecord,
-        claim: Option<JobRow>,
+        alongside: Alongside,
     ) -> Result<u64, StoreError> {
         let mut claimed = None;
-        if let Some(job) = claim {
+        if let Some(job) = alongside.claim {
             let (ack, done) = oneshot::channel();
             self.ops
                 .send(Op::ClaimJob { job, ack })
@@ -120,6 +132,7 @@ impl Store {
         self.ops
             .send(Op::Append {
                 record: Box::new(record),
+                usage: alongside.usage,
                 ack,
             })
             .map_err(|_| StoreError::WriterGone)?;
@@ -145,7 +158,7 @@ impl Store {
     pub fn job(&self, source: &str, job_id: &str) -> Result<Option<JobRow>, StoreError> {
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         conn.prepare_cached(
-            "SELECT source, job_id, identity, destination, schema FROM jobs WHERE source = ?1 AND job_id = ?2",
+            "SELECT source, job_id, identity, destination, schema, row_limit FROM jobs WHERE source = ?1 AND job_id = ?2",
         )
         .and_then(|mut st| st.query_row(params![source, job_id], job_row).optional())
         .map_err(sqlite_err(&self.path))
@@ -164,6 +177,18 @@ impl Store {
         )
         .and_then(|mut st| st.exists(params![source, identity, table]))
         .map_err(sqlite_err(&self.path))
+    }
+
+    /// Bytes `identity` used on `day` (`YYYY-MM-DD`, UTC), from completed requests.
+    pub fn usage(&self, identity: &str, day: &str) -> Result<u64, StoreError> {
+        let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        conn.prepare_cached("SELECT bytes FROM usage WHERE identity = ?1 AND day = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![identity, day], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(sqlite_err(&self.path))
     }
 
     /// Ids of every job `identity` owns on `source`.
@@ -187,6 +212,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         identity: r.get(2)?,
         destination: r.get(3)?,
         schema: r.get(4)?,
+        row_limit: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
     })
 }
 

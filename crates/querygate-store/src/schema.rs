@@ -26,7 +26,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (source, job_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_identity ON jobs (source, identity);
+CREATE TABLE IF NOT EXISTS usage (
+    identity TEXT NOT NULL,
+    day      TEXT NOT NULL,
+    bytes    INTEGER NOT NULL,
+    PRIMARY KEY (identity, day)
+);
 ";
+
+/// Columns added after the first release: (table, column, type).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("jobs", "row_limit", "INTEGER")];
 
 pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -34,6 +43,16 @@ pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    for (table, column, kind) in ADDED_COLUMNS {
+        let exists: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([column])?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
     Ok(conn)
 }
 

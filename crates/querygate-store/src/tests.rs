@@ -29,6 +29,12 @@ fn record(statement: &str) -> AuditRecord {
         duration_ms: None,
         user_agent: None,
         peer: None,
+        statement_kinds: vec![],
+        tables: vec![],
+        rule: None,
+        rules: vec![],
+        policy_version: None,
+        bytes_estimate: None,
     }
 }
 
@@ -141,6 +147,7 @@ async fn job_claims_keep_the_first_owner() {
         identity: who.into(),
         destination: dest.map(Into::into),
         schema: None,
+        row_limit: None,
     };
     store.claim_job(job("agent:a", None)).await.expect("claim");
     store
@@ -185,4 +192,25 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[tokio::test]
+async fn usage_adds_up_per_identity_and_day() {
+    let dir = tempdir::Dir::new();
+    let store = Store::open(&dir.0.join("qg.db")).expect("open");
+    for bytes in [100, 250, 0] {
+        store
+            .append_with(
+                record("SELECT 1"),
+                Alongside {
+                    claim: None,
+                    usage: Some(bytes),
+                },
+            )
+            .await
+            .expect("append");
+    }
+    assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), 350);
+    assert_eq!(store.usage("agent:x", "2026-11-28").expect("usage"), 0);
+    assert_eq!(store.usage("agent:y", "2026-11-27").expect("usage"), 0);
 }

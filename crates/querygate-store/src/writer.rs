@@ -70,14 +70,24 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
             "INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut claim = tx.prepare_cached(
-            "INSERT INTO jobs (source, job_id, identity, destination, schema) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO jobs (source, job_id, identity, destination, schema, row_limit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (source, job_id) DO UPDATE SET
                 destination = COALESCE(excluded.destination, jobs.destination),
-                schema = COALESCE(excluded.schema, jobs.schema)",
+                schema = COALESCE(excluded.schema, jobs.schema),
+                row_limit = COALESCE(jobs.row_limit, excluded.row_limit)",
+        )?;
+        let mut spend = tx.prepare_cached(
+            "INSERT INTO usage (identity, day, bytes) VALUES (?1, ?2, ?3)
+             ON CONFLICT (identity, day) DO UPDATE SET bytes = usage.bytes + excluded.bytes",
         )?;
         for op in batch.iter_mut() {
             match op {
-                Op::Append { record, .. } => {
+                Op::Append { record, usage, .. } => {
+                    if let Some(bytes) = usage.filter(|b| *b > 0) {
+                        let day = record.time.get(..10).unwrap_or("");
+                        spend.execute(params![record.identity, day, bytes as i64])?;
+                    }
                     seq += 1;
                     record.seq = seq;
                     let encoded = record.canonical();
@@ -92,7 +102,8 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
                         job.job_id,
                         job.identity,
                         job.destination,
-                        job.schema
+                        job.schema,
+                        job.row_limit.map(|v| v as i64)
                     ])?;
                     results.push(0);
                 }

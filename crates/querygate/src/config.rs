@@ -4,12 +4,15 @@
 //! are relative to the file's own directory. This module builds no runtime objects;
 //! `serve` turns a checked [`Config`] into them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use querygate_core::IdentityKind;
+use querygate_pipeline::PolicySet;
+use querygate_policy::{Budget, Policy, RuleSpec, parse_bytes};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -24,6 +27,14 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// A separate file of `[[rule]]`s and `[budgets]`, checked after this file's rules.
+    pub policy: Option<PathBuf>,
+    /// Rules for every source, checked in order after the source's own.
+    #[serde(default)]
+    pub rule: Vec<Spanned<RuleSpec>>,
+    /// Daily bytes per identity, by `group:NAME` or `identity:SUBJECT`.
+    #[serde(default)]
+    pub budgets: BTreeMap<String, Spanned<String>>,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -67,6 +78,23 @@ pub struct SourceConfig {
     pub endpoint: Option<Spanned<String>>,
     #[serde(default)]
     pub credentials: Option<Spanned<Credentials>>,
+    /// This source's own rules, checked before the global ones.
+    #[serde(default)]
+    pub rule: Vec<Spanned<RuleSpec>>,
+    /// What happens when no rule matches: "deny" (the default) or "allow".
+    pub default: Option<Spanned<String>>,
+    /// `maximumBytesBilled` set on every query this source forwards, e.g. "1 TiB".
+    pub max_bytes_billed: Option<Spanned<String>>,
+}
+
+/// A policy file named by `policy = "…"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    rule: Vec<Spanned<RuleSpec>>,
+    #[serde(default)]
+    budgets: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,7 +133,101 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         config.check(text, path)?;
+        config.policies_checked(text, path)?;
         Ok(config)
+    }
+
+    /// The policy this config describes (rules, budgets, byte caps), checked.
+    pub fn policies(&self) -> Result<PolicySet, String> {
+        // The config file itself was checked at load; its text is only needed for line numbers.
+        self.policies_checked("", Path::new("querygate.toml"))
+    }
+
+    fn policies_checked(&self, text: &str, path: &Path) -> Result<PolicySet, String> {
+        let checked = |rules: &[Spanned<RuleSpec>], text: &str, file: &Path| {
+            rules
+                .iter()
+                .map(|r| {
+                    r.get_ref()
+                        .check()
+                        .map_err(|e| format!("{}{}: {e}", file.display(), line_of(text, &r.span())))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut global = checked(&self.rule, text, path)?;
+        let mut budgets = Vec::new();
+        let mut add_budgets = |b: &BTreeMap<String, Spanned<String>>, text: &str, file: &Path| {
+            for (who, size) in b {
+                budgets.push(Budget::parse(who, size.get_ref()).map_err(|e| {
+                    format!("{}{}: {e}", file.display(), line_of(text, &size.span()))
+                })?);
+            }
+            Ok::<(), String>(())
+        };
+        add_budgets(&self.budgets, text, path)?;
+        if let Some(file) = &self.policy {
+            let file = self.resolve(file);
+            let ptext = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: cannot read the policy file: {e}", file.display()))?;
+            let pf: PolicyFile = toml::from_str(&ptext).map_err(|e| {
+                let at = e.span().map(|s| line_of(&ptext, &s)).unwrap_or_default();
+                format!("{}{at}: {}", file.display(), e.message())
+            })?;
+            global.extend(checked(&pf.rule, &ptext, &file)?);
+            add_budgets(&pf.budgets, &ptext, &file)?;
+        }
+        let any_rules = !global.is_empty() || self.sources.iter().any(|s| !s.rule.is_empty());
+        let mut set = PolicySet {
+            budgets,
+            ..PolicySet::default()
+        };
+        for s in &self.sources {
+            let fail = |span: Range<usize>, msg: String| {
+                format!(
+                    "{}{}: source {}: {msg}",
+                    path.display(),
+                    line_of(text, &span),
+                    s.name
+                )
+            };
+            let mut rules = checked(&s.rule, text, path)?;
+            rules.extend(global.iter().cloned());
+            match s.default.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+                None | Some(("deny", _)) => {}
+                Some(("allow", _)) => rules.push(querygate_policy::Rule {
+                    name: format!("source {} default: allow", s.name),
+                    who: vec![],
+                    tables: vec![],
+                    statements: vec![],
+                    when: querygate_policy::When {
+                        opaque: None,
+                        ..Default::default()
+                    },
+                    action: querygate_policy::RuleAction::Allow,
+                    message: None,
+                    approvers: vec![],
+                    max_bytes_billed: None,
+                }),
+                Some((other, span)) => {
+                    return Err(fail(
+                        span,
+                        format!("default = {other:?} must be \"allow\" or \"deny\""),
+                    ));
+                }
+            }
+            let policy = if !any_rules && s.default.is_none() {
+                Policy::builtin_read_only()
+            } else {
+                Policy::new(rules)
+            };
+            set.sources.insert(s.name.clone(), Arc::new(policy));
+            if let Some(cap) = &s.max_bytes_billed {
+                let bytes = parse_bytes(cap.get_ref())
+                    .map_err(|e| fail(cap.span(), format!("max_bytes_billed: {e}")))?;
+                set.max_bytes_billed.insert(s.name.clone(), bytes);
+            }
+        }
+        Ok(set)
     }
 
     fn check(&self, text: &str, path: &Path) -> Result<(), String> {

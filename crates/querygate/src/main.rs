@@ -6,6 +6,7 @@
 mod audit_cmd;
 mod config;
 mod keys;
+mod policy_cmd;
 mod serve;
 
 use std::path::PathBuf;
@@ -56,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
     },
+    /// Check statements against the policy offline.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
     /// Check a config file and exit.
     Config {
         #[command(subcommand)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve::run(&config.config, log_format),
         Command::Keys { command } => keys::run(command),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Policy { command } => policy_cmd::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config::Config::load(&config.config)

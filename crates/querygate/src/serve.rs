@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use querygate_bigquery::{BigQuerySource, Front, UpstreamAuth, router};
@@ -31,7 +32,7 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(config, config_path.to_path_buf()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -49,22 +50,33 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The API keys a config admits.
+fn authenticator(config: &Config) -> Authenticator {
+    Authenticator::new(config.api_keys.iter().map(|k| {
+        ApiKey {
+            identity: Identity {
+                subject: k.identity.clone(),
+                groups: k.groups.clone(),
+                kind: k
+                    .kind
+                    .unwrap_or_else(|| Identity::kind_from_subject(&k.identity)),
+            },
+            key_sha256: k.key_sha256.get_ref().clone(),
+        }
+    }))
+}
+
 /// Builds the BigQuery front from a config.
 pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
     let store_path = config.store_path();
     let store = Store::open(&store_path)
         .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
-    let keys = config.api_keys.iter().map(|k| ApiKey {
-        identity: Identity {
-            subject: k.identity.clone(),
-            groups: k.groups.clone(),
-            kind: k
-                .kind
-                .unwrap_or_else(|| Identity::kind_from_subject(&k.identity)),
-        },
-        key_sha256: k.key_sha256.get_ref().clone(),
-    });
-    let pipeline = Arc::new(Pipeline::new(Authenticator::new(keys), Arc::new(store)));
+    let policies = config.policies().map_err(anyhow::Error::msg)?;
+    let pipeline = Arc::new(Pipeline::new(
+        authenticator(config),
+        policies,
+        Arc::new(store),
+    ));
     let mut sources = HashMap::new();
     for s in &config.sources {
         let auth = match s.credential(config) {
@@ -86,8 +98,13 @@ pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
     }))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let front = front(&config)?;
+    tokio::spawn(reload(
+        config_path,
+        config.policy.as_ref().map(|p| config.resolve(p)),
+        front.pipeline.clone(),
+    ));
     let addr = config.listen();
     let listener = TcpListener::bind(addr)
         .await
@@ -188,6 +205,58 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::Tls
         .context("tls_cert and tls_key do not form a usable certificate")?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Reloads keys and policy on SIGHUP and when the config or policy file changes.
+/// A bad file keeps the running policy and says why.
+async fn reload(config_path: PathBuf, policy_path: Option<PathBuf>, pipeline: Arc<Pipeline>) {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stamp = |policy: &Option<PathBuf>| (mtime(&config_path), policy.as_deref().and_then(mtime));
+    let mut policy_path = policy_path;
+    let mut seen: (Option<SystemTime>, Option<SystemTime>) = stamp(&policy_path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let poll = tokio::time::sleep(Duration::from_secs(2));
+        #[cfg(unix)]
+        let signalled = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let why = tokio::select! {
+            () = poll => {
+                let now = stamp(&policy_path);
+                if now == seen { continue; }
+                seen = now;
+                "a file changed"
+            }
+            () = signalled => "SIGHUP",
+        };
+        match Config::load(&config_path).and_then(|c| Ok((c.policies()?, c))) {
+            Ok((policies, config)) => {
+                pipeline.reload(authenticator(&config), policies);
+                policy_path = config.policy.as_ref().map(|p| config.resolve(p));
+                seen = stamp(&policy_path);
+                tracing::info!(
+                    reason = why,
+                    "reloaded keys and policy from {}",
+                    config_path.display()
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    reason = why,
+                    "reload failed, keeping the running policy: {e}"
+                );
+            }
+        }
+    }
 }
 
 async fn shutdown() {

@@ -38,7 +38,7 @@ fn every_rust_file_opens_with_a_module_doc() {
 
 #[test]
 fn pure_crates_do_no_io() {
-    for krate in ["querygate-core", "querygate-sql"] {
+    for krate in ["querygate-core", "querygate-sql", "querygate-policy"] {
         let manifest =
             std::fs::read_to_string(root().join("crates").join(krate).join("Cargo.toml"))
                 .expect("manifest");

@@ -1,0 +1,295 @@
+//! `querygate policy check` and `querygate policy test`: the rules, run offline.
+//!
+//! `check` shows what the gateway would decide for one identity and one statement:
+//! the facts, the decision, the rule that decided and every rule that matched.
+//! `test` runs a table of cases so that teams can check policy changes in CI.
+//! Neither talks to an upstream: byte estimates and partitioning come from flags.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use querygate_core::Identity;
+use querygate_pipeline::{Partitioning, Subject};
+use querygate_policy::{Input, Outcome, Verdict, parse_bytes};
+use querygate_sql::{SqlDialect, analyze};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ConfigArg;
+use crate::config::Config;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Show the facts and the decision for one statement.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The identity asking, e.g. agent:claude-code.
+        #[arg(long = "as")]
+        identity: String,
+        /// Its groups (repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The source (default: the only one).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        sql: String,
+        /// Bytes the query would process, for `bytes_over` rules (e.g. "12 GiB").
+        #[arg(long)]
+        bytes: Option<String>,
+        /// A table's partition column, `project.dataset.table=column` (repeatable);
+        /// `=` with nothing after it means not partitioned.
+        #[arg(long = "partition")]
+        partitions: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a file of cases (identity, SQL, expected decision); exit 1 on any mismatch.
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The cases file (TOML, `[[case]]` tables).
+        file: PathBuf,
+    },
+}
+
+pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Check {
+            config,
+            identity,
+            groups,
+            source,
+            sql,
+            bytes,
+            partitions,
+            json,
+        } => {
+            let config = Config::load(&config.config).map_err(anyhow::Error::msg)?;
+            let case = Case {
+                name: None,
+                identity,
+                groups,
+                source,
+                sql,
+                bytes,
+                partitions: parse_partitions(&partitions)?,
+                expect: None,
+                rule: None,
+            };
+            let (facts, subject, verdict) = evaluate(&config, &case)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "statements": subject.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+                        "tables": subject.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                        "opaque": facts.opaque,
+                        "decision": decision(&verdict),
+                        "message": message(&verdict),
+                        "rule": verdict.rule,
+                        "matched": verdict.matched,
+                        "needs_estimate": verdict.needs_estimate,
+                        "max_bytes_billed": verdict.max_bytes_billed,
+                        "row_limit": verdict.row_limit.as_ref().map(|r| r.rows),
+                    })
+                );
+            } else {
+                let kinds: Vec<&str> = subject.kinds.iter().map(|k| k.name()).collect();
+                println!("statements: {}", kinds.join(", "));
+                let tables: Vec<&str> = subject.tables.iter().map(|t| t.name.as_str()).collect();
+                println!("tables:     {}", tables.join(", "));
+                if let Some(why) = &facts.opaque {
+                    println!("opaque:     {why}");
+                }
+                println!("decision:   {}", decision(&verdict));
+                println!(
+                    "rule:       {}",
+                    verdict
+                        .rule
+                        .as_deref()
+                        .unwrap_or("(none matched: default deny)")
+                );
+                println!("matched:    {}", verdict.matched.join(", "));
+                if let Some(m) = message(&verdict) {
+                    println!("message:    {m}");
+                }
+                if let Some(b) = verdict.max_bytes_billed {
+                    println!("maximumBytesBilled: {b}");
+                }
+                if let Some(r) = &verdict.needs_estimate {
+                    println!(
+                        "note:       rule {r:?} needs the bytes the query would process: pass --bytes"
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test { config, file } => test(&config.config, &file),
+    }
+}
+
+/// One case of a policy test file (also the shape `check` evaluates).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: Option<String>,
+    identity: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    source: Option<String>,
+    sql: String,
+    bytes: Option<String>,
+    #[serde(default)]
+    partitions: HashMap<String, String>,
+    /// allow | deny | approve
+    expect: Option<String>,
+    /// The rule expected to decide.
+    rule: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    case: Vec<Case>,
+}
+
+fn parse_partitions(flags: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    flags
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .map(|(t, c)| (t.to_string(), c.to_string()))
+                .with_context(|| format!("--partition {f:?}: write project.dataset.table=column"))
+        })
+        .collect()
+}
+
+fn evaluate(
+    config: &Config,
+    case: &Case,
+) -> anyhow::Result<(querygate_sql::Facts, Subject, Verdict)> {
+    let source = match &case.source {
+        Some(name) => config
+            .sources
+            .iter()
+            .find(|s| &s.name == name)
+            .with_context(|| format!("no source named {name}"))?,
+        None => match config.sources.as_slice() {
+            [only] => only,
+            _ => bail!("the config has several sources: name one with --source"),
+        },
+    };
+    let policies = config.policies().map_err(anyhow::Error::msg)?;
+    let policy = policies
+        .policy(&source.name)
+        .with_context(|| format!("source {} has no policy", source.name))?;
+    let identity = Identity {
+        subject: case.identity.clone(),
+        groups: case.groups.clone(),
+        kind: Identity::kind_from_subject(&case.identity),
+    };
+    let facts = analyze(&case.sql, SqlDialect::BigQuery);
+    let subject = Subject::of(&facts, &source.project);
+    let partitions: HashMap<String, Partitioning> = case
+        .partitions
+        .iter()
+        .map(|(t, c)| {
+            let p = if c.is_empty() {
+                Partitioning::NotPartitioned
+            } else {
+                Partitioning::Column(c.clone())
+            };
+            (t.clone(), p)
+        })
+        .collect();
+    let bytes = case
+        .bytes
+        .as_deref()
+        .map(parse_bytes)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let verdict = policy.evaluate(&Input {
+        identity: &identity,
+        source: &source.name,
+        statements: &subject.kinds,
+        tables: &subject.tables,
+        opaque: subject.opaque.as_deref(),
+        bytes,
+        partitions: &partitions,
+        tags: &[],
+        now: jiff::Timestamp::now(),
+    });
+    Ok((facts, subject, verdict))
+}
+
+fn decision(v: &Verdict) -> &'static str {
+    if v.needs_estimate.is_some() {
+        return "needs-estimate";
+    }
+    match v.outcome {
+        Outcome::Allow => "allow",
+        Outcome::Deny { .. } => "deny",
+        Outcome::Approve { .. } => "approve",
+    }
+}
+
+fn message(v: &Verdict) -> Option<&str> {
+    match &v.outcome {
+        Outcome::Allow => None,
+        Outcome::Deny { message } | Outcome::Approve { message, .. } => Some(message),
+    }
+}
+
+fn test(config_path: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path).map_err(anyhow::Error::msg)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let cases: CaseFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut failed = 0;
+    for (i, case) in cases.case.iter().enumerate() {
+        let name = case
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("case {}", i + 1));
+        let Some(expect) = case.expect.as_deref() else {
+            bail!("{}: {name} has no `expect`", file.display());
+        };
+        let (_, _, verdict) = evaluate(&config, case).with_context(|| name.clone())?;
+        let got = decision(&verdict);
+        let rule_ok = case
+            .rule
+            .as_ref()
+            .is_none_or(|r| verdict.rule.as_ref() == Some(r));
+        if got == expect && rule_ok {
+            println!(
+                "ok    {name}: {got} ({})",
+                verdict.rule.as_deref().unwrap_or("no rule")
+            );
+        } else {
+            failed += 1;
+            println!(
+                "FAIL  {name}: expected {expect}{}, got {got} by {}",
+                case.rule
+                    .as_ref()
+                    .map(|r| format!(" by {r:?}"))
+                    .unwrap_or_default(),
+                verdict
+                    .rule
+                    .as_deref()
+                    .map_or("no rule".to_string(), |r| format!("{r:?}"))
+            );
+        }
+    }
+    println!("{} cases, {} failed", cases.case.len(), failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
