@@ -181,8 +181,35 @@ def write_gateway_config(path: Path, *, listen_port: int, store: Path, key_sha25
         f'project = "{PROJECT}"\n'
         f'endpoint = "{emulator_url}"\n'
         'credentials = "none"\n'
+        + POLICY
     )
     return path
+
+
+#: The policy the e2e gateway runs: the documented example, minus the partition rule.
+#: Every query is dry-run against the emulator for `bytes_over` (it reports 0 bytes).
+POLICY = """
+[[rule]]
+name = "agents never write"
+who = ["group:agents"]
+statements = ["insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "grant", "export", "copy"]
+action = "deny"
+message = "agents have read-only access; ask a person to run this change"
+
+[[rule]]
+name = "large scans need an owner"
+who = ["group:agents"]
+when = { bytes_over = "10 GiB" }
+action = "approve"
+approvers = ["group:data-owners"]
+
+[[rule]]
+name = "read"
+who = ["group:agents"]
+statements = ["select"]
+action = "allow"
+max_bytes_billed = "1 TiB"
+"""
 
 
 def run_cli(binary: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -134,8 +134,9 @@ def ledger_problems(records, ledger):
             continue
         recs = pool.pop(match)
         statuses = {r.get("status") for r in recs} - {None}
-        if statuses != {403}:
-            problems.append(f"[{e['flow']}] denied request seq {[r['seq'] for r in recs]} has status {statuses}, not 403")
+        want = e.get("status", 403)
+        if statuses != {want}:
+            problems.append(f"[{e['flow']}] denied request seq {[r['seq'] for r in recs]} has status {statuses}, not {want}")
     if pool:
         problems.append("denied requests that no flow explains (a retried denial?): "
                         f"{[(rs[0]['seq'], rs[0].get('method'), rs[0].get('job_id')) for rs in pool.values()]}")

@@ -131,7 +131,10 @@ def test_bad_query_raises_bad_request(bq, audit_ledger):
     # the upstream's own wording (bqemulator passes DuckDB's binder error through)
     assert "nosuchcol" in msg and "not found" in msg, msg
     assert ei.value.errors and ei.value.errors[0].get("reason") == "invalidQuery", ei.value.errors
-    _expect_query(audit_ledger, "bad query", "jobs.insert", sql, job_id, 0)
+    # The gateway's dry run (for the "large scans" rule) meets the upstream's error first:
+    # the query is refused with the upstream's own message (400) and never runs.
+    audit_ledger.append({"kind": "deny", "flow": "bad query", "method": "jobs.insert",
+                         "job_id": job_id, "status": 400})
 
 
 def test_list_datasets_and_get_table_schema(bq, audit_ledger):
@@ -270,3 +273,24 @@ def test_wrong_key_fails_at_once(gateway):
             op()
         assert time.monotonic() - t0 < FAST
         assert "not a querygate API key" in str(ei.value), ei.value
+
+
+@pytest.mark.gateway_only
+@pytest.mark.parametrize("sql, via", [
+    (f"DELETE FROM {T} WHERE id = 12", "query().result()"),
+    (f"SELECT 1; DROP TABLE {T}", "query_and_wait"),
+])
+def test_policy_denial_names_the_rule(bq, emu_client, audit_ledger, sql, via):
+    """A write is refused by the rule "agents never write", and the client shows its message."""
+    t0 = time.monotonic()
+    with pytest.raises(gexc.Forbidden) as ei:
+        if via == "query_and_wait":
+            bq.query_and_wait(sql, retry=BOUNDED)
+        else:
+            bq.query(sql, retry=BOUNDED).result()
+    assert time.monotonic() - t0 < FAST
+    text = str(ei.value)
+    assert 'rule "agents never write"' in text and "ask a person to run this change" in text, text
+    assert _emu_ids(emu_client) == list(range(1, 13)), "the denied statement reached the upstream"
+    audit_ledger.append({"kind": "deny", "flow": f"policy {via}",
+                         "method": "jobs.query" if via == "query_and_wait" else "jobs.insert"})

@@ -366,14 +366,15 @@ impl Pipeline {
             }
         }
         let budget = policies.budget(identity).filter(|_| is_query && !dry_run);
-        let mut bytes = None;
+        // Reading a table's rows directly (tabledata.list) processes and bills nothing.
+        let mut bytes = (!is_query).then_some(0);
         let mut input = Input {
             identity,
             source: source.name(),
             statements: &kinds,
             tables: &tables,
             opaque: opaque.as_deref(),
-            bytes: None,
+            bytes,
             partitions: &partitions,
             tags: &[],
             now: jiff::Timestamp::now(),

@@ -137,13 +137,18 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway with `[server]` extras, the test key, and `sources` (TOML).
     pub async fn start(name: &str, server_extra: &str, sources: &str) -> Gateway {
+        Gateway::start_with(name, "", server_extra, sources).await
+    }
+
+    /// Like `start`, with top-level keys (`top`) before the first table.
+    pub async fn start_with(name: &str, top: &str, server_extra: &str, sources: &str) -> Gateway {
         let dir = TempDir::new(name);
         let port = free_port();
         let config = dir.0.join("querygate.toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\nbigquery_listen = \"127.0.0.1:{port}\"\n{server_extra}\n\n\
+                "{top}\n[server]\nbigquery_listen = \"127.0.0.1:{port}\"\n{server_extra}\n\n\
                  [store]\npath = \"querygate.db\"\n\n\
                  [[api_keys]]\nidentity = \"agent:test\"\ngroups = [\"agents\"]\nkey_sha256 = \"{}\"\n\n{sources}\n",
                 sha256_hex(KEY)
@@ -201,6 +206,15 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP (reload keys and policy).
+    pub fn hup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     pub fn alive(&mut self) -> bool {
