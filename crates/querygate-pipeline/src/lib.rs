@@ -305,11 +305,9 @@ impl Pipeline {
         completed.bytes_billed = summary.bytes_billed;
         completed.error = summary.error;
         completed.job_id = summary.job_id.or(completed.job_id);
-        if let Err(e) = self
-            .store
-            .append_with(completed, Alongside { claim, usage })
-            .await
-        {
+        // Queued, not awaited: the completion need not be durable before the client hears
+        // it (the decided record already is), and the claim is visible to lookups at once.
+        if let Err(e) = self.store.enqueue(completed, Alongside { claim, usage }) {
             // The upstream already answered; withholding the answer would not undo it.
             tracing::error!(request_id = %request.id, error = %e, "cannot write the completed record");
         }

@@ -131,6 +131,7 @@ async fn allowed_query_reaches_source_and_is_audited_twice() {
         .await;
     assert!(matches!(out, Outcome::Done(_)));
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    p.store().flush().await.expect("flush");
     let recs = records(&dir);
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[0].phase, Phase::Decided);
@@ -195,6 +196,7 @@ async fn bad_key_and_writes_never_reach_the_source() {
         }
     }
     assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    p.store().flush().await.expect("flush");
     let recs = records(&dir);
     assert_eq!(recs.len(), 7);
     assert!(recs.iter().all(|r| r.decision == "deny"));
@@ -313,6 +315,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
         other => panic!("{other:?}"),
     }
     assert_eq!(big.calls.load(Ordering::SeqCst), 0);
+    p.store().flush().await.expect("flush");
     let recs = records(&dir);
     let last = recs.last().expect("records");
     assert_eq!(last.rule.as_deref(), Some("big"));

@@ -11,8 +11,9 @@ mod reader;
 mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use querygate_core::AuditRecord;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -57,7 +58,22 @@ pub struct Alongside {
     pub usage: Option<u64>,
 }
 
+/// What is queued but not yet committed, so lookups see it at once.
+#[derive(Debug, Default)]
+struct Queued {
+    /// Job claims by (source, job id).
+    claims: HashMap<(String, String), JobRow>,
+    /// Usage by (identity, day).
+    usage: HashMap<(String, String), u64>,
+}
+
+type Pending = Arc<Mutex<Queued>>;
+
 enum Op {
+    /// Acknowledged once everything queued before it is committed.
+    Flush {
+        ack: oneshot::Sender<Result<u64, StoreError>>,
+    },
     Append {
         record: Box<AuditRecord>,
         usage: Option<u64>,
@@ -74,6 +90,7 @@ pub struct Store {
     path: PathBuf,
     ops: mpsc::Sender<Op>,
     reads: Mutex<Connection>,
+    pending: Pending,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,9 +107,11 @@ impl Store {
         let reads = schema::open(path).map_err(&err)?;
         let (tx, rx) = mpsc::channel();
         let p = path.to_path_buf();
+        let pending: Pending = Arc::default();
+        let writer_pending = pending.clone();
         std::thread::Builder::new()
             .name("querygate-store".into())
-            .spawn(move || writer::run(write_conn, p, rx))
+            .spawn(move || writer::run(write_conn, p, rx, writer_pending))
             .map_err(|e| StoreError::Failed {
                 path: path.display().to_string(),
                 message: format!("cannot start writer thread: {e}"),
@@ -101,6 +120,7 @@ impl Store {
             path: path.to_path_buf(),
             ops: tx,
             reads: Mutex::new(reads),
+            pending,
         })
     }
 
@@ -144,6 +164,59 @@ impl Store {
         done.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Queues a record (and what goes with it) without waiting for the commit: for records
+    /// that need not be durable before the caller goes on (a request's completion). Job
+    /// claims are visible to [`Store::job`] and friends at once.
+    pub fn enqueue(&self, record: AuditRecord, alongside: Alongside) -> Result<(), StoreError> {
+        if let Some(job) = alongside.claim {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .claims
+                .insert((job.source.clone(), job.job_id.clone()), job.clone());
+            let (ack, _) = oneshot::channel();
+            self.ops
+                .send(Op::ClaimJob { job, ack })
+                .map_err(|_| StoreError::WriterGone)?;
+        }
+        if let Some(bytes) = alongside.usage.filter(|b| *b > 0) {
+            let key = (record.identity.clone(), day_of(&record));
+            *self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .usage
+                .entry(key)
+                .or_default() += bytes;
+        }
+        let (ack, _) = oneshot::channel();
+        self.ops
+            .send(Op::Append {
+                record: Box::new(record),
+                usage: alongside.usage,
+                ack,
+            })
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Waits until everything queued so far is committed (at shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.ops
+            .send(Op::Flush { ack })
+            .map_err(|_| StoreError::WriterGone)?;
+        done.await.map_err(|_| StoreError::WriterGone)?.map(|_| ())
+    }
+
+    fn pending_job(&self, source: &str, job_id: &str) -> Option<JobRow> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claims
+            .get(&(source.to_string(), job_id.to_string()))
+            .cloned()
+    }
+
     /// Records (or updates) a job's owner, destination and schema durably.
     /// An existing owner is never replaced.
     pub async fn claim_job(&self, job: JobRow) -> Result<(), StoreError> {
@@ -156,12 +229,23 @@ impl Store {
 
     /// The job with this id on this source, if the gateway created it.
     pub fn job(&self, source: &str, job_id: &str) -> Result<Option<JobRow>, StoreError> {
+        let pending = self.pending_job(source, job_id);
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         conn.prepare_cached(
             "SELECT source, job_id, identity, destination, schema, row_limit FROM jobs WHERE source = ?1 AND job_id = ?2",
         )
         .and_then(|mut st| st.query_row(params![source, job_id], job_row).optional())
         .map_err(sqlite_err(&self.path))
+        .map(|stored| match (stored, pending) {
+            // The stored owner wins; a pending claim adds what it knows.
+            (Some(s), Some(p)) => Some(JobRow {
+                destination: s.destination.or(p.destination),
+                schema: s.schema.or(p.schema),
+                row_limit: s.row_limit.or(p.row_limit),
+                ..s
+            }),
+            (s, p) => s.or(p),
+        })
     }
 
     /// Whether `identity` owns a job on `source` whose destination is `table`.
@@ -171,6 +255,20 @@ impl Store {
         identity: &str,
         table: &str,
     ) -> Result<bool, StoreError> {
+        let queued = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claims
+            .values()
+            .any(|j| {
+                j.source == source
+                    && j.identity == identity
+                    && j.destination.as_deref() == Some(table)
+            });
+        if queued {
+            return Ok(true);
+        }
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         conn.prepare_cached(
             "SELECT 1 FROM jobs WHERE source = ?1 AND identity = ?2 AND destination = ?3 LIMIT 1",
@@ -181,13 +279,21 @@ impl Store {
 
     /// Bytes `identity` used on `day` (`YYYY-MM-DD`, UTC), from completed requests.
     pub fn usage(&self, identity: &str, day: &str) -> Result<u64, StoreError> {
+        let queued = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .usage
+            .get(&(identity.to_string(), day.to_string()))
+            .copied()
+            .unwrap_or(0);
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         conn.prepare_cached("SELECT bytes FROM usage WHERE identity = ?1 AND day = ?2")
             .and_then(|mut st| {
                 st.query_row(params![identity, day], |r| r.get::<_, i64>(0))
                     .optional()
             })
-            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map(|v| v.unwrap_or(0).max(0) as u64 + queued)
             .map_err(sqlite_err(&self.path))
     }
 
@@ -197,12 +303,28 @@ impl Store {
         let mut st = conn
             .prepare_cached("SELECT job_id FROM jobs WHERE source = ?1 AND identity = ?2")
             .map_err(sqlite_err(&self.path))?;
-        let ids = st
+        let mut ids = st
             .query_map(params![source, identity], |r| r.get::<_, String>(0))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(sqlite_err(&self.path))?;
+        for j in self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claims
+            .values()
+        {
+            if j.source == source && j.identity == identity && !ids.contains(&j.job_id) {
+                ids.push(j.job_id.clone());
+            }
+        }
         Ok(ids)
     }
+}
+
+/// The UTC day (`YYYY-MM-DD`) a record's usage counts for.
+pub(crate) fn day_of(record: &AuditRecord) -> String {
+    record.time.get(..10).unwrap_or("").to_string()
 }
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {

@@ -11,11 +11,11 @@ use std::sync::mpsc;
 use querygate_core::audit::{GENESIS, chain_hash};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{Op, StoreError};
+use crate::{Op, Pending, StoreError};
 
 const MAX_BATCH: usize = 512;
 
-pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) {
+pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>, pending: Pending) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -26,6 +26,31 @@ pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) 
         }
         match commit(&mut conn, &mut batch) {
             Ok(results) => {
+                let mut queued = pending.lock().unwrap_or_else(|e| e.into_inner());
+                for op in &batch {
+                    match op {
+                        Op::ClaimJob { job, .. } => {
+                            queued
+                                .claims
+                                .remove(&(job.source.clone(), job.job_id.clone()));
+                        }
+                        Op::Append {
+                            record,
+                            usage: Some(bytes),
+                            ..
+                        } => {
+                            let key = (record.identity.clone(), crate::day_of(record));
+                            if let Some(v) = queued.usage.get_mut(&key) {
+                                *v = v.saturating_sub(*bytes);
+                                if *v == 0 {
+                                    queued.usage.remove(&key);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                drop(queued);
                 for (op, seq) in batch.into_iter().zip(results) {
                     ack(op, Ok(seq));
                 }
@@ -49,7 +74,7 @@ pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>) 
 fn ack(op: Op, result: Result<u64, StoreError>) {
     // A caller that stopped waiting is fine to ignore.
     let _ = match op {
-        Op::Append { ack, .. } | Op::ClaimJob { ack, .. } => ack.send(result),
+        Op::Append { ack, .. } | Op::ClaimJob { ack, .. } | Op::Flush { ack } => ack.send(result),
     };
 }
 
@@ -85,7 +110,7 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
             match op {
                 Op::Append { record, usage, .. } => {
                     if let Some(bytes) = usage.filter(|b| *b > 0) {
-                        let day = record.time.get(..10).unwrap_or("");
+                        let day = crate::day_of(record);
                         spend.execute(params![record.identity, day, bytes as i64])?;
                     }
                     seq += 1;
@@ -96,6 +121,7 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
                     prev = hash;
                     results.push(seq);
                 }
+                Op::Flush { .. } => results.push(0),
                 Op::ClaimJob { job, .. } => {
                     claim.execute(params![
                         job.source,

@@ -123,7 +123,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         listener.local_addr().unwrap_or(addr),
         listener.local_addr().unwrap_or(addr)
     );
-    serve_on(listener, front, tls, shutdown()).await
+    let served = serve_on(listener, front.clone(), tls, shutdown()).await;
+    // Completion records are queued, not awaited: write them before exiting.
+    if let Err(e) = front.pipeline.store().flush().await {
+        tracing::error!(error = %e, "could not flush the audit log at shutdown");
+    }
+    served
 }
 
 /// Serves the BigQuery front on a bound listener until `stop` completes.
