@@ -402,6 +402,8 @@ impl BigQueryReply {
     pub fn read(api: Api, status: StatusCode, body: Bytes) -> Result<BigQueryReply, String> {
         let facts: ResponseFacts = serde_json::from_slice(&body)
             .map_err(|_| "a body that is not BigQuery JSON".to_string())?;
+        let errors_in_200 =
+            facts.errors.as_ref().is_some_and(|e| !e.is_empty()) && facts.rows.is_none();
         let mut reply = BigQueryReply {
             api,
             status,
@@ -409,7 +411,9 @@ impl BigQueryReply {
             summary: Summary::default(),
         };
         reply.summary = reply.summarize(facts);
-        reply.normalize_query_errors();
+        if errors_in_200 {
+            reply.normalize_query_errors();
+        }
         Ok(reply)
     }
 

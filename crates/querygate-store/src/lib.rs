@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 pub use reader::{AuditFilter, Reader, StoredRecord, VerifyReport};
+pub use schema::Sync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -102,9 +103,14 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the store and starts its writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, Sync::Full)
+    }
+
+    /// Opens the store with a chosen durability (see [`Sync`]).
+    pub fn open_with(path: &Path, sync: Sync) -> Result<Store, StoreError> {
         let err = sqlite_err(path);
-        let write_conn = schema::open(path).map_err(&err)?;
-        let reads = schema::open(path).map_err(&err)?;
+        let write_conn = schema::open(path, sync).map_err(&err)?;
+        let reads = schema::open(path, sync).map_err(&err)?;
         let (tx, rx) = mpsc::channel();
         let p = path.to_path_buf();
         let pending: Pending = Arc::default();

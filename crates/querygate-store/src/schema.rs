@@ -37,11 +37,11 @@ CREATE TABLE IF NOT EXISTS usage (
 /// Columns added after the first release: (table, column, type).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("jobs", "row_limit", "INTEGER")];
 
-pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", sync.pragma())?;
     conn.execute_batch(SCHEMA)?;
     for (table, column, kind) in ADDED_COLUMNS {
         let exists: bool = conn
@@ -57,6 +57,25 @@ pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Opens an existing store without creating or changing anything (for `audit` commands).
+/// How hard a commit pushes records to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sync {
+    /// fsync at every commit: a record acknowledged as written survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a crash of querygate, not of the machine.
+    Normal,
+}
+
+impl Sync {
+    fn pragma(self) -> &'static str {
+        match self {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        }
+    }
+}
+
 pub(crate) fn open_existing(path: &Path) -> rusqlite::Result<Connection> {
     use rusqlite::OpenFlags;
     let conn = Connection::open_with_flags(

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use querygate_core::audit::{GENESIS, chain_hash};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -14,16 +15,33 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::{Op, Pending, StoreError};
 
 const MAX_BATCH: usize = 512;
+/// How long a batch may wait for more operations when requests are arriving concurrently.
+const LINGER: Duration = Duration::from_micros(250);
 
 pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>, pending: Pending) {
+    let mut last_batch = 0;
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
+        // Under concurrency (the last batch held several operations), wait a moment for
+        // more: every commit rewrites whole pages and syncs, so fewer, larger commits
+        // carry more requests per core. A lone client never waits.
+        let linger = (last_batch > 2).then(|| Instant::now() + LINGER);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
                 Ok(op) => batch.push(op),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => match linger {
+                    Some(until) if Instant::now() < until => {
+                        match ops.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    _ => break,
+                },
             }
         }
+        last_batch = batch.len();
         match commit(&mut conn, &mut batch) {
             Ok(results) => {
                 let mut queued = pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,11 +101,8 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
     let mut results = Vec::with_capacity(batch.len());
     {
         let head: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (last, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
         let mut seq = last as u64;

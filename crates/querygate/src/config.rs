@@ -57,6 +57,18 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// "full" (default): every commit is fsynced, records survive power loss.
+    /// "normal": fsync at checkpoints only; records survive a querygate crash, not a machine crash.
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
 }
 
 #[derive(Debug, Deserialize)]

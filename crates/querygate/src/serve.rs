@@ -69,7 +69,11 @@ fn authenticator(config: &Config) -> Authenticator {
 /// Builds the BigQuery front from a config.
 pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
     let store_path = config.store_path();
-    let store = Store::open(&store_path)
+    let sync = match config.store.synchronous {
+        crate::config::Synchronous::Full => querygate_store::Sync::Full,
+        crate::config::Synchronous::Normal => querygate_store::Sync::Normal,
+    };
+    let store = Store::open_with(&store_path, sync)
         .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
     let policies = config.policies().map_err(anyhow::Error::msg)?;
     let pipeline = Arc::new(Pipeline::new(
