@@ -101,6 +101,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
     let request = Request {
         id: wire.request_id,
         credential: bearer(wire.headers),
+        delegation: delegation(wire.headers),
         client: ClientInfo {
             user_agent: wire
                 .headers
@@ -489,6 +490,20 @@ fn bearer(headers: &HeaderMap) -> Option<Secret> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
         .then(|| Secret::new(token.trim()))
 }
+
+/// The delegation token of the person an agent acts for (`x-querygate-on-behalf-of`,
+/// optionally with a `Bearer ` prefix). Never forwarded upstream.
+fn delegation(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(ON_BEHALF_OF)?.to_str().ok()?.trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value,
+    };
+    (!token.is_empty()).then(|| Secret::new(token))
+}
+
+/// The header that carries a delegation token.
+pub const ON_BEHALF_OF: &str = "x-querygate-on-behalf-of";
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@
 //! [`AuditRecord`], no maps), and its hash is `SHA-256(prev_hash || "\n" || encoding)`.
 //! The first record's `prev_hash` is [`GENESIS`]. The record carries its own `seq`,
 //! so moving a record to another position breaks the chain even if its bytes are intact.
-//! Schema version: [`AuditRecord::SCHEMA`]; add fields only at the end, as `Option`s.
+//! Schema version: [`AuditRecord::SCHEMA`]; add fields only at the end, as `Option`s
+//! (or `Vec`s) with `#[serde(default)]`, so older records still parse.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -79,6 +80,15 @@ pub struct AuditRecord {
     /// Dry-run estimate of the bytes the query would process, when one was made.
     #[serde(default)]
     pub bytes_estimate: Option<u64>,
+    /// The subject the identity acted for (an agent acting for a person), if any.
+    #[serde(default)]
+    pub acting_for: Option<String>,
+    /// Groups of the subject acted for.
+    #[serde(default)]
+    pub acting_for_groups: Vec<String>,
+    /// How the identity authenticated: `api_key` or `oidc:<issuer>`.
+    #[serde(default)]
+    pub auth: Option<String>,
 }
 
 impl AuditRecord {
@@ -219,6 +229,9 @@ mod tests {
             rules: vec![],
             policy_version: None,
             bytes_estimate: None,
+            acting_for: None,
+            acting_for_groups: vec![],
+            auth: None,
         }
     }
 

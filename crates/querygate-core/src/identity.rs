@@ -13,12 +13,20 @@ pub enum IdentityKind {
 }
 
 /// An authenticated principal. Produced only by the pipeline's `authenticate` stage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Identity {
     /// Stable name recorded in the audit log, e.g. `agent:claude-code`.
     pub subject: String,
     pub groups: Vec<String>,
     pub kind: IdentityKind,
+    /// The person (or service) this identity acts for, when it is an agent acting on
+    /// someone's behalf: from a token's `act` claim (RFC 8693) or a delegation token.
+    /// Never nested: the principal acted for has no `acting_for` of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acting_for: Option<Box<Identity>>,
+    /// How the identity was established: `api_key`, or `oidc:<issuer>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 impl Identity {

@@ -63,6 +63,9 @@ pub struct Request {
     pub id: RequestId,
     /// The bearer credential the client presented, if any.
     pub credential: Option<Secret>,
+    /// A second token the client presented for the person it acts for (a delegation
+    /// token, e.g. the `x-querygate-on-behalf-of` header), if any.
+    pub delegation: Option<Secret>,
     pub client: ClientInfo,
     /// The project (BigQuery) or database the client addressed; the pipeline maps it to a source.
     pub target: String,

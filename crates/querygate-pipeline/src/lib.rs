@@ -559,6 +559,16 @@ impl Pipeline {
             rules: ctx.explained.rules.clone(),
             policy_version: ctx.explained.policy_version.clone(),
             bytes_estimate: ctx.explained.bytes_estimate,
+            acting_for: ctx
+                .identity
+                .and_then(|i| i.acting_for.as_ref())
+                .map(|p| p.subject.clone()),
+            acting_for_groups: ctx
+                .identity
+                .and_then(|i| i.acting_for.as_ref())
+                .map(|p| p.groups.clone())
+                .unwrap_or_default(),
+            auth: ctx.identity.and_then(|i| i.auth.clone()),
         }
     }
 }

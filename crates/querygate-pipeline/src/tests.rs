@@ -64,6 +64,7 @@ fn pipeline(dir: &std::path::Path) -> Pipeline {
             subject: "agent:a".into(),
             groups: vec!["agents".into()],
             kind: querygate_core::IdentityKind::Agent,
+            ..Identity::default()
         },
         key_sha256: Secret::new("key-a").sha256_hex(),
     };
@@ -84,6 +85,7 @@ fn request(key: Option<&str>, action: Action) -> Request {
     Request {
         id: RequestId("r1".into()),
         credential: key.map(Secret::new),
+        delegation: None,
         client: ClientInfo::default(),
         target: "p".into(),
         method: "jobs.query".into(),
@@ -239,6 +241,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
     let rule = |name: &str, action, when: When, max: Option<u64>| Rule {
         name: name.into(),
         who: vec![],
+        on_behalf_of: vec![],
         tables: vec![],
         statements: vec![],
         when,
@@ -268,6 +271,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
             subject: "agent:a".into(),
             groups: vec!["agents".into()],
             kind: querygate_core::IdentityKind::Agent,
+            ..Identity::default()
         },
         key_sha256: Secret::new("key-a").sha256_hex(),
     }]);

@@ -9,6 +9,9 @@
 //! Semantics, in one place:
 //! - Rules are checked in order; the first that matches decides; no match means deny.
 //!   Source rules come before global rules.
+//! - `who` matches the identity making the request; `on_behalf_of` matches the identity
+//!   it acts for (an agent acting for a person), and a rule that names `on_behalf_of`
+//!   never matches a request that acts for nobody.
 //! - `statements` / `tables` lists: an `allow` rule matches when *every* statement kind
 //!   and *every* table is in its lists; a `deny` or `approve` rule matches when *any* is.
 //! - Opaque SQL (not fully understood) never matches an `allow` rule unless the rule says
@@ -128,6 +131,7 @@ impl Policy {
         Policy::new(vec![Rule {
             name: "built-in: read-only".into(),
             who: vec![],
+            on_behalf_of: vec![],
             tables: vec![],
             statements: vec![StatementKind::Select],
             when: When::default(),
@@ -194,8 +198,14 @@ fn default_denial(input: &Input<'_>) -> String {
         let kinds: Vec<&str> = input.statements.iter().map(|k| k.name()).collect();
         format!("{} statements", kinds.join(", ").to_uppercase())
     };
+    let acting = input
+        .identity
+        .acting_for
+        .as_deref()
+        .map(|p| format!(" acting for {}", p.subject))
+        .unwrap_or_default();
     let mut msg = format!(
-        "Access Denied: no policy rule allows {} for {} on source {}",
+        "Access Denied: no policy rule allows {} for {}{acting} on source {}",
         what, input.identity.subject, input.source
     );
     if let Some(why) = input.opaque {

@@ -14,6 +14,9 @@ pub struct RuleSpec {
     pub name: String,
     #[serde(default)]
     pub who: Vec<String>,
+    /// Principals the identity must be acting for (an agent acting for a person).
+    #[serde(default)]
+    pub on_behalf_of: Vec<String>,
     #[serde(default)]
     pub tables: Vec<String>,
     #[serde(default)]
@@ -165,6 +168,9 @@ pub struct When {
 pub struct Rule {
     pub name: String,
     pub who: Vec<Principal>,
+    /// Matched against the identity acted for; a rule with entries here never matches a
+    /// request that acts for nobody.
+    pub on_behalf_of: Vec<Principal>,
     pub tables: Vec<TableGlob>,
     pub statements: Vec<StatementKind>,
     pub when: When,
@@ -227,6 +233,12 @@ impl RuleSpec {
             .map(|w| Principal::parse(w))
             .collect::<Result<_, _>>()
             .map_err(|e| ctx(format!("who: {e}")))?;
+        let on_behalf_of = self
+            .on_behalf_of
+            .iter()
+            .map(|w| Principal::parse(w))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ctx(format!("on_behalf_of: {e}")))?;
         let approvers: Vec<Principal> = self
             .approvers
             .iter()
@@ -287,6 +299,7 @@ impl RuleSpec {
         Ok(Rule {
             name: self.name.clone(),
             who,
+            on_behalf_of,
             tables: self.tables.iter().map(|t| TableGlob(t.clone())).collect(),
             statements,
             when,
@@ -308,6 +321,14 @@ impl Rule {
         let allow = self.action == RuleAction::Allow;
         if !self.who.is_empty() && !self.who.iter().any(|p| p.matches(input.identity)) {
             return Check::No;
+        }
+        if !self.on_behalf_of.is_empty() {
+            let Some(principal) = input.identity.acting_for.as_deref() else {
+                return Check::No;
+            };
+            if !self.on_behalf_of.iter().any(|p| p.matches(principal)) {
+                return Check::No;
+            }
         }
         if let Some(hours) = &self.when.hours
             && !hours.contains(input.now)

@@ -58,6 +58,15 @@ fn who(subject: &str, groups: &[&str]) -> Identity {
         subject: subject.into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         kind: IdentityKind::Agent,
+        ..Identity::default()
+    }
+}
+
+/// `agent` acting for `person`.
+fn acting(agent: Identity, person: Identity) -> Identity {
+    Identity {
+        acting_for: Some(Box::new(person)),
+        ..agent
     }
 }
 
@@ -408,4 +417,75 @@ fn bad_rules_are_explained() {
     assert!(bad("action = \"allow\"\nwhen = { rows_over = 5 }").contains("rows_over"));
     assert!(bad("action = \"deny\"\ntables = [\"finance\"]").contains("project.dataset.table"));
     assert!(bad("action = \"deny\"\nwhen = { bytes_over = \"lots\" }").contains("bytes_over"));
+    assert!(bad("action = \"deny\"\non_behalf_of = [\"engineers\"]").contains("on_behalf_of"));
+}
+
+#[test]
+fn on_behalf_of_matches_the_person_an_agent_acts_for() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "never for contractors"
+who = ["group:agents"]
+on_behalf_of = ["group:contractors"]
+action = "deny"
+message = "agents may not act for contractors"
+
+[[rule]]
+name = "agents for engineers"
+who = ["group:agents"]
+on_behalf_of = ["group:engineers", "identity:human:cto"]
+statements = ["select"]
+action = "allow"
+"#,
+    );
+    let case = |identity: Identity| Case {
+        identity,
+        kinds: &[K::Select],
+        tables: vec![read("p.shop.orders", &[])],
+        opaque: None,
+        bytes: None,
+    };
+    let agent = || who("agent:claude", &["agents"]);
+    let alice = || who("human:alice", &["engineers"]);
+    let bob = || who("human:bob", &["contractors", "engineers"]);
+
+    // Alone, the agent matches no rule: a rule with on_behalf_of needs someone acted for.
+    let v = eval(&p, &case(agent()));
+    assert_eq!(v.rule, None);
+    assert!(
+        matches!(&v.outcome, Outcome::Deny { message } if !message.contains("acting for")),
+        "{v:?}"
+    );
+    // Acting for an engineer: allowed by the second rule.
+    let v = eval(&p, &case(acting(agent(), alice())));
+    assert_eq!(v.rule.as_deref(), Some("agents for engineers"));
+    assert_eq!(v.outcome, Outcome::Allow);
+    // By subject, too.
+    let v = eval(&p, &case(acting(agent(), who("human:cto", &[]))));
+    assert_eq!(v.outcome, Outcome::Allow);
+    // Acting for a contractor: the deny rule comes first and says why.
+    let v = eval(&p, &case(acting(agent(), bob())));
+    assert_eq!(v.rule.as_deref(), Some("never for contractors"));
+    assert!(
+        matches!(&v.outcome, Outcome::Deny { message } if message.contains("may not act for contractors")),
+        "{v:?}"
+    );
+    // A person acting for nobody is matched by neither; the denial names who asked.
+    let v = eval(&p, &case(acting(who("agent:other", &["bots"]), alice())));
+    assert!(
+        matches!(&v.outcome, Outcome::Deny { message } if message.contains("agent:other acting for human:alice")),
+        "{v:?}"
+    );
+    // `who` never matches the person acted for: alice's groups do not make the agent an engineer.
+    let p2 = policy(
+        r#"
+[[rule]]
+name = "engineers read"
+who = ["group:engineers"]
+statements = ["select"]
+action = "allow"
+"#,
+    );
+    assert_eq!(eval(&p2, &case(acting(agent(), alice()))).rule, None);
 }

@@ -1,4 +1,5 @@
-//! The store: the audit chain and job ownership, in one SQLite file (WAL).
+//! The store: the audit chain, job ownership, usage and stored API keys, in one SQLite
+//! file (WAL).
 //!
 //! Writes go through one writer thread that commits whatever is queued in one
 //! transaction (group commit) with `synchronous = FULL`, so a returned `append`
@@ -7,6 +8,7 @@
 //! still build one chain. Reads use their own connection and never wait for the writer.
 //! This crate knows nothing of HTTP, policy or SQL.
 
+mod keys;
 mod reader;
 mod schema;
 mod writer;
@@ -19,6 +21,7 @@ use querygate_core::AuditRecord;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+pub use keys::{KeyAdmin, MIN_PREFIX, RevokeOutcome, StoredKey};
 pub use reader::{AuditFilter, Reader, StoredRecord, VerifyReport};
 pub use schema::Sync;
 

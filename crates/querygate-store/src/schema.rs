@@ -26,6 +26,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (source, job_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_identity ON jobs (source, identity);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_sha256 TEXT PRIMARY KEY,
+    identity   TEXT NOT NULL,
+    groups     TEXT NOT NULL DEFAULT '[]',
+    kind       TEXT,
+    created    INTEGER NOT NULL,
+    expires    INTEGER,
+    revoked    INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_identity ON api_keys (identity);
 CREATE TABLE IF NOT EXISTS usage (
     identity TEXT NOT NULL,
     day      TEXT NOT NULL,

@@ -35,6 +35,9 @@ fn record(statement: &str) -> AuditRecord {
         rules: vec![],
         policy_version: None,
         bytes_estimate: None,
+        acting_for: None,
+        acting_for_groups: vec![],
+        auth: None,
     }
 }
 
@@ -213,4 +216,67 @@ async fn usage_adds_up_per_identity_and_day() {
     assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), 350);
     assert_eq!(store.usage("agent:x", "2026-11-28").expect("usage"), 0);
     assert_eq!(store.usage("agent:y", "2026-11-27").expect("usage"), 0);
+}
+
+#[test]
+fn stored_keys_are_found_by_hash_and_revoked_from_another_connection() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::open(&path).expect("open");
+    let admin = KeyAdmin::open(&path).expect("admin");
+    let key = |hash: &str, identity: &str| StoredKey {
+        key_sha256: hash.into(),
+        identity: identity.into(),
+        groups: vec!["agents".into()],
+        kind: Some("agent".into()),
+        created: 1_000,
+        expires: Some(2_000),
+        revoked: None,
+    };
+    let a = "aaaaaaaa11111111111111111111111111111111111111111111111111111111";
+    let b = "aaaaaaaa22222222222222222222222222222222222222222222222222222222";
+    let c = "cccccccc33333333333333333333333333333333333333333333333333333333";
+    admin.add(&key(a, "agent:one")).expect("add");
+    admin.add(&key(b, "agent:two")).expect("add");
+    admin.add(&key(c, "agent:two")).expect("add");
+    assert!(
+        admin.add(&key(a, "agent:again")).is_err(),
+        "same hash twice"
+    );
+
+    assert_eq!(store.api_key(a).expect("read"), Some(key(a, "agent:one")));
+    assert_eq!(store.api_key(&"f".repeat(64)).expect("read"), None);
+
+    // A prefix shared by two keys revokes nothing; a short prefix matches nothing.
+    assert!(matches!(
+        admin.revoke("aaaaaaaa", 5).expect("revoke"),
+        RevokeOutcome::Ambiguous(v) if v.len() == 2
+    ));
+    assert_eq!(
+        admin.revoke("aaaa", 5).expect("revoke"),
+        RevokeOutcome::NoMatch
+    );
+    // By identity: every key of that identity.
+    match admin.revoke("agent:two", 5).expect("revoke") {
+        RevokeOutcome::Revoked(v) => assert_eq!(v.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    // The gateway's connection sees it at once.
+    assert_eq!(
+        store.api_key(b).expect("read").and_then(|k| k.revoked),
+        Some(5)
+    );
+    assert_eq!(
+        store.api_key(a).expect("read").and_then(|k| k.revoked),
+        None
+    );
+    // By unique prefix; a second revoke reports nothing new.
+    assert!(
+        matches!(admin.revoke("AAAAAAAA1111", 6).expect("revoke"), RevokeOutcome::Revoked(v) if v.len() == 1)
+    );
+    assert_eq!(
+        admin.revoke("agent:one", 7).expect("revoke"),
+        RevokeOutcome::Revoked(vec![])
+    );
+    assert_eq!(admin.list().expect("list").len(), 3);
 }

@@ -209,6 +209,7 @@ impl Config {
                 Some(("allow", _)) => rules.push(querygate_policy::Rule {
                     name: format!("source {} default: allow", s.name),
                     who: vec![],
+                    on_behalf_of: vec![],
                     tables: vec![],
                     statements: vec![],
                     when: querygate_policy::When {

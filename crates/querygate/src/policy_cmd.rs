@@ -33,6 +33,12 @@ pub enum PolicyCommand {
         /// Its groups (repeatable or comma-separated).
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
+        /// The person the identity acts for (for `on_behalf_of` rules), e.g. human:alice.
+        #[arg(long = "for")]
+        on_behalf_of: Option<String>,
+        /// Groups of the person acted for (repeatable or comma-separated).
+        #[arg(long = "for-groups", value_delimiter = ',')]
+        on_behalf_of_groups: Vec<String>,
         /// The source (default: the only one).
         #[arg(long)]
         source: Option<String>,
@@ -63,6 +69,8 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             config,
             identity,
             groups,
+            on_behalf_of,
+            on_behalf_of_groups,
             source,
             sql,
             bytes,
@@ -74,6 +82,8 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 name: None,
                 identity,
                 groups,
+                on_behalf_of,
+                on_behalf_of_groups,
                 source,
                 sql,
                 bytes,
@@ -141,6 +151,10 @@ struct Case {
     identity: String,
     #[serde(default)]
     groups: Vec<String>,
+    /// The person the identity acts for.
+    on_behalf_of: Option<String>,
+    #[serde(default)]
+    on_behalf_of_groups: Vec<String>,
     source: Option<String>,
     sql: String,
     bytes: Option<String>,
@@ -192,6 +206,15 @@ fn evaluate(
         subject: case.identity.clone(),
         groups: case.groups.clone(),
         kind: Identity::kind_from_subject(&case.identity),
+        acting_for: case.on_behalf_of.as_ref().map(|p| {
+            Box::new(Identity {
+                subject: p.clone(),
+                groups: case.on_behalf_of_groups.clone(),
+                kind: Identity::kind_from_subject(p),
+                ..Identity::default()
+            })
+        }),
+        auth: None,
     };
     let facts = analyze(&case.sql, SqlDialect::BigQuery);
     let subject = Subject::of(&facts, &source.project);

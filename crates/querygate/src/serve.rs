@@ -60,6 +60,7 @@ fn authenticator(config: &Config) -> Authenticator {
                 kind: k
                     .kind
                     .unwrap_or_else(|| Identity::kind_from_subject(&k.identity)),
+                ..Identity::default()
             },
             key_sha256: k.key_sha256.get_ref().clone(),
         }
