@@ -10,7 +10,6 @@
 //! [`Admitted`] call, and only this crate can construct one, so no front can run an
 //! unchecked request. This crate holds no wire knowledge.
 
-mod authenticate;
 mod decide;
 mod policies;
 mod source;
@@ -26,9 +25,9 @@ use querygate_policy::{
 use querygate_sql::{Facts, SqlDialect, analyze};
 use querygate_store::{Alongside, JobRow, Store};
 
-pub use authenticate::{ApiKey, Authenticator};
 pub use decide::{Gate, Ownership, gate};
 pub use policies::PolicySet;
+pub use querygate_identity::{ApiKey, Authenticator};
 pub use querygate_policy::Partitioning;
 pub use source::{Admitted, Refusal, Reply, Scope, Source, Summary};
 
@@ -138,7 +137,8 @@ impl Pipeline {
         // authenticate: who is asking.
         let identity = match settings
             .authenticator
-            .authenticate(request.credential.as_ref())
+            .authenticate(request.credential.as_ref(), request.delegation.as_ref())
+            .await
         {
             Ok(identity) => identity,
             Err(denial) => return self.refuse(&ctx, denial).await,

@@ -67,6 +67,7 @@ fn pipeline(dir: &std::path::Path) -> Pipeline {
             ..Identity::default()
         },
         key_sha256: Secret::new("key-a").sha256_hex(),
+        expires: None,
     };
     Pipeline::new(
         Authenticator::new([key]),
@@ -274,6 +275,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
             ..Identity::default()
         },
         key_sha256: Secret::new("key-a").sha256_hex(),
+        expires: None,
     }]);
     p.reload(keys, set);
     let small = Echo {

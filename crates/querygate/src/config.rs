@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use querygate_core::IdentityKind;
+use querygate_identity::{IssuerConfig, OidcSpec};
 use querygate_pipeline::PolicySet;
 use querygate_policy::{Budget, Policy, RuleSpec, parse_bytes};
 use serde::Deserialize;
@@ -25,6 +26,9 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// OIDC issuers whose tokens are accepted.
+    #[serde(default)]
+    pub oidc: Vec<Spanned<OidcSpec>>,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     /// A separate file of `[[rule]]`s and `[budgets]`, checked after this file's rules.
@@ -79,6 +83,8 @@ pub struct ApiKeyConfig {
     pub groups: Vec<String>,
     pub key_sha256: Spanned<String>,
     pub kind: Option<IdentityKind>,
+    /// When the key stops working: an RFC 3339 time, e.g. "2027-01-31T00:00:00Z".
+    pub expires: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +307,26 @@ impl Config {
             if key.identity.trim().is_empty() {
                 return fail(key.key_sha256.span(), "identity must not be empty".into());
             }
+            if let Some(e) = &key.expires
+                && let Err(msg) = parse_time(e.get_ref())
+            {
+                return fail(
+                    e.span(),
+                    format!("api key of {}: expires: {msg}", key.identity),
+                );
+            }
+        }
+        let mut issuers = HashSet::new();
+        for o in &self.oidc {
+            if let Err(msg) = o.get_ref().check() {
+                return fail(o.span(), msg);
+            }
+            if !issuers.insert(o.get_ref().issuer.as_str()) {
+                return fail(
+                    o.span(),
+                    format!("two [[oidc]] blocks name issuer {:?}", o.get_ref().issuer),
+                );
+            }
         }
         let mut names = HashSet::new();
         let mut projects = HashSet::new();
@@ -351,6 +377,11 @@ impl Config {
         Ok(())
     }
 
+    /// The checked `[[oidc]]` blocks (checked at load, so this cannot fail afterwards).
+    pub fn issuers(&self) -> Result<Vec<IssuerConfig>, String> {
+        self.oidc.iter().map(|o| o.get_ref().check()).collect()
+    }
+
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
@@ -388,6 +419,23 @@ impl SourceConfig {
             _ => UpstreamCredential::None,
         }
     }
+}
+
+/// Unix seconds of an RFC 3339 time (`2027-01-31T00:00:00Z`) or a date (`2027-01-31`, UTC midnight).
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_second());
+    }
+    t.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp().as_second())
+        .ok_or_else(|| {
+            format!(
+                "{t:?} is not a time like \"2027-01-31T00:00:00Z\" or a date like \"2027-01-31\""
+            )
+        })
 }
 
 /// `" line N"` for a byte span of `text`.
@@ -464,6 +512,40 @@ credentials = "none"
         assert!(e.contains("line 18") && e.contains("adc"), "{e}");
         let e = error_of("[server\n");
         assert!(e.contains("line 1"), "{e}");
+        let e = error_of(&GOOD.replace(
+            "groups = [\"agents\"]",
+            "groups = [\"agents\"]\nexpires = \"next week\"",
+        ));
+        assert!(e.contains("line 11") && e.contains("expires"), "{e}");
+    }
+
+    #[test]
+    fn oidc_blocks_are_checked_with_their_line() {
+        let with = |block: &str| format!("{GOOD}\n[[oidc]]\n{block}\n");
+        let ok = parse(&with(
+            "issuer = \"https://idp.example.com\"\naudiences = [\"querygate\"]\nkind = \"human\"\ngroups_claim = \"groups\"",
+        ))
+        .expect("oidc");
+        assert_eq!(
+            ok.issuers().expect("issuers")[0].issuer,
+            "https://idp.example.com"
+        );
+        let e = error_of(&with(
+            "issuer = \"http://idp.example.com\"\naudiences = [\"q\"]\nkind = \"agent\"",
+        ));
+        assert!(e.contains("line 20") && e.contains("https"), "{e}");
+        let e = error_of(&with(
+            "issuer = \"https://idp.example.com\"\nkind = \"agent\"",
+        ));
+        assert!(e.contains("audiences"), "{e}");
+        let e = error_of(&with(
+            "issuer = \"https://idp.example.com\"\naudiences = [\"q\"]\nkind = \"robot\"",
+        ));
+        assert!(e.contains("line 23") && e.contains("robot"), "{e}");
+        let e = error_of(&with(
+            "issuer = \"https://idp.example.com\"\naudiences = [\"q\"]\nkind = \"agent\"\ngroup_claim = \"g\"",
+        ));
+        assert!(e.contains("group_claim"), "{e}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: serve::LogFormat,
     },
-    /// Create API keys.
+    /// Create, list and revoke API keys.
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
@@ -90,9 +90,10 @@ fn main() -> ExitCode {
         } => config::Config::load(&config.config)
             .map(|c| {
                 println!(
-                    "{}: ok ({} api keys, {} sources)",
+                    "{}: ok ({} api keys, {} oidc issuers, {} sources)",
                     config.config.display(),
                     c.api_keys.len(),
+                    c.oidc.len(),
                     c.sources.len()
                 );
                 ExitCode::SUCCESS

@@ -1,6 +1,7 @@
 //! `querygate serve`: build the runtime objects from a checked config and run the fronts.
 //!
-//! Wiring only: config → store, authenticator, sources, pipeline → BigQuery front,
+//! Wiring only: config → store, authenticator (API keys, stored keys, OIDC issuers),
+//! sources, pipeline → BigQuery front,
 //! served over TLS (rustls) when configured, else plaintext (loopback, or by consent).
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use querygate_bigquery::{BigQuerySource, Front, UpstreamAuth, router};
 use querygate_core::Identity;
+use querygate_identity::KeyCaches;
 use querygate_pipeline::{ApiKey, Authenticator, Pipeline};
 use querygate_store::Store;
 use tokio::net::TcpListener;
@@ -50,25 +52,47 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The API keys a config admits.
-fn authenticator(config: &Config) -> Authenticator {
-    Authenticator::new(config.api_keys.iter().map(|k| {
-        ApiKey {
-            identity: Identity {
-                subject: k.identity.clone(),
-                groups: k.groups.clone(),
-                kind: k
-                    .kind
-                    .unwrap_or_else(|| Identity::kind_from_subject(&k.identity)),
-                ..Identity::default()
-            },
-            key_sha256: k.key_sha256.get_ref().clone(),
-        }
-    }))
+/// The credentials a config admits: its API keys, the keys in the store, and tokens of
+/// its `[[oidc]]` issuers (whose cached keys `caches` keeps across reloads).
+fn authenticator(
+    config: &Config,
+    store: &Arc<Store>,
+    caches: &KeyCaches,
+) -> Result<Authenticator, String> {
+    let keys = config
+        .api_keys
+        .iter()
+        .map(|k| {
+            Ok(ApiKey {
+                identity: Identity {
+                    subject: k.identity.clone(),
+                    groups: k.groups.clone(),
+                    kind: k
+                        .kind
+                        .unwrap_or_else(|| Identity::kind_from_subject(&k.identity)),
+                    ..Identity::default()
+                },
+                key_sha256: k.key_sha256.get_ref().clone(),
+                expires: k
+                    .expires
+                    .as_ref()
+                    .map(|e| crate::config::parse_time(e.get_ref()))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let issuers = config
+        .issuers()?
+        .into_iter()
+        .map(|c| caches.issuer(c))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Authenticator::new(keys)
+        .with_store(store.clone())
+        .with_issuers(issuers))
 }
 
-/// Builds the BigQuery front from a config.
-pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
+/// Builds the BigQuery front from a config; also returns the store, for reloads.
+pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>, Arc<Store>)> {
     let store_path = config.store_path();
     let sync = match config.store.synchronous {
         crate::config::Synchronous::Full => querygate_store::Sync::Full,
@@ -76,12 +100,11 @@ pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
     };
     let store = Store::open_with(&store_path, sync)
         .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+    let store = Arc::new(store);
     let policies = config.policies().map_err(anyhow::Error::msg)?;
-    let pipeline = Arc::new(Pipeline::new(
-        authenticator(config),
-        policies,
-        Arc::new(store),
-    ));
+    let authenticator = authenticator(config, &store, caches).map_err(anyhow::Error::msg)?;
+    authenticator.warm_up();
+    let pipeline = Arc::new(Pipeline::new(authenticator, policies, store.clone()));
     let mut sources = HashMap::new();
     for s in &config.sources {
         let auth = match s.credential(config) {
@@ -93,22 +116,28 @@ pub fn front(config: &Config) -> anyhow::Result<Arc<Front>> {
             .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
         sources.insert(s.project.clone(), Arc::new(source));
     }
-    Ok(Arc::new(Front {
+    let front = Arc::new(Front {
         pipeline,
         sources,
         max_body_bytes: config
             .server
             .max_body_bytes
             .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-    }))
+    });
+    Ok((front, store))
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
-    let front = front(&config)?;
+    let caches = KeyCaches::default();
+    let (front, store) = front(&config, &caches)?;
+    for o in &config.oidc {
+        tracing::info!(issuer = %o.get_ref().issuer, "accepting OIDC tokens");
+    }
     tokio::spawn(reload(
         config_path,
         config.policy.as_ref().map(|p| config.resolve(p)),
         front.pipeline.clone(),
+        Credentials { store, caches },
     ));
     let addr = config.listen();
     let listener = TcpListener::bind(addr)
@@ -217,9 +246,20 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::Tls
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Reloads keys and policy on SIGHUP and when the config or policy file changes.
+/// What a reload needs to rebuild the authenticator without losing cached issuer keys.
+struct Credentials {
+    store: Arc<Store>,
+    caches: KeyCaches,
+}
+
+/// Reloads keys, issuers and policy on SIGHUP and when the config or policy file changes.
 /// A bad file keeps the running policy and says why.
-async fn reload(config_path: PathBuf, policy_path: Option<PathBuf>, pipeline: Arc<Pipeline>) {
+async fn reload(
+    config_path: PathBuf,
+    policy_path: Option<PathBuf>,
+    pipeline: Arc<Pipeline>,
+    credentials: Credentials,
+) {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let stamp = |policy: &Option<PathBuf>| (mtime(&config_path), policy.as_deref().and_then(mtime));
     let mut policy_path = policy_path;
@@ -248,9 +288,15 @@ async fn reload(config_path: PathBuf, policy_path: Option<PathBuf>, pipeline: Ar
             }
             () = signalled => "SIGHUP",
         };
-        match Config::load(&config_path).and_then(|c| Ok((c.policies()?, c))) {
-            Ok((policies, config)) => {
-                pipeline.reload(authenticator(&config), policies);
+        let loaded = Config::load(&config_path).and_then(|c| {
+            let policies = c.policies()?;
+            let authenticator = authenticator(&c, &credentials.store, &credentials.caches)?;
+            Ok((policies, authenticator, c))
+        });
+        match loaded {
+            Ok((policies, authenticator, config)) => {
+                authenticator.warm_up();
+                pipeline.reload(authenticator, policies);
                 policy_path = config.policy.as_ref().map(|p| config.resolve(p));
                 seen = stamp(&policy_path);
                 tracing::info!(
