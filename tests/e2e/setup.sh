@@ -3,6 +3,7 @@
 #   tests/e2e/.venv-emu     bqemulator (the BigQuery upstream) + pinned duckdb + numpy
 #   tests/e2e/.venv-client  google-cloud-bigquery + pandas/pyarrow/db-dtypes + pytest + requests
 #   tests/e2e/node/node_modules  @google-cloud/bigquery 8.x (9.x needs Node >= 22)
+#   tests/oidc/node_modules      oidc-provider, the OpenID provider of the identity tests
 #
 # Idempotent and fast when already done: each step writes a stamp file holding a
 # hash of its requirement file(s) (and the interpreter); a rerun with the same
@@ -64,4 +65,5 @@ ensure_node() {
 ensure_venv "$HERE/.venv-emu" "$HERE/requirements-emu.txt"
 ensure_venv "$HERE/.venv-client" "$HERE/requirements-client.txt"
 ensure_node
+bash "$HERE/../oidc/setup.sh"   # the test OpenID provider (tests/oidc)
 log "done"
