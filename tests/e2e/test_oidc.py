@@ -203,8 +203,10 @@ def test_an_agent_acting_for_a_person_through_the_delegation_header(idp, oidc_ga
     assert rows(client(oidc_gateway, idp.agent(), on_behalf_of=alice)) == ROWS
     r = decided(oidc_gateway)[-1]
     assert (r["identity"], r["acting_for"], r["groups"]) == ("claude-code", "alice", ["agents"])
-    # The audit search finds who acted for alice.
-    assert any(x["acting_for"] == "alice" for x in audit(oidc_gateway, "--identity", "claude-code"))
+    # The audit search finds what was done for alice, and only that.
+    for_alice = audit(oidc_gateway, "--acting-for", "alice")
+    assert for_alice and all(x["acting_for"] == "alice" for x in for_alice)
+    assert {x["identity"] for x in for_alice} == {"claude-code"}
 
 
 def test_acting_for_a_contractor_is_denied_by_rule(idp, oidc_gateway):

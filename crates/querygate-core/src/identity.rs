@@ -30,6 +30,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The name jobs and their results are owned under: the subject, or `SUBJECT for
+    /// PERSON` while acting for someone, so that what an agent ran for one person is not
+    /// readable when it acts for another (or for nobody).
+    pub fn owner(&self) -> String {
+        match &self.acting_for {
+            Some(p) => format!("{} for {}", self.subject, p.subject),
+            None => self.subject.clone(),
+        }
+    }
+
     /// The kind implied by a subject's prefix (`agent:`, `human:`/`user:`, `service:`/`ci:`).
     pub fn kind_from_subject(subject: &str) -> IdentityKind {
         match subject.split_once(':').map(|(p, _)| p) {

@@ -232,7 +232,7 @@ impl Pipeline {
 
         // restrict (mask): keep only what this identity may see.
         if matches!(request.action, Action::ListJobs) {
-            match self.store.jobs_of(source_name, &identity.subject) {
+            match self.store.jobs_of(source_name, &identity.owner()) {
                 Ok(owned) => reply.restrict(&Scope {
                     owned_jobs: owned.into_iter().collect(),
                 }),
@@ -449,7 +449,7 @@ impl Pipeline {
             Action::ReadJob { job_id } | Action::CancelJob { job_id } => {
                 let owner = self.store.job(source, job_id).map_err(store_fault)?;
                 Ownership {
-                    owns_job: owner.is_some_and(|j| j.identity == identity.subject),
+                    owns_job: owner.is_some_and(|j| j.identity == identity.owner()),
                     owns_result_table: false,
                 }
             }
@@ -464,7 +464,7 @@ impl Pipeline {
                 owns_job: false,
                 owns_result_table: self
                     .store
-                    .owns_destination(source, &identity.subject, table)
+                    .owns_destination(source, &identity.owner(), table)
                     .map_err(store_fault)?,
             },
             _ => Ownership::default(),
@@ -584,7 +584,7 @@ fn job_row(
     JobRow {
         source: source.to_string(),
         job_id: job_id.to_string(),
-        identity: identity.subject.clone(),
+        identity: identity.owner(),
         destination,
         schema,
         row_limit,

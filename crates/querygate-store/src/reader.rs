@@ -22,6 +22,8 @@ pub struct AuditFilter {
     /// Only records at or after this RFC 3339 time (string comparison of UTC times).
     pub since: Option<String>,
     pub until: Option<String>,
+    /// Only records of requests made acting for this subject.
+    pub acting_for: Option<String>,
 }
 
 impl AuditFilter {
@@ -37,6 +39,10 @@ impl AuditFilter {
                 .is_none_or(|j| r.job_id.as_deref() == Some(j))
             && self.since.as_deref().is_none_or(|s| r.time.as_str() >= s)
             && self.until.as_deref().is_none_or(|u| r.time.as_str() <= u)
+            && self
+                .acting_for
+                .as_deref()
+                .is_none_or(|a| r.acting_for.as_deref() == Some(a))
     }
 }
 

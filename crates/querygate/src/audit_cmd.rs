@@ -59,6 +59,9 @@ pub struct FilterArgs {
     /// Only this identity, e.g. agent:claude-code.
     #[arg(long)]
     identity: Option<String>,
+    /// Only requests made acting for this person, e.g. alice@example.com.
+    #[arg(long)]
+    acting_for: Option<String>,
     /// Only records from this long ago (30s, 15m, 1h, 7d) or since an RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
@@ -290,6 +293,7 @@ impl FilterArgs {
             job_id: self.job,
             since: self.since.as_deref().map(point_in_time).transpose()?,
             until: self.until.as_deref().map(point_in_time).transpose()?,
+            acting_for: self.acting_for,
         })
     }
 }

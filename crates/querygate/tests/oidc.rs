@@ -231,7 +231,12 @@ fn last_decided(g: &Gateway) -> Value {
 async fn agents_and_people_authenticate_with_provider_tokens_and_rules_see_whom_an_agent_acts_for()
 {
     let idp = Idp::start();
-    let upstream = Recorder::start(|_| (200, query_response("job-1", 1))).await;
+    let jobs = std::sync::atomic::AtomicUsize::new(0);
+    let upstream = Recorder::start(move |_| {
+        let n = jobs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        (200, query_response(&format!("job-{n}"), 1))
+    })
+    .await;
     let g = gateway("oidc-flows", &[&idp.issuer], &upstream).await;
     let auth = format!("oidc:{}", idp.issuer);
 
@@ -267,6 +272,10 @@ async fn agents_and_people_authenticate_with_provider_tokens_and_rules_see_whom_
     // The agent acting for alice through the delegation header.
     let (status, body) = query(&g, &agent, Some(&alice)).await;
     assert_eq!(status, 200, "{body}");
+    let job = body["jobReference"]["jobId"]
+        .as_str()
+        .expect("job id")
+        .to_string();
     let r = last_decided(&g);
     assert_eq!(r["identity"], "claude-code");
     assert_eq!(r["groups"], json!(["agents"]));
@@ -274,6 +283,27 @@ async fn agents_and_people_authenticate_with_provider_tokens_and_rules_see_whom_
     assert_eq!(r["acting_for"], "alice");
     assert_eq!(r["acting_for_groups"], json!(["engineers"]));
     assert_eq!(r["rule"], "agents for engineers");
+
+    // The job it ran for alice is hers: readable by the agent acting for her (either way),
+    // not by the agent alone or acting for someone else.
+    let read_job = |token: String, delegation: Option<String>| {
+        let url = format!(
+            "{}/bigquery/v2/projects/test-project/queries/{job}",
+            g.url()
+        );
+        async move {
+            let mut r = reqwest::Client::new().get(url).bearer_auth(token);
+            if let Some(d) = delegation {
+                r = r.header("x-querygate-on-behalf-of", d);
+            }
+            r.send().await.expect("send").status().as_u16()
+        }
+    };
+    assert_eq!(read_job(agent.clone(), Some(alice.clone())).await, 200);
+    assert_eq!(read_job(idp.exchange(&alice), None).await, 200);
+    assert_eq!(read_job(agent.clone(), None).await, 404);
+    assert_eq!(read_job(agent.clone(), Some(idp.login("bob"))).await, 404);
+    assert_eq!(read_job(alice.clone(), None).await, 404);
 
     // The same through token exchange: the token's `act` names the agent.
     let exchanged = idp.exchange(&alice);
