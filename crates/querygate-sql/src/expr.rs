@@ -25,6 +25,16 @@ impl Walker<'_> {
         if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("DEFAULT") {
             return Lineage::default();
         }
+        if self.names.dialect == SqlDialect::BigQuery && id.value.starts_with("@@") {
+            // System variables hold no table data, except the message of a caught error.
+            if id.value.to_ascii_lowercase().starts_with("@@error") {
+                self.opaque(
+                    "@@error can carry data from the statement that failed (error text); \
+                     querygate cannot tell what it holds",
+                );
+            }
+            return Lineage::default();
+        }
         let names = self.names;
         let name = names.ident(id);
         let mut acc = Lineage::default();

@@ -239,7 +239,24 @@ impl<'v> Walker<'v> {
         ctes: &[CteDef],
         parent: Option<&Frame<'_>>,
     ) -> Vec<Col> {
-        let mut cols: Vec<Col> = Vec::new();
+        // Seed with the anchor (the leftmost branch, which cannot reference the CTE itself).
+        let mut anchor = body.body.as_ref();
+        while let SetExpr::SetOperation { left, .. } = anchor {
+            anchor = left.as_ref();
+        }
+        let mut cols = {
+            let fr = Frame {
+                ctes,
+                ..Frame::new(parent)
+            };
+            let seed = if self.enter() {
+                self.set_expr(anchor, Some(&fr), None, false)
+            } else {
+                vec![]
+            };
+            self.leave();
+            rename(seed, new_names)
+        };
         for _ in 0..8 {
             let mut visible = ctes.to_vec();
             visible.push(CteDef {
@@ -251,11 +268,7 @@ impl<'v> Walker<'v> {
                 ..Frame::new(parent)
             };
             let next = rename(self.query(body, Some(&fr)), new_names);
-            let next = if cols.is_empty() {
-                next
-            } else {
-                combine(vec![cols.clone(), next])
-            };
+            let next = combine(vec![cols.clone(), next]);
             if next == cols {
                 return cols;
             }
