@@ -44,10 +44,10 @@ pub enum SqlDialect {
     Postgres,
 }
 
-/// The most binary/postfix operators one text may hold. sqlparser builds operator chains
-/// (`a + b + c …`, `x::t::t …`) as left-deep trees without counting recursion, and dropping a tree
-/// tens of thousands of levels deep overflows a thread's stack; this bound keeps every tree far
-/// below that.
+/// The most binary/postfix operators (and set operations) one text may hold. sqlparser builds
+/// chains (`a + b + c …`, `x::t::t …`, `… UNION ALL …`) as left-deep trees without counting
+/// recursion, and dropping a tree tens of thousands of levels deep overflows a thread's stack;
+/// this bound keeps every tree far below that.
 pub const MAX_OPERATORS: usize = 10_000;
 
 /// Analyzes SQL text. Never panics, never errors: what cannot be understood is `opaque`.
@@ -135,6 +135,10 @@ fn is_operator(t: &Token) -> bool {
                 | Keyword::MEMBER
                 | Keyword::OPERATOR
                 | Keyword::ESCAPE
+                | Keyword::UNION
+                | Keyword::EXCEPT
+                | Keyword::INTERSECT
+                | Keyword::MINUS
         ),
         Token::EOF
         | Token::Whitespace(_)
