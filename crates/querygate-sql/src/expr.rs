@@ -78,9 +78,16 @@ impl Walker<'_> {
             }
             cur = fr.parent;
         }
-        if let Some(l) = self.vars.get(&name.to_lowercase()) {
+        let var = name.to_lowercase();
+        if let Some(l) = self.script.vars.get(&var) {
             acc.add_ref(l);
             found = true;
+        }
+        if self.script.unknown_vars.contains(&var) {
+            self.opaque(format!(
+                "the variable `{}` was passed to a procedure, which may have stored anything in it",
+                id.value
+            ));
         }
         if !found {
             self.opaque(format!("cannot resolve the name `{}`", id.value));

@@ -6,18 +6,18 @@
 //! reports as written, and are opaque if they contain a query. Must not panic, must not guess.
 
 use sqlparser::ast::{
-    ConditionalStatementBlock, ConditionalStatements, CopySource, CopyTarget, CreateProcedureBody,
-    CreateTableLikeKind, DeclareAssignment, Expr, GrantObjects, ObjectName, ObjectNamePart, Query,
-    RaiseStatementValue, Set, Statement,
+    ConditionalStatementBlock, ConditionalStatements, CopySource, CopyTarget, CreateFunction,
+    CreateFunctionBody, CreateProcedureBody, CreateTableLikeKind, DeclareAssignment, Expr,
+    GrantObjects, ObjectName, ObjectNamePart, Query, RaiseStatementValue, Set, Statement,
 };
 
 use crate::SqlDialect;
 use crate::dml::dml_body;
-use crate::facts::{StatementFacts, StatementKind};
+use crate::facts::{StatementFacts, StatementKind, TableRef};
 use crate::guard;
 use crate::names::function_name;
 use crate::scope::{Col, Frame, Lineage, normalized};
-use crate::walk::{MAX_DEPTH, Vars, Walker};
+use crate::walk::{MAX_DEPTH, ScriptState, Walker};
 
 /// What the identifier safety net checks for one statement.
 enum Check<'a> {
@@ -32,7 +32,7 @@ enum Check<'a> {
 /// Analysis state across the statements of one script.
 pub(crate) struct Script {
     dialect: SqlDialect,
-    vars: Vars,
+    state: ScriptState,
     depth: usize,
     pub out: Vec<StatementFacts>,
 }
@@ -41,7 +41,7 @@ impl Script {
     pub fn new(dialect: SqlDialect) -> Self {
         Script {
             dialect,
-            vars: Vars::new(),
+            state: ScriptState::default(),
             depth: 0,
             out: Vec::new(),
         }
@@ -93,7 +93,7 @@ impl Script {
             Statement::CreateProcedure {
                 name, params, body, ..
             } => {
-                let mut w = Walker::new(self.dialect, &self.vars);
+                let mut w = Walker::new(self.dialect, &self.state);
                 if let Some(t) = w.table(name) {
                     w.acc.writes.insert(t);
                 }
@@ -105,7 +105,10 @@ impl Script {
                 let facts = finish(w, StatementKind::Create, vec![], s, Check::Nothing);
                 self.out.push(facts);
                 for p in params.iter().flatten() {
-                    self.vars.entry(p.name.value.to_lowercase()).or_default();
+                    self.state
+                        .vars
+                        .entry(p.name.value.to_lowercase())
+                        .or_default();
                 }
                 let inner = match body {
                     CreateProcedureBody::As(c) => conditional(c),
@@ -128,7 +131,7 @@ impl Script {
     fn blocks(&mut self, operand: Option<&Expr>, blocks: &[&ConditionalStatementBlock]) {
         let mut exprs: Vec<&Expr> = operand.into_iter().collect();
         exprs.extend(blocks.iter().filter_map(|b| b.condition.as_ref()));
-        let mut w = Walker::new(self.dialect, &self.vars);
+        let mut w = Walker::new(self.dialect, &self.state);
         for e in &exprs {
             let l = w.expr(e, None);
             w.acc.predicates.extend(l.refs);
@@ -145,15 +148,20 @@ impl Script {
 
     fn leaf(&mut self, s: &Statement) {
         let dialect = self.dialect;
-        let mut w = Walker::new(dialect, &self.vars);
+        let mut w = Walker::new(dialect, &self.state);
         let mut output: Vec<Col> = Vec::new();
         let mut new_vars: Vec<(String, Lineage)> = Vec::new();
+        // Tables this statement creates, with what their columns will hold.
+        let mut created: Vec<(Vec<String>, Vec<Col>)> = Vec::new();
+        // Variables a procedure call may overwrite.
+        let mut clobbered: Vec<String> = Vec::new();
         let (kind, check) = match s {
             Statement::Query(q) => {
                 w.allow_into();
                 output = w.query(q, None);
-                if w.selected_into {
+                if !w.selected_into.is_empty() {
                     output.clear();
+                    created.append(&mut w.selected_into);
                 }
                 let kind = dml_body(&q.body).unwrap_or(StatementKind::Select);
                 (kind, Check::Statement(s))
@@ -171,11 +179,21 @@ impl Script {
                 } else {
                     StatementKind::Create
                 };
-                if let Some(t) = w.table(&ct.name) {
-                    w.acc.writes.insert(t);
+                let target = w.table(&ct.name);
+                if let Some(t) = &target {
+                    w.acc.writes.insert(t.clone());
                 }
-                if let Some(c) = &ct.clone {
-                    read_table(&mut w, c, ct.version.is_some());
+                let mut cols = Vec::new();
+                if let Some(c) = &ct.clone
+                    && let Some(src) = read_table(&mut w, c, ct.version.is_some())
+                {
+                    cols = match self.state.tables.get(&src.parts) {
+                        Some(existing) => existing.clone(),
+                        None => vec![Col::Star {
+                            table: src,
+                            except: vec![],
+                        }],
+                    };
                 }
                 if let Some(like) = &ct.like {
                     let (CreateTableLikeKind::Parenthesized(l) | CreateTableLikeKind::Plain(l)) =
@@ -188,21 +206,27 @@ impl Script {
                         w.seen_rel(p);
                     }
                 }
-                match &ct.query {
+                let check = match &ct.query {
                     Some(q) => {
-                        let cols = w.query(q, None);
+                        cols = w.query(q, None);
                         w.acc.written.extend(cols.iter().map(Col::to_output));
-                        (kind, Check::Query(q))
+                        Check::Query(q)
                     }
-                    None => (kind, Check::Nothing),
+                    None => Check::Nothing,
+                };
+                if let Some(t) = target {
+                    created.push((t.parts, cols));
                 }
+                (kind, check)
             }
             Statement::CreateView(v) => {
-                if let Some(t) = w.table(&v.name) {
-                    w.acc.writes.insert(t);
-                }
+                let target = w.table(&v.name);
                 let cols = w.query(&v.query, None);
                 w.acc.written.extend(cols.iter().map(Col::to_output));
+                if let Some(t) = target {
+                    w.acc.writes.insert(t.clone());
+                    created.push((t.parts, cols));
+                }
                 (StatementKind::Create, Check::Query(&v.query))
             }
             Statement::ExportData(e) => {
@@ -298,6 +322,14 @@ impl Script {
                 w.acc.functions.insert(name.clone());
                 let empty = Frame::new(None);
                 if let sqlparser::ast::FunctionArguments::List(list) = &func.args {
+                    for arg in &list.args {
+                        if let sqlparser::ast::FunctionArg::Unnamed(
+                            sqlparser::ast::FunctionArgExpr::Expr(Expr::Identifier(id)),
+                        ) = arg
+                        {
+                            clobbered.push(id.value.to_lowercase());
+                        }
+                    }
                     w.function_args(&name, &list.args, &empty);
                     if !list.clauses.is_empty() {
                         w.opaque("CALL argument clauses are not analyzed");
@@ -380,6 +412,12 @@ impl Script {
                          tables invisibly)",
                     );
                 }
+                if body_is_sql_text(cf) {
+                    w.opaque(
+                        "the function body is SQL text the analyzer does not read (callers \
+                         could read tables invisibly)",
+                    );
+                }
                 (StatementKind::Create, Check::Nothing)
             }
             Statement::ExplainTable { table_name, .. } => {
@@ -394,10 +432,29 @@ impl Script {
         };
         w.acc.functions.extend(collect_functions(s));
         let facts = finish(w, kind, output, s, check);
+        // Writes into tables this script created earlier add to what those tables hold.
+        let mut written = Lineage::default();
+        for c in &facts.written {
+            written.refs.extend(c.sources.iter().cloned());
+            written.whole_row |= c.whole_row;
+        }
+        for t in &facts.writes {
+            if let Some(cols) = self.state.tables.get_mut(&t.parts)
+                && !written.refs.is_empty()
+            {
+                cols.push(Col::Any {
+                    lin: written.clone(),
+                });
+            }
+        }
+        for (parts, cols) in created {
+            self.state.tables.insert(parts, cols);
+        }
         self.out.push(facts);
         for (name, lin) in new_vars {
-            self.vars.entry(name).or_default().add(lin);
+            self.state.vars.entry(name).or_default().add(lin);
         }
+        self.state.unknown_vars.extend(clobbered);
     }
 
     fn set(&self, w: &mut Walker<'_>, set: &Set, new_vars: &mut Vec<(String, Lineage)>) {
@@ -463,11 +520,31 @@ fn conditional(c: &ConditionalStatements) -> &[Statement] {
 }
 
 /// A table read by name outside FROM (CLONE, LIKE, DESCRIBE).
-fn read_table(w: &mut Walker<'_>, name: &ObjectName, time_travel: bool) {
-    if let Some(mut t) = w.table(name) {
-        t.time_travel |= time_travel;
-        w.acc.reads.insert(t);
-    }
+fn read_table(w: &mut Walker<'_>, name: &ObjectName, time_travel: bool) -> Option<TableRef> {
+    let mut t = w.table(name)?;
+    t.time_travel |= time_travel;
+    w.acc.reads.insert(t.clone());
+    Some(t)
+}
+
+/// A function whose body is a string in a language that can run queries (SQL, PL/pgSQL).
+fn body_is_sql_text(cf: &CreateFunction) -> bool {
+    let body = match &cf.function_body {
+        Some(CreateFunctionBody::AsBeforeOptions { body, .. })
+        | Some(CreateFunctionBody::AsAfterOptions(body)) => body,
+        _ => return false,
+    };
+    let is_text = matches!(body, Expr::Value(_));
+    let language = cf
+        .language
+        .as_ref()
+        .map(|l| l.value.to_ascii_lowercase())
+        .unwrap_or_default();
+    is_text
+        && !matches!(
+            language.as_str(),
+            "js" | "javascript" | "python" | "c" | "internal"
+        )
 }
 
 fn grant_objects(w: &mut Walker<'_>, objects: Option<&GrantObjects>) {

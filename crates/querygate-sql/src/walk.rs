@@ -27,8 +27,18 @@ use crate::scope::{AliasMode, Col, CteDef, Frame, Lineage, Rel, RelKind, combine
 /// (50) keeps real queries far below this.
 pub(crate) const MAX_DEPTH: usize = 200;
 
-/// Script variables (BigQuery `DECLARE`/`SET`, procedure parameters) and what they hold.
-pub(crate) type Vars = HashMap<String, Lineage>;
+/// What earlier statements of the same script left behind for later ones.
+#[derive(Debug, Default)]
+pub(crate) struct ScriptState {
+    /// Script variables (BigQuery `DECLARE`/`SET`, procedure parameters, lower case) and what
+    /// they hold.
+    pub vars: HashMap<String, Lineage>,
+    /// Variables a procedure may have written (`CALL p(x)`): their contents are unknown.
+    pub unknown_vars: HashSet<String>,
+    /// Tables and views created by earlier statements (`CREATE TEMP TABLE t AS …`), by name
+    /// parts, with what their columns hold: reading them later is reading those sources.
+    pub tables: HashMap<Vec<String>, Vec<Col>>,
+}
 
 /// Facts accumulated while walking one statement.
 #[derive(Debug, Default)]
@@ -44,7 +54,7 @@ pub(crate) struct Acc {
 
 pub(crate) struct Walker<'v> {
     pub names: Names,
-    pub vars: &'v Vars,
+    pub script: &'v ScriptState,
     pub acc: Acc,
     pub opaque: Option<String>,
     /// A data-modifying statement met inside a query (`WITH … INSERT`, PostgreSQL DML in CTEs).
@@ -55,8 +65,8 @@ pub(crate) struct Walker<'v> {
     pub seen_rels: HashSet<usize>,
     /// `SELECT … INTO table` is allowed at this point (top level of a statement only).
     into_ok: bool,
-    /// A `SELECT … INTO table` was met (the statement returns no rows).
-    pub selected_into: bool,
+    /// Tables created by `SELECT … INTO`, with their columns.
+    pub selected_into: Vec<(Vec<String>, Vec<Col>)>,
     /// The named windows (`WINDOW w AS (…)`) of the SELECT being walked, with their lineage.
     pub(crate) named_windows: Vec<(String, Lineage)>,
     pub(crate) depth: usize,
@@ -78,17 +88,17 @@ fn ordinal(e: &Expr) -> Option<usize> {
 }
 
 impl<'v> Walker<'v> {
-    pub(crate) fn new(dialect: SqlDialect, vars: &'v Vars) -> Self {
+    pub(crate) fn new(dialect: SqlDialect, script: &'v ScriptState) -> Self {
         Walker {
             names: Names { dialect },
-            vars,
+            script,
             acc: Acc::default(),
             opaque: None,
             dml_kind: None,
             seen_idents: HashSet::new(),
             seen_rels: HashSet::new(),
             into_ok: false,
-            selected_into: false,
+            selected_into: Vec::new(),
             named_windows: Vec::new(),
             depth: 0,
         }
@@ -546,13 +556,13 @@ impl<'v> Walker<'v> {
             self.seen_idents.insert(addr(target));
             match self.names.table_ref(&ObjectName::from(parts)) {
                 Ok(t) => {
+                    self.selected_into.push((t.parts.clone(), out.to_vec()));
                     self.acc.writes.insert(t);
                 }
                 Err(why) => self.opaque(why),
             }
         }
         self.note_dml(StatementKind::Create);
-        self.selected_into = true;
         self.acc.written.extend(out.iter().map(Col::to_output));
     }
 
@@ -920,10 +930,15 @@ impl<'v> Walker<'v> {
                 } else {
                     None
                 };
-                let kind = if alias_cols.is_empty() {
-                    RelKind::Base(t)
-                } else {
-                    RelKind::Value(Lineage::column(&t, "*"))
+                let created = match (&t.decorator, t.time_travel) {
+                    (None, false) => self.script.tables.get(&t.parts),
+                    _ => None,
+                };
+                let kind = match created {
+                    // Created earlier in this script: its columns hold what was put in them.
+                    Some(cols) => RelKind::Derived(rename(cols.clone(), &alias_cols)),
+                    None if alias_cols.is_empty() => RelKind::Base(t),
+                    None => RelKind::Value(Lineage::column(&t, "*")),
                 };
                 rels.push(Rel {
                     alias: alias_name.or(implicit),
