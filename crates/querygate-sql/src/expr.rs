@@ -25,6 +25,13 @@ impl Walker<'_> {
         if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("DEFAULT") {
             return Lineage::default();
         }
+        if self.names.dialect == SqlDialect::Postgres
+            && id.quote_style.is_none()
+            && functions::is_pg_sql_value_keyword(&id.value)
+        {
+            // `current_schema`, `current_role`, …: SQL-standard niladic functions, not columns.
+            return Lineage::default();
+        }
         if self.names.dialect == SqlDialect::BigQuery && id.value.starts_with("@@") {
             // System variables hold no table data, except the message of a caught error.
             if id.value.to_ascii_lowercase().starts_with("@@error") {

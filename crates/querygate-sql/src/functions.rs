@@ -170,7 +170,7 @@ const PURE_SET_RETURNING: &[&str] = &[
 ];
 
 /// BigQuery functions whose arguments after the first may be a bare date part (`MONTH`,
-/// `WEEK(MONDAY)`) rather than a column.
+/// `WEEK(MONDAY)`) or normalization mode (`NFKC`) rather than a column.
 const TAKES_DATE_PART: &[&str] = &[
     "DATE_TRUNC",
     "DATETIME_TRUNC",
@@ -184,6 +184,8 @@ const TAKES_DATE_PART: &[&str] = &[
     "DATE_BUCKET",
     "DATETIME_BUCKET",
     "TIMESTAMP_BUCKET",
+    "NORMALIZE",
+    "NORMALIZE_AND_CASEFOLD",
 ];
 
 const DATE_PARTS: &[&str] = &[
@@ -204,6 +206,11 @@ const DATE_PARTS: &[&str] = &[
     "DATE",
     "DATETIME",
     "TIME",
+    // NORMALIZE modes
+    "NFC",
+    "NFKC",
+    "NFD",
+    "NFKD",
 ];
 
 const WEEKDAYS: &[&str] = &[
@@ -214,6 +221,22 @@ const WEEKDAYS: &[&str] = &[
     "THURSDAY",
     "FRIDAY",
     "SATURDAY",
+];
+
+/// PostgreSQL keywords that are niladic functions (written without parentheses).
+const PG_SQL_VALUE_KEYWORDS: &[&str] = &[
+    "CURRENT_CATALOG",
+    "CURRENT_DATE",
+    "CURRENT_ROLE",
+    "CURRENT_SCHEMA",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "CURRENT_USER",
+    "LOCALTIME",
+    "LOCALTIMESTAMP",
+    "SESSION_USER",
+    "SYSTEM_USER",
+    "USER",
 ];
 
 /// True for a function that changes state or reaches outside the query when called.
@@ -229,6 +252,13 @@ pub(crate) fn runs_sql_text(name: &str) -> bool {
 /// True for a PostgreSQL set-returning function understood in FROM.
 pub(crate) fn is_pure_set_returning(name: &str) -> bool {
     PURE_SET_RETURNING.contains(&base(name).as_str())
+}
+
+/// True for a PostgreSQL keyword that reads as a niladic function (`current_schema`).
+pub(crate) fn is_pg_sql_value_keyword(ident: &str) -> bool {
+    PG_SQL_VALUE_KEYWORDS
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(ident))
 }
 
 /// True when `function`'s arguments after the first may be a bare BigQuery date part.

@@ -878,6 +878,19 @@ impl<'v> Walker<'v> {
                     .as_ref()
                     .map(|a| self.alias_columns(a))
                     .unwrap_or_default();
+                if let Some(lin) = self.correlated_path(name, outer, rels, using) {
+                    // BigQuery `FROM t, t.arr AS a`: an array path over an earlier FROM item.
+                    let implicit = match name.0.last() {
+                        Some(ObjectNamePart::Identifier(id)) => Some(self.names.ident(id)),
+                        _ => None,
+                    };
+                    rels.push(Rel {
+                        alias: alias_name.or(implicit),
+                        table_parts: None,
+                        kind: RelKind::Value(lin),
+                    });
+                    return;
+                }
                 if let [ObjectNamePart::Identifier(id)] = name.0.as_slice()
                     && let Some((cte_name, cols)) = self.find_cte(id, outer)
                 {
@@ -1180,6 +1193,50 @@ impl<'v> Walker<'v> {
             table_parts: None,
             kind: RelKind::Value(lin),
         });
+    }
+
+    /// BigQuery: a FROM name whose first part is a range variable already in scope is a path
+    /// into that row (an implicit UNNEST), not a table. Returns its lineage if so.
+    fn correlated_path(
+        &mut self,
+        name: &ObjectName,
+        outer: Option<&Frame<'_>>,
+        rels: &[Rel],
+        using: &[(String, Lineage)],
+    ) -> Option<Lineage> {
+        if self.names.dialect != SqlDialect::BigQuery || name.0.len() < 2 {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(name.0.len());
+        for part in &name.0 {
+            match part {
+                ObjectNamePart::Identifier(id) => ids.push(id.clone()),
+                ObjectNamePart::Function(_) => return None,
+            }
+        }
+        let first = self.names.ident(&ids[0]);
+        let pf = Frame {
+            rels,
+            using,
+            ..Frame::new(outer)
+        };
+        let mut cur = Some(&pf);
+        let mut in_scope = false;
+        while let Some(fr) = cur {
+            if fr
+                .rels
+                .iter()
+                .any(|r| r.alias.as_ref().is_some_and(|a| self.names.same(a, &first)))
+            {
+                in_scope = true;
+                break;
+            }
+            cur = fr.parent;
+        }
+        if !in_scope {
+            return None;
+        }
+        Some(self.resolve_compound(&ids, Some(&pf)))
     }
 
     /// A CTE visible under this (single-part) table name.
