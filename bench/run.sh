@@ -30,7 +30,11 @@
 #   BENCH_RESULTS       report file [bench/results.md]
 #   BENCH_SKIP_RSS=1    skip the 1M-row paging run
 #   BENCH_STRICT=1      exit 4 when a target is missed
+#   BENCH_TMPDIR        where the temp dir (and querygate's store) goes; must
+#                       be a real disk for the audit to be durable [$TMPDIR or /tmp]
 #   BENCH_KEEP_TMP=1    keep the temp dir (configs, logs, raw wrk output)
+#   BENCH_STORE_SYNC    querygate's [store] synchronous: full (fsync per commit) or
+#                       normal (fsync at checkpoints) [full]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -93,7 +97,11 @@ if [ "$NO_QG" -eq 0 ] && [ ! -x "$QG_BIN" ]; then
 fi
 
 # ------------------------------------------------------- temp + cleanup ----
-T="$(mktemp -d /tmp/querygate-bench.XXXXXX)"
+T="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/querygate-bench.XXXXXX")"
+FSTYPE="$(stat -f -c %T "$T")"
+if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
+  log "WARNING: $T is on $FSTYPE: fsync is free there, so the audit is not durable; set BENCH_TMPDIR to a disk"
+fi
 chmod 755 "$T" # nginx workers may run as another user when started as root
 PIDS=()
 cleanup() {
@@ -110,9 +118,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 stop_pid() { # pid
-  local pid="$1" i
+  local pid="$1"
   kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
@@ -134,13 +142,37 @@ export QG_BENCH_KEY="$KEY"
 
 # ------------------------------------------------------ canned upstream ----
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
-if awk -v l="${LOAD_START%% *}" 'BEGIN { exit !(l > 0.7) }'; then
-  log "WARNING: load average is $LOAD_START before starting: another job is using the CPUs, numbers will be noisy"
+# CPU busy % over one second before anything starts (other jobs skew numbers)
+BUSY_START="$(python3 - <<'EOF'
+import time
+def snap():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v), v[3] + v[4]  # total, idle + iowait
+t0, i0 = snap(); time.sleep(1); t1, i1 = snap()
+print("%.0f" % (100.0 * (1 - (i1 - i0) / max(1, t1 - t0))))
+EOF
+)"
+if [ "$BUSY_START" -gt 15 ]; then
+  log "WARNING: CPUs ${BUSY_START}% busy before starting (load average $LOAD_START): another job is running, numbers will be skewed"
 fi
 log "generating canned responses (100-row jobs.query, 1M-row result in 100 pages) in $T"
 mkdir -p "$T/tmp"
 python3 "$HERE/gen_canned.py" "$T/canned"
 chmod -R a+rX "$T/canned"
+# fsync latency of the filesystem the audit store is on (context for "durable")
+FSYNC_LINE="$(python3 - "$T/fsync-probe" <<'EOF'
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+lat = []
+for _ in range(200):
+    os.write(fd, b"x" * 256)
+    t = time.perf_counter(); os.fsync(fd); lat.append((time.perf_counter() - t) * 1000)
+os.close(fd); os.unlink(sys.argv[1])
+lat.sort()
+print("p50 %.3f ms, p99 %.3f ms" % (lat[len(lat) // 2], lat[int(len(lat) * 0.99)]))
+EOF
+)"
+log "fsync of a 256-byte append on the store's filesystem: $FSYNC_LINE"
 
 nginx_common() { # name
   cat <<EOF
@@ -237,8 +269,7 @@ start_nginx() { # name port
   "$NGINX" -t -q -p "$T" -c "$T/$1.conf" -e "$T/$1-error.log" >&2 || die "nginx config $1 invalid"
   "$NGINX" -p "$T" -c "$T/$1.conf" -e "$T/$1-error.log" >"$T/$1.out" 2>&1 &
   PIDS+=($!)
-  local i
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     curl -sf -o /dev/null "http://127.0.0.1:$2/bigquery/v2/projects/$PROJECT/jobs/ready" && return 0
     kill -0 "${PIDS[-1]}" 2>/dev/null || break
     sleep 0.05
@@ -248,12 +279,14 @@ start_nginx() { # name port
 }
 log "starting canned upstream nginx on 127.0.0.1:$UP_PORT and proxy nginx on 127.0.0.1:$PX_PORT"
 start_nginx upstream "$UP_PORT"
+UP_PID="${PIDS[-1]}"
 start_nginx proxy "$PX_PORT"
+PX_PID="${PIDS[-1]}"
 
 # ------------------------------------------------------------ querygate ----
 QG_PID=""
 start_querygate() {
-  local args=() i
+  local args=()
   if [ -n "${QUERYGATE_ARGS:-}" ]; then
     read -r -a args <<<"${QUERYGATE_ARGS//\{config\}/$T/querygate.toml}"
   else
@@ -262,7 +295,7 @@ start_querygate() {
   QUERYGATE_CONFIG="$T/querygate.toml" "$QG_BIN" "${args[@]}" >>"$T/querygate.log" 2>&1 &
   QG_PID=$!
   PIDS+=("$QG_PID")
-  for i in $(seq 300); do
+  for _ in $(seq 300); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$QG_PORT/healthz")" = 200 ] && return 0
     kill -0 "$QG_PID" 2>/dev/null || break
     sleep 0.1
@@ -286,6 +319,7 @@ bigquery_listen = "127.0.0.1:$QG_PORT"
 
 [store]
 path = "$T/querygate.db"
+synchronous = "${BENCH_STORE_SYNC:-full}"
 
 [[api_keys]]
 identity = "agent:bench"
@@ -338,12 +372,10 @@ except Exception as e:
     sys.exit(1)
 EOF
 }
-QG_QUERY_FAILED=0
 for t in "${TARGETS[@]}"; do
   if ! check_query "$t"; then
     if [ "$t" = querygate ]; then
       show_diagnostics
-      QG_QUERY_FAILED=1
       QG_FAILED="jobs.query through querygate failed the sanity check"
       TARGETS=(direct nginx)
     else
@@ -353,7 +385,18 @@ for t in "${TARGETS[@]}"; do
 done
 
 # ------------------------------------------------------------------ load ----
-declare -A RPS P50 P99 P90 ERRS REQS
+declare -A RPS P50 P99 P90 ERRS CPU_US CORES
+CLK_TCK="$(getconf CLK_TCK)"
+cpu_ticks() { # pid -> utime+stime of it and its children (nginx workers), in ticks
+  local p total=0 f
+  for p in "$1" $(pgrep -P "$1" || true); do
+    f="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+    f="${f##*) }" # fields from 3 on; utime, stime are fields 14, 15
+    read -r -a f <<<"$f"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
 QG_REQUESTS_SENT=1 # the sanity check above
 us_to_ms() { awk -v x="$1" 'BEGIN { printf "%.3f", x / 1000 }'; }
 
@@ -368,17 +411,23 @@ run_wrk() { # target conns threads
     QG_REQUESTS_SENT=$((QG_REQUESTS_SENT + $(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line" | head -1 | grep . || echo 0)))
   fi
   raw="$T/wrk-$t-c$c.txt"
+  local cpu_pid cpu0 cpu1
+  case "$t" in direct) cpu_pid="$UP_PID" ;; nginx) cpu_pid="$PX_PID" ;; *) cpu_pid="$QG_PID" ;; esac
+  cpu0="$(cpu_ticks "$cpu_pid")"
   wrk -t"$th" -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$HERE/jobs_query.lua" "${URL[$t]}" \
     >"$raw" 2>&1 || { cat "$raw" >&2; die "wrk failed for $t c=$c"; }
   line="$(grep '^QGBENCH' "$raw")" || { cat "$raw" >&2; die "no result line from wrk for $t"; }
   for k in ${line#QGBENCH }; do kv[${k%%=*}]="${k#*=}"; done
-  REQS[$t,$c]="${kv[requests]}"
   if [ "$t" = querygate ]; then QG_REQUESTS_SENT=$((QG_REQUESTS_SENT + kv[requests])); fi
   RPS[$t,$c]="$(awk -v n="${kv[requests]}" -v d="${kv[duration_us]}" 'BEGIN { printf "%.0f", n / (d / 1e6) }')"
   P50[$t,$c]="$(us_to_ms "${kv[p50_us]}")"
   P90[$t,$c]="$(us_to_ms "${kv[p90_us]}")"
   P99[$t,$c]="$(us_to_ms "${kv[p99_us]}")"
   ERRS[$t,$c]=$((kv[err_connect] + kv[err_read] + kv[err_write] + kv[err_status] + kv[err_timeout]))
+  cpu1="$(cpu_ticks "$cpu_pid")"
+  # CPU of the target's own processes: per request, and cores busy on average
+  CPU_US[$t,$c]="$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${kv[requests]}" 'BEGIN { printf "%.0f", d / hz * 1e6 / n }')"
+  CORES[$t,$c]="$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v us="${kv[duration_us]}" 'BEGIN { printf "%.2f", d / hz / (us / 1e6) }')"
   log "  $t c=$c: ${RPS[$t,$c]} req/s, p50 ${P50[$t,$c]} ms, p99 ${P99[$t,$c]} ms, errors ${ERRS[$t,$c]}"
   if [ "${ERRS[$t,$c]}" -ne 0 ]; then
     log "  WARNING: $t c=$c had errors: $line"
@@ -473,7 +522,8 @@ report() {
   echo "# querygate benchmark"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $GITREV, $(nproc) CPUs ($CPU), Linux $(uname -r)."
-  echo "Load average just before the run: $LOAD_START (anything else busy on the machine skews the numbers)."
+  echo "Before the run: CPUs ${BUSY_START}% busy, load average $LOAD_START (anything else busy on the machine skews the numbers)."
+  echo "fsync after a 256-byte append on the store's filesystem ($FSTYPE on $(df -P "$T" | awk 'NR == 2 { print $1 }')): $FSYNC_LINE."
   echo "$("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1" "$2}'), all on 127.0.0.1 on this one machine (load generator included)."
   if [[ " ${TARGETS[*]} " == *" querygate "* ]]; then
     echo "querygate: \`$QG_BIN\`$QG_NOTE."
@@ -488,14 +538,16 @@ report() {
   echo "jobs.query (POST, 100-row result, $(wc -c <"$T/canned/query_response.json") bytes), wrk, ${WARMUP} s warm-up then ${DURATION} s per row."
   echo "Upstream: nginx, canned response, $UP_WORKERS workers. nginx proxy: $PX_WORKERS workers, keepalive to upstream, access log $ACCESS_LOG."
   echo
-  echo "| target | connections | req/s | p50 ms | p90 ms | p99 ms | errors |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| target | connections | req/s | p50 ms | p90 ms | p99 ms | errors | CPU µs/req | cores busy |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   local c t
   for c in 1 "$CONNS"; do
     for t in "${TARGETS[@]}"; do
-      echo "| $t | $c | ${RPS[$t,$c]} | ${P50[$t,$c]} | ${P90[$t,$c]} | ${P99[$t,$c]} | ${ERRS[$t,$c]} |"
+      echo "| $t | $c | ${RPS[$t,$c]} | ${P50[$t,$c]} | ${P90[$t,$c]} | ${P99[$t,$c]} | ${ERRS[$t,$c]} | ${CPU_US[$t,$c]} | ${CORES[$t,$c]} |"
     done
   done
+  echo
+  echo "CPU µs/req and cores busy: CPU time of the target's own processes during the measured run (direct: the canned upstream nginx; nginx: the proxy nginx; querygate: querygate), not counting the upstream, wrk or anything else."
   echo
   echo "| comparison | value | target | |"
   echo "| --- | ---: | ---: | --- |"

@@ -600,12 +600,45 @@ pub struct Subject {
 }
 
 impl Subject {
-    /// From SQL facts; table names are qualified with the source's project.
+    /// From SQL facts; table names are qualified with the source's project. Each
+    /// statement's reads are kept apart (with the columns its predicates filter on), so a
+    /// filtered read in one statement never hides an unfiltered read in another.
     pub fn of(facts: &Facts, project: &str) -> Subject {
-        let _ = project;
+        let mut tables: Vec<TableUse> = Vec::new();
+        for st in &facts.statements {
+            let mut reads: Vec<TableUse> = Vec::new();
+            for t in &st.reads {
+                let name = t.qualified(project);
+                if reads.iter().any(|r| r.name == name) {
+                    continue;
+                }
+                let filtered = st
+                    .predicates
+                    .iter()
+                    .filter(|c| c.table.qualified(project) == name)
+                    .map(|c| c.column.clone())
+                    .collect();
+                reads.push(TableUse {
+                    name,
+                    write: false,
+                    filtered,
+                });
+            }
+            tables.extend(reads);
+            for t in &st.writes {
+                let name = t.qualified(project);
+                if !tables.iter().any(|u| u.write && u.name == name) {
+                    tables.push(TableUse {
+                        name,
+                        write: true,
+                        filtered: vec![],
+                    });
+                }
+            }
+        }
         Subject {
             kinds: facts.kinds().collect(),
-            tables: Vec::new(),
+            tables,
             opaque: facts.opaque.clone(),
         }
     }

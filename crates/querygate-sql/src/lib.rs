@@ -1,200 +1,174 @@
 //! SQL analysis: SQL text in, [`Facts`] out. Pure and total.
 //!
-//! Parsing never fails from the caller's point of view: text the grammar cannot
-//! read becomes `Facts { opaque: Some(why), .. }`, and policy decides what opaque
-//! SQL gets (the default is deny). This crate must not do IO and must not panic on
-//! any input; it knows nothing of identities or policy.
+//! [`analyze`] reads a script (BigQuery or PostgreSQL dialect) and reports, per statement, its
+//! kind, the base tables it reads and writes, the functions it calls, the lineage of each output
+//! column down to base columns, and the columns it filters, groups and orders by. Policy decides
+//! what to do with these facts; this crate knows nothing of identities or policy.
 //!
-//! Today it classifies each statement of a script; table, column and lineage facts
-//! come with the policy work.
+//! Parsing never fails from the caller's point of view: text the grammar cannot read, and SQL the
+//! analyzer cannot fully understand, becomes `Facts { opaque: Some(why), .. }` (the default policy
+//! for opaque SQL is deny). The analyzer has no schema, so where a name could mean several things
+//! it reports every candidate: facts over-approximate, they never silently drop a source.
+//!
+//! This crate must not do IO, must not panic on any input, and must not recurse without bound:
+//! long operator chains are refused before parsing, and every walk is depth-limited.
+//!
+//! Layout: `facts` (public types), `names` (dialect naming rules), `scope` (name resolution
+//! values), `walk` + `expr` + `dml` (the lineage walker), `statements` (statement kinds, script
+//! flattening, safety nets), `guard` (independent AST passes), `functions` (name lists).
 
-use sqlparser::ast::Statement;
+mod dml;
+mod expr;
+mod facts;
+mod functions;
+mod guard;
+mod names;
+mod scope;
+mod statements;
+mod walk;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use sqlparser::dialect::{BigQueryDialect, Dialect, PostgreSqlDialect};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+pub use facts::{ColumnRef, Facts, OutputColumn, StatementFacts, StatementKind, TableRef};
+pub use functions::is_side_effecting;
 
 /// Which SQL dialect to parse with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SqlDialect {
     BigQuery,
     Postgres,
 }
 
-/// The kind of one statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatementKind {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Merge,
-    Create,
-    Drop,
-    Alter,
-    Truncate,
-    Grant,
-    Export,
-    Copy,
-    Call,
-    Other,
-}
+/// The most binary/postfix operators (and set operations) one text may hold. sqlparser builds
+/// chains (`a + b + c …`, `x::t::t …`, `… UNION ALL …`) as left-deep trees without counting
+/// recursion, and dropping a tree tens of thousands of levels deep overflows a thread's stack;
+/// this bound keeps every tree far below that.
+pub const MAX_OPERATORS: usize = 10_000;
 
-impl StatementKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            StatementKind::Select => "select",
-            StatementKind::Insert => "insert",
-            StatementKind::Update => "update",
-            StatementKind::Delete => "delete",
-            StatementKind::Merge => "merge",
-            StatementKind::Create => "create",
-            StatementKind::Drop => "drop",
-            StatementKind::Alter => "alter",
-            StatementKind::Truncate => "truncate",
-            StatementKind::Grant => "grant",
-            StatementKind::Export => "export",
-            StatementKind::Copy => "copy",
-            StatementKind::Call => "call",
-            StatementKind::Other => "other",
-        }
-    }
-}
-
-/// What the gateway knows about a piece of SQL.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Facts {
-    /// One entry per statement of the script, in order.
-    pub statements: Vec<StatementKind>,
-    /// Set when the text could not be fully understood, with the reason.
-    pub opaque: Option<String>,
-}
-
-impl Facts {
-    /// The kind of every statement, in order.
-    pub fn kinds(&self) -> impl Iterator<Item = StatementKind> + '_ {
-        self.statements.iter().copied()
-    }
-
-    /// True when every statement only reads.
-    pub fn read_only(&self) -> bool {
-        self.opaque.is_none()
-            && !self.statements.is_empty()
-            && self.statements.iter().all(|k| *k == StatementKind::Select)
-    }
-}
-
-/// Analyzes SQL text. Never panics, never errors.
+/// Analyzes SQL text. Never panics, never errors: what cannot be understood is `opaque`.
 pub fn analyze(sql: &str, dialect: SqlDialect) -> Facts {
+    match catch_unwind(AssertUnwindSafe(|| analyze_inner(sql, dialect))) {
+        Ok(facts) => facts,
+        Err(_) => opaque("internal error in the SQL analyzer; the statement is refused".into()),
+    }
+}
+
+fn opaque(why: String) -> Facts {
+    Facts {
+        statements: vec![],
+        opaque: Some(why),
+    }
+}
+
+fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
     let d: &dyn Dialect = match dialect {
         SqlDialect::BigQuery => &BigQueryDialect {},
         SqlDialect::Postgres => &PostgreSqlDialect {},
     };
-    match Parser::parse_sql(d, sql) {
-        Ok(statements) if statements.is_empty() => Facts {
-            statements: vec![],
-            opaque: Some("the text holds no SQL statement".into()),
-        },
-        Ok(statements) => Facts {
-            statements: statements.iter().map(kind_of).collect(),
-            opaque: None,
-        },
-        Err(e) => Facts {
-            statements: vec![],
-            opaque: Some(format!("querygate cannot parse this SQL: {e}")),
-        },
+    let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
+        Ok(tokens) => tokens,
+        Err(e) => return opaque(format!("querygate cannot parse this SQL: {e}")),
+    };
+    let operators = tokens.iter().filter(|t| is_operator(&t.token)).count();
+    if operators > MAX_OPERATORS {
+        return opaque(format!(
+            "the SQL has {operators} operators, more than the {MAX_OPERATORS} querygate \
+             analyzes; split it or use IN lists"
+        ));
     }
-}
-
-fn kind_of(statement: &Statement) -> StatementKind {
-    use StatementKind as K;
-    match statement {
-        Statement::Query(q) => {
-            // `WITH … INSERT/UPDATE` parses as a query whose body is a write.
-            use sqlparser::ast::SetExpr;
-            match q.body.as_ref() {
-                SetExpr::Insert(_) => K::Insert,
-                SetExpr::Update(_) => K::Update,
-                SetExpr::Delete(_) => K::Delete,
-                SetExpr::Merge(_) => K::Merge,
-                _ => K::Select,
+    let statements = match Parser::new(d)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+    {
+        Ok(s) => s,
+        Err(e) => return opaque(format!("querygate cannot parse this SQL: {e}")),
+    };
+    if statements.is_empty() {
+        return opaque("the text holds no SQL statement".into());
+    }
+    let mut script = statements::Script::new(dialect);
+    for s in &statements {
+        script.statement(s);
+    }
+    let several = script.out.len() > 1;
+    let opaque = script.out.iter().enumerate().find_map(|(i, s)| {
+        s.opaque.as_ref().map(|why| {
+            if several {
+                format!("statement {} ({}): {why}", i + 1, s.kind.name())
+            } else {
+                why.clone()
             }
-        }
-        Statement::Insert(_) => K::Insert,
-        Statement::Update(_) => K::Update,
-        Statement::Delete(_) => K::Delete,
-        Statement::Merge(_) => K::Merge,
-        Statement::CreateTable(_)
-        | Statement::CreateView(_)
-        | Statement::CreateIndex(_)
-        | Statement::CreateSchema { .. }
-        | Statement::CreateDatabase { .. }
-        | Statement::CreateFunction(_)
-        | Statement::CreateProcedure { .. } => K::Create,
-        Statement::Drop { .. } | Statement::DropFunction(_) => K::Drop,
-        Statement::AlterTable(_) | Statement::AlterView { .. } => K::Alter,
-        Statement::Truncate(_) => K::Truncate,
-        Statement::Grant(_) | Statement::Revoke(_) => K::Grant,
-        Statement::ExportData(_) => K::Export,
-        Statement::Copy { .. } => K::Copy,
-        Statement::Call(_) => K::Call,
-        _ => K::Other,
+        })
+    });
+    Facts {
+        statements: script.out,
+        opaque,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use StatementKind as K;
-
-    fn check(sql: &str, kinds: &[StatementKind], opaque: bool) {
-        let f = analyze(sql, SqlDialect::BigQuery);
-        assert_eq!(f.statements, kinds, "{sql}");
-        assert_eq!(f.opaque.is_some(), opaque, "{sql}: {:?}", f.opaque);
-    }
-
-    #[test]
-    fn reads_are_select() {
-        check("SELECT 1", &[K::Select], false);
-        check(
-            "WITH c AS (SELECT email FROM `p.d.t`) SELECT * EXCEPT(email) FROM c",
-            &[K::Select],
-            false,
-        );
-        check("SELECT 1; SELECT 2", &[K::Select, K::Select], false);
-    }
-
-    #[test]
-    fn writes_are_classified() {
-        check("INSERT INTO d.t (a) VALUES (1)", &[K::Insert], false);
-        check("UPDATE d.t SET a = 1 WHERE true", &[K::Update], false);
-        check("DELETE FROM d.t WHERE true", &[K::Delete], false);
-        check("CREATE TABLE d.x AS SELECT 1 AS a", &[K::Create], false);
-        check("DROP TABLE d.t", &[K::Drop], false);
-        check("SELECT 1; DROP TABLE d.t", &[K::Select, K::Drop], false);
-        check(
-            "EXPORT DATA OPTIONS(uri='gs://b/*.csv', format='CSV') AS SELECT 1",
-            &[K::Export],
-            false,
-        );
-    }
-
-    #[test]
-    fn unparsable_is_opaque_not_an_error() {
-        check("SELEC nonsense", &[], true);
-        check("", &[], true);
-        check(
-            "SELECT * FROM ML.PREDICT(MODEL `d.m`, TABLE d.t)",
-            &[],
-            true,
-        );
-        assert!(!analyze("SELEC", SqlDialect::BigQuery).read_only());
-    }
-
-    #[test]
-    fn hostile_input_does_not_panic() {
-        let deep = "(".repeat(10_000);
-        let f = analyze(&format!("SELECT {deep}"), SqlDialect::BigQuery);
-        assert!(f.opaque.is_some());
-        let f = analyze("SELECT '\u{0}\u{ffff}' FROM", SqlDialect::BigQuery);
-        assert!(!f.read_only());
+/// Tokens that can extend an operator chain.
+fn is_operator(t: &Token) -> bool {
+    match t {
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::IN
+                | Keyword::BETWEEN
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::SIMILAR
+                | Keyword::REGEXP
+                | Keyword::RLIKE
+                | Keyword::COLLATE
+                | Keyword::AT
+                | Keyword::DIV
+                | Keyword::OVERLAPS
+                | Keyword::MEMBER
+                | Keyword::OPERATOR
+                | Keyword::ESCAPE
+                | Keyword::UNION
+                | Keyword::EXCEPT
+                | Keyword::INTERSECT
+                | Keyword::MINUS
+        ),
+        Token::EOF
+        | Token::Whitespace(_)
+        | Token::Comma
+        | Token::LParen
+        | Token::RParen
+        | Token::SemiColon
+        | Token::Period
+        | Token::Number(..)
+        | Token::Char(_)
+        | Token::SingleQuotedString(_)
+        | Token::DoubleQuotedString(_)
+        | Token::TripleSingleQuotedString(_)
+        | Token::TripleDoubleQuotedString(_)
+        | Token::DollarQuotedString(_)
+        | Token::SingleQuotedByteStringLiteral(_)
+        | Token::DoubleQuotedByteStringLiteral(_)
+        | Token::TripleSingleQuotedByteStringLiteral(_)
+        | Token::TripleDoubleQuotedByteStringLiteral(_)
+        | Token::SingleQuotedRawStringLiteral(_)
+        | Token::DoubleQuotedRawStringLiteral(_)
+        | Token::TripleSingleQuotedRawStringLiteral(_)
+        | Token::TripleDoubleQuotedRawStringLiteral(_)
+        | Token::NationalStringLiteral(_)
+        | Token::QuoteDelimitedStringLiteral(_)
+        | Token::NationalQuoteDelimitedStringLiteral(_)
+        | Token::EscapedStringLiteral(_)
+        | Token::UnicodeStringLiteral(_)
+        | Token::HexStringLiteral(_)
+        | Token::Placeholder(_) => false,
+        _ => true,
     }
 }

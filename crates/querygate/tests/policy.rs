@@ -244,6 +244,29 @@ action = "allow"
         .await
         .expect("send");
     assert_eq!(resp.status(), 200, "non-finance tables are not affected");
+
+    // Queries: the analyzer finds the predicate on the partition column, through aliases,
+    // and a read without one (here inside a CTE) is refused with the column to filter on.
+    let filtered =
+        "SELECT l.amount FROM `test-project.finance.ledger` AS l WHERE l.event_date = '2026-11-01'";
+    assert_eq!(run(&g, filtered).await.0, 200);
+    let (status, body) = run(
+        &g,
+        "WITH x AS (SELECT amount FROM finance.ledger WHERE amount > 10) SELECT * FROM x",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        message(&body).contains("partition column event_date"),
+        "{body}"
+    );
+    let audit = g.audit();
+    let denied = audit
+        .iter()
+        .rev()
+        .find(|r| r["decision"] == "deny")
+        .expect("denial");
+    assert_eq!(denied["tables"], json!(["test-project.finance.ledger"]));
 }
 
 #[tokio::test]

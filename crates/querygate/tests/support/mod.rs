@@ -226,13 +226,26 @@ impl Gateway {
         cli(&self.config, args)
     }
 
-    /// Every audit record, as JSON values.
+    /// Every audit record, as JSON values, once the log has settled: completion records
+    /// are queued after the response, so they land a moment after the client has its answer.
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        let (code, out) = self.cli(&["audit", "search", "--json"]);
-        assert_eq!(code, 0, "audit search failed: {out}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect()
+        let read = || {
+            let (code, out) = self.cli(&["audit", "search", "--json"]);
+            assert_eq!(code, 0, "audit search failed: {out}");
+            out.lines()
+                .map(|l| serde_json::from_str(l).expect("json line"))
+                .collect::<Vec<serde_json::Value>>()
+        };
+        let mut last = read();
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = read();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 
     pub fn db(&self) -> PathBuf {

@@ -1,0 +1,176 @@
+//! Masking strategies, as SQL over a column and as a function over a text value.
+//!
+//! Every strategy keeps the column's type, as BigQuery's own data masking does:
+//! `redact` is BigQuery's "default masking value" for the type, `null` a typed NULL,
+//! `last4` keeps the last four characters of a string, `email_domain` keeps what follows
+//! the `@`. `hash` is a keyed SHA-256 (joinable, not reversible without the key): in SQL
+//! the key travels as a query parameter the gateway adds and strips from every job
+//! resource it returns, never as text in the statement.
+
+use sha2::{Digest, Sha256};
+
+/// A masking strategy, as written in `[[mask]] strategy = "…"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Redact,
+    Null,
+    Hash,
+    Last4,
+    EmailDomain,
+}
+
+impl Strategy {
+    pub fn parse(text: &str) -> Result<Strategy, String> {
+        Ok(match text {
+            "redact" => Strategy::Redact,
+            "null" => Strategy::Null,
+            "hash" => Strategy::Hash,
+            "last4" => Strategy::Last4,
+            "email_domain" => Strategy::EmailDomain,
+            other => {
+                return Err(format!(
+                    "strategy {other:?} must be one of redact, null, hash, last4, email_domain"
+                ));
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Redact => "redact",
+            Strategy::Null => "null",
+            Strategy::Hash => "hash",
+            Strategy::Last4 => "last4",
+            Strategy::EmailDomain => "email_domain",
+        }
+    }
+}
+
+/// The name of the query parameter that carries the hash key upstream.
+pub const HASH_KEY_PARAM: &str = "__querygate_mask_key";
+
+/// BigQuery's default masking value of a type (the `redact` strategy).
+fn default_value(bq_type: &str) -> String {
+    match bq_type.to_ascii_uppercase().as_str() {
+        "STRING" => "''".into(),
+        "BYTES" => "b''".into(),
+        "INTEGER" | "INT64" => "0".into(),
+        "FLOAT" | "FLOAT64" => "0.0".into(),
+        "NUMERIC" => "NUMERIC '0'".into(),
+        "BIGNUMERIC" => "BIGNUMERIC '0'".into(),
+        "BOOLEAN" | "BOOL" => "FALSE".into(),
+        "DATE" => "DATE '1970-01-01'".into(),
+        "DATETIME" => "DATETIME '1970-01-01 00:00:00'".into(),
+        "TIME" => "TIME '00:00:00'".into(),
+        "TIMESTAMP" => "TIMESTAMP '1970-01-01 00:00:00 UTC'".into(),
+        "JSON" => "JSON 'null'".into(),
+        "GEOGRAPHY" => "ST_GEOGPOINT(0, 0)".into(),
+        other => format!("CAST(NULL AS {other})"),
+    }
+}
+
+/// The SQL expression that replaces a read of `column` (already-quoted SQL) of `bq_type`.
+/// Strategies that only make sense for strings fall back to `redact` on other types.
+pub fn mask_expression(strategy: Strategy, column: &str, bq_type: &str) -> String {
+    let is_string = bq_type.eq_ignore_ascii_case("STRING");
+    match strategy {
+        Strategy::Null => format!("CAST(NULL AS {})", sql_type(bq_type)),
+        Strategy::Hash if is_string => {
+            format!("TO_HEX(SHA256(CONCAT(@{HASH_KEY_PARAM}, CAST({column} AS STRING))))")
+        }
+        Strategy::Hash => format!("IF({column} IS NULL, NULL, {})", default_value(bq_type)),
+        Strategy::Last4 if is_string => format!(
+            "IF({column} IS NULL, NULL, CONCAT(REPEAT('*', GREATEST(LENGTH({column}) - 4, 0)), SUBSTR({column}, -4)))"
+        ),
+        Strategy::EmailDomain if is_string => format!(
+            "IF({column} IS NULL, NULL, CONCAT('***@', IFNULL(SPLIT({column}, '@')[SAFE_OFFSET(1)], '')))"
+        ),
+        _ => format!("IF({column} IS NULL, NULL, {})", default_value(bq_type)),
+    }
+}
+
+fn sql_type(bq_type: &str) -> String {
+    match bq_type.to_ascii_uppercase().as_str() {
+        "INTEGER" => "INT64".into(),
+        "FLOAT" => "FLOAT64".into(),
+        "BOOLEAN" => "BOOL".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Masks a text value found by a detector (or a string cell), with `key` for `hash`.
+pub fn mask_text(strategy: Strategy, value: &str, key: &[u8]) -> String {
+    match strategy {
+        Strategy::Redact => "[REDACTED]".into(),
+        Strategy::Null => String::new(),
+        Strategy::Hash => {
+            let mut h = Sha256::new();
+            h.update(key);
+            h.update(value.as_bytes());
+            hex::encode(h.finalize())
+        }
+        Strategy::Last4 => {
+            let chars: Vec<char> = value.chars().collect();
+            let keep = chars.len().min(4);
+            let mut out: String = "*".repeat(chars.len() - keep);
+            out.extend(&chars[chars.len() - keep..]);
+            out
+        }
+        Strategy::EmailDomain => match value.split_once('@') {
+            Some((_, domain)) => format!("***@{domain}"),
+            None => "[REDACTED]".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expressions_keep_the_type() {
+        assert_eq!(
+            mask_expression(Strategy::Redact, "`t`.`ssn`", "STRING"),
+            "IF(`t`.`ssn` IS NULL, NULL, '')"
+        );
+        assert_eq!(
+            mask_expression(Strategy::Null, "x", "INTEGER"),
+            "CAST(NULL AS INT64)"
+        );
+        assert!(
+            mask_expression(Strategy::Hash, "email", "STRING").contains("@__querygate_mask_key")
+        );
+        assert!(!mask_expression(Strategy::Hash, "email", "STRING").contains("secret"));
+        assert_eq!(
+            mask_expression(Strategy::Last4, "n", "INT64"),
+            "IF(n IS NULL, NULL, 0)",
+            "last4 on a number falls back to redact"
+        );
+        assert!(mask_expression(Strategy::Redact, "d", "TIMESTAMP").contains("1970-01-01"));
+    }
+
+    #[test]
+    fn text_masks() {
+        assert_eq!(
+            mask_text(Strategy::Last4, "4111111111111111", b""),
+            "************1111"
+        );
+        assert_eq!(mask_text(Strategy::Last4, "ab", b""), "ab");
+        assert_eq!(
+            mask_text(Strategy::EmailDomain, "ada@example.com", b""),
+            "***@example.com"
+        );
+        let a = mask_text(Strategy::Hash, "ada@example.com", b"k1");
+        assert_eq!(
+            a,
+            mask_text(Strategy::Hash, "ada@example.com", b"k1"),
+            "joinable"
+        );
+        assert_ne!(
+            a,
+            mask_text(Strategy::Hash, "ada@example.com", b"k2"),
+            "keyed"
+        );
+        assert!(Strategy::parse("shred").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Prints the facts `analyze` reports for SQL read from stdin: `cargo run -p querygate-sql
+//! --example facts -- [bigquery|postgres] < query.sql`. A debugging aid; no IO beyond stdin/stdout.
+
+use std::io::Read;
+
+use querygate_sql::{SqlDialect, analyze};
+
+fn main() {
+    let dialect = match std::env::args().nth(1).as_deref() {
+        Some("postgres" | "pg") => SqlDialect::Postgres,
+        _ => SqlDialect::BigQuery,
+    };
+    let mut sql = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut sql) {
+        eprintln!("cannot read stdin: {e}");
+        std::process::exit(2);
+    }
+    print!("{}", analyze(&sql, dialect));
+}

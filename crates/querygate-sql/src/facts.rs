@@ -1,0 +1,341 @@
+//! The facts `analyze` returns: the public vocabulary of this crate.
+//!
+//! These are plain data types with a stable, human-readable rendering (`Display`) that the
+//! snapshot tests pin and logs can show. This module must not parse SQL, must not do IO, and must
+//! not hold policy: it only says what a statement does, never whether that is allowed.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::functions;
+
+/// The kind of one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StatementKind {
+    /// A query that returns rows (`SELECT`, `VALUES`, `WITH … SELECT`).
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    /// `CREATE` of anything (table, view, function, procedure, schema, index), including
+    /// `CREATE TABLE … AS SELECT` and PostgreSQL `SELECT … INTO new_table`.
+    Create,
+    Drop,
+    Alter,
+    Truncate,
+    /// `GRANT` and `REVOKE`.
+    Grant,
+    /// BigQuery `EXPORT DATA`.
+    Export,
+    /// PostgreSQL `COPY`, and BigQuery table copies: `CREATE TABLE … CLONE` and
+    /// `CREATE SNAPSHOT TABLE`.
+    Copy,
+    /// `CALL procedure(…)`.
+    Call,
+    /// `DECLARE` (BigQuery script variables, PostgreSQL cursors).
+    Declare,
+    /// `SET` (BigQuery script variables, PostgreSQL session settings and roles).
+    Set,
+    /// Transaction control: `BEGIN [TRANSACTION]`, `COMMIT`, `ROLLBACK`, savepoints.
+    Transaction,
+    /// Anything else (`SHOW`, `IF` conditions, `RAISE`, `NOTIFY`, …).
+    Other,
+}
+
+impl StatementKind {
+    /// The lower-case name used in messages and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatementKind::Select => "select",
+            StatementKind::Insert => "insert",
+            StatementKind::Update => "update",
+            StatementKind::Delete => "delete",
+            StatementKind::Merge => "merge",
+            StatementKind::Create => "create",
+            StatementKind::Drop => "drop",
+            StatementKind::Alter => "alter",
+            StatementKind::Truncate => "truncate",
+            StatementKind::Grant => "grant",
+            StatementKind::Export => "export",
+            StatementKind::Copy => "copy",
+            StatementKind::Call => "call",
+            StatementKind::Declare => "declare",
+            StatementKind::Set => "set",
+            StatementKind::Transaction => "transaction",
+            StatementKind::Other => "other",
+        }
+    }
+}
+
+/// A table as the statement names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TableRef {
+    /// Identifiers as written, unquoted: `["proj","ds","t"]`, `["ds","t"]` or `["t"]`.
+    /// BigQuery back-ticked paths are split on `.`; PostgreSQL unquoted identifiers are folded
+    /// to lower case (as the server does), quoted ones are kept exactly.
+    pub parts: Vec<String>,
+    /// A BigQuery wildcard table (`events_*`): the last part ends with `*`.
+    pub wildcard: bool,
+    /// A BigQuery partition (`$20240101`) or snapshot (`@1700000000000`) decorator, stripped
+    /// from the last part and kept here with its sigil.
+    pub decorator: Option<String>,
+    /// Read `FOR SYSTEM_TIME AS OF …` (BigQuery time travel).
+    pub time_travel: bool,
+    /// Some part is `INFORMATION_SCHEMA` (any case), e.g. `` `region-us`.INFORMATION_SCHEMA.JOBS ``.
+    pub information_schema: bool,
+}
+
+impl TableRef {
+    /// The dotted name without decorator: `proj.ds.t`, `ds.t` or `t`.
+    pub fn name(&self) -> String {
+        self.parts.join(".")
+    }
+
+    /// The fully qualified name: `proj.ds.t`. A two-part name gets `default_project` in front;
+    /// a one-part or three-or-more-part name is kept as is.
+    pub fn qualified(&self, default_project: &str) -> String {
+        if self.parts.len() == 2 && !default_project.is_empty() {
+            format!("{default_project}.{}", self.name())
+        } else {
+            self.name()
+        }
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())?;
+        if let Some(d) = &self.decorator {
+            f.write_str(d)?;
+        }
+        if self.time_travel {
+            f.write_str(" (time travel)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A base column of a base table. `column == "*"` means every column of the table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ColumnRef {
+    pub table: TableRef,
+    /// The top-level column name as written (PostgreSQL: folded like identifiers). A struct field
+    /// path `payload.email` is reported as its top-level column `payload`.
+    pub column: String,
+}
+
+impl ColumnRef {
+    /// True for the "every column of the table" reference.
+    pub fn is_all(&self) -> bool {
+        self.column == "*"
+    }
+}
+
+impl fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.table.name())?;
+        if let Some(d) = &self.table.decorator {
+            f.write_str(d)?;
+        }
+        write!(f, ".{}", self.column)
+    }
+}
+
+/// One column of what a statement returns (or writes), with the base columns it is computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutputColumn {
+    /// The column's name when the SQL gives one (alias, or the referenced column's name); `"*"`
+    /// for a star that the analyzer cannot expand without a schema; empty for an unnamed
+    /// expression.
+    pub name: String,
+    /// Base columns the value is computed from: through expressions, functions, aggregates, CASE,
+    /// CTEs, subqueries, UNION branches and aliases. An over-approximation, never an
+    /// under-approximation. Sorted; a `t.*` entry makes other columns of `t` redundant, so they
+    /// are left out.
+    pub sources: Vec<ColumnRef>,
+    /// The value is (or is built from) a whole row: `SELECT t`, `TO_JSON_STRING(t)`,
+    /// `ARRAY_AGG(t)`, `row_to_json(t.*)`. Masking must expand or refuse it.
+    pub whole_row: bool,
+    /// For a `"*"` column: the column names `* EXCEPT (…)` leaves out, and the names
+    /// `* REPLACE (… AS name)` replaces (the replacement is its own output column).
+    pub except: Vec<String>,
+}
+
+/// What one statement does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementFacts {
+    pub kind: StatementKind,
+    /// Base tables read, sorted: FROM and JOIN items at any depth, subqueries, `INSERT … SELECT`
+    /// sources, `MERGE … USING`, CTAS sources, `COPY t TO`, and the targets of UPDATE, DELETE and
+    /// MERGE (they are scanned). CTE names are resolved away; UNNEST is not a table.
+    pub reads: Vec<TableRef>,
+    /// Tables (or other objects) created, changed or dropped, sorted: DML targets, CREATE/DROP/
+    /// ALTER/TRUNCATE objects, GRANT objects, `SELECT … INTO t`, `COPY t FROM`.
+    pub writes: Vec<TableRef>,
+    /// Every function called, upper case, qualified names joined with `.`, sorted, deduplicated.
+    /// Special forms (`CAST`, `EXTRACT`, `SUBSTRING … FROM`) are not listed.
+    pub functions: Vec<String>,
+    /// What the statement returns to the client or sends out of the database, one entry per
+    /// column in order: a query's result, `RETURNING`, `COPY … TO`, `EXPORT DATA`, a cursor's
+    /// query, a `RAISE` message.
+    pub output: Vec<OutputColumn>,
+    /// What the statement writes into `writes`: `INSERT` values, `UPDATE`/`MERGE` assignments
+    /// (named by target column), CTAS and `SELECT … INTO` query columns.
+    pub written: Vec<OutputColumn>,
+    /// Base columns referenced in WHERE, JOIN ON/USING, HAVING, QUALIFY, aggregate FILTER and
+    /// MERGE conditions, anywhere in the statement (subqueries included). Sorted. An
+    /// over-approximation: an unqualified column with several candidate tables is listed for each.
+    pub predicates: Vec<ColumnRef>,
+    /// Base columns that order, group or partition rows: GROUP BY, ORDER BY, DISTINCT ON,
+    /// window PARTITION BY / ORDER BY, ordered aggregates. Sorted.
+    pub ordering: Vec<ColumnRef>,
+    /// The statement takes row locks (`FOR UPDATE`, `FOR SHARE`).
+    pub locks: bool,
+    /// Why this statement could not be fully understood, if it could not.
+    pub opaque: Option<String>,
+}
+
+impl StatementFacts {
+    /// Empty facts of a kind.
+    pub fn new(kind: StatementKind) -> Self {
+        StatementFacts {
+            kind,
+            reads: vec![],
+            writes: vec![],
+            functions: vec![],
+            output: vec![],
+            written: vec![],
+            predicates: vec![],
+            ordering: vec![],
+            locks: false,
+            opaque: None,
+        }
+    }
+
+    /// The functions this statement calls that change state or reach outside the query
+    /// (`nextval`, `pg_terminate_backend`, `dblink_exec`, `lo_export`, …).
+    pub fn side_effecting_functions(&self) -> impl Iterator<Item = &str> {
+        self.functions
+            .iter()
+            .map(String::as_str)
+            .filter(|f| functions::is_side_effecting(f))
+    }
+
+    /// True when this statement only reads: a query without writes, locks or side-effecting
+    /// functions.
+    pub fn read_only(&self) -> bool {
+        self.opaque.is_none()
+            && self.kind == StatementKind::Select
+            && self.writes.is_empty()
+            && !self.locks
+            && self.side_effecting_functions().next().is_none()
+    }
+}
+
+/// What the gateway knows about a piece of SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Facts {
+    /// One entry per statement of the script, in order. Blocks are flattened: `BEGIN … END`
+    /// bodies, IF/WHILE branches (after an `other` entry holding their conditions), procedure
+    /// bodies, `EXPLAIN` and `PREPARE` targets contribute their inner statements.
+    pub statements: Vec<StatementFacts>,
+    /// Set when any part of the text could not be fully understood, with the reason. Never an
+    /// error: policy decides what opaque SQL gets.
+    pub opaque: Option<String>,
+}
+
+impl Facts {
+    /// The kind of each statement, in order.
+    pub fn kinds(&self) -> impl Iterator<Item = StatementKind> + '_ {
+        self.statements.iter().map(|s| s.kind)
+    }
+
+    /// True when the text is fully understood and every statement only reads (see
+    /// [`StatementFacts::read_only`]).
+    pub fn read_only(&self) -> bool {
+        self.opaque.is_none()
+            && !self.statements.is_empty()
+            && self.statements.iter().all(StatementFacts::read_only)
+    }
+
+    /// Every table read by any statement, sorted and deduplicated.
+    pub fn reads(&self) -> Vec<&TableRef> {
+        let set: BTreeSet<&TableRef> = self.statements.iter().flat_map(|s| &s.reads).collect();
+        set.into_iter().collect()
+    }
+
+    /// Every table written by any statement, sorted and deduplicated.
+    pub fn writes(&self) -> Vec<&TableRef> {
+        let set: BTreeSet<&TableRef> = self.statements.iter().flat_map(|s| &s.writes).collect();
+        set.into_iter().collect()
+    }
+}
+
+fn write_list<T: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    items: &[T],
+) -> fmt::Result {
+    if items.is_empty() {
+        return Ok(());
+    }
+    write!(f, "  {label}:")?;
+    for (i, item) in items.iter().enumerate() {
+        f.write_str(if i == 0 { " " } else { ", " })?;
+        write!(f, "{item}")?;
+    }
+    writeln!(f)
+}
+
+fn write_columns(f: &mut fmt::Formatter<'_>, label: &str, cols: &[OutputColumn]) -> fmt::Result {
+    if cols.is_empty() {
+        return Ok(());
+    }
+    writeln!(f, "  {label}:")?;
+    for c in cols {
+        let name = if c.name.is_empty() { "?" } else { &c.name };
+        write!(f, "    {name} <-")?;
+        if c.sources.is_empty() {
+            f.write_str(" (constant)")?;
+        }
+        for (i, s) in c.sources.iter().enumerate() {
+            f.write_str(if i == 0 { " " } else { ", " })?;
+            write!(f, "{s}")?;
+        }
+        if !c.except.is_empty() {
+            write!(f, " except({})", c.except.join(", "))?;
+        }
+        if c.whole_row {
+            f.write_str(" [whole row]")?;
+        }
+        writeln!(f)?;
+    }
+    Ok(())
+}
+
+/// A compact, stable rendering: one block per statement. The corpus snapshots are this text.
+impl fmt::Display for Facts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = &self.opaque {
+            writeln!(f, "opaque: {why}")?;
+        }
+        for (i, s) in self.statements.iter().enumerate() {
+            writeln!(f, "#{} {}", i + 1, s.kind.name())?;
+            write_list(f, "reads", &s.reads)?;
+            write_list(f, "writes", &s.writes)?;
+            write_list(f, "functions", &s.functions)?;
+            write_columns(f, "output", &s.output)?;
+            write_columns(f, "written", &s.written)?;
+            write_list(f, "predicates", &s.predicates)?;
+            write_list(f, "ordering", &s.ordering)?;
+            if s.locks {
+                writeln!(f, "  locks rows")?;
+            }
+            if let Some(why) = &s.opaque {
+                writeln!(f, "  opaque: {why}")?;
+            }
+        }
+        Ok(())
+    }
+}

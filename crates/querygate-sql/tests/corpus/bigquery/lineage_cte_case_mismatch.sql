@@ -1,0 +1,1 @@
+WITH c AS (SELECT ssn FROM ds.users) SELECT * FROM C

@@ -1,0 +1,1 @@
+SELECT id, name FROM ds.users JOIN ds.profiles USING (id)

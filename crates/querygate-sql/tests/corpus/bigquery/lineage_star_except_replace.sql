@@ -1,0 +1,1 @@
+SELECT * EXCEPT (ssn) REPLACE (UPPER(name) AS name) FROM ds.users

@@ -1,0 +1,2 @@
+CREATE TEMP FUNCTION f(x STRING) AS ((SELECT MAX(ssn) FROM ds.users));
+SELECT f('a')

@@ -1,0 +1,1 @@
+SELECT ERROR(ssn) FROM ds.users

@@ -1,0 +1,11 @@
+DECLARE n INT64 DEFAULT 0;
+BEGIN
+  SET n = (SELECT COUNT(*) FROM ds.users);
+  IF n > 10 THEN
+    DELETE FROM ds.t WHERE true;
+  ELSE
+    SELECT n;
+  END IF;
+EXCEPTION WHEN ERROR THEN
+  SELECT @@error.message;
+END

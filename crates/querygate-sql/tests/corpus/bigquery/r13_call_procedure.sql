@@ -1,0 +1,1 @@
+CALL ds.cleanup(1, (SELECT MAX(id) FROM ds.users))

@@ -1,0 +1,1 @@
+CREATE TABLE ds.x CLONE ds.y

@@ -1,0 +1,1 @@
+SELECT * FROM EXTERNAL_QUERY('proj.us.conn', 'SELECT ssn FROM users')

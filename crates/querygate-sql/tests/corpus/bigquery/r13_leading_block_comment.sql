@@ -1,0 +1,1 @@
+/* x */ DELETE FROM ds.t WHERE true

@@ -1,0 +1,3 @@
+-- c
+SELECT name FROM ds.users -- trailing comment
+/* and a block */

@@ -1,0 +1,1 @@
+SELECT * FROM ML.PREDICT(MODEL `ds.m`, TABLE ds.t)

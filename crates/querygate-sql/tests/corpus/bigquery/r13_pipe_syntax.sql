@@ -1,0 +1,1 @@
+FROM ds.users |> WHERE id = 1 |> SELECT ssn

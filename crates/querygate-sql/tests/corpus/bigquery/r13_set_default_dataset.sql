@@ -1,0 +1,2 @@
+SET @@dataset_id = 'other';
+SELECT * FROM users

@@ -1,0 +1,1 @@
+SELECT name FROM ds.users UNION ALL SELECT ssn FROM ds.users

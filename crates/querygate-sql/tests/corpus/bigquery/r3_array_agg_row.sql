@@ -1,0 +1,1 @@
+SELECT ARRAY_AGG(t) FROM ds.users t

@@ -1,0 +1,1 @@
+SELECT ARRAY(SELECT AS STRUCT * FROM ds.users) AS rows

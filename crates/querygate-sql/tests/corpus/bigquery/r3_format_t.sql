@@ -1,0 +1,1 @@
+SELECT FORMAT('%t', u) FROM ds.users u

@@ -1,0 +1,1 @@
+SELECT users FROM ds.users

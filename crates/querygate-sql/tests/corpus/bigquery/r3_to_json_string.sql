@@ -1,0 +1,1 @@
+SELECT TO_JSON_STRING(t) AS j FROM ds.users AS t

@@ -1,0 +1,1 @@
+WITH c AS (SELECT ssn, name FROM ds.users) SELECT TO_JSON_STRING(c) FROM c

@@ -1,0 +1,1 @@
+SELECT JSON_VALUE(payload, '$.email') AS e FROM ds.events

@@ -1,0 +1,1 @@
+SELECT payload.email, e.payload.phone FROM ds.events e

@@ -1,0 +1,1 @@
+SELECT c.email, c FROM ds.users, UNNEST(contacts) AS c

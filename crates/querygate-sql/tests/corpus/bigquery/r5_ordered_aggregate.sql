@@ -1,0 +1,1 @@
+SELECT ARRAY_AGG(name ORDER BY ssn LIMIT 1) FROM ds.users

@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM ds.users WHERE ssn LIKE '1%'

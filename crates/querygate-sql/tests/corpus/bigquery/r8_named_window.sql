@@ -1,0 +1,1 @@
+SELECT name, ROW_NUMBER() OVER w AS n FROM ds.users WINDOW w AS (PARTITION BY country ORDER BY ssn)

@@ -1,0 +1,1 @@
+SELECT name, RANK() OVER (ORDER BY ssn) AS r FROM ds.users ORDER BY ssn

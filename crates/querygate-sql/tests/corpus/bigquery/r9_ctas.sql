@@ -1,0 +1,1 @@
+CREATE TABLE ds.copy AS SELECT ssn, name FROM ds.users

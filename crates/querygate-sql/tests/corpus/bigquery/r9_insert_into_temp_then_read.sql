@@ -1,0 +1,3 @@
+CREATE TEMP TABLE stash (a STRING);
+INSERT INTO stash SELECT ssn FROM ds.users;
+SELECT a FROM stash

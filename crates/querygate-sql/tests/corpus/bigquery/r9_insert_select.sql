@@ -1,0 +1,1 @@
+INSERT INTO ds.copy (a, b) SELECT ssn, name FROM ds.users

@@ -1,0 +1,1 @@
+SELECT t.a, ds.t.b, `proj`.ds.t.c FROM `proj`.ds.t

@@ -1,0 +1,1 @@
+SELECT * FROM `ds.t$20240101`

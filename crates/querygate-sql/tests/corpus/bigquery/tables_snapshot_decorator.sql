@@ -1,0 +1,1 @@
+SELECT a FROM `proj.ds.t@1700000000000`

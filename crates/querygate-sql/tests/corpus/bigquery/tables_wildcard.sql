@@ -1,0 +1,1 @@
+SELECT event_name FROM `proj.ds.events_*` WHERE _TABLE_SUFFIX BETWEEN '20240101' AND '20240131'

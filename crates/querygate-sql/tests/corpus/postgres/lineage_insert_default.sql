@@ -1,0 +1,1 @@
+INSERT INTO users (id, created) VALUES (DEFAULT, now())

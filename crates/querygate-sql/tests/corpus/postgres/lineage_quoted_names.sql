@@ -1,0 +1,1 @@
+SELECT "Users"."SSN", "Users".name FROM "Users" WHERE "Users".Id = 1

@@ -1,0 +1,1 @@
+WITH RECURSIVE r(n, s) AS (SELECT id, ssn FROM users UNION ALL SELECT n + 1, s FROM r WHERE n < 10) SELECT s FROM r

@@ -1,0 +1,1 @@
+SELECT public.users.ssn, users.name FROM public.users

@@ -1,0 +1,1 @@
+SELECT LOCALTIMESTAMP, CURRENT_DATE, current_schema, current_role, user

@@ -1,0 +1,1 @@
+BEGIN; SELECT name FROM users; COMMIT

@@ -1,0 +1,1 @@
+COPY users (id, ssn) TO STDOUT WITH (FORMAT csv, HEADER true)

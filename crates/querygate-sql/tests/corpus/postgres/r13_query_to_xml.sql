@@ -1,0 +1,1 @@
+SELECT query_to_xml('SELECT ssn FROM users', true, false, '')

@@ -1,0 +1,1 @@
+SELECT ssn, name INTO TEMP stash FROM users

@@ -1,0 +1,1 @@
+WITH c AS (SELECT ssn AS x FROM users) SELECT x FROM c

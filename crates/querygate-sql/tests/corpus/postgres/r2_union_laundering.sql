@@ -1,0 +1,1 @@
+SELECT name FROM users UNION SELECT ssn FROM users

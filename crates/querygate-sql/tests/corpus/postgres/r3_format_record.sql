@@ -1,0 +1,1 @@
+SELECT format('%s', u) FROM users u

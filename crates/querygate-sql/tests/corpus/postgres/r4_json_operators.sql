@@ -1,0 +1,1 @@
+SELECT payload->>'email', payload #>> '{a,b}' FROM events

@@ -1,0 +1,2 @@
+SELECT ssn INTO TEMP stash FROM users;
+SELECT * FROM stash

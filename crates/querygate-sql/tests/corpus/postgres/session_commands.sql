@@ -1,0 +1,1 @@
+SET extra_float_digits = 3; SHOW server_version; DISCARD ALL; SELECT current_user, version()
