@@ -312,6 +312,10 @@ impl KeyCache {
             ));
         }
         check_url(&doc.jwks_uri).map_err(|e| format!("{url}: jwks_uri {e}"))?;
+        // An https issuer's keys come over https too (no pointing them at loopback http).
+        if self.issuer.starts_with("https://") && !doc.jwks_uri.starts_with("https://") {
+            return Err(format!("{url}: jwks_uri {:?} must be https", doc.jwks_uri));
+        }
         Ok(doc.jwks_uri)
     }
 
