@@ -18,4 +18,4 @@ pub mod upstream;
 
 pub use decode::{Api, Call};
 pub use routes::{Front, router};
-pub use upstream::{BigQueryReply, BigQuerySource, UpstreamAuth};
+pub use upstream::{BigQueryReply, BigQuerySource, IAM_ENDPOINT, Impersonation, UpstreamAuth};

@@ -24,6 +24,39 @@ use crate::render::json_response;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 
+/// Google's IAM Credentials API, which mints tokens for service accounts the gateway may impersonate.
+pub const IAM_ENDPOINT: &str = "https://iamcredentials.googleapis.com";
+
+/// Requests of identities matching `who` run as `service_account`, a narrower principal
+/// than the gateway's own, so Google's audit logs name it too.
+#[derive(Debug, Clone)]
+pub struct Impersonation {
+    pub who: Vec<querygate_policy::Principal>,
+    pub service_account: String,
+}
+
+/// What must be escaped of a service account's email in a URL path (it keeps its `@`).
+const SA_IN_PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'/')
+    .add(b'?')
+    .add(b'#')
+    .add(b'%')
+    .add(b':');
+
+/// An impersonated access token and when to stop using it.
+#[derive(Clone)]
+struct MintedToken {
+    token: String,
+    renew_after: Instant,
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MintedToken(<redacted>)")
+    }
+}
+
 /// How the gateway authenticates to the upstream.
 #[derive(Clone)]
 pub enum UpstreamAuth {
@@ -99,6 +132,9 @@ pub struct BigQuerySource {
     http: reqwest::Client,
     estimates: Recent<u64>,
     tables: Recent<Partitioning>,
+    impersonate: Vec<Impersonation>,
+    iam_endpoint: String,
+    minted: Mutex<HashMap<String, MintedToken>>,
 }
 
 impl BigQuerySource {
@@ -124,7 +160,94 @@ impl BigQuerySource {
             http,
             estimates: Recent::default(),
             tables: Recent::default(),
+            impersonate: Vec::new(),
+            iam_endpoint: IAM_ENDPOINT.to_string(),
+            minted: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Adds per-identity impersonation (checked in order; the first match wins).
+    pub fn with_impersonation(mut self, rules: Vec<Impersonation>, iam_endpoint: &str) -> Self {
+        self.impersonate = rules;
+        self.iam_endpoint = iam_endpoint.trim_end_matches('/').to_string();
+        self
+    }
+
+    /// The token for an identity's request: an impersonated service account's when a rule
+    /// names the identity, else the gateway's own.
+    async fn token_for(
+        &self,
+        identity: &querygate_core::Identity,
+    ) -> Result<Option<String>, Fault> {
+        let Some(rule) = self
+            .impersonate
+            .iter()
+            .find(|r| r.who.iter().any(|p| p.matches(identity)))
+        else {
+            return self.token().await;
+        };
+        let sa = &rule.service_account;
+        if let Some(t) = self
+            .minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sa)
+            .filter(|t| Instant::now() < t.renew_after)
+        {
+            return Ok(Some(t.token.clone()));
+        }
+        let own = self.token().await?.ok_or_else(|| {
+            Fault::gateway(format!(
+                "source {}: impersonation needs the gateway's own service account",
+                self.name
+            ))
+        })?;
+        let url = format!(
+            "{}/v1/projects/-/serviceAccounts/{}:generateAccessToken",
+            self.iam_endpoint,
+            percent_encoding::utf8_percent_encode(sa, SA_IN_PATH)
+        );
+        let failed = |why: &str| {
+            Fault::upstream(format!(
+                "querygate could not obtain a token for service account {sa} (source {}): {why}",
+                self.name
+            ))
+        };
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(own)
+            .json(&serde_json::json!({"scope": [SCOPE], "lifetime": "3600s"}))
+            .send()
+            .await
+            .map_err(|_| failed("the IAM Credentials API is unreachable"))?;
+        if !response.status().is_success() {
+            return Err(failed(&format!(
+                "the IAM Credentials API answered HTTP {}",
+                response.status().as_u16()
+            )));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|_| failed("the IAM Credentials API answered something that is not JSON"))?;
+        let token = body
+            .get("accessToken")
+            .and_then(Value::as_str)
+            .ok_or_else(|| failed("the answer has no accessToken"))?
+            .to_string();
+        // Tokens live an hour; renew well before, whatever expireTime says.
+        self.minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                sa.clone(),
+                MintedToken {
+                    token: token.clone(),
+                    renew_after: Instant::now() + Duration::from_secs(45 * 60),
+                },
+            );
+        Ok(Some(token))
     }
 
     /// The project id clients use for this source.
@@ -343,6 +466,7 @@ impl Source for BigQuerySource {
     }
 
     async fn execute(&self, admitted: Admitted<Call>) -> Result<BigQueryReply, Fault> {
+        let token = self.token_for(admitted.identity()).await?;
         let call = admitted.into_call();
         let mut url = format!("{}{}", self.endpoint, call.path);
         if let Some(q) = &call.query {
@@ -350,7 +474,7 @@ impl Source for BigQuerySource {
             url.push_str(q);
         }
         let mut req = self.http.request(call.method.clone(), &url);
-        if let Some(token) = self.token().await? {
+        if let Some(token) = token {
             req = req.bearer_auth(token);
         }
         if let Some(body) = call.body {

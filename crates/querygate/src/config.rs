@@ -103,6 +103,20 @@ pub struct SourceConfig {
     pub default: Option<Spanned<String>>,
     /// `maximumBytesBilled` set on every query this source forwards, e.g. "1 TiB".
     pub max_bytes_billed: Option<Spanned<String>>,
+    /// Narrower service accounts the gateway impersonates for some identities, first match wins.
+    #[serde(default)]
+    pub impersonate: Vec<Spanned<ImpersonateConfig>>,
+    /// The IAM Credentials API root (default https://iamcredentials.googleapis.com).
+    pub iam_endpoint: Option<String>,
+}
+
+/// `[[sources.impersonate]]`: requests of these identities run as this service account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImpersonateConfig {
+    /// `group:NAME` / `identity:SUBJECT`, as in rules.
+    pub who: Vec<String>,
+    pub service_account: String,
 }
 
 /// A policy file named by `policy = "…"`.
@@ -240,6 +254,18 @@ impl Config {
                 Policy::new(rules)
             };
             set.sources.insert(s.name.clone(), Arc::new(policy));
+            for imp in &s.impersonate {
+                for w in &imp.get_ref().who {
+                    querygate_policy::Principal::parse(w)
+                        .map_err(|e| fail(imp.span(), format!("impersonate.who: {e}")))?;
+                }
+                if !matches!(s.credential(self), UpstreamCredential::ServiceAccountKey(_)) {
+                    return Err(fail(
+                        imp.span(),
+                        "impersonate needs credentials = { service_account_key = \"…\" }: the gateway's own service account asks for the narrower tokens".into(),
+                    ));
+                }
+            }
             if let Some(cap) = &s.max_bytes_billed {
                 let bytes = parse_bytes(cap.get_ref())
                     .map_err(|e| fail(cap.span(), format!("max_bytes_billed: {e}")))?;

@@ -112,8 +112,31 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
             UpstreamCredential::ServiceAccountKey(path) => UpstreamAuth::service_account(&path)
                 .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
         };
+        let impersonate = s
+            .impersonate
+            .iter()
+            .map(|i| {
+                let i = i.get_ref();
+                let who = i
+                    .who
+                    .iter()
+                    .map(|w| querygate_policy::Principal::parse(w))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
+                Ok(querygate_bigquery::Impersonation {
+                    who,
+                    service_account: i.service_account.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let source = BigQuerySource::new(s.name.clone(), s.project.clone(), s.endpoint(), auth)
-            .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?
+            .with_impersonation(
+                impersonate,
+                s.iam_endpoint
+                    .as_deref()
+                    .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
+            );
         sources.insert(s.project.clone(), Arc::new(source));
     }
     let front = Arc::new(Front {

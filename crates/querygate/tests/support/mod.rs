@@ -74,6 +74,14 @@ impl Recorder {
     pub async fn start(
         handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
     ) -> Recorder {
+        Recorder::start_on(0, handler).await
+    }
+
+    /// Like `start`, on a chosen port (0: any).
+    pub async fn start_on(
+        port: u16,
+        handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
+    ) -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state: (Arc<Mutex<Vec<Seen>>>, Handler) = (seen.clone(), Arc::new(handler));
         async fn any(
@@ -98,7 +106,7 @@ impl Recorder {
             )
         }
         let app = Router::new().fallback(any).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
