@@ -5,7 +5,6 @@
 //! served over TLS (rustls) when configured, else plaintext (loopback, or by consent).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -196,16 +195,6 @@ pub async fn serve_on(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = router(front);
-    let Some(tls) = tls else {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop)
-        .await
-        .context("server failed")?;
-        return Ok(());
-    };
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -221,23 +210,43 @@ pub async fn serve_on(
             .clone()
             .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
+            let served = match tls {
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => serve_connection(stream, app).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => serve_connection(tcp, app).await,
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let served =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// Largest request head (line and headers) read before answering: big enough that an
+/// oversized bearer token reaches authentication, which refuses and audits it in the
+/// client's own error format, instead of hyper answering a bare 431.
+const MAX_HEAD_BYTES: usize = 2 * 1024 * 1024;
+
+async fn serve_connection<S>(
+    stream: S,
+    app: axum::Router,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
+    builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
+    builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+        .await
 }
 
 /// A TLS acceptor from PEM files. Errors name the files, never their content.
