@@ -282,10 +282,26 @@ impl BigQuerySource {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), Fault> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.endpoint));
-        if let Some(token) = self.token().await? {
+        let token = self.token().await?;
+        self.send(
+            method,
+            &format!("{}{path}", self.endpoint),
+            token,
+            body.map(Bytes::from),
+        )
+        .await
+    }
+
+    /// One HTTP exchange with the upstream; faults say what went wrong, never with a secret.
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        token: Option<String>,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), Fault> {
+        let mut req = self.http.request(method, url);
+        if let Some(token) = token {
             req = req.bearer_auth(token);
         }
         if let Some(body) = body {
@@ -293,9 +309,16 @@ impl BigQuerySource {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let response = req.send().await.map_err(|_| {
+        let response = req.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "connection refused or unreachable"
+            } else {
+                "request failed"
+            };
             Fault::upstream(format!(
-                "querygate could not reach the BigQuery upstream of source {}",
+                "querygate could not reach the BigQuery upstream of source {}: {why}",
                 self.name
             ))
         })?;
@@ -473,35 +496,9 @@ impl Source for BigQuerySource {
             url.push('?');
             url.push_str(q);
         }
-        let mut req = self.http.request(call.method.clone(), &url);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = call.body {
-            req = req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let response = req.send().await.map_err(|e| {
-            let why = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "connection refused or unreachable"
-            } else {
-                "request failed"
-            };
-            Fault::upstream(format!(
-                "querygate could not reach the BigQuery upstream of source {}: {why}",
-                self.name
-            ))
-        })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|_| {
-            Fault::upstream(format!(
-                "the BigQuery upstream of source {} closed the connection mid-answer",
-                self.name
-            ))
-        })?;
+        let (status, body) = self
+            .send(call.method.clone(), &url, token, call.body)
+            .await?;
         BigQueryReply::read(call.api, status, body).map_err(|why| {
             Fault::upstream(format!(
                 "the BigQuery upstream of source {} answered HTTP {} with {why}",
