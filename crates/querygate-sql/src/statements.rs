@@ -774,8 +774,8 @@ fn build(w: Walker<'_>, kind: StatementKind, output: Vec<Col>) -> StatementFacts
         functions: acc.functions.into_iter().collect(),
         output: output.iter().map(Col::to_output).collect(),
         written: acc.written,
-        predicates: normalized(acc.predicates),
-        ordering: normalized(acc.ordering),
+        predicates: normalized(&acc.predicates),
+        ordering: normalized(&acc.ordering),
         locks: acc.locks,
         opaque: w.opaque,
     }
