@@ -6,6 +6,7 @@
 //! opaque rather than narrowing what is reported; it must never guess a smaller answer, and it
 //! must not panic.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlparser::ast::{
@@ -27,9 +28,15 @@ use crate::scope::{AliasMode, Col, CteDef, Frame, Lineage, Rel, RelKind, combine
 /// (50) keeps real queries far below this.
 pub(crate) const MAX_DEPTH: usize = 200;
 
+/// How many steps (queries, FROM items, expressions) one `analyze` call may take: bounds the
+/// work adversarial input can cause (nested recursive CTEs multiply it) to well under a second.
+pub(crate) const MAX_STEPS: usize = 1_000_000;
+
 /// What earlier statements of the same script left behind for later ones.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ScriptState {
+    /// Steps left for the whole script (see [`MAX_STEPS`]).
+    pub budget: Cell<usize>,
     /// Script variables (BigQuery `DECLARE`/`SET`, procedure parameters, lower case) and what
     /// they hold.
     pub vars: HashMap<String, Lineage>,
@@ -38,6 +45,17 @@ pub(crate) struct ScriptState {
     /// Tables and views created by earlier statements (`CREATE TEMP TABLE t AS …`), by name
     /// parts, with what their columns hold: reading them later is reading those sources.
     pub tables: HashMap<Vec<String>, Vec<Col>>,
+}
+
+impl Default for ScriptState {
+    fn default() -> Self {
+        ScriptState {
+            budget: Cell::new(MAX_STEPS),
+            vars: HashMap::new(),
+            unknown_vars: HashSet::new(),
+            tables: HashMap::new(),
+        }
+    }
 }
 
 /// Facts accumulated while walking one statement.
@@ -113,6 +131,12 @@ impl<'v> Walker<'v> {
 
     pub(crate) fn enter(&mut self) -> bool {
         self.depth += 1;
+        let budget = self.script.budget.get();
+        if budget == 0 {
+            self.opaque("the SQL is too complex to analyze; simplify it");
+            return false;
+        }
+        self.script.budget.set(budget - 1);
         if self.depth > MAX_DEPTH {
             self.opaque(format!(
                 "the statement nests deeper than {MAX_DEPTH} levels; simplify it"
@@ -249,24 +273,12 @@ impl<'v> Walker<'v> {
         ctes: &[CteDef],
         parent: Option<&Frame<'_>>,
     ) -> Vec<Col> {
-        // Seed with the anchor (the leftmost branch, which cannot reference the CTE itself).
-        let mut anchor = body.body.as_ref();
-        while let SetExpr::SetOperation { left, .. } = anchor {
-            anchor = left.as_ref();
-        }
-        let mut cols = {
-            let fr = Frame {
-                ctes,
-                ..Frame::new(parent)
-            };
-            let seed = if self.enter() {
-                self.set_expr(anchor, Some(&fr), None, false)
-            } else {
-                vec![]
-            };
-            self.leave();
-            rename(seed, new_names)
-        };
+        // Start with a self-reference of unknown shape (any column, no sources) and iterate
+        // until what the CTE carries stops growing.
+        let mut cols = vec![Col::Any {
+            lin: Lineage::default(),
+        }];
+        let mut first = true;
         for _ in 0..8 {
             let mut visible = ctes.to_vec();
             visible.push(CteDef {
@@ -278,7 +290,12 @@ impl<'v> Walker<'v> {
                 ..Frame::new(parent)
             };
             let next = rename(self.query(body, Some(&fr)), new_names);
-            let next = combine(vec![cols.clone(), next]);
+            let next = if first {
+                first = false;
+                next
+            } else {
+                combine(vec![cols.clone(), next])
+            };
             if next == cols {
                 return cols;
             }

@@ -406,3 +406,19 @@ fn long_chains_are_refused_or_walked_without_recursion() {
     ));
     assert!(f.opaque.is_none(), "{:?}", f.opaque);
 }
+
+#[test]
+fn nested_recursive_ctes_stay_cheap() {
+    let mut sql = "SELECT ssn AS a FROM ds.users".to_string();
+    for i in 0..20 {
+        sql = format!(
+            "WITH RECURSIVE r{i} AS ({sql} UNION ALL SELECT a FROM r{i}) SELECT a FROM r{i}"
+        );
+    }
+    let start = std::time::Instant::now();
+    let f = survives(sql);
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    if f.opaque.is_none() {
+        assert_eq!(names(&only_output(&f).sources), ["ds.users.ssn"]);
+    }
+}
