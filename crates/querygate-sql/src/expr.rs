@@ -13,7 +13,7 @@ use sqlparser::ast::{
 use crate::SqlDialect;
 use crate::functions;
 use crate::names::function_name;
-use crate::scope::{AliasMode, Frame, Lineage, lookup_named, union};
+use crate::scope::{Frame, Lineage, lookup_named, union};
 use crate::walk::{Walker, addr};
 
 impl Walker<'_> {
@@ -49,14 +49,11 @@ impl Walker<'_> {
         let mut cur = f;
         while let Some(fr) = cur {
             let mut sure = false;
-            if let Some((cols, mode)) = fr.aliases
+            if let Some(cols) = fr.aliases
                 && let Some(l) = lookup_named(cols, names, &name)
             {
                 acc.add(l);
                 found = true;
-                if mode == AliasMode::Prefer {
-                    return acc;
-                }
                 sure = true;
             }
             for (n, l) in fr.using {

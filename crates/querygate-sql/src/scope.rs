@@ -281,22 +281,15 @@ pub(crate) struct CteDef {
     pub cols: Vec<Col>,
 }
 
-/// How output aliases take part in name resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AliasMode {
-    /// ORDER BY: an output alias wins over input columns.
-    Prefer,
-    /// GROUP BY, HAVING, QUALIFY: both may be meant; keep both.
-    Union,
-}
-
 /// One level of name scope. Frames chain outwards through `parent`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Frame<'a> {
     pub rels: &'a [Rel],
     pub using: &'a [(String, Lineage)],
     pub ctes: &'a [CteDef],
-    pub aliases: Option<(&'a [Col], AliasMode)>,
+    /// Output columns whose aliases GROUP BY, HAVING, QUALIFY and ORDER BY may name; a name
+    /// that is both an alias and an input column keeps both lineages.
+    pub aliases: Option<&'a [Col]>,
     pub parent: Option<&'a Frame<'a>>,
 }
 

@@ -22,7 +22,9 @@ use crate::facts::{ColumnRef, OutputColumn, StatementKind, TableRef};
 use crate::functions;
 use crate::guard;
 use crate::names::{Names, function_name};
-use crate::scope::{AliasMode, Col, CteDef, Frame, Lineage, Rel, RelKind, combine, rename, union};
+use crate::scope::{
+    Col, CteDef, Frame, Lineage, Rel, RelKind, combine, lookup_named, rename, union,
+};
 
 /// How deep the walker recurses before it gives up (opaque). sqlparser's own recursion limit
 /// (50) keeps real queries far below this.
@@ -405,7 +407,7 @@ impl<'v> Walker<'v> {
     ) {
         let Some(ob) = order_by else { return };
         let fr = Frame {
-            aliases: Some((out, AliasMode::Prefer)),
+            aliases: Some(out),
             ..Frame::new(f)
         };
         self.order_by(ob, out, &fr);
@@ -437,6 +439,14 @@ impl<'v> Walker<'v> {
     ) -> Lineage {
         if item.with_fill.is_some() {
             self.opaque("ORDER BY … WITH FILL is not analyzed");
+        }
+        // A bare name that is an output alias means that output column (both dialects); inside
+        // an expression PostgreSQL reads input columns instead, so there both are kept.
+        if let Expr::Identifier(id) = &item.expr
+            && let Some(l) = lookup_named(out, self.names, &self.names.ident(id))
+        {
+            self.seen_idents.insert(addr(&item.expr));
+            return l;
         }
         self.group_item(&item.expr, out, fr)
     }
@@ -512,7 +522,7 @@ impl<'v> Walker<'v> {
             self.acc.predicates.extend(l.refs);
         }
         let af = Frame {
-            aliases: Some((&out, AliasMode::Union)),
+            aliases: Some(&out),
             ..fr
         };
         match &s.group_by {
@@ -537,7 +547,7 @@ impl<'v> Walker<'v> {
         }
         if let Some(ob) = order_by {
             let of = Frame {
-                aliases: Some((&out, AliasMode::Prefer)),
+                aliases: Some(&out),
                 ..fr
             };
             self.order_by(ob, &out, &of);
