@@ -46,6 +46,25 @@ fn api_contract() {
     assert_eq!(t.qualified("proj"), "proj.ds.t");
     assert_eq!(f.reads().len(), 1);
     assert!(f.writes().is_empty());
+    assert!(f.not_read_only_reasons().is_empty());
+    // The old call site `facts.statements.iter().map(|k| k.name())` still reads kinds.
+    assert_eq!(
+        f.statements.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        ["select"]
+    );
+    let f = pg("SELECT nextval('s') FROM t FOR UPDATE; DELETE FROM t");
+    assert_eq!(
+        f.not_read_only_reasons(),
+        [
+            "row locks (FOR UPDATE/SHARE)",
+            "the function NEXTVAL",
+            "DELETE"
+        ]
+    );
+    assert_eq!(
+        pg("SELECT * INTO x FROM t").not_read_only_reasons(),
+        ["CREATE"]
+    );
 }
 
 #[test]
