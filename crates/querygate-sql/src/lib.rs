@@ -8,7 +8,28 @@
 //! Parsing never fails from the caller's point of view: text the grammar cannot read, and SQL the
 //! analyzer cannot fully understand, becomes `Facts { opaque: Some(why), .. }` (the default policy
 //! for opaque SQL is deny). The analyzer has no schema, so where a name could mean several things
-//! it reports every candidate: facts over-approximate, they never silently drop a source.
+//! it reports every candidate: facts over-approximate, they never silently drop a source. (A
+//! consumer with the schema can drop candidate columns a table does not have.)
+//!
+//! # What is opaque
+//!
+//! - text sqlparser cannot parse (the parser's message is the reason): BigQuery
+//!   `ML.PREDICT(MODEL …)`, `CREATE TABLE … COPY`, BigQuery `CREATE PROCEDURE … BEGIN … END`,
+//!   BigQuery `LOOP`, `WHILE … DO`, `REPEAT`, `FOR … IN`, PostgreSQL `DO $$ … $$` and `$$`-quoted
+//!   function bodies;
+//! - dynamic SQL: `EXECUTE IMMEDIATE`, PostgreSQL `EXECUTE` of a prepared statement, and
+//!   functions that run SQL text (`query_to_xml`, `dblink*`, `EXTERNAL_QUERY`, …);
+//! - table functions other than PostgreSQL's pure set-returning ones (what they read is unknown),
+//!   `CREATE FUNCTION` whose body contains a query or is SQL text, `COPY … PROGRAM`;
+//! - names that resolve to nothing, `@@error` (it can echo data from a failed statement), a
+//!   variable passed to `CALL` and read afterwards, `SET @@dataset_id`/`@@project_id`, a table
+//!   name that differs from a CTE name only in case (BigQuery);
+//! - BigQuery pipe syntax, lambdas, and clauses of other dialects sqlparser accepts (Snowflake
+//!   `EXCLUDE`, ClickHouse `SETTINGS`, MSSQL `OUTPUT`, …);
+//! - anything the walker did not account for: an independent pass over the AST lists every
+//!   identifier expression and table name, and any the walker skipped makes the statement opaque;
+//! - input beyond the resource bounds: more than [`MAX_OPERATORS`] operators, nesting deeper than
+//!   the walker's depth limit (200), or more than a million walk steps per call.
 //!
 //! This crate must not do IO, must not panic on any input, and must not recurse without bound:
 //! long operator chains are refused before parsing, and every walk is depth-limited.
