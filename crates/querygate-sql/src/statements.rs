@@ -102,6 +102,16 @@ impl Script {
                         w.expr(d, None);
                     }
                 }
+                let inner = match body {
+                    CreateProcedureBody::As(c) => conditional(c),
+                    CreateProcedureBody::BeginAtomic(b) => &b.statements,
+                };
+                // The body's tables are accounted for by the body's own entries below.
+                for st in inner {
+                    for (address, _) in guard::relations(st) {
+                        w.seen_rels.insert(address);
+                    }
+                }
                 let facts = finish(w, StatementKind::Create, vec![], s, Check::Nothing);
                 self.out.push(facts);
                 for p in params.iter().flatten() {
@@ -110,10 +120,6 @@ impl Script {
                         .entry(p.name.value.to_lowercase())
                         .or_default();
                 }
-                let inner = match body {
-                    CreateProcedureBody::As(c) => conditional(c),
-                    CreateProcedureBody::BeginAtomic(b) => &b.statements,
-                };
                 for st in inner {
                     self.statement(st);
                 }

@@ -112,6 +112,8 @@ fn row13_dynamic_sql_and_procedures() {
     assert!(!f.read_only());
     let f = pg("CREATE PROCEDURE p() AS BEGIN DELETE FROM t; END");
     assert_eq!(kinds(&f), [K::Create, K::Delete]);
+    assert!(f.opaque.is_none(), "{f}");
+    assert_eq!(tables(&f.statements[1].writes), ["t"]);
 }
 
 #[test]
