@@ -32,8 +32,9 @@ impl Walker<'_> {
             // `current_schema`, `current_role`, …: SQL-standard niladic functions, not columns.
             return Lineage::default();
         }
-        if self.names.dialect == SqlDialect::BigQuery && id.value.starts_with("@@") {
-            // System variables hold no table data, except the message of a caught error.
+        if self.names.dialect == SqlDialect::BigQuery && id.value.starts_with('@') {
+            // Query parameters (`@ids`) and system variables (`@@time_zone`) hold no table
+            // data, except the message of a caught error.
             if id.value.to_ascii_lowercase().starts_with("@@error") {
                 self.opaque(
                     "@@error can carry data from the statement that failed (error text); \

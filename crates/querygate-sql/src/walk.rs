@@ -86,7 +86,7 @@ pub(crate) struct Walker<'v> {
     /// `SELECT … INTO table` is allowed at this point (top level of a statement only).
     into_ok: bool,
     /// Tables created by `SELECT … INTO`, with their columns.
-    pub selected_into: Vec<(Vec<String>, Vec<Col>)>,
+    pub selected_into: Vec<(TableRef, Vec<Col>)>,
     /// The named windows (`WINDOW w AS (…)`) of the SELECT being walked, with their lineage.
     pub(crate) named_windows: Vec<(String, Lineage)>,
     pub(crate) depth: usize,
@@ -583,7 +583,7 @@ impl<'v> Walker<'v> {
             self.seen_idents.insert(addr(target));
             match self.names.table_ref(&ObjectName::from(parts)) {
                 Ok(t) => {
-                    self.selected_into.push((t.parts.clone(), out.to_vec()));
+                    self.selected_into.push((t.clone(), out.to_vec()));
                     self.acc.writes.insert(t);
                 }
                 Err(why) => self.opaque(why),
