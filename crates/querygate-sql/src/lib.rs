@@ -91,10 +91,25 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
         SqlDialect::BigQuery => &BigQueryDialect {},
         SqlDialect::Postgres => &PostgreSqlDialect {},
     };
+    // BigQuery ends `--` and `#` comments at a carriage return too; sqlparser only at a line
+    // feed, so `-- c\rDELETE …` would hide the DELETE. Line breaks only separate tokens, so
+    // turning every CR into LF changes no fact.
+    let normalized;
+    let sql = if dialect == SqlDialect::BigQuery && sql.contains('\r') {
+        normalized = sql.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        sql
+    };
     let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
         Err(e) => return opaque(format!("querygate cannot parse this SQL: {e}")),
     };
+    if dialect == SqlDialect::BigQuery
+        && let Some(why) = lexical_mismatch(tokens.iter().map(|t| &t.token))
+    {
+        return opaque(why);
+    }
     let operators = tokens.iter().filter(|t| is_operator(&t.token)).count();
     if operators > MAX_OPERATORS {
         return opaque(format!(
@@ -130,6 +145,35 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
         statements: script.out,
         opaque,
     }
+}
+
+/// BigQuery tokens that BigQuery and sqlparser delimit differently. In BigQuery a backslash
+/// escapes the next character inside back-ticked names and raw strings (so `\'` does not close
+/// `r'…'`); sqlparser ends those tokens at the first closing quote. A token that sqlparser ends
+/// right after an odd run of backslashes is therefore longer in BigQuery, and what sqlparser
+/// reads as the next tokens (possibly a whole statement) is text inside it, or the other way
+/// round.
+fn lexical_mismatch<'a>(tokens: impl Iterator<Item = &'a Token>) -> Option<String> {
+    fn odd_trailing_backslashes(s: &str) -> bool {
+        s.chars().rev().take_while(|c| *c == '\\').count() % 2 == 1
+    }
+    for t in tokens {
+        let suspicious = match t {
+            Token::Word(w) => w.quote_style == Some('`') && odd_trailing_backslashes(&w.value),
+            Token::SingleQuotedRawStringLiteral(s)
+            | Token::DoubleQuotedRawStringLiteral(s)
+            | Token::TripleSingleQuotedRawStringLiteral(s)
+            | Token::TripleDoubleQuotedRawStringLiteral(s) => odd_trailing_backslashes(s),
+            _ => false,
+        };
+        if suspicious {
+            return Some(format!(
+                "`{t}` ends in a backslash, which BigQuery reads as escaping the closing quote; \
+                 querygate refuses text it would read differently from BigQuery"
+            ));
+        }
+    }
+    None
 }
 
 /// Tokens that can extend an operator chain.

@@ -537,6 +537,15 @@ impl Script {
                     new_vars.push((var, lin));
                 }
                 SqlDialect::Postgres => {
+                    let lower = name.to_ascii_lowercase();
+                    if lower.contains("standard_conforming_strings")
+                        || lower.contains("backslash_quote")
+                    {
+                        w.opaque(format!(
+                            "SET {name} changes how the server reads string literals, so later \
+                             SQL could mean something else than querygate analyzed"
+                        ));
+                    }
                     // Session settings: their values are words, not column references.
                     for v in values {
                         w.skip_idents(v);
