@@ -148,8 +148,8 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
 }
 
 /// BigQuery tokens that BigQuery and sqlparser delimit differently. In BigQuery a backslash
-/// escapes the next character inside back-ticked names and raw strings (so `\'` does not close
-/// `r'…'`); sqlparser ends those tokens at the first closing quote. A token that sqlparser ends
+/// escapes the next character inside back-ticked names, raw strings and bytes literals (so `\'`
+/// does not close `r'…'`); sqlparser ends those tokens at the first closing quote. A token that sqlparser ends
 /// right after an odd run of backslashes is therefore longer in BigQuery, and what sqlparser
 /// reads as the next tokens (possibly a whole statement) is text inside it, or the other way
 /// round.
@@ -160,10 +160,16 @@ fn lexical_mismatch<'a>(tokens: impl Iterator<Item = &'a Token>) -> Option<Strin
     for t in tokens {
         let suspicious = match t {
             Token::Word(w) => w.quote_style == Some('`') && odd_trailing_backslashes(&w.value),
+            // sqlparser reads these without backslash escapes; BigQuery pairs `\x` in all of
+            // them (bytes literals are escaped like strings).
             Token::SingleQuotedRawStringLiteral(s)
             | Token::DoubleQuotedRawStringLiteral(s)
             | Token::TripleSingleQuotedRawStringLiteral(s)
-            | Token::TripleDoubleQuotedRawStringLiteral(s) => odd_trailing_backslashes(s),
+            | Token::TripleDoubleQuotedRawStringLiteral(s)
+            | Token::SingleQuotedByteStringLiteral(s)
+            | Token::DoubleQuotedByteStringLiteral(s)
+            | Token::TripleSingleQuotedByteStringLiteral(s)
+            | Token::TripleDoubleQuotedByteStringLiteral(s) => odd_trailing_backslashes(s),
             _ => false,
         };
         if suspicious {
