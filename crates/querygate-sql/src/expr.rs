@@ -107,6 +107,7 @@ impl Walker<'_> {
         let Some(first) = ids.first() else {
             return Lineage::default();
         };
+        let first_name = names.ident(first);
         // Inner FROM items that might have a struct column named like the qualifier.
         let mut maybe = Lineage::default();
         let mut cur = f;
@@ -125,7 +126,7 @@ impl Walker<'_> {
             // local struct column `a` may be meant. PostgreSQL needs `(a).b` for that.
             if names.dialect == SqlDialect::BigQuery {
                 for rel in fr.rels {
-                    if let Some((l, _)) = rel.column(names, &parts[0]) {
+                    if let Some((l, _)) = rel.column(names, &first_name) {
                         maybe.add(l);
                     }
                 }

@@ -1241,7 +1241,7 @@ impl<'v> Walker<'v> {
                 ObjectNamePart::Function(_) => return None,
             }
         }
-        let first = self.names.ident(&ids[0]);
+        let first = self.names.ident(ids.first()?);
         let pf = Frame {
             rels,
             using,
