@@ -31,12 +31,17 @@ fn time(rounds: usize, per_round: u32, mut f: impl FnMut()) -> (Duration, Durati
 }
 
 fn main() {
+    // An optional argument scales the work (e.g. `1` under valgrind).
+    let per_round: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200);
     let facts = analyze(SQL, SqlDialect::BigQuery);
     assert!(facts.opaque.is_none(), "benchmark query must be understood");
-    let (analyze_med, analyze_min) = time(30, 200, || {
+    let (analyze_med, analyze_min) = time(30, per_round, || {
         black_box(analyze(black_box(SQL), SqlDialect::BigQuery));
     });
-    let (parse_med, parse_min) = time(30, 200, || {
+    let (parse_med, parse_min) = time(30, per_round, || {
         let _ = black_box(Parser::parse_sql(&BigQueryDialect {}, black_box(SQL)));
     });
     println!("query: {} bytes", SQL.len());

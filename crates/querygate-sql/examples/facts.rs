@@ -1,7 +1,7 @@
 //! Prints the facts `analyze` reports for SQL read from stdin: `cargo run -p querygate-sql
 //! --example facts -- [bigquery|postgres] < query.sql`. A debugging aid; no IO beyond stdin/stdout.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use querygate_sql::{SqlDialect, analyze};
 
@@ -15,5 +15,6 @@ fn main() {
         eprintln!("cannot read stdin: {e}");
         std::process::exit(2);
     }
-    print!("{}", analyze(&sql, dialect));
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = write!(std::io::stdout(), "{}", analyze(&sql, dialect));
 }

@@ -13,7 +13,7 @@ use sqlparser::ast::{
 use crate::SqlDialect;
 use crate::functions;
 use crate::names::function_name;
-use crate::scope::{AliasMode, Frame, Lineage, lookup_named, union};
+use crate::scope::{Frame, Lineage, lookup_named, union};
 use crate::walk::{Walker, addr};
 
 impl Walker<'_> {
@@ -32,8 +32,9 @@ impl Walker<'_> {
             // `current_schema`, `current_role`, …: SQL-standard niladic functions, not columns.
             return Lineage::default();
         }
-        if self.names.dialect == SqlDialect::BigQuery && id.value.starts_with("@@") {
-            // System variables hold no table data, except the message of a caught error.
+        if self.names.dialect == SqlDialect::BigQuery && id.value.starts_with('@') {
+            // Query parameters (`@ids`) and system variables (`@@time_zone`) hold no table
+            // data, except the message of a caught error.
             if id.value.to_ascii_lowercase().starts_with("@@error") {
                 self.opaque(
                     "@@error can carry data from the statement that failed (error text); \
@@ -49,14 +50,11 @@ impl Walker<'_> {
         let mut cur = f;
         while let Some(fr) = cur {
             let mut sure = false;
-            if let Some((cols, mode)) = fr.aliases
+            if let Some(cols) = fr.aliases
                 && let Some(l) = lookup_named(cols, names, &name)
             {
                 acc.add(l);
                 found = true;
-                if mode == AliasMode::Prefer {
-                    return acc;
-                }
                 sure = true;
             }
             for (n, l) in fr.using {
@@ -109,6 +107,7 @@ impl Walker<'_> {
         let Some(first) = ids.first() else {
             return Lineage::default();
         };
+        let first_name = names.ident(first);
         // Inner FROM items that might have a struct column named like the qualifier.
         let mut maybe = Lineage::default();
         let mut cur = f;
@@ -127,7 +126,7 @@ impl Walker<'_> {
             // local struct column `a` may be meant. PostgreSQL needs `(a).b` for that.
             if names.dialect == SqlDialect::BigQuery {
                 for rel in fr.rels {
-                    if let Some((l, _)) = rel.column(names, &parts[0]) {
+                    if let Some((l, _)) = rel.column(names, &first_name) {
                         maybe.add(l);
                     }
                 }

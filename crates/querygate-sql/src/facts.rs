@@ -213,6 +213,32 @@ impl StatementFacts {
         }
     }
 
+    /// The name of the statement's kind (`"select"`, `"delete"`, …).
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// Why this statement is not read-only, in words for a denial message; empty when it is.
+    pub fn not_read_only_reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(why) = &self.opaque {
+            out.push(format!("SQL querygate cannot analyze ({why})"));
+        }
+        if self.kind != StatementKind::Select {
+            out.push(self.kind.name().to_uppercase());
+        } else if !self.writes.is_empty() {
+            let names: Vec<String> = self.writes.iter().map(TableRef::name).collect();
+            out.push(format!("a write to {}", names.join(", ")));
+        }
+        if self.locks {
+            out.push("row locks (FOR UPDATE/SHARE)".into());
+        }
+        for f in self.side_effecting_functions() {
+            out.push(format!("the function {f}"));
+        }
+        out
+    }
+
     /// The functions this statement calls that change state or reach outside the query
     /// (`nextval`, `pg_terminate_backend`, `dblink_exec`, `lo_export`, …).
     pub fn side_effecting_functions(&self) -> impl Iterator<Item = &str> {
@@ -257,6 +283,28 @@ impl Facts {
         self.opaque.is_none()
             && !self.statements.is_empty()
             && self.statements.iter().all(StatementFacts::read_only)
+    }
+
+    /// Why the text is not read-only, in words for a denial message (deduplicated, in statement
+    /// order); empty when [`Facts::read_only`] holds.
+    pub fn not_read_only_reasons(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if self.statements.is_empty() {
+            out.push("no statement".into());
+        }
+        for s in &self.statements {
+            for r in s.not_read_only_reasons() {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+        if out.is_empty()
+            && let Some(why) = &self.opaque
+        {
+            out.push(format!("SQL querygate cannot analyze ({why})"));
+        }
+        out
     }
 
     /// Every table read by any statement, sorted and deduplicated.

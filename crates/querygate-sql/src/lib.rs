@@ -8,7 +8,28 @@
 //! Parsing never fails from the caller's point of view: text the grammar cannot read, and SQL the
 //! analyzer cannot fully understand, becomes `Facts { opaque: Some(why), .. }` (the default policy
 //! for opaque SQL is deny). The analyzer has no schema, so where a name could mean several things
-//! it reports every candidate: facts over-approximate, they never silently drop a source.
+//! it reports every candidate: facts over-approximate, they never silently drop a source. (A
+//! consumer with the schema can drop candidate columns a table does not have.)
+//!
+//! # What is opaque
+//!
+//! - text sqlparser cannot parse (the parser's message is the reason): BigQuery
+//!   `ML.PREDICT(MODEL …)`, `CREATE TABLE … COPY`, BigQuery `CREATE PROCEDURE … BEGIN … END`,
+//!   BigQuery `LOOP`, `WHILE … DO`, `REPEAT`, `FOR … IN`, PostgreSQL `DO $$ … $$` and `$$`-quoted
+//!   function bodies;
+//! - dynamic SQL: `EXECUTE IMMEDIATE`, PostgreSQL `EXECUTE` of a prepared statement, and
+//!   functions that run SQL text (`query_to_xml`, `dblink*`, `EXTERNAL_QUERY`, …);
+//! - table functions other than PostgreSQL's pure set-returning ones (what they read is unknown),
+//!   `CREATE FUNCTION` whose body contains a query or is SQL text, `COPY … PROGRAM`;
+//! - names that resolve to nothing, `@@error` (it can echo data from a failed statement), a
+//!   variable passed to `CALL` and read afterwards, `SET @@dataset_id`/`@@project_id`, a table
+//!   name that differs from a CTE name only in case (BigQuery);
+//! - BigQuery pipe syntax, lambdas, and clauses of other dialects sqlparser accepts (Snowflake
+//!   `EXCLUDE`, ClickHouse `SETTINGS`, MSSQL `OUTPUT`, …);
+//! - anything the walker did not account for: an independent pass over the AST lists every
+//!   identifier expression and table name, and any the walker skipped makes the statement opaque;
+//! - input beyond the resource bounds: more than [`MAX_OPERATORS`] operators, nesting deeper than
+//!   the walker's depth limit (200), or more than a million walk steps per call.
 //!
 //! This crate must not do IO, must not panic on any input, and must not recurse without bound:
 //! long operator chains are refused before parsing, and every walk is depth-limited.
@@ -70,10 +91,25 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
         SqlDialect::BigQuery => &BigQueryDialect {},
         SqlDialect::Postgres => &PostgreSqlDialect {},
     };
+    // BigQuery ends `--` and `#` comments at a carriage return too; sqlparser only at a line
+    // feed, so `-- c\rDELETE …` would hide the DELETE. Line breaks only separate tokens, so
+    // turning every CR into LF changes no fact.
+    let normalized;
+    let sql = if dialect == SqlDialect::BigQuery && sql.contains('\r') {
+        normalized = sql.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        sql
+    };
     let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
         Err(e) => return opaque(format!("querygate cannot parse this SQL: {e}")),
     };
+    if dialect == SqlDialect::BigQuery
+        && let Some(why) = lexical_mismatch(tokens.iter().map(|t| &t.token))
+    {
+        return opaque(why);
+    }
     let operators = tokens.iter().filter(|t| is_operator(&t.token)).count();
     if operators > MAX_OPERATORS {
         return opaque(format!(
@@ -109,6 +145,41 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
         statements: script.out,
         opaque,
     }
+}
+
+/// BigQuery tokens that BigQuery and sqlparser delimit differently. In BigQuery a backslash
+/// escapes the next character inside back-ticked names, raw strings and bytes literals (so `\'`
+/// does not close `r'…'`); sqlparser ends those tokens at the first closing quote. A token that sqlparser ends
+/// right after an odd run of backslashes is therefore longer in BigQuery, and what sqlparser
+/// reads as the next tokens (possibly a whole statement) is text inside it, or the other way
+/// round.
+fn lexical_mismatch<'a>(tokens: impl Iterator<Item = &'a Token>) -> Option<String> {
+    fn odd_trailing_backslashes(s: &str) -> bool {
+        s.chars().rev().take_while(|c| *c == '\\').count() % 2 == 1
+    }
+    for t in tokens {
+        let suspicious = match t {
+            Token::Word(w) => w.quote_style == Some('`') && odd_trailing_backslashes(&w.value),
+            // sqlparser reads these without backslash escapes; BigQuery pairs `\x` in all of
+            // them (bytes literals are escaped like strings).
+            Token::SingleQuotedRawStringLiteral(s)
+            | Token::DoubleQuotedRawStringLiteral(s)
+            | Token::TripleSingleQuotedRawStringLiteral(s)
+            | Token::TripleDoubleQuotedRawStringLiteral(s)
+            | Token::SingleQuotedByteStringLiteral(s)
+            | Token::DoubleQuotedByteStringLiteral(s)
+            | Token::TripleSingleQuotedByteStringLiteral(s)
+            | Token::TripleDoubleQuotedByteStringLiteral(s) => odd_trailing_backslashes(s),
+            _ => false,
+        };
+        if suspicious {
+            return Some(format!(
+                "`{t}` ends in a backslash, which BigQuery reads as escaping the closing quote; \
+                 querygate refuses text it would read differently from BigQuery"
+            ));
+        }
+    }
+    None
 }
 
 /// Tokens that can extend an operator chain.

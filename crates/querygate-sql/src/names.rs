@@ -27,7 +27,16 @@ impl Names {
     /// and aliases are case-insensitive; PostgreSQL names were folded by [`Names::ident`].
     pub fn same(&self, a: &str, b: &str) -> bool {
         match self.dialect {
-            SqlDialect::BigQuery => a == b || a.to_lowercase() == b.to_lowercase(),
+            SqlDialect::BigQuery => {
+                a == b
+                    || if a.is_ascii() && b.is_ascii() {
+                        a.eq_ignore_ascii_case(b)
+                    } else {
+                        a.chars()
+                            .flat_map(char::to_lowercase)
+                            .eq(b.chars().flat_map(char::to_lowercase))
+                    }
+            }
             SqlDialect::Postgres => a == b,
         }
     }

@@ -47,15 +47,17 @@ impl Lineage {
 }
 
 /// Sorted column references with `t.x` dropped where `t.*` is present.
-pub(crate) fn normalized(refs: impl IntoIterator<Item = ColumnRef>) -> Vec<ColumnRef> {
-    let set: BTreeSet<ColumnRef> = refs.into_iter().collect();
-    let all: BTreeSet<&TableRef> = set
+pub(crate) fn normalized(refs: &BTreeSet<ColumnRef>) -> Vec<ColumnRef> {
+    let all: Vec<&TableRef> = refs
         .iter()
         .filter(|c| c.is_all())
         .map(|c| &c.table)
         .collect();
-    set.iter()
-        .filter(|c| c.is_all() || !all.contains(&c.table))
+    if all.is_empty() {
+        return refs.iter().cloned().collect();
+    }
+    refs.iter()
+        .filter(|c| c.is_all() || !all.contains(&&c.table))
         .cloned()
         .collect()
 }
@@ -106,13 +108,13 @@ impl Col {
         match self {
             Col::Named { name, lin } => OutputColumn {
                 name: name.clone(),
-                sources: normalized(lin.refs.iter().cloned()),
+                sources: normalized(&lin.refs),
                 whole_row: lin.whole_row || lin.refs.iter().any(ColumnRef::is_all),
                 except: vec![],
             },
             Col::Anon { lin } => OutputColumn {
                 name: String::new(),
-                sources: normalized(lin.refs.iter().cloned()),
+                sources: normalized(&lin.refs),
                 whole_row: lin.whole_row || lin.refs.iter().any(ColumnRef::is_all),
                 except: vec![],
             },
@@ -127,7 +129,7 @@ impl Col {
             },
             Col::Any { lin } => OutputColumn {
                 name: "*".into(),
-                sources: normalized(lin.refs.iter().cloned()),
+                sources: normalized(&lin.refs),
                 whole_row: lin.whole_row,
                 except: vec![],
             },
@@ -279,22 +281,15 @@ pub(crate) struct CteDef {
     pub cols: Vec<Col>,
 }
 
-/// How output aliases take part in name resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AliasMode {
-    /// ORDER BY: an output alias wins over input columns.
-    Prefer,
-    /// GROUP BY, HAVING, QUALIFY: both may be meant; keep both.
-    Union,
-}
-
 /// One level of name scope. Frames chain outwards through `parent`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Frame<'a> {
     pub rels: &'a [Rel],
     pub using: &'a [(String, Lineage)],
     pub ctes: &'a [CteDef],
-    pub aliases: Option<(&'a [Col], AliasMode)>,
+    /// Output columns whose aliases GROUP BY, HAVING, QUALIFY and ORDER BY may name; a name
+    /// that is both an alias and an input column keeps both lineages.
+    pub aliases: Option<&'a [Col]>,
     pub parent: Option<&'a Frame<'a>>,
 }
 

@@ -8,7 +8,8 @@
 use sqlparser::ast::{
     ConditionalStatementBlock, ConditionalStatements, CopySource, CopyTarget, CreateFunction,
     CreateFunctionBody, CreateProcedureBody, CreateTableLikeKind, DeclareAssignment, Expr,
-    GrantObjects, ObjectName, ObjectNamePart, Query, RaiseStatementValue, Set, Statement,
+    GrantObjects, ObjectName, ObjectNamePart, Query, RaiseStatementValue, SchemaName, Set,
+    Statement,
 };
 
 use crate::SqlDialect;
@@ -102,6 +103,16 @@ impl Script {
                         w.expr(d, None);
                     }
                 }
+                let inner = match body {
+                    CreateProcedureBody::As(c) => conditional(c),
+                    CreateProcedureBody::BeginAtomic(b) => &b.statements,
+                };
+                // The body's tables are accounted for by the body's own entries below.
+                for st in inner {
+                    for (address, _) in guard::relations(st) {
+                        w.seen_rels.insert(address);
+                    }
+                }
                 let facts = finish(w, StatementKind::Create, vec![], s, Check::Nothing);
                 self.out.push(facts);
                 for p in params.iter().flatten() {
@@ -110,10 +121,6 @@ impl Script {
                         .entry(p.name.value.to_lowercase())
                         .or_default();
                 }
-                let inner = match body {
-                    CreateProcedureBody::As(c) => conditional(c),
-                    CreateProcedureBody::BeginAtomic(b) => &b.statements,
-                };
                 for st in inner {
                     self.statement(st);
                 }
@@ -152,7 +159,7 @@ impl Script {
         let mut output: Vec<Col> = Vec::new();
         let mut new_vars: Vec<(String, Lineage)> = Vec::new();
         // Tables this statement creates, with what their columns will hold.
-        let mut created: Vec<(Vec<String>, Vec<Col>)> = Vec::new();
+        let mut created: Vec<(TableRef, Vec<Col>)> = Vec::new();
         // Variables a procedure call may overwrite.
         let mut clobbered: Vec<String> = Vec::new();
         let (kind, check) = match s {
@@ -215,7 +222,7 @@ impl Script {
                     None => Check::Nothing,
                 };
                 if let Some(t) = target {
-                    created.push((t.parts, cols));
+                    created.push((t, cols));
                 }
                 (kind, check)
             }
@@ -225,7 +232,7 @@ impl Script {
                 w.acc.written.extend(cols.iter().map(Col::to_output));
                 if let Some(t) = target {
                     w.acc.writes.insert(t.clone());
-                    created.push((t.parts, cols));
+                    created.push((t, cols));
                 }
                 (StatementKind::Create, Check::Query(&v.query))
             }
@@ -234,10 +241,24 @@ impl Script {
                 (StatementKind::Export, Check::Query(&e.query))
             }
             Statement::Copy {
-                source, to, target, ..
+                source,
+                to,
+                target,
+                payload,
+                ..
             } => {
                 if let CopyTarget::Program { .. } = target {
                     w.opaque("COPY … PROGRAM runs a command on the database server");
+                }
+                // The parser takes the lines after `COPY … FROM STDIN` as inline data, so any
+                // statement written there would go unseen. Data belongs in the COPY protocol.
+                if let Some(p) = payload
+                    && (p.terminated || !p.data.trim().is_empty())
+                {
+                    w.opaque(
+                        "text after COPY … FROM STDIN is read as inline data and not analyzed; \
+                         send COPY data through the COPY protocol",
+                    );
                 }
                 match source {
                     CopySource::Table {
@@ -420,6 +441,18 @@ impl Script {
                 }
                 (StatementKind::Create, Check::Nothing)
             }
+            Statement::CreateSchema { schema_name, .. } => {
+                if let SchemaName::Simple(name) | SchemaName::NamedAuthorization(name, _) =
+                    schema_name
+                    && let Some(t) = w.table(name)
+                {
+                    w.acc.writes.insert(t);
+                }
+                if guard::contains_query(s) {
+                    w.opaque("CREATE SCHEMA with a query is not analyzed");
+                }
+                (StatementKind::Create, Check::Nothing)
+            }
             Statement::ExplainTable { table_name, .. } => {
                 read_table(&mut w, table_name, false);
                 (StatementKind::Other, Check::Nothing)
@@ -447,8 +480,14 @@ impl Script {
                 });
             }
         }
-        for (parts, cols) in created {
-            self.state.tables.insert(parts, cols);
+        for (t, mut cols) in created {
+            // The name may still mean an existing table (IF NOT EXISTS, a failed CREATE caught
+            // by an exception handler): keep the table's own columns as candidates too.
+            cols.push(Col::Star {
+                table: t.clone(),
+                except: vec![],
+            });
+            self.state.tables.insert(t.parts, cols);
         }
         self.out.push(facts);
         for (name, lin) in new_vars {
@@ -498,6 +537,15 @@ impl Script {
                     new_vars.push((var, lin));
                 }
                 SqlDialect::Postgres => {
+                    let lower = name.to_ascii_lowercase();
+                    if lower.contains("standard_conforming_strings")
+                        || lower.contains("backslash_quote")
+                    {
+                        w.opaque(format!(
+                            "SET {name} changes how the server reads string literals, so later \
+                             SQL could mean something else than querygate analyzed"
+                        ));
+                    }
                     // Session settings: their values are words, not column references.
                     for v in values {
                         w.skip_idents(v);
@@ -774,8 +822,8 @@ fn build(w: Walker<'_>, kind: StatementKind, output: Vec<Col>) -> StatementFacts
         functions: acc.functions.into_iter().collect(),
         output: output.iter().map(Col::to_output).collect(),
         written: acc.written,
-        predicates: normalized(acc.predicates),
-        ordering: normalized(acc.ordering),
+        predicates: normalized(&acc.predicates),
+        ordering: normalized(&acc.ordering),
         locks: acc.locks,
         opaque: w.opaque,
     }

@@ -6,6 +6,7 @@
 //! opaque rather than narrowing what is reported; it must never guess a smaller answer, and it
 //! must not panic.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlparser::ast::{
@@ -21,15 +22,23 @@ use crate::facts::{ColumnRef, OutputColumn, StatementKind, TableRef};
 use crate::functions;
 use crate::guard;
 use crate::names::{Names, function_name};
-use crate::scope::{AliasMode, Col, CteDef, Frame, Lineage, Rel, RelKind, combine, rename, union};
+use crate::scope::{
+    Col, CteDef, Frame, Lineage, Rel, RelKind, combine, lookup_named, rename, union,
+};
 
 /// How deep the walker recurses before it gives up (opaque). sqlparser's own recursion limit
 /// (50) keeps real queries far below this.
 pub(crate) const MAX_DEPTH: usize = 200;
 
+/// How many steps (queries, FROM items, expressions) one `analyze` call may take: bounds the
+/// work adversarial input can cause (nested recursive CTEs multiply it) to well under a second.
+pub(crate) const MAX_STEPS: usize = 1_000_000;
+
 /// What earlier statements of the same script left behind for later ones.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ScriptState {
+    /// Steps left for the whole script (see [`MAX_STEPS`]).
+    pub budget: Cell<usize>,
     /// Script variables (BigQuery `DECLARE`/`SET`, procedure parameters, lower case) and what
     /// they hold.
     pub vars: HashMap<String, Lineage>,
@@ -38,6 +47,17 @@ pub(crate) struct ScriptState {
     /// Tables and views created by earlier statements (`CREATE TEMP TABLE t AS …`), by name
     /// parts, with what their columns hold: reading them later is reading those sources.
     pub tables: HashMap<Vec<String>, Vec<Col>>,
+}
+
+impl Default for ScriptState {
+    fn default() -> Self {
+        ScriptState {
+            budget: Cell::new(MAX_STEPS),
+            vars: HashMap::new(),
+            unknown_vars: HashSet::new(),
+            tables: HashMap::new(),
+        }
+    }
 }
 
 /// Facts accumulated while walking one statement.
@@ -66,7 +86,7 @@ pub(crate) struct Walker<'v> {
     /// `SELECT … INTO table` is allowed at this point (top level of a statement only).
     into_ok: bool,
     /// Tables created by `SELECT … INTO`, with their columns.
-    pub selected_into: Vec<(Vec<String>, Vec<Col>)>,
+    pub selected_into: Vec<(TableRef, Vec<Col>)>,
     /// The named windows (`WINDOW w AS (…)`) of the SELECT being walked, with their lineage.
     pub(crate) named_windows: Vec<(String, Lineage)>,
     pub(crate) depth: usize,
@@ -113,6 +133,12 @@ impl<'v> Walker<'v> {
 
     pub(crate) fn enter(&mut self) -> bool {
         self.depth += 1;
+        let budget = self.script.budget.get();
+        if budget == 0 {
+            self.opaque("the SQL is too complex to analyze; simplify it");
+            return false;
+        }
+        self.script.budget.set(budget - 1);
         if self.depth > MAX_DEPTH {
             self.opaque(format!(
                 "the statement nests deeper than {MAX_DEPTH} levels; simplify it"
@@ -249,24 +275,12 @@ impl<'v> Walker<'v> {
         ctes: &[CteDef],
         parent: Option<&Frame<'_>>,
     ) -> Vec<Col> {
-        // Seed with the anchor (the leftmost branch, which cannot reference the CTE itself).
-        let mut anchor = body.body.as_ref();
-        while let SetExpr::SetOperation { left, .. } = anchor {
-            anchor = left.as_ref();
-        }
-        let mut cols = {
-            let fr = Frame {
-                ctes,
-                ..Frame::new(parent)
-            };
-            let seed = if self.enter() {
-                self.set_expr(anchor, Some(&fr), None, false)
-            } else {
-                vec![]
-            };
-            self.leave();
-            rename(seed, new_names)
-        };
+        // Start with a self-reference of unknown shape (any column, no sources) and iterate
+        // until what the CTE carries stops growing.
+        let mut cols = vec![Col::Any {
+            lin: Lineage::default(),
+        }];
+        let mut first = true;
         for _ in 0..8 {
             let mut visible = ctes.to_vec();
             visible.push(CteDef {
@@ -278,7 +292,12 @@ impl<'v> Walker<'v> {
                 ..Frame::new(parent)
             };
             let next = rename(self.query(body, Some(&fr)), new_names);
-            let next = combine(vec![cols.clone(), next]);
+            let next = if first {
+                first = false;
+                next
+            } else {
+                combine(vec![cols.clone(), next])
+            };
             if next == cols {
                 return cols;
             }
@@ -388,7 +407,7 @@ impl<'v> Walker<'v> {
     ) {
         let Some(ob) = order_by else { return };
         let fr = Frame {
-            aliases: Some((out, AliasMode::Prefer)),
+            aliases: Some(out),
             ..Frame::new(f)
         };
         self.order_by(ob, out, &fr);
@@ -420,6 +439,14 @@ impl<'v> Walker<'v> {
     ) -> Lineage {
         if item.with_fill.is_some() {
             self.opaque("ORDER BY … WITH FILL is not analyzed");
+        }
+        // A bare name that is an output alias means that output column (both dialects); inside
+        // an expression PostgreSQL reads input columns instead, so there both are kept.
+        if let Expr::Identifier(id) = &item.expr
+            && let Some(l) = lookup_named(out, self.names, &self.names.ident(id))
+        {
+            self.seen_idents.insert(addr(&item.expr));
+            return l;
         }
         self.group_item(&item.expr, out, fr)
     }
@@ -495,7 +522,7 @@ impl<'v> Walker<'v> {
             self.acc.predicates.extend(l.refs);
         }
         let af = Frame {
-            aliases: Some((&out, AliasMode::Union)),
+            aliases: Some(&out),
             ..fr
         };
         match &s.group_by {
@@ -520,7 +547,7 @@ impl<'v> Walker<'v> {
         }
         if let Some(ob) = order_by {
             let of = Frame {
-                aliases: Some((&out, AliasMode::Prefer)),
+                aliases: Some(&out),
                 ..fr
             };
             self.order_by(ob, &out, &of);
@@ -556,7 +583,7 @@ impl<'v> Walker<'v> {
             self.seen_idents.insert(addr(target));
             match self.names.table_ref(&ObjectName::from(parts)) {
                 Ok(t) => {
-                    self.selected_into.push((t.parts.clone(), out.to_vec()));
+                    self.selected_into.push((t.clone(), out.to_vec()));
                     self.acc.writes.insert(t);
                 }
                 Err(why) => self.opaque(why),
@@ -1214,7 +1241,7 @@ impl<'v> Walker<'v> {
                 ObjectNamePart::Function(_) => return None,
             }
         }
-        let first = self.names.ident(&ids[0]);
+        let first = self.names.ident(ids.first()?);
         let pf = Frame {
             rels,
             using,

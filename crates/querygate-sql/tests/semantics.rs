@@ -46,6 +46,25 @@ fn api_contract() {
     assert_eq!(t.qualified("proj"), "proj.ds.t");
     assert_eq!(f.reads().len(), 1);
     assert!(f.writes().is_empty());
+    assert!(f.not_read_only_reasons().is_empty());
+    // The old call site `facts.statements.iter().map(|k| k.name())` still reads kinds.
+    assert_eq!(
+        f.statements.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        ["select"]
+    );
+    let f = pg("SELECT nextval('s') FROM t FOR UPDATE; DELETE FROM t");
+    assert_eq!(
+        f.not_read_only_reasons(),
+        [
+            "row locks (FOR UPDATE/SHARE)",
+            "the function NEXTVAL",
+            "DELETE"
+        ]
+    );
+    assert_eq!(
+        pg("SELECT * INTO x FROM t").not_read_only_reasons(),
+        ["CREATE"]
+    );
 }
 
 #[test]
@@ -93,6 +112,8 @@ fn row13_dynamic_sql_and_procedures() {
     assert!(!f.read_only());
     let f = pg("CREATE PROCEDURE p() AS BEGIN DELETE FROM t; END");
     assert_eq!(kinds(&f), [K::Create, K::Delete]);
+    assert!(f.opaque.is_none(), "{f}");
+    assert_eq!(tables(&f.statements[1].writes), ["t"]);
 }
 
 #[test]
@@ -405,4 +426,20 @@ fn long_chains_are_refused_or_walked_without_recursion() {
         vec!["1"; 100_000].join(",")
     ));
     assert!(f.opaque.is_none(), "{:?}", f.opaque);
+}
+
+#[test]
+fn nested_recursive_ctes_stay_cheap() {
+    let mut sql = "SELECT ssn AS a FROM ds.users".to_string();
+    for i in 0..20 {
+        sql = format!(
+            "WITH RECURSIVE r{i} AS ({sql} UNION ALL SELECT a FROM r{i}) SELECT a FROM r{i}"
+        );
+    }
+    let start = std::time::Instant::now();
+    let f = survives(sql);
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    if f.opaque.is_none() {
+        assert_eq!(names(&only_output(&f).sources), ["ds.users.ssn"]);
+    }
 }
