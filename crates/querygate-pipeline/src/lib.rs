@@ -636,8 +636,22 @@ impl Subject {
                 }
             }
         }
+        // A SELECT that calls a side-effecting function (nextval, pg_terminate_backend, …) or
+        // takes row locks is not a read: rules see it as `other`, which no read rule allows.
+        let kinds = facts
+            .statements
+            .iter()
+            .map(|st| {
+                let read = st.read_only() || st.opaque.is_some();
+                if st.kind == StatementKind::Select && !read {
+                    StatementKind::Other
+                } else {
+                    st.kind
+                }
+            })
+            .collect();
         Subject {
-            kinds: facts.kinds().collect(),
+            kinds,
             tables,
             opaque: facts.opaque.clone(),
         }

@@ -328,3 +328,18 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
     assert_eq!(last.bytes_estimate, Some(2000));
     assert_eq!(last.statement_kinds, vec!["select"]);
 }
+
+#[test]
+fn a_select_with_side_effects_is_not_a_read() {
+    let facts = querygate_sql::analyze("SELECT nextval('s')", querygate_sql::SqlDialect::Postgres);
+    assert_eq!(Subject::of(&facts, "p").kinds, vec![StatementKind::Other]);
+    let facts = querygate_sql::analyze(
+        "SELECT a FROM d.t WHERE b = 1",
+        querygate_sql::SqlDialect::BigQuery,
+    );
+    let s = Subject::of(&facts, "p");
+    assert_eq!(s.kinds, vec![StatementKind::Select]);
+    assert_eq!(s.tables.len(), 1);
+    assert_eq!(s.tables[0].name, "p.d.t");
+    assert_eq!(s.tables[0].filtered, vec!["b"]);
+}
