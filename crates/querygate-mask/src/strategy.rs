@@ -4,8 +4,8 @@
 //! `redact` is BigQuery's "default masking value" for the type, `null` a typed NULL,
 //! `last4` keeps the last four characters of a string, `email_domain` keeps what follows
 //! the `@`. `hash` is a keyed SHA-256 (joinable, not reversible without the key): in SQL
-//! the key travels as a query parameter the gateway adds and strips from every job
-//! resource it returns, never as text in the statement.
+//! the key is referenced as a query parameter (never as text in the statement), which the
+//! masking rewrite is to add and strip from every job resource it returns — not wired yet.
 
 use sha2::{Digest, Sha256};
 
