@@ -23,6 +23,8 @@ pub struct Ownership {
     pub owns_job: bool,
     /// The caller created the job whose hidden result table the request reads.
     pub owns_result_table: bool,
+    /// The row limit the job's query was decided with, applied to each of its pages.
+    pub job_row_limit: Option<u64>,
 }
 
 pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Ownership) -> Gate {

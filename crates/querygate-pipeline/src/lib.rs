@@ -245,20 +245,18 @@ impl Pipeline {
             .as_ref()
             .map(|l| (l.rows, l.message.clone()))
             .or_else(|| {
-                // Pages of a job carry the limit its query was decided with.
-                match &request.action {
-                Action::ReadJob { job_id } => self
-                    .store
-                    .job(source_name, job_id)
-                    .ok()
-                    .flatten()
-                    .and_then(|j| j.row_limit)
-                    .map(|rows| (rows, format!(
-                        "Access Denied: the result of job {job_id} has more than {rows} rows, \
-                         over the limit a policy rule sets; narrow the query"
-                    ))),
-                _ => None,
-            }
+                // Pages of a job carry the limit its query was decided with (read once, when
+                // ownership was checked).
+                match (&request.action, ownership.job_row_limit) {
+                    (Action::ReadJob { job_id }, Some(rows)) => Some((
+                        rows,
+                        format!(
+                            "Access Denied: the result of job {job_id} has more than {rows} rows, \
+                             over the limit a policy rule sets; narrow the query"
+                        ),
+                    )),
+                    _ => None,
+                }
             });
         let withheld = row_limit
             .filter(|(rows, _)| summary.total_rows.is_some_and(|t| t > *rows))
@@ -447,10 +445,12 @@ impl Pipeline {
         let store_fault = |e: querygate_store::StoreError| Fault::gateway(e.to_string());
         Ok(match &request.action {
             Action::ReadJob { job_id } | Action::CancelJob { job_id } => {
-                let owner = self.store.job(source, job_id).map_err(store_fault)?;
+                let job = self.store.job(source, job_id).map_err(store_fault)?;
+                let owns_job = job.as_ref().is_some_and(|j| j.identity == identity.owner());
                 Ownership {
-                    owns_job: owner.is_some_and(|j| j.identity == identity.owner()),
+                    owns_job,
                     owns_result_table: false,
+                    job_row_limit: job.and_then(|j| j.row_limit).filter(|_| owns_job),
                 }
             }
             Action::ReadRows {
@@ -462,6 +462,7 @@ impl Pipeline {
                 result_table: true,
             } => Ownership {
                 owns_job: false,
+                job_row_limit: None,
                 owns_result_table: self
                     .store
                     .owns_destination(source, &identity.owner(), table)
