@@ -212,11 +212,9 @@ async fn bad_key_and_writes_never_reach_the_source() {
 async fn unwritable_audit_log_fails_closed() {
     let dir = tmp("closed");
     let p = pipeline(&dir);
-    // Make every append fail: a trigger that aborts inserts, as a full disk would.
-    rusqlite_exec(
-        &dir.join("qg.db"),
-        "CREATE TRIGGER no_insert BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-    );
+    // Make every append fail, as a store that stopped writing would (a failing disk is
+    // the store's own test).
+    p.store().close();
     let src = Echo::default();
     let out = p
         .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
@@ -227,11 +225,6 @@ async fn unwritable_audit_log_fails_closed() {
         0,
         "nothing may run unaudited"
     );
-}
-
-fn rusqlite_exec(path: &std::path::Path, sql: &str) {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    conn.execute_batch(sql).expect("exec");
 }
 
 #[tokio::test]

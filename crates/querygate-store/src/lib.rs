@@ -1,13 +1,15 @@
 //! The store: the audit chain, job ownership, usage and stored API keys, in one SQLite
-//! file (WAL).
+//! file (WAL) and its journal.
 //!
-//! Writes go through one writer thread that commits whatever is queued in one
-//! transaction (group commit) with `synchronous = FULL`, so a returned `append`
-//! means the record is on disk. The writer reads the chain head inside each
-//! `BEGIN IMMEDIATE` transaction, so several gateway processes sharing the file
-//! still build one chain. Reads use their own connection and never wait for the writer.
+//! Writes go through one writer thread that appends whatever is queued to the journal in
+//! one write and one `fdatasync` (group commit), so a returned `append` means the record
+//! is on disk; SQLite indexes journalled entries a few milliseconds later (see
+//! [`writer`]). One gateway process writes a store: the journal's file lock refuses a
+//! second. Reads use their own connection and never wait for the writer; what is
+//! journalled but not yet indexed is visible to lookups through the pending overlay.
 //! This crate knows nothing of HTTP, policy or SQL.
 
+mod journal;
 mod keys;
 mod reader;
 mod schema;
@@ -16,6 +18,7 @@ mod writer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use querygate_core::AuditRecord;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -40,7 +43,7 @@ pub enum StoreError {
 }
 
 /// A job created through the gateway, and who owns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobRow {
     pub source: String,
     pub job_id: String,
@@ -62,13 +65,56 @@ pub struct Alongside {
     pub usage: Option<u64>,
 }
 
-/// What is queued but not yet committed, so lookups see it at once.
+/// What is queued or journalled but not yet indexed in SQLite, so lookups see it at once.
 #[derive(Debug, Default)]
 struct Queued {
-    /// Job claims by (source, job id).
-    claims: HashMap<(String, String), JobRow>,
+    /// Job claims by (source, job id), merged as SQLite merges them, with how many
+    /// claims of the job are still to be indexed.
+    claims: HashMap<(String, String), (JobRow, u32)>,
     /// Usage by (identity, day).
     usage: HashMap<(String, String), u64>,
+}
+
+impl Queued {
+    fn hold_claim(&mut self, job: &JobRow) {
+        let key = (job.source.clone(), job.job_id.clone());
+        match self.claims.get_mut(&key) {
+            // The first owner stays; later claims add what they know.
+            Some((held, n)) => {
+                held.destination = job.destination.clone().or(held.destination.take());
+                held.schema = job.schema.clone().or(held.schema.take());
+                held.row_limit = held.row_limit.or(job.row_limit);
+                *n += 1;
+            }
+            None => {
+                self.claims.insert(key, (job.clone(), 1));
+            }
+        }
+    }
+
+    fn release_claim(&mut self, job: &JobRow) {
+        let key = (job.source.clone(), job.job_id.clone());
+        if let Some((_, n)) = self.claims.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.claims.remove(&key);
+            }
+        }
+    }
+
+    fn hold_usage(&mut self, identity: &str, day: String, bytes: u64) {
+        *self.usage.entry((identity.to_string(), day)).or_default() += bytes;
+    }
+
+    fn release_usage(&mut self, identity: &str, day: &str, bytes: u64) {
+        let key = (identity.to_string(), day.to_string());
+        if let Some(v) = self.usage.get_mut(&key) {
+            *v = v.saturating_sub(bytes);
+            if *v == 0 {
+                self.usage.remove(&key);
+            }
+        }
+    }
 }
 
 type Pending = Arc<Mutex<Queued>>;
@@ -92,9 +138,17 @@ enum Op {
 /// Handle to the store used by a running gateway. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
-    ops: mpsc::Sender<Op>,
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
     reads: Mutex<Connection>,
     pending: Pending,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Store {
+    /// Lets the writer index what is left and empty the journal before the file is let go.
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -111,26 +165,87 @@ impl Store {
 
     /// Opens the store with a chosen durability (see [`Sync`]).
     pub fn open_with(path: &Path, sync: Sync) -> Result<Store, StoreError> {
+        Store::start(path, sync, journal::Journal::create)
+    }
+
+    /// Opens the store, appending to the journal file `journal` opens (tests put a
+    /// device that is always full there).
+    fn start(
+        path: &Path,
+        sync: Sync,
+        journal: impl FnOnce(&Path, u64) -> std::io::Result<journal::Journal>,
+    ) -> Result<Store, StoreError> {
         let err = sqlite_err(path);
-        let write_conn = schema::open(path, sync).map_err(&err)?;
-        let reads = schema::open(path, sync).map_err(&err)?;
+        let failed = |message: String| StoreError::Failed {
+            path: path.display().to_string(),
+            message,
+        };
+        let lock =
+            journal::Lock::take(path, Duration::from_secs(2)).map_err(|e| failed(e.to_string()))?;
+        // SQLite is an index of the journal: its commits need not sync (see writer).
+        let mut conn = schema::open(path, Sync::Normal).map_err(&err)?;
+        let reads = schema::open(path, Sync::Normal).map_err(&err)?;
+        let (head, file) = recover(&mut conn, path).map_err(|e| failed(format!("journal: {e}")))?;
+        let journal =
+            journal(path, file).map_err(|e| failed(format!("cannot create the journal: {e}")))?;
         let (tx, rx) = mpsc::channel();
-        let p = path.to_path_buf();
         let pending: Pending = Arc::default();
-        let writer_pending = pending.clone();
-        std::thread::Builder::new()
+        let w = writer::Writer {
+            store: path.to_path_buf(),
+            journal,
+            file,
+            sync,
+            head,
+            pending: pending.clone(),
+            lock,
+        };
+        let writer = std::thread::Builder::new()
             .name("querygate-store".into())
-            .spawn(move || writer::run(write_conn, p, rx, writer_pending))
-            .map_err(|e| StoreError::Failed {
-                path: path.display().to_string(),
-                message: format!("cannot start writer thread: {e}"),
-            })?;
+            .spawn(move || writer::run(w, rx, conn))
+            .map_err(|e| failed(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             path: path.to_path_buf(),
-            ops: tx,
+            ops: Mutex::new(Some(tx)),
             reads: Mutex::new(reads),
             pending,
+            writer: Mutex::new(Some(writer)),
         })
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .send(op)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Stops writing: what is queued is journalled and indexed, the journal is emptied
+    /// and the store's lock let go. Every later write fails (and so its request is
+    /// refused). Blocks until the writer has finished.
+    pub fn close(&self) {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+    }
+
+    fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds a record's claim and usage in the overlay until the writer indexes them.
+    fn hold(&self, record: &AuditRecord, alongside: &Alongside) {
+        let mut queued = self.queued();
+        if let Some(job) = &alongside.claim {
+            queued.hold_claim(job);
+        }
+        if let Some(bytes) = alongside.usage.filter(|b| *b > 0) {
+            queued.hold_usage(&record.identity, day_of(record), bytes);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -149,22 +264,19 @@ impl Store {
         record: AuditRecord,
         alongside: Alongside,
     ) -> Result<u64, StoreError> {
+        self.hold(&record, &alongside);
         let mut claimed = None;
         if let Some(job) = alongside.claim {
             let (ack, done) = oneshot::channel();
-            self.ops
-                .send(Op::ClaimJob { job, ack })
-                .map_err(|_| StoreError::WriterGone)?;
+            self.send(Op::ClaimJob { job, ack })?;
             claimed = Some(done);
         }
         let (ack, done) = oneshot::channel();
-        self.ops
-            .send(Op::Append {
-                record: Box::new(record),
-                usage: alongside.usage,
-                ack,
-            })
-            .map_err(|_| StoreError::WriterGone)?;
+        self.send(Op::Append {
+            record: Box::new(record),
+            usage: alongside.usage,
+            ack,
+        })?;
         // The writer takes operations in order, so the claim commits in the same batch as
         // the record or an earlier one; awaiting both reports either failure.
         if let Some(claimed) = claimed {
@@ -177,62 +289,39 @@ impl Store {
     /// that need not be durable before the caller goes on (a request's completion). Job
     /// claims are visible to [`Store::job`] and friends at once.
     pub fn enqueue(&self, record: AuditRecord, alongside: Alongside) -> Result<(), StoreError> {
+        self.hold(&record, &alongside);
         if let Some(job) = alongside.claim {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .claims
-                .insert((job.source.clone(), job.job_id.clone()), job.clone());
             let (ack, _) = oneshot::channel();
-            self.ops
-                .send(Op::ClaimJob { job, ack })
-                .map_err(|_| StoreError::WriterGone)?;
-        }
-        if let Some(bytes) = alongside.usage.filter(|b| *b > 0) {
-            let key = (record.identity.clone(), day_of(&record));
-            *self
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .usage
-                .entry(key)
-                .or_default() += bytes;
+            self.send(Op::ClaimJob { job, ack })?;
         }
         let (ack, _) = oneshot::channel();
-        self.ops
-            .send(Op::Append {
-                record: Box::new(record),
-                usage: alongside.usage,
-                ack,
-            })
-            .map_err(|_| StoreError::WriterGone)
+        self.send(Op::Append {
+            record: Box::new(record),
+            usage: alongside.usage,
+            ack,
+        })
     }
 
-    /// Waits until everything queued so far is committed (at shutdown).
+    /// Waits until everything queued so far is durable and indexed (readers see it).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
-        self.ops
-            .send(Op::Flush { ack })
-            .map_err(|_| StoreError::WriterGone)?;
+        self.send(Op::Flush { ack })?;
         done.await.map_err(|_| StoreError::WriterGone)?.map(|_| ())
     }
 
     fn pending_job(&self, source: &str, job_id: &str) -> Option<JobRow> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.queued()
             .claims
             .get(&(source.to_string(), job_id.to_string()))
-            .cloned()
+            .map(|(job, _)| job.clone())
     }
 
     /// Records (or updates) a job's owner, destination and schema durably.
     /// An existing owner is never replaced.
     pub async fn claim_job(&self, job: JobRow) -> Result<(), StoreError> {
+        self.queued().hold_claim(&job);
         let (ack, done) = oneshot::channel();
-        self.ops
-            .send(Op::ClaimJob { job, ack })
-            .map_err(|_| StoreError::WriterGone)?;
+        self.send(Op::ClaimJob { job, ack })?;
         done.await.map_err(|_| StoreError::WriterGone)?.map(|_| ())
     }
 
@@ -264,17 +353,9 @@ impl Store {
         identity: &str,
         table: &str,
     ) -> Result<bool, StoreError> {
-        let queued = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .claims
-            .values()
-            .any(|j| {
-                j.source == source
-                    && j.identity == identity
-                    && j.destination.as_deref() == Some(table)
-            });
+        let queued = self.queued().claims.values().any(|(j, _)| {
+            j.source == source && j.identity == identity && j.destination.as_deref() == Some(table)
+        });
         if queued {
             return Ok(true);
         }
@@ -289,9 +370,7 @@ impl Store {
     /// Bytes `identity` used on `day` (`YYYY-MM-DD`, UTC), from completed requests.
     pub fn usage(&self, identity: &str, day: &str) -> Result<u64, StoreError> {
         let queued = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .queued()
             .usage
             .get(&(identity.to_string(), day.to_string()))
             .copied()
@@ -316,19 +395,69 @@ impl Store {
             .query_map(params![source, identity], |r| r.get::<_, String>(0))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(sqlite_err(&self.path))?;
-        for j in self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .claims
-            .values()
-        {
+        for (j, _) in self.queued().claims.values() {
             if j.source == source && j.identity == identity && !ids.contains(&j.job_id) {
                 ids.push(j.job_id.clone());
             }
         }
         Ok(ids)
     }
+}
+
+/// Indexes what the journal holds beyond SQLite (the gateway stopped before indexing it),
+/// syncs SQLite and deletes the journal files. Returns the chain head and the number of
+/// the next journal file.
+fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), String> {
+    let head: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| e.to_string())?;
+    let (mut seq, mut hash) = head
+        .map_or((0, querygate_core::audit::GENESIS.to_string()), |(s, h)| {
+            (s as u64, h)
+        });
+    let files = journal::files(store).map_err(|e| e.to_string())?;
+    let entries = journal::read(store).map_err(|e| e.to_string())?;
+    let mut replay = Vec::new();
+    for entry in entries {
+        match &entry {
+            journal::Entry::Record { seq: s, .. } if *s <= seq => continue,
+            journal::Entry::Record {
+                seq: s,
+                prev_hash,
+                hash: h,
+                ..
+            } => {
+                if *s != seq + 1 || *prev_hash != hash {
+                    return Err(format!(
+                        "record {s} does not continue the chain at {seq}; \
+                         run `querygate audit verify` and keep this file for inspection"
+                    ));
+                }
+                seq = *s;
+                hash = h.clone();
+            }
+            journal::Entry::Claim(_) => {}
+        }
+        replay.push(entry);
+    }
+    if !replay.is_empty() {
+        tracing::info!(
+            entries = replay.len(),
+            "indexing audit journal entries left by the last run"
+        );
+        writer::insert(conn, &replay).map_err(|e| e.to_string())?;
+    }
+    writer::settle(store)?;
+    for (_, path) in &files {
+        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let next = files.last().map_or(1, |(n, _)| n + 1);
+    Ok(((seq, hash), next))
 }
 
 /// The UTC day (`YYYY-MM-DD`) a record's usage counts for.

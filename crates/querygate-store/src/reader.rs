@@ -1,7 +1,9 @@
 //! Reading the audit log back: search, tail, export and chain verification.
 //!
 //! Used by the `querygate audit` commands, which may run while a gateway is writing
-//! (WAL lets readers proceed). Reads never change the file.
+//! (WAL lets readers proceed). Records still in the journal (not yet indexed, or left by
+//! a gateway that stopped abruptly) are read after SQLite's, so nothing durable is
+//! missed. Reads never change either file.
 
 use std::path::Path;
 
@@ -9,6 +11,7 @@ use querygate_core::AuditRecord;
 use querygate_core::audit::{ChainBreak, ChainRow, ChainVerifier};
 use rusqlite::{Connection, params};
 
+use crate::journal::{self, Entry};
 use crate::{StoreError, schema, sqlite_err};
 
 /// Which records to return. Empty fields match everything.
@@ -94,6 +97,55 @@ impl Reader {
         })
     }
 
+    /// Every row of the chain in order: SQLite's, then the journal's beyond them.
+    fn rows(
+        &self,
+        mut each: impl FnMut(ChainRow) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")
+            .map_err(self.err())?;
+        let mut rows = st.query(params![]).map_err(self.err())?;
+        let mut last = 0;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let chain_row = ChainRow {
+                seq: row.get::<_, i64>(0).map_err(self.err())? as u64,
+                record: row.get(1).map_err(self.err())?,
+                prev_hash: row.get(2).map_err(self.err())?,
+                hash: row.get(3).map_err(self.err())?,
+            };
+            last = chain_row.seq;
+            if !each(chain_row)? {
+                return Ok(());
+            }
+        }
+        let entries = journal::read(Path::new(&self.path)).map_err(|e| StoreError::Failed {
+            path: self.path.clone(),
+            message: format!("cannot read the journal: {e}"),
+        })?;
+        for entry in entries {
+            if let Entry::Record {
+                seq,
+                record,
+                prev_hash,
+                hash,
+                ..
+            } = entry
+                && seq > last
+                && !each(ChainRow {
+                    seq,
+                    record,
+                    prev_hash,
+                    hash,
+                })?
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.clone(),
@@ -109,27 +161,20 @@ impl Reader {
         last: Option<usize>,
         mut each: impl FnMut(&StoredRecord),
     ) -> Result<(), StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")
-            .map_err(self.err())?;
-        let mut rows = st.query(params![]).map_err(self.err())?;
         let mut tail = std::collections::VecDeque::new();
-        while let Some(row) = rows.next().map_err(self.err())? {
-            let seq: i64 = row.get(0).map_err(self.err())?;
-            let text: String = row.get(1).map_err(self.err())?;
+        self.rows(|row| {
             let record: AuditRecord =
-                serde_json::from_str(&text).map_err(|e| StoreError::Failed {
+                serde_json::from_str(&row.record).map_err(|e| StoreError::Failed {
                     path: self.path.clone(),
-                    message: format!("record {seq} is not a valid audit record: {e}"),
+                    message: format!("record {} is not a valid audit record: {e}", row.seq),
                 })?;
             if !filter.matches(&record) {
-                continue;
+                return Ok(true);
             }
             let record = StoredRecord {
                 record,
-                prev_hash: row.get(2).map_err(self.err())?,
-                hash: row.get(3).map_err(self.err())?,
+                prev_hash: row.prev_hash,
+                hash: row.hash,
             };
             match last {
                 Some(n) => {
@@ -140,29 +185,25 @@ impl Reader {
                 }
                 None => each(&record),
             }
-        }
+            Ok(true)
+        })?;
         tail.iter().for_each(each);
         Ok(())
     }
 
     /// Walks the whole chain. `Ok(Err(break))` names the first bad record.
     pub fn verify(&self) -> Result<Result<VerifyReport, ChainBreak>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")
-            .map_err(self.err())?;
-        let mut rows = st.query(params![]).map_err(self.err())?;
         let mut verifier = ChainVerifier::default();
-        while let Some(row) = rows.next().map_err(self.err())? {
-            let chain_row = ChainRow {
-                seq: row.get::<_, i64>(0).map_err(self.err())? as u64,
-                record: row.get(1).map_err(self.err())?,
-                prev_hash: row.get(2).map_err(self.err())?,
-                hash: row.get(3).map_err(self.err())?,
-            };
-            if let Err(b) = verifier.check(&chain_row) {
-                return Ok(Err(b));
+        let mut broken = None;
+        self.rows(|row| match verifier.check(&row) {
+            Ok(()) => Ok(true),
+            Err(b) => {
+                broken = Some(b);
+                Ok(false)
             }
+        })?;
+        if let Some(b) = broken {
+            return Ok(Err(b));
         }
         Ok(Ok(VerifyReport {
             records: verifier.count(),

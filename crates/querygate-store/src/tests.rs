@@ -280,3 +280,127 @@ fn stored_keys_are_found_by_hash_and_revoked_from_another_connection() {
     );
     assert_eq!(admin.list().expect("list").len(), 3);
 }
+
+/// What a gateway killed between journalling and indexing leaves behind: records and a
+/// claim in the journal only. Readers see them at once; the next open indexes them.
+#[tokio::test]
+async fn journalled_records_survive_a_crash_before_indexing() {
+    let (dir, path) = store_with(3).await;
+    let head = verify(&path).expect("intact");
+    assert_eq!(head.records, 3);
+    let mut prev = head.head.clone();
+    let mut entries = Vec::new();
+    for seq in 4..=5u64 {
+        let mut r = record(&format!("SELECT {seq} -- after the crash"));
+        r.seq = seq;
+        let encoded = r.canonical();
+        let hash = querygate_core::audit::chain_hash(&prev, &encoded);
+        entries.push(journal::Entry::Record {
+            seq,
+            record: encoded,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+            usage: Some(("agent:x".into(), "2026-11-27".into(), 1000)),
+        });
+    }
+    entries.push(journal::Entry::Claim(JobRow {
+        source: "s".into(),
+        job_id: "crashed_job".into(),
+        identity: "agent:x".into(),
+        ..JobRow::default()
+    }));
+    {
+        let _lock = journal::Lock::take(&path, Duration::ZERO).expect("lock");
+        let mut j = journal::Journal::create(&path, 7).expect("journal");
+        j.append(&entries, true).expect("append");
+    }
+    // Before any gateway reopens the store, `audit verify` already covers them.
+    assert_eq!(verify(&path).expect("intact").records, 5);
+
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store
+            .job("s", "crashed_job")
+            .expect("read")
+            .map(|j| j.identity),
+        Some("agent:x".into())
+    );
+    assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), 2000);
+    // The chain goes on from the recovered head.
+    assert_eq!(store.append(record("SELECT 6")).await.expect("append"), 6);
+    drop(store);
+    assert_eq!(verify(&path).expect("intact").records, 6);
+    assert!(
+        journal::files(&path).expect("list").is_empty(),
+        "a clean stop leaves no journal behind"
+    );
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_second_writer_on_the_same_store_is_refused() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let _first = Store::open(&path).expect("open");
+    let err = Store::open_with(&path, Sync::Full).expect_err("the first store holds the lock");
+    assert!(
+        err.to_string().contains("another querygate process"),
+        "{err}"
+    );
+}
+
+/// A failing disk: the group's append fails, every caller hears it, nothing is acknowledged
+/// as durable, and the chain head does not move.
+#[tokio::test]
+async fn a_failed_journal_write_fails_every_caller_in_the_group() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::start(&path, Sync::Full, |_, _| {
+        journal::Journal::failing(dir.0.join("failing.journal"))
+    })
+    .expect("open");
+    let err = store
+        .append(record("SELECT 1"))
+        .await
+        .expect_err("disk full");
+    assert!(err.to_string().contains("write failed"), "{err}");
+    let claim = JobRow {
+        source: "s".into(),
+        job_id: "j".into(),
+        identity: "agent:x".into(),
+        ..JobRow::default()
+    };
+    let claimed = store
+        .append_with(
+            record("SELECT 2"),
+            Alongside {
+                claim: Some(claim),
+                usage: None,
+            },
+        )
+        .await;
+    assert!(claimed.is_err());
+    assert_eq!(
+        store.job("s", "j").expect("read"),
+        None,
+        "no claim is left behind"
+    );
+    drop(store);
+    assert_eq!(verify(&path).expect("intact").records, 0);
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_writes() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::open(&path).expect("open");
+    store.append(record("SELECT 1")).await.expect("append");
+    store.close();
+    assert!(matches!(
+        store.append(record("SELECT 2")).await,
+        Err(StoreError::WriterGone)
+    ));
+    // The lock is let go: another process (here, another handle) can take over.
+    let again = Store::open(&path).expect("reopen");
+    assert_eq!(again.append(record("SELECT 3")).await.expect("append"), 2);
+}

@@ -1,31 +1,102 @@
-//! The writer thread: group commit of audit records and job claims.
+//! The writer and indexer threads: group commit of audit records and job claims.
 //!
-//! It blocks for the first queued operation, takes whatever else is already queued
-//! (up to [`MAX_BATCH`]), applies them all in one `BEGIN IMMEDIATE` transaction and
-//! acknowledges each only after the commit. A failed batch fails every operation in
-//! it, so callers never believe an unwritten record is durable.
+//! The writer blocks for the first queued operation, takes whatever else is already
+//! queued (up to [`MAX_BATCH`]), chains the records, appends the whole group to the
+//! journal in one write and one `fdatasync`, and only then acknowledges each operation.
+//! A failed write fails every operation in the group and leaves the chain head where it
+//! was, so callers never believe an unwritten record is durable.
+//!
+//! The indexer writes journalled entries into SQLite in batches (once the oldest has
+//! waited [`INDEX_AFTER`], when [`INDEX_BATCH`] entries wait, or on a flush) on its own
+//! thread, so SQLite's page writes and checkpoints never hold up a durable append. Until
+//! an entry is indexed, the claims and usage it carries stay in the pending overlay.
+//! When a journal file passes [`JOURNAL_MAX`], the writer starts the next one; the
+//! indexer deletes the full file after an index commit with `synchronous = FULL`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use querygate_core::audit::{GENESIS, chain_hash};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use querygate_core::audit::chain_hash;
+use rusqlite::{Connection, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
-use crate::{Op, Pending, StoreError};
+use crate::journal::{Entry, Journal, Lock};
+use crate::{Op, Pending, StoreError, Sync};
 
 const MAX_BATCH: usize = 512;
-/// How long a batch may wait for more operations when requests are arriving concurrently.
+/// How long a group may wait for more operations when requests are arriving concurrently.
 const LINGER: Duration = Duration::from_micros(250);
+/// Longest time a journalled entry waits to be indexed. Readers see journalled records
+/// at once (they read the journal after SQLite), and lookups see claims and usage through
+/// the pending overlay, so this only sets how large SQLite's batches get.
+const INDEX_AFTER: Duration = Duration::from_millis(100);
+/// Longest time a queued completion waits to be synced when nothing else syncs it.
+const SYNC_AFTER: Duration = Duration::from_millis(10);
+/// Entries that are indexed at once, whatever the time.
+const INDEX_BATCH: usize = 2048;
+/// Size past which the writer starts a new journal file.
+const JOURNAL_MAX: u64 = 8 << 20;
 
-pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>, pending: Pending) {
+pub(crate) struct Writer {
+    pub(crate) store: PathBuf,
+    pub(crate) journal: Journal,
+    /// The number of the journal file being appended to.
+    pub(crate) file: u64,
+    pub(crate) sync: Sync,
+    /// Chain head: the last journalled record's seq and hash.
+    pub(crate) head: (u64, String),
+    pub(crate) pending: Pending,
+    /// Held for as long as the writer runs.
+    pub(crate) lock: Lock,
+}
+
+/// What the writer hands the indexer, in journal order.
+enum Index {
+    Entries(Vec<Entry>),
+    /// Index everything now and answer.
+    Flush(oneshot::Sender<Result<u64, StoreError>>),
+    /// This journal file is complete: delete it once SQLite durably holds it.
+    Full(PathBuf),
+}
+
+pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
+    let (to_index, index_rx) = mpsc::channel();
+    let store = w.store.clone();
+    let pending = w.pending.clone();
+    let indexer = std::thread::Builder::new()
+        .name("querygate-index".into())
+        .spawn(move || index_loop(conn, store, index_rx, pending));
+    let indexer = match indexer {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the audit indexer thread");
+            return;
+        }
+    };
     let mut last_batch = 0;
-    while let Ok(first) = ops.recv() {
+    let mut unsynced = false;
+    loop {
+        let first = if unsynced {
+            match ops.recv_timeout(SYNC_AFTER) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    unsynced = !w.sync_now();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match ops.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            }
+        };
         let mut batch = vec![first];
-        // Under concurrency (the last batch held several operations), wait a moment for
-        // more: every commit rewrites whole pages and syncs, so fewer, larger commits
-        // carry more requests per core. A lone client never waits.
-        let linger = (last_batch > 2).then(|| Instant::now() + LINGER);
+        // Under concurrency (the last group held several callers waiting), wait a moment
+        // for more, so that one sync carries more requests. A lone client never waits
+        // (its queued completion and claim are not callers waiting).
+        let linger = (last_batch > 1).then(|| Instant::now() + LINGER);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
                 Ok(op) => batch.push(op),
@@ -41,51 +112,57 @@ pub(crate) fn run(mut conn: Connection, path: PathBuf, ops: mpsc::Receiver<Op>, 
                 },
             }
         }
-        last_batch = batch.len();
-        match commit(&mut conn, &mut batch) {
-            Ok(results) => {
-                let mut queued = pending.lock().unwrap_or_else(|e| e.into_inner());
-                for op in &batch {
+        last_batch = batch.iter().filter(|op| awaited(op)).count();
+
+        let (entries, seqs, head) = w.chain(&mut batch);
+        // Sync only when someone waits for durability (a decided record, a flush). Queued
+        // completions ride on the next sync, or the one made when the queue goes quiet.
+        let sync = w.sync == Sync::Full && batch.iter().any(awaited);
+        match w.journal.append(&entries, sync) {
+            Ok(()) => {
+                w.head = head;
+                unsynced = w.sync == Sync::Full && (unsynced || !sync);
+                if !entries.is_empty() {
+                    let _ = to_index.send(Index::Entries(entries));
+                }
+                for (op, seq) in batch.into_iter().zip(seqs) {
                     match op {
-                        Op::ClaimJob { job, .. } => {
-                            queued
-                                .claims
-                                .remove(&(job.source.clone(), job.job_id.clone()));
+                        Op::Flush { ack } => {
+                            let _ = to_index.send(Index::Flush(ack));
                         }
-                        Op::Append {
-                            record,
-                            usage: Some(bytes),
-                            ..
-                        } => {
-                            let key = (record.identity.clone(), crate::day_of(record));
-                            if let Some(v) = queued.usage.get_mut(&key) {
-                                *v = v.saturating_sub(*bytes);
-                                if *v == 0 {
-                                    queued.usage.remove(&key);
-                                }
-                            }
-                        }
-                        _ => {}
+                        op => ack(op, Ok(seq)),
                     }
                 }
-                drop(queued);
-                for (op, seq) in batch.into_iter().zip(results) {
-                    ack(op, Ok(seq));
+                if w.journal.len() >= JOURNAL_MAX {
+                    w.next_file(&to_index);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, path = %path.display(), "audit store write failed");
+                tracing::error!(error = %e, path = %w.store.display(), "audit journal write failed");
+                let failed = || StoreError::Failed {
+                    path: w.store.display().to_string(),
+                    message: format!("write failed: {e}"),
+                };
+                // Nothing of the group is journalled: release what callers held for it.
+                forget_ops(&batch, &w.pending);
                 for op in batch {
-                    ack(
-                        op,
-                        Err(StoreError::Failed {
-                            path: path.display().to_string(),
-                            message: format!("write failed: {e}"),
-                        }),
-                    );
+                    ack(op, Err(failed()));
                 }
             }
         }
+    }
+    // Shutting down: the indexer indexes what is left, syncs SQLite and deletes the
+    // journal files; then the lock is let go.
+    w.sync_now();
+    let _ = to_index.send(Index::Full(w.journal.path().to_path_buf()));
+    drop(to_index);
+    let _ = indexer.join();
+    drop(w.lock);
+}
+
+fn awaited(op: &Op) -> bool {
+    match op {
+        Op::Append { ack, .. } | Op::ClaimJob { ack, .. } | Op::Flush { ack } => !ack.is_closed(),
     }
 }
 
@@ -96,17 +173,244 @@ fn ack(op: Op, result: Result<u64, StoreError>) {
     };
 }
 
-fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>> {
+/// Releases the overlay entries callers held for operations that were never journalled.
+fn forget_ops(batch: &[Op], pending: &Pending) {
+    let mut queued = pending.lock().unwrap_or_else(|e| e.into_inner());
+    for op in batch {
+        match op {
+            Op::ClaimJob { job, .. } => queued.release_claim(job),
+            Op::Append {
+                record,
+                usage: Some(bytes),
+                ..
+            } if *bytes > 0 => {
+                queued.release_usage(&record.identity, &crate::day_of(record), *bytes)
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Writer {
+    /// Gives each record of the group its place in the chain. Returns the journal entries,
+    /// each operation's result, and the head after the group (applied only once written).
+    fn chain(&self, batch: &mut [Op]) -> (Vec<Entry>, Vec<u64>, (u64, String)) {
+        let (mut seq, mut prev) = self.head.clone();
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for op in batch.iter_mut() {
+            match op {
+                Op::Append { record, usage, .. } => {
+                    seq += 1;
+                    record.seq = seq;
+                    let encoded = record.canonical();
+                    let hash = chain_hash(&prev, &encoded);
+                    entries.push(Entry::Record {
+                        seq,
+                        record: encoded,
+                        prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                        hash,
+                        usage: usage
+                            .filter(|b| *b > 0)
+                            .map(|b| (record.identity.clone(), crate::day_of(record), b)),
+                    });
+                    seqs.push(seq);
+                }
+                Op::ClaimJob { job, .. } => {
+                    entries.push(Entry::Claim(job.clone()));
+                    seqs.push(0);
+                }
+                Op::Flush { .. } => seqs.push(0),
+            }
+        }
+        (entries, seqs, (seq, prev))
+    }
+
+    /// Syncs queued completions; `true` when done.
+    fn sync_now(&self) -> bool {
+        match self.journal.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.store.display(), "cannot sync the audit journal");
+                false
+            }
+        }
+    }
+
+    /// Starts the next journal file and hands the full one to the indexer.
+    fn next_file(&mut self, to_index: &mpsc::Sender<Index>) {
+        match Journal::create(&self.store, self.file + 1) {
+            Ok(next) => {
+                self.sync_now();
+                let full = std::mem::replace(&mut self.journal, next);
+                self.file += 1;
+                let _ = to_index.send(Index::Full(full.path().to_path_buf()));
+            }
+            // Keep appending to the current file; the next group tries again.
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.store.display(), "cannot start a new audit journal file")
+            }
+        }
+    }
+}
+
+/// The indexer: journalled entries into SQLite, in batches.
+fn index_loop(mut conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, pending: Pending) {
+    let mut waiting: Vec<Entry> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    let mut full: Vec<PathBuf> = Vec::new();
+    loop {
+        let msg = match oldest {
+            None => rx.recv().ok(),
+            Some(t) => {
+                match rx.recv_timeout((t + INDEX_AFTER).saturating_duration_since(Instant::now())) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = index(
+                            &mut conn,
+                            &store,
+                            &pending,
+                            &mut waiting,
+                            &mut oldest,
+                            &mut full,
+                        );
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some(msg) = msg else { break };
+        match msg {
+            Index::Entries(entries) => {
+                waiting.extend(entries);
+                oldest.get_or_insert_with(Instant::now);
+                if waiting.len() >= INDEX_BATCH
+                    || oldest.is_some_and(|t| t.elapsed() >= INDEX_AFTER)
+                {
+                    let _ = index(
+                        &mut conn,
+                        &store,
+                        &pending,
+                        &mut waiting,
+                        &mut oldest,
+                        &mut full,
+                    );
+                }
+            }
+            Index::Flush(ack) => {
+                let result = index(
+                    &mut conn,
+                    &store,
+                    &pending,
+                    &mut waiting,
+                    &mut oldest,
+                    &mut full,
+                );
+                let _ = ack.send(result.map(|()| 0).map_err(|message| StoreError::Failed {
+                    path: store.display().to_string(),
+                    message,
+                }));
+            }
+            Index::Full(path) => {
+                full.push(path);
+                let _ = index(
+                    &mut conn,
+                    &store,
+                    &pending,
+                    &mut waiting,
+                    &mut oldest,
+                    &mut full,
+                );
+            }
+        }
+    }
+    let _ = index(
+        &mut conn,
+        &store,
+        &pending,
+        &mut waiting,
+        &mut oldest,
+        &mut full,
+    );
+}
+
+/// Writes waiting entries into SQLite and takes them out of the pending overlay. With
+/// full journal files to delete, syncs SQLite's files first. On failure the entries stay
+/// waiting (they are durable in the journal) and are retried.
+fn index(
+    conn: &mut Connection,
+    store: &Path,
+    pending: &Pending,
+    waiting: &mut Vec<Entry>,
+    oldest: &mut Option<Instant>,
+    full: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    if waiting.is_empty() && full.is_empty() {
+        *oldest = None;
+        return Ok(());
+    }
+    let result = insert(conn, waiting).map_err(|e| e.to_string());
+    let result = match result {
+        Ok(()) if !full.is_empty() => settle(store),
+        r => r,
+    };
+    match result {
+        Ok(()) => {
+            let mut queued = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for e in waiting.iter() {
+                match e {
+                    Entry::Claim(job) => queued.release_claim(job),
+                    Entry::Record {
+                        usage: Some((identity, day, bytes)),
+                        ..
+                    } => queued.release_usage(identity, day, *bytes),
+                    Entry::Record { .. } => {}
+                }
+            }
+            drop(queued);
+            waiting.clear();
+            *oldest = None;
+            for path in full.drain(..) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::error!(error = %e, path = %path.display(), "cannot delete an indexed audit journal file");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, path = %store.display(), "indexing the audit journal failed; will retry");
+            *oldest = Some(Instant::now());
+            Err(format!("indexing failed: {e}"))
+        }
+    }
+}
+
+/// Syncs SQLite's database and WAL files: every commit so far is then on disk, whatever
+/// `synchronous` each was made with.
+pub(crate) fn settle(store: &Path) -> Result<(), String> {
+    for suffix in ["", "-wal"] {
+        let mut name = store.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::File::open(&name).and_then(|f| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot sync {}: {e}",
+                    PathBuf::from(name).display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Indexes entries in one transaction.
+pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(batch.len());
     {
-        let head: Option<(i64, String)> = tx
-            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (last, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
-        let mut seq = last as u64;
-        let mut insert = tx.prepare_cached(
+        let mut record = tx.prepare_cached(
             "INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut claim = tx.prepare_cached(
@@ -121,23 +425,21 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
             "INSERT INTO usage (identity, day, bytes) VALUES (?1, ?2, ?3)
              ON CONFLICT (identity, day) DO UPDATE SET bytes = usage.bytes + excluded.bytes",
         )?;
-        for op in batch.iter_mut() {
-            match op {
-                Op::Append { record, usage, .. } => {
-                    if let Some(bytes) = usage.filter(|b| *b > 0) {
-                        let day = crate::day_of(record);
-                        spend.execute(params![record.identity, day, bytes as i64])?;
+        for e in entries {
+            match e {
+                Entry::Record {
+                    seq,
+                    record: encoded,
+                    prev_hash,
+                    hash,
+                    usage,
+                } => {
+                    if let Some((identity, day, bytes)) = usage {
+                        spend.execute(params![identity, day, *bytes as i64])?;
                     }
-                    seq += 1;
-                    record.seq = seq;
-                    let encoded = record.canonical();
-                    let hash = chain_hash(&prev, &encoded);
-                    insert.execute(params![seq as i64, encoded, prev, hash])?;
-                    prev = hash;
-                    results.push(seq);
+                    record.execute(params![*seq as i64, encoded, prev_hash, hash])?;
                 }
-                Op::Flush { .. } => results.push(0),
-                Op::ClaimJob { job, .. } => {
+                Entry::Claim(job) => {
                     claim.execute(params![
                         job.source,
                         job.job_id,
@@ -146,11 +448,9 @@ fn commit(conn: &mut Connection, batch: &mut [Op]) -> rusqlite::Result<Vec<u64>>
                         job.schema,
                         job.row_limit.map(|v| v as i64)
                     ])?;
-                    results.push(0);
                 }
             }
         }
     }
-    tx.commit()?;
-    Ok(results)
+    tx.commit()
 }

@@ -1,0 +1,353 @@
+//! The journal: an append-only file beside the SQLite file where audit records and job
+//! claims become durable before SQLite indexes them.
+//!
+//! Making a record durable costs one `write` and one `fdatasync` of a few hundred bytes
+//! per group of records, instead of a SQLite commit that rewrites every B-tree page it
+//! touched. The indexer thread writes journalled entries into SQLite in large batches a
+//! few milliseconds later. The journal is a series of files, `<store>.journal.<n>`: once
+//! one passes [`crate::writer`]'s size limit the writer starts the next, and the indexer
+//! deletes the full one after a synced SQLite commit holds all of it. At open, entries
+//! SQLite does not hold yet (the gateway stopped before indexing them) are indexed first,
+//! so nothing acknowledged is ever lost.
+//!
+//! A frame is `len: u32 LE`, `crc32(payload): u32 LE`, then `len` bytes of JSON. A torn
+//! frame at the end (a crash in the middle of a write, which was never acknowledged)
+//! ends the readable journal; everything before it is intact.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::JobRow;
+
+/// Largest frame accepted when reading (a record holds a whole statement, never truncated).
+const MAX_FRAME: u32 = 64 << 20;
+
+/// One journalled entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Entry {
+    /// An audit record in its chain position, with the usage committed along with it.
+    Record {
+        seq: u64,
+        record: String,
+        prev_hash: String,
+        hash: String,
+        /// (identity, day, bytes) to add to usage.
+        usage: Option<(String, String, u64)>,
+    },
+    /// A job claim (idempotent: an existing owner is never replaced).
+    Claim(JobRow),
+}
+
+impl Entry {
+    fn to_json(&self) -> Value {
+        match self {
+            Entry::Record {
+                seq,
+                record,
+                prev_hash,
+                hash,
+                usage,
+            } => json!({
+                "t": "record", "seq": seq, "record": record, "prev": prev_hash, "hash": hash,
+                "usage": usage.as_ref().map(|(i, d, b)| json!([i, d, b])),
+            }),
+            Entry::Claim(j) => json!({
+                "t": "claim", "source": j.source, "job_id": j.job_id, "identity": j.identity,
+                "destination": j.destination, "schema": j.schema, "row_limit": j.row_limit,
+            }),
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Entry> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        match v.get("t")?.as_str()? {
+            "record" => Some(Entry::Record {
+                seq: v.get("seq")?.as_u64()?,
+                record: s("record")?,
+                prev_hash: s("prev")?,
+                hash: s("hash")?,
+                usage: match v.get("usage") {
+                    Some(Value::Array(a)) => Some((
+                        a.first()?.as_str()?.to_string(),
+                        a.get(1)?.as_str()?.to_string(),
+                        a.get(2)?.as_u64()?,
+                    )),
+                    _ => None,
+                },
+            }),
+            "claim" => Some(Entry::Claim(JobRow {
+                source: s("source")?,
+                job_id: s("job_id")?,
+                identity: s("identity")?,
+                destination: s("destination"),
+                schema: s("schema"),
+                row_limit: v.get("row_limit").and_then(Value::as_u64),
+            })),
+            _ => None,
+        }
+    }
+}
+
+fn with_suffix(store: &Path, suffix: &str) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The path of journal file `n` of a store: `querygate.db` → `querygate.db.journal.<n>`.
+pub(crate) fn file_of(store: &Path, n: u64) -> PathBuf {
+    with_suffix(store, &format!(".journal.{n}"))
+}
+
+/// The store's journal files in order, with their numbers.
+pub(crate) fn files(store: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let dir = match store.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = format!(
+        "{}.journal.",
+        store.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.push((n, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads every journal file of a store, in order (for recovery and for `audit` commands,
+/// which read without locking). A torn tail ends a file's entries.
+pub(crate) fn read(store: &Path) -> std::io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for (_, path) in files(store)? {
+        match std::fs::read(&path) {
+            Ok(bytes) => entries.extend(parse(&bytes).0),
+            // Deleted by the indexer between listing and reading: SQLite holds it now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(entries)
+}
+
+/// The store's writer lock, `<store>.lock`: one gateway process writes a store (a second
+/// would fork the chain). Released when dropped.
+pub(crate) struct Lock(#[allow(dead_code)] File);
+
+impl Lock {
+    /// Takes the lock, waiting up to `wait` for a process that is shutting down.
+    pub(crate) fn take(store: &Path, wait: Duration) -> std::io::Result<Lock> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(with_suffix(store, ".lock"))?;
+        let until = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(std::io::Error::other(
+                        "another querygate process is writing this store; \
+                         give each gateway its own [store] path",
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        Ok(Lock(file))
+    }
+}
+
+/// One journal file being appended to.
+pub(crate) struct Journal {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl Journal {
+    /// Creates journal file `n` (the caller holds the store's [`Lock`]).
+    pub(crate) fn create(store: &Path, n: u64) -> std::io::Result<Journal> {
+        Journal::at(file_of(store, n))
+    }
+
+    /// Opens (creating) a journal file at `path`.
+    pub(crate) fn at(path: PathBuf) -> std::io::Result<Journal> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Journal {
+            file,
+            path,
+            len,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A journal whose every write fails, as on a full or failing disk (for tests; the
+    /// machines the tests run on do not all have `/dev/full`).
+    #[cfg(test)]
+    pub(crate) fn failing(path: PathBuf) -> std::io::Result<Journal> {
+        std::fs::write(&path, b"")?;
+        let file = OpenOptions::new().read(true).open(&path)?;
+        Ok(Journal {
+            file,
+            path,
+            len: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends entries in one write; with `sync`, returns once they are on disk.
+    pub(crate) fn append(&mut self, entries: &[Entry], sync: bool) -> std::io::Result<()> {
+        self.buf.clear();
+        for e in entries {
+            let payload = serde_json::to_vec(&e.to_json()).map_err(std::io::Error::other)?;
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| *l <= MAX_FRAME)
+                .ok_or_else(|| std::io::Error::other("journal entry too large"))?;
+            self.buf.extend_from_slice(&len.to_le_bytes());
+            self.buf
+                .extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            self.buf.extend_from_slice(&payload);
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // A partial write must not stay in front of the next frames.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        if sync && let Err(e) = self.file.sync_data() {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += self.buf.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+fn parse(bytes: &[u8]) -> (Vec<Entry>, u64) {
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
+        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else {
+            break;
+        };
+        if len > MAX_FRAME || crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(entry) = serde_json::from_slice(payload)
+            .ok()
+            .and_then(|v: Value| Entry::from_json(&v))
+        else {
+            break;
+        };
+        entries.push(entry);
+        at += 8 + len as usize;
+    }
+    (entries, at as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn record(seq: u64) -> Entry {
+        Entry::Record {
+            seq,
+            record: format!("{{\"seq\":{seq}}}"),
+            prev_hash: "p".into(),
+            hash: "h".into(),
+            usage: Some(("agent".into(), "2026-11-27".into(), 42)),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_in_file_order_and_a_torn_tail_ends_a_file() {
+        let dir = std::env::temp_dir().join(format!("qg-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = dir.join("qg.db");
+        let claim = Entry::Claim(JobRow {
+            source: "bq".into(),
+            job_id: "job_1".into(),
+            identity: "agent".into(),
+            destination: None,
+            schema: Some("{}".into()),
+            row_limit: Some(10),
+        });
+        let lock = Lock::take(&store, Duration::ZERO).unwrap();
+        let mut j = Journal::create(&store, 9).unwrap();
+        j.append(&[record(1), claim.clone()], true).unwrap();
+        j.append(&[record(2)], true).unwrap();
+        // A crash mid-write leaves half a frame.
+        let mut f = OpenOptions::new().append(true).open(j.path()).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
+        let mut next = Journal::create(&store, 10).unwrap();
+        next.append(&[record(3)], true).unwrap();
+        assert_eq!(
+            read(&store).unwrap(),
+            vec![record(1), claim, record(2), record(3)]
+        );
+        assert_eq!(
+            files(&store)
+                .unwrap()
+                .iter()
+                .map(|f| f.0)
+                .collect::<Vec<_>>(),
+            vec![9, 10]
+        );
+        // A second writer is refused while the first holds the lock.
+        let err = Lock::take(&store, Duration::ZERO).err().expect("locked");
+        assert!(
+            err.to_string().contains("another querygate process"),
+            "{err}"
+        );
+        drop(lock);
+        Lock::take(&store, Duration::ZERO).expect("released");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
