@@ -98,6 +98,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
     } else {
         route(&wire, &seg, &mut call, &mut job_id)
     };
+    let reason = reason(&wire, &call);
     let request = Request {
         id: wire.request_id,
         credential: bearer(wire.headers),
@@ -114,8 +115,40 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         method,
         action,
         job_id,
+        reason,
     };
     (request, call)
+}
+
+/// Why the client says it needs the query, for approvers: the job label
+/// `querygate-reason` or the `x-querygate-reason` header (the pipeline reads a
+/// `/* reason: … */` comment itself).
+fn reason(wire: &WireRequest<'_>, call: &Call) -> Option<(String, String)> {
+    const LABEL: &str = "querygate-reason";
+    let label = match (&call.api, wire.body.as_ref()) {
+        (Api::JobsQuery | Api::JobsInsert, Ok(body))
+            if body.windows(LABEL.len()).any(|w| w == LABEL.as_bytes()) =>
+        {
+            serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+                v.pointer("/labels/querygate-reason")
+                    .or_else(|| v.pointer("/configuration/labels/querygate-reason"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+        }
+        _ => None,
+    };
+    let clip = |s: &str| s.trim().chars().take(500).collect::<String>();
+    label
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| (clip(&l), "label".to_string()))
+        .or_else(|| {
+            wire.headers
+                .get("x-querygate-reason")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (clip(v), "header".to_string()))
+        })
 }
 
 fn route(

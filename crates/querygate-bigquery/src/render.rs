@@ -7,15 +7,25 @@
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
 use querygate_core::{DenialKind, Fault};
-use querygate_pipeline::Outcome;
+use querygate_pipeline::{Outcome, Waiting};
+use serde_json::{Value, json};
+
+use crate::decode::Api;
 
 use crate::model::ErrorEnvelope;
 use crate::upstream::BigQueryReply;
 
 /// Renders an outcome. `sql` says whether the request carried SQL, which picks
-/// `invalidQuery` over `invalid` for bad-request denials.
-pub fn render(outcome: Outcome<BigQueryReply>, sql: bool) -> Response<Body> {
+/// `invalidQuery` over `invalid` for bad-request denials; `api` and `project` shape the
+/// answer for a job waiting for approval.
+pub fn render(
+    outcome: Outcome<BigQueryReply>,
+    sql: bool,
+    api: &Api,
+    project: &str,
+) -> Response<Body> {
     match outcome {
+        Outcome::Waiting(w) => waiting(&w, api, project),
         Outcome::Done(reply) => reply.into_response(),
         Outcome::Denied(denial) => {
             let (code, reason) = match denial.kind {
@@ -27,11 +37,87 @@ pub fn render(outcome: Outcome<BigQueryReply>, sql: bool) -> Response<Body> {
                 DenialKind::Invalid if sql => (400, "invalidQuery"),
                 DenialKind::Invalid => (400, "invalid"),
                 DenialKind::TooLarge => (413, "invalid"),
+                DenialKind::Conflict => (409, "duplicate"),
+                DenialKind::Unavailable => (503, "backendError"),
             };
             error(code, reason, &denial.message)
         }
         Outcome::Failed(fault) => render_fault(&fault),
     }
+}
+
+/// A job held for approval, as BigQuery would show a job that has not started: queries
+/// answer `jobComplete: false` (the clients keep polling), job resources say `PENDING`.
+/// Once the ticket is denied, expires or is cancelled, the job is `DONE` with an
+/// `accessDenied` error (and result reads fail with it), so the clients raise Forbidden
+/// with the reason. A `querygate` field (ignored by clients) and the
+/// `x-querygate-ticket` header name the ticket.
+fn waiting(w: &Waiting, api: &Api, project: &str) -> Response<Body> {
+    let t = &w.ticket;
+    let mut reference = json!({ "projectId": project, "jobId": t.job_id });
+    if let Some(location) = &t.location {
+        reference["location"] = json!(location);
+    }
+    let note = json!({
+        "ticket": t.id,
+        "state": t.state.as_str(),
+        "message": w.ended.clone().unwrap_or_else(|| format!(
+            "waiting for approval (ticket {}): {}", t.id, t.message
+        )),
+    });
+    let job = |ended: Option<&str>| {
+        let status = match ended {
+            None => json!({ "state": "PENDING" }),
+            Some(message) => {
+                let error = json!({ "reason": "accessDenied", "message": message });
+                json!({ "state": "DONE", "errorResult": error, "errors": [error] })
+            }
+        };
+        json!({
+            "kind": "bigquery#job",
+            "id": format!("{project}:{}.{}", t.location.as_deref().unwrap_or("US"), t.job_id),
+            "jobReference": reference,
+            "configuration": { "jobType": "QUERY", "query": { "query": t.statement } },
+            "status": status,
+            "statistics": { "creationTime": (t.created * 1000).to_string() },
+            "user_email": t.requester,
+            "querygate": note,
+        })
+    };
+    let body: Value = match (api, w.ended.as_deref()) {
+        (Api::JobsQuery | Api::JobsGetQueryResults, Some(message)) => {
+            return with_ticket(error(403, "accessDenied", message), &t.id);
+        }
+        (Api::JobsQuery, None) => json!({
+            "kind": "bigquery#queryResponse",
+            "jobReference": reference,
+            "jobComplete": false,
+            "querygate": note,
+        }),
+        (Api::JobsGetQueryResults, None) => json!({
+            "kind": "bigquery#getQueryResultsResponse",
+            "jobReference": reference,
+            "jobComplete": false,
+            "querygate": note,
+        }),
+        (Api::JobsCancel, ended) => json!({
+            "kind": "bigquery#jobCancelResponse",
+            "job": job(ended),
+        }),
+        (_, ended) => job(ended),
+    };
+    let response = json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    );
+    with_ticket(response, &t.id)
+}
+
+fn with_ticket(mut response: Response<Body>, id: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-querygate-ticket", v);
+    }
+    response
 }
 
 /// Faults: an upstream that is down or speaks garbage is a 502 (retrying may help);

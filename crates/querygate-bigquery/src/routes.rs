@@ -58,12 +58,14 @@ async fn handle(State(front): State<Arc<Front>>, request: HttpRequest<Body>) -> 
         request_id: request_id.clone(),
     });
     let sql = request.statement().is_some();
+    let project = request.target.clone();
+    let api = call.api.clone();
     let source = front.sources.get(&request.target).cloned();
     let outcome = front
         .pipeline
         .handle(request, source.as_deref(), call)
         .await;
-    let mut response = render(outcome, sql);
+    let mut response = render(outcome, sql, &api, &project);
     if let Ok(v) = HeaderValue::from_str(&request_id.0) {
         response.headers_mut().insert("x-querygate-request-id", v);
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{HeaderValue, Response, StatusCode, header};
 use querygate_core::{Denial, DenialKind, Fault};
-use querygate_pipeline::{Admitted, Partitioning, Refusal, Reply, Scope, Source, Summary};
+use querygate_pipeline::{Admitted, Held, Partitioning, Refusal, Reply, Scope, Source, Summary};
 use serde_json::Value;
 
 use crate::decode::{Api, Call};
@@ -466,6 +466,71 @@ impl Source for BigQuerySource {
         Ok(p)
     }
 
+    fn hold(&self, call: &Call, request_id: &str) -> Option<Held> {
+        let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
+        let project_path = match call.api {
+            Api::JobsInsert => call.path.clone(),
+            Api::JobsQuery => call.path.strip_suffix("/queries")?.to_string() + "/jobs",
+            _ => return None,
+        };
+        let insert = match call.api {
+            Api::JobsInsert => body,
+            // jobs.query's fields, as the query job it stands for.
+            _ => {
+                let project = project_path
+                    .strip_prefix("/bigquery/v2/projects/")?
+                    .strip_suffix("/jobs")?;
+                held_query_job(&body, project, request_id)
+            }
+        };
+        let config = insert.pointer("/configuration/query")?;
+        if insert
+            .pointer("/configuration/dryRun")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            return None;
+        }
+        let job_id = insert
+            .pointer("/jobReference/jobId")
+            .and_then(Value::as_str)?
+            .to_string();
+        let location = insert
+            .pointer("/jobReference/location")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let parameters = config
+            .get("queryParameters")
+            .filter(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+            .map(Value::to_string);
+        let saved = serde_json::json!({ "path": project_path, "body": insert });
+        Some(Held {
+            job_id,
+            location,
+            call: saved.to_string(),
+            parameters,
+        })
+    }
+
+    fn resume(&self, saved: &str) -> Result<Call, Fault> {
+        let v: Value = serde_json::from_str(saved)
+            .map_err(|e| Fault::gateway(format!("a held job cannot be read back: {e}")))?;
+        let path = v
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Fault::gateway("a held job has no path"))?;
+        let body = v
+            .get("body")
+            .ok_or_else(|| Fault::gateway("a held job has no body"))?;
+        Ok(Call {
+            api: Api::JobsInsert,
+            method: http::Method::POST,
+            path: path.to_string(),
+            query: None,
+            body: Some(Bytes::from(body.to_string())),
+        })
+    }
+
     fn limit_bytes(&self, call: &mut Call, bytes: u64) {
         let Some(Ok(mut body)) = call.body.as_deref().map(serde_json::from_slice::<Value>) else {
             return;
@@ -657,4 +722,40 @@ impl Reply for BigQueryReply {
         }
         self.body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
     }
+}
+
+/// The query job a held jobs.query request runs as once approved: the same query,
+/// parameters and settings, under a job id the client polls (`jobReference`).
+fn held_query_job(query: &Value, project: &str, request_id: &str) -> Value {
+    const QUERY_FIELDS: &[&str] = &[
+        "query",
+        "useLegacySql",
+        "parameterMode",
+        "queryParameters",
+        "defaultDataset",
+        "maximumBytesBilled",
+        "useQueryCache",
+        "connectionProperties",
+        "createSession",
+    ];
+    let mut q = serde_json::Map::new();
+    for field in QUERY_FIELDS {
+        if let Some(v) = query.get(*field) {
+            q.insert((*field).to_string(), v.clone());
+        }
+    }
+    let hex: String = request_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let mut reference =
+        serde_json::json!({ "projectId": project, "jobId": format!("qg_held_{hex}") });
+    if let Some(location) = query.get("location") {
+        reference["location"] = location.clone();
+    }
+    let mut job = serde_json::json!({
+        "jobReference": reference,
+        "configuration": { "query": q },
+    });
+    if let Some(labels) = query.get("labels") {
+        job["configuration"]["labels"] = labels.clone();
+    }
+    job
 }

@@ -89,9 +89,55 @@ pub struct AuditRecord {
     /// How the identity authenticated: `api_key` or `oidc:<issuer>`.
     #[serde(default)]
     pub auth: Option<String>,
+    /// The approval ticket the request opened or ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Who approved (or denied) it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
 }
 
 impl AuditRecord {
+    /// A record with only the time-independent basics set (the caller sets `time`).
+    pub fn default_for(method: &str, identity: &str) -> AuditRecord {
+        AuditRecord {
+            v: AuditRecord::SCHEMA,
+            seq: 0,
+            time: String::new(),
+            request_id: String::new(),
+            phase: Phase::Decided,
+            identity: identity.to_string(),
+            groups: vec![],
+            kind: None,
+            source: String::new(),
+            method: method.to_string(),
+            statement: None,
+            table: None,
+            decision: String::new(),
+            reason: None,
+            job_id: None,
+            status: None,
+            error: None,
+            rows: None,
+            bytes_processed: None,
+            bytes_billed: None,
+            duration_ms: None,
+            user_agent: None,
+            peer: None,
+            statement_kinds: vec![],
+            tables: vec![],
+            rule: None,
+            rules: vec![],
+            policy_version: None,
+            bytes_estimate: None,
+            acting_for: None,
+            acting_for_groups: vec![],
+            auth: None,
+            ticket: None,
+            approver: None,
+        }
+    }
+
     pub const SCHEMA: u32 = 1;
 
     /// The canonical encoding the chain hashes.
@@ -232,6 +278,8 @@ mod tests {
             acting_for: None,
             acting_for_groups: vec![],
             auth: None,
+            ticket: None,
+            approver: None,
         }
     }
 

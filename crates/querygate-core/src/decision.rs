@@ -20,6 +20,10 @@ pub enum DenialKind {
     Invalid,
     /// The request body is larger than the gateway accepts.
     TooLarge,
+    /// The thing is no longer in a state that allows it (a ticket already decided).
+    Conflict,
+    /// The gateway cannot answer now (its store failed).
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,11 @@ pub mod decision;
 pub mod identity;
 pub mod request;
 pub mod secret;
+pub mod ticket;
 
 pub use audit::{AuditRecord, Phase};
 pub use decision::{Decision, Denial, DenialKind, Fault, FaultCause};
 pub use identity::{Identity, IdentityKind};
 pub use request::{Action, ClientInfo, Request, RequestId};
 pub use secret::Secret;
+pub use ticket::{Ticket, TicketState};

@@ -74,6 +74,9 @@ pub struct Request {
     pub action: Action,
     /// Job id the request creates or refers to, when the client chose one.
     pub job_id: Option<String>,
+    /// Why the client says it needs this (for approvers), and how it said so
+    /// (`label`, `header`; a SQL comment is read by the pipeline).
+    pub reason: Option<(String, String)>,
 }
 
 impl Request {

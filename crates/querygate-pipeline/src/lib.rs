@@ -10,6 +10,7 @@
 //! [`Admitted`] call, and only this crate can construct one, so no front can run an
 //! unchecked request. This crate holds no wire knowledge.
 
+mod approve;
 mod decide;
 mod policies;
 mod source;
@@ -25,11 +26,13 @@ use querygate_policy::{
 use querygate_sql::{Facts, SqlDialect, analyze};
 use querygate_store::{Alongside, JobRow, Store};
 
+pub use approve::{ApprovalSettings, TicketDecision, Waiting, describe};
 pub use decide::{Gate, Ownership, gate};
 pub use policies::PolicySet;
 pub use querygate_identity::{ApiKey, Authenticator};
 pub use querygate_policy::Partitioning;
-pub use source::{Admitted, Refusal, Reply, Scope, Source, Summary};
+pub use querygate_store::TicketFilter;
+pub use source::{Admitted, Held, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.
 #[derive(Debug)]
@@ -40,6 +43,8 @@ pub enum Outcome<R> {
     Denied(Denial),
     /// The request was allowed but could not be completed.
     Failed(Fault),
+    /// The request waits for an approval decision (or was ended by one).
+    Waiting(Waiting),
 }
 
 /// The parts of the configuration a reload may replace.
@@ -54,6 +59,8 @@ struct Settings {
 pub struct Pipeline {
     settings: RwLock<Arc<Settings>>,
     store: Arc<Store>,
+    approvals: ApprovalSettings,
+    tickets_opened: tokio::sync::Notify,
 }
 
 /// One request's context, recorded in its audit records.
@@ -79,6 +86,8 @@ struct Explained {
 /// Limits the decision puts on the execution.
 #[derive(Default)]
 struct Limits {
+    /// An approve rule caught the request.
+    approval: Option<approve::Needed>,
     max_bytes_billed: Option<u64>,
     row_limit: Option<querygate_policy::RowLimit>,
     /// Bytes to charge to the identity's daily usage once the query completes.
@@ -93,7 +102,38 @@ impl Pipeline {
                 policies,
             })),
             store,
+            approvals: ApprovalSettings::default(),
+            tickets_opened: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Sets how long tickets wait and how long a window grant may last (not reloadable).
+    pub fn with_approvals(mut self, approvals: ApprovalSettings) -> Pipeline {
+        self.approvals = approvals;
+        self
+    }
+
+    pub(crate) fn approvals(&self) -> ApprovalSettings {
+        self.approvals
+    }
+
+    /// The version of the policy a source is decided by now.
+    pub(crate) fn policy_version(&self, source: &str) -> Option<String> {
+        self.settings()
+            .policies
+            .policy(source)
+            .map(|p| p.version.clone())
+    }
+
+    /// Who presents `credential` (for the admin API), as the data path would decide it.
+    pub async fn authenticate(
+        &self,
+        credential: Option<&querygate_core::Secret>,
+    ) -> Result<Identity, Denial> {
+        self.settings()
+            .authenticator
+            .authenticate(credential, None)
+            .await
     }
 
     /// Replaces keys and policy; requests in flight finish with what they started with.
@@ -194,15 +234,46 @@ impl Pipeline {
                 }
             }
         };
+        // approve: a request an approve rule caught runs only under a grant; otherwise it
+        // waits in a ticket. A poll of a held job answers from its ticket, or runs it once
+        // approved.
+        let mut grant = None;
+        if let Some(needed) = limits.approval.take() {
+            match self
+                .approve(&mut ctx, &identity, source, &mut call, needed)
+                .await
+            {
+                Ok(ticket) => {
+                    if let Some(ceiling) = ticket.max_bytes_billed {
+                        limits.max_bytes_billed =
+                            Some(limits.max_bytes_billed.map_or(ceiling, |b| b.min(ceiling)));
+                    }
+                    grant = Some(ticket);
+                }
+                Err(answer) => return answer,
+            }
+        }
+        if let Action::ReadJob { job_id } | Action::CancelJob { job_id } = &request.action
+            && let Some(answer) = self.resume(&mut ctx, &identity, source, job_id).await
+        {
+            return answer;
+        }
         if let Some(bytes) = limits.max_bytes_billed {
             source.limit_bytes(&mut call, bytes);
         }
 
-        // approve: approvals land with the approvals work; approve rules refuse for now.
-
         // audit decided: durable before anything reaches the upstream (fail closed).
         // A job id the client chose is claimed for it in the same commit.
-        let decided = self.record(&ctx, Phase::Decided, "allow", None);
+        let mut decided = self.record(&ctx, Phase::Decided, "allow", None);
+        if let Some(t) = &grant {
+            decided.ticket = Some(t.id.clone());
+            decided.approver = t.decided_by.clone();
+            decided.reason = Some(format!(
+                "within the window {} granted (ticket {})",
+                t.decided_by.as_deref().unwrap_or("an approver"),
+                t.id
+            ));
+        }
         let claim = match (&request.job_id, &request.action) {
             (Some(job_id), Action::Query { dry_run: false, .. }) => Some(job_row(
                 source_name,
@@ -396,9 +467,19 @@ impl Pipeline {
                 ),
             )));
         }
+        let mut approval = None;
         match verdict.outcome {
             PolicyOutcome::Allow => {}
-            PolicyOutcome::Deny { message } | PolicyOutcome::Approve { message, .. } => {
+            // A dry run runs nothing: it answers without waiting (the real run will).
+            PolicyOutcome::Approve { .. } if dry_run => {}
+            PolicyOutcome::Approve { message, approvers } => {
+                approval = Some(approve::Needed {
+                    rule: verdict.rule.clone().unwrap_or_default(),
+                    approvers,
+                    message,
+                });
+            }
+            PolicyOutcome::Deny { message } => {
                 return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, message)));
             }
         }
@@ -429,6 +510,7 @@ impl Pipeline {
         .flatten()
         .min();
         Ok(Limits {
+            approval,
             max_bytes_billed: cap.filter(|_| is_query && !dry_run),
             row_limit: verdict.row_limit,
             billable: is_query && !dry_run,
@@ -570,6 +652,8 @@ impl Pipeline {
                 .map(|p| p.groups.clone())
                 .unwrap_or_default(),
             auth: ctx.identity.and_then(|i| i.auth.clone()),
+            ticket: None,
+            approver: None,
         }
     }
 }
@@ -701,6 +785,8 @@ pub fn status_of(kind: DenialKind) -> u16 {
         DenialKind::NotFound => 404,
         DenialKind::Invalid => 400,
         DenialKind::TooLarge => 413,
+        DenialKind::Conflict => 409,
+        DenialKind::Unavailable => 503,
     }
 }
 

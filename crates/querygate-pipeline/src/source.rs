@@ -97,6 +97,26 @@ pub trait Source: Send + Sync {
     /// Caps the bytes the call's query may bill (`maximumBytesBilled` for BigQuery),
     /// keeping a lower cap the client set.
     fn limit_bytes(&self, call: &mut Self::Call, bytes: u64);
+
+    /// Saves a query call that must wait for approval so that it can run later, under a
+    /// job id the client can poll (`request_id` seeds one when the client chose none).
+    /// `None` when the call cannot wait.
+    fn hold(&self, call: &Self::Call, request_id: &str) -> Option<Held>;
+
+    /// Rebuilds a call [`Source::hold`] saved: it creates the held job upstream.
+    fn resume(&self, saved: &str) -> Result<Self::Call, Fault>;
+}
+
+/// A call saved to wait for approval.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The job the client polls while it waits, and that runs once approved.
+    pub job_id: String,
+    pub location: Option<String>,
+    /// The saved call, opaque to the pipeline.
+    pub call: String,
+    /// The query parameters (JSON), which the approval binds too.
+    pub parameters: Option<String>,
 }
 
 /// Why an estimate could not be made: the upstream rejected the query (its message is

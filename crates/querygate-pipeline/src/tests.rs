@@ -44,6 +44,17 @@ impl Source for Echo {
     fn limit_bytes(&self, _call: &mut &'static str, bytes: u64) {
         self.limited.store(bytes as usize, Ordering::SeqCst);
     }
+    fn hold(&self, call: &&'static str, _request_id: &str) -> Option<Held> {
+        Some(Held {
+            job_id: call.to_string(),
+            location: None,
+            call: call.to_string(),
+            parameters: None,
+        })
+    }
+    fn resume(&self, saved: &str) -> Result<&'static str, Fault> {
+        Ok(Box::leak(saved.to_string().into_boxed_str()))
+    }
     async fn execute(&self, call: Admitted<&'static str>) -> Result<EchoReply, Fault> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(EchoReply(Summary {
@@ -92,6 +103,7 @@ fn request(key: Option<&str>, action: Action) -> Request {
         method: "jobs.query".into(),
         action,
         job_id: None,
+        reason: None,
     }
 }
 

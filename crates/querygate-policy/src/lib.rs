@@ -75,7 +75,7 @@ pub enum Outcome {
     Deny {
         message: String,
     },
-    /// Needs a person's approval. Until approvals exist this is refused, saying so.
+    /// Needs a person's approval: the request waits in a ticket until one decides.
     Approve {
         message: String,
         approvers: Vec<String>,

@@ -407,7 +407,7 @@ impl Rule {
                     self.approvers.iter().map(ToString::to_string).collect();
                 Outcome::Approve {
                     message: format!(
-                        "{}; it needs approval by {}, and approvals are not available in this querygate yet, so it was refused",
+                        "{}; it needs approval by {}",
                         self.denial_message(input, ""),
                         approvers.join(" or ")
                     ),

@@ -312,7 +312,7 @@ fn denials_explain_themselves() {
     };
     assert_eq!(approvers, vec!["group:data-owners"]);
     assert!(
-        message.contains("20.0 GiB") && message.contains("not available"),
+        message.contains("20.0 GiB") && message.contains("needs approval by group:data-owners"),
         "{message}"
     );
     let v = eval(

@@ -79,6 +79,35 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Facts {
     }
 }
 
+/// The statement as tokens, comments dropped and whitespace made single spaces: two texts
+/// normalize alike only when they say the same thing token for token (literals, case and
+/// quoting kept). What an approval binds to (hashed), so reformatting a statement keeps
+/// its approval and changing any value does not. Text that does not tokenize is only
+/// trimmed.
+pub fn normalize(sql: &str, dialect: SqlDialect) -> String {
+    use sqlparser::tokenizer::Token;
+    let d: &dyn Dialect = match dialect {
+        SqlDialect::BigQuery => &BigQueryDialect {},
+        SqlDialect::Postgres => &PostgreSqlDialect {},
+    };
+    match Tokenizer::new(d, sql).tokenize() {
+        Ok(tokens) => {
+            let mut out = String::with_capacity(sql.len());
+            for t in tokens {
+                if matches!(t, Token::Whitespace(_)) {
+                    if !out.ends_with(' ') && !out.is_empty() {
+                        out.push(' ');
+                    }
+                    continue;
+                }
+                out.push_str(&t.to_string());
+            }
+            out.trim().trim_end_matches(';').trim().to_string()
+        }
+        Err(_) => sql.trim().to_string(),
+    }
+}
+
 fn opaque(why: String) -> Facts {
     Facts {
         statements: vec![],

@@ -13,6 +13,7 @@ mod journal;
 mod keys;
 mod reader;
 mod schema;
+mod tickets;
 mod writer;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use tokio::sync::oneshot;
 pub use keys::{KeyAdmin, MIN_PREFIX, RevokeOutcome, StoredKey};
 pub use reader::{AuditFilter, Reader, StoredRecord, VerifyReport};
 pub use schema::Sync;
+pub use tickets::{TicketFilter, Undecidable, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -140,6 +142,8 @@ pub struct Store {
     path: PathBuf,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     reads: Mutex<Connection>,
+    /// Approval tickets: few writes, each synced (see `tickets`).
+    tickets: Mutex<Connection>,
     pending: Pending,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -185,6 +189,7 @@ impl Store {
         // SQLite is an index of the journal: its commits need not sync (see writer).
         let mut conn = schema::open(path, Sync::Normal).map_err(&err)?;
         let reads = schema::open(path, Sync::Normal).map_err(&err)?;
+        let tickets = schema::open(path, Sync::Full).map_err(&err)?;
         let (head, file) = recover(&mut conn, path).map_err(|e| failed(format!("journal: {e}")))?;
         let journal =
             journal(path, file).map_err(|e| failed(format!("cannot create the journal: {e}")))?;
@@ -207,6 +212,7 @@ impl Store {
             path: path.to_path_buf(),
             ops: Mutex::new(Some(tx)),
             reads: Mutex::new(reads),
+            tickets: Mutex::new(tickets),
             pending,
             writer: Mutex::new(Some(writer)),
         })

@@ -36,6 +36,23 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked    INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_identity ON api_keys (identity);
+CREATE TABLE IF NOT EXISTS tickets (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    created     INTEGER NOT NULL,
+    expires     INTEGER NOT NULL,
+    requester   TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    grant_until INTEGER,
+    notified    INTEGER NOT NULL DEFAULT 0,
+    ticket      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tickets_by_job ON tickets (source, job_id);
+CREATE INDEX IF NOT EXISTS tickets_by_state ON tickets (state, expires);
 CREATE TABLE IF NOT EXISTS usage (
     identity TEXT NOT NULL,
     day      TEXT NOT NULL,

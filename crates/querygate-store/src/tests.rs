@@ -38,6 +38,8 @@ fn record(statement: &str) -> AuditRecord {
         acting_for: None,
         acting_for_groups: vec![],
         auth: None,
+        ticket: None,
+        approver: None,
     }
 }
 

@@ -113,10 +113,13 @@ async fn rules_decide_with_estimates_caps_budgets_and_row_limits() {
         "a denied write reached the upstream"
     );
 
-    // 12 GiB: the estimate triggers the approve rule, refused until approvals exist.
+    // 12 GiB: the estimate triggers the approve rule: the query waits for approval
+    // (jobComplete false, so the client keeps polling) and nothing runs upstream.
     let (status, body) = run(&g, &format!("SELECT 1 /*bytes={}*/", 12 * GIB)).await;
-    assert_eq!(status, 403, "{body}");
-    let m = message(&body);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["jobComplete"], false, "{body}");
+    assert!(body["jobReference"]["jobId"].as_str().is_some(), "{body}");
+    let m = body["querygate"]["message"].as_str().unwrap_or("").to_string();
     assert!(
         m.contains("large scans need an owner")
             && m.contains("group:data-owners")
@@ -173,7 +176,11 @@ async fn rules_decide_with_estimates_caps_budgets_and_row_limits() {
         .iter()
         .find(|r| r["rule"] == "large scans need an owner")
         .expect("approve record");
-    assert_eq!(approve["decision"], "deny");
+    assert_eq!(approve["decision"], "approve");
+    assert!(
+        approve["ticket"].as_str().is_some_and(|t| t.starts_with("tk_")),
+        "{approve}"
+    );
     assert_eq!(approve["bytes_estimate"], 12 * GIB);
     assert_eq!(approve["statement_kinds"], json!(["select"]));
     assert!(

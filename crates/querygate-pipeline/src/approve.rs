@@ -1,0 +1,711 @@
+//! The approve stage: requests an `approve` rule caught wait in a ticket for a person,
+//! and run once, under the same job, when one approves.
+//!
+//! A request the rule catches either runs under a grant that covers it (a window grant
+//! for the same identity, rule and policy version) or opens a ticket and answers
+//! "pending". Polls of a waiting job ([`Pipeline::resume`]) answer "pending" until the
+//! ticket is decided; the first poll after approval checks the grant again (identity,
+//! policy version, expiry) and runs the saved call; denial, expiry or cancellation end
+//! the job with the reason. Every step is audited. Approvers act through
+//! [`Pipeline::decide_ticket`]: members of the rule's approvers only, never the requester
+//! (nor the person an agent acted for).
+
+use std::time::Duration;
+
+use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Phase, Ticket, TicketState};
+use querygate_policy::format_bytes;
+use querygate_store::{Alongside, TicketFilter, Undecidable, Verdict};
+
+use crate::source::{Held, Source};
+use crate::{Context, Outcome, Pipeline, audit_time, job_row};
+
+/// How long tickets wait and how long a window grant may last.
+#[derive(Debug, Clone, Copy)]
+pub struct ApprovalSettings {
+    /// A pending ticket ends as expired after this; an approved one must run within it.
+    pub ticket_ttl: Duration,
+    /// The longest window an approver may grant (`--for`).
+    pub max_window: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            ticket_ttl: Duration::from_secs(3600),
+            max_window: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// A job waiting for (or ended by) an approval decision, for the front to render.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub ticket: Ticket,
+    /// Set when the job will not run: the message the client gets.
+    pub ended: Option<String>,
+}
+
+/// What an approve rule asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Needed {
+    pub rule: String,
+    pub approvers: Vec<String>,
+    pub message: String,
+}
+
+/// An approver's decision as the admin API receives it.
+#[derive(Debug, Clone, Default)]
+pub struct TicketDecision {
+    pub approve: bool,
+    /// Approve every request the same rule catches for the same identity for this long.
+    pub window: Option<Duration>,
+    pub reason: Option<String>,
+}
+
+pub(crate) fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The ceiling a grant puts on bytes billed: the estimate the approver saw plus 10 %
+/// (and at least BigQuery's 10 MiB minimum), so an approval of a cheap query cannot
+/// be used to run an expensive one.
+fn ceiling(estimate: Option<u64>) -> Option<u64> {
+    estimate.map(|b| (b.saturating_add(b / 10)).max(10 << 20))
+}
+
+/// The reason a requester gave: a `/* reason: … */` comment in the statement.
+pub(crate) fn comment_reason(statement: &str) -> Option<String> {
+    let start = statement.find("/*")?;
+    let body = &statement[start + 2..];
+    let end = body.find("*/")?;
+    let text = body[..end].trim();
+    let rest = text
+        .strip_prefix("reason:")
+        .or_else(|| text.strip_prefix("Reason:"))?;
+    let rest = rest.trim();
+    (!rest.is_empty()).then(|| rest.chars().take(500).collect())
+}
+
+impl Pipeline {
+    /// The approve stage for a request an approve rule caught: `Ok` with the grant that
+    /// covers it, or the answer to give (a ticket was opened, or it cannot wait).
+    pub(crate) async fn approve<S: Source>(
+        &self,
+        ctx: &mut Context<'_>,
+        identity: &Identity,
+        source: &S,
+        call: &mut S::Call,
+        needed: Needed,
+    ) -> Result<Ticket, Outcome<S::Reply>> {
+        let policy_version = ctx.explained.policy_version.clone().unwrap_or_default();
+        let now = now();
+        // A window grant for this identity, rule and policy version covers it.
+        match self.store.window_grant(
+            &identity.subject,
+            source.name(),
+            &needed.rule,
+            &policy_version,
+            now,
+        ) {
+            Ok(Some(grant)) => return Ok(grant),
+            Ok(None) => {}
+            Err(e) => return Err(self.fail(ctx, Fault::gateway(e.to_string())).await),
+        }
+        let Action::Query { statement, .. } = &ctx.request.action else {
+            let denial = Denial::new(
+                DenialKind::Forbidden,
+                format!(
+                    "{} (this kind of request cannot wait for approval)",
+                    needed.message
+                ),
+            );
+            return Err(self.refuse(ctx, denial).await);
+        };
+        let Some(held) = source.hold(call, &ctx.request.id.0) else {
+            let denial = Denial::new(
+                DenialKind::Forbidden,
+                format!(
+                    "{} (this request cannot wait for approval; submit it as a query job)",
+                    needed.message
+                ),
+            );
+            return Err(self.refuse(ctx, denial).await);
+        };
+        if ctx.explained.bytes_estimate.is_none() {
+            // Best effort: the approver should see the cost, but a failed estimate does
+            // not stop the ticket (the upstream will report the error when it runs).
+            ctx.explained.bytes_estimate = source.estimate(call).await.ok();
+        }
+        let reason = ctx
+            .request
+            .reason
+            .clone()
+            .or_else(|| comment_reason(statement).map(|r| (r, "comment".to_string())));
+        let Held {
+            job_id,
+            location,
+            call: saved,
+            parameters,
+        } = held;
+        let ttl = self.approvals().ticket_ttl.as_secs() as i64;
+        let ticket = Ticket {
+            id: Ticket::new_id(&ctx.request.id.0),
+            state: TicketState::Pending,
+            created: now,
+            expires: now + ttl,
+            requester: identity.subject.clone(),
+            requester_groups: identity.groups.clone(),
+            acting_for: identity.acting_for.as_ref().map(|p| p.subject.clone()),
+            source: source.name().to_string(),
+            method: ctx.request.method.clone(),
+            statement: statement.clone(),
+            fingerprint: querygate_core::ticket::fingerprint(&querygate_sql::normalize(
+                statement,
+                querygate_sql::SqlDialect::BigQuery,
+            )),
+            parameters,
+            kinds: ctx.explained.kinds.clone(),
+            tables: ctx.explained.tables.clone(),
+            bytes_estimate: ctx.explained.bytes_estimate,
+            max_bytes_billed: ceiling(ctx.explained.bytes_estimate),
+            rule: needed.rule.clone(),
+            approvers: needed.approvers.clone(),
+            message: needed.message.clone(),
+            reason: reason.as_ref().map(|r| r.0.clone()),
+            reason_via: reason.map(|r| r.1),
+            policy_version,
+            job_id: job_id.clone(),
+            location,
+            call: saved,
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+            grant_until: None,
+            notified: false,
+        };
+        if let Err(e) = self.store.open_ticket(&ticket) {
+            return Err(self.fail(ctx, Fault::gateway(e.to_string())).await);
+        }
+        // The job is the requester's from now on: its polls pass the ownership check.
+        let claim = job_row(source.name(), &job_id, identity, None, None, None);
+        let mut record = self.record(
+            ctx,
+            Phase::Decided,
+            "approve",
+            Some(format!(
+                "waiting for approval (ticket {}): {}",
+                ticket.id, needed.message
+            )),
+        );
+        record.ticket = Some(ticket.id.clone());
+        record.job_id = Some(job_id);
+        record.status = Some(200);
+        let alongside = Alongside {
+            claim: Some(claim),
+            usage: None,
+        };
+        if let Err(e) = self.store.append_with(record, alongside).await {
+            return Err(self.fail(ctx, Fault::gateway(e.to_string())).await);
+        }
+        self.tickets_opened.notify_one();
+        tracing::info!(
+            request_id = %ctx.request.id, identity = %identity.subject, ticket = %ticket.id,
+            rule = %needed.rule, "request waits for approval"
+        );
+        Err(Outcome::Waiting(Waiting {
+            ticket,
+            ended: None,
+        }))
+    }
+
+    /// A poll (or cancel) of a job that waited for approval. `None`: the job is not held
+    /// (never was, or it runs now) and the request goes on as usual.
+    pub(crate) async fn resume<S: Source>(
+        &self,
+        ctx: &mut Context<'_>,
+        identity: &Identity,
+        source: &S,
+        job_id: &str,
+    ) -> Option<Outcome<S::Reply>> {
+        let mut ticket = match self.store.ticket_for_job(source.name(), job_id) {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
+            Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
+        };
+        ctx.explained.rule = Some(ticket.rule.clone());
+        let now = now();
+        let cancel = matches!(ctx.request.action, Action::CancelJob { .. });
+        // Expired while pending, or approved but not run in time.
+        if !ticket.state.is_final() && now >= ticket.expires {
+            let why = match ticket.state {
+                TicketState::Approved => "the approval was not used before it expired",
+                _ => "nobody decided before the ticket expired",
+            };
+            match self.end(&ticket, TicketState::Expired, why, now).await {
+                Ok(Some(t)) => ticket = t,
+                Ok(None) => {}
+                Err(fault) => return Some(self.fail(ctx, fault).await),
+            }
+            ticket = self.reread(ticket);
+        }
+        if cancel && !ticket.state.is_final() {
+            let by = format!("cancelled by {}", identity.subject);
+            if let Ok(Some(t)) = self.end(&ticket, TicketState::Cancelled, &by, now).await {
+                ticket = t;
+            }
+        }
+        match ticket.state {
+            TicketState::Running => None,
+            TicketState::Pending => Some(self.waiting(ctx, ticket, None).await),
+            TicketState::Denied | TicketState::Expired | TicketState::Cancelled => {
+                let message = ended_message(&ticket);
+                Some(self.waiting(ctx, ticket, Some(message)).await)
+            }
+            TicketState::Approved => {
+                // Checked again now, as it runs: same identity, same policy.
+                let current = self.policy_version(source.name());
+                if ticket.requester != identity.subject {
+                    let denial = Denial::new(
+                        DenialKind::Forbidden,
+                        format!("Access Denied: job {job_id} was approved for another identity"),
+                    );
+                    return Some(self.refuse(ctx, denial).await);
+                }
+                if current.as_deref() != Some(ticket.policy_version.as_str()) {
+                    let why = "the policy changed after the approval; submit the query again for a new approval";
+                    let ended = self
+                        .end(&ticket, TicketState::Denied, why, now)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(ticket);
+                    let message = ended_message(&ended);
+                    return Some(self.waiting(ctx, ended, Some(message)).await);
+                }
+                match self.store.start_ticket(&ticket.id) {
+                    Ok(Some(started)) => self.run_held(ctx, identity, source, started).await,
+                    // Another poll started it a moment ago: go on as for a running job.
+                    Ok(None) => None,
+                    Err(e) => Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
+                }
+            }
+        }
+    }
+
+    /// Runs an approved ticket's saved call upstream under its job id, audited as its
+    /// own request. `None` when it was submitted (the poll then goes on as usual).
+    async fn run_held<S: Source>(
+        &self,
+        ctx: &mut Context<'_>,
+        identity: &Identity,
+        source: &S,
+        ticket: Ticket,
+    ) -> Option<Outcome<S::Reply>> {
+        let mut call = match source.resume(&ticket.call) {
+            Ok(call) => call,
+            Err(fault) => return Some(self.fail(ctx, fault).await),
+        };
+        if let Some(bytes) = ticket.max_bytes_billed {
+            source.limit_bytes(&mut call, bytes);
+        }
+        let run = querygate_core::Request {
+            id: ctx.request.id.clone(),
+            credential: None,
+            delegation: None,
+            client: ctx.request.client.clone(),
+            target: ctx.request.target.clone(),
+            method: "jobs.insert".into(),
+            action: Action::Query {
+                statement: ticket.statement.clone(),
+                dry_run: false,
+                destination: None,
+                dialect_problem: None,
+            },
+            job_id: Some(ticket.job_id.clone()),
+            reason: None,
+        };
+        let run_ctx = Context {
+            request: &run,
+            identity: Some(identity),
+            source: ctx.source,
+            started: ctx.started,
+            explained: crate::Explained {
+                kinds: ticket.kinds.clone(),
+                tables: ticket.tables.clone(),
+                rule: Some(ticket.rule.clone()),
+                rules: vec![ticket.rule.clone()],
+                policy_version: Some(ticket.policy_version.clone()),
+                bytes_estimate: ticket.bytes_estimate,
+            },
+        };
+        let mut record = self.record(
+            &run_ctx,
+            Phase::Decided,
+            "allow",
+            Some(format!(
+                "approved by {} (ticket {})",
+                ticket.decided_by.as_deref().unwrap_or("?"),
+                ticket.id
+            )),
+        );
+        record.ticket = Some(ticket.id.clone());
+        record.approver = ticket.decided_by.clone();
+        if let Err(e) = self.store.append(record).await {
+            tracing::error!(error = %e, ticket = %ticket.id, "cannot write the decided record; the approved job does not run");
+            return Some(Outcome::Failed(Fault::gateway(
+                "querygate could not write its audit record, so the approved job was not run; \
+                 contact the gateway's operator",
+            )));
+        }
+        let admitted = crate::Admitted::new(call, identity.clone());
+        let reply = match source.execute(admitted).await {
+            Ok(reply) => reply,
+            Err(fault) => return Some(self.fail(&run_ctx, fault).await),
+        };
+        let summary = crate::Reply::summary(&reply);
+        let mut completed = self.record(&run_ctx, Phase::Completed, "allow", None);
+        completed.ticket = Some(ticket.id.clone());
+        completed.approver = ticket.decided_by.clone();
+        completed.status = Some(summary.status);
+        completed.error = summary.error.clone();
+        let claim = job_row(
+            source.name(),
+            &ticket.job_id,
+            identity,
+            summary.destination.clone(),
+            summary.schema.clone(),
+            None,
+        );
+        if let Err(e) = self.store.enqueue(
+            completed,
+            Alongside {
+                claim: Some(claim),
+                usage: None,
+            },
+        ) {
+            tracing::error!(error = %e, "cannot write the completed record");
+        }
+        tracing::info!(ticket = %ticket.id, job_id = %ticket.job_id, status = summary.status, "approved job submitted");
+        None
+    }
+
+    /// Audits a poll of a held job and answers it.
+    async fn waiting<R>(
+        &self,
+        ctx: &Context<'_>,
+        ticket: Ticket,
+        ended: Option<String>,
+    ) -> Outcome<R> {
+        let (decision, status) = match &ended {
+            Some(_) => ("deny", 403),
+            None => ("approve", 200),
+        };
+        let reason = ended
+            .clone()
+            .unwrap_or_else(|| format!("waiting for approval (ticket {})", ticket.id));
+        let mut record = self.record(ctx, Phase::Decided, decision, Some(reason));
+        record.ticket = Some(ticket.id.clone());
+        record.approver = ticket.decided_by.clone();
+        record.status = Some(status);
+        if let Err(e) = self.store.append(record).await {
+            tracing::error!(error = %e, "cannot write the audit record of a held job");
+            return Outcome::Failed(Fault::gateway(
+                "querygate could not write its audit record; contact the gateway's operator",
+            ));
+        }
+        Outcome::Waiting(Waiting { ticket, ended })
+    }
+
+    /// Ends a ticket and audits it (an event of the ticket, not of a request).
+    async fn end(
+        &self,
+        ticket: &Ticket,
+        state: TicketState,
+        why: &str,
+        now: i64,
+    ) -> Result<Option<Ticket>, Fault> {
+        let ended = self
+            .store
+            .end_ticket(&ticket.id, state, why, now)
+            .map_err(|e| Fault::gateway(e.to_string()))?;
+        if let Some(t) = &ended {
+            self.audit_ticket(t, &format!("approvals.{}", state.as_str()), None)
+                .await;
+        }
+        Ok(ended)
+    }
+
+    fn reread(&self, ticket: Ticket) -> Ticket {
+        self.store
+            .ticket(&ticket.id)
+            .ok()
+            .flatten()
+            .unwrap_or(ticket)
+    }
+
+    /// One audit record for a ticket event (decided, expired, …).
+    async fn audit_ticket(&self, t: &Ticket, method: &str, by: Option<&Identity>) {
+        let mut record = querygate_core::AuditRecord {
+            v: querygate_core::AuditRecord::SCHEMA,
+            seq: 0,
+            time: audit_time(time::OffsetDateTime::now_utc()),
+            request_id: format!("{}-{}", t.id, t.state.as_str()),
+            phase: Phase::Decided,
+            identity: by.map_or_else(|| "querygate".to_string(), |i| i.subject.clone()),
+            groups: by.map(|i| i.groups.clone()).unwrap_or_default(),
+            kind: None,
+            source: t.source.clone(),
+            method: method.to_string(),
+            statement: Some(t.statement.clone()),
+            table: None,
+            decision: match t.state {
+                TicketState::Approved | TicketState::Running => "allow",
+                TicketState::Pending => "approve",
+                _ => "deny",
+            }
+            .to_string(),
+            reason: t.decision_reason.clone(),
+            job_id: Some(t.job_id.clone()),
+            status: None,
+            error: None,
+            rows: None,
+            bytes_processed: None,
+            bytes_billed: None,
+            duration_ms: None,
+            user_agent: None,
+            peer: None,
+            statement_kinds: t.kinds.clone(),
+            tables: t.tables.clone(),
+            rule: Some(t.rule.clone()),
+            rules: vec![],
+            policy_version: Some(t.policy_version.clone()),
+            bytes_estimate: t.bytes_estimate,
+            acting_for: t.acting_for.clone(),
+            acting_for_groups: vec![],
+            auth: by.and_then(|i| i.auth.clone()),
+            ticket: Some(t.id.clone()),
+            approver: t.decided_by.clone(),
+        };
+        if by.is_none() {
+            record.kind = Some("gateway".into());
+        }
+        if let Err(e) = self.store.append(record).await {
+            tracing::error!(error = %e, ticket = %t.id, "cannot write a ticket's audit record");
+        }
+    }
+
+    /// An approver's decision, from the admin API. Refusals are values with a message
+    /// the approver can act on; every attempt is audited.
+    pub async fn decide_ticket(
+        &self,
+        approver: &Identity,
+        id: &str,
+        decision: TicketDecision,
+    ) -> Result<Ticket, Denial> {
+        let method = if decision.approve {
+            "approvals.approve"
+        } else {
+            "approvals.deny"
+        };
+        let refuse = |kind: DenialKind, message: String| Denial::new(kind, message);
+        let result = async {
+            let ticket = self
+                .store
+                .ticket(id)
+                .map_err(|e| refuse(DenialKind::Unavailable, e.to_string()))?
+                .ok_or_else(|| refuse(DenialKind::NotFound, format!("no ticket {id}")))?;
+            if !ticket.may_approve(&approver.subject, &approver.groups) {
+                return Err(refuse(
+                    DenialKind::Forbidden,
+                    format!(
+                        "{} may not decide ticket {id}: its approvers are {}",
+                        approver.subject,
+                        ticket.approvers.join(", ")
+                    ),
+                ));
+            }
+            if ticket.requested_by(&approver.subject) {
+                return Err(refuse(
+                    DenialKind::Forbidden,
+                    format!(
+                        "{} asked for ticket {id} and cannot decide it; ask another approver",
+                        approver.subject
+                    ),
+                ));
+            }
+            if !decision.approve
+                && decision
+                    .reason
+                    .as_deref()
+                    .is_none_or(|r| r.trim().is_empty())
+            {
+                return Err(refuse(
+                    DenialKind::Invalid,
+                    "a denial needs a reason (the requester sees it)".into(),
+                ));
+            }
+            let settings = self.approvals();
+            if let Some(w) = decision.window
+                && w > settings.max_window
+            {
+                return Err(refuse(
+                    DenialKind::Invalid,
+                    format!(
+                        "a window grant may last at most {}s here (asked for {}s)",
+                        settings.max_window.as_secs(),
+                        w.as_secs()
+                    ),
+                ));
+            }
+            let now = now();
+            let verdict = Verdict {
+                approve: decision.approve,
+                by: approver.subject.clone(),
+                reason: decision.reason.clone(),
+                grant_until: decision.window.map(|w| now + w.as_secs() as i64),
+                run_by: now + settings.ticket_ttl.as_secs() as i64,
+            };
+            match self
+                .store
+                .decide_ticket(id, &verdict, now)
+                .map_err(|e| refuse(DenialKind::Unavailable, e.to_string()))?
+            {
+                Ok(t) => Ok(t),
+                Err(Undecidable::NotFound) => {
+                    Err(refuse(DenialKind::NotFound, format!("no ticket {id}")))
+                }
+                Err(Undecidable::Final(state)) => Err(refuse(
+                    DenialKind::Conflict,
+                    format!("ticket {id} is already {state}; nothing was changed"),
+                )),
+                Err(Undecidable::Expired) => {
+                    if let Some(t) = self.store.ticket(id).ok().flatten() {
+                        self.audit_ticket(&t, "approvals.expired", None).await;
+                    }
+                    Err(refuse(
+                        DenialKind::Conflict,
+                        format!(
+                            "ticket {id} expired before this decision; the requester must ask again"
+                        ),
+                    ))
+                }
+            }
+        }
+        .await;
+        match &result {
+            Ok(t) => self.audit_ticket(t, method, Some(approver)).await,
+            Err(denial) => {
+                let mut record =
+                    querygate_core::AuditRecord::default_for(method, &approver.subject);
+                record.groups = approver.groups.clone();
+                record.decision = "deny".into();
+                record.reason = Some(denial.message.clone());
+                record.ticket = Some(id.to_string());
+                record.time = audit_time(time::OffsetDateTime::now_utc());
+                if let Err(e) = self.store.append(record).await {
+                    tracing::error!(error = %e, "cannot write the audit record of a refused decision");
+                }
+            }
+        }
+        result
+    }
+
+    /// Tickets `identity` may see: those it may decide and those it asked for.
+    pub fn list_tickets(
+        &self,
+        identity: &Identity,
+        filter: &TicketFilter,
+    ) -> Result<Vec<Ticket>, Fault> {
+        let all = self
+            .store
+            .tickets(filter)
+            .map_err(|e| Fault::gateway(e.to_string()))?;
+        Ok(all
+            .into_iter()
+            .filter(|t| visible(t, identity))
+            .map(|t| self.fresh(t))
+            .collect())
+    }
+
+    /// One ticket, if `identity` may see it.
+    pub fn show_ticket(&self, identity: &Identity, id: &str) -> Result<Ticket, Denial> {
+        match self.store.ticket(id) {
+            Ok(Some(t)) if visible(&t, identity) => Ok(self.fresh(t)),
+            Ok(_) => Err(Denial::new(DenialKind::NotFound, format!("no ticket {id}"))),
+            Err(e) => Err(Denial::new(DenialKind::Unavailable, e.to_string())),
+        }
+    }
+
+    /// A pending ticket past its expiry reads as expired even before the sweep marks it.
+    fn fresh(&self, mut t: Ticket) -> Ticket {
+        if t.state == TicketState::Pending && now() >= t.expires {
+            t.state = TicketState::Expired;
+        }
+        t
+    }
+
+    /// Marks pending tickets past their expiry as expired and audits each. Call it now
+    /// and then (the gateway does, every few seconds); polls also expire tickets.
+    pub async fn sweep(&self) -> Result<usize, Fault> {
+        let expired = self
+            .store
+            .expire_tickets(now())
+            .map_err(|e| Fault::gateway(e.to_string()))?;
+        for t in &expired {
+            self.audit_ticket(t, "approvals.expired", None).await;
+        }
+        Ok(expired.len())
+    }
+
+    /// Woken whenever a ticket is opened (the notifier waits on it).
+    pub fn tickets_opened(&self) -> &tokio::sync::Notify {
+        &self.tickets_opened
+    }
+}
+
+fn visible(t: &Ticket, identity: &Identity) -> bool {
+    t.may_approve(&identity.subject, &identity.groups) || t.requested_by(&identity.subject)
+}
+
+/// What the client hears when its held job will not run.
+fn ended_message(t: &Ticket) -> String {
+    let why = t.decision_reason.as_deref().unwrap_or("no reason given");
+    match t.state {
+        TicketState::Denied => format!(
+            "Access Denied: the approval request for this query (ticket {}) was denied by {}: {why}",
+            t.id,
+            t.decided_by.as_deref().unwrap_or("querygate")
+        ),
+        TicketState::Expired => format!(
+            "Access Denied: the approval request for this query (ticket {}) expired: {why}; run the query again to ask again",
+            t.id
+        ),
+        TicketState::Cancelled => format!(
+            "Access Denied: the approval request for this query (ticket {}) was cancelled: {why}",
+            t.id
+        ),
+        _ => format!("Access Denied: ticket {} is {}", t.id, t.state),
+    }
+}
+
+/// A one-line summary for notifications and the CLI.
+pub fn describe(t: &Ticket) -> String {
+    let bytes = t
+        .bytes_estimate
+        .map(|b| format!(", ~{} to process", format_bytes(b)))
+        .unwrap_or_default();
+    let reason = t
+        .reason
+        .as_deref()
+        .map(|r| format!(" — reason: {r}"))
+        .unwrap_or_default();
+    let acting = t
+        .acting_for
+        .as_deref()
+        .map(|p| format!(" for {p}"))
+        .unwrap_or_default();
+    format!(
+        "{}{} asks to run on {} (rule {}{}){}",
+        t.requester, acting, t.source, t.rule, bytes, reason
+    )
+}
