@@ -59,7 +59,7 @@ async fn handle(State(front): State<Arc<Front>>, request: HttpRequest<Body>) -> 
     });
     let sql = request.statement().is_some();
     let project = request.target.clone();
-    let api = call.api.clone();
+    let api = call.api;
     let source = front.sources.get(&request.target).cloned();
     let outcome = front
         .pipeline

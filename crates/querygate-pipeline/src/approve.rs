@@ -212,10 +212,10 @@ impl Pipeline {
             request_id = %ctx.request.id, identity = %identity.subject, ticket = %ticket.id,
             rule = %needed.rule, "request waits for approval"
         );
-        Err(Outcome::Waiting(Waiting {
+        Err(Outcome::Waiting(Box::new(Waiting {
             ticket,
             ended: None,
-        }))
+        })))
     }
 
     /// A poll (or cancel) of a job that waited for approval. `None`: the job is not held
@@ -413,7 +413,7 @@ impl Pipeline {
                 "querygate could not write its audit record; contact the gateway's operator",
             ));
         }
-        Outcome::Waiting(Waiting { ticket, ended })
+        Outcome::Waiting(Box::new(Waiting { ticket, ended }))
     }
 
     /// Ends a ticket and audits it (an event of the ticket, not of a request).

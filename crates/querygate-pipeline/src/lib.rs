@@ -44,7 +44,7 @@ pub enum Outcome<R> {
     /// The request was allowed but could not be completed.
     Failed(Fault),
     /// The request waits for an approval decision (or was ended by one).
-    Waiting(Waiting),
+    Waiting(Box<Waiting>),
 }
 
 /// The parts of the configuration a reload may replace.
