@@ -121,7 +121,7 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// A new ticket id: `tk_` and 24 hex digits from the request id's randomness.
+    /// A new ticket id: `tk_` and 24 hex digits of `random`.
     pub fn new_id(random: &str) -> String {
         let hex: String = random
             .chars()

@@ -149,7 +149,7 @@ impl Pipeline {
         } = held;
         let ttl = self.approvals().ticket_ttl.as_secs() as i64;
         let ticket = Ticket {
-            id: Ticket::new_id(&ctx.request.id.0),
+            id: Ticket::new_id(&uuid::Uuid::new_v4().simple().to_string()),
             state: TicketState::Pending,
             created: now,
             expires: now + ttl,

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use querygate_core::{ClientInfo, RequestId, Secret};
+use querygate_core::{ClientInfo, RequestId, Secret, TicketState};
 use querygate_store::Reader;
 
 use super::*;
@@ -347,4 +347,297 @@ fn a_select_with_side_effects_is_not_a_read() {
     assert_eq!(s.tables.len(), 1);
     assert_eq!(s.tables[0].name, "p.d.t");
     assert_eq!(s.tables[0].filtered, vec!["b"]);
+}
+
+fn approval_keys() -> Authenticator {
+    let key = |subject: &str, group: &str, key: &str| ApiKey {
+        identity: Identity {
+            subject: subject.into(),
+            groups: vec![group.into()],
+            kind: querygate_core::IdentityKind::Agent,
+            ..Identity::default()
+        },
+        key_sha256: Secret::new(key).sha256_hex(),
+        expires: None,
+    };
+    Authenticator::new([
+        key("agent:a", "agents", "key-a"),
+        key("agent:b", "agents", "key-b"),
+        key("human:owner", "owners", "key-o"),
+    ])
+}
+
+fn approval_policy(extra: bool) -> PolicySet {
+    use querygate_policy::{Principal, Rule, RuleAction, When};
+    let mut rules = vec![Rule {
+        name: "needs an owner".into(),
+        who: vec![Principal::Group("agents".into())],
+        on_behalf_of: vec![],
+        tables: vec![],
+        statements: vec![],
+        when: When::default(),
+        action: RuleAction::Approve,
+        message: Some("reads need an owner's approval".into()),
+        approvers: vec![Principal::Group("owners".into())],
+        max_bytes_billed: None,
+    }];
+    if extra {
+        rules.push(Rule {
+            name: "owners read".into(),
+            who: vec![Principal::Group("owners".into())],
+            on_behalf_of: vec![],
+            tables: vec![],
+            statements: vec![],
+            when: When::default(),
+            action: RuleAction::Allow,
+            message: None,
+            approvers: vec![],
+            max_bytes_billed: None,
+        });
+    }
+    policies(querygate_policy::Policy::new(rules))
+}
+
+fn poll(key: &str, job: &str) -> Request {
+    let mut r = request(Some(key), Action::ReadJob { job_id: job.into() });
+    r.method = "jobs.get".into();
+    r
+}
+
+fn decision(approve: bool, reason: Option<&str>) -> TicketDecision {
+    TicketDecision {
+        approve,
+        window: None,
+        reason: reason.map(Into::into),
+    }
+}
+
+#[tokio::test]
+async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
+    let dir = tmp("approve");
+    let p = pipeline(&dir);
+    p.reload(approval_keys(), approval_policy(false));
+    let src = Echo {
+        bytes: 100,
+        ..Echo::default()
+    };
+    let who = |key: &'static str| {
+        let p = &p;
+        async move {
+            p.authenticate(Some(&Secret::new(key)))
+                .await
+                .expect("identity")
+        }
+    };
+    let (agent_a, agent_b, owner) = (who("key-a").await, who("key-b").await, who("key-o").await);
+    let waiting = |out: Outcome<EchoReply>| match out {
+        Outcome::Waiting(w) => *w,
+        other => panic!("expected a held job, got {other:?}"),
+    };
+
+    // Caught: the job waits; nothing runs upstream.
+    let sql = "SELECT * FROM t /* reason: incident 42 */ WHERE id = 1";
+    let w1 = waiting(
+        p.handle(request(Some("key-a"), query(sql)), Some(&src), "job1")
+            .await,
+    );
+    assert_eq!(w1.ticket.state, TicketState::Pending);
+    assert_eq!(w1.ticket.reason.as_deref(), Some("incident 42"));
+    assert_eq!(w1.ticket.reason_via.as_deref(), Some("comment"));
+    assert_eq!(w1.ticket.bytes_estimate, Some(100));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    // The same statement from another identity waits for its own approval.
+    let wb = waiting(
+        p.handle(request(Some("key-b"), query(sql)), Some(&src), "job2")
+            .await,
+    );
+    assert_ne!(wb.ticket.id, w1.ticket.id);
+    assert_eq!(wb.ticket.fingerprint, w1.ticket.fingerprint);
+    // Polls wait; another identity cannot poll the job at all.
+    assert!(
+        waiting(p.handle(poll("key-a", "job1"), Some(&src), "job1").await)
+            .ended
+            .is_none()
+    );
+    assert!(matches!(
+        p.handle(poll("key-b", "job1"), Some(&src), "job1").await,
+        Outcome::Denied(_)
+    ));
+
+    // Who may decide: not the requester, not another agent; an owner may.
+    let id = w1.ticket.id.clone();
+    for (identity, kind) in [
+        (&agent_a, DenialKind::Forbidden),
+        (&agent_b, DenialKind::Forbidden),
+    ] {
+        let refused = p.decide_ticket(identity, &id, decision(true, None)).await;
+        assert_eq!(refused.expect_err("refused").kind, kind);
+    }
+    let missing = p
+        .decide_ticket(&owner, "tk_nope", decision(true, None))
+        .await;
+    assert_eq!(missing.expect_err("unknown").kind, DenialKind::NotFound);
+    let approved = p.decide_ticket(&owner, &id, decision(true, Some("ok for the incident")));
+    assert_eq!(
+        approved.await.expect("approved").state,
+        TicketState::Approved
+    );
+    let again = p.decide_ticket(&owner, &id, decision(false, Some("changed my mind")));
+    assert_eq!(again.await.expect_err("decided").kind, DenialKind::Conflict);
+
+    // Approving `id = 1` does not run `id = 2`.
+    let sql2 = "SELECT * FROM t WHERE id = 2";
+    let w3 = waiting(
+        p.handle(request(Some("key-a"), query(sql2)), Some(&src), "job3")
+            .await,
+    );
+    assert_ne!(w3.ticket.fingerprint, w1.ticket.fingerprint);
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+
+    // The first poll after approval runs the held job (once), with the byte ceiling.
+    assert!(matches!(
+        p.handle(poll("key-a", "job1"), Some(&src), "job1").await,
+        Outcome::Done(_)
+    ));
+    assert!(matches!(
+        p.handle(poll("key-a", "job1"), Some(&src), "job1").await,
+        Outcome::Done(_)
+    ));
+    assert_eq!(src.limited.load(Ordering::SeqCst), 10 << 20, "10 MiB floor");
+
+    // A denial needs a reason, and ends the job with it.
+    let bare = p.decide_ticket(&owner, &w3.ticket.id, decision(false, None));
+    assert_eq!(bare.await.expect_err("no reason").kind, DenialKind::Invalid);
+    p.decide_ticket(&owner, &w3.ticket.id, decision(false, Some("too broad")))
+        .await
+        .expect("denied");
+    let ended = waiting(p.handle(poll("key-a", "job3"), Some(&src), "job3").await);
+    let message = ended.ended.expect("ended");
+    assert!(
+        message.contains(&w3.ticket.id)
+            && message.contains("human:owner")
+            && message.contains("too broad"),
+        "{message}"
+    );
+
+    // A window grant covers other statements the same rule catches, for that identity.
+    let window = TicketDecision {
+        approve: true,
+        window: Some(std::time::Duration::from_secs(3600)),
+        reason: None,
+    };
+    let too_long = TicketDecision {
+        window: Some(std::time::Duration::from_secs(100 * 3600)),
+        ..window.clone()
+    };
+    let refused = p.decide_ticket(&owner, &wb.ticket.id, too_long).await;
+    assert_eq!(refused.expect_err("too long").kind, DenialKind::Invalid);
+    p.decide_ticket(&owner, &wb.ticket.id, window)
+        .await
+        .expect("window");
+    let before = src.calls.load(Ordering::SeqCst);
+    assert!(matches!(
+        p.handle(
+            request(Some("key-b"), query("SELECT 99")),
+            Some(&src),
+            "job5"
+        )
+        .await,
+        Outcome::Done(_)
+    ));
+    assert_eq!(src.calls.load(Ordering::SeqCst), before + 1);
+    // …but not for agent a.
+    waiting(
+        p.handle(
+            request(Some("key-a"), query("SELECT 99")),
+            Some(&src),
+            "job6",
+        )
+        .await,
+    );
+
+    // A changed policy voids an approval that has not run yet.
+    let w7 = waiting(
+        p.handle(
+            request(Some("key-a"), query("SELECT 7")),
+            Some(&src),
+            "job7",
+        )
+        .await,
+    );
+    p.decide_ticket(&owner, &w7.ticket.id, decision(true, None))
+        .await
+        .expect("approved");
+    p.reload(approval_keys(), approval_policy(true));
+    let ended = waiting(p.handle(poll("key-a", "job7"), Some(&src), "job7").await);
+    assert!(ended.ended.expect("ended").contains("policy changed"));
+
+    p.store().flush().await.expect("flush");
+    let recs = records(&dir);
+    let runs: Vec<_> = recs
+        .iter()
+        .filter(|r| {
+            r.ticket.as_deref() == Some(id.as_str())
+                && r.method == "jobs.insert"
+                && r.phase == Phase::Decided
+        })
+        .collect();
+    assert_eq!(runs.len(), 1, "the approved job ran once");
+    assert_eq!(runs[0].approver.as_deref(), Some("human:owner"));
+    assert!(
+        recs.iter()
+            .any(|r| r.method == "approvals.approve" && r.identity == "human:owner")
+    );
+    assert!(recs.iter().any(|r| r.method == "approvals.approve"
+        && r.decision == "deny"
+        && r.identity == "agent:a"));
+    let verified = Reader::open(&dir.join("qg.db"))
+        .expect("reader")
+        .verify()
+        .expect("read");
+    assert!(verified.is_ok(), "{verified:?}");
+}
+
+#[tokio::test]
+async fn tickets_expire_and_end_their_jobs() {
+    let dir = tmp("expire");
+    let store = Store::open(&dir.join("qg.db")).expect("store");
+    let p = Pipeline::new(approval_keys(), approval_policy(false), Arc::new(store)).with_approvals(
+        ApprovalSettings {
+            ticket_ttl: std::time::Duration::ZERO,
+            max_window: std::time::Duration::from_secs(60),
+        },
+    );
+    let src = Echo::default();
+    let Outcome::Waiting(w) = p
+        .handle(
+            request(Some("key-a"), query("SELECT 1")),
+            Some(&src),
+            "job1",
+        )
+        .await
+    else {
+        panic!("expected a held job")
+    };
+    let owner = p
+        .authenticate(Some(&Secret::new("key-o")))
+        .await
+        .expect("owner");
+    let late = p
+        .decide_ticket(&owner, &w.ticket.id, decision(true, None))
+        .await;
+    assert_eq!(late.expect_err("expired").kind, DenialKind::Conflict);
+    let Outcome::Waiting(ended) = p.handle(poll("key-a", "job1"), Some(&src), "job1").await else {
+        panic!("expected the ended job")
+    };
+    assert!(ended.ended.expect("ended").contains("expired"));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    // A second ticket expires through the sweep.
+    p.handle(
+        request(Some("key-a"), query("SELECT 2")),
+        Some(&src),
+        "job2",
+    )
+    .await;
+    assert_eq!(p.sweep().await.expect("sweep"), 1);
 }
