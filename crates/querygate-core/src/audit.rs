@@ -95,6 +95,9 @@ pub struct AuditRecord {
     /// Who approved (or denied) it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
+    /// On `audit.checkpoint` and `audit.prune` records: the signed statement about the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl AuditRecord {
@@ -135,6 +138,7 @@ impl AuditRecord {
             auth: None,
             ticket: None,
             approver: None,
+            checkpoint: None,
         }
     }
 
@@ -144,6 +148,33 @@ impl AuditRecord {
     pub fn canonical(&self) -> String {
         // Serializing a struct of strings, numbers and options cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A signed statement that the chain held record `seq` with hash `head` at `time`: kind
+/// `chain` (a periodic checkpoint) or `pruned` (records up to `seq` were deleted by
+/// retention, and the first kept record must follow `head`). Signed with Ed25519 over
+/// [`Checkpoint::message`]; `key_id` names the key (the first 16 hex digits of the SHA-256
+/// of the public key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub kind: String,
+    pub seq: u64,
+    pub head: String,
+    pub time: String,
+    pub key_id: String,
+    /// Hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The exact bytes signed.
+    pub fn message(kind: &str, seq: u64, head: &str, time: &str) -> String {
+        format!("querygate audit checkpoint v1\nkind {kind}\nseq {seq}\nhead {head}\ntime {time}\n")
+    }
+
+    pub fn signed_message(&self) -> String {
+        Checkpoint::message(&self.kind, self.seq, &self.head, &self.time)
     }
 }
 

@@ -485,6 +485,7 @@ impl Pipeline {
             auth: by.and_then(|i| i.auth.clone()),
             ticket: Some(t.id.clone()),
             approver: t.decided_by.clone(),
+            checkpoint: None,
         };
         if by.is_none() {
             record.kind = Some("gateway".into());

@@ -24,6 +24,7 @@ use querygate_policy::{
     Input, Outcome as PolicyOutcome, StatementKind, TableUse, Verdict, format_bytes,
 };
 use querygate_sql::{Facts, SqlDialect, analyze};
+pub use querygate_store::audit_time;
 use querygate_store::{Alongside, JobRow, Store};
 
 pub use approve::{ApprovalSettings, TicketDecision, Waiting, describe};
@@ -654,6 +655,7 @@ impl Pipeline {
             auth: ctx.identity.and_then(|i| i.auth.clone()),
             ticket: None,
             approver: None,
+            checkpoint: None,
         }
     }
 }
@@ -759,21 +761,6 @@ impl Subject {
 /// `p.d.t$20240101` / `p.d.t@1700000000` → `p.d.t`.
 fn strip_decorator(table: &str) -> String {
     table.split(['$', '@']).next().unwrap_or(table).to_string()
-}
-
-/// RFC 3339 UTC with exactly six fractional digits, so that times sort as strings.
-pub fn audit_time(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
 }
 
 /// The HTTP-style status a denial is rendered with, recorded in the audit log.

@@ -13,6 +13,7 @@ mod journal;
 mod keys;
 mod reader;
 mod schema;
+pub mod signing;
 mod tickets;
 mod writer;
 
@@ -26,7 +27,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 pub use keys::{KeyAdmin, MIN_PREFIX, RevokeOutcome, StoredKey};
-pub use reader::{AuditFilter, Reader, StoredRecord, VerifyReport};
+pub use reader::{AuditFilter, Reader, StoredRecord, VerifyOptions, VerifyReport};
 pub use schema::Sync;
 pub use tickets::{TicketFilter, Undecidable, Verdict};
 
@@ -56,6 +57,24 @@ pub struct JobRow {
     pub schema: Option<String>,
     /// Policy's limit on result rows for this job, applied to every page.
     pub row_limit: Option<u64>,
+}
+
+/// Signed checkpoints of the chain (see [`signing`]): one every `every` records or
+/// `interval`, whichever comes first (and at a clean stop), also appended to `file`, which
+/// should live apart from the store.
+#[derive(Debug)]
+pub struct Checkpoints {
+    pub signer: signing::Signer,
+    pub every: u64,
+    pub interval: Duration,
+    pub file: Option<PathBuf>,
+}
+
+/// How to open a store.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub sync: Sync,
+    pub checkpoints: Option<Checkpoints>,
 }
 
 /// What else to commit together with an audit record.
@@ -169,14 +188,25 @@ impl Store {
 
     /// Opens the store with a chosen durability (see [`Sync`]).
     pub fn open_with(path: &Path, sync: Sync) -> Result<Store, StoreError> {
-        Store::start(path, sync, journal::Journal::create)
+        Store::open_with_options(
+            path,
+            Options {
+                sync,
+                checkpoints: None,
+            },
+        )
+    }
+
+    /// Opens the store with durability and signed checkpoints as configured.
+    pub fn open_with_options(path: &Path, options: Options) -> Result<Store, StoreError> {
+        Store::start(path, options, journal::Journal::create)
     }
 
     /// Opens the store, appending to the journal file `journal` opens (tests put a
     /// device that is always full there).
     fn start(
         path: &Path,
-        sync: Sync,
+        options: Options,
         journal: impl FnOnce(&Path, u64) -> std::io::Result<journal::Journal>,
     ) -> Result<Store, StoreError> {
         let err = sqlite_err(path);
@@ -199,10 +229,13 @@ impl Store {
             store: path.to_path_buf(),
             journal,
             file,
-            sync,
+            sync: options.sync,
             head,
             pending: pending.clone(),
             lock,
+            checkpoints: options.checkpoints,
+            since_checkpoint: 0,
+            last_checkpoint: std::time::Instant::now(),
         };
         let writer = std::thread::Builder::new()
             .name("querygate-store".into())
@@ -464,6 +497,33 @@ fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), 
     }
     let next = files.last().map_or(1, |(n, _)| n + 1);
     Ok(((seq, hash), next))
+}
+
+/// A time as the audit log writes it: RFC 3339 UTC with exactly six fractional digits
+/// (`2026-11-27T10:00:00.000000Z`), so that times sort as strings.
+pub fn audit_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// Where the signing key lives unless configured: beside the store, `<store>.key`.
+pub fn default_key_path(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".key");
+    PathBuf::from(name)
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    audit_time(time::OffsetDateTime::now_utc())
 }
 
 /// The UTC day (`YYYY-MM-DD`) a record's usage counts for.

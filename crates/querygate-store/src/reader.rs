@@ -12,7 +12,7 @@ use querygate_core::audit::{ChainBreak, ChainRow, ChainVerifier};
 use rusqlite::{Connection, params};
 
 use crate::journal::{self, Entry};
-use crate::{StoreError, schema, sqlite_err};
+use crate::{StoreError, schema, signing, sqlite_err};
 
 /// Which records to return. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
@@ -50,10 +50,29 @@ impl AuditFilter {
 }
 
 /// The result of a successful verification.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VerifyReport {
     pub records: u64,
     pub head: String,
+    /// Checkpoint records whose signature verified.
+    pub checkpoints: u64,
+    /// Checkpoint records not checked because no public key was given or found.
+    pub unchecked_checkpoints: u64,
+    /// The last signed checkpoint's seq, and how many records follow it unsigned.
+    pub last_checkpoint: Option<u64>,
+    pub unsigned_tail: u64,
+    /// Checkpoints from a checkpoint file that the log was compared against.
+    pub external_checkpoints: u64,
+}
+
+/// What to check besides the chain.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The signing key's public key (hex). Default: `<store>.key.pub` when it exists.
+    pub public_key: Option<String>,
+    /// A checkpoint file kept apart from the store: every checkpoint in it must be in the
+    /// log with the same head, so a log cut short or rewritten after it is caught.
+    pub checkpoint_file: Option<std::path::PathBuf>,
 }
 
 /// A record as stored, with its place in the chain.
@@ -193,21 +212,148 @@ impl Reader {
 
     /// Walks the whole chain. `Ok(Err(break))` names the first bad record.
     pub fn verify(&self) -> Result<Result<VerifyReport, ChainBreak>, StoreError> {
-        let mut verifier = ChainVerifier::default();
-        let mut broken = None;
-        self.rows(|row| match verifier.check(&row) {
-            Ok(()) => Ok(true),
-            Err(b) => {
-                broken = Some(b);
-                Ok(false)
+        self.verify_with(&VerifyOptions::default())
+    }
+
+    /// Walks the whole chain, checks every checkpoint's signature, and compares the log
+    /// with a checkpoint file. `Ok(Err(break))` names the first bad record.
+    pub fn verify_with(
+        &self,
+        options: &VerifyOptions,
+    ) -> Result<Result<VerifyReport, ChainBreak>, StoreError> {
+        let failed = |message: String| StoreError::Failed {
+            path: self.path.clone(),
+            message,
+        };
+        let public_key = match &options.public_key {
+            Some(k) => Some(k.trim().to_string()),
+            None => {
+                let default = signing::public_path(&crate::default_key_path(Path::new(&self.path)));
+                std::fs::read_to_string(default)
+                    .ok()
+                    .map(|k| k.trim().to_string())
             }
+        };
+        let external = match &options.checkpoint_file {
+            Some(path) => read_checkpoint_file(path).map_err(failed)?,
+            None => Vec::new(),
+        };
+        // The heads the checkpoint file vouches for, by seq.
+        let mut vouched: std::collections::BTreeMap<u64, String> =
+            external.iter().map(|c| (c.seq, c.head.clone())).collect();
+        let mut verifier = ChainVerifier::default();
+        let mut report = VerifyReport::default();
+        let mut broken = None;
+        let mut heads_seen = 0u64;
+        self.rows(|row| {
+            let at = row.seq;
+            let prev = row.prev_hash.clone();
+            let checkpoint = row.record.contains("\"checkpoint\":");
+            let record = checkpoint.then(|| row.record.clone());
+            if let Err(b) = verifier.check(&row) {
+                broken = Some(b);
+                return Ok(false);
+            }
+            // The record at seq `at - 1` had hash `prev`: compare with the file.
+            if let Some(head) = vouched.remove(&(at - 1)) {
+                heads_seen += 1;
+                if head != prev {
+                    broken = Some(ChainBreak {
+                        seq: at - 1,
+                        problem: "the checkpoint file vouches for a different hash here: the log was rewritten after that checkpoint".into(),
+                    });
+                    return Ok(false);
+                }
+            }
+            if let Some(text) = record {
+                match check_checkpoint(&text, at, &prev, public_key.as_deref()) {
+                    Ok(true) => {
+                        report.checkpoints += 1;
+                        report.last_checkpoint = Some(at);
+                    }
+                    Ok(false) => report.unchecked_checkpoints += 1,
+                    Err(problem) => {
+                        broken = Some(ChainBreak { seq: at, problem });
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(true)
         })?;
         if let Some(b) = broken {
             return Ok(Err(b));
         }
-        Ok(Ok(VerifyReport {
-            records: verifier.count(),
-            head: verifier.head().to_string(),
-        }))
+        // The last record's own hash (a checkpoint may vouch for the very last record).
+        if let Some(head) = vouched.remove(&verifier.count()) {
+            heads_seen += 1;
+            if head != verifier.head() {
+                return Ok(Err(ChainBreak {
+                    seq: verifier.count(),
+                    problem: "the checkpoint file vouches for a different hash here: the log was rewritten after that checkpoint".into(),
+                }));
+            }
+        }
+        if let Some((seq, _)) = vouched.iter().find(|(seq, _)| **seq > verifier.count()) {
+            return Ok(Err(ChainBreak {
+                seq: verifier.count() + 1,
+                problem: format!(
+                    "the log ends at record {}, but the checkpoint file vouches for record {seq}: records were cut from the end",
+                    verifier.count()
+                ),
+            }));
+        }
+        report.records = verifier.count();
+        report.head = verifier.head().to_string();
+        report.unsigned_tail = report.records - report.last_checkpoint.unwrap_or(0);
+        report.external_checkpoints = heads_seen;
+        Ok(Ok(report))
     }
+}
+
+/// Checks a checkpoint record at `seq` that follows a record with hash `prev`: `Ok(true)`
+/// verified, `Ok(false)` not checkable (no public key), `Err` why it is bad.
+fn check_checkpoint(
+    text: &str,
+    seq: u64,
+    prev: &str,
+    public_key: Option<&str>,
+) -> Result<bool, String> {
+    let record: AuditRecord = serde_json::from_str(text)
+        .map_err(|e| format!("a checkpoint record that does not parse: {e}"))?;
+    let Some(cp) = record.checkpoint else {
+        return Ok(true);
+    };
+    if cp.kind == "chain" && (cp.seq + 1 != seq || cp.head != prev) {
+        return Err(format!(
+            "the checkpoint vouches for record {} with another hash than the chain holds",
+            cp.seq
+        ));
+    }
+    let Some(key) = public_key else {
+        return Ok(false);
+    };
+    if signing::key_id(&hex::decode(key).unwrap_or_default()) != cp.key_id {
+        return Err(format!(
+            "the checkpoint was signed with key {}, not with the public key given",
+            cp.key_id
+        ));
+    }
+    if !signing::verify(key, &cp.signed_message(), &cp.signature) {
+        return Err("the checkpoint's signature does not verify: it was forged or altered".into());
+    }
+    Ok(true)
+}
+
+/// A checkpoint file: one JSON object per line, as the writer appends them.
+fn read_checkpoint_file(path: &Path) -> Result<Vec<querygate_core::audit::Checkpoint>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the checkpoint file {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("checkpoint file {} line {}: {e}", path.display(), n + 1))
+        })
+        .collect()
 }

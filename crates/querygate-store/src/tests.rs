@@ -40,6 +40,7 @@ fn record(statement: &str) -> AuditRecord {
         auth: None,
         ticket: None,
         approver: None,
+        checkpoint: None,
     }
 }
 
@@ -357,7 +358,7 @@ async fn a_second_writer_on_the_same_store_is_refused() {
 async fn a_failed_journal_write_fails_every_caller_in_the_group() {
     let dir = tempdir::Dir::new();
     let path = dir.0.join("qg.db");
-    let store = Store::start(&path, Sync::Full, |_, _| {
+    let store = Store::start(&path, Options::default(), |_, _| {
         journal::Journal::failing(dir.0.join("failing.journal"))
     })
     .expect("open");
@@ -405,4 +406,172 @@ async fn a_closed_store_refuses_writes() {
     // The lock is let go: another process (here, another handle) can take over.
     let again = Store::open(&path).expect("reopen");
     assert_eq!(again.append(record("SELECT 3")).await.expect("append"), 2);
+}
+
+/// Rewrites rows from `from` on as an attacker with the file would: edits with `edit`,
+/// then recomputes every hash after it so that the chain itself verifies again.
+fn rechain(path: &Path, from: u64, edit: impl Fn(u64, String) -> String) {
+    let conn = Connection::open(path).expect("open");
+    conn.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;",
+    )
+    .expect("drop triggers");
+    let rows: Vec<(i64, String, String)> = conn
+        .prepare("SELECT seq, record, prev_hash FROM audit_log ORDER BY seq")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut prev = None;
+    for (seq, record, stored_prev) in rows {
+        let seq = seq as u64;
+        if seq < from {
+            prev = Some(
+                conn.query_row(
+                    "SELECT hash FROM audit_log WHERE seq = ?1",
+                    [seq as i64],
+                    |r| r.get::<_, String>(0),
+                )
+                .expect("hash"),
+            );
+            continue;
+        }
+        let record = edit(seq, record);
+        let prev_hash = prev.clone().unwrap_or(stored_prev);
+        let hash = querygate_core::audit::chain_hash(&prev_hash, &record);
+        conn.execute(
+            "UPDATE audit_log SET record = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?1",
+            rusqlite::params![seq as i64, record, prev_hash, hash],
+        )
+        .expect("update");
+        prev = Some(hash);
+    }
+}
+
+#[tokio::test]
+async fn signed_checkpoints_catch_rewrites_forgeries_and_a_cut_tail() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let key = dir.0.join("audit.key");
+    let file = dir.0.join("checkpoints.jsonl");
+    let signer = signing::Signer::load_or_create(&key).expect("key");
+    let public = signer.public_key_hex();
+    let store = Store::open_with_options(
+        &path,
+        Options {
+            sync: Sync::Full,
+            checkpoints: Some(Checkpoints {
+                signer,
+                every: 5,
+                interval: Duration::from_secs(3600),
+                file: Some(file.clone()),
+            }),
+        },
+    )
+    .expect("open");
+    for i in 1..=12 {
+        store
+            .append(record(&format!("SELECT {i}")))
+            .await
+            .expect("append");
+    }
+    drop(store); // a clean stop signs the last two records too
+    let options = VerifyOptions {
+        public_key: Some(public.clone()),
+        checkpoint_file: Some(file.clone()),
+    };
+    let check = |options: &VerifyOptions| {
+        Reader::open(&path)
+            .expect("reader")
+            .verify_with(options)
+            .expect("read")
+    };
+    let report = check(&options).expect("intact");
+    assert_eq!((report.records, report.checkpoints), (15, 3), "{report:?}");
+    assert_eq!(report.unsigned_tail, 0);
+    assert_eq!(report.external_checkpoints, 3);
+    // The key file is private; its public half is written beside it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(
+        std::fs::read_to_string(signing::public_path(&key))
+            .expect("pub")
+            .trim(),
+        public
+    );
+
+    // Another public key: refused, naming the key that signed.
+    let other = signing::Signer::load_or_create(&dir.0.join("other.key")).expect("key");
+    let wrong = VerifyOptions {
+        public_key: Some(other.public_key_hex()),
+        checkpoint_file: None,
+    };
+    assert!(
+        check(&wrong)
+            .expect_err("wrong key")
+            .problem
+            .contains("signed with key")
+    );
+
+    // A cut tail is a valid chain, but the checkpoint file remembers more.
+    let backup = dir.0.join("backup.db");
+    std::fs::copy(&path, &backup).expect("copy");
+    tamper(&path, "DELETE FROM audit_log WHERE seq > 11");
+    let plain = VerifyOptions {
+        public_key: Some(public.clone()),
+        checkpoint_file: None,
+    };
+    assert!(
+        check(&plain).is_ok(),
+        "a prefix of the chain verifies on its own"
+    );
+    let cut = check(&options).expect_err("cut");
+    assert!(cut.problem.contains("cut from the end"), "{cut:?}");
+    std::fs::copy(&backup, &path).expect("restore");
+
+    // An edit with the whole tail re-chained: the chain verifies, the next checkpoint not.
+    rechain(&path, 3, |seq, r| {
+        if seq == 3 {
+            r.replace("SELECT 3", "SELECT 333")
+        } else {
+            r
+        }
+    });
+    let rewritten = check(&plain).expect_err("rewritten");
+    assert_eq!(
+        rewritten.seq, 6,
+        "the first checkpoint after the edit: {rewritten:?}"
+    );
+    std::fs::copy(&backup, &path).expect("restore");
+
+    // …and making the checkpoint claim the new head breaks its signature.
+    rechain(&path, 3, |seq, r| {
+        if seq == 3 {
+            return r.replace("SELECT 3", "SELECT 333");
+        }
+        r
+    });
+    let new_head: String = Connection::open(&path)
+        .expect("open")
+        .query_row("SELECT hash FROM audit_log WHERE seq = 5", [], |r| r.get(0))
+        .expect("head");
+    rechain(&path, 6, |seq, r| {
+        if seq != 6 {
+            return r;
+        }
+        let mut v: serde_json::Value = serde_json::from_str(&r).expect("json");
+        v["checkpoint"]["head"] = serde_json::json!(new_head);
+        serde_json::to_string(&v).expect("json")
+    });
+    let forged = check(&plain).expect_err("forged");
+    assert_eq!(forged.seq, 6);
+    assert!(
+        forged.problem.contains("signature does not verify"),
+        "{forged:?}"
+    );
 }

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use querygate_core::audit::chain_hash;
+use querygate_core::AuditRecord;
+use querygate_core::audit::{Checkpoint, chain_hash};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
@@ -49,6 +50,10 @@ pub(crate) struct Writer {
     pub(crate) pending: Pending,
     /// Held for as long as the writer runs.
     pub(crate) lock: Lock,
+    pub(crate) checkpoints: Option<crate::Checkpoints>,
+    /// Records chained since the last checkpoint, and when that was.
+    pub(crate) since_checkpoint: u64,
+    pub(crate) last_checkpoint: Instant,
 }
 
 /// What the writer hands the indexer, in journal order.
@@ -76,23 +81,37 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
     };
     let mut last_batch = 0;
     let mut unsynced = false;
-    loop {
-        let first = if unsynced {
-            match ops.recv_timeout(SYNC_AFTER) {
-                Ok(op) => op,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    unsynced = !w.sync_now();
-                    continue;
+    let mut open = true;
+    while open {
+        // Wait for work, or until a queued completion must be synced or a checkpoint is due.
+        let wake = [
+            unsynced.then(|| Instant::now() + SYNC_AFTER),
+            w.checkpoint_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let first = match wake {
+            None => ops.recv().ok(),
+            Some(at) => match ops.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match ops.recv() {
-                Ok(op) => op,
-                Err(_) => break,
-            }
+            },
         };
-        let mut batch = vec![first];
+        if first.is_none() && wake.is_none() {
+            open = false;
+        }
+        let mut batch: Vec<Op> = first.into_iter().collect();
+        if batch.is_empty() && !w.checkpoint_due(0) {
+            if unsynced {
+                unsynced = !w.sync_now();
+            }
+            continue;
+        }
         // Under concurrency (the last group held several callers waiting), wait a moment
         // for more, so that one sync carries more requests. A lone client never waits
         // (its queued completion and claim are not callers waiting).
@@ -113,6 +132,13 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
             }
         }
         last_batch = batch.iter().filter(|op| awaited(op)).count();
+        let records = batch
+            .iter()
+            .filter(|op| matches!(op, Op::Append { .. }))
+            .count() as u64;
+        if w.checkpoint_due(records) {
+            batch.push(w.checkpoint_op());
+        }
 
         let (entries, seqs, head) = w.chain(&mut batch);
         // Sync only when someone waits for durability (a decided record, a flush). Queued
@@ -125,10 +151,14 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
                 if !entries.is_empty() {
                     let _ = to_index.send(Index::Entries(entries));
                 }
+                w.since_checkpoint += records;
                 for (op, seq) in batch.into_iter().zip(seqs) {
                     match op {
                         Op::Flush { ack } => {
                             let _ = to_index.send(Index::Flush(ack));
+                        }
+                        Op::Append { record, .. } if record.checkpoint.is_some() => {
+                            w.checkpointed(&record);
                         }
                         op => ack(op, Ok(seq)),
                     }
@@ -151,8 +181,19 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
             }
         }
     }
-    // Shutting down: the indexer indexes what is left, syncs SQLite and deletes the
-    // journal files; then the lock is let go.
+    // Shutting down: a last checkpoint over everything written, then the indexer indexes
+    // what is left, syncs SQLite and deletes the journal files; then the lock is let go.
+    if w.checkpoints.is_some() && w.since_checkpoint > 0 {
+        let mut batch = vec![w.checkpoint_op()];
+        let (entries, _, head) = w.chain(&mut batch);
+        if w.journal.append(&entries, false).is_ok() {
+            w.head = head;
+            let _ = to_index.send(Index::Entries(entries));
+            if let Some(Op::Append { record, .. }) = batch.pop() {
+                w.checkpointed(&record);
+            }
+        }
+    }
     w.sync_now();
     let _ = to_index.send(Index::Full(w.journal.path().to_path_buf()));
     drop(to_index);
@@ -201,6 +242,19 @@ impl Writer {
         for op in batch.iter_mut() {
             match op {
                 Op::Append { record, usage, .. } => {
+                    if let (Some(cp), Some(settings)) = (&mut record.checkpoint, &self.checkpoints)
+                    {
+                        // Signs the head this checkpoint record follows.
+                        let time = crate::now_rfc3339();
+                        cp.seq = seq;
+                        cp.head = prev.clone();
+                        cp.key_id = settings.signer.key_id().to_string();
+                        cp.signature = settings
+                            .signer
+                            .sign(&Checkpoint::message(&cp.kind, seq, &prev, &time));
+                        cp.time = time.clone();
+                        record.time = time;
+                    }
                     seq += 1;
                     record.seq = seq;
                     let encoded = record.canonical();
@@ -224,6 +278,72 @@ impl Writer {
             }
         }
         (entries, seqs, (seq, prev))
+    }
+
+    /// When the next time-based checkpoint is due, if records wait for one.
+    fn checkpoint_at(&self) -> Option<Instant> {
+        let cp = self.checkpoints.as_ref()?;
+        (self.since_checkpoint > 0).then(|| self.last_checkpoint + cp.interval)
+    }
+
+    /// Whether a checkpoint is due after `more` records are added.
+    fn checkpoint_due(&self, more: u64) -> bool {
+        let Some(cp) = &self.checkpoints else {
+            return false;
+        };
+        let since = self.since_checkpoint + more;
+        since > 0 && (since >= cp.every || self.last_checkpoint.elapsed() >= cp.interval)
+    }
+
+    /// A checkpoint record to chain; [`Writer::chain`] fills in and signs what it covers.
+    fn checkpoint_op(&self) -> Op {
+        let mut record = AuditRecord::default_for("audit.checkpoint", "querygate");
+        record.kind = Some("gateway".into());
+        record.decision = "allow".into();
+        record.request_id = "checkpoint".into();
+        record.checkpoint = Some(Checkpoint {
+            kind: "chain".into(),
+            seq: 0,
+            head: String::new(),
+            time: String::new(),
+            key_id: String::new(),
+            signature: String::new(),
+        });
+        let (ack, _) = oneshot::channel();
+        Op::Append {
+            record: Box::new(record),
+            usage: None,
+            ack,
+        }
+    }
+
+    /// After a checkpoint record is journalled: count from zero, and copy it to the
+    /// checkpoint file kept apart from the store, if one is configured.
+    fn checkpointed(&mut self, record: &AuditRecord) {
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        let (Some(cp), Some(settings)) = (&record.checkpoint, &self.checkpoints) else {
+            return;
+        };
+        if let Some(path) = &settings.file {
+            let line = serde_json::json!({
+                "kind": cp.kind, "seq": cp.seq, "head": cp.head, "time": cp.time,
+                "key_id": cp.key_id, "signature": cp.signature,
+                "public_key": settings.signer.public_key_hex(),
+            });
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(format!("{line}\n").as_bytes())?;
+                    f.sync_data()
+                });
+            if let Err(e) = written {
+                tracing::error!(error = %e, path = %path.display(), "cannot write the checkpoint file");
+            }
+        }
     }
 
     /// Syncs queued completions; `true` when done.
@@ -256,6 +376,14 @@ impl Writer {
 
 /// The indexer: journalled entries into SQLite, in batches.
 fn index_loop(mut conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, pending: Pending) {
+    // Indexing is background work: at the lowest priority, it takes no CPU from requests
+    // on a busy machine (a tail-latency measure; on failure it only runs at normal priority).
+    if let Err(e) = rustix::process::setpriority_process(
+        rustix::process::Pid::from_raw(rustix::thread::gettid().as_raw_nonzero().get()),
+        19,
+    ) {
+        tracing::debug!(error = %e, "cannot lower the indexer's priority");
+    }
     let mut waiting: Vec<Entry> = Vec::new();
     let mut oldest: Option<Instant> = None;
     let mut full: Vec<PathBuf> = Vec::new();
