@@ -119,7 +119,10 @@ async fn rules_decide_with_estimates_caps_budgets_and_row_limits() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["jobComplete"], false, "{body}");
     assert!(body["jobReference"]["jobId"].as_str().is_some(), "{body}");
-    let m = body["querygate"]["message"].as_str().unwrap_or("").to_string();
+    let m = body["querygate"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(
         m.contains("large scans need an owner")
             && m.contains("group:data-owners")
@@ -178,7 +181,9 @@ async fn rules_decide_with_estimates_caps_budgets_and_row_limits() {
         .expect("approve record");
     assert_eq!(approve["decision"], "approve");
     assert!(
-        approve["ticket"].as_str().is_some_and(|t| t.starts_with("tk_")),
+        approve["ticket"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("tk_")),
         "{approve}"
     );
     assert_eq!(approve["bytes_estimate"], 12 * GIB);
