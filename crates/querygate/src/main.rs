@@ -1,11 +1,13 @@
-//! The `querygate` command: `serve`, `keys`, `audit`, `config check`.
+//! The `querygate` command: `serve`, `keys`, `audit`, `policy`, `config check`.
 //!
 //! Parses the command line and hands off to one module per command. Errors reach
 //! the user as one readable message and a non-zero exit; nothing here panics.
 
+mod admin;
 mod audit_cmd;
 mod config;
 mod keys;
+mod notify;
 mod policy_cmd;
 mod serve;
 
@@ -89,8 +91,18 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { config },
         } => config::Config::load(&config.config)
             .map(|c| {
+                let mut extra = String::new();
+                if let Some(url) = c.admin_url() {
+                    extra.push_str(&format!(", admin API at {url}"));
+                }
+                if let Some(hook) = &c.notify.webhook {
+                    extra.push_str(&format!(
+                        ", notifying approvers at {}",
+                        hook.get_ref().host()
+                    ));
+                }
                 println!(
-                    "{}: ok ({} api keys, {} oidc issuers, {} sources)",
+                    "{}: ok ({} api keys, {} oidc issuers, {} sources{extra})",
                     config.config.display(),
                     c.api_keys.len(),
                     c.oidc.len(),
