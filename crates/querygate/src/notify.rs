@@ -130,15 +130,24 @@ impl Notifier {
 }
 
 /// The Slack-compatible message for a new ticket: `text` for people, `querygate` (the
-/// ticket) for machines.
+/// ticket) for machines. The summary carries the requester's own words (its reason), so
+/// Slack's control characters are escaped: a reason cannot mention `@channel` or dress
+/// up a link.
 pub fn message(t: &Ticket, console_url: &str) -> Value {
     json!({
         "text": format!(
             "{} — ticket {}: {console_url}/api/v1/tickets/{} — approve with `querygate approvals approve {}`",
-            describe(t), t.id, t.id, t.id
+            slack_escape(&describe(t)), t.id, t.id, t.id
         ),
         "querygate": serde_json::to_value(t).unwrap_or(Value::Null),
     })
+}
+
+/// Text as Slack shows it literally (`&`, `<`, `>` are its control characters).
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// An error and its causes on one line ("error sending request: … : connection refused").
@@ -154,4 +163,17 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requester_text_cannot_ping_or_link_in_slack() {
+        assert_eq!(
+            slack_escape("urgent <!channel> see <https://evil.example|approve> & go"),
+            "urgent &lt;!channel&gt; see &lt;https://evil.example|approve&gt; &amp; go"
+        );
+    }
 }

@@ -205,6 +205,16 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(webhook) = &config.notify.webhook {
         let url = webhook.get_ref().url().map_err(anyhow::Error::msg)?;
         let console = config.console_url().unwrap_or_default();
+        if config.notify.console_url.is_none()
+            && config
+                .admin_listen()
+                .is_some_and(|a| a.ip().is_unspecified())
+        {
+            tracing::warn!(
+                "ticket links in notifications point at {console}, which works on this machine \
+                 only; set [notify] console_url to the address approvers use"
+            );
+        }
         let notifier = Notifier::new(pipeline.clone(), url, console).map_err(anyhow::Error::msg)?;
         tokio::spawn(notifier.run());
     }
