@@ -772,11 +772,21 @@ async fn with_the_webhook_down_tickets_wait_and_are_sent_once_it_is_back() {
         ),
     )
     .await;
+    let (code, out) = g.cli(&["config", "check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("admin API at http://127.0.0.1:{port}"))
+            && out.contains("notifying approvers at 127.0.0.1")
+            && !out.contains("SECRETHOOKTOKEN"),
+        "{out}"
+    );
     let (_, ticket) = caught(&g, &format!("SELECT 9 /*bytes={}*/", 11 * GIB)).await;
-    wait_for("a retry warning", || async {
-        g.log().contains("retrying in")
+    // Retried with a growing delay: 1 s, then 2 s.
+    wait_for("a second retry warning", || async {
+        g.log().contains("retrying in 2s")
     })
     .await;
+    assert!(g.log().contains("retrying in 1s"), "{}", g.log());
     let log = g.log();
     let warning = log
         .lines()
