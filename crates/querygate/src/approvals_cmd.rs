@@ -38,19 +38,23 @@ pub enum ApprovalsCommand {
         limit: Option<usize>,
         #[command(flatten)]
         server: ServerArgs,
+        /// Print the admin API's JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one ticket: who asks, what, why, and what it would cost.
     Show {
+        /// The ticket id (tk_…), as `approvals list` shows it.
         id: String,
         #[command(flatten)]
         server: ServerArgs,
+        /// Print the admin API's JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Approve a ticket: the waiting query runs at the requester's next poll.
     Approve {
+        /// The ticket id (tk_…), as `approvals list` shows it.
         id: String,
         /// Also approve the same rule's requests by the same identity for this long (30m, 1h, 1d).
         #[arg(long = "for", value_name = "DURATION")]
@@ -60,17 +64,20 @@ pub enum ApprovalsCommand {
         reason: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
+        /// Print the admin API's JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Deny a ticket; the requester sees your reason.
     Deny {
+        /// The ticket id (tk_…), as `approvals list` shows it.
         id: String,
         /// Why (required: the requester sees it).
         #[arg(long)]
         reason: String,
         #[command(flatten)]
         server: ServerArgs,
+        /// Print the admin API's JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -273,7 +280,7 @@ impl Admin {
                 "cannot reach the admin API at {}: {} (is `querygate serve` running with \
                  server.admin_listen set?)",
                 self.base,
-                chain(&e)
+                chain(&e.without_url())
             )
         })?;
         let status = response.status();
