@@ -1,11 +1,14 @@
-//! The `querygate` command: `serve`, `keys`, `audit`, `config check`.
+//! The `querygate` command: `serve`, `keys`, `audit`, `policy`, `approvals`, `config check`.
 //!
 //! Parses the command line and hands off to one module per command. Errors reach
 //! the user as one readable message and a non-zero exit; nothing here panics.
 
+mod admin;
+mod approvals_cmd;
 mod audit_cmd;
 mod config;
 mod keys;
+mod notify;
 mod policy_cmd;
 mod serve;
 
@@ -62,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: policy_cmd::PolicyCommand,
     },
+    /// List, show, approve and deny approval tickets (through the gateway's admin API).
+    Approvals {
+        #[command(subcommand)]
+        command: approvals_cmd::ApprovalsCommand,
+    },
     /// Check a config file and exit.
     Config {
         #[command(subcommand)]
@@ -85,12 +93,23 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys::run(command),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),
+        Command::Approvals { command } => approvals_cmd::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config::Config::load(&config.config)
             .map(|c| {
+                let mut extra = String::new();
+                if let Some(url) = c.admin_url() {
+                    extra.push_str(&format!(", admin API at {url}"));
+                }
+                if let Some(hook) = &c.notify.webhook {
+                    extra.push_str(&format!(
+                        ", notifying approvers at {}",
+                        hook.get_ref().host()
+                    ));
+                }
                 println!(
-                    "{}: ok ({} api keys, {} oidc issuers, {} sources)",
+                    "{}: ok ({} api keys, {} oidc issuers, {} sources{extra})",
                     config.config.display(),
                     c.api_keys.len(),
                     c.oidc.len(),

@@ -1,8 +1,10 @@
 //! `querygate serve`: build the runtime objects from a checked config and run the fronts.
 //!
 //! Wiring only: config → store, authenticator (API keys, stored keys, OIDC issuers),
-//! sources, pipeline → BigQuery front,
-//! served over TLS (rustls) when configured, else plaintext (loopback, or by consent).
+//! sources, pipeline → BigQuery front and, when `admin_listen` is set, the admin API
+//! (approvals), both served over TLS (rustls) when configured, else plaintext (loopback,
+//! or by consent). Background tasks: reload, the ticket sweeper (every 5 s) and, when
+//! `[notify] webhook` is set, the notifier.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use querygate_store::Store;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, DEFAULT_MAX_BODY_BYTES, UpstreamCredential};
+use crate::notify::Notifier;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
@@ -103,7 +106,10 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     let policies = config.policies().map_err(anyhow::Error::msg)?;
     let authenticator = authenticator(config, &store, caches).map_err(anyhow::Error::msg)?;
     authenticator.warm_up();
-    let pipeline = Arc::new(Pipeline::new(authenticator, policies, store.clone()));
+    let pipeline = Arc::new(
+        Pipeline::new(authenticator, policies, store.clone())
+            .with_approvals(config.approval_settings()),
+    );
     let mut sources = HashMap::new();
     for s in &config.sources {
         let auth = match s.credential(config) {
@@ -155,10 +161,11 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     for o in &config.oidc {
         tracing::info!(issuer = %o.get_ref().issuer, "accepting OIDC tokens");
     }
+    let pipeline = front.pipeline.clone();
     tokio::spawn(reload(
         config_path,
         config.policy.as_ref().map(|p| config.resolve(p)),
-        front.pipeline.clone(),
+        pipeline.clone(),
         Credentials { store, caches },
     ));
     let addr = config.listen();
@@ -173,13 +180,71 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     for s in &config.sources {
         tracing::info!(source = %s.name, project = %s.project, upstream = %s.endpoint(), "source ready");
     }
+    let admin = match config.admin_listen() {
+        Some(admin_addr) => {
+            let listener = TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("cannot listen on {admin_addr} (server.admin_listen)"))?;
+            tracing::info!(
+                "querygate serving the admin API (approvals) at {scheme}://{}",
+                listener.local_addr().unwrap_or(admin_addr)
+            );
+            Some(listener)
+        }
+        None => {
+            if has_approve_rules(&config) {
+                tracing::warn!(
+                    "approve rules are configured but server.admin_listen is not: requests they \
+                     catch will wait until their tickets expire, as nobody can decide them"
+                );
+            }
+            None
+        }
+    };
+    tokio::spawn(sweep(pipeline.clone()));
+    if let Some(webhook) = &config.notify.webhook {
+        let url = webhook.get_ref().url().map_err(anyhow::Error::msg)?;
+        let console = config.console_url().unwrap_or_default();
+        if config.notify.console_url.is_none()
+            && config
+                .admin_listen()
+                .is_some_and(|a| a.ip().is_unspecified())
+        {
+            tracing::warn!(
+                "ticket links in notifications point at {console}, which works on this machine \
+                 only; set [notify] console_url to the address approvers use"
+            );
+        }
+        let notifier = Notifier::new(pipeline.clone(), url, console).map_err(anyhow::Error::msg)?;
+        tokio::spawn(notifier.run());
+    }
     tracing::info!(
         store = %config.store_path().display(),
         "querygate serving the BigQuery REST API at {scheme}://{} (clients: api_endpoint = \"{scheme}://{}\")",
         listener.local_addr().unwrap_or(addr),
         listener.local_addr().unwrap_or(addr)
     );
-    let served = serve_on(listener, front.clone(), tls, shutdown()).await;
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin = admin.map(|listener| {
+        let mut stopped = admin_stopped;
+        tokio::spawn(serve_on(
+            listener,
+            crate::admin::router(pipeline.clone()),
+            tls.clone(),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
+    let served = serve_on(listener, router(front.clone()), tls, shutdown()).await;
+    let _ = stop_admin.send(true);
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the admin API failed"),
+            Err(e) => tracing::error!(error = %e, "the admin API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     // Completion records are queued, not awaited: write them before exiting.
     if let Err(e) = front.pipeline.store().flush().await {
         tracing::error!(error = %e, "could not flush the audit log at shutdown");
@@ -187,14 +252,42 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     served
 }
 
-/// Serves the BigQuery front on a bound listener until `stop` completes.
+/// How often pending tickets past their expiry are marked expired (and audited).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Expires tickets nobody decided in time, so they leave the pending list and the
+/// expiry is in the audit log even if the requester never polls again.
+async fn sweep(pipeline: Arc<Pipeline>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pipeline.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "tickets expired undecided"),
+            Err(fault) => tracing::warn!(error = %fault.message, "cannot expire tickets"),
+        }
+    }
+}
+
+/// Whether any rule of the config (or its policy file) asks for approval.
+fn has_approve_rules(config: &Config) -> bool {
+    config.policies().is_ok_and(|set| {
+        set.sources.values().any(|p| {
+            p.rules
+                .iter()
+                .any(|r| matches!(r.action, querygate_policy::RuleAction::Approve))
+        })
+    })
+}
+
+/// Serves `app` on a bound listener until `stop` completes.
 pub async fn serve_on(
     listener: TcpListener,
-    front: Arc<Front>,
+    app: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(front);
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -225,6 +225,39 @@ impl Gateway {
         assert!(status.success());
     }
 
+    /// Stops the gateway as an operator would (SIGTERM, so it flushes its audit log) and
+    /// starts it again on the same config, store and ports.
+    pub async fn restart(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            assert!(
+                Instant::now() < deadline,
+                "querygate did not stop:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Command::new(env!("CARGO_BIN_EXE_querygate"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("QUERYGATE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn querygate");
+        let tls = std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("tls_cert"));
+        self.wait_ready(tls).await;
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
