@@ -224,6 +224,15 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A verifier for a chain whose records before `seq` were pruned, the last of them
+    /// having had hash `prev_hash` (vouched for by a signed `pruned` checkpoint).
+    pub fn starting_at(seq: u64, prev_hash: &str) -> ChainVerifier {
+        ChainVerifier {
+            expected_seq: seq,
+            prev_hash: prev_hash.to_string(),
+        }
+    }
+
     /// Checks the next row; `Err` names the first problem.
     pub fn check(&mut self, row: &ChainRow) -> Result<(), ChainBreak> {
         let fail = |problem: String| ChainBreak {

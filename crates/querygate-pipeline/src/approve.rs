@@ -515,15 +515,9 @@ impl Pipeline {
                 .ticket(id)
                 .map_err(|e| refuse(DenialKind::Unavailable, e.to_string()))?
                 .ok_or_else(|| refuse(DenialKind::NotFound, format!("no ticket {id}")))?;
-            if !ticket.may_approve(&approver.subject, &approver.groups) {
-                return Err(refuse(
-                    DenialKind::Forbidden,
-                    format!(
-                        "{} may not decide ticket {id}: its approvers are {}",
-                        approver.subject,
-                        ticket.approvers.join(", ")
-                    ),
-                ));
+            if !visible(&ticket, approver) {
+                // Those who may neither decide nor see it learn nothing of it.
+                return Err(refuse(DenialKind::NotFound, format!("no ticket {id}")));
             }
             if ticket.requested_by(&approver.subject) {
                 return Err(refuse(
@@ -531,6 +525,25 @@ impl Pipeline {
                     format!(
                         "{} asked for ticket {id} and cannot decide it; ask another approver",
                         approver.subject
+                    ),
+                ));
+            }
+            if approver.kind == querygate_core::IdentityKind::Agent {
+                return Err(refuse(
+                    DenialKind::Forbidden,
+                    format!(
+                        "{} is an agent; approvals must come from a person",
+                        approver.subject
+                    ),
+                ));
+            }
+            if !ticket.may_approve(&approver.subject, &approver.groups) {
+                return Err(refuse(
+                    DenialKind::Forbidden,
+                    format!(
+                        "{} may not decide ticket {id}: its approvers are {}",
+                        approver.subject,
+                        ticket.approvers.join(", ")
                     ),
                 ));
             }
@@ -617,13 +630,19 @@ impl Pipeline {
         identity: &Identity,
         filter: &TicketFilter,
     ) -> Result<Vec<Ticket>, Fault> {
+        // Visibility is decided here, so the limit applies after it, not in the store.
+        let unlimited = TicketFilter {
+            limit: Some(usize::MAX >> 1),
+            ..filter.clone()
+        };
         let all = self
             .store
-            .tickets(filter)
+            .tickets(&unlimited)
             .map_err(|e| Fault::gateway(e.to_string()))?;
         Ok(all
             .into_iter()
             .filter(|t| visible(t, identity))
+            .take(filter.limit.unwrap_or(1000))
             .map(|t| self.fresh(t))
             .collect())
     }

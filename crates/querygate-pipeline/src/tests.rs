@@ -354,7 +354,7 @@ fn approval_keys() -> Authenticator {
         identity: Identity {
             subject: subject.into(),
             groups: vec![group.into()],
-            kind: querygate_core::IdentityKind::Agent,
+            kind: Identity::kind_from_subject(subject),
             ..Identity::default()
         },
         key_sha256: Secret::new(key).sha256_hex(),
@@ -464,11 +464,12 @@ async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
         Outcome::Denied(_)
     ));
 
-    // Who may decide: not the requester, not another agent; an owner may.
+    // Who may decide: not the requester (an agent, too); another agent does not even learn
+    // that the ticket exists; an owner may.
     let id = w1.ticket.id.clone();
     for (identity, kind) in [
         (&agent_a, DenialKind::Forbidden),
-        (&agent_b, DenialKind::Forbidden),
+        (&agent_b, DenialKind::NotFound),
     ] {
         let refused = p.decide_ticket(identity, &id, decision(true, None)).await;
         assert_eq!(refused.expect_err("refused").kind, kind);

@@ -244,14 +244,17 @@ impl Writer {
                 Op::Append { record, usage, .. } => {
                     if let (Some(cp), Some(settings)) = (&mut record.checkpoint, &self.checkpoints)
                     {
-                        // Signs the head this checkpoint record follows.
+                        // A periodic checkpoint signs the head it follows; a `pruned` one
+                        // signs the boundary it was given.
                         let time = crate::now_rfc3339();
-                        cp.seq = seq;
-                        cp.head = prev.clone();
+                        if cp.kind == "chain" {
+                            cp.seq = seq;
+                            cp.head = prev.clone();
+                        }
                         cp.key_id = settings.signer.key_id().to_string();
                         cp.signature = settings
                             .signer
-                            .sign(&Checkpoint::message(&cp.kind, seq, &prev, &time));
+                            .sign(&Checkpoint::message(&cp.kind, cp.seq, &cp.head, &time));
                         cp.time = time.clone();
                         record.time = time;
                     }
