@@ -167,6 +167,10 @@ impl Pipeline {
             kinds: ctx.explained.kinds.clone(),
             tables: ctx.explained.tables.clone(),
             bytes_estimate: ctx.explained.bytes_estimate,
+            cost_estimate_usd: ctx
+                .explained
+                .bytes_estimate
+                .map(querygate_core::ticket::on_demand_cost),
             max_bytes_billed: ceiling(ctx.explained.bytes_estimate),
             rule: needed.rule.clone(),
             approvers: needed.approvers.clone(),
@@ -712,7 +716,13 @@ fn ended_message(t: &Ticket) -> String {
 pub fn describe(t: &Ticket) -> String {
     let bytes = t
         .bytes_estimate
-        .map(|b| format!(", ~{} to process", format_bytes(b)))
+        .map(|b| {
+            format!(
+                ", ~{} to process, ~${:.2} on demand",
+                format_bytes(b),
+                querygate_core::ticket::on_demand_cost(b)
+            )
+        })
         .unwrap_or_default();
     let reason = t
         .reason

@@ -642,3 +642,55 @@ async fn tickets_expire_and_end_their_jobs() {
     .await;
     assert_eq!(p.sweep().await.expect("sweep"), 1);
 }
+
+#[tokio::test]
+async fn a_window_grant_ends_when_its_window_does() {
+    let dir = tmp("window");
+    let p = pipeline(&dir);
+    p.reload(approval_keys(), approval_policy(false));
+    let src = Echo::default();
+    let Outcome::Waiting(w) = p
+        .handle(
+            request(Some("key-a"), query("SELECT 1")),
+            Some(&src),
+            "job1",
+        )
+        .await
+    else {
+        panic!("expected a held job")
+    };
+    let owner = p
+        .authenticate(Some(&Secret::new("key-o")))
+        .await
+        .expect("owner");
+    let window = TicketDecision {
+        approve: true,
+        window: Some(std::time::Duration::from_secs(1)),
+        reason: None,
+    };
+    p.decide_ticket(&owner, &w.ticket.id, window)
+        .await
+        .expect("window");
+    assert!(matches!(
+        p.handle(
+            request(Some("key-a"), query("SELECT 2")),
+            Some(&src),
+            "job2"
+        )
+        .await,
+        Outcome::Done(_)
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(
+        matches!(
+            p.handle(
+                request(Some("key-a"), query("SELECT 3")),
+                Some(&src),
+                "job3"
+            )
+            .await,
+            Outcome::Waiting(_)
+        ),
+        "after its window, the grant covers nothing"
+    );
+}

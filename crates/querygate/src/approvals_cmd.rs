@@ -511,11 +511,16 @@ fn details(t: &Ticket, now: i64) -> String {
     }
     let estimate = match (t.bytes_estimate, t.max_bytes_billed) {
         (Some(e), Some(cap)) => format!(
-            "{} to process (billing capped at {})",
+            "{} to process, ~${:.2} on demand (billing capped at {})",
             format_bytes(e),
+            querygate_core::ticket::on_demand_cost(e),
             format_bytes(cap)
         ),
-        (Some(e), None) => format!("{} to process", format_bytes(e)),
+        (Some(e), None) => format!(
+            "{} to process, ~${:.2} on demand",
+            format_bytes(e),
+            querygate_core::ticket::on_demand_cost(e)
+        ),
         (None, _) => "unknown (no dry-run estimate)".into(),
     };
     lines.push(("estimate", estimate));
