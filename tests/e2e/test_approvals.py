@@ -179,8 +179,11 @@ def test_a_query_waits_in_result_until_approved_through_the_cli(gw):
     assert ticket["job_id"] == job.job_id
     assert not waiting.done(1.5), "result() returned before anyone approved"
     out = gw.cli("approve", ticket["id"], "--reason", "ok for the incident")
+    approved = time.monotonic()
     assert ticket["id"] in out.stdout + out.stderr
     assert waiting.done(30), "result() did not return after the approval"
+    # Informational (not asserted): how long the client took to notice, from its own polling.
+    print(f"\n[approvals] rows reached result() {time.monotonic() - approved:.2f} s after the approval")
     assert waiting.error is None, waiting.error
     assert sorted(waiting.result) == [1, 2]
     # The approvers heard of it, with the ticket and how to approve.

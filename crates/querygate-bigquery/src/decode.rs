@@ -99,6 +99,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         route(&wire, &seg, &mut call, &mut job_id)
     };
     let reason = reason(&wire, &call);
+    let wait = (call.api == Api::JobsGetQueryResults).then(|| poll_wait(wire.query));
     let request = Request {
         id: wire.request_id,
         credential: bearer(wire.headers),
@@ -116,8 +117,22 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         action,
         job_id,
         reason,
+        wait,
     };
     (request, call)
+}
+
+/// How long a getQueryResults call may be held: its `timeoutMs`, 10 s when absent (as in
+/// BigQuery), and never more than 10 s (the official clients' HTTP timeouts allow that).
+fn poll_wait(query: Option<&str>) -> std::time::Duration {
+    const MAX_MS: u64 = 10_000;
+    let ms = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeoutMs="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(MAX_MS);
+    std::time::Duration::from_millis(ms.min(MAX_MS))
 }
 
 /// Why the client says it needs the query, for approvers: the job label

@@ -77,6 +77,9 @@ pub struct Request {
     /// Why the client says it needs this (for approvers), and how it said so
     /// (`label`, `header`; a SQL comment is read by the pipeline).
     pub reason: Option<(String, String)>,
+    /// How long the client is willing to wait for an answer that is not ready (BigQuery
+    /// getQueryResults' `timeoutMs`): a poll of a job waiting for approval is held that long.
+    pub wait: Option<std::time::Duration>,
 }
 
 impl Request {

@@ -237,6 +237,34 @@ impl Pipeline {
             Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
         };
         ctx.explained.rule = Some(ticket.rule.clone());
+        // A poll that may wait (getQueryResults' timeoutMs) is held until the ticket is
+        // decided or the wait is over, as BigQuery holds it until the job completes: the
+        // client hears of an approval at once, and a waiting client makes a request every
+        // few seconds instead of a storm of them.
+        if ticket.state == TicketState::Pending
+            && let Some(wait) = ctx.request.wait
+        {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let changed = self.tickets_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                match self.store.ticket(&ticket.id) {
+                    Ok(Some(t)) => ticket = t,
+                    Ok(None) => break,
+                    Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
+                }
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                let expires_in =
+                    std::time::Duration::from_secs((ticket.expires - now()).max(0) as u64);
+                if ticket.state != TicketState::Pending || left.is_zero() || expires_in.is_zero() {
+                    break;
+                }
+                // Also look again every second: another gateway process may decide it.
+                let nap = left.min(expires_in).min(std::time::Duration::from_secs(1));
+                let _ = tokio::time::timeout(nap, changed).await;
+            }
+        }
         let now = now();
         let cancel = matches!(ctx.request.action, Action::CancelJob { .. });
         // Expired while pending, or approved but not run in time.
@@ -327,6 +355,7 @@ impl Pipeline {
             },
             job_id: Some(ticket.job_id.clone()),
             reason: None,
+            wait: None,
         };
         let run_ctx = Context {
             request: &run,
@@ -433,6 +462,7 @@ impl Pipeline {
             .end_ticket(&ticket.id, state, why, now)
             .map_err(|e| Fault::gateway(e.to_string()))?;
         if let Some(t) = &ended {
+            self.ticket_changed();
             self.audit_ticket(t, &format!("approvals.{}", state.as_str()), None)
                 .await;
         }
@@ -610,6 +640,7 @@ impl Pipeline {
             }
         }
         .await;
+        self.ticket_changed();
         match &result {
             Ok(t) => self.audit_ticket(t, method, Some(approver)).await,
             Err(denial) => {
@@ -675,10 +706,18 @@ impl Pipeline {
             .store
             .expire_tickets(now())
             .map_err(|e| Fault::gateway(e.to_string()))?;
+        if !expired.is_empty() {
+            self.ticket_changed();
+        }
         for t in &expired {
             self.audit_ticket(t, "approvals.expired", None).await;
         }
         Ok(expired.len())
+    }
+
+    /// Wakes polls held for a decision (see [`Pipeline::resume`]).
+    fn ticket_changed(&self) {
+        self.tickets_changed.notify_waiters();
     }
 
     /// Woken whenever a ticket is opened (the notifier waits on it).

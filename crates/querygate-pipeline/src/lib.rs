@@ -62,6 +62,8 @@ pub struct Pipeline {
     store: Arc<Store>,
     approvals: ApprovalSettings,
     tickets_opened: tokio::sync::Notify,
+    /// Woken when a ticket is decided or ends, for polls held waiting for it.
+    tickets_changed: tokio::sync::Notify,
 }
 
 /// One request's context, recorded in its audit records.
@@ -105,6 +107,7 @@ impl Pipeline {
             store,
             approvals: ApprovalSettings::default(),
             tickets_opened: tokio::sync::Notify::new(),
+            tickets_changed: tokio::sync::Notify::new(),
         }
     }
 

@@ -104,6 +104,7 @@ fn request(key: Option<&str>, action: Action) -> Request {
         action,
         job_id: None,
         reason: None,
+        wait: None,
     }
 }
 

@@ -163,11 +163,16 @@ async fn query(g: &Gateway, sql: &str, key: &str) -> (u16, Value) {
     )
 }
 
-/// Polls a job's results as the client library would.
+/// Polls a job's results as the client library would, willing to wait 300 ms.
 async fn poll(g: &Gateway, job: &str, key: &str) -> (u16, Value) {
+    poll_waiting(g, job, key, 300).await
+}
+
+/// Polls a job's results with `timeoutMs`: a job waiting for approval is held that long.
+async fn poll_waiting(g: &Gateway, job: &str, key: &str, timeout_ms: u64) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .get(format!(
-            "{}/bigquery/v2/projects/test-project/queries/{job}?location=US",
+            "{}/bigquery/v2/projects/test-project/queries/{job}?location=US&timeoutMs={timeout_ms}",
             g.url()
         ))
         .bearer_auth(key)
@@ -278,9 +283,14 @@ async fn a_caught_query_waits_until_an_approver_approves_it_through_the_cli() {
     let seen = up.requests();
     assert_eq!(seen.len(), 1, "only the dry run went upstream: {seen:?}");
     assert!(dry_run(&seen[0]));
-    let (status, body) = poll(&g, &job, KEY).await;
+    let started = std::time::Instant::now();
+    let (status, body) = poll_waiting(&g, &job, KEY, 700).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["jobComplete"], false, "{body}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(600),
+        "a poll of a waiting job is held for its timeoutMs, as BigQuery holds it"
+    );
     assert_eq!(
         up.requests().len(),
         1,
@@ -838,11 +848,33 @@ async fn a_waiting_ticket_survives_a_gateway_restart() {
         (200, json!(false)),
         "{body}"
     );
+    // A poll held for up to 10 s is answered as soon as the approval lands, with the rows.
+    let held = {
+        let url = g.url();
+        let job = job.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = reqwest::Client::new()
+                .get(format!(
+                    "{url}/bigquery/v2/projects/test-project/queries/{job}?timeoutMs=10000"
+                ))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("send");
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (started.elapsed(), body)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (code, out, err) = approvals(&g, OLIVIA, &server, &["approve", &ticket]);
     assert_eq!(code, 0, "{out}{err}");
-    let (status, body) = poll(&g, &job, KEY).await;
-    assert_eq!(status, 200, "{body}");
+    let (took, body) = held.await.expect("join");
     assert_eq!(body["jobComplete"], true, "{body}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the held poll waited {took:?} after the approval"
+    );
     let insert = up
         .requests()
         .into_iter()
