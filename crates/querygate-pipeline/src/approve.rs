@@ -659,6 +659,31 @@ impl Pipeline {
         result
     }
 
+    /// Audits a refused admin API call (no credential, a malformed or invalid one), as the
+    /// data path audits refused credentials: `identity` is `anonymous` or `unauthenticated`.
+    pub async fn audit_admin_refusal(
+        &self,
+        method: &str,
+        peer: Option<String>,
+        presented: bool,
+        reason: &str,
+    ) {
+        let identity = if presented {
+            "unauthenticated"
+        } else {
+            "anonymous"
+        };
+        let mut record = querygate_core::AuditRecord::default_for(method, identity);
+        record.time = audit_time(time::OffsetDateTime::now_utc());
+        record.decision = "deny".into();
+        record.reason = Some(reason.to_string());
+        record.status = Some(401);
+        record.peer = peer;
+        if let Err(e) = self.store.append(record).await {
+            tracing::error!(error = %e, "cannot write the audit record of a refused admin call");
+        }
+    }
+
     /// Tickets `identity` may see: those it may decide and those it asked for.
     pub fn list_tickets(
         &self,

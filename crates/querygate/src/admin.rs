@@ -89,11 +89,12 @@ async fn authenticate(
     extensions: &Extensions,
 ) -> Result<Identity, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(error(
-            401,
-            "missing credential: send your querygate API key as `Authorization: Bearer <key>` \
-             (the CLI reads it from QUERYGATE_TOKEN)",
-        ));
+        let message = "missing credential: send your querygate API key as `Authorization: Bearer <key>` \
+             (the CLI reads it from QUERYGATE_TOKEN)";
+        pipeline
+            .audit_admin_refusal("admin.authenticate", Some(peer(extensions)), false, message)
+            .await;
+        return Err(error(401, message));
     };
     let credential = value
         .to_str()
@@ -102,18 +103,27 @@ async fn authenticate(
         .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
         .map(|(_, token)| Secret::new(token.trim()));
     let Some(credential) = credential else {
-        return Err(error(
-            401,
-            "the Authorization header is not `Bearer <key>`: send your querygate API key as a bearer token",
-        ));
+        let message = "the Authorization header is not `Bearer <key>`: send your querygate API key as a bearer token";
+        pipeline
+            .audit_admin_refusal("admin.authenticate", Some(peer(extensions)), true, message)
+            .await;
+        return Err(error(401, message));
     };
-    pipeline
-        .authenticate(Some(&credential))
-        .await
-        .map_err(|denial| {
+    match pipeline.authenticate(Some(&credential)).await {
+        Ok(identity) => Ok(identity),
+        Err(denial) => {
             tracing::warn!(peer = %peer(extensions), reason = %denial.message, "admin API: authentication failed");
-            refusal(&denial)
-        })
+            pipeline
+                .audit_admin_refusal(
+                    "admin.authenticate",
+                    Some(peer(extensions)),
+                    true,
+                    &denial.message,
+                )
+                .await;
+            Err(refusal(&denial))
+        }
+    }
 }
 
 /// `GET /api/v1/tickets`.

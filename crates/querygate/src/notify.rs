@@ -129,17 +129,23 @@ impl Notifier {
     }
 }
 
-/// The Slack-compatible message for a new ticket: `text` for people, `querygate` (the
-/// ticket) for machines. The summary carries the requester's own words (its reason), so
-/// Slack's control characters are escaped: a reason cannot mention `@channel` or dress
-/// up a link.
+/// The Slack-compatible message for a new ticket: `text` for people, `querygate` (what an
+/// approver needs to triage it) for machines. Query parameters, which may carry data
+/// values, and the requester's groups stay in the gateway (the link shows them to
+/// approvers). The summary carries the requester's own words (its reason), so Slack's
+/// control characters are escaped: a reason cannot mention `@channel` or dress up a link.
 pub fn message(t: &Ticket, console_url: &str) -> Value {
+    let mut ticket = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Some(o) = ticket.as_object_mut() {
+        o.remove("parameters");
+        o.remove("requester_groups");
+    }
     json!({
         "text": format!(
             "{} — ticket {}: {console_url}/api/v1/tickets/{} — approve with `querygate approvals approve {}`",
             slack_escape(&describe(t)), t.id, t.id, t.id
         ),
-        "querygate": serde_json::to_value(t).unwrap_or(Value::Null),
+        "querygate": ticket,
     })
 }
 

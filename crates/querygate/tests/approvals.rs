@@ -460,6 +460,20 @@ async fn who_may_decide_and_bad_requests_get_clear_refusals() {
     assert_eq!(status, 401, "{body}");
     assert!(!error_message(&body).is_empty(), "{body}");
     assert!(!body.to_string().contains("qg_not_a_key"), "{body}");
+    // Both refusals are in the audit log, without the presented key.
+    let audit = g.audit();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|r| r["method"] == "admin.authenticate" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().any(|r| r["identity"] == "anonymous"));
+    assert!(refused.iter().any(|r| r["identity"] == "unauthenticated"));
+    assert!(
+        !serde_json::to_string(&audit)
+            .expect("json")
+            .contains("qg_not_a_key")
+    );
 
     // The CLI: no token, no server.
     let (code, _, err) = approvals(&g, "", &server, &["list"]);
@@ -753,6 +767,10 @@ async fn the_webhook_hears_of_each_new_ticket_with_a_link() {
     }
     assert_eq!(message["querygate"]["id"], ticket.as_str());
     assert_eq!(message["querygate"]["state"], "pending");
+    assert!(
+        message["querygate"].get("parameters").is_none(),
+        "query parameters (data values) stay out of chat: {message}"
+    );
     // Sent once: the ticket is marked notified.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(hook.requests().len(), 1, "each ticket is sent once");
