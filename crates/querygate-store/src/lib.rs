@@ -165,6 +165,8 @@ pub struct Store {
     tickets: Mutex<Connection>,
     pending: Pending,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Whether checkpoints are signed (pruning needs it).
+    signing: bool,
 }
 
 impl Drop for Store {
@@ -225,6 +227,7 @@ impl Store {
             journal(path, file).map_err(|e| failed(format!("cannot create the journal: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let pending: Pending = Arc::default();
+        let signing = options.checkpoints.is_some();
         let w = writer::Writer {
             store: path.to_path_buf(),
             journal,
@@ -248,6 +251,7 @@ impl Store {
             tickets: Mutex::new(tickets),
             pending,
             writer: Mutex::new(Some(writer)),
+            signing,
         })
     }
 
@@ -339,6 +343,89 @@ impl Store {
             usage: alongside.usage,
             ack,
         })
+    }
+
+    /// Retention: deletes the records older than `cutoff` (an audit time, RFC 3339 UTC),
+    /// after appending a signed `audit.prune` record that vouches for the hash of the last
+    /// one deleted, so the rest of the chain still verifies. Returns how many records were
+    /// deleted and up to which seq, or `None` when nothing is that old.
+    pub async fn prune_before(&self, cutoff: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        if !self.signing {
+            return Err(StoreError::Failed {
+                path: self.path.display().to_string(),
+                message: "pruning needs signed checkpoints ([audit] signing)".into(),
+            });
+        }
+        self.flush().await?;
+        let err = sqlite_err(&self.path);
+        // Records are appended in time order (to within the group-commit window), so a
+        // binary search over seq finds the boundary without parsing every record.
+        let (first, boundary, head) = {
+            let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            let bounds: (Option<i64>, Option<i64>) = conn
+                .query_row("SELECT min(seq), max(seq) FROM audit_log", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(&err)?;
+            let (Some(lo), Some(hi)) = bounds else {
+                return Ok(None);
+            };
+            let time_of = |seq: i64| -> Result<String, StoreError> {
+                conn.query_row(
+                    "SELECT json_extract(record, '$.time') FROM audit_log WHERE seq = ?1",
+                    [seq],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(&err)
+            };
+            // The last seq whose time is before the cutoff.
+            let (mut a, mut b) = (lo - 1, hi);
+            while a < b {
+                let mid = a + (b - a + 1) / 2;
+                if time_of(mid)?.as_str() < cutoff {
+                    a = mid;
+                } else {
+                    b = mid - 1;
+                }
+            }
+            if a < lo {
+                return Ok(None);
+            }
+            let head: String = conn
+                .query_row("SELECT hash FROM audit_log WHERE seq = ?1", [a], |r| {
+                    r.get(0)
+                })
+                .map_err(&err)?;
+            (lo as u64, a as u64, head)
+        };
+        let mut record = AuditRecord::default_for("audit.prune", "querygate");
+        record.kind = Some("gateway".into());
+        record.decision = "allow".into();
+        record.request_id = format!("prune-{boundary}");
+        record.reason = Some(format!(
+            "retention: records {first}..={boundary}, older than {cutoff}, deleted"
+        ));
+        record.checkpoint = Some(querygate_core::audit::Checkpoint {
+            kind: "pruned".into(),
+            seq: boundary,
+            head,
+            time: String::new(),
+            key_id: String::new(),
+            signature: String::new(),
+        });
+        self.append(record).await?;
+        self.flush().await?;
+        let conn = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             DROP TRIGGER IF EXISTS audit_no_delete;
+             DELETE FROM audit_log WHERE seq <= {boundary};
+             CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_log
+                 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+             COMMIT;"
+        ))
+        .map_err(&err)?;
+        Ok(Some((boundary - first + 1, boundary)))
     }
 
     /// Waits until everything queued so far is durable and indexed (readers see it).

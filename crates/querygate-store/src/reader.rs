@@ -9,7 +9,7 @@ use std::path::Path;
 
 use querygate_core::AuditRecord;
 use querygate_core::audit::{ChainBreak, ChainRow, ChainVerifier};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::journal::{self, Entry};
 use crate::{StoreError, schema, signing, sqlite_err};
@@ -63,6 +63,8 @@ pub struct VerifyReport {
     pub unsigned_tail: u64,
     /// Checkpoints from a checkpoint file that the log was compared against.
     pub external_checkpoints: u64,
+    /// Retention deleted the records before this seq (a signed marker vouches for it).
+    pub pruned_before: Option<u64>,
 }
 
 /// What to check besides the chain.
@@ -165,6 +167,65 @@ impl Reader {
         Ok(())
     }
 
+    /// Where the chain starts: `None` at record 1; after retention, the first kept record
+    /// and the hash before it, once a signed `pruned` marker in the log vouches for that
+    /// boundary. A missing prefix without a verified marker is a break: anyone can append an
+    /// unsigned marker, only the key holder a signed one.
+    fn pruned_start(
+        &self,
+        public_key: Option<&str>,
+    ) -> Result<Result<Option<(u64, String)>, ChainBreak>, StoreError> {
+        let first: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT seq, prev_hash FROM audit_log ORDER BY seq LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some((first, prev)) = first.filter(|(s, _)| *s > 1) else {
+            return Ok(Ok(None));
+        };
+        let first = first as u64;
+        let missing = |problem: String| Ok(Err(ChainBreak { seq: 1, problem }));
+        let Some(key) = public_key else {
+            return missing(format!(
+                "records 1..={} are not in the log; a prune marker may vouch for that, but without \
+                 the public key (--public-key) its signature cannot be checked",
+                first - 1
+            ));
+        };
+        let mut st = self
+            .conn
+            .prepare("SELECT record FROM audit_log WHERE record LIKE '%\"method\":\"audit.prune\"%' ORDER BY seq DESC")
+            .map_err(self.err())?;
+        let markers = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        for text in markers {
+            let Ok(record) = serde_json::from_str::<AuditRecord>(&text) else {
+                continue;
+            };
+            let Some(cp) = record.checkpoint else {
+                continue;
+            };
+            if cp.kind == "pruned"
+                && cp.seq + 1 == first
+                && cp.head == prev
+                && signing::key_id(&hex::decode(key).unwrap_or_default()) == cp.key_id
+                && signing::verify(key, &cp.signed_message(), &cp.signature)
+            {
+                return Ok(Ok(Some((first, prev))));
+            }
+        }
+        missing(format!(
+            "records 1..={} are not in the log and no signed prune marker vouches for their removal",
+            first - 1
+        ))
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.clone(),
@@ -241,8 +302,15 @@ impl Reader {
         // The heads the checkpoint file vouches for, by seq.
         let mut vouched: std::collections::BTreeMap<u64, String> =
             external.iter().map(|c| (c.seq, c.head.clone())).collect();
-        let mut verifier = ChainVerifier::default();
         let mut report = VerifyReport::default();
+        let mut verifier = match self.pruned_start(public_key.as_deref())? {
+            Ok(Some((seq, prev))) => {
+                report.pruned_before = Some(seq);
+                ChainVerifier::starting_at(seq, &prev)
+            }
+            Ok(None) => ChainVerifier::default(),
+            Err(b) => return Ok(Err(b)),
+        };
         let mut broken = None;
         let mut heads_seen = 0u64;
         self.rows(|row| {
@@ -302,9 +370,9 @@ impl Reader {
                 ),
             }));
         }
-        report.records = verifier.count();
+        report.records = verifier.count() - report.pruned_before.map_or(0, |s| s - 1);
         report.head = verifier.head().to_string();
-        report.unsigned_tail = report.records - report.last_checkpoint.unwrap_or(0);
+        report.unsigned_tail = verifier.count() - report.last_checkpoint.unwrap_or(0);
         report.external_checkpoints = heads_seen;
         Ok(Ok(report))
     }

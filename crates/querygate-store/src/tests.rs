@@ -575,3 +575,75 @@ async fn signed_checkpoints_catch_rewrites_forgeries_and_a_cut_tail() {
         "{forged:?}"
     );
 }
+
+#[tokio::test]
+async fn retention_prunes_old_records_and_the_rest_still_verifies() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let signer = signing::Signer::load_or_create(&dir.0.join("audit.key")).expect("key");
+    let public = signer.public_key_hex();
+    let store = Store::open_with_options(
+        &path,
+        Options {
+            sync: Sync::Full,
+            checkpoints: Some(Checkpoints {
+                signer,
+                every: 1000,
+                interval: Duration::from_secs(3600),
+                file: None,
+            }),
+        },
+    )
+    .expect("open");
+    for i in 1..=10u32 {
+        let mut r = record(&format!("SELECT {i}"));
+        r.time = if i <= 4 {
+            format!("2025-0{i}-01T00:00:00.000000Z")
+        } else {
+            format!("2026-11-{:02}T00:00:00.000000Z", i + 10)
+        };
+        store.append(r).await.expect("append");
+    }
+    let pruned = store
+        .prune_before("2026-01-01T00:00:00.000000Z")
+        .await
+        .expect("prune");
+    assert_eq!(
+        pruned,
+        Some((4, 4)),
+        "records 1..=4 are older than the cutoff"
+    );
+    assert_eq!(
+        store
+            .prune_before("2026-01-01T00:00:00.000000Z")
+            .await
+            .expect("prune"),
+        None,
+        "nothing left to prune"
+    );
+    drop(store);
+    let verify_with = |key: Option<&str>| {
+        Reader::open(&path)
+            .expect("reader")
+            .verify_with(&VerifyOptions {
+                public_key: key.map(str::to_string),
+                checkpoint_file: None,
+            })
+            .expect("read")
+    };
+    let report = verify_with(Some(&public)).expect("intact after pruning");
+    assert_eq!(report.pruned_before, Some(5));
+    // 6 kept records, the prune marker, and the checkpoint at the clean stop.
+    assert_eq!(report.records, 8, "{report:?}");
+    // Without the public key nobody can tell a signed marker from a forged one.
+    assert!(
+        verify_with(None)
+            .expect_err("unverifiable")
+            .problem
+            .contains("--public-key")
+    );
+    // Deleting more than the marker vouches for is caught.
+    tamper(&path, "DELETE FROM audit_log WHERE seq <= 6");
+    let cut = verify_with(Some(&public)).expect_err("cut");
+    assert!(cut.problem.contains("no signed prune marker"), "{cut:?}");
+}

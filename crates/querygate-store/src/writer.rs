@@ -157,8 +157,9 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
                         Op::Flush { ack } => {
                             let _ = to_index.send(Index::Flush(ack));
                         }
-                        Op::Append { record, .. } if record.checkpoint.is_some() => {
+                        Op::Append { record, ack, .. } if record.checkpoint.is_some() => {
                             w.checkpointed(&record);
+                            let _ = ack.send(Ok(seq));
                         }
                         op => ack(op, Ok(seq)),
                     }
@@ -323,11 +324,13 @@ impl Writer {
     /// After a checkpoint record is journalled: count from zero, and copy it to the
     /// checkpoint file kept apart from the store, if one is configured.
     fn checkpointed(&mut self, record: &AuditRecord) {
-        self.since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
         let (Some(cp), Some(settings)) = (&record.checkpoint, &self.checkpoints) else {
             return;
         };
+        if cp.kind == "chain" {
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+        }
         if let Some(path) = &settings.file {
             let line = serde_json::json!({
                 "kind": cp.kind, "seq": cp.seq, "head": cp.head, "time": cp.time,

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use querygate_core::AuditRecord;
-use querygate_store::{AuditFilter, Reader};
+use querygate_store::{AuditFilter, Reader, VerifyOptions};
 
 use crate::ConfigArg;
 use crate::config::Config;
@@ -45,10 +45,19 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
     },
-    /// Check the hash chain; exit 1 naming the first bad record if anything was changed.
+    /// Check the hash chain and the checkpoints' signatures; exit 1 naming the first bad
+    /// record if anything was changed, forged or cut off.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
+        /// The signing key's public key (hex, or a file holding it); default: the
+        /// configured key's `.pub` file.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// A checkpoint file kept apart from the store (default: `[audit] checkpoint_file`):
+        /// the log must hold every checkpoint in it.
+        #[arg(long)]
+        checkpoints: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -118,7 +127,12 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 ExportFormat::Csv => export_csv(&reader, &filter),
             }
         }
-        AuditCommand::Verify { config, json } => verify(&open(&config)?, json),
+        AuditCommand::Verify {
+            config,
+            public_key,
+            checkpoints,
+            json,
+        } => verify(&config, public_key.as_deref(), checkpoints.as_deref(), json),
     }
 }
 
@@ -253,19 +267,71 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn verify(reader: &Reader, json: bool) -> anyhow::Result<ExitCode> {
-    match reader.verify()? {
+fn verify(
+    config: &ConfigArg,
+    public_key: Option<&str>,
+    checkpoints: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let c = Config::load(&config.config).map_err(anyhow::Error::msg)?;
+    let reader = Reader::open(&c.store_path())?;
+    // The public key: given (hex, or a file holding it), else the configured key's `.pub`.
+    let public_key = match public_key {
+        Some(k) if std::path::Path::new(k).is_file() => Some(
+            std::fs::read_to_string(k)
+                .with_context(|| format!("cannot read the public key file {k}"))?
+                .trim()
+                .to_string(),
+        ),
+        Some(k) => Some(k.trim().to_string()),
+        None => {
+            std::fs::read_to_string(querygate_store::signing::public_path(&c.signing_key_path()))
+                .ok()
+                .map(|k| k.trim().to_string())
+        }
+    };
+    let options = VerifyOptions {
+        public_key,
+        checkpoint_file: checkpoints
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| c.audit.checkpoint_file.as_ref().map(|p| c.resolve(p))),
+    };
+    match reader.verify_with(&options)? {
         Ok(report) => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "records": report.records, "head": report.head})
+                    serde_json::json!({
+                        "ok": true, "records": report.records, "head": report.head,
+                        "checkpoints": report.checkpoints,
+                        "unchecked_checkpoints": report.unchecked_checkpoints,
+                        "last_checkpoint": report.last_checkpoint,
+                        "unsigned_tail": report.unsigned_tail,
+                        "external_checkpoints": report.external_checkpoints,
+                    })
                 );
             } else {
                 println!(
                     "audit log intact: {} records, chain head {}",
                     report.records, report.head
                 );
+                match report.last_checkpoint {
+                    Some(seq) => println!(
+                        "signatures: {} checkpoints verified, the last at record {seq}; {} records after it not yet signed",
+                        report.checkpoints, report.unsigned_tail
+                    ),
+                    None if report.unchecked_checkpoints > 0 => println!(
+                        "signatures: {} checkpoints NOT checked: no public key (give --public-key)",
+                        report.unchecked_checkpoints
+                    ),
+                    None => println!("signatures: no checkpoints in the log"),
+                }
+                if options.checkpoint_file.is_some() {
+                    println!(
+                        "checkpoint file: {} checkpoints match the log",
+                        report.external_checkpoints
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

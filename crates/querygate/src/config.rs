@@ -70,6 +70,12 @@ pub struct Config {
     /// Where approvers hear of new tickets.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// Signed checkpoints of the audit chain.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// How long records are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -108,6 +114,52 @@ pub struct NotifyConfig {
     pub webhook: Option<Spanned<Webhook>>,
     /// Base of ticket links, e.g. `https://querygate.example.com:8080`.
     pub console_url: Option<Spanned<String>>,
+}
+
+/// `[audit]`: signed checkpoints of the chain (on by default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Sign checkpoints (default true).
+    #[serde(default = "yes")]
+    pub signing: bool,
+    /// The Ed25519 key (PKCS#8); default `<store path>.key`, created at first start with
+    /// its public half in `<key>.pub`.
+    pub signing_key: Option<PathBuf>,
+    /// A checkpoint every this many records (default 1000) …
+    pub checkpoint_every: Option<Spanned<u64>>,
+    /// … or this often while records arrive (default 60s), and at every clean stop.
+    pub checkpoint_interval: Option<Spanned<String>>,
+    /// An append-only file each checkpoint is also written to; keep it apart from the
+    /// store (another disk, host or a write-once mount) so that cutting the log's tail is
+    /// caught by `audit verify --checkpoints`.
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            signing: true,
+            signing_key: None,
+            checkpoint_every: None,
+            checkpoint_interval: None,
+            checkpoint_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[retention]`: how long audit records are kept (default: forever).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// e.g. `"400d"`: older records are pruned daily, leaving a signed marker.
+    pub audit: Option<Spanned<String>>,
+    /// Session recordings (see the sessions feature).
+    pub recordings: Option<Spanned<String>>,
 }
 
 /// A webhook URL. It usually carries a token, so `Debug` hides it and errors name its
@@ -413,6 +465,7 @@ impl Config {
         }
         self.check_approvals(text, path)?;
         self.check_notify(text, path)?;
+        self.check_audit(text, path)?;
         let mut hashes = HashSet::new();
         for key in &self.api_keys {
             let h = key.key_sha256.get_ref();
@@ -555,6 +608,103 @@ impl Config {
             duration("max_window", w)?;
         }
         Ok(())
+    }
+
+    fn check_audit(&self, text: &str, path: &Path) -> Result<(), String> {
+        let fail = |span: Range<usize>, msg: String| {
+            Err(format!("{}{}: {msg}", path.display(), line_of(text, &span)))
+        };
+        if let Some(n) = &self.audit.checkpoint_every
+            && *n.get_ref() == 0
+        {
+            return fail(n.span(), "audit.checkpoint_every must be at least 1".into());
+        }
+        if let Some(i) = &self.audit.checkpoint_interval {
+            match parse_duration(i.get_ref()) {
+                Ok(d) if d.is_zero() => {
+                    return fail(
+                        i.span(),
+                        "audit.checkpoint_interval must be longer than 0s".into(),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return fail(i.span(), format!("audit.checkpoint_interval: {e}")),
+            }
+        }
+        for (key, v) in [
+            ("audit", &self.retention.audit),
+            ("recordings", &self.retention.recordings),
+        ] {
+            if let Some(v) = v {
+                match parse_duration(v.get_ref()) {
+                    Ok(d) if d < std::time::Duration::from_secs(86_400) => {
+                        return fail(
+                            v.span(),
+                            format!(
+                                "retention.{key} must be at least 1d (records are pruned daily)"
+                            ),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => return fail(v.span(), format!("retention.{key}: {e}")),
+                }
+            }
+        }
+        if self.retention.audit.is_some() && !self.audit.signing {
+            let span = self
+                .retention
+                .audit
+                .as_ref()
+                .map(Spanned::span)
+                .unwrap_or(0..0);
+            return fail(
+                span,
+                "retention.audit needs audit.signing: pruning leaves a signed marker so that the \
+                 rest of the chain still verifies"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The signing key's path (`[audit] signing_key`, default `<store>.key`).
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.audit
+            .signing_key
+            .as_ref()
+            .map(|p| self.resolve(p))
+            .unwrap_or_else(|| querygate_store::default_key_path(&self.store_path()))
+    }
+
+    /// `[audit]` as the store takes it; `None` when signing is off.
+    pub fn checkpoints(&self) -> Result<Option<querygate_store::Checkpoints>, String> {
+        if !self.audit.signing {
+            return Ok(None);
+        }
+        let signer = querygate_store::signing::Signer::load_or_create(&self.signing_key_path())?;
+        Ok(Some(querygate_store::Checkpoints {
+            signer,
+            every: self
+                .audit
+                .checkpoint_every
+                .as_ref()
+                .map_or(1000, |n| *n.get_ref()),
+            interval: self
+                .audit
+                .checkpoint_interval
+                .as_ref()
+                .and_then(|i| parse_duration(i.get_ref()).ok())
+                .unwrap_or(std::time::Duration::from_secs(60)),
+            file: self.audit.checkpoint_file.as_ref().map(|p| self.resolve(p)),
+        }))
+    }
+
+    /// `[retention] audit`, checked at load.
+    pub fn audit_retention(&self) -> Option<std::time::Duration> {
+        self.retention
+            .audit
+            .as_ref()
+            .and_then(|v| parse_duration(v.get_ref()).ok())
     }
 
     fn check_notify(&self, text: &str, path: &Path) -> Result<(), String> {

@@ -100,8 +100,10 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
         crate::config::Synchronous::Full => querygate_store::Sync::Full,
         crate::config::Synchronous::Normal => querygate_store::Sync::Normal,
     };
-    let store = Store::open_with(&store_path, sync)
-        .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+    let checkpoints = config.checkpoints().map_err(anyhow::Error::msg)?;
+    let store =
+        Store::open_with_options(&store_path, querygate_store::Options { sync, checkpoints })
+            .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
     let store = Arc::new(store);
     let policies = config.policies().map_err(anyhow::Error::msg)?;
     let authenticator = authenticator(config, &store, caches).map_err(anyhow::Error::msg)?;
@@ -202,6 +204,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(sweep(pipeline.clone()));
+    if let Some(keep) = config.audit_retention() {
+        tokio::spawn(retain(pipeline.clone(), keep));
+    }
     if let Some(webhook) = &config.notify.webhook {
         let url = webhook.get_ref().url().map_err(anyhow::Error::msg)?;
         let console = config.console_url().unwrap_or_default();
@@ -257,6 +262,28 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Expires tickets nobody decided in time, so they leave the pending list and the
 /// expiry is in the audit log even if the requester never polls again.
+/// Retention: every six hours (the first a minute after start), prunes audit records
+/// older than `keep`, leaving a signed marker (see `Store::prune_before`).
+async fn retain(pipeline: Arc<Pipeline>, keep: std::time::Duration) {
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
+    loop {
+        tick.tick().await;
+        let cutoff = time::OffsetDateTime::now_utc() - keep;
+        match pipeline
+            .store()
+            .prune_before(&querygate_pipeline::audit_time(cutoff))
+            .await
+        {
+            Ok(Some((n, up_to))) => {
+                tracing::info!(records = n, up_to, "retention: pruned audit records")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "retention: cannot prune audit records"),
+        }
+    }
+}
+
 async fn sweep(pipeline: Arc<Pipeline>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
