@@ -13,11 +13,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use querygate_core::{AuditRecord, Phase};
-use querygate_store::{Reader, Store, Sync};
+use querygate_store::{AuditFilter, Reader, Store, Sync};
 
 fn record(i: u64) -> AuditRecord {
-    let mut r = AuditRecord::default_for("jobs.query", "agent:claude-code");
-    r.time = "2026-11-27T10:00:00.000000Z".into();
+    let mut r = AuditRecord::default_for("jobs.query", &format!("agent:{}", i % 50));
+    // One record per millisecond from a fixed start, so `--since` ranges mean something.
+    r.time = querygate_store::audit_time(
+        time::OffsetDateTime::UNIX_EPOCH
+            + time::Duration::milliseconds(1_790_000_000_000 + i as i64),
+    );
     r.request_id = format!("qg-{i:032x}");
     r.phase = Phase::Decided;
     r.groups = vec!["agents".into()];
@@ -93,6 +97,64 @@ async fn main() {
         took.as_secs_f64(),
         report.records as f64 / took.as_secs_f64()
     );
+    // Searches as an investigator runs them (`audit search`), over the whole log.
+    let reader = Reader::open(&path).expect("reader");
+    let last_minute = querygate_store::audit_time(
+        time::OffsetDateTime::UNIX_EPOCH
+            + time::Duration::milliseconds(1_790_000_000_000 + n as i64 - 60_000),
+    );
+    let searches: Vec<(&str, AuditFilter)> = vec![
+        (
+            "one identity (2 % of records)",
+            AuditFilter {
+                identity: Some("agent:7".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "one identity, last minute",
+            AuditFilter {
+                identity: Some("agent:7".into()),
+                since: Some(last_minute.clone()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "everything in the last minute",
+            AuditFilter {
+                since: Some(last_minute),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "free text in the statement (1 % of records)",
+            AuditFilter {
+                text: Some("region = 'eu-42'".into()),
+                ..AuditFilter::default()
+            },
+        ),
+    ];
+    for (name, filter) in searches {
+        let started = Instant::now();
+        let mut found = 0u64;
+        reader
+            .records(&filter, None, |_| found += 1)
+            .expect("search");
+        println!(
+            "search: {name}: {found} records in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let started = Instant::now();
+    let mut found = 0u64;
+    reader
+        .records(&AuditFilter::default(), Some(20), |_| found += 1)
+        .expect("tail");
+    println!(
+        "search: tail -n 20: {found} records in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+
     if args.get(3).is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

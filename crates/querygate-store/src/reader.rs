@@ -27,6 +27,14 @@ pub struct AuditFilter {
     pub until: Option<String>,
     /// Only records of requests made acting for this subject.
     pub acting_for: Option<String>,
+    /// Only records whose statement read or wrote this table (`project.dataset.table`).
+    pub table: Option<String>,
+    /// Only records decided by this rule.
+    pub rule: Option<String>,
+    /// Only records of this approval ticket.
+    pub ticket: Option<String>,
+    /// Only records whose statement contains this text (case-insensitive).
+    pub text: Option<String>,
 }
 
 impl AuditFilter {
@@ -46,6 +54,76 @@ impl AuditFilter {
                 .acting_for
                 .as_deref()
                 .is_none_or(|a| r.acting_for.as_deref() == Some(a))
+            && self
+                .table
+                .as_deref()
+                .is_none_or(|t| r.tables.iter().any(|have| have == t))
+            && self
+                .rule
+                .as_deref()
+                .is_none_or(|w| r.rule.as_deref() == Some(w))
+            && self
+                .ticket
+                .as_deref()
+                .is_none_or(|w| r.ticket.as_deref() == Some(w))
+            && self.text.as_deref().is_none_or(|w| {
+                r.statement
+                    .as_deref()
+                    .is_some_and(|s| s.to_lowercase().contains(&w.to_lowercase()))
+            })
+    }
+
+    /// The same filter as SQL over `audit_log`, in terms the indexes in `schema` serve
+    /// (identity and time; tickets): a `WHERE` clause and its parameters.
+    fn sql(&self) -> (String, Vec<String>) {
+        let mut clauses = vec!["1".to_string()];
+        let mut values = Vec::new();
+        let mut eq = |field: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                values.push(v.clone());
+                clauses.push(format!(
+                    "json_extract(record, '$.{field}') = ?{}",
+                    values.len()
+                ));
+            }
+        };
+        eq("identity", &self.identity);
+        eq("source", &self.source);
+        eq("method", &self.method);
+        eq("decision", &self.decision);
+        eq("job_id", &self.job_id);
+        eq("acting_for", &self.acting_for);
+        eq("rule", &self.rule);
+        eq("ticket", &self.ticket);
+        if let Some(since) = &self.since {
+            values.push(since.clone());
+            clauses.push(format!(
+                "json_extract(record, '$.time') >= ?{}",
+                values.len()
+            ));
+        }
+        if let Some(until) = &self.until {
+            values.push(until.clone());
+            clauses.push(format!(
+                "json_extract(record, '$.time') <= ?{}",
+                values.len()
+            ));
+        }
+        if let Some(table) = &self.table {
+            values.push(table.clone());
+            clauses.push(format!(
+                "EXISTS (SELECT 1 FROM json_each(record, '$.tables') WHERE value = ?{})",
+                values.len()
+            ));
+        }
+        if let Some(text) = &self.text {
+            values.push(text.to_lowercase());
+            clauses.push(format!(
+                "instr(lower(json_extract(record, '$.statement')), ?{}) > 0",
+                values.len()
+            ));
+        }
+        (clauses.join(" AND "), values)
     }
 }
 
@@ -241,33 +319,78 @@ impl Reader {
         last: Option<usize>,
         mut each: impl FnMut(&StoredRecord),
     ) -> Result<(), StoreError> {
-        let mut tail = std::collections::VecDeque::new();
-        self.rows(|row| {
-            let record: AuditRecord =
-                serde_json::from_str(&row.record).map_err(|e| StoreError::Failed {
-                    path: self.path.clone(),
-                    message: format!("record {} is not a valid audit record: {e}", row.seq),
-                })?;
-            if !filter.matches(&record) {
-                return Ok(true);
-            }
-            let record = StoredRecord {
+        let parse = |seq: u64, text: &str| -> Result<AuditRecord, StoreError> {
+            serde_json::from_str(text).map_err(|e| StoreError::Failed {
+                path: self.path.clone(),
+                message: format!("record {seq} is not a valid audit record: {e}"),
+            })
+        };
+        // SQLite answers the filter (with its indexes); the journal's tail, not indexed
+        // yet, is filtered here.
+        let (clause, values) = filter.sql();
+        let max_seq: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
+                r.get(0)
+            })
+            .map_err(self.err())?;
+        let mut newest = Vec::new();
+        for entry in journal::read(Path::new(&self.path)).map_err(|e| StoreError::Failed {
+            path: self.path.clone(),
+            message: format!("cannot read the journal: {e}"),
+        })? {
+            if let Entry::Record {
+                seq,
                 record,
-                prev_hash: row.prev_hash,
-                hash: row.hash,
+                prev_hash,
+                hash,
+                ..
+            } = entry
+                && seq > max_seq as u64
+            {
+                let record = parse(seq, &record)?;
+                if filter.matches(&record) {
+                    newest.push(StoredRecord {
+                        record,
+                        prev_hash,
+                        hash,
+                    });
+                }
+            }
+        }
+        let limit = match last {
+            Some(n) => n.saturating_sub(newest.len()) as i64,
+            None => -1,
+        };
+        let order = if last.is_some() { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT seq, record, prev_hash, hash FROM audit_log WHERE {clause} ORDER BY seq {order} LIMIT {limit}"
+        );
+        let mut st = self.conn.prepare(&sql).map_err(self.err())?;
+        let mut rows = st
+            .query(rusqlite::params_from_iter(values.iter()))
+            .map_err(self.err())?;
+        let mut stored = Vec::new();
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let seq = row.get::<_, i64>(0).map_err(self.err())? as u64;
+            let text: String = row.get(1).map_err(self.err())?;
+            let record = StoredRecord {
+                record: parse(seq, &text)?,
+                prev_hash: row.get(2).map_err(self.err())?,
+                hash: row.get(3).map_err(self.err())?,
             };
             match last {
-                Some(n) => {
-                    tail.push_back(record);
-                    if tail.len() > n {
-                        tail.pop_front();
-                    }
-                }
+                Some(_) => stored.push(record),
                 None => each(&record),
             }
-            Ok(true)
-        })?;
-        tail.iter().for_each(each);
+        }
+        stored.reverse();
+        if let Some(n) = last {
+            let skip = (stored.len() + newest.len()).saturating_sub(n);
+            stored.iter().chain(newest.iter()).skip(skip).for_each(each);
+        } else {
+            newest.iter().for_each(each);
+        }
         Ok(())
     }
 

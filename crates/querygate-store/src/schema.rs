@@ -12,6 +12,11 @@ CREATE TABLE IF NOT EXISTS audit_log (
     prev_hash TEXT NOT NULL,
     hash      TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit_log (json_extract(record, '$.time'));
+CREATE INDEX IF NOT EXISTS audit_by_identity
+    ON audit_log (json_extract(record, '$.identity'), json_extract(record, '$.time'));
+CREATE INDEX IF NOT EXISTS audit_by_ticket ON audit_log (json_extract(record, '$.ticket'))
+    WHERE json_extract(record, '$.ticket') IS NOT NULL;
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log

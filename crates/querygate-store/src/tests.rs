@@ -647,3 +647,76 @@ async fn retention_prunes_old_records_and_the_rest_still_verifies() {
     let cut = verify_with(Some(&public)).expect_err("cut");
     assert!(cut.problem.contains("no signed prune marker"), "{cut:?}");
 }
+
+#[tokio::test]
+async fn search_filters_by_identity_time_table_rule_ticket_and_text() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::open(&path).expect("open");
+    for i in 0..30u32 {
+        let mut r = record(&format!(
+            "SELECT * FROM shop.t{} WHERE note = 'Refund {i}'",
+            i % 3
+        ));
+        r.identity = format!("agent:{}", i % 2);
+        r.time = format!("2026-11-27T10:00:{i:02}.000000Z");
+        r.tables = vec![format!("p.shop.t{}", i % 3)];
+        r.rule = Some(if i % 5 == 0 { "big" } else { "read" }.into());
+        r.ticket = (i == 7).then(|| "tk_seven".to_string());
+        store.append(r).await.expect("append");
+    }
+    store.flush().await.expect("flush");
+    // Two more, journalled but possibly not indexed yet: searches see them too.
+    for i in 30..32u32 {
+        let mut r = record(&format!("SELECT {i}"));
+        r.identity = "agent:0".into();
+        r.time = format!("2026-11-27T10:00:{i:02}.000000Z");
+        store.append(r).await.expect("append");
+    }
+    let reader = Reader::open(&path).expect("reader");
+    let find = |f: AuditFilter, last: Option<usize>| {
+        let mut seqs = Vec::new();
+        reader
+            .records(&f, last, |r| seqs.push(r.record.seq))
+            .expect("search");
+        seqs
+    };
+    let by = |f: fn(&mut AuditFilter)| {
+        let mut filter = AuditFilter::default();
+        f(&mut filter);
+        filter
+    };
+    assert_eq!(find(AuditFilter::default(), None).len(), 32);
+    assert_eq!(find(AuditFilter::default(), Some(3)), vec![30, 31, 32]);
+    assert_eq!(
+        find(by(|f| f.identity = Some("agent:1".into())), None).len(),
+        15
+    );
+    assert_eq!(
+        find(
+            by(|f| {
+                f.identity = Some("agent:0".into());
+                f.since = Some("2026-11-27T10:00:25.000000Z".into());
+            }),
+            None
+        ),
+        vec![27, 29, 31, 32]
+    );
+    assert_eq!(
+        find(by(|f| f.table = Some("p.shop.t2".into())), None),
+        vec![3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    );
+    assert_eq!(find(by(|f| f.rule = Some("big".into())), None).len(), 6);
+    assert_eq!(
+        find(by(|f| f.ticket = Some("tk_seven".into())), None),
+        vec![8]
+    );
+    assert_eq!(
+        find(by(|f| f.text = Some("refund 1".into())), None).len(),
+        11
+    );
+    assert_eq!(
+        find(by(|f| f.text = Some("refund 1".into())), Some(2)),
+        vec![19, 20]
+    );
+}

@@ -89,6 +89,18 @@ pub struct FilterArgs {
     /// Only this job id.
     #[arg(long)]
     job: Option<String>,
+    /// Only statements that read or wrote this table (project.dataset.table).
+    #[arg(long)]
+    table: Option<String>,
+    /// Only records decided by this rule.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only records of this approval ticket (tk_…).
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Only statements containing this text (case-insensitive).
+    #[arg(long)]
+    text: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -360,6 +372,10 @@ impl FilterArgs {
             since: self.since.as_deref().map(point_in_time).transpose()?,
             until: self.until.as_deref().map(point_in_time).transpose()?,
             acting_for: self.acting_for,
+            table: self.table,
+            rule: self.rule,
+            ticket: self.ticket,
+            text: self.text,
         })
     }
 }
