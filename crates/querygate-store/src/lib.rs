@@ -428,6 +428,66 @@ impl Store {
         Ok(Some((boundary - first + 1, boundary)))
     }
 
+    /// The last seq a sink has acknowledged (0: none).
+    pub fn export_cursor(&self, sink: &str) -> Result<u64, StoreError> {
+        let conn = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        conn.query_row(
+            "SELECT seq FROM export_cursor WHERE sink = ?1",
+            [sink],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map(|v| v.unwrap_or(0).max(0) as u64)
+        .map_err(sqlite_err(&self.path))
+    }
+
+    /// Records that a sink has everything up to `seq`, durably (synced).
+    pub fn set_export_cursor(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
+        let conn = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "INSERT INTO export_cursor (sink, seq) VALUES (?1, ?2)
+             ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq",
+            params![sink, seq as i64],
+        )
+        .map(|_| ())
+        .map_err(sqlite_err(&self.path))
+    }
+
+    /// Up to `limit` indexed records after `seq`, in chain order, as stored.
+    pub fn records_after(&self, seq: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = conn
+            .prepare_cached(
+                "SELECT seq, record, prev_hash, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(sqlite_err(&self.path))?;
+        let rows = st
+            .query_map(params![seq as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sqlite_err(&self.path))?;
+        rows.into_iter()
+            .map(|(seq, text, prev_hash, hash)| {
+                serde_json::from_str(&text)
+                    .map(|record| StoredRecord {
+                        record,
+                        prev_hash,
+                        hash,
+                    })
+                    .map_err(|e| StoreError::Failed {
+                        path: self.path.display().to_string(),
+                        message: format!("record {seq} is not a valid audit record: {e}"),
+                    })
+            })
+            .collect()
+    }
+
     /// Waits until everything queued so far is durable and indexed (readers see it).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked    INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_identity ON api_keys (identity);
+CREATE TABLE IF NOT EXISTS export_cursor (
+    sink TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tickets (
     id          TEXT PRIMARY KEY,
     state       TEXT NOT NULL,

@@ -76,6 +76,9 @@ pub struct Config {
     /// How long records are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Where every audit record is streamed.
+    #[serde(default)]
+    pub export: ExportConfig,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -152,6 +155,19 @@ fn yes() -> bool {
     true
 }
 
+/// `[export]`: a webhook every audit record is streamed to (JSON Lines, in order, resumed
+/// from a stored cursor; see `export.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Secret: it usually carries a token.
+    pub webhook: Option<Spanned<Webhook>>,
+    /// Records per request (default 500).
+    pub batch: Option<Spanned<u64>>,
+    /// How often to look for new records when caught up (default 2s).
+    pub interval: Option<Spanned<String>>,
+}
+
 /// `[retention]`: how long audit records are kept (default: forever).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,26 +192,29 @@ impl<'de> Deserialize<'de> for Webhook {
 impl Webhook {
     /// The parsed URL, or why it is not one (never quoting it).
     pub fn url(&self) -> Result<reqwest::Url, String> {
+        self.url_of("notify.webhook")
+    }
+
+    /// The parsed URL of the config key `key`, or why it is not one (never quoting it).
+    pub fn url_of(&self, key: &str) -> Result<reqwest::Url, String> {
         let url = reqwest::Url::parse(self.0.expose().trim())
-            .map_err(|e| format!("notify.webhook is not a URL ({e})"))?;
+            .map_err(|e| format!("{key} is not a URL ({e})"))?;
         match url.scheme() {
             "https" => {}
             "http" if is_loopback_host(&url) => {}
             "http" => {
                 return Err(format!(
-                    "notify.webhook must use https (it carries a token); http is accepted only \
+                    "{key} must use https (it carries a token); http is accepted only \
                      for a loopback host, not {}",
                     url.host_str().unwrap_or("?")
                 ));
             }
             other => {
-                return Err(format!(
-                    "notify.webhook must be an https:// URL, not {other}://…"
-                ));
+                return Err(format!("{key} must be an https:// URL, not {other}://…"));
             }
         }
         if url.host_str().is_none() {
-            return Err("notify.webhook has no host".into());
+            return Err(format!("{key} has no host"));
         }
         Ok(url)
     }
@@ -648,6 +667,25 @@ impl Config {
                     Ok(_) => {}
                     Err(e) => return fail(v.span(), format!("retention.{key}: {e}")),
                 }
+            }
+        }
+        if let Some(hook) = &self.export.webhook
+            && let Err(e) = hook.get_ref().url_of("export.webhook")
+        {
+            return fail(hook.span(), e);
+        }
+        if let Some(n) = &self.export.batch
+            && !(1..=10_000).contains(n.get_ref())
+        {
+            return fail(n.span(), "export.batch must be between 1 and 10000".into());
+        }
+        if let Some(i) = &self.export.interval {
+            match parse_duration(i.get_ref()) {
+                Ok(d) if d.is_zero() => {
+                    return fail(i.span(), "export.interval must be longer than 0s".into());
+                }
+                Ok(_) => {}
+                Err(e) => return fail(i.span(), format!("export.interval: {e}")),
             }
         }
         if self.retention.audit.is_some() && !self.audit.signing {

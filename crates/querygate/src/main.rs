@@ -7,6 +7,7 @@ mod admin;
 mod approvals_cmd;
 mod audit_cmd;
 mod config;
+mod export;
 mod keys;
 mod notify;
 mod policy_cmd;

@@ -207,6 +207,27 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(keep) = config.audit_retention() {
         tokio::spawn(retain(pipeline.clone(), keep));
     }
+    if let Some(hook) = &config.export.webhook {
+        let url = hook
+            .get_ref()
+            .url_of("export.webhook")
+            .map_err(anyhow::Error::msg)?;
+        let batch = config
+            .export
+            .batch
+            .as_ref()
+            .map_or(500, |b| *b.get_ref() as usize);
+        let idle = config
+            .export
+            .interval
+            .as_ref()
+            .and_then(|i| querygate_identity::parse_duration(i.get_ref()).ok())
+            .unwrap_or(std::time::Duration::from_secs(2));
+        let exporter = crate::export::Exporter::new(pipeline.clone(), url, batch, idle)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(host = %hook.get_ref().host(), batch, "export: streaming audit records");
+        tokio::spawn(exporter.run());
+    }
     if let Some(webhook) = &config.notify.webhook {
         let url = webhook.get_ref().url().map_err(anyhow::Error::msg)?;
         let console = config.console_url().unwrap_or_default();
