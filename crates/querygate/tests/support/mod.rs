@@ -228,11 +228,13 @@ impl Gateway {
     /// Stops the gateway as an operator would (SIGTERM, so it flushes its audit log) and
     /// starts it again on the same config, store and ports.
     pub async fn restart(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        if self.alive() {
+            let status = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while matches!(self.child.try_wait(), Ok(None)) {
             assert!(
@@ -256,6 +258,12 @@ impl Gateway {
             .expect("spawn querygate");
         let tls = std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("tls_cert"));
         self.wait_ready(tls).await;
+    }
+
+    /// Kills the gateway with SIGKILL (a crash: nothing is flushed) and waits for it.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn alive(&mut self) -> bool {
