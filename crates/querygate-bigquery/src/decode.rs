@@ -118,6 +118,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         job_id,
         reason,
         wait,
+        session: None,
     };
     (request, call)
 }

@@ -356,6 +356,7 @@ impl Pipeline {
             job_id: Some(ticket.job_id.clone()),
             reason: None,
             wait: None,
+            session: ctx.request.session.clone(),
         };
         let run_ctx = Context {
             request: &run,
@@ -520,6 +521,7 @@ impl Pipeline {
             ticket: Some(t.id.clone()),
             approver: t.decided_by.clone(),
             checkpoint: None,
+            session: None,
         };
         if by.is_none() {
             record.kind = Some("gateway".into());

@@ -659,6 +659,7 @@ impl Pipeline {
             ticket: None,
             approver: None,
             checkpoint: None,
+            session: None,
         }
     }
 }

@@ -105,6 +105,7 @@ fn request(key: Option<&str>, action: Action) -> Request {
         job_id: None,
         reason: None,
         wait: None,
+        session: None,
     }
 }
 
