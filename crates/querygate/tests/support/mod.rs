@@ -258,6 +258,12 @@ impl Gateway {
         self.wait_ready(tls).await;
     }
 
+    /// Kills the gateway at once (SIGKILL), as a crash would: nothing is flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
