@@ -361,3 +361,64 @@ async fn a_killed_gateway_leaves_a_readable_store_with_what_it_recorded() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("stream"), "{out}");
 }
+
+/// Latency with and without recording, and the stored size per request (run with
+/// `cargo test -p querygate --test sessions -- --ignored --nocapture`; a debug build
+/// measures the debug binary).
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn recording_overhead() {
+    let up = upstream().await;
+    for enabled in [false, true] {
+        let g = Gateway::start(
+            "sessions-bench",
+            "",
+            &format!(
+                "{}\n[recording]\nenabled = {enabled}\n",
+                bigquery_source(&up.url(), "\"none\"")
+            ),
+        )
+        .await;
+        let client = reqwest::Client::new();
+        let mut took = Vec::new();
+        for i in 0..1200 {
+            let started = Instant::now();
+            let resp = client
+                .post(format!("{}/bigquery/v2/projects/test-project/queries", g.url()))
+                .bearer_auth(KEY)
+                .json(&json!({"query": format!("SELECT id, email FROM d.t /*rows=20*/ -- {i}"), "useLegacySql": false}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.expect("body");
+            if i >= 200 {
+                took.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+        let stored = if enabled {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (_, out) = g.cli(&["sessions", "list", "--json"]);
+            let s: Value = serde_json::from_str(out.lines().next().expect("a session")).expect("json");
+            format!(
+                ", {} requests recorded: {} B of JSON → {} B stored ({:.0} B per request)",
+                s["requests"],
+                s["raw_bytes"],
+                s["stored_bytes"],
+                s["stored_bytes"].as_f64().unwrap_or(0.0) / s["requests"].as_f64().unwrap_or(1.0)
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "recording {}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms over {} requests{stored}",
+            if enabled { "on " } else { "off" },
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            took.len()
+        );
+    }
+}
