@@ -33,11 +33,11 @@ use querygate_store::{Alongside, JobRow, Store};
 pub use approve::{ApprovalSettings, TicketDecision, Waiting, describe};
 pub use decide::{Gate, Ownership, gate};
 pub use policies::PolicySet;
-pub use recording::RecordingSettings;
-pub use sessions::IDLE_GAP;
 pub use querygate_identity::{ApiKey, Authenticator};
 pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
+pub use recording::RecordingSettings;
+pub use sessions::IDLE_GAP;
 pub use source::{Admitted, Held, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.

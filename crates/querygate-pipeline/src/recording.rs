@@ -195,8 +195,12 @@ impl Pipeline {
         if let (Some(named), Outcome::Waiting(w)) = (&request.session, outcome)
             && named == &tag.session
         {
-            self.sessions
-                .remember_job(&tag.identity, &w.ticket.job_id, &tag.session, Instant::now());
+            self.sessions.remember_job(
+                &tag.identity,
+                &w.ticket.job_id,
+                &tag.session,
+                Instant::now(),
+            );
         }
         let Some(recording) = &self.recording else {
             return;
@@ -212,7 +216,8 @@ impl Pipeline {
                         .remember_job(&tag.identity, job, &tag.session, Instant::now());
                 }
                 let body = reply.body();
-                let omitted = source.is_some_and(|s| recording.settings.without_results.contains(s));
+                let omitted =
+                    source.is_some_and(|s| recording.settings.without_results.contains(s));
                 let mut event = ResponseEvent {
                     status: summary.status,
                     rows: summary.rows,
@@ -320,8 +325,13 @@ impl Pipeline {
             .recorder
             .sessions(&filter)
             .map_err(|e| Denial::new(DenialKind::Unavailable, e.to_string()));
-        self.audit_read(identity, "sessions.list", None, &result.as_ref().map(|_| ()))
-            .await;
+        self.audit_read(
+            identity,
+            "sessions.list",
+            None,
+            &result.as_ref().map(|_| ()),
+        )
+        .await;
         result
     }
 

@@ -80,7 +80,9 @@ impl Sessions {
             inner.swept = now;
         }
         if let Some(job) = job
-            && let Some((session, last)) = inner.by_job.get_mut(&(key.subject.clone(), job.to_string()))
+            && let Some((session, last)) = inner
+                .by_job
+                .get_mut(&(key.subject.clone(), job.to_string()))
             && now.saturating_duration_since(*last) < self.idle
         {
             *last = now;
@@ -213,7 +215,12 @@ mod tests {
         let s = Sessions::new(Duration::from_secs(10));
         let t0 = Instant::now();
         for i in 0..100 {
-            s.assign(None, key(&format!("agent:{i}"), "py", "127.0.0.1:1"), None, t0);
+            s.assign(
+                None,
+                key(&format!("agent:{i}"), "py", "127.0.0.1:1"),
+                None,
+                t0,
+            );
         }
         s.assign(
             None,

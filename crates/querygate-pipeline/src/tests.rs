@@ -721,16 +721,31 @@ async fn sessions_are_recorded_in_order_and_named_in_the_audit_log() {
         r
     };
     let first = from(request(Some("key-a"), query("SELECT 1")), 4001);
-    assert!(matches!(p.handle(first, Some(&src), "job-1").await, Outcome::Done(_)));
+    assert!(matches!(
+        p.handle(first, Some(&src), "job-1").await,
+        Outcome::Done(_)
+    ));
     // Another connection of the same client: the same session.
-    let write = from(request(Some("key-a"), query("DELETE FROM d.t WHERE true")), 4002);
-    assert!(matches!(p.handle(write, Some(&src), "job-2").await, Outcome::Denied(_)));
+    let write = from(
+        request(Some("key-a"), query("DELETE FROM d.t WHERE true")),
+        4002,
+    );
+    assert!(matches!(
+        p.handle(write, Some(&src), "job-2").await,
+        Outcome::Denied(_)
+    ));
     // A request that names its session goes there; a bad key is recorded as unauthenticated.
     let mut named = from(request(Some("key-a"), query("SELECT 2")), 4003);
     named.session = Some("run-7".into());
-    assert!(matches!(p.handle(named, Some(&src), "job-3").await, Outcome::Done(_)));
+    assert!(matches!(
+        p.handle(named, Some(&src), "job-3").await,
+        Outcome::Done(_)
+    ));
     let bad = from(request(Some("not-a-key"), query("SELECT 3")), 4004);
-    assert!(matches!(p.handle(bad, Some(&src), "job-4").await, Outcome::Denied(_)));
+    assert!(matches!(
+        p.handle(bad, Some(&src), "job-4").await,
+        Outcome::Denied(_)
+    ));
     recorder.flush();
     p.store().flush().await.expect("flush");
 
@@ -745,9 +760,16 @@ async fn sessions_are_recorded_in_order_and_named_in_the_audit_log() {
     let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
     assert_eq!(
         kinds,
-        ["request", "decision", "upstream", "response", "request", "decision", "response"]
+        [
+            "request", "decision", "upstream", "response", "request", "decision", "response"
+        ]
     );
-    match (&events[0].what, &events[3].what, &events[5].what, &events[6].what) {
+    match (
+        &events[0].what,
+        &events[3].what,
+        &events[5].what,
+        &events[6].what,
+    ) {
         (
             EventKind::Request(r),
             EventKind::Response(ok),
@@ -788,7 +810,10 @@ async fn sessions_are_recorded_in_order_and_named_in_the_audit_log() {
         .flat_map(|s| recorder.events(&s.id, None).expect("events"))
         .map(|e| serde_json::to_string(&e).expect("json"))
         .collect();
-    assert!(!all.contains("key-a") && !all.contains("not-a-key"), "{all}");
+    assert!(
+        !all.contains("key-a") && !all.contains("not-a-key"),
+        "{all}"
+    );
 }
 
 #[tokio::test]
@@ -824,23 +849,50 @@ async fn recordings_are_read_by_readers_and_by_their_own_identity() {
     let (_, events) = p.show_session(&agent, "s-a").await.expect("own session");
     assert_eq!(events.len(), 4);
     // record_results = false: no body, no digest, only the size.
-    let response = events.iter().find(|e| e.kind() == "response").expect("response");
+    let response = events
+        .iter()
+        .find(|e| e.kind() == "response")
+        .expect("response");
     let text = serde_json::to_string(response).expect("json");
     assert!(
-        text.contains(r#""body_omitted":true"#) && !text.contains(r#""body""#) && !text.contains("sha256"),
+        text.contains(r#""body_omitted":true"#)
+            && !text.contains(r#""body""#)
+            && !text.contains("sha256"),
         "{text}"
     );
     assert!(p.show_session(&security, "s-a").await.is_ok());
     let denied = p.show_session(&other, "s-a").await.expect_err("not theirs");
     assert_eq!(denied.kind, DenialKind::NotFound);
-    assert_eq!(p.list_sessions(&other, Default::default()).await.expect("list").len(), 0);
-    assert_eq!(p.list_sessions(&agent, Default::default()).await.expect("list").len(), 1);
-    assert_eq!(p.list_sessions(&security, Default::default()).await.expect("list").len(), 1);
+    assert_eq!(
+        p.list_sessions(&other, Default::default())
+            .await
+            .expect("list")
+            .len(),
+        0
+    );
+    assert_eq!(
+        p.list_sessions(&agent, Default::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        p.list_sessions(&security, Default::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
     p.store().flush().await.expect("flush");
     let reads: Vec<_> = records(&dir)
         .into_iter()
         .filter(|r| r.method.starts_with("sessions."))
         .collect();
     assert_eq!(reads.len(), 6);
-    assert!(reads.iter().any(|r| r.identity == "agent:b" && r.decision == "deny"));
+    assert!(
+        reads
+            .iter()
+            .any(|r| r.identity == "agent:b" && r.decision == "deny")
+    );
 }

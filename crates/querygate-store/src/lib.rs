@@ -29,10 +29,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 pub use keys::{KeyAdmin, MIN_PREFIX, RevokeOutcome, StoredKey};
+pub use reader::{AuditFilter, Reader, StoredRecord, VerifyOptions, VerifyReport};
 pub use recordings::{
     Attachment, Capture, Recorder, RecorderOptions, RecordingReader, SessionFilter, SessionSummary,
 };
-pub use reader::{AuditFilter, Reader, StoredRecord, VerifyOptions, VerifyReport};
 pub use schema::Sync;
 pub use tickets::{TicketFilter, Undecidable, Verdict};
 

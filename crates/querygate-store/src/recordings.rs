@@ -111,7 +111,9 @@ pub struct Recorder {
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("path", &self.path).finish()
+        f.debug_struct("Recorder")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -410,9 +412,8 @@ impl Writer {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut max = tx.prepare_cached(
-                "SELECT MAX(seq) FROM recordings WHERE session_id = ?1",
-            )?;
+            let mut max =
+                tx.prepare_cached("SELECT MAX(seq) FROM recordings WHERE session_id = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO recordings (session_id, seq, identity, first_time, last_time,
                      events, requests, raw_bytes, data)

@@ -631,7 +631,12 @@ impl Config {
         if let Some(size) = &self.recording.max_response_bytes {
             match parse_bytes(size.get_ref()) {
                 Ok(n) if usize::try_from(n).is_ok() => {}
-                Ok(_) => return fail(size.span(), "recording.max_response_bytes is too large".into()),
+                Ok(_) => {
+                    return fail(
+                        size.span(),
+                        "recording.max_response_bytes is too large".into(),
+                    );
+                }
                 Err(e) => return fail(size.span(), format!("recording.max_response_bytes: {e}")),
             }
         }
@@ -987,16 +992,26 @@ credentials = "none"
         let s = c.recording_settings().expect("on by default");
         assert_eq!(s.max_response_bytes, 64 << 10);
         assert!(s.readers.is_empty() && s.without_results.is_empty());
-        let text = GOOD.replace("credentials = \"none\"", "credentials = \"none\"\nrecord_results = false")
-            + "\n[recording]\nmax_response_bytes = \"1 MiB\"\nreaders = [\"group:security\"]\n";
-        let s = parse(&text).expect("recording").recording_settings().expect("on");
+        let text = GOOD.replace(
+            "credentials = \"none\"",
+            "credentials = \"none\"\nrecord_results = false",
+        ) + "\n[recording]\nmax_response_bytes = \"1 MiB\"\nreaders = [\"group:security\"]\n";
+        let s = parse(&text)
+            .expect("recording")
+            .recording_settings()
+            .expect("on");
         assert_eq!(s.max_response_bytes, 1 << 20);
         assert!(s.without_results.contains("analytics"));
         assert_eq!(s.readers.len(), 1);
         let off = format!("{GOOD}\n[recording]\nenabled = false\n");
         assert!(parse(&off).expect("off").recording_settings().is_none());
-        let e = error_of(&format!("{GOOD}\n[recording]\nmax_response_bytes = \"lots\"\n"));
-        assert!(e.contains("line 21") && e.contains("max_response_bytes"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}\n[recording]\nmax_response_bytes = \"lots\"\n"
+        ));
+        assert!(
+            e.contains("line 21") && e.contains("max_response_bytes"),
+            "{e}"
+        );
         let e = error_of(&format!("{GOOD}\n[recording]\nreaders = [\"security\"]\n"));
         assert!(e.contains("line 21") && e.contains("readers"), "{e}");
         let e = error_of(&format!("{GOOD}\n[recording]\nenable = true\n"));

@@ -366,7 +366,10 @@ fn rows(body: &str) -> Vec<String> {
         out.push(format!("      | {} |", cells.join(" | ")));
     }
     if rows.len() > SHOWN_ROWS {
-        out.push(format!("      … {} more rows recorded", rows.len() - SHOWN_ROWS));
+        out.push(format!(
+            "      … {} more rows recorded",
+            rows.len() - SHOWN_ROWS
+        ));
     }
     out
 }

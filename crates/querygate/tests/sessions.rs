@@ -127,7 +127,10 @@ async fn a_session_is_recorded_in_order_and_read_back() {
     assert_eq!(status, 200, "{small}");
     let (status, big, _) = query(&g, "SELECT id, email FROM d.t /*rows=200*/", KEY, s).await;
     assert_eq!(status, 200);
-    assert!(big.len() > 1024, "the big answer must pass the recording limit");
+    assert!(
+        big.len() > 1024,
+        "the big answer must pass the recording limit"
+    );
     let (status, denied, _) = query(&g, "DELETE FROM d.t WHERE true", KEY, s).await;
     assert_eq!(status, 403, "{denied}");
     // A request without a session header goes to the session the gateway assigns.
@@ -153,7 +156,10 @@ async fn a_session_is_recorded_in_order_and_read_back() {
         .into_iter()
         .map(|d| &d["decision"])
         .collect();
-    assert_eq!(decisions, [&json!("allow"), &json!("allow"), &json!("deny")]);
+    assert_eq!(
+        decisions,
+        [&json!("allow"), &json!("allow"), &json!("deny")]
+    );
     let upstream = of_type(&doc, "upstream");
     assert_eq!(upstream[0]["statement"], "SELECT id, email FROM d.t");
     let responses = of_type(&doc, "response");
@@ -231,10 +237,20 @@ async fn a_session_is_recorded_in_order_and_read_back() {
     assert_eq!(code, 0, "{replayed}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(replayed, text);
-    let (_, lines) = g.cli(&["sessions", "replay", "it-session-1", "--json", "--speed", "1000"]);
+    let (_, lines) = g.cli(&[
+        "sessions",
+        "replay",
+        "it-session-1",
+        "--json",
+        "--speed",
+        "1000",
+    ]);
     assert_eq!(lines.lines().count(), 11);
     let (code, missing) = g.cli(&["sessions", "show", "no-such-session"]);
-    assert!(code != 0 && missing.contains("no session no-such-session"), "{missing}");
+    assert!(
+        code != 0 && missing.contains("no session no-such-session"),
+        "{missing}"
+    );
 
     // The audit records name the session.
     let audit = g.audit();
@@ -252,7 +268,10 @@ async fn a_session_is_recorded_in_order_and_read_back() {
             .send()
             .await
             .expect("send");
-        (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
     };
     let (status, own) = get(KEY, "/api/v1/sessions/it-session-1".into()).await;
     assert_eq!(status, 200, "{own}");
@@ -263,7 +282,11 @@ async fn a_session_is_recorded_in_order_and_read_back() {
     assert_eq!(status, 404, "{body}");
     let (_, listed) = get(OTHER, "/api/v1/sessions".into()).await;
     assert_eq!(listed["sessions"], json!([]));
-    let (_, listed) = get(SAM, "/api/v1/sessions?since=1h&identity=agent%3Atest".into()).await;
+    let (_, listed) = get(
+        SAM,
+        "/api/v1/sessions?since=1h&identity=agent%3Atest".into(),
+    )
+    .await;
     assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(2));
     let (status, body) = get(SAM, "/api/v1/sessions?sinse=1h".into()).await;
     assert_eq!(status, 400, "{body}");
@@ -401,7 +424,8 @@ async fn recording_overhead() {
         let stored = if enabled {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let (_, out) = g.cli(&["sessions", "list", "--json"]);
-            let s: Value = serde_json::from_str(out.lines().next().expect("a session")).expect("json");
+            let s: Value =
+                serde_json::from_str(out.lines().next().expect("a session")).expect("json");
             format!(
                 ", {} requests recorded: {} B of JSON → {} B stored ({:.0} B per request)",
                 s["requests"],

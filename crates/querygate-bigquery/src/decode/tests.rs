@@ -304,7 +304,8 @@ fn the_session_comes_from_the_header_or_the_job_label() {
     let none = HeaderMap::new();
     let mut named = HeaderMap::new();
     named.insert(SESSION, "run-1".parse().expect("header"));
-    let query = r#"{"query":"SELECT 1","useLegacySql":false,"labels":{"querygate-session":"lbl-2"}}"#;
+    let query =
+        r#"{"query":"SELECT 1","useLegacySql":false,"labels":{"querygate-session":"lbl-2"}}"#;
     let insert = r#"{"configuration":{"query":{"query":"SELECT 1","useLegacySql":false},"labels":{"querygate-session":"lbl-3"}}}"#;
     let queries = "/bigquery/v2/projects/p/queries";
     let jobs = "/bigquery/v2/projects/p/jobs";
@@ -312,5 +313,8 @@ fn the_session_comes_from_the_header_or_the_job_label() {
     assert_eq!(wire(&none, queries, query).as_deref(), Some("lbl-2"));
     assert_eq!(wire(&none, jobs, insert).as_deref(), Some("lbl-3"));
     assert_eq!(wire(&none, queries, r#"{"query":"SELECT 1"}"#), None);
-    assert_eq!(wire(&named, "/bigquery/v2/projects/p/datasets", "").as_deref(), Some("run-1"));
+    assert_eq!(
+        wire(&named, "/bigquery/v2/projects/p/datasets", "").as_deref(),
+        Some("run-1")
+    );
 }

@@ -107,7 +107,11 @@ fn a_session_is_written_as_one_segment_per_interval() {
         .collect();
     assert_eq!(
         ids,
-        [("qg-1", "request"), ("qg-1", "decision"), ("qg-3", "request")]
+        [
+            ("qg-1", "request"),
+            ("qg-1", "decision"),
+            ("qg-3", "request")
+        ]
     );
     let listed = rec.sessions(&SessionFilter::default()).expect("list");
     assert_eq!(listed.len(), 2);
@@ -203,7 +207,10 @@ fn bodies_are_cut_at_the_limit_with_the_whole_bodys_digest() {
         })
         .collect();
     let digest = hex::encode(Sha256::digest(&body));
-    assert_eq!(responses[0].body.as_deref(), std::str::from_utf8(&body).ok());
+    assert_eq!(
+        responses[0].body.as_deref(),
+        std::str::from_utf8(&body).ok()
+    );
     assert!(!responses[0].truncated);
     assert_eq!(responses[1].body.as_deref(), Some("{\"v\":\"é"));
     assert!(responses[1].truncated);
