@@ -192,15 +192,17 @@ impl Pipeline {
         let Some(tag) = tag.get() else {
             return;
         };
-        if let (Some(named), Outcome::Waiting(w)) = (&request.session, outcome)
-            && named == &tag.session
-        {
-            self.sessions.remember_job(
-                &tag.identity,
-                &w.ticket.job_id,
-                &tag.session,
-                Instant::now(),
-            );
+        // Polls of a job created in a named session stay in it (they carry no name).
+        if request.session.as_deref() == Some(tag.session.as_str()) {
+            let job = match outcome {
+                Outcome::Done(reply) => reply.summary().job_id,
+                Outcome::Waiting(w) => Some(w.ticket.job_id.clone()),
+                _ => None,
+            };
+            if let Some(job) = job {
+                self.sessions
+                    .remember_job(&tag.identity, &job, &tag.session, Instant::now());
+            }
         }
         let Some(recording) = &self.recording else {
             return;
@@ -209,12 +211,6 @@ impl Pipeline {
         let event = match outcome {
             Outcome::Done(reply) => {
                 let summary = reply.summary();
-                if let Some(job) = summary.job_id.as_deref()
-                    && request.session.as_deref() == Some(tag.session.as_str())
-                {
-                    self.sessions
-                        .remember_job(&tag.identity, job, &tag.session, Instant::now());
-                }
                 let body = reply.body();
                 let omitted =
                     source.is_some_and(|s| recording.settings.without_results.contains(s));

@@ -214,6 +214,17 @@ impl Recorder {
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         events(&conn, session, identity, &self.path)
     }
+    /// Deletes segments whose last event is older than `before` (RFC 3339 UTC, as the
+    /// audit log writes times); returns how many. For retention: recordings are not part
+    /// of the audit chain, so deleting them breaks nothing `audit verify` checks.
+    pub fn prune(&self, before: &str) -> Result<usize, StoreError> {
+        let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "DELETE FROM recordings WHERE last_time < ?1",
+            params![before],
+        )
+        .map_err(sqlite_err(&self.path))
+    }
 }
 
 /// One session's buffer (of one identity).

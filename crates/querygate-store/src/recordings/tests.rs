@@ -119,6 +119,9 @@ fn a_session_is_written_as_one_segment_per_interval() {
     assert_eq!((s1.requests, s1.events, s1.segments), (2, 3, 2));
     assert_eq!(s1.identities, ["agent:a"]);
     assert!(s1.stored_bytes > 0 && s1.raw_bytes > 0);
+    // Retention deletes whole segments by the time of their last event.
+    assert_eq!(rec.prune("2026-11-27T10:00:02.000000Z").expect("prune"), 1);
+    assert_eq!(segments(&dir.db(), "s1"), vec![(2, 1, 1)]);
     let only_b = rec
         .sessions(&SessionFilter {
             identity: Some("agent:b".into()),
