@@ -230,6 +230,8 @@ fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
 #[derive(Default)]
 struct Transcript {
     statements: HashMap<String, Option<String>>,
+    /// Each request's decision reason, so a response repeating it is not printed twice.
+    reasons: HashMap<String, String>,
 }
 
 impl Transcript {
@@ -277,6 +279,7 @@ impl Transcript {
                 lines.push(line);
                 if let Some(reason) = &d.reason {
                     lines.push(format!("      {reason}"));
+                    self.reasons.insert(e.request_id.clone(), reason.clone());
                 }
             }
             EventKind::Upstream(u) => {
@@ -307,7 +310,9 @@ impl Transcript {
                     line.push_str(&format!(", {} body", format_bytes(b)));
                 }
                 lines.push(line);
-                if let Some(error) = &r.error {
+                if let Some(error) = &r.error
+                    && self.reasons.get(&e.request_id) != Some(error)
+                {
                     lines.push(format!("      error: {error}"));
                 }
                 if let Some(body) = &r.body {
