@@ -99,6 +99,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         route(&wire, &seg, &mut call, &mut job_id)
     };
     let reason = reason(&wire, &call);
+    let session = session(&wire, &call);
     let wait = (call.api == Api::JobsGetQueryResults).then(|| poll_wait(wire.query));
     let request = Request {
         id: wire.request_id,
@@ -118,6 +119,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         job_id,
         reason,
         wait,
+        session,
     };
     (request, call)
 }
@@ -165,6 +167,38 @@ fn reason(wire: &WireRequest<'_>, call: &Call) -> Option<(String, String)> {
                 .map(|v| (clip(v), "header".to_string()))
         })
 }
+
+/// The session the client names: the `x-querygate-session` header, else the job label
+/// `querygate-session` (jobs.query `labels`, jobs.insert `configuration.labels`). The
+/// pipeline checks the name (and ignores one it cannot use).
+fn session(wire: &WireRequest<'_>, call: &Call) -> Option<String> {
+    const LABEL: &str = "querygate-session";
+    let header = wire
+        .headers
+        .get(SESSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    header.or_else(|| match (&call.api, wire.body.as_ref()) {
+        (Api::JobsQuery | Api::JobsInsert, Ok(body))
+            if body.windows(LABEL.len()).any(|w| w == LABEL.as_bytes()) =>
+        {
+            serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+                v.pointer("/labels/querygate-session")
+                    .or_else(|| v.pointer("/configuration/labels/querygate-session"))
+                    .and_then(Value::as_str)
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The header that names a client's session.
+pub const SESSION: &str = "x-querygate-session";
 
 fn route(
     wire: &WireRequest<'_>,

@@ -553,6 +553,19 @@ impl Source for BigQuerySource {
         call.body = Some(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
     }
 
+    fn parameters(&self, call: &Call) -> Option<String> {
+        let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
+        let query = match call.api {
+            Api::JobsQuery => &body,
+            Api::JobsInsert => body.pointer("/configuration/query")?,
+            _ => return None,
+        };
+        query
+            .get("queryParameters")
+            .filter(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+            .map(Value::to_string)
+    }
+
     async fn execute(&self, admitted: Admitted<Call>) -> Result<BigQueryReply, Fault> {
         let token = self.token_for(admitted.identity()).await?;
         let call = admitted.into_call();
@@ -721,6 +734,11 @@ impl Reply for BigQueryReply {
             });
         }
         self.body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
+    }
+
+    /// The body as the client gets it (`into_response` sends these bytes).
+    fn body(&self) -> Bytes {
+        self.body.clone()
     }
 }
 

@@ -98,6 +98,9 @@ pub struct AuditRecord {
     /// On `audit.checkpoint` and `audit.prune` records: the signed statement about the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// The recorded session the request belongs to (see `querygate sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl AuditRecord {
@@ -139,6 +142,7 @@ impl AuditRecord {
             ticket: None,
             approver: None,
             checkpoint: None,
+            session: None,
         }
     }
 
@@ -342,6 +346,7 @@ mod tests {
             ticket: None,
             approver: None,
             checkpoint: None,
+            session: None,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod decision;
 pub mod identity;
+pub mod recording;
 pub mod request;
 pub mod secret;
 pub mod ticket;

@@ -80,6 +80,10 @@ pub struct Request {
     /// How long the client is willing to wait for an answer that is not ready (BigQuery
     /// getQueryResults' `timeoutMs`): a poll of a job waiting for approval is held that long.
     pub wait: Option<std::time::Duration>,
+    /// The session the client says this request belongs to (for BigQuery: the
+    /// `x-querygate-session` header or the job label `querygate-session`); when `None`
+    /// the pipeline assigns one from the client connection and idle time.
+    pub session: Option<String>,
 }
 
 impl Request {

@@ -208,9 +208,11 @@ impl Pipeline {
             claim: Some(claim),
             usage: None,
         };
+        let traced = record.clone();
         if let Err(e) = self.store.append_with(record, alongside).await {
             return Err(self.fail(ctx, Fault::gateway(e.to_string())).await);
         }
+        self.trace_decision(ctx, &traced);
         self.tickets_opened.notify_one();
         tracing::info!(
             request_id = %ctx.request.id, identity = %identity.subject, ticket = %ticket.id,
@@ -356,12 +358,15 @@ impl Pipeline {
             job_id: Some(ticket.job_id.clone()),
             reason: None,
             wait: None,
+            session: ctx.request.session.clone(),
         };
         let run_ctx = Context {
             request: &run,
             identity: Some(identity),
             source: ctx.source,
             started: ctx.started,
+            received: ctx.received.clone(),
+            tag: ctx.tag,
             explained: crate::Explained {
                 kinds: ticket.kinds.clone(),
                 tables: ticket.tables.clone(),
@@ -383,6 +388,7 @@ impl Pipeline {
         );
         record.ticket = Some(ticket.id.clone());
         record.approver = ticket.decided_by.clone();
+        let traced = record.clone();
         if let Err(e) = self.store.append(record).await {
             tracing::error!(error = %e, ticket = %ticket.id, "cannot write the decided record; the approved job does not run");
             return Some(Outcome::Failed(Fault::gateway(
@@ -390,6 +396,8 @@ impl Pipeline {
                  contact the gateway's operator",
             )));
         }
+        self.trace_decision(&run_ctx, &traced);
+        self.trace_upstream(&run_ctx, ticket.max_bytes_billed);
         let admitted = crate::Admitted::new(call, identity.clone());
         let reply = match source.execute(admitted).await {
             Ok(reply) => reply,
@@ -440,12 +448,14 @@ impl Pipeline {
         record.ticket = Some(ticket.id.clone());
         record.approver = ticket.decided_by.clone();
         record.status = Some(status);
+        let traced = record.clone();
         if let Err(e) = self.store.append(record).await {
             tracing::error!(error = %e, "cannot write the audit record of a held job");
             return Outcome::Failed(Fault::gateway(
                 "querygate could not write its audit record; contact the gateway's operator",
             ));
         }
+        self.trace_decision(ctx, &traced);
         Outcome::Waiting(Box::new(Waiting { ticket, ended }))
     }
 
@@ -520,6 +530,7 @@ impl Pipeline {
             ticket: Some(t.id.clone()),
             approver: t.decided_by.clone(),
             checkpoint: None,
+            session: None,
         };
         if by.is_none() {
             record.kind = Some("gateway".into());

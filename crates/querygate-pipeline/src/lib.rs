@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! authenticate → analyze → decide → approve → (audit decided) → execute → restrict → (audit completed)
+//!        (record: request ─────── decision ───────────── upstream ──────────── response)
 //! ```
 //!
 //! Fronts decode their wire traffic into a [`Request`] plus a source-specific call,
@@ -13,10 +14,12 @@
 mod approve;
 mod decide;
 mod policies;
+mod recording;
+mod sessions;
 mod source;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use querygate_core::{Action, AuditRecord, Denial, DenialKind, Fault, Identity, Phase, Request};
@@ -33,6 +36,8 @@ pub use policies::PolicySet;
 pub use querygate_identity::{ApiKey, Authenticator};
 pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
+pub use recording::RecordingSettings;
+pub use sessions::IDLE_GAP;
 pub use source::{Admitted, Held, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.
@@ -64,6 +69,10 @@ pub struct Pipeline {
     tickets_opened: tokio::sync::Notify,
     /// Woken when a ticket is decided or ends, for polls held waiting for it.
     tickets_changed: tokio::sync::Notify,
+    /// Which session each client is in.
+    sessions: sessions::Sessions,
+    /// Where sessions are recorded, when they are.
+    recording: Option<recording::Recording>,
 }
 
 /// One request's context, recorded in its audit records.
@@ -72,6 +81,10 @@ struct Context<'a> {
     identity: Option<&'a Identity>,
     source: &'a str,
     started: Instant,
+    /// When the request arrived (audit time format), for its recording.
+    received: String,
+    /// The session the request was put in (set once it is authenticated, or refused).
+    tag: &'a OnceLock<recording::Tag>,
     /// What analysis and policy said, for the records.
     explained: Explained,
 }
@@ -108,6 +121,8 @@ impl Pipeline {
             approvals: ApprovalSettings::default(),
             tickets_opened: tokio::sync::Notify::new(),
             tickets_changed: tokio::sync::Notify::new(),
+            sessions: sessions::Sessions::new(sessions::IDLE_GAP),
+            recording: None,
         }
     }
 
@@ -166,28 +181,48 @@ impl Pipeline {
         &self,
         request: Request,
         source: Option<&S>,
+        call: S::Call,
+    ) -> Outcome<S::Reply> {
+        let tag = OnceLock::new();
+        let outcome = self.run(&request, source, call, &tag).await;
+        // record: what the client gets back (the other events are recorded as they happen).
+        self.trace_response(&request, &tag, source.map(|s| s.name()), &outcome);
+        outcome
+    }
+
+    async fn run<S: Source>(
+        &self,
+        request: &Request,
+        source: Option<&S>,
         mut call: S::Call,
+        tag: &OnceLock<recording::Tag>,
     ) -> Outcome<S::Reply> {
         let settings = self.settings();
         let source_name = source.map_or(request.target.as_str(), |s| s.name());
         let mut ctx = Context {
-            request: &request,
+            request,
             identity: None,
             source: source_name,
             started: Instant::now(),
+            received: audit_time(time::OffsetDateTime::now_utc()),
+            tag,
             explained: Explained::default(),
         };
 
-        // authenticate: who is asking.
+        // authenticate: who is asking. Then record: the request, in its session.
         let identity = match settings
             .authenticator
             .authenticate(request.credential.as_ref(), request.delegation.as_ref())
             .await
         {
             Ok(identity) => identity,
-            Err(denial) => return self.refuse(&ctx, denial).await,
+            Err(denial) => {
+                self.begin(&ctx, source, &call);
+                return self.refuse(&ctx, denial).await;
+            }
         };
         ctx.identity = Some(&identity);
+        self.begin(&ctx, source, &call);
 
         // analyze: facts from the SQL text (pure).
         let facts = match &request.action {
@@ -197,7 +232,7 @@ impl Pipeline {
 
         // decide: the request's shape first (jobs, result tables, methods not served),
         // then the rules for queries and table reads.
-        let ownership = match self.ownership(&request, &identity, source_name) {
+        let ownership = match self.ownership(request, &identity, source_name) {
             Ok(o) => o,
             Err(fault) => return self.fail(&ctx, fault).await,
         };
@@ -290,6 +325,7 @@ impl Pipeline {
             _ => None,
         };
         let alongside = Alongside { claim, usage: None };
+        let traced = decided.clone();
         if let Err(e) = self.store.append_with(decided, alongside).await {
             tracing::error!(request_id = %request.id, error = %e, "cannot write the decided record; refusing");
             return Outcome::Failed(Fault::gateway(
@@ -297,8 +333,10 @@ impl Pipeline {
                  contact the gateway's operator",
             ));
         }
+        self.trace_decision(&ctx, &traced);
 
         // execute: only an Admitted call reaches the source.
+        self.trace_upstream(&ctx, limits.max_bytes_billed);
         let admitted = Admitted::new(call, identity.clone());
         let mut reply = match source.execute(admitted).await {
             Ok(reply) => reply,
@@ -566,9 +604,10 @@ impl Pipeline {
             request_id = %ctx.request.id, identity = %record.identity, method = %ctx.request.method,
             reason = %denial.message, "request denied"
         );
-        if let Err(e) = self.store.append(record).await {
+        if let Err(e) = self.store.append(record.clone()).await {
             tracing::error!(request_id = %ctx.request.id, error = %e, "cannot write the denial record");
         }
+        self.trace_decision(ctx, &record);
         Outcome::Denied(denial)
     }
 
@@ -659,6 +698,7 @@ impl Pipeline {
             ticket: None,
             approver: None,
             checkpoint: None,
+            session: ctx.tag.get().map(|t| t.session.clone()),
         }
     }
 }

@@ -67,6 +67,10 @@ pub trait Reply: Send {
     fn summary(&self) -> Summary;
     /// Removes from the reply what `scope` does not allow the identity to see.
     fn restrict(&mut self, scope: &Scope);
+    /// The body as it will be returned to the client (after `restrict`), for the
+    /// session recording. A cheap handle: the recorder cuts and digests it on its own
+    /// thread.
+    fn body(&self) -> bytes::Bytes;
 }
 
 /// Something the gateway forwards admitted calls to.
@@ -105,6 +109,11 @@ pub trait Source: Send + Sync {
 
     /// Rebuilds a call [`Source::hold`] saved: it creates the held job upstream.
     fn resume(&self, saved: &str) -> Result<Self::Call, Fault>;
+
+    /// The query parameters a call carries (JSON), for the session recording.
+    fn parameters(&self, _call: &Self::Call) -> Option<String> {
+        None
+    }
 }
 
 /// A call saved to wait for approval.

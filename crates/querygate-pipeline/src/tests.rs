@@ -23,6 +23,9 @@ impl Reply for EchoReply {
         self.0.clone()
     }
     fn restrict(&mut self, _scope: &Scope) {}
+    fn body(&self) -> bytes::Bytes {
+        bytes::Bytes::from_static(br#"{"rows":[1,2,3]}"#)
+    }
 }
 
 impl Source for Echo {
@@ -105,6 +108,7 @@ fn request(key: Option<&str>, action: Action) -> Request {
         job_id: None,
         reason: None,
         wait: None,
+        session: None,
     }
 }
 
@@ -693,5 +697,202 @@ async fn a_window_grant_ends_when_its_window_does() {
             Outcome::Waiting(_)
         ),
         "after its window, the grant covers nothing"
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_recorded_in_order_and_named_in_the_audit_log() {
+    use querygate_core::recording::EventKind;
+    let dir = tmp("record");
+    let recorder = Arc::new(
+        querygate_store::Recorder::start(&dir.join("qg.db"), Default::default()).expect("recorder"),
+    );
+    let settings = RecordingSettings {
+        max_response_bytes: 6,
+        ..RecordingSettings::default()
+    };
+    let p = pipeline(&dir).with_recording(settings, recorder.clone());
+    let src = Echo::default();
+    let from = |mut r: Request, port: u16| {
+        r.client = ClientInfo {
+            user_agent: Some("test-client/1".into()),
+            peer: Some(format!("127.0.0.1:{port}")),
+        };
+        r
+    };
+    let first = from(request(Some("key-a"), query("SELECT 1")), 4001);
+    assert!(matches!(
+        p.handle(first, Some(&src), "job-1").await,
+        Outcome::Done(_)
+    ));
+    // Another connection of the same client: the same session.
+    let write = from(
+        request(Some("key-a"), query("DELETE FROM d.t WHERE true")),
+        4002,
+    );
+    assert!(matches!(
+        p.handle(write, Some(&src), "job-2").await,
+        Outcome::Denied(_)
+    ));
+    // A request that names its session goes there; a bad key is recorded as unauthenticated.
+    let mut named = from(request(Some("key-a"), query("SELECT 2")), 4003);
+    named.session = Some("run-7".into());
+    assert!(matches!(
+        p.handle(named, Some(&src), "job-3").await,
+        Outcome::Done(_)
+    ));
+    let bad = from(request(Some("not-a-key"), query("SELECT 3")), 4004);
+    assert!(matches!(
+        p.handle(bad, Some(&src), "job-4").await,
+        Outcome::Denied(_)
+    ));
+    recorder.flush();
+    p.store().flush().await.expect("flush");
+
+    let listed = recorder.sessions(&Default::default()).expect("sessions");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let auto = listed
+        .iter()
+        .find(|s| s.identities == ["agent:a"] && s.id.starts_with("ss_"))
+        .expect("assigned session");
+    assert_eq!(auto.requests, 2);
+    let events = recorder.events(&auto.id, None).expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "request", "decision", "upstream", "response", "request", "decision", "response"
+        ]
+    );
+    match (
+        &events[0].what,
+        &events[3].what,
+        &events[5].what,
+        &events[6].what,
+    ) {
+        (
+            EventKind::Request(r),
+            EventKind::Response(ok),
+            EventKind::Decision(d),
+            EventKind::Response(denied),
+        ) => {
+            assert_eq!(r.statement.as_deref(), Some("SELECT 1"));
+            assert_eq!(r.user_agent.as_deref(), Some("test-client/1"));
+            assert_eq!((ok.status, ok.rows), (200, Some(3)));
+            assert_eq!(ok.body.as_deref(), Some(r#"{"rows"#));
+            assert!(ok.truncated);
+            assert_eq!(ok.total_bytes, Some(16));
+            assert_eq!(d.decision, "deny");
+            assert_eq!(denied.status, 403);
+            assert!(denied.body.is_none() && denied.error.is_some());
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    let named = recorder.events("run-7", None).expect("events");
+    assert_eq!(named.len(), 4);
+    let unauthenticated = listed
+        .iter()
+        .find(|s| s.identities == ["unauthenticated"])
+        .expect("refused credential");
+    assert_eq!(unauthenticated.events, 3);
+    // Every audit record names its session.
+    let recs = records(&dir);
+    assert!(recs.iter().all(|r| r.session.is_some()), "{recs:?}");
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.session.as_deref() == Some(auto.id.as_str()))
+            .count(),
+        3
+    );
+    // The secret never reaches the recording.
+    let all: String = listed
+        .iter()
+        .flat_map(|s| recorder.events(&s.id, None).expect("events"))
+        .map(|e| serde_json::to_string(&e).expect("json"))
+        .collect();
+    assert!(
+        !all.contains("key-a") && !all.contains("not-a-key"),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn recordings_are_read_by_readers_and_by_their_own_identity() {
+    let dir = tmp("record-read");
+    let recorder = Arc::new(
+        querygate_store::Recorder::start(&dir.join("qg.db"), Default::default()).expect("recorder"),
+    );
+    let settings = RecordingSettings {
+        readers: vec![querygate_policy::Principal::parse("group:security").expect("principal")],
+        without_results: ["echo".to_string()].into(),
+        ..RecordingSettings::default()
+    };
+    let p = pipeline(&dir).with_recording(settings, recorder.clone());
+    let src = Echo::default();
+    let mut r = request(Some("key-a"), query("SELECT 1"));
+    r.session = Some("s-a".into());
+    p.handle(r, Some(&src), "job-1").await;
+    recorder.flush();
+    let agent = Identity {
+        subject: "agent:a".into(),
+        ..Identity::default()
+    };
+    let other = Identity {
+        subject: "agent:b".into(),
+        ..Identity::default()
+    };
+    let security = Identity {
+        subject: "human:sam".into(),
+        groups: vec!["security".into()],
+        ..Identity::default()
+    };
+    let (_, events) = p.show_session(&agent, "s-a").await.expect("own session");
+    assert_eq!(events.len(), 4);
+    // record_results = false: no body, no digest, only the size.
+    let response = events
+        .iter()
+        .find(|e| e.kind() == "response")
+        .expect("response");
+    let text = serde_json::to_string(response).expect("json");
+    assert!(
+        text.contains(r#""body_omitted":true"#)
+            && !text.contains(r#""body""#)
+            && !text.contains("sha256"),
+        "{text}"
+    );
+    assert!(p.show_session(&security, "s-a").await.is_ok());
+    let denied = p.show_session(&other, "s-a").await.expect_err("not theirs");
+    assert_eq!(denied.kind, DenialKind::NotFound);
+    assert_eq!(
+        p.list_sessions(&other, Default::default())
+            .await
+            .expect("list")
+            .len(),
+        0
+    );
+    assert_eq!(
+        p.list_sessions(&agent, Default::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        p.list_sessions(&security, Default::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    p.store().flush().await.expect("flush");
+    let reads: Vec<_> = records(&dir)
+        .into_iter()
+        .filter(|r| r.method.starts_with("sessions."))
+        .collect();
+    assert_eq!(reads.len(), 6);
+    assert!(
+        reads
+            .iter()
+            .any(|r| r.identity == "agent:b" && r.decision == "deny")
     );
 }

@@ -7,11 +7,13 @@
 //! [`writer`]). One gateway process writes a store: the journal's file lock refuses a
 //! second. Reads use their own connection and never wait for the writer; what is
 //! journalled but not yet indexed is visible to lookups through the pending overlay.
+//! Session recordings have their own thread and table (`recordings.rs`).
 //! This crate knows nothing of HTTP, policy or SQL.
 
 mod journal;
 mod keys;
 mod reader;
+mod recordings;
 mod schema;
 pub mod signing;
 mod tickets;
@@ -28,6 +30,9 @@ use tokio::sync::oneshot;
 
 pub use keys::{KeyAdmin, MIN_PREFIX, RevokeOutcome, StoredKey};
 pub use reader::{AuditFilter, Reader, StoredRecord, VerifyOptions, VerifyReport};
+pub use recordings::{
+    Attachment, Capture, Recorder, RecorderOptions, RecordingReader, SessionFilter, SessionSummary,
+};
 pub use schema::Sync;
 pub use tickets::{TicketFilter, Undecidable, Verdict};
 

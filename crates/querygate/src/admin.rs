@@ -6,7 +6,12 @@
 //! GET  /api/v1/tickets/{id}              ticket
 //! POST /api/v1/tickets/{id}/approve      {"for": "1h", "reason": "…"} (both optional) → ticket
 //! POST /api/v1/tickets/{id}/deny         {"reason": "…"} → ticket
+//! GET  /api/v1/sessions?identity=&since=&limit=   {"sessions": [summary…]}
+//! GET  /api/v1/sessions/{id}             {"session": summary, "events": [event…]}
 //! ```
+//!
+//! Recorded sessions are read by the members of `[recording] readers` (every session) and
+//! by each identity for its own requests; the pipeline decides and audits every read.
 //!
 //! Glue only: authenticate the `Authorization: Bearer` API key (or OIDC token) as the data
 //! path does, read the request, call the pipeline, render JSON. The pipeline decides who
@@ -43,6 +48,8 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/api/v1/tickets/{id}", get(show))
         .route("/api/v1/tickets/{id}/approve", post(approve))
         .route("/api/v1/tickets/{id}/deny", post(deny))
+        .route("/api/v1/sessions", get(list_sessions))
+        .route("/api/v1/sessions/{id}", get(show_session))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(pipeline)
@@ -381,10 +388,91 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         404,
         format!(
             "no such endpoint: {method} {}; the admin API serves /api/v1/tickets, \
-             /api/v1/tickets/{{id}}, /api/v1/tickets/{{id}}/approve and /api/v1/tickets/{{id}}/deny",
+             /api/v1/tickets/{{id}}, /api/v1/tickets/{{id}}/approve, /api/v1/tickets/{{id}}/deny, \
+             /api/v1/sessions and /api/v1/sessions/{{id}}",
             uri.path()
         ),
     )
+}
+
+/// The session list filter from a query string (unknown names are refused).
+fn session_filter(query: &str) -> Result<querygate_store::SessionFilter, String> {
+    let mut filter = querygate_store::SessionFilter::default();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            continue;
+        }
+        match name.as_ref() {
+            "identity" => filter.identity = Some(value),
+            "since" => {
+                filter.since = Some(
+                    crate::audit_cmd::point_in_time(&value).map_err(|e| format!("since: {e}"))?,
+                );
+            }
+            "limit" => {
+                let n = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit {value:?} must be a whole number from 1 to {MAX_LIMIT}")
+                    })?;
+                filter.limit = Some(n);
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}: filter sessions with identity, since or limit"
+                ));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/sessions`.
+async fn list_sessions(
+    State(pipeline): State<Arc<Pipeline>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    let identity = match authenticate(&pipeline, &headers, &extensions).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let filter = match session_filter(query.as_deref().unwrap_or("")) {
+        Ok(f) => f,
+        Err(message) => return error(400, message),
+    };
+    match pipeline.list_sessions(&identity, filter).await {
+        Ok(sessions) => axum::Json(json!({ "sessions": sessions })).into_response(),
+        Err(denial) => refusal(&denial),
+    }
+}
+
+/// `GET /api/v1/sessions/{id}`.
+async fn show_session(
+    State(pipeline): State<Arc<Pipeline>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    let identity = match authenticate(&pipeline, &headers, &extensions).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let id = match path {
+        Ok(Path(id)) if !id.trim().is_empty() => id,
+        Ok(_) => return error(400, "the session id is empty"),
+        Err(e) => return error(400, format!("the session id cannot be read: {e}")),
+    };
+    match pipeline.show_session(&identity, &id).await {
+        Ok((summary, events)) => {
+            axum::Json(json!({ "session": summary, "events": events })).into_response()
+        }
+        Err(denial) => refusal(&denial),
+    }
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {

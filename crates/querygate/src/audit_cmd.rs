@@ -381,7 +381,7 @@ impl FilterArgs {
 }
 
 /// `90s`, `15m`, `1h`, `7d` ago, or an RFC 3339 time, as the audit log's time format.
-fn point_in_time(text: &str) -> anyhow::Result<String> {
+pub(crate) fn point_in_time(text: &str) -> anyhow::Result<String> {
     use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(querygate_pipeline::audit_time(t));

@@ -28,6 +28,18 @@
 //!
 //! Durations are written like `"90s"`, `"15m"`, `"1h"`, `"7d"`. These settings are read
 //! at start; a reload does not change them.
+//!
+//! Session recording (on unless turned off; read at start, like the above):
+//!
+//! ```toml
+//! [recording]
+//! enabled = true                  # record every session (requests, decisions, responses)
+//! max_response_bytes = "64 KiB"   # each response body is kept up to this, with its digest
+//! readers = ["group:security"]    # who reads every session through the admin API
+//!
+//! [[sources]]
+//! record_results = false          # this source's response bodies stay out of recordings
+//! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -79,6 +91,9 @@ pub struct Config {
     /// Where every audit record is streamed.
     #[serde(default)]
     pub export: ExportConfig,
+    /// Session recording.
+    #[serde(default)]
+    pub recording: RecordingConfig,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -107,6 +122,20 @@ pub struct ApprovalsConfig {
     pub ticket_ttl: Option<Spanned<String>>,
     /// The longest window grant an approver may give (default 8h).
     pub max_window: Option<Spanned<String>>,
+}
+
+/// `[recording]`: whether sessions are recorded, how much of each response, and who
+/// may read every recording (anyone reads their own sessions).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Each response body is recorded up to this size (default "64 KiB").
+    pub max_response_bytes: Option<Spanned<String>>,
+    /// `group:NAME` / `identity:SUBJECT` who may read every session.
+    #[serde(default)]
+    pub readers: Vec<Spanned<String>>,
 }
 
 /// `[notify]`: the webhook told of new tickets and the base of the links it gets.
@@ -288,6 +317,8 @@ pub struct SourceConfig {
     pub impersonate: Vec<Spanned<ImpersonateConfig>>,
     /// The IAM Credentials API root (default https://iamcredentials.googleapis.com).
     pub iam_endpoint: Option<String>,
+    /// Whether response bodies of this source are recorded in sessions (default true).
+    pub record_results: Option<bool>,
 }
 
 /// `[[sources.impersonate]]`: requests of these identities run as this service account.
@@ -485,6 +516,7 @@ impl Config {
         self.check_approvals(text, path)?;
         self.check_notify(text, path)?;
         self.check_audit(text, path)?;
+        self.check_recording(text, path)?;
         let mut hashes = HashSet::new();
         for key in &self.api_keys {
             let h = key.key_sha256.get_ref();
@@ -778,6 +810,60 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn check_recording(&self, text: &str, path: &Path) -> Result<(), String> {
+        let fail = |span: Range<usize>, msg: String| {
+            Err(format!("{}{}: {msg}", path.display(), line_of(text, &span)))
+        };
+        if let Some(size) = &self.recording.max_response_bytes {
+            match parse_bytes(size.get_ref()) {
+                Ok(n) if usize::try_from(n).is_ok() => {}
+                Ok(_) => {
+                    return fail(
+                        size.span(),
+                        "recording.max_response_bytes is too large".into(),
+                    );
+                }
+                Err(e) => return fail(size.span(), format!("recording.max_response_bytes: {e}")),
+            }
+        }
+        for r in &self.recording.readers {
+            if let Err(e) = querygate_policy::Principal::parse(r.get_ref()) {
+                return fail(r.span(), format!("recording.readers: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[recording]` as the pipeline takes it, or `None` when sessions are not recorded
+    /// (checked at load).
+    pub fn recording_settings(&self) -> Option<querygate_pipeline::RecordingSettings> {
+        if self.recording.enabled == Some(false) {
+            return None;
+        }
+        let defaults = querygate_pipeline::RecordingSettings::default();
+        Some(querygate_pipeline::RecordingSettings {
+            max_response_bytes: self
+                .recording
+                .max_response_bytes
+                .as_ref()
+                .and_then(|s| parse_bytes(s.get_ref()).ok())
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(defaults.max_response_bytes),
+            without_results: self
+                .sources
+                .iter()
+                .filter(|s| s.record_results == Some(false))
+                .map(|s| s.name.clone())
+                .collect(),
+            readers: self
+                .recording
+                .readers
+                .iter()
+                .filter_map(|r| querygate_policy::Principal::parse(r.get_ref()).ok())
+                .collect(),
+        })
     }
 
     /// `[approvals]` as the pipeline takes it (checked at load; defaults where unset).
@@ -1086,6 +1172,38 @@ credentials = "none"
             e.contains("line 21") && e.contains("admin_listen") && !e.contains("SECRETTOKEN"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn recording_is_on_by_default_and_checked_with_its_line() {
+        let c = parse(GOOD).expect("good config");
+        let s = c.recording_settings().expect("on by default");
+        assert_eq!(s.max_response_bytes, 64 << 10);
+        assert!(s.readers.is_empty() && s.without_results.is_empty());
+        let text = GOOD.replace(
+            "credentials = \"none\"",
+            "credentials = \"none\"\nrecord_results = false",
+        ) + "\n[recording]\nmax_response_bytes = \"1 MiB\"\nreaders = [\"group:security\"]\n";
+        let s = parse(&text)
+            .expect("recording")
+            .recording_settings()
+            .expect("on");
+        assert_eq!(s.max_response_bytes, 1 << 20);
+        assert!(s.without_results.contains("analytics"));
+        assert_eq!(s.readers.len(), 1);
+        let off = format!("{GOOD}\n[recording]\nenabled = false\n");
+        assert!(parse(&off).expect("off").recording_settings().is_none());
+        let e = error_of(&format!(
+            "{GOOD}\n[recording]\nmax_response_bytes = \"lots\"\n"
+        ));
+        assert!(
+            e.contains("line 21") && e.contains("max_response_bytes"),
+            "{e}"
+        );
+        let e = error_of(&format!("{GOOD}\n[recording]\nreaders = [\"security\"]\n"));
+        assert!(e.contains("line 21") && e.contains("readers"), "{e}");
+        let e = error_of(&format!("{GOOD}\n[recording]\nenable = true\n"));
+        assert!(e.contains("enable"), "{e}");
     }
 
     #[test]

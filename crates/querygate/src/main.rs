@@ -1,4 +1,5 @@
-//! The `querygate` command: `serve`, `keys`, `audit`, `policy`, `approvals`, `config check`.
+//! The `querygate` command: `serve`, `keys`, `audit`, `policy`, `approvals`, `sessions`,
+//! `config check`.
 //!
 //! Parses the command line and hands off to one module per command. Errors reach
 //! the user as one readable message and a non-zero exit; nothing here panics.
@@ -12,6 +13,7 @@ mod keys;
 mod notify;
 mod policy_cmd;
 mod serve;
+mod sessions_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: approvals_cmd::ApprovalsCommand,
     },
+    /// List, show and replay recorded sessions (reads the store).
+    Sessions {
+        #[command(subcommand)]
+        command: sessions_cmd::SessionsCommand,
+    },
     /// Check a config file and exit.
     Config {
         #[command(subcommand)]
@@ -95,6 +102,7 @@ fn main() -> ExitCode {
         Command::Audit { command } => audit_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Approvals { command } => approvals_cmd::run(command),
+        Command::Sessions { command } => sessions_cmd::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config::Config::load(&config.config)

@@ -4,7 +4,8 @@
 //! sources, pipeline → BigQuery front and, when `admin_listen` is set, the admin API
 //! (approvals), both served over TLS (rustls) when configured, else plaintext (loopback,
 //! or by consent). Background tasks: reload, the ticket sweeper (every 5 s) and, when
-//! `[notify] webhook` is set, the notifier.
+//! `[notify] webhook` is set, the notifier. Unless `[recording] enabled = false`, the
+//! session recorder runs beside the store and is closed (flushed) at a clean stop.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -108,10 +109,14 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     let policies = config.policies().map_err(anyhow::Error::msg)?;
     let authenticator = authenticator(config, &store, caches).map_err(anyhow::Error::msg)?;
     authenticator.warm_up();
-    let pipeline = Arc::new(
-        Pipeline::new(authenticator, policies, store.clone())
-            .with_approvals(config.approval_settings()),
-    );
+    let mut pipeline = Pipeline::new(authenticator, policies, store.clone())
+        .with_approvals(config.approval_settings());
+    if let Some(settings) = config.recording_settings() {
+        let recorder = querygate_store::Recorder::start(&store_path, Default::default())
+            .with_context(|| format!("cannot record sessions in {}", store_path.display()))?;
+        pipeline = pipeline.with_recording(settings, Arc::new(recorder));
+    }
+    let pipeline = Arc::new(pipeline);
     let mut sources = HashMap::new();
     for s in &config.sources {
         let auth = match s.credential(config) {
@@ -274,6 +279,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Completion records are queued, not awaited: write them before exiting.
     if let Err(e) = front.pipeline.store().flush().await {
         tracing::error!(error = %e, "could not flush the audit log at shutdown");
+    }
+    // And the sessions' last events, buffered for at most a quarter second.
+    if let Some(recorder) = front.pipeline.recorder() {
+        recorder.close();
     }
     served
 }

@@ -214,7 +214,7 @@ async fn a_crash_mid_stream_leaves_a_decided_record_for_everything_the_upstream_
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    g.crash();
+    g.kill();
     for t in tasks {
         let _ = t.await;
     }

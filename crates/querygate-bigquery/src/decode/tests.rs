@@ -285,3 +285,36 @@ fn uploads_are_refused_but_named_with_their_job_and_table() {
         }
     );
 }
+
+#[test]
+fn the_session_comes_from_the_header_or_the_job_label() {
+    let wire = |headers: &HeaderMap, path: &str, body: &str| {
+        decode(WireRequest {
+            method: &Method::POST,
+            path,
+            query: None,
+            headers,
+            body: Ok(Bytes::from(body.to_string())),
+            peer: None,
+            request_id: RequestId("r".into()),
+        })
+        .0
+        .session
+    };
+    let none = HeaderMap::new();
+    let mut named = HeaderMap::new();
+    named.insert(SESSION, "run-1".parse().expect("header"));
+    let query =
+        r#"{"query":"SELECT 1","useLegacySql":false,"labels":{"querygate-session":"lbl-2"}}"#;
+    let insert = r#"{"configuration":{"query":{"query":"SELECT 1","useLegacySql":false},"labels":{"querygate-session":"lbl-3"}}}"#;
+    let queries = "/bigquery/v2/projects/p/queries";
+    let jobs = "/bigquery/v2/projects/p/jobs";
+    assert_eq!(wire(&named, queries, query).as_deref(), Some("run-1"));
+    assert_eq!(wire(&none, queries, query).as_deref(), Some("lbl-2"));
+    assert_eq!(wire(&none, jobs, insert).as_deref(), Some("lbl-3"));
+    assert_eq!(wire(&none, queries, r#"{"query":"SELECT 1"}"#), None);
+    assert_eq!(
+        wire(&named, "/bigquery/v2/projects/p/datasets", "").as_deref(),
+        Some("run-1")
+    );
+}

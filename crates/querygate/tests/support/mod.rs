@@ -260,8 +260,8 @@ impl Gateway {
         self.wait_ready(tls).await;
     }
 
-    /// Kills the gateway with SIGKILL (a crash: nothing is flushed) and waits for it.
-    pub fn crash(&mut self) {
+    /// Kills the gateway at once (SIGKILL), as a crash would: nothing is flushed.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
