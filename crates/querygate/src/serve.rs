@@ -209,8 +209,17 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(sweep(pipeline.clone()));
-    if let Some(keep) = config.audit_retention() {
-        tokio::spawn(retain(pipeline.clone(), keep));
+    let recordings_keep = config
+        .retention
+        .recordings
+        .as_ref()
+        .and_then(|v| querygate_identity::parse_duration(v.get_ref()).ok());
+    if config.audit_retention().is_some() || recordings_keep.is_some() {
+        tokio::spawn(retain(
+            pipeline.clone(),
+            config.audit_retention(),
+            recordings_keep,
+        ));
     }
     if let Some(hook) = &config.export.webhook {
         let url = hook
@@ -293,23 +302,47 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Expires tickets nobody decided in time, so they leave the pending list and the
 /// expiry is in the audit log even if the requester never polls again.
 /// Retention: every six hours (the first a minute after start), prunes audit records
-/// older than `keep`, leaving a signed marker (see `Store::prune_before`).
-async fn retain(pipeline: Arc<Pipeline>, keep: std::time::Duration) {
+/// older than `audit`, leaving a signed marker (see `Store::prune_before`), and session
+/// recordings older than `recordings` (audited as `recordings.prune`).
+async fn retain(
+    pipeline: Arc<Pipeline>,
+    audit: Option<std::time::Duration>,
+    recordings: Option<std::time::Duration>,
+) {
     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
     loop {
         tick.tick().await;
-        let cutoff = time::OffsetDateTime::now_utc() - keep;
-        match pipeline
-            .store()
-            .prune_before(&querygate_pipeline::audit_time(cutoff))
-            .await
-        {
-            Ok(Some((n, up_to))) => {
-                tracing::info!(records = n, up_to, "retention: pruned audit records")
+        let cutoff = |keep| querygate_pipeline::audit_time(time::OffsetDateTime::now_utc() - keep);
+        if let Some(keep) = audit {
+            match pipeline.store().prune_before(&cutoff(keep)).await {
+                Ok(Some((n, up_to))) => {
+                    tracing::info!(records = n, up_to, "retention: pruned audit records")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "retention: cannot prune audit records"),
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "retention: cannot prune audit records"),
+        }
+        if let (Some(keep), Some(recorder)) = (recordings, pipeline.recorder()) {
+            let before = cutoff(keep);
+            match recorder.prune(&before) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(segments = n, "retention: pruned session recordings");
+                    let mut record =
+                        querygate_core::AuditRecord::default_for("recordings.prune", "querygate");
+                    record.time = querygate_pipeline::audit_time(time::OffsetDateTime::now_utc());
+                    record.kind = Some("gateway".into());
+                    record.decision = "allow".into();
+                    record.reason = Some(format!(
+                        "retention: {n} recording segments older than {before} deleted"
+                    ));
+                    if let Err(e) = pipeline.store().append(record).await {
+                        tracing::error!(error = %e, "retention: cannot audit the recordings pruned");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "retention: cannot prune recordings"),
+            }
         }
     }
 }
