@@ -199,7 +199,7 @@ impl Reader {
     /// Every row of the chain in order: SQLite's, then the journal's beyond them.
     fn rows(
         &self,
-        mut each: impl FnMut(ChainRow) -> Result<bool, StoreError>,
+        mut each: impl FnMut(&ChainRow) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut st = self
             .conn
@@ -207,15 +207,39 @@ impl Reader {
             .map_err(self.err())?;
         let mut rows = st.query(params![]).map_err(self.err())?;
         let mut last = 0;
+        // One row's buffers, reused: verify reads a million rows a second.
+        let mut chain_row = ChainRow {
+            seq: 0,
+            record: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let text = |v: rusqlite::types::ValueRef<'_>| -> Result<String, StoreError> {
+            v.as_str()
+                .map(str::to_string)
+                .map_err(|e| StoreError::Failed {
+                    path: self.path.clone(),
+                    message: format!("a stored record is not text: {e}"),
+                })
+        };
         while let Some(row) = rows.next().map_err(self.err())? {
-            let chain_row = ChainRow {
-                seq: row.get::<_, i64>(0).map_err(self.err())? as u64,
-                record: row.get(1).map_err(self.err())?,
-                prev_hash: row.get(2).map_err(self.err())?,
-                hash: row.get(3).map_err(self.err())?,
-            };
+            chain_row.seq = row.get::<_, i64>(0).map_err(self.err())? as u64;
+            for (i, buf) in [
+                (1, &mut chain_row.record),
+                (2, &mut chain_row.prev_hash),
+                (3, &mut chain_row.hash),
+            ] {
+                let value = row.get_ref(i).map_err(self.err())?;
+                match value.as_str() {
+                    Ok(s) => {
+                        buf.clear();
+                        buf.push_str(s);
+                    }
+                    Err(_) => *buf = text(value)?,
+                }
+            }
             last = chain_row.seq;
-            if !each(chain_row)? {
+            if !each(&chain_row)? {
                 return Ok(());
             }
         }
@@ -232,7 +256,7 @@ impl Reader {
                 ..
             } = entry
                 && seq > last
-                && !each(ChainRow {
+                && !each(&ChainRow {
                     seq,
                     record,
                     prev_hash,
@@ -438,17 +462,19 @@ impl Reader {
         let mut heads_seen = 0u64;
         self.rows(|row| {
             let at = row.seq;
-            let prev = row.prev_hash.clone();
-            let checkpoint = row.record.contains("\"checkpoint\":");
-            let record = checkpoint.then(|| row.record.clone());
-            if let Err(b) = verifier.check(&row) {
+            if let Err(b) = verifier.check(row) {
                 broken = Some(b);
                 return Ok(false);
             }
+            let prev = &row.prev_hash;
+            let record = row
+                .record
+                .contains("\"checkpoint\":")
+                .then(|| row.record.clone());
             // The record at seq `at - 1` had hash `prev`: compare with the file.
             if let Some(head) = vouched.remove(&(at - 1)) {
                 heads_seen += 1;
-                if head != prev {
+                if head != *prev {
                     broken = Some(ChainBreak {
                         seq: at - 1,
                         problem: "the checkpoint file vouches for a different hash here: the log was rewritten after that checkpoint".into(),
@@ -457,7 +483,7 @@ impl Reader {
                 }
             }
             if let Some(text) = record {
-                match check_checkpoint(&text, at, &prev, public_key.as_deref()) {
+                match check_checkpoint(&text, at, prev, public_key.as_deref()) {
                     Ok(true) => {
                         report.checkpoints += 1;
                         report.last_checkpoint = Some(at);
