@@ -35,6 +35,8 @@
 #   BENCH_KEEP_TMP=1    keep the temp dir (configs, logs, raw wrk output)
 #   BENCH_STORE_SYNC    querygate's [store] synchronous: full (fsync per commit) or
 #                       normal (fsync at checkpoints) [full]
+#   BENCH_RECORDING     querygate's [recording] enabled: true (the default: every
+#                       session recorded, bodies included) or false [true]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -320,6 +322,9 @@ bigquery_listen = "127.0.0.1:$QG_PORT"
 [store]
 path = "$T/querygate.db"
 synchronous = "${BENCH_STORE_SYNC:-full}"
+
+[recording]
+enabled = ${BENCH_RECORDING:-true}
 
 [[api_keys]]
 identity = "agent:bench"
