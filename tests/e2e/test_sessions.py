@@ -31,8 +31,13 @@ class Sessions:
         self.config = s.write_gateway_config(
             workdir / "querygate.toml", listen_port=self.port, store=workdir / "querygate.db",
             key_sha256=s.sha256_hex(self.key), emulator_url=emulator.url)
-        with self.config.open("a") as f:
-            f.write('\n[recording]\nmax_response_bytes = "256 KiB"\n')
+        # Emails are masked in results by the source's value detectors, so the recording must
+        # hold the masked values the client got, never the clear ones.
+        text = self.config.read_text()
+        assert 'credentials = "none"\n' in text
+        text = text.replace('credentials = "none"\n',
+                            'credentials = "none"\ndetect = ["email"]\ndetect_strategy = "email_domain"\n', 1)
+        self.config.write_text(text + '\n[recording]\nmax_response_bytes = "256 KiB"\n')
         self.server = s.Server(
             name="querygate-sessions", argv=[str(s.default_gateway_bin()), "serve", "--config", str(self.config)],
             log_path=workdir / "querygate.log", env=None, cwd=workdir).start()
@@ -78,6 +83,8 @@ def test_a_clients_queries_are_one_session_that_shows_what_the_client_saw(gw):
     result2 = client.query_and_wait(q2)
     seen2 = [(r["id"], r["email"]) for r in result2]
     assert [i for i, _ in seen2] == [11, 12]
+    # The client got the emails masked by the detectors (domain kept).
+    assert all(m.startswith("***@") for _, m in seen2), seen2
     q3 = f"DELETE FROM {T} WHERE TRUE"
     with pytest.raises(gexc.Forbidden):
         client.query_and_wait(q3)
@@ -137,6 +144,10 @@ def test_a_clients_queries_are_one_session_that_shows_what_the_client_saw(gw):
     response2 = [e for e in events if e["type"] == "response" and e.get("job_id") == result2.job_id]
     assert any(e.get("rows") == 2 for e in response2), response2
     assert [[int(r[0]), r[1]] for r in recorded_rows(result2.job_id)] == [[i, m] for i, m in seen2]
+    # No clear protected value anywhere in the recording.
+    recording = json.dumps(doc)
+    clear = [c["email"] for c in s.CUSTOMERS]
+    assert not [e for e in clear if e in recording], "a clear email reached the recording"
 
     # What went upstream: the statements as sent, only for allowed requests.
     upstream = [e.get("statement") for e in events if e["type"] == "upstream" and e.get("statement")]

@@ -135,6 +135,8 @@ pub struct BigQuerySource {
     impersonate: Vec<Impersonation>,
     iam_endpoint: String,
     minted: Mutex<HashMap<String, MintedToken>>,
+    /// Value detectors run on every result (`detect = [...]`).
+    scrubber: Option<querygate_mask::Scrubber>,
 }
 
 impl BigQuerySource {
@@ -163,7 +165,14 @@ impl BigQuerySource {
             impersonate: Vec::new(),
             iam_endpoint: IAM_ENDPOINT.to_string(),
             minted: Mutex::new(HashMap::new()),
+            scrubber: None,
         })
+    }
+
+    /// Runs `scrubber` on every value this source's results return.
+    pub fn with_scrubber(mut self, scrubber: Option<querygate_mask::Scrubber>) -> Self {
+        self.scrubber = scrubber;
+        self
     }
 
     /// Adds per-identity impersonation (checked in order; the first match wins).
@@ -466,6 +475,10 @@ impl Source for BigQuerySource {
         Ok(p)
     }
 
+    fn scrubber(&self) -> Option<&querygate_mask::Scrubber> {
+        self.scrubber.as_ref()
+    }
+
     fn hold(&self, call: &Call, request_id: &str) -> Option<Held> {
         let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
         let project_path = match call.api {
@@ -740,6 +753,62 @@ impl Reply for BigQueryReply {
     fn body(&self) -> Bytes {
         self.body.clone()
     }
+
+    /// Result pages (jobs.query, getQueryResults, tabledata.list): every string cell,
+    /// nested records and arrays included, through the scrubber. A page that cannot be
+    /// read is replaced by an error (fail closed: it would leave unscanned values).
+    fn scrub(&mut self, scrubber: &querygate_mask::Scrubber) -> u64 {
+        let pages = matches!(
+            self.api,
+            Api::JobsQuery | Api::JobsGetQueryResults | Api::TabledataList
+        );
+        if !pages || !self.status.is_success() {
+            return 0;
+        }
+        let Ok(mut page) = serde_json::from_slice::<Value>(&self.body) else {
+            self.status = StatusCode::BAD_GATEWAY;
+            self.body = Bytes::from(
+                serde_json::to_vec(&ErrorEnvelope::new(
+                    502,
+                    "backendError",
+                    "querygate could not read this result to check its values, so it was withheld",
+                ))
+                .unwrap_or_default(),
+            );
+            return 0;
+        };
+        let mut masked = 0;
+        if let Some(Value::Array(rows)) = page.get_mut("rows") {
+            for row in rows {
+                masked += scrub_cell(row, scrubber);
+            }
+        }
+        if masked > 0 {
+            self.body = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
+        }
+        masked
+    }
+}
+
+/// Walks a result cell (`{"f": [...]}` for a row or record, `{"v": …}` for a value, arrays
+/// of `{"v": …}`) and scrubs every string value; returns how many changed.
+fn scrub_cell(cell: &mut Value, scrubber: &querygate_mask::Scrubber) -> u64 {
+    match cell {
+        Value::String(s) => match scrubber.scrub(s) {
+            std::borrow::Cow::Owned(masked) => {
+                *s = masked;
+                1
+            }
+            std::borrow::Cow::Borrowed(_) => 0,
+        },
+        Value::Array(items) => items.iter_mut().map(|i| scrub_cell(i, scrubber)).sum(),
+        Value::Object(map) => map
+            .iter_mut()
+            .filter(|(k, _)| k.as_str() == "f" || k.as_str() == "v")
+            .map(|(_, v)| scrub_cell(v, scrubber))
+            .sum(),
+        _ => 0,
+    }
 }
 
 /// The query job a held jobs.query request runs as once approved: the same query,
@@ -776,4 +845,46 @@ fn held_query_job(query: &Value, project: &str, request_id: &str) -> Value {
         job["configuration"]["labels"] = labels.clone();
     }
     job
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+    use querygate_mask::{DetectorKind, Scrubber, Strategy};
+
+    #[test]
+    fn every_string_cell_of_a_result_page_is_scrubbed_nested_ones_too() {
+        let body = serde_json::json!({
+            "kind": "bigquery#queryResponse",
+            "jobComplete": true,
+            "totalRows": "2",
+            "rows": [
+                {"f": [{"v": "1"}, {"v": "ana@example.com"}, {"v": null}]},
+                {"f": [{"v": "2"}, {"v": [{"v": "write to bo@corp.example"}, {"v": "none"}]},
+                       {"v": {"f": [{"v": "cy@example.org"}]}}]}
+            ]
+        });
+        let mut reply = BigQueryReply::read(
+            Api::JobsQuery,
+            StatusCode::OK,
+            Bytes::from(body.to_string()),
+        )
+        .expect("reply");
+        let scrubber = Scrubber::new(&[DetectorKind::Email], Strategy::EmailDomain, vec![]);
+        assert_eq!(reply.scrub(&scrubber), 3);
+        let text = String::from_utf8_lossy(&reply.body()).to_string();
+        assert!(
+            !text.contains("ana@") && !text.contains("bo@") && !text.contains("cy@"),
+            "{text}"
+        );
+        assert!(text.contains("***@example.com") && text.contains("write to ***@corp.example"));
+        // Metadata replies are left alone.
+        let mut table = BigQueryReply::read(
+            Api::Metadata,
+            StatusCode::OK,
+            Bytes::from(r#"{"description":"owner ana@example.com"}"#),
+        )
+        .expect("reply");
+        assert_eq!(table.scrub(&scrubber), 0);
+    }
 }

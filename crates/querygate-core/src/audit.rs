@@ -95,6 +95,9 @@ pub struct AuditRecord {
     /// Who approved (or denied) it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
+    /// Result values the source's value detectors masked (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<u64>,
     /// On `audit.checkpoint` and `audit.prune` records: the signed statement about the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
@@ -142,6 +145,7 @@ impl AuditRecord {
             ticket: None,
             approver: None,
             checkpoint: None,
+            masked: None,
             session: None,
         }
     }
@@ -361,6 +365,7 @@ mod tests {
             ticket: None,
             approver: None,
             checkpoint: None,
+            masked: None,
             session: None,
         }
     }

@@ -230,6 +230,31 @@ impl Detector {
     }
 }
 
+/// Detectors with the strategy that masks what they find: what a source's
+/// `detect = [...]` becomes, applied to every value a result returns.
+#[derive(Debug, Clone)]
+pub struct Scrubber {
+    detector: Detector,
+    strategy: Strategy,
+    key: Vec<u8>,
+}
+
+impl Scrubber {
+    /// `key` is the secret for the `hash` strategy (unused by the others).
+    pub fn new(kinds: &[DetectorKind], strategy: Strategy, key: Vec<u8>) -> Scrubber {
+        Scrubber {
+            detector: Detector::new(kinds),
+            strategy,
+            key,
+        }
+    }
+
+    /// The value with what the detectors find masked; borrowed when nothing was found.
+    pub fn scrub<'a>(&self, value: &'a str) -> Cow<'a, str> {
+        self.detector.mask(value, self.strategy, &self.key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

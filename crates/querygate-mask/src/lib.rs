@@ -12,5 +12,5 @@
 pub mod detect;
 pub mod strategy;
 
-pub use detect::{Detector, DetectorKind, Finding};
+pub use detect::{Detector, DetectorKind, Finding, Scrubber};
 pub use strategy::{Strategy, mask_expression, mask_text};

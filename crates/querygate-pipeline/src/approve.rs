@@ -530,6 +530,7 @@ impl Pipeline {
             ticket: Some(t.id.clone()),
             approver: t.decided_by.clone(),
             checkpoint: None,
+            masked: None,
             session: None,
         };
         if by.is_none() {

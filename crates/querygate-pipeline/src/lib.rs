@@ -352,6 +352,9 @@ impl Pipeline {
                 Err(e) => return self.fail(&ctx, Fault::gateway(e.to_string())).await,
             }
         }
+        // The second line: value detectors on every value the result returns (before the
+        // reply is recorded or rendered, so neither holds what they find).
+        let masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
         let summary = reply.summary();
         let row_limit = limits
             .row_limit
@@ -414,6 +417,7 @@ impl Pipeline {
         };
         completed.bytes_processed = summary.bytes_processed;
         completed.bytes_billed = summary.bytes_billed;
+        completed.masked = masked;
         completed.error = summary.error;
         completed.job_id = summary.job_id.or(completed.job_id);
         // Queued, not awaited: the completion need not be durable before the client hears
@@ -698,6 +702,7 @@ impl Pipeline {
             ticket: None,
             approver: None,
             checkpoint: None,
+            masked: None,
             session: ctx.tag.get().map(|t| t.session.clone()),
         }
     }

@@ -65,6 +65,11 @@ pub struct Scope {
 /// A source's answer, before the front renders it.
 pub trait Reply: Send {
     fn summary(&self) -> Summary;
+    /// Masks what `scrubber` finds in every value the reply returns (result rows); returns
+    /// how many values changed. Replies that carry no result values change nothing.
+    fn scrub(&mut self, _scrubber: &querygate_mask::Scrubber) -> u64 {
+        0
+    }
     /// Removes from the reply what `scope` does not allow the identity to see.
     fn restrict(&mut self, scope: &Scope);
     /// The body as it will be returned to the client (after `restrict`), for the
@@ -106,6 +111,11 @@ pub trait Source: Send + Sync {
     /// job id the client can poll (`request_id` seeds one when the client chose none).
     /// `None` when the call cannot wait.
     fn hold(&self, call: &Self::Call, request_id: &str) -> Option<Held>;
+
+    /// The value detectors to run on what this source returns (`detect = [...]`), if any.
+    fn scrubber(&self) -> Option<&querygate_mask::Scrubber> {
+        None
+    }
 
     /// Rebuilds a call [`Source::hold`] saved: it creates the held job upstream.
     fn resume(&self, saved: &str) -> Result<Self::Call, Fault>;

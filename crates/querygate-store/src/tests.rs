@@ -41,6 +41,7 @@ fn record(statement: &str) -> AuditRecord {
         ticket: None,
         approver: None,
         checkpoint: None,
+        masked: None,
         session: None,
     }
 }

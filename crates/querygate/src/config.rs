@@ -319,6 +319,13 @@ pub struct SourceConfig {
     pub iam_endpoint: Option<String>,
     /// Whether response bodies of this source are recorded in sessions (default true).
     pub record_results: Option<bool>,
+    /// Value detectors run on every result value (`email`, `phone`, `card`, `ssn`, `iban`,
+    /// `ip`, `secret`, …): what they find is masked before the client (or a recording)
+    /// sees it. A second line behind column masking, not a replacement for it.
+    #[serde(default)]
+    pub detect: Vec<Spanned<String>>,
+    /// How detected values are masked: redact (default), null, last4, email_domain.
+    pub detect_strategy: Option<Spanned<String>>,
 }
 
 /// `[[sources.impersonate]]`: requests of these identities run as this service account.
@@ -498,6 +505,11 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        for s in &self.sources {
+            if let Err((span, msg)) = s.scrubber_checked() {
+                return fail(span, format!("source {}: {msg}", s.name));
+            }
         }
         let data =
             self.check_listen("bigquery_listen", &self.server.bigquery_listen, text, path)?;
@@ -947,6 +959,44 @@ impl SourceConfig {
         self.endpoint
             .as_ref()
             .map_or(BIGQUERY_ENDPOINT, |e| e.get_ref().as_str())
+    }
+
+    /// The value detectors of `detect`, with their strategy; `None` when none are set.
+    pub fn scrubber(&self) -> Option<querygate_mask::Scrubber> {
+        self.scrubber_checked().ok().flatten()
+    }
+
+    fn scrubber_checked(&self) -> Result<Option<querygate_mask::Scrubber>, (Range<usize>, String)> {
+        if self.detect.is_empty() {
+            return Ok(None);
+        }
+        let mut kinds = Vec::new();
+        for d in &self.detect {
+            kinds.push(
+                querygate_mask::DetectorKind::parse(d.get_ref())
+                    .map_err(|e| (d.span(), format!("detect: {e}")))?,
+            );
+        }
+        let strategy = match &self.detect_strategy {
+            None => querygate_mask::Strategy::Redact,
+            Some(s) => match querygate_mask::Strategy::parse(s.get_ref()) {
+                Ok(querygate_mask::Strategy::Hash) => {
+                    return Err((
+                        s.span(),
+                        "detect_strategy = \"hash\" needs the masking key, which comes with \
+                         column masking; use redact, null, last4 or email_domain"
+                            .into(),
+                    ));
+                }
+                Ok(strategy) => strategy,
+                Err(e) => return Err((s.span(), format!("detect_strategy: {e}"))),
+            },
+        };
+        Ok(Some(querygate_mask::Scrubber::new(
+            &kinds,
+            strategy,
+            Vec::new(),
+        )))
     }
 
     pub fn credential(&self, config: &Config) -> UpstreamCredential {

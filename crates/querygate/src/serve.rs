@@ -148,7 +148,8 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
                 s.iam_endpoint
                     .as_deref()
                     .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
-            );
+            )
+            .with_scrubber(s.scrubber());
         sources.insert(s.project.clone(), Arc::new(source));
     }
     let front = Arc::new(Front {
