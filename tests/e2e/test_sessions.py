@@ -144,6 +144,9 @@ def test_a_clients_queries_are_one_session_that_shows_what_the_client_saw(gw):
     response2 = [e for e in events if e["type"] == "response" and e.get("job_id") == result2.job_id]
     assert any(e.get("rows") == 2 for e in response2), response2
     assert [[int(r[0]), r[1]] for r in recorded_rows(result2.job_id)] == [[i, m] for i, m in seen2]
+    # Replayed (paced, here 1000x), the session gives back the same events, in order.
+    replayed = [json.loads(line) for line in gw.cli("replay", session["id"], "--speed", "1000", "--json").splitlines()]
+    assert replayed == events, "replay differs from show"
     # No clear protected value anywhere in the recording.
     recording = json.dumps(doc)
     clear = [c["email"] for c in s.CUSTOMERS]
