@@ -14,6 +14,7 @@
 mod approve;
 mod decide;
 mod policies;
+mod reach;
 mod recording;
 mod sessions;
 mod source;
@@ -467,6 +468,19 @@ impl Pipeline {
         ctx.explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
         ctx.explained.tables = tables.iter().map(|t| t.name.clone()).collect();
         ctx.explained.policy_version = Some(policy.version.clone());
+        // Classified columns the request reaches: the policy's `touches`, and the refusal
+        // that stands in for the rewrite of masked reads.
+        let reach = match (facts, &ctx.request.action) {
+            (Some(f), _) => reach::of_facts(&policies.classifier, f, project, identity),
+            (
+                None,
+                Action::ReadRows {
+                    table,
+                    result_table: false,
+                },
+            ) => reach::of_table(&policies.classifier, table, identity),
+            _ => reach::Reach::default(),
+        };
         let dry_run = matches!(ctx.request.action, Action::Query { dry_run: true, .. });
         let is_query = matches!(ctx.request.action, Action::Query { .. });
 
@@ -489,7 +503,7 @@ impl Pipeline {
             opaque: opaque.as_deref(),
             bytes,
             partitions: &partitions,
-            tags: &[],
+            tags: &reach.tags,
             now: jiff::Timestamp::now(),
         };
         let mut verdict: Verdict = policy.evaluate(&input);
@@ -512,6 +526,11 @@ impl Pipeline {
                     "Access Denied: rule {rule:?} needs the bytes this request would process, and querygate cannot estimate them for it"
                 ),
             )));
+        }
+        // A dry run returns no values: it may see the statement through.
+        if let Some(why) = reach.refusal.filter(|_| !dry_run) {
+            ctx.explained.rule = Some("masking".into());
+            return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, why)));
         }
         let mut approval = None;
         match verdict.outcome {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use querygate_core::Identity;
-use querygate_policy::{Budget, Policy};
+use querygate_policy::{Budget, Classifier, Policy};
 
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
@@ -16,6 +16,8 @@ pub struct PolicySet {
     pub budgets: Vec<Budget>,
     /// `maximumBytesBilled` each source sets on every query, by source name.
     pub max_bytes_billed: HashMap<String, u64>,
+    /// Column classification and masking (`[[classify]]`, `[[mask]]`).
+    pub classifier: Arc<Classifier>,
 }
 
 impl PolicySet {

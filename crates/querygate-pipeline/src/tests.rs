@@ -896,3 +896,96 @@ async fn recordings_are_read_by_readers_and_by_their_own_identity() {
             .any(|r| r.identity == "agent:b" && r.decision == "deny")
     );
 }
+
+#[tokio::test]
+async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritten() {
+    use querygate_policy::{Classification, Classifier, MaskRule, Principal};
+    let dir = tmp("mask");
+    let p = pipeline(&dir);
+    let mut set = policies(querygate_policy::Policy::builtin_read_only());
+    set.classifier = Arc::new(Classifier {
+        classes: vec![Classification {
+            tag: "pii".into(),
+            columns: vec!["*.crm.customers.email".into(), "*.*.*.phone".into()],
+        }],
+        masks: vec![MaskRule {
+            tag: "pii".into(),
+            strategy: "redact".into(),
+            unmasked_for: vec![Principal::Group("privacy".into())],
+            predicates_allowed: false,
+        }],
+    });
+    let key = |subject: &str, group: &str, key: &str| ApiKey {
+        identity: Identity {
+            subject: subject.into(),
+            groups: vec![group.into()],
+            kind: Identity::kind_from_subject(subject),
+            ..Identity::default()
+        },
+        key_sha256: Secret::new(key).sha256_hex(),
+        expires: None,
+    };
+    p.reload(
+        Authenticator::new([
+            key("agent:a", "agents", "key-a"),
+            key("human:p", "privacy", "key-p"),
+        ]),
+        set,
+    );
+    let src = Echo::default();
+    let outcome = |key: &'static str, sql: &'static str| {
+        let p = &p;
+        let src = &src;
+        async move {
+            p.handle(request(Some(key), query(sql)), Some(src), "j")
+                .await
+        }
+    };
+    for sql in [
+        "SELECT email FROM crm.customers",
+        "SELECT LOWER(email) AS e FROM crm.customers",
+        "SELECT * FROM crm.customers",
+        "SELECT * EXCEPT (email) FROM crm.customers",
+        "WITH c AS (SELECT email AS x FROM crm.customers) SELECT x FROM c",
+        "SELECT name FROM crm.customers UNION ALL SELECT email FROM crm.customers",
+        "SELECT TO_JSON_STRING(t) FROM crm.customers AS t",
+        "SELECT MAX(phone) FROM sales.orders",
+        "SELECT name FROM crm.customers WHERE email = 'ana@example.com'",
+        "SELECT name FROM crm.customers ORDER BY email",
+    ] {
+        match outcome("key-a", sql).await {
+            Outcome::Denied(d) => assert!(
+                d.message.contains("classified pii and masked for agent:a"),
+                "{sql}: {}",
+                d.message
+            ),
+            other => panic!("{sql}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing masked ran");
+    for sql in [
+        "SELECT name FROM crm.customers",
+        "SELECT * EXCEPT (email, phone) FROM crm.customers",
+        "SELECT COUNT(*) FROM crm.customers",
+    ] {
+        assert!(
+            matches!(outcome("key-a", sql).await, Outcome::Done(_)),
+            "{sql} reaches no masked column"
+        );
+    }
+    // The privacy group sees clear values.
+    assert!(matches!(
+        outcome(
+            "key-p",
+            "SELECT email FROM crm.customers WHERE email LIKE '%@x'"
+        )
+        .await,
+        Outcome::Done(_)
+    ));
+    p.store().flush().await.expect("flush");
+    let refused = records(&dir)
+        .into_iter()
+        .filter(|r| r.rule.as_deref() == Some("masking"))
+        .count();
+    assert_eq!(refused, 10, "each refusal is audited with the masking rule");
+}

@@ -22,11 +22,13 @@
 //! - `rows_over` can only be known after execution: the first such rule ahead of the
 //!   deciding rule becomes a [`RowLimit`] the pipeline applies to the result.
 
+mod classify;
 mod rule;
 mod size;
 
 use std::collections::HashMap;
 
+pub use classify::{Classification, Classifier, MaskRule};
 use querygate_core::Identity;
 pub use querygate_sql::StatementKind;
 pub use rule::{Budget, Hours, Principal, Rule, RuleAction, RuleSpec, TableGlob, When, WhenSpec};

@@ -91,6 +91,12 @@ pub struct Config {
     /// Where every audit record is streamed.
     #[serde(default)]
     pub export: ExportConfig,
+    /// Column classification: which columns carry which tag.
+    #[serde(default)]
+    pub classify: Vec<Spanned<ClassifyConfig>>,
+    /// For whom a tag's columns are masked.
+    #[serde(default)]
+    pub mask: Vec<Spanned<MaskConfig>>,
     /// Session recording.
     #[serde(default)]
     pub recording: RecordingConfig,
@@ -195,6 +201,28 @@ pub struct ExportConfig {
     pub batch: Option<Spanned<u64>>,
     /// How often to look for new records when caught up (default 2s).
     pub interval: Option<Spanned<String>>,
+}
+
+/// `[[classify]]`: these columns (`project.dataset.table.column` globs) carry `tag`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    pub tag: String,
+    pub columns: Vec<String>,
+}
+
+/// `[[mask]]`: columns tagged `tag` are masked for everyone but `unmasked_for`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    pub tag: String,
+    /// redact (default) | null | hash | last4 | email_domain.
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub unmasked_for: Vec<String>,
+    /// "deny" (default) or "allow": may a masked column be used in WHERE, JOIN, GROUP BY,
+    /// ORDER BY or windows?
+    pub predicates: Option<String>,
 }
 
 /// `[retention]`: how long audit records are kept (default: forever).
@@ -429,6 +457,7 @@ impl Config {
         let any_rules = !global.is_empty() || self.sources.iter().any(|s| !s.rule.is_empty());
         let mut set = PolicySet {
             budgets,
+            classifier: Arc::new(self.classifier(text, path)?),
             ..PolicySet::default()
         };
         for s in &self.sources {
@@ -747,6 +776,78 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// `[[classify]]` and `[[mask]]`, checked: globs of four parts, known strategies,
+    /// principals that parse, masks of tags some classification uses.
+    fn classifier(&self, text: &str, path: &Path) -> Result<querygate_policy::Classifier, String> {
+        let fail = |span: Range<usize>, msg: String| {
+            format!("{}{}: {msg}", path.display(), line_of(text, &span))
+        };
+        let mut classes = Vec::new();
+        for c in &self.classify {
+            let spec = c.get_ref();
+            if spec.tag.trim().is_empty() || spec.columns.is_empty() {
+                return Err(fail(
+                    c.span(),
+                    "[[classify]] needs a tag and columns".into(),
+                ));
+            }
+            for g in &spec.columns {
+                if g.split('.').count() != 4 || g.split('.').any(str::is_empty) {
+                    return Err(fail(
+                        c.span(),
+                        format!(
+                            "[[classify]] column {g:?} must be project.dataset.table.column \
+                             (globs allowed, e.g. \"*.crm.customers.email\")"
+                        ),
+                    ));
+                }
+            }
+            classes.push(querygate_policy::Classification {
+                tag: spec.tag.clone(),
+                columns: spec.columns.clone(),
+            });
+        }
+        let mut masks = Vec::new();
+        for m in &self.mask {
+            let spec = m.get_ref();
+            if !classes.iter().any(|c| c.tag == spec.tag) {
+                return Err(fail(
+                    m.span(),
+                    format!(
+                        "[[mask]] tag {:?} is not used by any [[classify]]",
+                        spec.tag
+                    ),
+                ));
+            }
+            let strategy = spec.strategy.clone().unwrap_or_else(|| "redact".into());
+            querygate_mask::Strategy::parse(&strategy)
+                .map_err(|e| fail(m.span(), format!("[[mask]] strategy: {e}")))?;
+            let unmasked_for = spec
+                .unmasked_for
+                .iter()
+                .map(|p| querygate_policy::Principal::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(m.span(), format!("[[mask]] unmasked_for: {e}")))?;
+            let predicates_allowed = match spec.predicates.as_deref() {
+                None | Some("deny") => false,
+                Some("allow") => true,
+                Some(other) => {
+                    return Err(fail(
+                        m.span(),
+                        format!("[[mask]] predicates = {other:?} must be \"deny\" or \"allow\""),
+                    ));
+                }
+            };
+            masks.push(querygate_policy::MaskRule {
+                tag: spec.tag.clone(),
+                strategy,
+                unmasked_for,
+                predicates_allowed,
+            });
+        }
+        Ok(querygate_policy::Classifier { classes, masks })
     }
 
     /// The signing key's path (`[audit] signing_key`, default `<store>.key`).

@@ -1,0 +1,136 @@
+//! Which classified columns a request reaches, and whether that is allowed for the
+//! identity asking: the fail-closed half of masking.
+//!
+//! From the analyzer's facts (output and written columns with their base-column sources,
+//! `*` and whole-row references, predicate and ordering columns) and the classifier, a
+//! statement *returns* a tagged column when any output (or written) column is computed
+//! from it, from `t.*` of its table, or from a whole row of its table; it *filters* on one
+//! when a predicate, grouping or ordering uses it. The tags reached feed the policy's
+//! `touches`. Until reads of masked columns are rewritten, a statement that returns a
+//! column masked for the identity is refused, and so is one that filters on it unless the
+//! tag's `predicates = "allow"`: the analyzer over-approximates, so this never lets a
+//! masked value through.
+
+use querygate_core::Identity;
+use querygate_policy::Classifier;
+use querygate_sql::{ColumnRef, Facts, OutputColumn};
+
+#[derive(Debug, Default)]
+pub(crate) struct Reach {
+    /// Every tag the statement reaches (returned or filtered on), sorted.
+    pub tags: Vec<String>,
+    /// Why the statement may not run for this identity, if it may not.
+    pub refusal: Option<String>,
+}
+
+/// A column reached: `table.column` and its tag.
+fn reached<'a>(classifier: &'a Classifier, project: &str, c: &ColumnRef) -> Vec<(String, &'a str)> {
+    let table = c.table.qualified(project);
+    if c.column == "*" {
+        return classifier
+            .tagged_columns(&table)
+            .into_iter()
+            .map(|(col, tag)| (format!("{table}.{col}"), tag))
+            .collect();
+    }
+    classifier
+        .tags_of(&table, &c.column)
+        .into_iter()
+        .map(|tag| (format!("{table}.{}", c.column), tag))
+        .collect()
+}
+
+fn returned<'a>(
+    classifier: &'a Classifier,
+    project: &str,
+    col: &OutputColumn,
+) -> Vec<(String, &'a str)> {
+    let mut out = Vec::new();
+    for s in &col.sources {
+        let mut whole = s.clone();
+        if col.whole_row || col.name == "*" {
+            whole.column = "*".into();
+        }
+        for (name, tag) in reached(classifier, project, &whole) {
+            // `* EXCEPT (email)` leaves email out.
+            let column = name.rsplit('.').next().unwrap_or("");
+            if col.name == "*"
+                && !col.whole_row
+                && col.except.iter().any(|e| e.eq_ignore_ascii_case(column))
+            {
+                continue;
+            }
+            out.push((name, tag));
+        }
+    }
+    out
+}
+
+/// Reach of a statement's facts for `identity`.
+pub(crate) fn of_facts(
+    classifier: &Classifier,
+    facts: &Facts,
+    project: &str,
+    identity: &Identity,
+) -> Reach {
+    let mut reach = Reach::default();
+    if classifier.is_empty() {
+        return reach;
+    }
+    let mut refusal = None;
+    for st in &facts.statements {
+        for col in st.output.iter().chain(&st.written) {
+            for (name, tag) in returned(classifier, project, col) {
+                reach.tags.push(tag.to_string());
+                if refusal.is_none() && classifier.masked_for(tag, identity).is_some() {
+                    refusal = Some(format!(
+                        "Access Denied: column {name} is classified {tag} and masked for {}; \
+                         querygate does not rewrite reads of masked columns yet, so a query \
+                         that returns it (directly, through an expression, `*` or a whole row) \
+                         is refused: leave it out (for example `SELECT * EXCEPT ({})`)",
+                        identity.subject,
+                        name.rsplit('.').next().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        for c in st.predicates.iter().chain(&st.ordering) {
+            for (name, tag) in reached(classifier, project, c) {
+                reach.tags.push(tag.to_string());
+                if refusal.is_none()
+                    && let Some(mask) = classifier.masked_for(tag, identity)
+                    && !mask.predicates_allowed
+                {
+                    refusal = Some(format!(
+                        "Access Denied: column {name} is classified {tag} and masked for {}; \
+                         a masked column may not be used in WHERE, JOIN, GROUP BY, ORDER BY or \
+                         window clauses (its values could be inferred); filter on another column",
+                        identity.subject
+                    ));
+                }
+            }
+        }
+    }
+    reach.tags.sort();
+    reach.tags.dedup();
+    reach.refusal = refusal;
+    reach
+}
+
+/// Reach of a direct read of a base table's rows (tabledata.list): every tagged column.
+pub(crate) fn of_table(classifier: &Classifier, table: &str, identity: &Identity) -> Reach {
+    let mut reach = Reach::default();
+    for (column, tag) in classifier.tagged_columns(table) {
+        reach.tags.push(tag.to_string());
+        if reach.refusal.is_none() && classifier.masked_for(tag, identity).is_some() {
+            reach.refusal = Some(format!(
+                "Access Denied: table {table} has column {column} classified {tag}, masked for {}; \
+                 reading its rows directly would return it, so run a query that leaves it out",
+                identity.subject
+            ));
+        }
+    }
+    reach.tags.sort();
+    reach.tags.dedup();
+    reach
+}
