@@ -14,7 +14,7 @@
 mod approve;
 mod decide;
 mod policies;
-mod reach;
+pub mod reach;
 mod recording;
 mod sessions;
 mod source;

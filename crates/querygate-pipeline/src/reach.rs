@@ -16,7 +16,7 @@ use querygate_policy::Classifier;
 use querygate_sql::{ColumnRef, Facts, OutputColumn};
 
 #[derive(Debug, Default)]
-pub(crate) struct Reach {
+pub struct Reach {
     /// Every tag the statement reaches (returned or filtered on), sorted.
     pub tags: Vec<String>,
     /// Why the statement may not run for this identity, if it may not.
@@ -67,7 +67,7 @@ fn returned<'a>(
 }
 
 /// Reach of a statement's facts for `identity`.
-pub(crate) fn of_facts(
+pub fn of_facts(
     classifier: &Classifier,
     facts: &Facts,
     project: &str,
@@ -118,7 +118,7 @@ pub(crate) fn of_facts(
 }
 
 /// Reach of a direct read of a base table's rows (tabledata.list): every tagged column.
-pub(crate) fn of_table(classifier: &Classifier, table: &str, identity: &Identity) -> Reach {
+pub fn of_table(classifier: &Classifier, table: &str, identity: &Identity) -> Reach {
     let mut reach = Reach::default();
     for (column, tag) in classifier.tagged_columns(table) {
         reach.tags.push(tag.to_string());

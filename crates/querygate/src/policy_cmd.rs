@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use querygate_core::Identity;
+use querygate_pipeline::reach::Reach;
 use querygate_pipeline::{Partitioning, Subject};
 use querygate_policy::{Input, Outcome, Verdict, parse_bytes};
 use querygate_sql::{SqlDialect, analyze};
@@ -91,13 +92,14 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 expect: None,
                 rule: None,
             };
-            let (facts, subject, verdict) = evaluate(&config, &case)?;
+            let (facts, subject, verdict, reach) = evaluate(&config, &case)?;
             if json {
                 println!(
                     "{}",
                     json!({
                         "statements": subject.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
                         "tables": subject.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                        "tags": reach.tags,
                         "opaque": facts.opaque,
                         "decision": decision(&verdict),
                         "message": message(&verdict),
@@ -113,6 +115,9 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 println!("statements: {}", kinds.join(", "));
                 let tables: Vec<&str> = subject.tables.iter().map(|t| t.name.as_str()).collect();
                 println!("tables:     {}", tables.join(", "));
+                if !reach.tags.is_empty() {
+                    println!("touches:    {}", reach.tags.join(", "));
+                }
                 if let Some(why) = &facts.opaque {
                     println!("opaque:     {why}");
                 }
@@ -186,7 +191,7 @@ fn parse_partitions(flags: &[String]) -> anyhow::Result<HashMap<String, String>>
 fn evaluate(
     config: &Config,
     case: &Case,
-) -> anyhow::Result<(querygate_sql::Facts, Subject, Verdict)> {
+) -> anyhow::Result<(querygate_sql::Facts, Subject, Verdict, Reach)> {
     let source = match &case.source {
         Some(name) => config
             .sources
@@ -218,6 +223,12 @@ fn evaluate(
     };
     let facts = analyze(&case.sql, SqlDialect::BigQuery);
     let subject = Subject::of(&facts, &source.project);
+    let reach = querygate_pipeline::reach::of_facts(
+        &policies.classifier,
+        &facts,
+        &source.project,
+        &identity,
+    );
     let partitions: HashMap<String, Partitioning> = case
         .partitions
         .iter()
@@ -244,10 +255,28 @@ fn evaluate(
         opaque: subject.opaque.as_deref(),
         bytes,
         partitions: &partitions,
-        tags: &[],
+        tags: &reach.tags,
         now: jiff::Timestamp::now(),
     });
-    Ok((facts, subject, verdict))
+    let verdict = match &reach.refusal {
+        // As the gateway decides: a masked column the query returns (or filters on) refuses
+        // it, whatever the bytes (it needs no estimate).
+        Some(why)
+            if verdict.needs_estimate.is_some()
+                || matches!(verdict.outcome, Outcome::Allow | Outcome::Approve { .. }) =>
+        {
+            Verdict {
+                outcome: Outcome::Deny {
+                    message: why.clone(),
+                },
+                rule: Some("masking".into()),
+                needs_estimate: None,
+                ..verdict
+            }
+        }
+        _ => verdict,
+    };
+    Ok((facts, subject, verdict, reach))
 }
 
 fn decision(v: &Verdict) -> &'static str {
@@ -283,7 +312,7 @@ fn test(config_path: &Path, file: &Path) -> anyhow::Result<ExitCode> {
         let Some(expect) = case.expect.as_deref() else {
             bail!("{}: {name} has no `expect`", file.display());
         };
-        let (_, _, verdict) = evaluate(&config, case).with_context(|| name.clone())?;
+        let (_, _, verdict, _) = evaluate(&config, case).with_context(|| name.clone())?;
         let got = decision(&verdict);
         let rule_ok = case
             .rule

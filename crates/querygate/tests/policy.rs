@@ -440,3 +440,56 @@ fn a_bad_rule_fails_at_start_with_file_and_line() {
         "{out}"
     );
 }
+
+#[test]
+fn policy_check_explains_masking_and_touches() {
+    let dir = TempDir::new("policy-mask");
+    let config = dir.0.join("querygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbigquery_listen = \"127.0.0.1:9050\"\n\n[store]\npath = \"q.db\"\n\n{RULES}\n\
+             [[classify]]\ntag = \"pii\"\ncolumns = [\"*.crm.customers.email\"]\n\n\
+             [[mask]]\ntag = \"pii\"\nunmasked_for = [\"group:privacy\"]\n\n{}",
+            bigquery_source("http://127.0.0.1:1", "\"none\"")
+        ),
+    )
+    .expect("write");
+    let check = |groups: &str, sql: &str| {
+        let (code, out) = cli(
+            &config,
+            &[
+                "policy", "check", "--as", "agent:x", "--groups", groups, "--sql", sql, "--bytes",
+                "1 GiB", "--json",
+            ],
+        );
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str::<Value>(out.lines().next().expect("line")).expect("json")
+    };
+    let v = check("agents", "SELECT LOWER(email) FROM crm.customers");
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert_eq!(v["rule"], "masking");
+    assert_eq!(v["tags"], json!(["pii"]));
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("crm.customers.email"))
+    );
+    let v = check("agents", "SELECT name FROM crm.customers");
+    assert_eq!(v["decision"], "allow", "{v}");
+    assert_eq!(v["tags"], json!([]));
+    let v = check("agents,privacy", "SELECT email FROM crm.customers");
+    assert_eq!(v["decision"], "allow", "{v}");
+    assert_eq!(v["tags"], json!(["pii"]));
+
+    // A bad [[mask]] names its line.
+    std::fs::write(
+        &config,
+        "[server]\nbigquery_listen = \"127.0.0.1:9050\"\n\n[store]\npath = \"q.db\"\n\n\
+         [[classify]]\ntag = \"pii\"\ncolumns = [\"crm.customers.email\"]\n",
+    )
+    .expect("write");
+    let (code, out) = cli(&config, &["config", "check"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("project.dataset.table.column"), "{out}");
+}
