@@ -78,7 +78,37 @@ pub fn of_facts(
         return reach;
     }
     let mut refusal = None;
+    // What the analyzer could not understand cannot be proved to stay clear of masked
+    // columns: refused whenever some tag is masked for this identity (for a statement,
+    // when it reads a table that has such a column).
+    let masks_apply = classifier
+        .classes
+        .iter()
+        .any(|c| classifier.masked_for(&c.tag, identity).is_some());
+    if facts.opaque.is_some() && masks_apply {
+        refusal = Some(format!(
+            "Access Denied: querygate cannot analyze this statement, so it cannot prove that it \
+             returns no column masked for {}; rewrite it in plain SQL",
+            identity.subject
+        ));
+    }
     for st in &facts.statements {
+        if refusal.is_none() && st.opaque.is_some() {
+            let masked_table = st.reads.iter().find(|t| {
+                classifier
+                    .tagged_columns(&t.qualified(project))
+                    .iter()
+                    .any(|(_, tag)| classifier.masked_for(tag, identity).is_some())
+            });
+            if let Some(t) = masked_table {
+                refusal = Some(format!(
+                    "Access Denied: querygate cannot fully analyze this statement and it reads \
+                     {}, which has columns masked for {}; rewrite it so that it can be analyzed",
+                    t.qualified(project),
+                    identity.subject
+                ));
+            }
+        }
         for col in st.output.iter().chain(&st.written) {
             for (name, tag) in returned(classifier, project, col) {
                 reach.tags.push(tag.to_string());
