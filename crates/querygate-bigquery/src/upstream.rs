@@ -754,6 +754,50 @@ impl Reply for BigQueryReply {
         self.body.clone()
     }
 
+    /// Error envelopes (`error.message`, `error.errors[].message`), job errors
+    /// (`status.errorResult`, `status.errors`) and errors in a 200 (`errors`) keep their
+    /// reason and location; their text becomes the note.
+    fn withhold_errors(&mut self, why: &str) -> bool {
+        let Ok(mut doc) = serde_json::from_slice::<Value>(&self.body) else {
+            return false;
+        };
+        let note = format!(
+            "querygate withheld this error's text: {why}, and an error message could echo its \
+             values; the reason and location are kept"
+        );
+        let mut changed = false;
+        let mut rewrite = |e: &mut Value| {
+            if let Some(m) = e.get_mut("message") {
+                *m = Value::String(note.clone());
+                changed = true;
+            }
+        };
+        if let Some(error) = doc.get_mut("error") {
+            rewrite(error);
+            if let Some(Value::Array(errors)) = error.get_mut("errors") {
+                errors.iter_mut().for_each(&mut rewrite);
+            }
+        }
+        if let Some(status) = doc.get_mut("status") {
+            if let Some(e) = status.get_mut("errorResult") {
+                rewrite(e);
+            }
+            if let Some(Value::Array(errors)) = status.get_mut("errors") {
+                errors.iter_mut().for_each(&mut rewrite);
+            }
+        }
+        if let Some(Value::Array(errors)) = doc.get_mut("errors") {
+            errors.iter_mut().for_each(&mut rewrite);
+        }
+        if changed {
+            self.body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+            if self.summary.error.is_some() {
+                self.summary.error = Some(note);
+            }
+        }
+        changed
+    }
+
     /// Result pages (jobs.query, getQueryResults, tabledata.list): every string cell,
     /// nested records and arrays included, through the scrubber. A page that cannot be
     /// read is replaced by an error (fail closed: it would leave unscanned values).
@@ -878,6 +922,25 @@ mod scrub_tests {
             "{text}"
         );
         assert!(text.contains("***@example.com") && text.contains("write to ***@corp.example"));
+        // An error that echoes a value keeps its kind, not its text.
+        let mut failed = BigQueryReply::read(
+            Api::JobsGet,
+            StatusCode::OK,
+            Bytes::from(
+                serde_json::json!({"status": {"state": "DONE",
+                    "errorResult": {"reason": "invalidQuery", "location": "query",
+                        "message": "Bad int64 value: ana@example.com"},
+                    "errors": [{"reason": "invalidQuery", "message": "Bad int64 value: ana@example.com"}]}})
+                .to_string(),
+            ),
+        )
+        .expect("reply");
+        assert!(failed.withhold_errors("the query filters on p.crm.customers.email"));
+        let text = String::from_utf8_lossy(&failed.body()).to_string();
+        assert!(
+            !text.contains("ana@") && text.contains("invalidQuery") && text.contains("withheld"),
+            "{text}"
+        );
         // Metadata replies are left alone.
         let mut table = BigQueryReply::read(
             Api::Metadata,

@@ -25,6 +25,8 @@ pub struct Ownership {
     pub owns_result_table: bool,
     /// The row limit the job's query was decided with, applied to each of its pages.
     pub job_row_limit: Option<u64>,
+    /// The job's query read masked columns: its errors are withheld.
+    pub job_sensitive: bool,
 }
 
 pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Ownership) -> Gate {

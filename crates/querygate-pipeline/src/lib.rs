@@ -109,6 +109,9 @@ struct Limits {
     row_limit: Option<querygate_policy::RowLimit>,
     /// Bytes to charge to the identity's daily usage once the query completes.
     billable: bool,
+    /// The query filters on columns masked for the identity (a policy allows that): its
+    /// error messages are withheld, as they could echo masked values. Says why.
+    sensitive: Option<String>,
 }
 
 impl Pipeline {
@@ -315,14 +318,17 @@ impl Pipeline {
             ));
         }
         let claim = match (&request.job_id, &request.action) {
-            (Some(job_id), Action::Query { dry_run: false, .. }) => Some(job_row(
-                source_name,
-                job_id,
-                &identity,
-                None,
-                None,
-                limits.row_limit.as_ref().map(|l| l.rows),
-            )),
+            (Some(job_id), Action::Query { dry_run: false, .. }) => Some(JobRow {
+                sensitive: limits.sensitive.is_some(),
+                ..job_row(
+                    source_name,
+                    job_id,
+                    &identity,
+                    None,
+                    None,
+                    limits.row_limit.as_ref().map(|l| l.rows),
+                )
+            }),
             _ => None,
         };
         let alongside = Alongside { claim, usage: None };
@@ -356,6 +362,16 @@ impl Pipeline {
         // The second line: value detectors on every value the result returns (before the
         // reply is recorded or rendered, so neither holds what they find).
         let masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
+        // Errors of a query that reads masked values (and of its job's later pages) could
+        // echo them (`ERROR(email)`, a failed cast): they keep their kind, not their text.
+        let sensitive = limits.sensitive.clone().or_else(|| {
+            ownership
+                .job_sensitive
+                .then(|| "the job's query reads columns masked for you".to_string())
+        });
+        if let Some(why) = &sensitive {
+            reply.withhold_errors(why);
+        }
         let summary = reply.summary();
         let row_limit = limits
             .row_limit
@@ -390,8 +406,9 @@ impl Pipeline {
                     Action::Query { dry_run: false, .. } | Action::ReadJob { .. }
                 )
             })
-            .map(|job_id| {
-                job_row(
+            .map(|job_id| JobRow {
+                sensitive: limits.sensitive.is_some(),
+                ..job_row(
                     source_name,
                     job_id,
                     &identity,
@@ -527,6 +544,7 @@ impl Pipeline {
                 ),
             )));
         }
+        let sensitive = reach.sensitive.clone();
         // A dry run returns no values: it may see the statement through.
         if let Some(why) = reach.refusal.filter(|_| !dry_run) {
             ctx.explained.rule = Some("masking".into());
@@ -575,6 +593,7 @@ impl Pipeline {
         .flatten()
         .min();
         Ok(Limits {
+            sensitive,
             approval,
             max_bytes_billed: cap.filter(|_| is_query && !dry_run),
             row_limit: verdict.row_limit,
@@ -597,6 +616,7 @@ impl Pipeline {
                 Ownership {
                     owns_job,
                     owns_result_table: false,
+                    job_sensitive: job.as_ref().is_some_and(|j| j.sensitive),
                     job_row_limit: job.and_then(|j| j.row_limit).filter(|_| owns_job),
                 }
             }
@@ -610,6 +630,7 @@ impl Pipeline {
             } => Ownership {
                 owns_job: false,
                 job_row_limit: None,
+                job_sensitive: false,
                 owns_result_table: self
                     .store
                     .owns_destination(source, &identity.owner(), table)
@@ -742,6 +763,7 @@ fn job_row(
         destination,
         schema,
         row_limit,
+        sensitive: false,
     }
 }
 

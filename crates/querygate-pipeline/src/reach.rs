@@ -21,6 +21,9 @@ pub struct Reach {
     pub tags: Vec<String>,
     /// Why the statement may not run for this identity, if it may not.
     pub refusal: Option<String>,
+    /// Set when it filters on columns masked for the identity (allowed by `predicates`):
+    /// its errors must be withheld. Says which.
+    pub sensitive: Option<String>,
 }
 
 /// A column reached: `table.column` and its tag.
@@ -127,6 +130,12 @@ pub fn of_facts(
         for c in st.predicates.iter().chain(&st.ordering) {
             for (name, tag) in reached(classifier, project, c) {
                 reach.tags.push(tag.to_string());
+                if let Some(mask) = classifier.masked_for(tag, identity)
+                    && mask.predicates_allowed
+                    && reach.sensitive.is_none()
+                {
+                    reach.sensitive = Some(format!("the query filters on {name}, masked for you"));
+                }
                 if refusal.is_none()
                     && let Some(mask) = classifier.masked_for(tag, identity)
                     && !mask.predicates_allowed

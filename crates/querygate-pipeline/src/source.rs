@@ -70,6 +70,11 @@ pub trait Reply: Send {
     fn scrub(&mut self, _scrubber: &querygate_mask::Scrubber) -> u64 {
         0
     }
+    /// Replaces the text of every error the reply carries (it could echo values) with a
+    /// note saying why, keeping the error's kind; `true` when something was withheld.
+    fn withhold_errors(&mut self, _why: &str) -> bool {
+        false
+    }
     /// Removes from the reply what `scope` does not allow the identity to see.
     fn restrict(&mut self, scope: &Scope);
     /// The body as it will be returned to the client (after `restrict`), for the

@@ -13,6 +13,8 @@ struct Echo {
     estimates: AtomicUsize,
     limited: AtomicUsize,
     bytes: u64,
+    /// An error every answer carries (as an upstream echoing a value would).
+    error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -23,6 +25,13 @@ impl Reply for EchoReply {
         self.0.clone()
     }
     fn restrict(&mut self, _scope: &Scope) {}
+    fn withhold_errors(&mut self, why: &str) -> bool {
+        let had = self.0.error.is_some();
+        if had {
+            self.0.error = Some(format!("withheld: {why}"));
+        }
+        had
+    }
     fn body(&self) -> bytes::Bytes {
         bytes::Bytes::from_static(br#"{"rows":[1,2,3]}"#)
     }
@@ -66,6 +75,7 @@ impl Source for Echo {
             job_id: Some(call.into_call().to_string()),
             schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
             bytes_billed: Some(self.bytes),
+            error: self.error.clone(),
             ..Summary::default()
         }))
     }
@@ -995,5 +1005,87 @@ async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritte
     assert!(
         refused >= 10,
         "each refusal is audited with the masking rule"
+    );
+}
+
+#[tokio::test]
+async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
+    use querygate_policy::{Classification, Classifier, MaskRule};
+    let dir = tmp("withhold");
+    let p = pipeline(&dir);
+    let mut set = policies(querygate_policy::Policy::builtin_read_only());
+    set.classifier = Arc::new(Classifier {
+        classes: vec![Classification {
+            tag: "pii".into(),
+            columns: vec!["*.crm.customers.email".into()],
+        }],
+        masks: vec![MaskRule {
+            tag: "pii".into(),
+            strategy: "redact".into(),
+            unmasked_for: vec![],
+            predicates_allowed: true,
+        }],
+    });
+    p.reload(
+        Authenticator::new([ApiKey {
+            identity: Identity {
+                subject: "agent:a".into(),
+                groups: vec!["agents".into()],
+                kind: querygate_core::IdentityKind::Agent,
+                ..Identity::default()
+            },
+            key_sha256: Secret::new("key-a").sha256_hex(),
+            expires: None,
+        }]),
+        set,
+    );
+    let src = Echo {
+        error: Some("Bad int64 value: ana@example.com".into()),
+        ..Echo::default()
+    };
+    // Filtering on the masked column is allowed here; the error it causes is withheld.
+    let mut run = request(
+        Some("key-a"),
+        query("SELECT name FROM crm.customers WHERE CAST(email AS INT64) = 1"),
+    );
+    run.job_id = Some("job_s".into());
+    match p.handle(run, Some(&src), "job_s").await {
+        Outcome::Done(reply) => {
+            let error = reply.summary().error.expect("an error");
+            assert!(
+                error.starts_with("withheld:") && !error.contains("ana@"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Later polls of the job too.
+    match p.handle(poll("key-a", "job_s"), Some(&src), "job_s").await {
+        Outcome::Done(reply) => {
+            let error = reply.summary().error.expect("an error");
+            assert!(!error.contains("ana@"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A query reaching no masked column keeps its error text.
+    match p
+        .handle(
+            request(Some("key-a"), query("SELECT name FROM crm.customers")),
+            Some(&src),
+            "j2",
+        )
+        .await
+    {
+        Outcome::Done(reply) => assert!(reply.summary().error.is_some_and(|e| e.contains("ana@"))),
+        other => panic!("{other:?}"),
+    }
+    p.store().flush().await.expect("flush");
+    let leaked = records(&dir)
+        .iter()
+        .filter(|r| r.job_id.as_deref() == Some("job_s"))
+        .any(|r| r.canonical().contains("ana@"));
+    assert!(
+        !leaked,
+        "the audit log of the sensitive job holds the value"
     );
 }

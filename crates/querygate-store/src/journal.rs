@@ -81,6 +81,7 @@ impl Entry {
             Entry::Claim(j) => json!({
                 "t": "claim", "source": j.source, "job_id": j.job_id, "identity": j.identity,
                 "destination": j.destination, "schema": j.schema, "row_limit": j.row_limit,
+                "sensitive": j.sensitive,
             }),
         }
     }
@@ -109,6 +110,7 @@ impl Entry {
                 destination: s("destination"),
                 schema: s("schema"),
                 row_limit: v.get("row_limit").and_then(Value::as_u64),
+                sensitive: v.get("sensitive").and_then(Value::as_bool).unwrap_or(false),
             })),
             _ => None,
         }
@@ -340,6 +342,7 @@ mod tests {
             destination: None,
             schema: Some("{}".into()),
             row_limit: Some(10),
+            sensitive: false,
         });
         let lock = Lock::take(&store, Duration::ZERO).unwrap();
         let mut j = Journal::create(&store, 9).unwrap();

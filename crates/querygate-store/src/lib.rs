@@ -62,6 +62,9 @@ pub struct JobRow {
     pub schema: Option<String>,
     /// Policy's limit on result rows for this job, applied to every page.
     pub row_limit: Option<u64>,
+    /// The job's query reads columns masked for its owner (in filters its policy allows):
+    /// error messages of the job are withheld, as they could echo masked values.
+    pub sensitive: bool,
 }
 
 /// Signed checkpoints of the chain (see [`signing`]): one every `every` records or
@@ -110,6 +113,7 @@ impl Queued {
                 held.destination = job.destination.clone().or(held.destination.take());
                 held.schema = job.schema.clone().or(held.schema.take());
                 held.row_limit = held.row_limit.or(job.row_limit);
+                held.sensitive |= job.sensitive;
                 *n += 1;
             }
             None => {
@@ -521,7 +525,7 @@ impl Store {
         let pending = self.pending_job(source, job_id);
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         conn.prepare_cached(
-            "SELECT source, job_id, identity, destination, schema, row_limit FROM jobs WHERE source = ?1 AND job_id = ?2",
+            "SELECT source, job_id, identity, destination, schema, row_limit, sensitive FROM jobs WHERE source = ?1 AND job_id = ?2",
         )
         .and_then(|mut st| st.query_row(params![source, job_id], job_row).optional())
         .map_err(sqlite_err(&self.path))
@@ -531,6 +535,7 @@ impl Store {
                 destination: s.destination.or(p.destination),
                 schema: s.schema.or(p.schema),
                 row_limit: s.row_limit.or(p.row_limit),
+                sensitive: s.sensitive || p.sensitive,
                 ..s
             }),
             (s, p) => s.or(p),
@@ -691,6 +696,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         destination: r.get(3)?,
         schema: r.get(4)?,
         row_limit: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        sensitive: r.get::<_, Option<i64>>(6)?.unwrap_or(0) != 0,
     })
 }
 

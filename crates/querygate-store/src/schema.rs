@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS usage (
 ";
 
 /// Columns added after the first release: (table, column, type).
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("jobs", "row_limit", "INTEGER")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("jobs", "row_limit", "INTEGER"),
+    ("jobs", "sensitive", "INTEGER"),
+];
 
 pub(crate) fn open(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;

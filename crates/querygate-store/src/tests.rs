@@ -156,6 +156,7 @@ async fn job_claims_keep_the_first_owner() {
         destination: dest.map(Into::into),
         schema: None,
         row_limit: None,
+        sensitive: false,
     };
     store.claim_job(job("agent:a", None)).await.expect("claim");
     store

@@ -548,12 +548,13 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
             "INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut claim = tx.prepare_cached(
-            "INSERT INTO jobs (source, job_id, identity, destination, schema, row_limit)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO jobs (source, job_id, identity, destination, schema, row_limit, sensitive)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (source, job_id) DO UPDATE SET
                 destination = COALESCE(excluded.destination, jobs.destination),
                 schema = COALESCE(excluded.schema, jobs.schema),
-                row_limit = COALESCE(jobs.row_limit, excluded.row_limit)",
+                row_limit = COALESCE(jobs.row_limit, excluded.row_limit),
+                sensitive = MAX(COALESCE(jobs.sensitive, 0), excluded.sensitive)",
         )?;
         let mut spend = tx.prepare_cached(
             "INSERT INTO usage (identity, day, bytes) VALUES (?1, ?2, ?3)
@@ -580,7 +581,8 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
                         job.identity,
                         job.destination,
                         job.schema,
-                        job.row_limit.map(|v| v as i64)
+                        job.row_limit.map(|v| v as i64),
+                        i64::from(job.sensitive)
                     ])?;
                 }
             }
