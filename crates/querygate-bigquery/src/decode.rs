@@ -479,6 +479,19 @@ fn query_action(q: QueryFields, dry_run: bool) -> Result<Action, String> {
 }
 
 fn jobs_query(body: &mut Value) -> Result<(Action, bool), String> {
+    // Inline Arrow batches would carry rows querygate does not read: values its detectors
+    // and masking must see, and the row counts the audit log records.
+    let arrow = body
+        .get("queryResultsFormat")
+        .and_then(Value::as_str)
+        .is_some_and(|f| f.eq_ignore_ascii_case("arrow"));
+    if arrow {
+        return Err(
+            "queryResultsFormat ARROW is not served through querygate, which inspects results \
+             as JSON rows; leave the option out (the client then reads JSON rows)"
+                .into(),
+        );
+    }
     let q: QueryFields =
         serde_json::from_value(body.clone()).map_err(|e| format!("Invalid query request: {e}"))?;
     Ok((query_action(q, false)?, false))

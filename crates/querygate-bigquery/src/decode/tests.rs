@@ -318,3 +318,22 @@ fn the_session_comes_from_the_header_or_the_job_label() {
         Some("run-1")
     );
 }
+
+#[test]
+fn inline_arrow_results_are_refused_with_what_to_do() {
+    let (req, _) = check(
+        Method::POST,
+        "/bigquery/v2/projects/p/queries",
+        r#"{"query":"SELECT email FROM d.t","useLegacySql":false,"queryResultsFormat":"ARROW"}"#,
+    );
+    match req.action {
+        Action::Malformed { message, status } => {
+            assert_eq!(status, 400);
+            assert!(
+                message.contains("ARROW") && message.contains("leave the option out"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
