@@ -1089,3 +1089,168 @@ async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
         "the audit log of the sensitive job holds the value"
     );
 }
+
+/// The known ways around SQL-level masking (reference/attacks.md, vectors 1–10, 12, 13):
+/// each is refused before anything runs, while masking is fail-closed.
+#[tokio::test]
+async fn the_known_masking_bypasses_are_refused() {
+    use querygate_policy::{Classification, Classifier, MaskRule, Principal};
+    let dir = tmp("bypass");
+    let p = pipeline(&dir);
+    let mut set = policies(querygate_policy::Policy::builtin_read_only());
+    set.classifier = Arc::new(Classifier {
+        classes: vec![Classification {
+            tag: "pii".into(),
+            columns: vec![
+                "*.crm.customers.email".into(),
+                "*.crm.customers.ssn".into(),
+                "*.crm.customers.contacts".into(),
+                "*.crm.customers.payload".into(),
+            ],
+        }],
+        masks: vec![MaskRule {
+            tag: "pii".into(),
+            strategy: "redact".into(),
+            unmasked_for: vec![Principal::Group("privacy".into())],
+            predicates_allowed: false,
+        }],
+    });
+    p.reload(
+        Authenticator::new([ApiKey {
+            identity: Identity {
+                subject: "agent:a".into(),
+                groups: vec!["agents".into()],
+                kind: querygate_core::IdentityKind::Agent,
+                ..Identity::default()
+            },
+            key_sha256: Secret::new("key-a").sha256_hex(),
+            expires: None,
+        }]),
+        set,
+    );
+    let src = Echo::default();
+    let bypasses: &[(&str, &str)] = &[
+        ("1 expression", "SELECT LOWER(ssn) FROM crm.customers"),
+        (
+            "1 concatenation",
+            "SELECT ssn || '' AS s FROM crm.customers",
+        ),
+        ("1 substring", "SELECT SUBSTR(ssn, 1, 3) FROM crm.customers"),
+        ("1 cast", "SELECT CAST(ssn AS STRING) FROM crm.customers"),
+        (
+            "2 CTE alias",
+            "WITH c AS (SELECT ssn AS x FROM crm.customers) SELECT x FROM c",
+        ),
+        (
+            "2 subquery",
+            "SELECT x FROM (SELECT email AS x FROM crm.customers)",
+        ),
+        (
+            "2 UNION",
+            "SELECT name FROM crm.customers UNION ALL SELECT ssn FROM crm.customers",
+        ),
+        ("3 whole row", "SELECT t FROM crm.customers AS t"),
+        (
+            "3 TO_JSON_STRING",
+            "SELECT TO_JSON_STRING(t) FROM crm.customers AS t",
+        ),
+        ("3 FORMAT", "SELECT FORMAT('%t', t) FROM crm.customers AS t"),
+        (
+            "3 ARRAY_AGG(t)",
+            "SELECT ARRAY_AGG(t) FROM crm.customers AS t",
+        ),
+        ("3 AS STRUCT *", "SELECT AS STRUCT * FROM crm.customers"),
+        (
+            "4 JSON path",
+            "SELECT JSON_VALUE(payload, '$.email') FROM crm.customers",
+        ),
+        ("4 struct field", "SELECT contacts.email FROM crm.customers"),
+        (
+            "4 UNNEST",
+            "SELECT c FROM crm.customers, UNNEST(contacts) AS c",
+        ),
+        ("5 MAX", "SELECT MAX(ssn) FROM crm.customers"),
+        (
+            "5 STRING_AGG",
+            "SELECT STRING_AGG(email) FROM crm.customers",
+        ),
+        (
+            "5 APPROX_TOP_COUNT",
+            "SELECT APPROX_TOP_COUNT(email, 10) FROM crm.customers",
+        ),
+        (
+            "6 predicate inference",
+            "SELECT COUNT(*) FROM crm.customers WHERE ssn LIKE '1%'",
+        ),
+        (
+            "7 dictionary join",
+            "SELECT c FROM crm.customers JOIN UNNEST(GENERATE_ARRAY(1, 999)) AS c ON CAST(ssn AS INT64) = c",
+        ),
+        ("8 ORDER BY", "SELECT name FROM crm.customers ORDER BY ssn"),
+        (
+            "8 GROUP BY",
+            "SELECT COUNT(*) FROM crm.customers GROUP BY email",
+        ),
+        (
+            "8 window",
+            "SELECT name, ROW_NUMBER() OVER (PARTITION BY email) FROM crm.customers",
+        ),
+        ("8 DISTINCT", "SELECT DISTINCT email FROM crm.customers"),
+        (
+            "9 CTAS",
+            "CREATE TABLE crm.copy AS SELECT ssn FROM crm.customers",
+        ),
+        (
+            "9 INSERT SELECT",
+            "INSERT INTO crm.copy (x) SELECT ssn FROM crm.customers",
+        ),
+        (
+            "9 EXPORT DATA",
+            "EXPORT DATA OPTIONS (uri = 'gs://b/*', format = 'CSV') AS SELECT email FROM crm.customers",
+        ),
+        (
+            "10 ERROR in SELECT",
+            "SELECT ERROR(CONCAT('x', email)) FROM crm.customers",
+        ),
+        (
+            "10 ERROR in WHERE",
+            "SELECT name FROM crm.customers WHERE ERROR(ssn) IS NULL",
+        ),
+        (
+            "13 second statement",
+            "SELECT 1; SELECT email FROM crm.customers",
+        ),
+        (
+            "13 leading comment",
+            "/* harmless */ -- really\nSELECT email FROM crm.customers",
+        ),
+        (
+            "13 EXECUTE IMMEDIATE",
+            "EXECUTE IMMEDIATE 'SELECT email FROM crm.customers'",
+        ),
+    ];
+    let mut let_through = Vec::new();
+    for (name, sql) in bypasses {
+        let out = p
+            .handle(request(Some("key-a"), query(sql)), Some(&src), "j")
+            .await;
+        if !matches!(out, Outcome::Denied(_)) {
+            let_through.push(format!("{name}: {sql}"));
+        }
+    }
+    assert!(let_through.is_empty(), "not refused: {let_through:#?}");
+    // 12: reading the table's rows directly.
+    let mut read = request(
+        Some("key-a"),
+        Action::ReadRows {
+            table: "p.crm.customers".into(),
+            result_table: false,
+        },
+    );
+    read.method = "tabledata.list".into();
+    assert!(matches!(
+        p.handle(read, Some(&src), "j").await,
+        Outcome::Denied(_)
+    ));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing ran");
+}
