@@ -201,6 +201,9 @@ impl Reader {
         &self,
         mut each: impl FnMut(&ChainRow) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
+        // The journal first, then the scan: a record leaves the journal only once indexed,
+        // so each is in one or the other.
+        let entries = self.journal()?;
         let mut st = self
             .conn
             .prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")
@@ -243,10 +246,6 @@ impl Reader {
                 return Ok(());
             }
         }
-        let entries = journal::read(Path::new(&self.path)).map_err(|e| StoreError::Failed {
-            path: self.path.clone(),
-            message: format!("cannot read the journal: {e}"),
-        })?;
         for entry in entries {
             if let Entry::Record {
                 seq,
@@ -328,6 +327,14 @@ impl Reader {
         ))
     }
 
+    /// Every entry of the store's journal files.
+    fn journal(&self) -> Result<Vec<Entry>, StoreError> {
+        journal::read(Path::new(&self.path)).map_err(|e| StoreError::Failed {
+            path: self.path.clone(),
+            message: format!("cannot read the journal: {e}"),
+        })
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.clone(),
@@ -351,18 +358,20 @@ impl Reader {
         };
         // SQLite answers the filter (with its indexes); the journal's tail, not indexed
         // yet, is filtered here.
+        //
+        // The journal is read first, then SQLite in one read transaction (one snapshot):
+        // a record leaves the journal only once indexed, so each is in one or the other,
+        // and the journal's are kept only beyond what the snapshot holds.
         let (clause, values) = filter.sql();
-        let max_seq: i64 = self
-            .conn
+        let journalled = self.journal()?;
+        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        let max_seq: i64 = tx
             .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
                 r.get(0)
             })
             .map_err(self.err())?;
         let mut newest = Vec::new();
-        for entry in journal::read(Path::new(&self.path)).map_err(|e| StoreError::Failed {
-            path: self.path.clone(),
-            message: format!("cannot read the journal: {e}"),
-        })? {
+        for entry in journalled {
             if let Entry::Record {
                 seq,
                 record,
@@ -388,9 +397,10 @@ impl Reader {
         };
         let order = if last.is_some() { "DESC" } else { "ASC" };
         let sql = format!(
-            "SELECT seq, record, prev_hash, hash FROM audit_log WHERE {clause} ORDER BY seq {order} LIMIT {limit}"
+            "SELECT seq, record, prev_hash, hash FROM audit_log WHERE {clause} AND seq <= {max_seq} \
+             ORDER BY seq {order} LIMIT {limit}"
         );
-        let mut st = self.conn.prepare(&sql).map_err(self.err())?;
+        let mut st = tx.prepare(&sql).map_err(self.err())?;
         let mut rows = st
             .query(rusqlite::params_from_iter(values.iter()))
             .map_err(self.err())?;
