@@ -329,45 +329,16 @@ mod tests {
     }
 
     fn record(seq: u64, statement: &str) -> AuditRecord {
-        AuditRecord {
-            v: AuditRecord::SCHEMA,
-            seq,
-            time: "2026-11-27T00:00:00Z".into(),
-            request_id: format!("r{seq}"),
-            phase: Phase::Decided,
-            identity: "agent:x".into(),
-            groups: vec!["agents".into()],
-            kind: Some("agent".into()),
-            source: "analytics".into(),
-            method: "jobs.query".into(),
-            statement: Some(statement.into()),
-            table: None,
-            decision: "allow".into(),
-            reason: None,
-            job_id: None,
-            status: None,
-            error: None,
-            rows: None,
-            bytes_processed: None,
-            bytes_billed: None,
-            duration_ms: None,
-            user_agent: None,
-            peer: None,
-            statement_kinds: vec![],
-            tables: vec![],
-            rule: None,
-            rules: vec![],
-            policy_version: None,
-            bytes_estimate: None,
-            acting_for: None,
-            acting_for_groups: vec![],
-            auth: None,
-            ticket: None,
-            approver: None,
-            checkpoint: None,
-            masked: None,
-            session: None,
-        }
+        let mut r = AuditRecord::default_for("jobs.query", "agent:x");
+        r.seq = seq;
+        r.time = "2026-11-27T00:00:00Z".into();
+        r.request_id = format!("r{seq}");
+        r.groups = vec!["agents".into()];
+        r.kind = Some("agent".into());
+        r.source = "analytics".into();
+        r.statement = Some(statement.into());
+        r.decision = "allow".into();
+        r
     }
 
     fn chain(n: u64) -> Vec<ChainRow> {

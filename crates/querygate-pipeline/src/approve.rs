@@ -489,53 +489,31 @@ impl Pipeline {
 
     /// One audit record for a ticket event (decided, expired, …).
     async fn audit_ticket(&self, t: &Ticket, method: &str, by: Option<&Identity>) {
-        let mut record = querygate_core::AuditRecord {
-            v: querygate_core::AuditRecord::SCHEMA,
-            seq: 0,
-            time: audit_time(time::OffsetDateTime::now_utc()),
-            request_id: format!("{}-{}", t.id, t.state.as_str()),
-            phase: Phase::Decided,
-            identity: by.map_or_else(|| "querygate".to_string(), |i| i.subject.clone()),
-            groups: by.map(|i| i.groups.clone()).unwrap_or_default(),
-            kind: None,
-            source: t.source.clone(),
-            method: method.to_string(),
-            statement: Some(t.statement.clone()),
-            table: None,
-            decision: match t.state {
-                TicketState::Approved | TicketState::Running => "allow",
-                TicketState::Pending => "approve",
-                _ => "deny",
-            }
-            .to_string(),
-            reason: t.decision_reason.clone(),
-            job_id: Some(t.job_id.clone()),
-            status: None,
-            error: None,
-            rows: None,
-            bytes_processed: None,
-            bytes_billed: None,
-            duration_ms: None,
-            user_agent: None,
-            peer: None,
-            statement_kinds: t.kinds.clone(),
-            tables: t.tables.clone(),
-            rule: Some(t.rule.clone()),
-            rules: vec![],
-            policy_version: Some(t.policy_version.clone()),
-            bytes_estimate: t.bytes_estimate,
-            acting_for: t.acting_for.clone(),
-            acting_for_groups: vec![],
-            auth: by.and_then(|i| i.auth.clone()),
-            ticket: Some(t.id.clone()),
-            approver: t.decided_by.clone(),
-            checkpoint: None,
-            masked: None,
-            session: None,
-        };
-        if by.is_none() {
-            record.kind = Some("gateway".into());
+        let identity = by.map_or("querygate", |i| i.subject.as_str());
+        let mut record = querygate_core::AuditRecord::default_for(method, identity);
+        record.time = audit_time(time::OffsetDateTime::now_utc());
+        record.request_id = format!("{}-{}", t.id, t.state.as_str());
+        record.groups = by.map(|i| i.groups.clone()).unwrap_or_default();
+        record.kind = by.is_none().then(|| "gateway".to_string());
+        record.source = t.source.clone();
+        record.statement = Some(t.statement.clone());
+        record.decision = match t.state {
+            TicketState::Approved | TicketState::Running => "allow",
+            TicketState::Pending => "approve",
+            _ => "deny",
         }
+        .to_string();
+        record.reason = t.decision_reason.clone();
+        record.job_id = Some(t.job_id.clone());
+        record.statement_kinds = t.kinds.clone();
+        record.tables = t.tables.clone();
+        record.rule = Some(t.rule.clone());
+        record.policy_version = Some(t.policy_version.clone());
+        record.bytes_estimate = t.bytes_estimate;
+        record.acting_for = t.acting_for.clone();
+        record.auth = by.and_then(|i| i.auth.clone());
+        record.ticket = Some(t.id.clone());
+        record.approver = t.decided_by.clone();
         if let Err(e) = self.store.append(record).await {
             tracing::error!(error = %e, ticket = %t.id, "cannot write a ticket's audit record");
         }

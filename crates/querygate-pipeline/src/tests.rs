@@ -81,20 +81,24 @@ impl Source for Echo {
     }
 }
 
-fn pipeline(dir: &std::path::Path) -> Pipeline {
-    let store = Store::open(&dir.join("qg.db")).expect("store");
-    let key = ApiKey {
+/// A config API key for `subject` in `group`, its kind from the subject's prefix.
+fn api_key(subject: &str, group: &str, key: &str) -> ApiKey {
+    ApiKey {
         identity: Identity {
-            subject: "agent:a".into(),
-            groups: vec!["agents".into()],
-            kind: querygate_core::IdentityKind::Agent,
+            subject: subject.into(),
+            groups: vec![group.into()],
+            kind: Identity::kind_from_subject(subject),
             ..Identity::default()
         },
-        key_sha256: Secret::new("key-a").sha256_hex(),
+        key_sha256: Secret::new(key).sha256_hex(),
         expires: None,
-    };
+    }
+}
+
+fn pipeline(dir: &std::path::Path) -> Pipeline {
+    let store = Store::open(&dir.join("qg.db")).expect("store");
     Pipeline::new(
-        Authenticator::new([key]),
+        Authenticator::new([api_key("agent:a", "agents", "key-a")]),
         policies(querygate_policy::Policy::builtin_read_only()),
         Arc::new(store),
     )
@@ -287,16 +291,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
         who: Principal::Group("agents".into()),
         bytes_per_day: 1500,
     });
-    let keys = Authenticator::new([ApiKey {
-        identity: Identity {
-            subject: "agent:a".into(),
-            groups: vec!["agents".into()],
-            kind: querygate_core::IdentityKind::Agent,
-            ..Identity::default()
-        },
-        key_sha256: Secret::new("key-a").sha256_hex(),
-        expires: None,
-    }]);
+    let keys = Authenticator::new([api_key("agent:a", "agents", "key-a")]);
     p.reload(keys, set);
     let small = Echo {
         bytes: 600,
@@ -365,20 +360,10 @@ fn a_select_with_side_effects_is_not_a_read() {
 }
 
 fn approval_keys() -> Authenticator {
-    let key = |subject: &str, group: &str, key: &str| ApiKey {
-        identity: Identity {
-            subject: subject.into(),
-            groups: vec![group.into()],
-            kind: Identity::kind_from_subject(subject),
-            ..Identity::default()
-        },
-        key_sha256: Secret::new(key).sha256_hex(),
-        expires: None,
-    };
     Authenticator::new([
-        key("agent:a", "agents", "key-a"),
-        key("agent:b", "agents", "key-b"),
-        key("human:owner", "owners", "key-o"),
+        api_key("agent:a", "agents", "key-a"),
+        api_key("agent:b", "agents", "key-b"),
+        api_key("human:owner", "owners", "key-o"),
     ])
 }
 
@@ -925,20 +910,10 @@ async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritte
             predicates_allowed: false,
         }],
     });
-    let key = |subject: &str, group: &str, key: &str| ApiKey {
-        identity: Identity {
-            subject: subject.into(),
-            groups: vec![group.into()],
-            kind: Identity::kind_from_subject(subject),
-            ..Identity::default()
-        },
-        key_sha256: Secret::new(key).sha256_hex(),
-        expires: None,
-    };
     p.reload(
         Authenticator::new([
-            key("agent:a", "agents", "key-a"),
-            key("human:p", "privacy", "key-p"),
+            api_key("agent:a", "agents", "key-a"),
+            api_key("human:p", "privacy", "key-p"),
         ]),
         set,
     );
@@ -1027,16 +1002,7 @@ async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
         }],
     });
     p.reload(
-        Authenticator::new([ApiKey {
-            identity: Identity {
-                subject: "agent:a".into(),
-                groups: vec!["agents".into()],
-                kind: querygate_core::IdentityKind::Agent,
-                ..Identity::default()
-            },
-            key_sha256: Secret::new("key-a").sha256_hex(),
-            expires: None,
-        }]),
+        Authenticator::new([api_key("agent:a", "agents", "key-a")]),
         set,
     );
     let src = Echo {
@@ -1116,16 +1082,7 @@ async fn the_known_masking_bypasses_are_refused() {
         }],
     });
     p.reload(
-        Authenticator::new([ApiKey {
-            identity: Identity {
-                subject: "agent:a".into(),
-                groups: vec!["agents".into()],
-                kind: querygate_core::IdentityKind::Agent,
-                ..Identity::default()
-            },
-            key_sha256: Secret::new("key-a").sha256_hex(),
-            expires: None,
-        }]),
+        Authenticator::new([api_key("agent:a", "agents", "key-a")]),
         set,
     );
     let src = Echo::default();

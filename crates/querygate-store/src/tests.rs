@@ -2,48 +2,15 @@
 //! through the same SQL an attacker with the file would run.
 
 use super::*;
-use querygate_core::Phase;
 
 fn record(statement: &str) -> AuditRecord {
-    AuditRecord {
-        v: AuditRecord::SCHEMA,
-        seq: 0,
-        time: "2026-11-27T10:00:00Z".into(),
-        request_id: "r".into(),
-        phase: Phase::Decided,
-        identity: "agent:x".into(),
-        groups: vec![],
-        kind: None,
-        source: "s".into(),
-        method: "jobs.query".into(),
-        statement: Some(statement.into()),
-        table: None,
-        decision: "allow".into(),
-        reason: None,
-        job_id: None,
-        status: None,
-        error: None,
-        rows: None,
-        bytes_processed: None,
-        bytes_billed: None,
-        duration_ms: None,
-        user_agent: None,
-        peer: None,
-        statement_kinds: vec![],
-        tables: vec![],
-        rule: None,
-        rules: vec![],
-        policy_version: None,
-        bytes_estimate: None,
-        acting_for: None,
-        acting_for_groups: vec![],
-        auth: None,
-        ticket: None,
-        approver: None,
-        checkpoint: None,
-        masked: None,
-        session: None,
-    }
+    let mut r = AuditRecord::default_for("jobs.query", "agent:x");
+    r.time = "2026-11-27T10:00:00Z".into();
+    r.request_id = "r".into();
+    r.source = "s".into();
+    r.statement = Some(statement.into());
+    r.decision = "allow".into();
+    r
 }
 
 async fn store_with(n: usize) -> (tempdir::Dir, PathBuf) {

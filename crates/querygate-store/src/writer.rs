@@ -380,8 +380,19 @@ impl Writer {
     }
 }
 
+/// The indexer's state: entries journalled but not yet in SQLite, since when the oldest
+/// waits, and full journal files to delete once SQLite holds them durably.
+struct Indexer {
+    conn: Connection,
+    store: PathBuf,
+    pending: Pending,
+    waiting: Vec<Entry>,
+    oldest: Option<Instant>,
+    full: Vec<PathBuf>,
+}
+
 /// The indexer: journalled entries into SQLite, in batches.
-fn index_loop(mut conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, pending: Pending) {
+fn index_loop(conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, pending: Pending) {
     // Indexing is background work: at the lowest priority, it takes no CPU from requests
     // on a busy machine (a tail-latency measure; on failure it only runs at normal priority).
     if let Err(e) = rustix::process::setpriority_process(
@@ -390,24 +401,22 @@ fn index_loop(mut conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, p
     ) {
         tracing::debug!(error = %e, "cannot lower the indexer's priority");
     }
-    let mut waiting: Vec<Entry> = Vec::new();
-    let mut oldest: Option<Instant> = None;
-    let mut full: Vec<PathBuf> = Vec::new();
+    let mut ix = Indexer {
+        conn,
+        store,
+        pending,
+        waiting: Vec::new(),
+        oldest: None,
+        full: Vec::new(),
+    };
     loop {
-        let msg = match oldest {
+        let msg = match ix.oldest {
             None => rx.recv().ok(),
             Some(t) => {
                 match rx.recv_timeout((t + INDEX_AFTER).saturating_duration_since(Instant::now())) {
                     Ok(m) => Some(m),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = index(
-                            &mut conn,
-                            &store,
-                            &pending,
-                            &mut waiting,
-                            &mut oldest,
-                            &mut full,
-                        );
+                        let _ = ix.index();
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -417,106 +426,67 @@ fn index_loop(mut conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, p
         let Some(msg) = msg else { break };
         match msg {
             Index::Entries(entries) => {
-                waiting.extend(entries);
-                oldest.get_or_insert_with(Instant::now);
-                if waiting.len() >= INDEX_BATCH
-                    || oldest.is_some_and(|t| t.elapsed() >= INDEX_AFTER)
-                {
-                    let _ = index(
-                        &mut conn,
-                        &store,
-                        &pending,
-                        &mut waiting,
-                        &mut oldest,
-                        &mut full,
-                    );
+                ix.waiting.extend(entries);
+                let oldest = *ix.oldest.get_or_insert_with(Instant::now);
+                if ix.waiting.len() >= INDEX_BATCH || oldest.elapsed() >= INDEX_AFTER {
+                    let _ = ix.index();
                 }
             }
             Index::Flush(ack) => {
-                let result = index(
-                    &mut conn,
-                    &store,
-                    &pending,
-                    &mut waiting,
-                    &mut oldest,
-                    &mut full,
-                );
+                let result = ix.index();
                 let _ = ack.send(result.map(|()| 0).map_err(|message| StoreError::Failed {
-                    path: store.display().to_string(),
+                    path: ix.store.display().to_string(),
                     message,
                 }));
             }
             Index::Full(path) => {
-                full.push(path);
-                let _ = index(
-                    &mut conn,
-                    &store,
-                    &pending,
-                    &mut waiting,
-                    &mut oldest,
-                    &mut full,
-                );
+                ix.full.push(path);
+                let _ = ix.index();
             }
         }
     }
-    let _ = index(
-        &mut conn,
-        &store,
-        &pending,
-        &mut waiting,
-        &mut oldest,
-        &mut full,
-    );
+    let _ = ix.index();
 }
 
-/// Writes waiting entries into SQLite and takes them out of the pending overlay. With
-/// full journal files to delete, syncs SQLite's files first. On failure the entries stay
-/// waiting (they are durable in the journal) and are retried.
-fn index(
-    conn: &mut Connection,
-    store: &Path,
-    pending: &Pending,
-    waiting: &mut Vec<Entry>,
-    oldest: &mut Option<Instant>,
-    full: &mut Vec<PathBuf>,
-) -> Result<(), String> {
-    if waiting.is_empty() && full.is_empty() {
-        *oldest = None;
-        return Ok(());
-    }
-    let result = insert(conn, waiting).map_err(|e| e.to_string());
-    let result = match result {
-        Ok(()) if !full.is_empty() => settle(store),
-        r => r,
-    };
-    match result {
-        Ok(()) => {
-            let mut queued = pending.lock().unwrap_or_else(|e| e.into_inner());
-            for e in waiting.iter() {
-                match e {
-                    Entry::Claim(job) => queued.release_claim(job),
-                    Entry::Record {
-                        usage: Some((identity, day, bytes)),
-                        ..
-                    } => queued.release_usage(identity, day, *bytes),
-                    Entry::Record { .. } => {}
-                }
-            }
-            drop(queued);
-            waiting.clear();
-            *oldest = None;
-            for path in full.drain(..) {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::error!(error = %e, path = %path.display(), "cannot delete an indexed audit journal file");
-                }
-            }
-            Ok(())
+impl Indexer {
+    /// Writes waiting entries into SQLite and takes them out of the pending overlay. With
+    /// full journal files to delete, syncs SQLite's files first. On failure the entries
+    /// stay waiting (they are durable in the journal) and are retried.
+    fn index(&mut self) -> Result<(), String> {
+        if self.waiting.is_empty() && self.full.is_empty() {
+            self.oldest = None;
+            return Ok(());
         }
-        Err(e) => {
-            tracing::error!(error = %e, path = %store.display(), "indexing the audit journal failed; will retry");
-            *oldest = Some(Instant::now());
-            Err(format!("indexing failed: {e}"))
+        let result = insert(&mut self.conn, &self.waiting).map_err(|e| e.to_string());
+        let result = match result {
+            Ok(()) if !self.full.is_empty() => settle(&self.store),
+            r => r,
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, path = %self.store.display(), "indexing the audit journal failed; will retry");
+            self.oldest = Some(Instant::now());
+            return Err(format!("indexing failed: {e}"));
         }
+        let mut queued = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for e in &self.waiting {
+            match e {
+                Entry::Claim(job) => queued.release_claim(job),
+                Entry::Record {
+                    usage: Some((identity, day, bytes)),
+                    ..
+                } => queued.release_usage(identity, day, *bytes),
+                Entry::Record { .. } => {}
+            }
+        }
+        drop(queued);
+        self.waiting.clear();
+        self.oldest = None;
+        for path in self.full.drain(..) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(error = %e, path = %path.display(), "cannot delete an indexed audit journal file");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -288,6 +288,25 @@ fn window(text: Option<&str>) -> Result<Option<Duration>, String> {
     Ok(Some(d))
 }
 
+/// What approve and deny share: the approver, the ticket id and the body, or the answer.
+async fn decision_request(
+    pipeline: &Pipeline,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<(Identity, String, Bytes), Response> {
+    let approver = authenticate(pipeline, headers, extensions).await?;
+    let id = ticket_id(path).map_err(|m| error(400, m))?;
+    let bytes = bytes.map_err(|e| {
+        error(
+            e.status().as_u16(),
+            format!("the request body cannot be read: {e}"),
+        )
+    })?;
+    Ok((approver, id, bytes))
+}
+
 /// `POST /api/v1/tickets/{id}/approve`.
 async fn approve(
     State(pipeline): State<Arc<Pipeline>>,
@@ -296,23 +315,11 @@ async fn approve(
     extensions: Extensions,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let approver = match authenticate(&pipeline, &headers, &extensions).await {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let id = match ticket_id(path) {
-        Ok(id) => id,
-        Err(m) => return error(400, m),
-    };
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status().as_u16(),
-                format!("the request body cannot be read: {e}"),
-            );
-        }
-    };
+    let (approver, id, bytes) =
+        match decision_request(&pipeline, path, &headers, &extensions, bytes).await {
+            Ok(parts) => parts,
+            Err(r) => return r,
+        };
     let parsed = body::<ApproveBody>(&bytes, r#"{"for": "1h", "reason": "…"}"#).and_then(|b| {
         Ok(TicketDecision {
             approve: true,
@@ -334,23 +341,11 @@ async fn deny(
     extensions: Extensions,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let approver = match authenticate(&pipeline, &headers, &extensions).await {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let id = match ticket_id(path) {
-        Ok(id) => id,
-        Err(m) => return error(400, m),
-    };
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status().as_u16(),
-                format!("the request body cannot be read: {e}"),
-            );
-        }
-    };
+    let (approver, id, bytes) =
+        match decision_request(&pipeline, path, &headers, &extensions, bytes).await {
+            Ok(parts) => parts,
+            Err(r) => return r,
+        };
     let parsed = body::<DenyBody>(&bytes, r#"{"reason": "…"}"#).and_then(|b| {
         Ok(TicketDecision {
             approve: false,

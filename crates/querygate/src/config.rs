@@ -711,37 +711,41 @@ impl Config {
         {
             return fail(n.span(), "audit.checkpoint_every must be at least 1".into());
         }
-        if let Some(i) = &self.audit.checkpoint_interval {
-            match parse_duration(i.get_ref()) {
-                Ok(d) if d.is_zero() => {
-                    return fail(
-                        i.span(),
-                        "audit.checkpoint_interval must be longer than 0s".into(),
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => return fail(i.span(), format!("audit.checkpoint_interval: {e}")),
+        // A duration no shorter than `min`, or why not (`too_short` says what it is for).
+        let at_least = |key: &str, v: &Option<Spanned<String>>, min, too_short: &str| {
+            let Some(v) = v else { return Ok(()) };
+            match parse_duration(v.get_ref()) {
+                Ok(d) if d < min => fail(v.span(), format!("{key} must be {too_short}")),
+                Ok(_) => Ok(()),
+                Err(e) => fail(v.span(), format!("{key}: {e}")),
             }
-        }
-        for (key, v) in [
-            ("audit", &self.retention.audit),
-            ("recordings", &self.retention.recordings),
-        ] {
-            if let Some(v) = v {
-                match parse_duration(v.get_ref()) {
-                    Ok(d) if d < std::time::Duration::from_secs(86_400) => {
-                        return fail(
-                            v.span(),
-                            format!(
-                                "retention.{key} must be at least 1d (records are pruned daily)"
-                            ),
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => return fail(v.span(), format!("retention.{key}: {e}")),
-                }
-            }
-        }
+        };
+        let tick = std::time::Duration::from_nanos(1);
+        let day = std::time::Duration::from_secs(86_400);
+        at_least(
+            "audit.checkpoint_interval",
+            &self.audit.checkpoint_interval,
+            tick,
+            "longer than 0s",
+        )?;
+        at_least(
+            "retention.audit",
+            &self.retention.audit,
+            day,
+            "at least 1d (records are pruned daily)",
+        )?;
+        at_least(
+            "retention.recordings",
+            &self.retention.recordings,
+            day,
+            "at least 1d (records are pruned daily)",
+        )?;
+        at_least(
+            "export.interval",
+            &self.export.interval,
+            tick,
+            "longer than 0s",
+        )?;
         if let Some(hook) = &self.export.webhook
             && let Err(e) = hook.get_ref().url_of("export.webhook")
         {
@@ -751,15 +755,6 @@ impl Config {
             && !(1..=10_000).contains(n.get_ref())
         {
             return fail(n.span(), "export.batch must be between 1 and 10000".into());
-        }
-        if let Some(i) = &self.export.interval {
-            match parse_duration(i.get_ref()) {
-                Ok(d) if d.is_zero() => {
-                    return fail(i.span(), "export.interval must be longer than 0s".into());
-                }
-                Ok(_) => {}
-                Err(e) => return fail(i.span(), format!("export.interval: {e}")),
-            }
         }
         if self.retention.audit.is_some() && !self.audit.signing {
             let span = self
@@ -872,11 +867,7 @@ impl Config {
                 .checkpoint_every
                 .as_ref()
                 .map_or(1000, |n| *n.get_ref()),
-            interval: self
-                .audit
-                .checkpoint_interval
-                .as_ref()
-                .and_then(|i| parse_duration(i.get_ref()).ok())
+            interval: duration_of(&self.audit.checkpoint_interval)
                 .unwrap_or(std::time::Duration::from_secs(60)),
             file: self.audit.checkpoint_file.as_ref().map(|p| self.resolve(p)),
         }))
@@ -884,10 +875,17 @@ impl Config {
 
     /// `[retention] audit`, checked at load.
     pub fn audit_retention(&self) -> Option<std::time::Duration> {
-        self.retention
-            .audit
-            .as_ref()
-            .and_then(|v| parse_duration(v.get_ref()).ok())
+        duration_of(&self.retention.audit)
+    }
+
+    /// `[retention] recordings`, checked at load.
+    pub fn recordings_retention(&self) -> Option<std::time::Duration> {
+        duration_of(&self.retention.recordings)
+    }
+
+    /// `[export] interval` (default 2s), checked at load.
+    pub fn export_interval(&self) -> std::time::Duration {
+        duration_of(&self.export.interval).unwrap_or(std::time::Duration::from_secs(2))
     }
 
     fn check_notify(&self, text: &str, path: &Path) -> Result<(), String> {
@@ -982,14 +980,9 @@ impl Config {
     /// `[approvals]` as the pipeline takes it (checked at load; defaults where unset).
     pub fn approval_settings(&self) -> querygate_pipeline::ApprovalSettings {
         let defaults = querygate_pipeline::ApprovalSettings::default();
-        let read = |v: &Option<Spanned<String>>, default| {
-            v.as_ref()
-                .and_then(|v| parse_duration(v.get_ref()).ok())
-                .unwrap_or(default)
-        };
         querygate_pipeline::ApprovalSettings {
-            ticket_ttl: read(&self.approvals.ticket_ttl, defaults.ticket_ttl),
-            max_window: read(&self.approvals.max_window, defaults.max_window),
+            ticket_ttl: duration_of(&self.approvals.ticket_ttl).unwrap_or(defaults.ticket_ttl),
+            max_window: duration_of(&self.approvals.max_window).unwrap_or(defaults.max_window),
         }
     }
 
@@ -1111,6 +1104,11 @@ impl SourceConfig {
 }
 
 /// Unix seconds of an RFC 3339 time (`2027-01-31T00:00:00Z`) or a date (`2027-01-31`, UTC midnight).
+/// A duration setting checked at load (`None` when unset).
+fn duration_of(v: &Option<Spanned<String>>) -> Option<std::time::Duration> {
+    v.as_ref().and_then(|v| parse_duration(v.get_ref()).ok())
+}
+
 pub fn parse_time(text: &str) -> Result<i64, String> {
     let t = text.trim();
     if let Ok(ts) = t.parse::<jiff::Timestamp>() {

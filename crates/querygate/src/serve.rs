@@ -210,11 +210,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(sweep(pipeline.clone()));
-    let recordings_keep = config
-        .retention
-        .recordings
-        .as_ref()
-        .and_then(|v| querygate_identity::parse_duration(v.get_ref()).ok());
+    let recordings_keep = config.recordings_retention();
     if config.audit_retention().is_some() || recordings_keep.is_some() {
         tokio::spawn(retain(
             pipeline.clone(),
@@ -232,12 +228,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             .batch
             .as_ref()
             .map_or(500, |b| *b.get_ref() as usize);
-        let idle = config
-            .export
-            .interval
-            .as_ref()
-            .and_then(|i| querygate_identity::parse_duration(i.get_ref()).ok())
-            .unwrap_or(std::time::Duration::from_secs(2));
+        let idle = config.export_interval();
         let exporter = crate::export::Exporter::new(pipeline.clone(), url, batch, idle)
             .map_err(anyhow::Error::msg)?;
         tracing::info!(host = %hook.get_ref().host(), batch, "export: streaming audit records");
