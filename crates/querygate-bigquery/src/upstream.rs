@@ -14,8 +14,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{HeaderValue, Response, StatusCode, header};
-use querygate_core::{Denial, DenialKind, Fault};
 use querygate_core::Secret;
+use querygate_core::{Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
     Admitted, Column, Held, Partitioning, Refusal, Reply, Scope, Source, Summary,
@@ -255,7 +255,9 @@ impl BigQuerySource {
             self.add_mask_key(q)
                 .map_err(|d| Fault::gateway(d.message))?;
         }
-        Ok(Some(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())))
+        Ok(Some(Bytes::from(
+            serde_json::to_vec(&v).unwrap_or_default(),
+        )))
     }
 
     /// An answer with the masking key taken out: the parameter removed from every job
@@ -507,7 +509,9 @@ impl BigQuerySource {
     }
 }
 
-/// The jobs.query dry-run body equivalent to a query call, or `None` for other calls.
+/// The dry-run job (jobs.insert with `dryRun`) equivalent to a query call, or `None` for
+/// other calls. A job rather than a jobs.query dry run: both are BigQuery's, and emulators
+/// honour `defaultDataset` in jobs only.
 fn dry_run_body(call: &Call) -> Option<Value> {
     let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
     let (query, location) = match call.api {
@@ -531,11 +535,13 @@ fn dry_run_body(call: &Call) -> Option<Value> {
             dry.insert(key.to_string(), v.clone());
         }
     }
+    let mut job = serde_json::json!({
+        "configuration": {"query": Value::Object(dry), "dryRun": true},
+    });
     if let Some(l) = location {
-        dry.insert("location".into(), l);
+        job["jobReference"] = serde_json::json!({ "location": l });
     }
-    dry.insert("dryRun".into(), Value::Bool(true));
-    Some(Value::Object(dry))
+    Some(job)
 }
 
 impl Source for BigQuerySource {
@@ -561,10 +567,16 @@ impl Source for BigQuerySource {
             return Ok(bytes);
         }
         let mut keyed = body;
-        self.add_mask_key(&mut keyed).map_err(Refusal::Denied)?;
-        let path = format!("/bigquery/v2/projects/{}/queries", self.project);
+        if let Some(q) = keyed.pointer_mut("/configuration/query") {
+            self.add_mask_key(q).map_err(Refusal::Denied)?;
+        }
+        let path = format!("/bigquery/v2/projects/{}/jobs", self.project);
         let (status, reply) = self
-            .own_request(http::Method::POST, &path, Some(keyed.to_string().into_bytes()))
+            .own_request(
+                http::Method::POST,
+                &path,
+                Some(keyed.to_string().into_bytes()),
+            )
             .await
             .map_err(Refusal::Failed)?;
         let reply = self.without_mask_key(reply);

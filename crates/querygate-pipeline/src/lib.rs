@@ -527,6 +527,36 @@ impl Pipeline {
             )));
         }
 
+        // What masking cannot make safe is refused (dry runs too: the upstream's dry run
+        // can fail with an error that echoes values).
+        if let Some(why) = reach.refusal {
+            ctx.explained.rule = Some("masking".into());
+            return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, why)));
+        }
+        // mask: every read of a table with columns masked for the identity is rewritten
+        // to read the masked values only, so that nothing above the read sees clear ones
+        // (before the estimate: the dry run runs what will run).
+        if let Action::Query {
+            statement,
+            default_dataset,
+            ..
+        } = &ctx.request.action
+            && !reach.masked_tables.is_empty()
+        {
+            let rewritten = self
+                .mask(
+                    policies,
+                    source,
+                    identity,
+                    statement,
+                    default_dataset.as_deref(),
+                    &reach.masked_tables,
+                )
+                .await?;
+            source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
+            ctx.explained.rewritten = Some(rewritten);
+        }
+
         let mut partitions = HashMap::new();
         if policy.rules.iter().any(|r| r.when.full_scan.is_some()) {
             for t in tables.iter().filter(|t| !t.write) {
@@ -553,7 +583,18 @@ impl Pipeline {
         let needs_bytes = verdict.needs_estimate.is_some()
             || (budget.is_some() && matches!(verdict.outcome, PolicyOutcome::Allow));
         if needs_bytes && is_query && opaque.is_none() {
-            let estimate = source.estimate(call).await?;
+            let estimate = source.estimate(call).await.map_err(|refusal| match refusal {
+                // The dry run's error could echo values the query reads.
+                Refusal::Denied(d) if reach.sensitive.is_some() => Refusal::Denied(Denial::new(
+                    d.kind,
+                    format!(
+                        "Invalid query: the query failed its dry run; the error is withheld \
+                         because {}",
+                        reach.sensitive.as_deref().unwrap_or("it reads masked columns")
+                    ),
+                )),
+                other => other,
+            })?;
             bytes = Some(estimate);
             ctx.explained.bytes_estimate = bytes;
             input.bytes = bytes;
@@ -571,33 +612,6 @@ impl Pipeline {
             )));
         }
         let sensitive = reach.sensitive.clone();
-        // A dry run returns no values: it may see the statement through.
-        if let Some(why) = reach.refusal.filter(|_| !dry_run) {
-            ctx.explained.rule = Some("masking".into());
-            return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, why)));
-        }
-        // mask: every read of a table with columns masked for the identity is rewritten
-        // to read the masked values only, so that nothing above the read sees clear ones.
-        if let Action::Query {
-            statement,
-            default_dataset,
-            ..
-        } = &ctx.request.action
-            && !reach.masked_tables.is_empty()
-        {
-            let rewritten = self
-                .mask(
-                    policies,
-                    source,
-                    identity,
-                    statement,
-                    default_dataset.as_deref(),
-                    &reach.masked_tables,
-                )
-                .await?;
-            source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
-            ctx.explained.rewritten = Some(rewritten);
-        }
         let mut approval = None;
         match verdict.outcome {
             PolicyOutcome::Allow => {}

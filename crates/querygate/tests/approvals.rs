@@ -70,16 +70,16 @@ async fn upstream() -> Recorder {
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        if body["configuration"]["dryRun"] == true {
+            let sql = body["configuration"]["query"]["query"].as_str().unwrap_or("");
+            return (
+                200,
+                json!({"kind": "bigquery#job", "status": {"state": "DONE"},
+                       "statistics": {"query": {"totalBytesProcessed": bytes_in(sql).to_string()}}})
+                .to_string(),
+            );
+        }
         if r.method == "POST" && path.ends_with("/queries") {
-            let sql = body["query"].as_str().unwrap_or("");
-            if body["dryRun"] == true {
-                return (
-                    200,
-                    json!({"jobReference": {"projectId": "test-project"}, "jobComplete": true,
-                           "totalBytesProcessed": bytes_in(sql).to_string()})
-                    .to_string(),
-                );
-            }
             return (200, query_response("job-direct", 1));
         }
         if r.method == "POST" && path.ends_with("/jobs") {
@@ -268,7 +268,8 @@ where
 }
 
 fn dry_run(seen: &Seen) -> bool {
-    serde_json::from_slice::<Value>(&seen.body).is_ok_and(|b| b["dryRun"] == true)
+    serde_json::from_slice::<Value>(&seen.body)
+        .is_ok_and(|b| b["dryRun"] == true || b["configuration"]["dryRun"] == true)
 }
 
 #[tokio::test]
@@ -358,7 +359,7 @@ async fn a_caught_query_waits_until_an_approver_approves_it_through_the_cli() {
     let seen = up.requests();
     let insert = seen
         .iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs"))
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
         .expect("jobs.insert upstream");
     let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
@@ -896,7 +897,7 @@ async fn a_waiting_ticket_survives_a_gateway_restart() {
     let insert = up
         .requests()
         .into_iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs"))
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
         .expect("jobs.insert");
     let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
