@@ -40,7 +40,7 @@ pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
 pub use sessions::IDLE_GAP;
-pub use source::{Admitted, Column, Held, Refusal, Reply, Scope, Source, Summary};
+pub use source::{Admitted, Column, ColumnMask, Held, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.
 #[derive(Debug)]
@@ -115,6 +115,8 @@ struct Limits {
     /// The query reaches columns masked for the identity: its error messages are
     /// withheld, as they could echo values. Says why.
     sensitive: Option<String>,
+    /// A direct read of a table with masked columns: how to mask its rows.
+    row_masks: Option<Vec<ColumnMask>>,
 }
 
 impl Pipeline {
@@ -374,7 +376,13 @@ impl Pipeline {
         }
         // The second line: value detectors on every value the result returns (before the
         // reply is recorded or rendered, so neither holds what they find).
-        let masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
+        let mut masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
+        if let Some(masks) = &limits.row_masks {
+            match source.mask_rows(&mut reply, masks) {
+                Ok(n) => masked = Some(masked.unwrap_or(0) + n).filter(|n| *n > 0),
+                Err(fault) => return self.fail(&ctx, fault).await,
+            }
+        }
         // Errors of a query that reads masked values (and of its job's later pages) could
         // echo them (`ERROR(email)`, a failed cast): they keep their kind, not their text.
         let sensitive = limits.sensitive.clone().or_else(|| {
@@ -508,7 +516,7 @@ impl Pipeline {
                     table,
                     result_table: false,
                 },
-            ) => reach::of_table(&policies.classifier, table, identity),
+            ) => reach::of_table(&policies.classifier, &strip_decorator(table), identity),
             _ => reach::Reach::default(),
         };
         let dry_run = matches!(ctx.request.action, Action::Query { dry_run: true, .. });
@@ -555,6 +563,16 @@ impl Pipeline {
                 .await?;
             source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
             ctx.explained.rewritten = Some(rewritten);
+        }
+        // A direct read of a table's rows runs no SQL: its rows are masked as they return.
+        let mut row_masks = None;
+        if let (Action::ReadRows { .. }, Some(table)) =
+            (&ctx.request.action, reach.masked_tables.first())
+        {
+            let columns = source.columns(table).await.map_err(Refusal::Failed)?;
+            let masks = masking::row_masks(&policies.classifier, table, &columns, identity)
+                .map_err(|why| Refusal::Denied(Denial::new(DenialKind::Forbidden, why)))?;
+            row_masks = Some(masks);
         }
 
         let mut partitions = HashMap::new();
@@ -656,6 +674,7 @@ impl Pipeline {
         .min();
         Ok(Limits {
             sensitive,
+            row_masks,
             approval,
             max_bytes_billed: cap.filter(|_| is_query && !dry_run),
             row_limit: verdict.row_limit,

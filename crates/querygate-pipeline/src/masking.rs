@@ -13,7 +13,37 @@ use querygate_mask::{Strategy, mask_expression};
 use querygate_policy::Classifier;
 use querygate_sql::{MaskedColumn, SqlDialect, quote_column};
 
-use crate::source::Column;
+use crate::source::{Column, ColumnMask};
+
+/// How each column of `table` is masked in rows read directly (tabledata.list), in the
+/// schema's order: the same strategies as the rewrite, a masked STRUCT becomes NULL.
+pub fn row_masks(
+    classifier: &Classifier,
+    table: &str,
+    columns: &[Column],
+    identity: &Identity,
+) -> Result<Vec<ColumnMask>, String> {
+    columns
+        .iter()
+        .map(|c| {
+            let rule = classifier
+                .tags_of(table, &c.name)
+                .into_iter()
+                .find_map(|tag| classifier.masked_for(tag, identity));
+            let strategy = match rule {
+                None => None,
+                Some(_) if matches!(c.bq_type.as_str(), "RECORD" | "STRUCT") => {
+                    Some(Strategy::Null)
+                }
+                Some(rule) => Some(Strategy::parse(&rule.strategy)?),
+            };
+            Ok(ColumnMask {
+                column: c.clone(),
+                strategy,
+            })
+        })
+        .collect()
+}
 
 /// The name of an array's element while it is masked.
 const ELEMENT: &str = "__qg_e";
