@@ -83,8 +83,14 @@ impl Masking<'_> {
 }
 
 /// `sql` with every read of a masked table replaced by its masking derived table; the
-/// text unchanged when it reads none. `Err` says why it cannot be rewritten safely.
+/// text unchanged when it reads none. `Err` says why it cannot be rewritten safely. Never
+/// panics: like [`crate::analyze`], what goes wrong inside is an `Err`.
 pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask_reads_inner(sql, m)))
+        .unwrap_or_else(|_| Err("internal error in the masking rewrite".into()))
+}
+
+fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     if let Some(marker) = reserved_marker(sql) {
         return Err(format!(
             "the statement contains `{marker}`, a name querygate reserves for masking; rename it"
@@ -92,6 +98,11 @@ pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     }
     if m.tables.is_empty() {
         return Ok(sql.to_string());
+    }
+    // Only what the analyzer understands is rewritten (this also keeps the input within
+    // the analyzer's bounds on size and nesting before it is parsed here).
+    if let Some(why) = crate::analyze(sql, m.dialect).opaque {
+        return Err(why);
     }
     let mut statements = parse(sql, m.dialect)?;
     let mut wrapper = Wrapper {
