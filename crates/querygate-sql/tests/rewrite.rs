@@ -208,7 +208,11 @@ fn the_corpus_with_every_table_masked_rewrites_to_sql_that_is_understood() {
         // and two more.
         let mut tables: HashMap<String, Vec<MaskedColumn>> = HashMap::new();
         for st in &facts.statements {
-            for t in st.reads.iter().filter(|t| !t.wildcard && !t.information_schema) {
+            for t in st
+                .reads
+                .iter()
+                .filter(|t| !t.wildcard && !t.information_schema)
+            {
                 let mut names: Vec<String> = vec!["a".into(), "b".into()];
                 let refs = st
                     .output
@@ -245,7 +249,12 @@ fn the_corpus_with_every_table_masked_rewrites_to_sql_that_is_understood() {
             Ok(out) => {
                 rewritten += 1;
                 let again = querygate_sql::analyze(&out, SqlDialect::BigQuery);
-                assert!(again.opaque.is_none(), "{}: {out}: {:?}", path.display(), again.opaque);
+                assert!(
+                    again.opaque.is_none(),
+                    "{}: {out}: {:?}",
+                    path.display(),
+                    again.opaque
+                );
                 assert!(out.contains("__qg_src"), "{}: {out}", path.display());
             }
             Err(why) => {
