@@ -570,7 +570,7 @@ impl Pipeline {
             (&ctx.request.action, reach.masked_tables.first())
         {
             let columns = source.columns(table).await.map_err(Refusal::Failed)?;
-            let masks = masking::row_masks(&policies.classifier, table, &columns, identity)
+            let masks = masking::column_masks(&policies.classifier, table, &columns, identity)
                 .map_err(|why| Refusal::Denied(Denial::new(DenialKind::Forbidden, why)))?;
             row_masks = Some(masks);
         }
