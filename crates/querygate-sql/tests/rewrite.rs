@@ -263,5 +263,6 @@ fn the_corpus_with_every_table_masked_rewrites_to_sql_that_is_understood() {
             }
         }
     }
-    assert!(rewritten > 20, "{rewritten} rewritten, {refused} refused");
+    eprintln!("corpus: {rewritten} rewritten, {refused} refused");
+    assert!(rewritten > 40, "{rewritten} rewritten, {refused} refused");
 }
