@@ -758,6 +758,16 @@ impl Source for BigQuerySource {
         call.body = Some(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
     }
 
+    fn statement(&self, call: &Call) -> Option<String> {
+        let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
+        let query = match call.api {
+            Api::JobsQuery => &body,
+            Api::JobsInsert => body.pointer("/configuration/query")?,
+            _ => return None,
+        };
+        query.get("query")?.as_str().map(str::to_string)
+    }
+
     fn parameters(&self, call: &Call) -> Option<String> {
         let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
         let query = match call.api {

@@ -130,6 +130,11 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// The statement a query call runs (after the masking rewrite, if any).
+    fn statement(&self, _call: &Self::Call) -> Option<String> {
+        None
+    }
+
     /// The columns of a table (`project.dataset.table`), from its schema, for the masking
     /// rewrite. Looked up with the gateway's own credential and cached by the source.
     /// Sources that cannot describe tables fail, and a query reading a masked table
