@@ -63,10 +63,12 @@ async fn upstream() -> Recorder {
         let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         let path = r.uri.split('?').next().unwrap_or("").to_string();
         let last = path.rsplit('/').next().unwrap_or("").to_string();
+        // `/*bytes=N*/`, or `'bytes=N'` (a literal survives the masking rewrite, which
+        // drops comments).
         let bytes_in = |sql: &str| {
-            sql.split("/*bytes=")
+            sql.split("bytes=")
                 .nth(1)
-                .and_then(|s| s.split("*/").next())
+                .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0)
         };
@@ -102,6 +104,14 @@ async fn upstream() -> Recorder {
                 json!({"kind": "bigquery#job",
                        "jobReference": {"projectId": "test-project", "jobId": last, "location": "US"},
                        "status": {"state": "DONE"}})
+                .to_string(),
+            );
+        }
+        if r.method == "GET" && path.contains("/tables/") {
+            return (
+                200,
+                json!({"kind": "bigquery#table", "schema": {"fields": [
+                    {"name": "id", "type": "INTEGER"}, {"name": "email", "type": "STRING"}]}})
                 .to_string(),
             );
         }
@@ -934,5 +944,61 @@ async fn the_admin_api_serves_tls_with_the_gateways_certificate() {
     assert!(
         plain.is_err() || !plain.expect("resp").status().is_success(),
         "plaintext must not be served on a TLS admin port"
+    );
+}
+
+#[tokio::test]
+async fn a_masked_query_waits_and_runs_masked_once_approved() {
+    let up = upstream().await;
+    let (g, _) = gateway(
+        "approvals-masked",
+        &up,
+        "[[classify]]\ntag = \"pii\"\ncolumns = [\"*.crm.customers.email\"]\n\n\
+         [[mask]]\ntag = \"pii\"\nstrategy = \"redact\"\n",
+    )
+    .await;
+    let sql = format!(
+        "SELECT LOWER(email) AS e, 'bytes={}' AS cost FROM crm.customers",
+        12 * GIB
+    );
+    let (job, ticket) = caught(&g, &sql).await;
+    let (code, out, err) = approvals(&g, OLIVIA, "", &["approve", &ticket]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, body) = poll(&g, &job, KEY).await;
+    assert_eq!(status, 200, "{body}");
+    // What ran upstream is the masked statement, under the held job id.
+    let insert = up
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
+        .expect("jobs.insert");
+    let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
+    assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
+    let ran = inserted["configuration"]["query"]["query"]
+        .as_str()
+        .expect("query");
+    assert!(
+        ran.contains("FROM crm.customers AS __qg_src") && ran.contains("NULL, '') AS `email`"),
+        "{ran}"
+    );
+    // No request upstream ever carried the statement as the client wrote it.
+    assert!(
+        up.requests().iter().all(|r| {
+            !String::from_utf8_lossy(&r.body).contains("AS cost FROM crm.customers\"")
+        })
+    );
+    // The audit log has the rewrite beside the original, for the run too.
+    let records = g.audit();
+    let run = records
+        .iter()
+        .filter(|r| r["job_id"] == job.as_str() && r["method"] == "jobs.insert")
+        .find(|r| r["phase"] == "decided")
+        .expect("the approved run's decided record");
+    assert_eq!(run["statement"], sql.as_str());
+    assert!(
+        run["rewritten"]
+            .as_str()
+            .is_some_and(|s| s.contains("__qg_src")),
+        "{run}"
     );
 }
