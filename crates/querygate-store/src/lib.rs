@@ -163,12 +163,54 @@ enum Op {
         job: JobRow,
         ack: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Wakes a parked writer to take the lazy queue; nothing else.
+    Nudge,
+}
+
+/// Operations nobody waits for (a request's completion and its job claim). They do not
+/// wake the writer one by one: it takes them whenever it wakes for an awaited operation or
+/// its sync timer, and is nudged only when it was parked with nothing to do.
+#[derive(Default)]
+pub(crate) struct Lazy {
+    ops: Mutex<Vec<Op>>,
+    /// Set by the writer just before it blocks with nothing to do.
+    parked: std::sync::atomic::AtomicBool,
+}
+
+impl Lazy {
+    /// What is queued (in order), leaving the queue empty.
+    pub(crate) fn take(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.ops.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The writer is about to block: `false` when work is already queued (then it must not).
+    pub(crate) fn park(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.parked.store(true, SeqCst);
+        if self
+            .ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            true
+        } else {
+            self.parked.store(false, SeqCst);
+            false
+        }
+    }
+
+    pub(crate) fn unpark(&self) {
+        self.parked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Handle to the store used by a running gateway. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
+    lazy: Arc<Lazy>,
     reads: Mutex<Connection>,
     /// Approval tickets: few writes, each synced (see `tickets`).
     tickets: Mutex<Connection>,
@@ -235,6 +277,7 @@ impl Store {
         let journal =
             journal(path, file).map_err(|e| failed(format!("cannot create the journal: {e}")))?;
         let (tx, rx) = mpsc::channel();
+        let lazy: Arc<Lazy> = Arc::default();
         let pending: Pending = Arc::default();
         let signing = options.checkpoints.is_some();
         let w = writer::Writer {
@@ -251,11 +294,15 @@ impl Store {
         };
         let writer = std::thread::Builder::new()
             .name("querygate-store".into())
-            .spawn(move || writer::run(w, rx, conn))
+            .spawn({
+                let lazy = lazy.clone();
+                move || writer::run(w, rx, lazy, conn)
+            })
             .map_err(|e| failed(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             path: path.to_path_buf(),
             ops: Mutex::new(Some(tx)),
+            lazy,
             reads: Mutex::new(reads),
             tickets: Mutex::new(tickets),
             pending,
@@ -341,17 +388,33 @@ impl Store {
     /// that need not be durable before the caller goes on (a request's completion). Job
     /// claims are visible to [`Store::job`] and friends at once.
     pub fn enqueue(&self, record: AuditRecord, alongside: Alongside) -> Result<(), StoreError> {
+        // Refused once the store is closed, as a send would be.
+        let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = ops.as_ref() else {
+            return Err(StoreError::WriterGone);
+        };
         self.hold(&record, &alongside);
-        if let Some(job) = alongside.claim {
+        {
+            let mut lazy = self.lazy.ops.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(job) = alongside.claim {
+                let (ack, _) = oneshot::channel();
+                lazy.push(Op::ClaimJob { job, ack });
+            }
             let (ack, _) = oneshot::channel();
-            self.send(Op::ClaimJob { job, ack })?;
+            lazy.push(Op::Append {
+                record: Box::new(record),
+                usage: alongside.usage,
+                ack,
+            });
         }
-        let (ack, _) = oneshot::channel();
-        self.send(Op::Append {
-            record: Box::new(record),
-            usage: alongside.usage,
-            ack,
-        })
+        if self
+            .lazy
+            .parked
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            tx.send(Op::Nudge).map_err(|_| StoreError::WriterGone)?;
+        }
+        Ok(())
     }
 
     /// Retention: deletes the records older than `cutoff` (an audit time, RFC 3339 UTC),

@@ -261,9 +261,9 @@ impl Writer {
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         // Idle, the recorder blocks on the queue. While buffers wait to be written it
-        // sleeps until the first is due and then takes everything queued meanwhile, so
-        // events do not wake it one by one (the queue holds far more than arrives in
-        // `flush_after`).
+        // sleeps (until the first is due, 50 ms at most) and then takes everything queued
+        // meanwhile, so events do not wake it one by one (the queue holds far more than
+        // arrives in 50 ms).
         let mut open = true;
         while open {
             let due = self
@@ -277,7 +277,11 @@ impl Writer {
                     Ok(msg) => self.take(msg),
                     Err(_) => break,
                 },
-                Some(at) => std::thread::sleep(at.saturating_duration_since(Instant::now())),
+                // At most a tick at a time, so that a flush or a stop is not kept waiting.
+                Some(at) => std::thread::sleep(
+                    at.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(50)),
+                ),
             }
             loop {
                 match rx.try_recv() {

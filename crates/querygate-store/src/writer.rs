@@ -14,7 +14,7 @@
 //! indexer deletes the full file after an index commit with `synchronous = FULL`.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use querygate_core::AuditRecord;
@@ -23,7 +23,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use crate::journal::{Entry, Journal, Lock};
-use crate::{Op, Pending, StoreError, Sync};
+use crate::{Lazy, Op, Pending, StoreError, Sync};
 
 const MAX_BATCH: usize = 512;
 /// How long a group may wait for more operations when requests are arriving concurrently.
@@ -65,7 +65,7 @@ enum Index {
     Full(PathBuf),
 }
 
-pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
+pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn: Connection) {
     let (to_index, index_rx) = mpsc::channel();
     let store = w.store.clone();
     let pending = w.pending.clone();
@@ -91,21 +91,28 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
         .into_iter()
         .flatten()
         .min();
-        let first = match wake {
-            None => ops.recv().ok(),
-            Some(at) => match ops.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(op) => Some(op),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    None
-                }
-            },
-        };
-        if first.is_none() && wake.is_none() {
-            open = false;
+        // Queued completions are taken without waiting, and waiting is announced (`park`)
+        // so that the next one nudges the writer awake.
+        let mut batch = lazy.take();
+        if batch.is_empty() && lazy.park() {
+            let first = match wake {
+                None => ops.recv().ok(),
+                Some(at) => match ops.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        None
+                    }
+                },
+            };
+            lazy.unpark();
+            if first.is_none() && wake.is_none() {
+                open = false;
+            }
+            batch.extend(first.filter(|op| !matches!(op, Op::Nudge)));
+            batch.extend(lazy.take());
         }
-        let mut batch: Vec<Op> = first.into_iter().collect();
         if batch.is_empty() && !w.checkpoint_due(0) {
             if unsynced {
                 unsynced = !w.sync_now();
@@ -118,11 +125,13 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
         let linger = (last_batch > 1).then(|| Instant::now() + LINGER);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
+                Ok(Op::Nudge) => {}
                 Ok(op) => batch.push(op),
                 Err(mpsc::TryRecvError::Disconnected) => break,
                 Err(mpsc::TryRecvError::Empty) => match linger {
                     Some(until) if Instant::now() < until => {
                         match ops.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(Op::Nudge) => {}
                             Ok(op) => batch.push(op),
                             Err(_) => break,
                         }
@@ -131,6 +140,7 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
                 },
             }
         }
+        batch.extend(lazy.take());
         last_batch = batch.iter().filter(|op| awaited(op)).count();
         let records = batch
             .iter()
@@ -205,6 +215,7 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, conn: Connection) {
 fn awaited(op: &Op) -> bool {
     match op {
         Op::Append { ack, .. } | Op::ClaimJob { ack, .. } | Op::Flush { ack } => !ack.is_closed(),
+        Op::Nudge => false,
     }
 }
 
@@ -212,6 +223,7 @@ fn ack(op: Op, result: Result<u64, StoreError>) {
     // A caller that stopped waiting is fine to ignore.
     let _ = match op {
         Op::Append { ack, .. } | Op::ClaimJob { ack, .. } | Op::Flush { ack } => ack.send(result),
+        Op::Nudge => Ok(()),
     };
 }
 
@@ -278,7 +290,7 @@ impl Writer {
                     entries.push(Entry::Claim(job.clone()));
                     seqs.push(0);
                 }
-                Op::Flush { .. } => seqs.push(0),
+                Op::Flush { .. } | Op::Nudge => seqs.push(0),
             }
         }
         (entries, seqs, (seq, prev))
