@@ -456,6 +456,16 @@ struct QueryFields {
     #[serde(default)]
     dry_run: bool,
     destination_table: Option<TableReference>,
+    default_dataset: Option<DatasetReference>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DatasetReference {
+    #[serde(default)]
+    project_id: String,
+    #[serde(default)]
+    dataset_id: String,
 }
 
 fn query_action(q: QueryFields, dry_run: bool) -> Result<Action, String> {
@@ -473,6 +483,13 @@ fn query_action(q: QueryFields, dry_run: bool) -> Result<Action, String> {
                 .to_string()
         }),
         destination: q.destination_table.map(|t| t.dotted()),
+        default_dataset: q
+            .default_dataset
+            .filter(|d| !d.dataset_id.is_empty())
+            .map(|d| match d.project_id.as_str() {
+                "" => d.dataset_id,
+                p => format!("{p}.{}", d.dataset_id),
+            }),
         dry_run: dry_run || q.dry_run,
         statement,
     })

@@ -61,12 +61,28 @@ pub struct QueryStatistics {
     pub schema: Option<Box<RawValue>>,
 }
 
-/// The partitioning facts of a table resource (tables.get).
+/// The partitioning and schema of a table resource (tables.get).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TablePartitioning {
+pub struct TableFacts {
     pub time_partitioning: Option<PartitionSpec>,
     pub range_partitioning: Option<PartitionSpec>,
+    #[serde(default)]
+    pub schema: TableSchema,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TableSchema {
+    #[serde(default)]
+    pub fields: Vec<FieldFacts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FieldFacts {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub field_type: String,
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

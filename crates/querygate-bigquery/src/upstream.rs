@@ -15,11 +15,15 @@ use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{HeaderValue, Response, StatusCode, header};
 use querygate_core::{Denial, DenialKind, Fault};
-use querygate_pipeline::{Admitted, Held, Partitioning, Refusal, Reply, Scope, Source, Summary};
+use querygate_core::Secret;
+use querygate_mask::HASH_KEY_PARAM;
+use querygate_pipeline::{
+    Admitted, Column, Held, Partitioning, Refusal, Reply, Scope, Source, Summary,
+};
 use serde_json::Value;
 
 use crate::decode::{Api, Call};
-use crate::model::{ErrorEnvelope, ResponseFacts, TablePartitioning};
+use crate::model::{ErrorEnvelope, ResponseFacts, TableFacts};
 use crate::render::json_response;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
@@ -92,7 +96,9 @@ impl UpstreamAuth {
 
 /// How long dry-run estimates and table partitioning are reused.
 const ESTIMATE_TTL: Duration = Duration::from_secs(60);
-const TABLE_TTL: Duration = Duration::from_secs(300);
+/// How long a table's schema and partitioning are trusted before tables.get is asked
+/// again (a schema change reaches the masking rewrite within this time).
+const TABLE_TTL: Duration = Duration::from_secs(60);
 const CACHE_CAP: usize = 4096;
 
 /// A small map of recent answers, cleared when full.
@@ -131,7 +137,7 @@ pub struct BigQuerySource {
     auth: UpstreamAuth,
     http: reqwest::Client,
     estimates: Recent<u64>,
-    tables: Recent<Partitioning>,
+    tables: Recent<TableMeta>,
     impersonate: Vec<Impersonation>,
     iam_endpoint: String,
     minted: Mutex<HashMap<String, MintedToken>>,
@@ -140,6 +146,16 @@ pub struct BigQuerySource {
     /// An engine in this process (the `local` source kind) that serves the REST calls
     /// instead of `endpoint`: called directly, with no socket an agent could reach.
     in_process: Option<axum::Router>,
+    /// The `hash` strategy's key, sent upstream as the query parameter
+    /// `@__querygate_mask_key` of masked queries and removed from every answer.
+    mask_key: Option<Secret>,
+}
+
+/// What the source knows of a table from tables.get.
+#[derive(Debug, Clone)]
+struct TableMeta {
+    partitioning: Partitioning,
+    columns: Vec<Column>,
 }
 
 impl BigQuerySource {
@@ -170,6 +186,7 @@ impl BigQuerySource {
             minted: Mutex::new(HashMap::new()),
             scrubber: None,
             in_process: None,
+            mask_key: None,
         })
     }
 
@@ -184,6 +201,154 @@ impl BigQuerySource {
         )?;
         source.in_process = Some(engine);
         Ok(source)
+    }
+
+    /// The key of the `hash` masking strategy.
+    pub fn with_mask_key(mut self, key: Option<Secret>) -> Self {
+        self.mask_key = key;
+        self
+    }
+
+    /// A query body (jobs.query, or a job's `configuration.query`) with the masking key
+    /// added as a named parameter when its statement uses it. `Err` when it cannot be
+    /// (no key, or the query uses positional parameters).
+    fn add_mask_key(&self, query: &mut Value) -> Result<(), Denial> {
+        let uses = query
+            .get("query")
+            .and_then(Value::as_str)
+            .is_some_and(|q| q.contains(HASH_KEY_PARAM));
+        if !uses {
+            return Ok(());
+        }
+        let Some(key) = &self.mask_key else {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "Access Denied: a masked column uses the hash strategy, and this gateway has \
+                 no masking key",
+            ));
+        };
+        let Value::Object(q) = query else {
+            return Ok(());
+        };
+        if q.get("parameterMode").and_then(Value::as_str) == Some("POSITIONAL") {
+            return Err(Denial::new(
+                DenialKind::Invalid,
+                "Invalid query: this query reads a column masked with the hash strategy, which \
+                 querygate computes with a named query parameter; use named parameters \
+                 (@name) instead of positional ones (?)",
+            ));
+        }
+        q.insert("parameterMode".into(), Value::String("NAMED".into()));
+        let params = q
+            .entry("queryParameters")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = params {
+            list.retain(|p| p.get("name").and_then(Value::as_str) != Some(HASH_KEY_PARAM));
+            list.push(serde_json::json!({
+                "name": HASH_KEY_PARAM,
+                "parameterType": {"type": "STRING"},
+                "parameterValue": {"value": key.expose()},
+            }));
+        }
+        Ok(())
+    }
+
+    /// A call's body with the masking key added where its query uses it.
+    fn keyed_body(&self, call: &Call) -> Result<Option<Bytes>, Fault> {
+        let Some(body) = &call.body else {
+            return Ok(None);
+        };
+        let query_call = matches!(call.api, Api::JobsQuery | Api::JobsInsert);
+        if !query_call || memchr::memmem::find(body, HASH_KEY_PARAM.as_bytes()).is_none() {
+            return Ok(Some(body.clone()));
+        }
+        let mut v: Value = serde_json::from_slice(body)
+            .map_err(|_| Fault::gateway("a masked query's body is not JSON"))?;
+        let query = match call.api {
+            Api::JobsQuery => Some(&mut v),
+            _ => v.pointer_mut("/configuration/query"),
+        };
+        if let Some(q) = query {
+            self.add_mask_key(q)
+                .map_err(|d| Fault::gateway(d.message))?;
+        }
+        Ok(Some(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())))
+    }
+
+    /// An answer with the masking key taken out: the parameter removed from every job
+    /// resource, and the key's text replaced wherever else it appears.
+    fn without_mask_key(&self, body: Bytes) -> Bytes {
+        let Some(key) = &self.mask_key else {
+            return body;
+        };
+        let has_param = memchr::memmem::find(&body, HASH_KEY_PARAM.as_bytes()).is_some();
+        let has_key = memchr::memmem::find(&body, key.expose().as_bytes()).is_some();
+        if !has_param && !has_key {
+            return body;
+        }
+        if let Ok(mut v) = serde_json::from_slice::<Value>(&body) {
+            strip_mask_key(&mut v);
+            let text = serde_json::to_string(&v).unwrap_or_default();
+            return Bytes::from(text.replace(key.expose(), "[querygate masking key]"));
+        }
+        let text = String::from_utf8_lossy(&body).replace(key.expose(), "[querygate masking key]");
+        Bytes::from(text)
+    }
+
+    /// What tables.get says of a table (cached for [`TABLE_TTL`]).
+    async fn table_meta(&self, table: &str) -> Result<TableMeta, Fault> {
+        if let Some(m) = self.tables.get(table, TABLE_TTL) {
+            return Ok(m);
+        }
+        let parts: Vec<&str> = table.split('.').collect();
+        let [project, dataset, name] = parts.as_slice() else {
+            return Err(Fault::gateway(format!(
+                "{table} is not project.dataset.table"
+            )));
+        };
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let path = format!(
+            "/bigquery/v2/projects/{}/datasets/{}/tables/{}",
+            enc(project),
+            enc(dataset),
+            enc(name)
+        );
+        let (status, body) = self.own_request(http::Method::GET, &path, None).await?;
+        if !status.is_success() {
+            return Err(Fault::upstream(format!(
+                "tables.get {table} answered HTTP {}",
+                status.as_u16()
+            )));
+        }
+        let t: TableFacts = serde_json::from_slice(&body)
+            .map_err(|_| Fault::upstream(format!("tables.get {table} is not BigQuery JSON")))?;
+        let partitioning = match (t.time_partitioning, t.range_partitioning) {
+            (Some(tp), _) => {
+                Partitioning::Column(tp.field.unwrap_or_else(|| "_PARTITIONTIME".into()))
+            }
+            (None, Some(rp)) => rp
+                .field
+                .map_or(Partitioning::NotPartitioned, Partitioning::Column),
+            (None, None) => Partitioning::NotPartitioned,
+        };
+        let columns = t
+            .schema
+            .fields
+            .into_iter()
+            .map(|f| Column {
+                name: f.name,
+                bq_type: f.field_type.to_ascii_uppercase(),
+                repeated: f.mode.as_deref() == Some("REPEATED"),
+            })
+            .collect();
+        let meta = TableMeta {
+            partitioning,
+            columns,
+        };
+        self.tables.put(table.to_string(), meta.clone());
+        Ok(meta)
     }
 
     /// Runs `scrubber` on every value this source's results return.
@@ -455,11 +620,14 @@ impl Source for BigQuerySource {
         if let Some(bytes) = self.estimates.get(&key, ESTIMATE_TTL) {
             return Ok(bytes);
         }
+        let mut keyed = body;
+        self.add_mask_key(&mut keyed).map_err(Refusal::Denied)?;
         let path = format!("/bigquery/v2/projects/{}/queries", self.project);
         let (status, reply) = self
-            .own_request(http::Method::POST, &path, Some(key.clone().into_bytes()))
+            .own_request(http::Method::POST, &path, Some(keyed.to_string().into_bytes()))
             .await
             .map_err(Refusal::Failed)?;
+        let reply = self.without_mask_key(reply);
         let facts: ResponseFacts = serde_json::from_slice(&reply).map_err(|_| {
             Refusal::Failed(Fault::upstream(format!(
                 "the BigQuery upstream of source {} answered a dry run with something that is not BigQuery JSON",
@@ -495,44 +663,40 @@ impl Source for BigQuerySource {
     }
 
     async fn partitioning(&self, table: &str) -> Result<Partitioning, Fault> {
-        if let Some(p) = self.tables.get(table, TABLE_TTL) {
-            return Ok(p);
-        }
-        let parts: Vec<&str> = table.split('.').collect();
-        let [project, dataset, name] = parts.as_slice() else {
-            return Err(Fault::gateway(format!(
-                "{table} is not project.dataset.table"
-            )));
+        Ok(self.table_meta(table).await?.partitioning)
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<Column>, Fault> {
+        Ok(self.table_meta(table).await?.columns)
+    }
+
+    fn rewrite(&self, call: &mut Call, statement: &str) -> Result<(), Denial> {
+        let not_a_query = || {
+            Denial::new(
+                DenialKind::Forbidden,
+                "Access Denied: this call cannot carry a masked query",
+            )
         };
-        let enc = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        let mut body: Value = call
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .ok_or_else(not_a_query)?;
+        let query = match call.api {
+            Api::JobsQuery => Some(&mut body),
+            Api::JobsInsert => body.pointer_mut("/configuration/query"),
+            _ => None,
         };
-        let path = format!(
-            "/bigquery/v2/projects/{}/datasets/{}/tables/{}",
-            enc(project),
-            enc(dataset),
-            enc(name)
-        );
-        let (status, body) = self.own_request(http::Method::GET, &path, None).await?;
-        if !status.is_success() {
-            return Err(Fault::upstream(format!(
-                "tables.get {table} answered HTTP {}",
-                status.as_u16()
-            )));
-        }
-        let t: TablePartitioning = serde_json::from_slice(&body)
-            .map_err(|_| Fault::upstream(format!("tables.get {table} is not BigQuery JSON")))?;
-        let p = match (t.time_partitioning, t.range_partitioning) {
-            (Some(tp), _) => {
-                Partitioning::Column(tp.field.unwrap_or_else(|| "_PARTITIONTIME".into()))
-            }
-            (None, Some(rp)) => rp
-                .field
-                .map_or(Partitioning::NotPartitioned, Partitioning::Column),
-            (None, None) => Partitioning::NotPartitioned,
+        let Some(Value::Object(q)) = query else {
+            return Err(not_a_query());
         };
-        self.tables.put(table.to_string(), p.clone());
-        Ok(p)
+        q.insert("query".into(), Value::String(statement.to_string()));
+        // Checked now, so that a query that cannot take the key is refused before it
+        // waits for an approval; the key itself is added only as the call leaves.
+        let mut probe = Value::Object(q.clone());
+        self.add_mask_key(&mut probe)?;
+        call.body = Some(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
+        Ok(())
     }
 
     fn scrubber(&self) -> Option<&querygate_mask::Scrubber> {
@@ -647,9 +811,9 @@ impl Source for BigQuerySource {
             url.push('?');
             url.push_str(q);
         }
-        let (status, body) = self
-            .send(call.method.clone(), &url, token, call.body)
-            .await?;
+        let body = self.keyed_body(&call)?;
+        let (status, body) = self.send(call.method.clone(), &url, token, body).await?;
+        let body = self.without_mask_key(body);
         BigQueryReply::read(call.api, status, body).map_err(|why| {
             Fault::upstream(format!(
                 "the BigQuery upstream of source {} answered HTTP {} with {why}",
@@ -912,6 +1076,21 @@ fn scrub_cell(cell: &mut Value, scrubber: &querygate_mask::Scrubber) -> u64 {
             .map(|(_, v)| scrub_cell(v, scrubber))
             .sum(),
         _ => 0,
+    }
+}
+
+/// Removes the masking key's query parameter from every `queryParameters` list in `v`
+/// (job resources of jobs.insert, jobs.get, jobs.list, jobs.cancel).
+fn strip_mask_key(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(params)) = map.get_mut("queryParameters") {
+                params.retain(|p| p.get("name").and_then(Value::as_str) != Some(HASH_KEY_PARAM));
+            }
+            map.values_mut().for_each(strip_mask_key);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_mask_key),
+        _ => {}
     }
 }
 

@@ -95,6 +95,10 @@ pub struct AuditRecord {
     /// Who approved (or denied) it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
+    /// The statement as the masking rewrite sent it upstream, when it differs from
+    /// `statement` (every read of a table with masked columns wrapped in its masks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten: Option<String>,
     /// Result values the source's value detectors masked (absent when none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked: Option<u64>,
@@ -145,6 +149,7 @@ impl AuditRecord {
             ticket: None,
             approver: None,
             checkpoint: None,
+            rewritten: None,
             masked: None,
             session: None,
         }

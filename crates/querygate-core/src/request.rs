@@ -33,6 +33,9 @@ pub enum Action {
         dry_run: bool,
         /// Set when the request would persist the result into a named table.
         destination: Option<String>,
+        /// The dataset (`ds` or `project.ds`) one-part table names belong to (BigQuery's
+        /// `defaultDataset`), if the request set one.
+        default_dataset: Option<String>,
         /// Set when the statement is in a dialect the gateway cannot analyze (e.g. legacy SQL).
         dialect_problem: Option<String>,
     },

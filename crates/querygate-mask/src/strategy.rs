@@ -3,9 +3,12 @@
 //! Every strategy keeps the column's type, as BigQuery's own data masking does:
 //! `redact` is BigQuery's "default masking value" for the type, `null` a typed NULL,
 //! `last4` keeps the last four characters of a string, `email_domain` keeps what follows
-//! the `@`. `hash` is a keyed SHA-256 (joinable, not reversible without the key): in SQL
-//! the key is referenced as a query parameter (never as text in the statement), which the
-//! masking rewrite is to add and strip from every job resource it returns — not wired yet.
+//! the `@`. `hash` is a keyed SHA-256, `SHA-256(key ‖ value)` as lower-case hex (joinable,
+//! not reversible without the key; the key is 256 random bits, so a dictionary of likely
+//! values does not help): in SQL the key is the query parameter [`HASH_KEY_PARAM`], never
+//! text in the statement. The source adds the parameter as the query leaves the gateway
+//! and removes it from every answer; clients may not name it. [`mask_text`] computes the
+//! same value in the gateway (for direct table reads), so both stay joinable.
 
 use sha2::{Digest, Sha256};
 

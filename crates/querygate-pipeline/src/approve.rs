@@ -353,6 +353,7 @@ impl Pipeline {
                 statement: ticket.statement.clone(),
                 dry_run: false,
                 destination: None,
+                default_dataset: None,
                 dialect_problem: None,
             },
             job_id: Some(ticket.job_id.clone()),
@@ -374,6 +375,9 @@ impl Pipeline {
                 rules: vec![ticket.rule.clone()],
                 policy_version: Some(ticket.policy_version.clone()),
                 bytes_estimate: ticket.bytes_estimate,
+                // The held call already carries the masked statement; the ticket keeps
+                // the statement as the client wrote it.
+                rewritten: None,
             },
         };
         let mut record = self.record(

@@ -13,6 +13,7 @@
 
 mod approve;
 mod decide;
+pub mod masking;
 mod policies;
 pub mod reach;
 mod recording;
@@ -39,7 +40,7 @@ pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
 pub use sessions::IDLE_GAP;
-pub use source::{Admitted, Held, Refusal, Reply, Scope, Source, Summary};
+pub use source::{Admitted, Column, Held, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.
 #[derive(Debug)]
@@ -98,6 +99,8 @@ struct Explained {
     rules: Vec<String>,
     policy_version: Option<String>,
     bytes_estimate: Option<u64>,
+    /// The statement as the masking rewrite sent it upstream.
+    rewritten: Option<String>,
 }
 
 /// Limits the decision puts on the execution.
@@ -109,8 +112,8 @@ struct Limits {
     row_limit: Option<querygate_policy::RowLimit>,
     /// Bytes to charge to the identity's daily usage once the query completes.
     billable: bool,
-    /// The query filters on columns masked for the identity (a policy allows that): its
-    /// error messages are withheld, as they could echo masked values. Says why.
+    /// The query reaches columns masked for the identity: its error messages are
+    /// withheld, as they could echo values. Says why.
     sensitive: Option<String>,
 }
 
@@ -230,7 +233,17 @@ impl Pipeline {
 
         // analyze: facts from the SQL text (pure).
         let facts = match &request.action {
-            Action::Query { statement, .. } => Some(analyze(statement, SqlDialect::BigQuery)),
+            Action::Query {
+                statement,
+                default_dataset,
+                ..
+            } => {
+                let mut facts = analyze(statement, SqlDialect::BigQuery);
+                if let Some(ds) = default_dataset {
+                    facts.with_default_dataset(ds);
+                }
+                Some(facts)
+            }
             _ => None,
         };
 
@@ -263,7 +276,7 @@ impl Pipeline {
                         &mut ctx,
                         &identity,
                         source,
-                        &call,
+                        &mut call,
                         facts.as_ref(),
                     )
                     .await
@@ -463,7 +476,7 @@ impl Pipeline {
         ctx: &mut Context<'_>,
         identity: &Identity,
         source: &S,
-        call: &S::Call,
+        call: &mut S::Call,
         facts: Option<&Facts>,
     ) -> Result<Limits, Refusal> {
         let Some(policy) = policies.policy(source.name()) else {
@@ -500,6 +513,19 @@ impl Pipeline {
         };
         let dry_run = matches!(ctx.request.action, Action::Query { dry_run: true, .. });
         let is_query = matches!(ctx.request.action, Action::Query { .. });
+        if let Some(marker) = ctx
+            .request
+            .statement()
+            .and_then(querygate_sql::reserved_marker)
+        {
+            return Err(Refusal::Denied(Denial::new(
+                DenialKind::Invalid,
+                format!(
+                    "Invalid query: the statement contains `{marker}`, a name querygate \
+                     reserves for masking; rename it"
+                ),
+            )));
+        }
 
         let mut partitions = HashMap::new();
         if policy.rules.iter().any(|r| r.when.full_scan.is_some()) {
@@ -550,6 +576,28 @@ impl Pipeline {
             ctx.explained.rule = Some("masking".into());
             return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, why)));
         }
+        // mask: every read of a table with columns masked for the identity is rewritten
+        // to read the masked values only, so that nothing above the read sees clear ones.
+        if let Action::Query {
+            statement,
+            default_dataset,
+            ..
+        } = &ctx.request.action
+            && !reach.masked_tables.is_empty()
+        {
+            let rewritten = self
+                .mask(
+                    policies,
+                    source,
+                    identity,
+                    statement,
+                    default_dataset.as_deref(),
+                    &reach.masked_tables,
+                )
+                .await?;
+            source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
+            ctx.explained.rewritten = Some(rewritten);
+        }
         let mut approval = None;
         match verdict.outcome {
             PolicyOutcome::Allow => {}
@@ -598,6 +646,41 @@ impl Pipeline {
             max_bytes_billed: cap.filter(|_| is_query && !dry_run),
             row_limit: verdict.row_limit,
             billable: is_query && !dry_run,
+        })
+    }
+
+    /// The masking rewrite of `statement` for `identity`: the schemas of the masked tables
+    /// it reads (from the source), the select list of each, and the rewritten text.
+    async fn mask<S: Source>(
+        &self,
+        policies: &PolicySet,
+        source: &S,
+        identity: &Identity,
+        statement: &str,
+        default_dataset: Option<&str>,
+        tables: &[String],
+    ) -> Result<String, Refusal> {
+        let mut lists = HashMap::new();
+        for table in tables {
+            let columns = source.columns(table).await.map_err(Refusal::Failed)?;
+            let list = masking::select_list(&policies.classifier, table, &columns, identity)
+                .map_err(|why| Refusal::Denied(Denial::new(DenialKind::Forbidden, why)))?;
+            lists.insert(table.clone(), list);
+        }
+        querygate_sql::mask_reads(
+            statement,
+            &querygate_sql::Masking {
+                dialect: SqlDialect::BigQuery,
+                project: source.default_project(),
+                dataset: default_dataset,
+                tables: &lists,
+            },
+        )
+        .map_err(|why| {
+            Refusal::Denied(Denial::new(
+                DenialKind::Forbidden,
+                format!("Access Denied: {why}"),
+            ))
         })
     }
 
@@ -729,6 +812,7 @@ impl Pipeline {
             rules: ctx.explained.rules.clone(),
             policy_version: ctx.explained.policy_version.clone(),
             bytes_estimate: ctx.explained.bytes_estimate,
+            rewritten: ctx.explained.rewritten.clone(),
             acting_for: ctx
                 .identity
                 .and_then(|i| i.acting_for.as_ref())

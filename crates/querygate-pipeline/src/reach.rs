@@ -6,10 +6,16 @@
 //! statement *returns* a tagged column when any output (or written) column is computed
 //! from it, from `t.*` of its table, or from a whole row of its table; it *filters* on one
 //! when a predicate, grouping or ordering uses it. The tags reached feed the policy's
-//! `touches`. Until reads of masked columns are rewritten, a statement that returns a
-//! column masked for the identity is refused, and so is one that filters on it unless the
-//! tag's `predicates = "allow"`: the analyzer over-approximates, so this never lets a
-//! masked value through.
+//! `touches`.
+//!
+//! Reads of tables with columns masked for the identity are listed for the masking rewrite
+//! (`masked_tables`), which wraps every such read so that nothing above it sees a clear
+//! value. What the rewrite cannot make safe is refused here: statements the analyzer cannot
+//! understand while a masked column is in reach, wildcard tables that could match a masked
+//! table, copies of masked columns into tables that do not carry the same tag, filtering,
+//! grouping or ordering by a masked column unless the tag's `predicates = "allow"`, and
+//! `INFORMATION_SCHEMA.JOBS*` (other people's SQL). The analyzer over-approximates, so this
+//! never lets a masked value through.
 
 use querygate_core::Identity;
 use querygate_policy::Classifier;
@@ -21,9 +27,12 @@ pub struct Reach {
     pub tags: Vec<String>,
     /// Why the statement may not run for this identity, if it may not.
     pub refusal: Option<String>,
-    /// Set when it filters on columns masked for the identity (allowed by `predicates`):
-    /// its errors must be withheld. Says which.
+    /// Set when it reaches columns masked for the identity: its errors must be withheld.
+    /// Says which.
     pub sensitive: Option<String>,
+    /// Tables it reads that have columns masked for the identity (qualified, sorted): the
+    /// reads the masking rewrite must wrap.
+    pub masked_tables: Vec<String>,
 }
 
 /// A column reached: `table.column` and its tag.
@@ -112,17 +121,69 @@ pub fn of_facts(
                 ));
             }
         }
-        for col in st.output.iter().chain(&st.written) {
+        for t in &st.reads {
+            let name = t.qualified(project);
+            if t.information_schema
+                && masks_apply
+                && t.parts
+                    .last()
+                    .is_some_and(|p| p.to_ascii_uppercase().starts_with("JOBS"))
+            {
+                refusal.get_or_insert_with(|| {
+                    format!(
+                        "Access Denied: {name} shows the SQL of other people's queries (and the \
+                         values in it), which is not shown to identities with masked columns; \
+                         use jobs.list for your own jobs"
+                    )
+                });
+            } else if t.wildcard {
+                let prefix = name.trim_end_matches('*');
+                if let Some((table, tag)) = classifier.masked_under(prefix, identity) {
+                    refusal.get_or_insert_with(|| {
+                        format!(
+                            "Access Denied: the wildcard table {name} could read {table}, whose \
+                             columns classified {tag} are masked for {}; querygate masks reads \
+                             of named tables only, so name the tables",
+                            identity.subject
+                        )
+                    });
+                }
+            } else if classifier
+                .tagged_columns(&name)
+                .iter()
+                .any(|(_, tag)| classifier.masked_for(tag, identity).is_some())
+            {
+                reach.masked_tables.push(name);
+            }
+        }
+        for col in &st.output {
             for (name, tag) in returned(classifier, project, col) {
                 reach.tags.push(tag.to_string());
-                if refusal.is_none() && classifier.masked_for(tag, identity).is_some() {
+                if reach.sensitive.is_none() && classifier.masked_for(tag, identity).is_some() {
+                    reach.sensitive = Some(format!("the query reads {name}, masked for you"));
+                }
+            }
+        }
+        // A copy of a masked column (CTAS, INSERT … SELECT, EXPORT DATA, MERGE) may go only
+        // to a column that carries the same tag, so that it stays masked where it lands.
+        for col in &st.written {
+            for (name, tag) in returned(classifier, project, col) {
+                reach.tags.push(tag.to_string());
+                let same_class = st.writes.iter().any(|w| {
+                    classifier
+                        .tags_of(&w.qualified(project), &col.name)
+                        .contains(&tag)
+                });
+                if refusal.is_none()
+                    && classifier.masked_for(tag, identity).is_some()
+                    && !same_class
+                {
                     refusal = Some(format!(
                         "Access Denied: column {name} is classified {tag} and masked for {}; \
-                         querygate does not rewrite reads of masked columns yet, so a query \
-                         that returns it (directly, through an expression, `*` or a whole row) \
-                         is refused: leave it out (for example `SELECT * EXCEPT ({})`)",
-                        identity.subject,
-                        name.rsplit('.').next().unwrap_or("")
+                         copying it into a table whose column {} is not classified {tag} \
+                         would take it out of masking: leave it out, or write it to a column \
+                         classified {tag}",
+                        identity.subject, col.name
                     ));
                 }
             }
@@ -130,10 +191,7 @@ pub fn of_facts(
         for c in st.predicates.iter().chain(&st.ordering) {
             for (name, tag) in reached(classifier, project, c) {
                 reach.tags.push(tag.to_string());
-                if let Some(mask) = classifier.masked_for(tag, identity)
-                    && mask.predicates_allowed
-                    && reach.sensitive.is_none()
-                {
+                if classifier.masked_for(tag, identity).is_some() && reach.sensitive.is_none() {
                     reach.sensitive = Some(format!("the query filters on {name}, masked for you"));
                 }
                 if refusal.is_none()
@@ -143,7 +201,8 @@ pub fn of_facts(
                     refusal = Some(format!(
                         "Access Denied: column {name} is classified {tag} and masked for {}; \
                          a masked column may not be used in WHERE, JOIN, GROUP BY, ORDER BY or \
-                         window clauses (its values could be inferred); filter on another column",
+                         window clauses (tag {tag} has predicates = \"deny\"); filter on another \
+                         column",
                         identity.subject
                     ));
                 }
@@ -152,6 +211,8 @@ pub fn of_facts(
     }
     reach.tags.sort();
     reach.tags.dedup();
+    reach.masked_tables.sort();
+    reach.masked_tables.dedup();
     reach.refusal = refusal;
     reach
 }

@@ -129,6 +129,39 @@ pub trait Source: Send + Sync {
     fn parameters(&self, _call: &Self::Call) -> Option<String> {
         None
     }
+
+    /// The columns of a table (`project.dataset.table`), from its schema, for the masking
+    /// rewrite. Looked up with the gateway's own credential and cached by the source.
+    /// Sources that cannot describe tables fail, and a query reading a masked table
+    /// through them is refused.
+    fn columns(&self, table: &str) -> impl Future<Output = Result<Vec<Column>, Fault>> + Send {
+        let table = table.to_string();
+        async move {
+            Err(Fault::gateway(format!(
+                "this source cannot describe table {table}, so its masked columns cannot be \
+                 masked"
+            )))
+        }
+    }
+
+    /// Replaces the statement a query call runs (the masking rewrite's output). `Err` when
+    /// the call cannot carry it (the message is for the client).
+    fn rewrite(&self, _call: &mut Self::Call, _statement: &str) -> Result<(), Denial> {
+        Err(Denial::new(
+            querygate_core::DenialKind::Forbidden,
+            "Access Denied: this source cannot run masked queries",
+        ))
+    }
+}
+
+/// One column of a table's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// The BigQuery type name (`STRING`, `INTEGER`, `RECORD`, …).
+    pub bq_type: String,
+    /// An ARRAY (BigQuery mode `REPEATED`).
+    pub repeated: bool,
 }
 
 /// A call saved to wait for approval.

@@ -15,6 +15,8 @@ struct Echo {
     bytes: u64,
     /// An error every answer carries (as an upstream echoing a value would).
     error: Option<String>,
+    /// Statements the masking rewrite gave the source, in order.
+    rewritten: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,36 @@ impl Source for Echo {
     }
     fn resume(&self, saved: &str) -> Result<&'static str, Fault> {
         Ok(Box::leak(saved.to_string().into_boxed_str()))
+    }
+    async fn columns(&self, table: &str) -> Result<Vec<Column>, Fault> {
+        let column = |name: &str, bq_type: &str, repeated: bool| Column {
+            name: name.into(),
+            bq_type: bq_type.into(),
+            repeated,
+        };
+        match table {
+            "p.crm.customers" => Ok(vec![
+                column("id", "INTEGER", false),
+                column("name", "STRING", false),
+                column("email", "STRING", false),
+                column("ssn", "STRING", false),
+                column("phone", "STRING", false),
+                column("contacts", "RECORD", true),
+                column("payload", "JSON", false),
+            ]),
+            "p.sales.orders" => Ok(vec![
+                column("id", "INTEGER", false),
+                column("phone", "STRING", false),
+            ]),
+            other => Err(Fault::gateway(format!("no table {other}"))),
+        }
+    }
+    fn rewrite(&self, _call: &mut &'static str, statement: &str) -> Result<(), Denial> {
+        self.rewritten
+            .lock()
+            .expect("lock")
+            .push(statement.to_string());
+        Ok(())
     }
     async fn execute(&self, call: Admitted<&'static str>) -> Result<EchoReply, Fault> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -131,6 +163,7 @@ fn query(sql: &str) -> Action {
         statement: sql.into(),
         dry_run: false,
         destination: None,
+        default_dataset: None,
         dialect_problem: None,
     }
 }
@@ -892,8 +925,14 @@ async fn recordings_are_read_by_readers_and_by_their_own_identity() {
     );
 }
 
+/// Whether every read of `table` in `sql` is a masking derived table's own read.
+fn every_read_masked(sql: &str, table: &str) -> bool {
+    let reads = sql.matches(table).count();
+    reads > 0 && reads == sql.matches(&format!("{table} AS __qg_src")).count()
+}
+
 #[tokio::test]
-async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritten() {
+async fn reads_of_masked_columns_are_rewritten_and_what_cannot_be_masked_is_refused() {
     use querygate_policy::{Classification, Classifier, MaskRule, Principal};
     let dir = tmp("mask");
     let p = pipeline(&dir);
@@ -926,28 +965,62 @@ async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritte
                 .await
         }
     };
+    for (sql, table) in [
+        ("SELECT email FROM crm.customers", "crm.customers"),
+        (
+            "SELECT LOWER(email) AS e FROM crm.customers",
+            "crm.customers",
+        ),
+        ("SELECT * FROM crm.customers", "crm.customers"),
+        (
+            "SELECT * EXCEPT (email) FROM crm.customers",
+            "crm.customers",
+        ),
+        (
+            "WITH c AS (SELECT email AS x FROM crm.customers) SELECT x FROM c",
+            "crm.customers",
+        ),
+        (
+            "SELECT name FROM crm.customers UNION ALL SELECT email FROM crm.customers",
+            "crm.customers",
+        ),
+        (
+            "SELECT TO_JSON_STRING(t) FROM crm.customers AS t",
+            "crm.customers",
+        ),
+        ("SELECT MAX(phone) FROM sales.orders", "sales.orders"),
+    ] {
+        assert!(
+            matches!(outcome("key-a", sql).await, Outcome::Done(_)),
+            "{sql} runs, masked"
+        );
+        let sent = src
+            .rewritten
+            .lock()
+            .expect("lock")
+            .pop()
+            .expect("rewritten");
+        assert!(every_read_masked(&sent, table), "{sql} -> {sent}");
+    }
     for sql in [
-        "SELECT email FROM crm.customers",
-        "SELECT LOWER(email) AS e FROM crm.customers",
-        "SELECT * FROM crm.customers",
-        "SELECT * EXCEPT (email) FROM crm.customers",
-        "WITH c AS (SELECT email AS x FROM crm.customers) SELECT x FROM c",
-        "SELECT name FROM crm.customers UNION ALL SELECT email FROM crm.customers",
-        "SELECT TO_JSON_STRING(t) FROM crm.customers AS t",
-        "SELECT MAX(phone) FROM sales.orders",
         "SELECT name FROM crm.customers WHERE email = 'ana@example.com'",
         "SELECT name FROM crm.customers ORDER BY email",
     ] {
         match outcome("key-a", sql).await {
             Outcome::Denied(d) => assert!(
-                d.message.contains("classified pii and masked for agent:a"),
+                d.message.contains("classified pii and masked for agent:a")
+                    && d.message.contains("predicates = \"deny\""),
                 "{sql}: {}",
                 d.message
             ),
             other => panic!("{sql}: expected a refusal, got {other:?}"),
         }
     }
-    assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing masked ran");
+    assert_eq!(
+        src.calls.load(Ordering::SeqCst),
+        8,
+        "only the masked reads ran"
+    );
     // What cannot be analyzed cannot be proved safe (even where a rule allows opaque SQL).
     assert!(matches!(
         outcome("key-a", "SELEKT email FRUM crm.customers").await,
@@ -963,7 +1036,8 @@ async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritte
             "{sql} reaches no masked column"
         );
     }
-    // The privacy group sees clear values.
+    // The privacy group sees clear values: its statement is not rewritten.
+    let before = src.rewritten.lock().expect("lock").len();
     assert!(matches!(
         outcome(
             "key-p",
@@ -972,14 +1046,28 @@ async fn queries_that_reach_a_masked_column_are_refused_until_reads_are_rewritte
         .await,
         Outcome::Done(_)
     ));
+    assert_eq!(src.rewritten.lock().expect("lock").len(), before);
     p.store().flush().await.expect("flush");
-    let refused = records(&dir)
-        .into_iter()
+    let all = records(&dir);
+    let refused = all
+        .iter()
         .filter(|r| r.rule.as_deref() == Some("masking"))
         .count();
     assert!(
-        refused >= 10,
+        refused >= 3,
         "each refusal is audited with the masking rule"
+    );
+    // The audit log records the rewritten statement beside the original.
+    let masked = all
+        .iter()
+        .find(|r| r.statement.as_deref() == Some("SELECT MAX(phone) FROM sales.orders"))
+        .expect("record");
+    assert!(
+        masked
+            .rewritten
+            .as_deref()
+            .is_some_and(|s| every_read_masked(s, "sales.orders")),
+        "{masked:?}"
     );
 }
 
@@ -1057,9 +1145,10 @@ async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
 }
 
 /// The known ways around SQL-level masking (reference/attacks.md, vectors 1–10, 12, 13):
-/// each is refused before anything runs, while masking is fail-closed.
+/// each is refused before anything runs, or runs with every read of the masked table
+/// replaced by its masked read (so what it computes, it computes from masked values).
 #[tokio::test]
-async fn the_known_masking_bypasses_are_refused() {
+async fn the_known_masking_bypasses_are_refused_or_masked_at_the_read() {
     use querygate_policy::{Classification, Classifier, MaskRule, Principal};
     let dir = tmp("bypass");
     let p = pipeline(&dir);
@@ -1187,15 +1276,27 @@ async fn the_known_masking_bypasses_are_refused() {
         ),
     ];
     let mut let_through = Vec::new();
+    let mut masked = 0;
     for (name, sql) in bypasses {
+        let before = src.calls.load(Ordering::SeqCst);
         let out = p
             .handle(request(Some("key-a"), query(sql)), Some(&src), "j")
             .await;
-        if !matches!(out, Outcome::Denied(_)) {
-            let_through.push(format!("{name}: {sql}"));
+        if matches!(out, Outcome::Denied(_)) {
+            continue;
         }
+        let sent = src.rewritten.lock().expect("lock").pop();
+        match sent {
+            Some(s) if every_read_masked(&s, "crm.customers") => masked += 1,
+            other => let_through.push(format!("{name}: {sql} ran as {other:?}")),
+        }
+        assert_eq!(src.calls.load(Ordering::SeqCst), before + 1);
     }
-    assert!(let_through.is_empty(), "not refused: {let_through:#?}");
+    assert!(let_through.is_empty(), "not masked: {let_through:#?}");
+    assert!(
+        masked >= 15,
+        "the expression, whole-row and aggregate vectors run masked"
+    );
     // 12: reading the table's rows directly.
     let mut read = request(
         Some("key-a"),
@@ -1209,5 +1310,5 @@ async fn the_known_masking_bypasses_are_refused() {
         p.handle(read, Some(&src), "j").await,
         Outcome::Denied(_)
     ));
-    assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing ran");
+    assert_eq!(src.calls.load(Ordering::SeqCst), masked, "nothing else ran");
 }

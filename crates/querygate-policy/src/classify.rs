@@ -86,6 +86,31 @@ impl Classifier {
             .collect()
     }
 
+    /// A table masked for `identity` that a wildcard table name (`project.dataset.prefix`,
+    /// the `*` removed) could match, with the tag: `(table pattern, tag)`. Over-approximates:
+    /// a table pattern with a `*` in its last part could match any prefix.
+    pub fn masked_under(&self, prefix: &str, identity: &Identity) -> Option<(String, &str)> {
+        let p: Vec<&str> = prefix.split('.').collect();
+        self.classes
+            .iter()
+            .filter(|c| self.masked_for(&c.tag, identity).is_some())
+            .flat_map(|c| c.columns.iter().map(move |g| (g, c.tag.as_str())))
+            .find_map(|(g, tag)| {
+                let (table, _) = split(g)?;
+                let t: Vec<&str> = table.split('.').collect();
+                let last = t.len().checked_sub(1)?;
+                let could = t.len() == p.len()
+                    && t.iter().zip(&p).enumerate().all(|(i, (pat, part))| {
+                        if i == last {
+                            pat.contains('*') || pat.starts_with(part)
+                        } else {
+                            glob(pat, part)
+                        }
+                    });
+                could.then(|| (table.to_string(), tag))
+            })
+    }
+
     /// The mask rule hiding `tag` from `identity`, if any (none when the identity, or the
     /// person it acts for, is in `unmasked_for`: an agent sees clear values only when both it
     /// and its principal may).

@@ -103,6 +103,21 @@ impl TableRef {
     }
 }
 
+impl TableRef {
+    /// The fully qualified name in the naming of one request: a two-part name gets
+    /// `default_project`, a one-part name gets `default_dataset` (`ds` or `project.ds`,
+    /// BigQuery's `defaultDataset`) when there is one.
+    pub fn resolve(&self, default_project: &str, default_dataset: Option<&str>) -> String {
+        match (self.parts.len(), default_dataset) {
+            (1, Some(ds)) if ds.contains('.') => format!("{ds}.{}", self.parts[0]),
+            (1, Some(ds)) if !default_project.is_empty() => {
+                format!("{default_project}.{ds}.{}", self.parts[0])
+            }
+            _ => self.qualified(default_project),
+        }
+    }
+}
+
 impl fmt::Display for TableRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())?;
@@ -308,6 +323,27 @@ impl Facts {
     }
 
     /// Every table read by any statement, sorted and deduplicated.
+    /// Gives one-part table names the request's default dataset (`ds` or `project.ds`,
+    /// BigQuery's `defaultDataset`), as the engine will resolve them.
+    pub fn with_default_dataset(&mut self, dataset: &str) {
+        let prefix: Vec<String> = dataset.split('.').map(str::to_string).collect();
+        let fix = |t: &mut TableRef| {
+            if t.parts.len() == 1 {
+                t.parts.splice(0..0, prefix.iter().cloned());
+            }
+        };
+        for st in &mut self.statements {
+            st.reads.iter_mut().for_each(fix);
+            st.writes.iter_mut().for_each(fix);
+            for col in st.output.iter_mut().chain(st.written.iter_mut()) {
+                col.sources.iter_mut().for_each(|c| fix(&mut c.table));
+            }
+            for c in st.predicates.iter_mut().chain(st.ordering.iter_mut()) {
+                fix(&mut c.table);
+            }
+        }
+    }
+
     pub fn reads(&self) -> Vec<&TableRef> {
         let set: BTreeSet<&TableRef> = self.statements.iter().flat_map(|s| &s.reads).collect();
         set.into_iter().collect()

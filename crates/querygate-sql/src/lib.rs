@@ -44,6 +44,7 @@ mod facts;
 mod functions;
 mod guard;
 mod names;
+mod rewrite;
 mod scope;
 mod statements;
 mod walk;
@@ -57,6 +58,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 pub use facts::{ColumnRef, Facts, OutputColumn, StatementFacts, StatementKind, TableRef};
 pub use functions::is_side_effecting;
+pub use rewrite::{MaskedColumn, Masking, SOURCE_ALIAS, mask_reads, quote_column, reserved_marker};
 
 /// Which SQL dialect to parse with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

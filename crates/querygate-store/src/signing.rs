@@ -92,6 +92,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Loads the masking key at `path` (64 hex characters: the `hash` strategy's key),
+/// creating it with 256 random bits, readable by the owner only, when it does not exist.
+pub fn load_or_create_mask_key(path: &Path) -> Result<querygate_core::Secret, String> {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes)
+                .map_err(|_| format!("cannot generate the masking key {shown}"))?;
+            let text = hex::encode(bytes);
+            write_private(path, text.as_bytes())
+                .map_err(|e| format!("cannot write the masking key {shown}: {e}"))?;
+            text
+        }
+        Err(e) => return Err(format!("cannot read the masking key {shown}: {e}")),
+    };
+    let key = text.trim();
+    if key.len() < 32 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the masking key {shown} must be at least 32 hex characters (128 bits)"
+        ));
+    }
+    Ok(querygate_core::Secret::new(key))
+}
+
 #[cfg(not(unix))]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)

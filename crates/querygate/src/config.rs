@@ -100,6 +100,9 @@ pub struct Config {
     /// Session recording.
     #[serde(default)]
     pub recording: RecordingConfig,
+    /// Where the `hash` masking strategy's key is kept.
+    #[serde(default)]
+    pub masking: MaskingConfig,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -223,6 +226,16 @@ pub struct MaskConfig {
     /// "deny" (default) or "allow": may a masked column be used in WHERE, JOIN, GROUP BY,
     /// ORDER BY or windows?
     pub predicates: Option<String>,
+}
+
+/// `[masking]`: the key of the `hash` strategy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// A file holding the key as hex (at least 128 bits), readable by the gateway only.
+    /// Default: `<store path>.maskkey`, created with 256 random bits at first start. Give
+    /// every gateway of a deployment the same file so that hashes stay joinable.
+    pub hash_key_file: Option<PathBuf>,
 }
 
 /// `[retention]`: how long audit records are kept (default: forever).
@@ -1042,6 +1055,27 @@ impl Config {
     /// The checked `[[oidc]]` blocks (checked at load, so this cannot fail afterwards).
     pub fn issuers(&self) -> Result<Vec<IssuerConfig>, String> {
         self.oidc.iter().map(|o| o.get_ref().check()).collect()
+    }
+
+    /// The masking key, when some `[[mask]]` uses the `hash` strategy (loaded, or created
+    /// at its default path).
+    pub fn mask_key(&self) -> Result<Option<querygate_core::Secret>, String> {
+        if !self
+            .mask
+            .iter()
+            .any(|m| m.get_ref().strategy.as_deref() == Some("hash"))
+        {
+            return Ok(None);
+        }
+        let path = match &self.masking.hash_key_file {
+            Some(p) => self.resolve(p),
+            None => {
+                let mut p = self.store_path().into_os_string();
+                p.push(".maskkey");
+                PathBuf::from(p)
+            }
+        };
+        querygate_store::signing::load_or_create_mask_key(&path).map(Some)
     }
 
     pub fn resolve(&self, p: &Path) -> PathBuf {

@@ -117,10 +117,13 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
         pipeline = pipeline.with_recording(settings, Arc::new(recorder));
     }
     let pipeline = Arc::new(pipeline);
+    let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
     let mut sources = HashMap::new();
     for s in &config.sources {
         if s.is_local() {
-            let source = local_source(config, s)?.with_scrubber(s.scrubber());
+            let source = local_source(config, s)?
+                .with_scrubber(s.scrubber())
+                .with_mask_key(mask_key.clone());
             sources.insert(s.project.clone(), Arc::new(source));
             continue;
         }
@@ -154,7 +157,8 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
                     .as_deref()
                     .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
             )
-            .with_scrubber(s.scrubber());
+            .with_scrubber(s.scrubber())
+            .with_mask_key(mask_key.clone());
         sources.insert(s.project.clone(), Arc::new(source));
     }
     let front = Arc::new(Front {

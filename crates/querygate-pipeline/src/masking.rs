@@ -1,0 +1,131 @@
+//! The masking plan: for each table a statement reads that has columns masked for the
+//! identity, the select list the rewrite puts in place of the read — every column of the
+//! table (from its schema), with the tag's strategy applied to the masked ones.
+//!
+//! Pure: the pipeline fetches the schemas (through the source, with the gateway's own
+//! credential) and hands them in. A masked ARRAY of scalars is masked element by element;
+//! a masked STRUCT (or ARRAY of STRUCTs) is left out of the masked read: a query that
+//! names it fails upstream with BigQuery's own "Unrecognized name", and `*` returns the
+//! other columns.
+
+use querygate_core::Identity;
+use querygate_mask::{Strategy, mask_expression};
+use querygate_policy::Classifier;
+use querygate_sql::{MaskedColumn, SqlDialect, quote_column};
+
+use crate::source::Column;
+
+/// The name of an array's element while it is masked.
+const ELEMENT: &str = "__qg_e";
+
+/// The select list replacing a read of `table` (`project.dataset.table`) for `identity`.
+pub fn select_list(
+    classifier: &Classifier,
+    table: &str,
+    columns: &[Column],
+    identity: &Identity,
+) -> Result<Vec<MaskedColumn>, String> {
+    columns
+        .iter()
+        .filter_map(|c| {
+            let mask = classifier
+                .tags_of(table, &c.name)
+                .into_iter()
+                .find_map(|tag| classifier.masked_for(tag, identity).map(|m| (tag, m)));
+            let Some((_, rule)) = mask else {
+                return Some(Ok(MaskedColumn {
+                    name: c.name.clone(),
+                    mask: None,
+                }));
+            };
+            if matches!(c.bq_type.as_str(), "RECORD" | "STRUCT") {
+                return None;
+            }
+            let strategy = match Strategy::parse(&rule.strategy) {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+            let quoted = quote_column(SqlDialect::BigQuery, &c.name);
+            let mask = if c.repeated {
+                let element = mask_expression(strategy, ELEMENT, &c.bq_type);
+                format!("ARRAY(SELECT {element} FROM UNNEST({quoted}) AS {ELEMENT})")
+            } else {
+                mask_expression(strategy, &quoted, &c.bq_type)
+            };
+            Some(Ok(MaskedColumn {
+                name: c.name.clone(),
+                mask: Some(mask),
+            }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use querygate_policy::{Classification, MaskRule};
+
+    use super::*;
+
+    fn column(name: &str, bq_type: &str) -> Column {
+        Column {
+            name: name.into(),
+            bq_type: bq_type.into(),
+            repeated: false,
+        }
+    }
+
+    #[test]
+    fn masked_columns_get_their_strategy_and_the_rest_pass_as_they_are() {
+        let classifier = Classifier {
+            classes: vec![Classification {
+                tag: "pii".into(),
+                columns: vec!["*.crm.customers.ssn".into(), "*.crm.customers.tags".into()],
+            }],
+            masks: vec![MaskRule {
+                tag: "pii".into(),
+                strategy: "last4".into(),
+                unmasked_for: vec![],
+                predicates_allowed: false,
+            }],
+        };
+        let agent = Identity {
+            subject: "agent:x".into(),
+            ..Identity::default()
+        };
+        let list = select_list(
+            &classifier,
+            "p.crm.customers",
+            &[column("id", "INTEGER"), column("SSN", "STRING")],
+            &agent,
+        )
+        .expect("plan");
+        assert_eq!(list[0].mask, None);
+        assert!(
+            list[1]
+                .mask
+                .as_deref()
+                .is_some_and(|m| m.contains("SUBSTR(`SSN`, -4)"))
+        );
+        let list = select_list(
+            &classifier,
+            "p.crm.customers",
+            &[
+                Column {
+                    repeated: true,
+                    ..column("tags", "STRING")
+                },
+                column("ssn", "RECORD"),
+            ],
+            &agent,
+        )
+        .expect("plan");
+        assert_eq!(list.len(), 1, "a masked STRUCT is left out: {list:?}");
+        assert!(
+            list[0]
+                .mask
+                .as_deref()
+                .is_some_and(|m| m.starts_with("ARRAY(SELECT") && m.contains("UNNEST(`tags`)")),
+            "{list:?}"
+        );
+    }
+}
