@@ -146,6 +146,15 @@ impl Engine {
             .enable_autoload_extension(false)
             .and_then(|c| c.with("autoinstall_known_extensions", "false"))
             .and_then(|c| c.with("memory_limit", "1GB"))
+            // Results past the memory limit spill here, not into the working directory.
+            .and_then(|c| {
+                c.with(
+                    "temp_directory",
+                    std::env::temp_dir()
+                        .join(format!("querygate-local-{}", std::process::id()))
+                        .to_string_lossy(),
+                )
+            })
             .map_err(|e| format!("cannot configure DuckDB: {e}"))?;
         let conn = Connection::open_in_memory_with_flags(config)
             .map_err(|e| format!("cannot open DuckDB: {e}"))?;
@@ -289,6 +298,27 @@ impl Engine {
             "CREATE TABLE {RESULTS_SCHEMA}.\"{table}\" AS {sql}"
         ))
         .map_err(engine_error)?;
+        // A column of DuckDB's NULL type (`SELECT NULL`, folded constants) has no Arrow reader
+        // in the duckdb crate: give it a type.
+        let untyped: Vec<String> = {
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {RESULTS_SCHEMA}.\"{table}\" LIMIT 0"))
+                .map_err(engine_error)?;
+            stmt.execute([]).map_err(engine_error)?;
+            stmt.schema()
+                .fields()
+                .iter()
+                .filter(|f| f.data_type() == &duckdb::arrow::datatypes::DataType::Null)
+                .map(|f| f.name().clone())
+                .collect()
+        };
+        for column in untyped {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {RESULTS_SCHEMA}.\"{table}\" ALTER COLUMN {} SET DATA TYPE VARCHAR",
+                ident(&column)
+            ))
+            .map_err(engine_error)?;
+        }
         let total_rows: i64 = conn
             .query_row(
                 &format!("SELECT count(*) FROM {RESULTS_SCHEMA}.\"{table}\""),
@@ -424,7 +454,18 @@ impl Engine {
         while let Some(r) = rows.next().map_err(engine_error)? {
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
-                values.push(r.get::<_, Value>(i).map_err(engine_error)?);
+                // The duckdb crate panics on Arrow types it cannot read (nested NULL types):
+                // that is this one query's failure, not the gateway's.
+                let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    r.get::<_, Value>(i)
+                }))
+                .map_err(|_| {
+                    EngineError::invalid(format!(
+                        "querygate's local engine cannot return the type of column {}",
+                        fields.get(i).map_or("?", |f| f.name.as_str())
+                    ))
+                })?;
+                values.push(value.map_err(engine_error)?);
             }
             if count > 0 {
                 out.push(b',');
@@ -613,7 +654,7 @@ pub(crate) fn engine_for_tests(dir: &Path) -> Engine {
     let events = dir.join("events.ndjson");
     std::fs::write(
         &events,
-        "{\"id\": 1, \"tags\": [\"a\", \"b\"], \"at\": \"2024-01-05T10:00:00Z\"}\n{\"id\": 2, \"tags\": [], \"at\": \"2024-01-06T11:30:00Z\"}\n",
+        "{\"id\": 1, \"tags\": [\"a\", \"b\"], \"seen_at\": \"2024-01-05T10:00:00Z\"}\n{\"id\": 2, \"tags\": [], \"seen_at\": \"2024-01-06T11:30:00Z\"}\n",
     )
     .expect("write");
     Engine::open(

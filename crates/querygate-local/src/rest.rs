@@ -225,7 +225,10 @@ impl Params {
     }
     fn format(&self) -> Format {
         Format {
-            int64_timestamp: self.get("formatOptions.useInt64Timestamp") == Some("true"),
+            // Python's client sends `True`, others `true`.
+            int64_timestamp: self
+                .get("formatOptions.useInt64Timestamp")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         }
     }
     /// Where a page starts: `pageToken` (our tokens are row offsets), else `startIndex`.

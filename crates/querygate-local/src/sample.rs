@@ -231,7 +231,7 @@ pub fn generate(dir: &Path) -> Result<Vec<String>, String> {
         "COPY (SELECT
             i + 1 AS event_id,
             1 + hash(i, 'c') % {CUSTOMERS} AS customer_id,
-            TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds(CAST(hash(i, 't') % 63158400 AS BIGINT)) AS event_time,
+            CAST(TIMESTAMP '2024-01-01 00:00:00' + to_seconds(CAST(hash(i, 't') % 63158400 AS BIGINT)) AS TIMESTAMPTZ) AS event_time,
             ['/', '/search', '/product', '/cart', '/checkout', '/account', '/help'][1 + hash(i, 'p') % 7] AS page,
             ['web', 'ios', 'android'][1 + hash(i, 'd') % 3] AS device,
             CAST(hash(i, 'm') % 30000 AS INTEGER) AS duration_ms,

@@ -277,7 +277,7 @@ fn bigquery_constructs_run_on_the_engine() {
         ),
         (
             "timestamp column from NDJSON",
-            "SELECT UNIX_SECONDS(CAST(at AS TIMESTAMP)) FROM shop.events WHERE id = 1",
+            "SELECT UNIX_SECONDS(CAST(seen_at AS TIMESTAMP)) FROM shop.events WHERE id = 1",
             "1704448800",
         ),
         // Refused, by name.
@@ -504,4 +504,41 @@ fn the_rest_surface_answers_like_bigquery() {
     assert_eq!(s, 200);
     assert_eq!(j["status"]["state"], "DONE");
     assert_eq!(j["status"]["errorResult"]["reason"], "invalidQuery");
+}
+
+#[test]
+fn bad_requests_get_bigquery_errors_not_panics() {
+    use axum::http::Method;
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    let cases: &[(Method, &str, Option<&str>, &str, u16)] = &[
+        (Method::POST, "/bigquery/v2/projects/demo/queries", None, "not json", 400),
+        (Method::POST, "/bigquery/v2/projects/demo/queries", None, "{}", 400),
+        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": 5}"#, 400),
+        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": "SELECT 1", "useLegacySql": true}"#, 400),
+        (Method::POST, "/bigquery/v2/projects/demo/jobs", None, r#"{"configuration": {"load": {}}}"#, 403),
+        (Method::POST, "/bigquery/v2/projects/demo/jobs", None, r#"{"configuration": {"query": {"query": "SELECT 1", "destinationTable": {"tableId": "x"}}}}"#, 403),
+        (Method::GET, "/bigquery/v2/projects/demo/queries/nope", None, "", 404),
+        (Method::GET, "/bigquery/v2/projects/demo/queries/nope", Some("pageToken=%ZZ"), "", 404),
+        (Method::GET, "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data", Some("pageToken=abc"), "", 400),
+        (Method::GET, "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data", Some("maxResults=-1"), "", 400),
+        (Method::GET, "/bigquery/v2/projects/demo/datasets/shop/tables/nope", None, "", 404),
+        (Method::GET, "/bigquery/v2/projects/demo/datasets/nope", None, "", 404),
+        (Method::GET, "/elsewhere", None, "", 404),
+        (Method::PATCH, "/bigquery/v2/projects/demo/datasets/shop/tables/customers", None, "{}", 403),
+        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": "SELECT @x", "queryParameters": [{"name": "x", "parameterType": {"type": "GEOGRAPHY"}, "parameterValue": {"value": "POINT(1 1)"}}]}"#, 400),
+        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": "SELECT @missing"}"#, 400),
+    ];
+    for (method, path, query, body, want) in cases {
+        let got = match crate::rest::handle(&engine, method, path, *query, body.as_bytes()) {
+            Ok(a) => a.status.as_u16(),
+            Err(e) => {
+                let env = e.envelope();
+                assert_eq!(env["error"]["code"], *want, "{method} {path} {body}: {env}");
+                assert!(env["error"]["errors"][0]["reason"].is_string());
+                e.status()
+            }
+        };
+        assert_eq!(got, *want, "{method} {path} {query:?} {body}");
+    }
 }

@@ -284,6 +284,14 @@ impl VisitorMut for Rewriter<'_> {
         }
     }
 
+    fn post_visit_ident(&mut self, ident: &mut Ident) -> ControlFlow<EngineError> {
+        // BigQuery quotes names with backticks, DuckDB with double quotes.
+        if ident.quote_style == Some('`') {
+            ident.quote_style = Some('"');
+        }
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_value(&mut self, value: &mut ValueWithSpan) -> ControlFlow<EngineError> {
         // BigQuery's "…" and r'…' are strings; in DuckDB "…" would be an identifier.
         let replacement = match &value.value {
@@ -420,6 +428,11 @@ impl Rewriter<'_> {
                 *expr = Expr::Dictionary(entries);
             }
             Expr::Array(array) => array.named = false,
+            // BigQuery's parser reads `@name` as an identifier.
+            Expr::Identifier(id) if id.quote_style.is_none() && id.value.starts_with('@') => {
+                let name = id.value.clone();
+                *expr = self.parameter(&name)?;
+            }
             Expr::Value(v) => match &v.value {
                 Value::Placeholder(p) => *expr = self.parameter(p)?,
                 // b'...' → a BLOB (DuckDB reads the same \x.. escapes in a string cast to BLOB).
@@ -531,31 +544,60 @@ impl Rewriter<'_> {
                 format!("regexp_extract({}, {}, {group})", arg(0)?, arg(1)?)
             }
             "format_date" | "format_datetime" | "format_timestamp" => {
-                format!("strftime({}, {})", arg(1)?, arg(0)?)
+                format!("strftime(CAST({} AS TIMESTAMP), {})", arg(1)?, arg(0)?)
             }
             "parse_date" => format!("CAST(strptime({}, {}) AS DATE)", arg(1)?, arg(0)?),
             "parse_datetime" => format!("CAST(strptime({}, {}) AS TIMESTAMP)", arg(1)?, arg(0)?),
             "parse_timestamp" => format!("CAST(strptime({}, {}) AS TIMESTAMPTZ)", arg(1)?, arg(0)?),
-            "date_trunc" | "datetime_trunc" | "timestamp_trunc" => {
+            "date_trunc" => {
                 let part = date_part(args.as_ref().and_then(|a| a.get(1)), &name)?;
-                format!("date_trunc('{part}', {})", arg(0)?)
+                format!("CAST(date_trunc('{part}', {}) AS DATE)", arg(0)?)
             }
-            "date_diff" | "datetime_diff" | "timestamp_diff" => {
+            "datetime_trunc" => {
+                let part = date_part(args.as_ref().and_then(|a| a.get(1)), &name)?;
+                format!("date_trunc('{part}', CAST({} AS TIMESTAMP))", arg(0)?)
+            }
+            "timestamp_trunc" => {
+                let part = date_part(args.as_ref().and_then(|a| a.get(1)), &name)?;
+                format!(
+                    "CAST(date_trunc('{part}', CAST({} AS TIMESTAMP)) AS TIMESTAMPTZ)",
+                    arg(0)?
+                )
+            }
+            "date_diff" => {
                 let part = date_part(args.as_ref().and_then(|a| a.get(2)), &name)?;
                 format!("date_diff('{part}', {}, {})", arg(1)?, arg(0)?)
             }
-            "date_add" | "datetime_add" | "timestamp_add" => {
-                format!("({} + {})", arg(0)?, arg(1)?)
+            "datetime_diff" | "timestamp_diff" => {
+                let part = date_part(args.as_ref().and_then(|a| a.get(2)), &name)?;
+                format!(
+                    "date_diff('{part}', CAST({} AS TIMESTAMP), CAST({} AS TIMESTAMP))",
+                    arg(1)?,
+                    arg(0)?
+                )
             }
-            "date_sub" | "datetime_sub" | "timestamp_sub" => {
-                format!("({} - {})", arg(0)?, arg(1)?)
-            }
+            // Without DuckDB's ICU extension, TIMESTAMPTZ arithmetic goes through TIMESTAMP
+            // (both hold UTC here); DATE ± INTERVAL is a TIMESTAMP in DuckDB, a DATE in BigQuery.
+            "date_add" => format!("CAST(({} + {}) AS DATE)", arg(0)?, arg(1)?),
+            "date_sub" => format!("CAST(({} - {}) AS DATE)", arg(0)?, arg(1)?),
+            "datetime_add" => format!("(CAST({} AS TIMESTAMP) + {})", arg(0)?, arg(1)?),
+            "datetime_sub" => format!("(CAST({} AS TIMESTAMP) - {})", arg(0)?, arg(1)?),
+            "timestamp_add" => format!(
+                "CAST((CAST({} AS TIMESTAMP) + {}) AS TIMESTAMPTZ)",
+                arg(0)?,
+                arg(1)?
+            ),
+            "timestamp_sub" => format!(
+                "CAST((CAST({} AS TIMESTAMP) - {}) AS TIMESTAMPTZ)",
+                arg(0)?,
+                arg(1)?
+            ),
             "date" if argc == 3 => format!("make_date({}, {}, {})", arg(0)?, arg(1)?, arg(2)?),
             "date" if argc == 1 => format!("CAST({} AS DATE)", arg(0)?),
             "datetime" if argc == 1 => format!("CAST({} AS TIMESTAMP)", arg(0)?),
             "timestamp" if argc == 1 => format!("CAST({} AS TIMESTAMPTZ)", arg(0)?),
-            "unix_seconds" => format!("CAST(epoch({}) AS BIGINT)", arg(0)?),
-            "unix_millis" => format!("epoch_ms({})", arg(0)?),
+            "unix_seconds" => format!("CAST(epoch(CAST({} AS TIMESTAMP)) AS BIGINT)", arg(0)?),
+            "unix_millis" => format!("epoch_ms(CAST({} AS TIMESTAMP))", arg(0)?),
             "unix_date" => format!("date_diff('day', DATE '1970-01-01', {})", arg(0)?),
             "timestamp_seconds" => format!("to_timestamp({})", arg(0)?),
             "timestamp_millis" => format!("make_timestamp(({}) * 1000)", arg(0)?),
@@ -949,7 +991,7 @@ mod tests {
         );
         assert_eq!(
             check("SELECT id FROM shop.customers c").expect("ok"),
-            "SELECT id FROM \"shop\".\"customers\" AS c"
+            "SELECT id FROM \"shop\".\"customers\" c"
         );
         let e = check("SELECT 1 FROM `other.shop.customers`").expect_err("other project");
         assert_eq!(e.reason(), "notFound");

@@ -205,9 +205,7 @@ fn scalar(value: Value, ty: &str, format: Format) -> String {
             )
         }
         Value::Union(inner) => scalar(*inner, ty, format),
-        Value::List(_) | Value::Array(_) | Value::Struct(_) | Value::Map(_) => {
-            format!("{value:?}")
-        }
+        other => format!("{other:?}"),
     }
 }
 
