@@ -8,7 +8,7 @@
 //! is `querygate serve` of that config.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -235,7 +235,6 @@ fn print_banner(
 ) {
     let exe = std::env::current_exe()
         .ok()
-        .map(PathBuf::from)
         .map_or_else(|| "querygate".to_string(), |p| p.display().to_string());
     let key = |name: &str| {
         keys.iter()
