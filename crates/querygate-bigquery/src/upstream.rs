@@ -14,11 +14,11 @@ use axum::body::Body;
 use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{HeaderValue, Response, StatusCode, header};
-use querygate_core::{Denial, DenialKind, Fault};
 use querygate_core::Secret;
+use querygate_core::{Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
-    Admitted, Column, Held, Partitioning, Refusal, Reply, Scope, Source, Summary,
+    Admitted, Column, ColumnMask, Held, Partitioning, Refusal, Reply, Scope, Source, Summary,
 };
 use serde_json::Value;
 
@@ -272,7 +272,9 @@ impl BigQuerySource {
             self.add_mask_key(q)
                 .map_err(|d| Fault::gateway(d.message))?;
         }
-        Ok(Some(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())))
+        Ok(Some(Bytes::from(
+            serde_json::to_vec(&v).unwrap_or_default(),
+        )))
     }
 
     /// An answer with the masking key taken out: the parameter removed from every job
@@ -567,7 +569,9 @@ impl BigQuerySource {
     }
 }
 
-/// The jobs.query dry-run body equivalent to a query call, or `None` for other calls.
+/// The dry-run job (jobs.insert with `dryRun`) equivalent to a query call, or `None` for
+/// other calls. A job rather than a jobs.query dry run: both are BigQuery's, and emulators
+/// honour `defaultDataset` in jobs only.
 fn dry_run_body(call: &Call) -> Option<Value> {
     let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
     let (query, location) = match call.api {
@@ -591,11 +595,13 @@ fn dry_run_body(call: &Call) -> Option<Value> {
             dry.insert(key.to_string(), v.clone());
         }
     }
+    let mut job = serde_json::json!({
+        "configuration": {"query": Value::Object(dry), "dryRun": true},
+    });
     if let Some(l) = location {
-        dry.insert("location".into(), l);
+        job["jobReference"] = serde_json::json!({ "location": l });
     }
-    dry.insert("dryRun".into(), Value::Bool(true));
-    Some(Value::Object(dry))
+    Some(job)
 }
 
 impl Source for BigQuerySource {
@@ -621,10 +627,16 @@ impl Source for BigQuerySource {
             return Ok(bytes);
         }
         let mut keyed = body;
-        self.add_mask_key(&mut keyed).map_err(Refusal::Denied)?;
-        let path = format!("/bigquery/v2/projects/{}/queries", self.project);
+        if let Some(q) = keyed.pointer_mut("/configuration/query") {
+            self.add_mask_key(q).map_err(Refusal::Denied)?;
+        }
+        let path = format!("/bigquery/v2/projects/{}/jobs", self.project);
         let (status, reply) = self
-            .own_request(http::Method::POST, &path, Some(keyed.to_string().into_bytes()))
+            .own_request(
+                http::Method::POST,
+                &path,
+                Some(keyed.to_string().into_bytes()),
+            )
             .await
             .map_err(Refusal::Failed)?;
         let reply = self.without_mask_key(reply);
@@ -668,6 +680,22 @@ impl Source for BigQuerySource {
 
     async fn columns(&self, table: &str) -> Result<Vec<Column>, Fault> {
         Ok(self.table_meta(table).await?.columns)
+    }
+
+    fn mask_rows(&self, reply: &mut BigQueryReply, masks: &[ColumnMask]) -> Result<u64, Fault> {
+        let hashes = masks
+            .iter()
+            .any(|m| m.strategy == Some(querygate_mask::Strategy::Hash));
+        let key = match &self.mask_key {
+            Some(k) => k.expose().as_bytes(),
+            None if hashes => {
+                return Err(Fault::gateway(
+                    "a masked column uses the hash strategy, and this gateway has no masking key",
+                ));
+            }
+            None => b"",
+        };
+        reply.mask_rows(masks, key)
     }
 
     fn rewrite(&self, call: &mut Call, statement: &str) -> Result<(), Denial> {
@@ -790,6 +818,16 @@ impl Source for BigQuerySource {
         call.body = Some(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()));
     }
 
+    fn statement(&self, call: &Call) -> Option<String> {
+        let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
+        let query = match call.api {
+            Api::JobsQuery => &body,
+            Api::JobsInsert => body.pointer("/configuration/query")?,
+            _ => return None,
+        };
+        query.get("query")?.as_str().map(str::to_string)
+    }
+
     fn parameters(&self, call: &Call) -> Option<String> {
         let body: Value = serde_json::from_slice(call.body.as_deref()?).ok()?;
         let query = match call.api {
@@ -814,13 +852,19 @@ impl Source for BigQuerySource {
         let body = self.keyed_body(&call)?;
         let (status, body) = self.send(call.method.clone(), &url, token, body).await?;
         let body = self.without_mask_key(body);
-        BigQueryReply::read(call.api, status, body).map_err(|why| {
-            Fault::upstream(format!(
-                "the BigQuery upstream of source {} answered HTTP {} with {why}",
-                self.name,
-                status.as_u16()
-            ))
-        })
+        let selected = selected_fields(&call);
+        BigQueryReply::read(call.api, status, body)
+            .map(|mut r| {
+                r.selected_fields = selected;
+                r
+            })
+            .map_err(|why| {
+                Fault::upstream(format!(
+                    "the BigQuery upstream of source {} answered HTTP {} with {why}",
+                    self.name,
+                    status.as_u16()
+                ))
+            })
     }
 }
 
@@ -831,6 +875,8 @@ pub struct BigQueryReply {
     status: StatusCode,
     body: Bytes,
     summary: Summary,
+    /// tabledata.list's `selectedFields`: which columns its cells are, in order.
+    selected_fields: Option<Vec<String>>,
 }
 
 impl BigQueryReply {
@@ -845,6 +891,7 @@ impl BigQueryReply {
             status,
             body,
             summary: Summary::default(),
+            selected_fields: None,
         };
         reply.summary = reply.summarize(facts);
         if errors_in_200 {
@@ -935,6 +982,56 @@ impl BigQueryReply {
         );
         self.summary.status = code;
         self.summary.rows = None;
+    }
+
+    /// Masks the cells of a tabledata.list page. Its cells are the table's columns in
+    /// schema order, or the top-level columns `selectedFields` names in the order named.
+    /// Fails (closed) when the rows do not have that shape.
+    fn mask_rows(&mut self, masks: &[ColumnMask], key: &[u8]) -> Result<u64, Fault> {
+        if self.api != Api::TabledataList || !self.status.is_success() {
+            return Ok(0);
+        }
+        let unmaskable = || Fault::gateway("querygate could not mask the rows of this table read");
+        let order: Vec<&ColumnMask> = match &self.selected_fields {
+            None => masks.iter().collect(),
+            Some(fields) => {
+                let mut order: Vec<&ColumnMask> = Vec::new();
+                for f in fields {
+                    let top = f.split('.').next().unwrap_or(f).trim();
+                    let m = masks
+                        .iter()
+                        .find(|m| m.column.name.eq_ignore_ascii_case(top))
+                        .ok_or_else(unmaskable)?;
+                    if !order.iter().any(|o| std::ptr::eq(*o, m)) {
+                        order.push(m);
+                    }
+                }
+                order
+            }
+        };
+        let mut body: Value = serde_json::from_slice(&self.body).map_err(|_| unmaskable())?;
+        let mut changed = 0;
+        if let Some(Value::Array(rows)) = body.get_mut("rows") {
+            for row in rows {
+                let Some(Value::Array(cells)) = row.get_mut("f") else {
+                    return Err(unmaskable());
+                };
+                if cells.len() != order.len() {
+                    return Err(unmaskable());
+                }
+                for (cell, mask) in cells.iter_mut().zip(&order) {
+                    let Some(strategy) = mask.strategy else {
+                        continue;
+                    };
+                    let Some(v) = cell.get_mut("v") else {
+                        return Err(unmaskable());
+                    };
+                    changed += mask_value(v, strategy, mask, key);
+                }
+            }
+        }
+        self.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        Ok(changed)
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -1076,6 +1173,65 @@ fn scrub_cell(cell: &mut Value, scrubber: &querygate_mask::Scrubber) -> u64 {
             .map(|(_, v)| scrub_cell(v, scrubber))
             .sum(),
         _ => 0,
+    }
+}
+
+/// tabledata.list's `selectedFields` (comma-separated), if the call names them.
+fn selected_fields(call: &Call) -> Option<Vec<String>> {
+    if call.api != Api::TabledataList {
+        return None;
+    }
+    call.query.as_deref()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "selectedFields").then(|| {
+            let v = v.replace('+', " ");
+            percent_encoding::percent_decode_str(&v)
+                .decode_utf8_lossy()
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+    })
+}
+
+/// Masks one cell value (`v` of a tabledata.list cell) of a masked column; returns how
+/// many values changed.
+fn mask_value(
+    v: &mut Value,
+    strategy: querygate_mask::Strategy,
+    mask: &ColumnMask,
+    key: &[u8],
+) -> u64 {
+    let record = matches!(mask.column.bq_type.as_str(), "RECORD" | "STRUCT");
+    if v.is_null() {
+        return 0;
+    }
+    if record || strategy == querygate_mask::Strategy::Null {
+        *v = Value::Null;
+        return 1;
+    }
+    let one = |x: &mut Value| -> u64 {
+        let text = match x {
+            Value::String(s) => Some(s.as_str()),
+            Value::Null => return 0,
+            _ => None,
+        };
+        let masked = querygate_mask::mask_cell(strategy, &mask.column.bq_type, text, key);
+        *x = masked.map_or(Value::Null, Value::String);
+        1
+    };
+    if mask.column.repeated {
+        let Value::Array(items) = v else {
+            *v = Value::Null;
+            return 1;
+        };
+        items
+            .iter_mut()
+            .map(|item| item.get_mut("v").map_or(0, one))
+            .sum()
+    } else {
+        one(v)
     }
 }
 

@@ -409,6 +409,10 @@ fn jobs_insert(engine: &Engine, body: &[u8]) -> Result<Answer, EngineError> {
     }
     let req = query_request(q, job_id, dry_run)?;
     let done = engine.run(&req);
+    // A dry run that fails answers with the error itself, as BigQuery's does.
+    if dry_run && let Err(e) = &done.outcome {
+        return Err(e.clone());
+    }
     ok(job_resource(engine, &done))
 }
 

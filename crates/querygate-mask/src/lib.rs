@@ -13,4 +13,4 @@ pub mod detect;
 pub mod strategy;
 
 pub use detect::{Detector, DetectorKind, Finding, Scrubber};
-pub use strategy::{HASH_KEY_PARAM, Strategy, mask_expression, mask_text};
+pub use strategy::{HASH_KEY_PARAM, Strategy, mask_cell, mask_expression, mask_text};

@@ -92,6 +92,44 @@ pub fn mask_expression(strategy: Strategy, column: &str, bq_type: &str) -> Strin
     }
 }
 
+/// A value of a column of `bq_type` as BigQuery's REST rows encode it (`f`/`v` cells: text,
+/// or `None` for NULL), masked in the gateway exactly as [`mask_expression`] masks it in
+/// SQL — for direct row reads (tabledata.list), which run no SQL. `key` is the hash key.
+pub fn mask_cell(
+    strategy: Strategy,
+    bq_type: &str,
+    value: Option<&str>,
+    key: &[u8],
+) -> Option<String> {
+    let value = value?;
+    let is_string = bq_type.eq_ignore_ascii_case("STRING");
+    Some(match strategy {
+        Strategy::Null => return None,
+        Strategy::Hash if is_string => mask_text(Strategy::Hash, value, key),
+        Strategy::Last4 if is_string => mask_text(Strategy::Last4, value, key),
+        Strategy::EmailDomain if is_string => {
+            // CONCAT('***@', IFNULL(SPLIT(v, '@')[SAFE_OFFSET(1)], ''))
+            format!("***@{}", value.split('@').nth(1).unwrap_or(""))
+        }
+        _ => default_cell(bq_type).to_string(),
+    })
+}
+
+/// [`default_value`] as a REST cell.
+fn default_cell(bq_type: &str) -> &'static str {
+    match bq_type.to_ascii_uppercase().as_str() {
+        "INTEGER" | "INT64" | "FLOAT" | "FLOAT64" | "NUMERIC" | "BIGNUMERIC" | "TIMESTAMP" => "0",
+        "BOOLEAN" | "BOOL" => "false",
+        "DATE" => "1970-01-01",
+        "DATETIME" => "1970-01-01T00:00:00",
+        "TIME" => "00:00:00",
+        "JSON" => "null",
+        "GEOGRAPHY" => "POINT(0 0)",
+        // STRING, BYTES (base64 of nothing), and anything else.
+        _ => "",
+    }
+}
+
 fn sql_type(bq_type: &str) -> String {
     match bq_type.to_ascii_uppercase().as_str() {
         "INTEGER" => "INT64".into(),
@@ -150,6 +188,41 @@ mod tests {
             "last4 on a number falls back to redact"
         );
         assert!(mask_expression(Strategy::Redact, "d", "TIMESTAMP").contains("1970-01-01"));
+    }
+
+    #[test]
+    fn cells_are_masked_as_the_sql_masks_them() {
+        let key = b"k";
+        assert_eq!(
+            mask_cell(Strategy::Redact, "STRING", Some("x"), key).as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            mask_cell(Strategy::Redact, "INTEGER", Some("42"), key).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            mask_cell(Strategy::Redact, "STRING", None, key),
+            None,
+            "NULL stays NULL"
+        );
+        assert_eq!(mask_cell(Strategy::Null, "STRING", Some("x"), key), None);
+        assert_eq!(
+            mask_cell(Strategy::Hash, "STRING", Some("a@b.c"), key),
+            Some(mask_text(Strategy::Hash, "a@b.c", key))
+        );
+        assert_eq!(
+            mask_cell(Strategy::EmailDomain, "STRING", Some("a@b.c"), key).as_deref(),
+            Some("***@b.c")
+        );
+        assert_eq!(
+            mask_cell(Strategy::EmailDomain, "STRING", Some("nobody"), key).as_deref(),
+            Some("***@")
+        );
+        assert_eq!(
+            mask_cell(Strategy::Last4, "STRING", Some("123456"), key).as_deref(),
+            Some("**3456")
+        );
     }
 
     #[test]

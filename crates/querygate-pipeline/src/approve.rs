@@ -375,9 +375,9 @@ impl Pipeline {
                 rules: vec![ticket.rule.clone()],
                 policy_version: Some(ticket.policy_version.clone()),
                 bytes_estimate: ticket.bytes_estimate,
-                // The held call already carries the masked statement; the ticket keeps
-                // the statement as the client wrote it.
-                rewritten: None,
+                // The ticket keeps the statement as the client wrote it; the held call
+                // carries it as the masking rewrite left it.
+                rewritten: source.statement(&call).filter(|s| *s != ticket.statement),
             },
         };
         let mut record = self.record(

@@ -40,7 +40,7 @@ pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
 pub use sessions::IDLE_GAP;
-pub use source::{Admitted, Column, Held, Refusal, Reply, Scope, Source, Summary};
+pub use source::{Admitted, Column, ColumnMask, Held, Refusal, Reply, Scope, Source, Summary};
 
 /// What a front renders.
 #[derive(Debug)]
@@ -115,6 +115,8 @@ struct Limits {
     /// The query reaches columns masked for the identity: its error messages are
     /// withheld, as they could echo values. Says why.
     sensitive: Option<String>,
+    /// A direct read of a table with masked columns: how to mask its rows.
+    row_masks: Option<Vec<ColumnMask>>,
 }
 
 impl Pipeline {
@@ -374,7 +376,13 @@ impl Pipeline {
         }
         // The second line: value detectors on every value the result returns (before the
         // reply is recorded or rendered, so neither holds what they find).
-        let masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
+        let mut masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
+        if let Some(masks) = &limits.row_masks {
+            match source.mask_rows(&mut reply, masks) {
+                Ok(n) => masked = Some(masked.unwrap_or(0) + n).filter(|n| *n > 0),
+                Err(fault) => return self.fail(&ctx, fault).await,
+            }
+        }
         // Errors of a query that reads masked values (and of its job's later pages) could
         // echo them (`ERROR(email)`, a failed cast): they keep their kind, not their text.
         let sensitive = limits.sensitive.clone().or_else(|| {
@@ -498,8 +506,8 @@ impl Pipeline {
         ctx.explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
         ctx.explained.tables = tables.iter().map(|t| t.name.clone()).collect();
         ctx.explained.policy_version = Some(policy.version.clone());
-        // Classified columns the request reaches: the policy's `touches`, and the refusal
-        // that stands in for the rewrite of masked reads.
+        // Classified columns the request reaches: the policy's `touches`, the reads to
+        // mask, and what masking cannot make safe.
         let reach = match (facts, &ctx.request.action) {
             (Some(f), _) => reach::of_facts(&policies.classifier, f, project, identity),
             (
@@ -508,24 +516,16 @@ impl Pipeline {
                     table,
                     result_table: false,
                 },
-            ) => reach::of_table(&policies.classifier, table, identity),
+            ) => reach::of_table(&policies.classifier, &strip_decorator(table), identity),
             _ => reach::Reach::default(),
         };
         let dry_run = matches!(ctx.request.action, Action::Query { dry_run: true, .. });
         let is_query = matches!(ctx.request.action, Action::Query { .. });
-        if let Some(marker) = ctx
-            .request
-            .statement()
-            .and_then(querygate_sql::reserved_marker)
-        {
-            return Err(Refusal::Denied(Denial::new(
-                DenialKind::Invalid,
-                format!(
-                    "Invalid query: the statement contains `{marker}`, a name querygate \
-                     reserves for masking; rename it"
-                ),
-            )));
-        }
+        // mask: before the estimate (the dry run runs what will run, and can fail with an
+        // error that echoes values), so the statement as written never goes upstream.
+        let row_masks = self
+            .mask(policies, ctx, identity, source, call, &reach)
+            .await?;
 
         let mut partitions = HashMap::new();
         if policy.rules.iter().any(|r| r.when.full_scan.is_some()) {
@@ -553,7 +553,18 @@ impl Pipeline {
         let needs_bytes = verdict.needs_estimate.is_some()
             || (budget.is_some() && matches!(verdict.outcome, PolicyOutcome::Allow));
         if needs_bytes && is_query && opaque.is_none() {
-            let estimate = source.estimate(call).await?;
+            let estimate = source.estimate(call).await.map_err(|refusal| match refusal {
+                // The dry run's error could echo values the query reads.
+                Refusal::Denied(d) if reach.sensitive.is_some() => Refusal::Denied(Denial::new(
+                    d.kind,
+                    format!(
+                        "Invalid query: the query failed its dry run; the error is withheld \
+                         because {}",
+                        reach.sensitive.as_deref().unwrap_or("it reads masked columns")
+                    ),
+                )),
+                other => other,
+            })?;
             bytes = Some(estimate);
             ctx.explained.bytes_estimate = bytes;
             input.bytes = bytes;
@@ -571,33 +582,6 @@ impl Pipeline {
             )));
         }
         let sensitive = reach.sensitive.clone();
-        // A dry run returns no values: it may see the statement through.
-        if let Some(why) = reach.refusal.filter(|_| !dry_run) {
-            ctx.explained.rule = Some("masking".into());
-            return Err(Refusal::Denied(Denial::new(DenialKind::Forbidden, why)));
-        }
-        // mask: every read of a table with columns masked for the identity is rewritten
-        // to read the masked values only, so that nothing above the read sees clear ones.
-        if let Action::Query {
-            statement,
-            default_dataset,
-            ..
-        } = &ctx.request.action
-            && !reach.masked_tables.is_empty()
-        {
-            let rewritten = self
-                .mask(
-                    policies,
-                    source,
-                    identity,
-                    statement,
-                    default_dataset.as_deref(),
-                    &reach.masked_tables,
-                )
-                .await?;
-            source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
-            ctx.explained.rewritten = Some(rewritten);
-        }
         let mut approval = None;
         match verdict.outcome {
             PolicyOutcome::Allow => {}
@@ -642,6 +626,7 @@ impl Pipeline {
         .min();
         Ok(Limits {
             sensitive,
+            row_masks,
             approval,
             max_bytes_billed: cap.filter(|_| is_query && !dry_run),
             row_limit: verdict.row_limit,
@@ -649,39 +634,75 @@ impl Pipeline {
         })
     }
 
-    /// The masking rewrite of `statement` for `identity`: the schemas of the masked tables
-    /// it reads (from the source), the select list of each, and the rewritten text.
+    /// The mask stage. A statement that names the rewrite's own markers, or that masking
+    /// cannot make safe (`reach.refusal`), is refused, dry runs too. A query reading tables
+    /// with columns masked for the identity is rewritten (their schemas from the source)
+    /// so that every such read returns masked values only. A direct read of a table's rows
+    /// runs no SQL: the masks for its cells are returned, to apply as the rows come back.
     async fn mask<S: Source>(
         &self,
         policies: &PolicySet,
-        source: &S,
+        ctx: &mut Context<'_>,
         identity: &Identity,
-        statement: &str,
-        default_dataset: Option<&str>,
-        tables: &[String],
-    ) -> Result<String, Refusal> {
+        source: &S,
+        call: &mut S::Call,
+        reach: &reach::Reach,
+    ) -> Result<Option<Vec<ColumnMask>>, Refusal> {
+        let forbidden = |why: String| Refusal::Denied(Denial::new(DenialKind::Forbidden, why));
+        if let Some(marker) = ctx
+            .request
+            .statement()
+            .and_then(querygate_sql::reserved_marker)
+        {
+            return Err(Refusal::Denied(Denial::new(
+                DenialKind::Invalid,
+                format!(
+                    "Invalid query: the statement contains `{marker}`, a name querygate \
+                     reserves for masking; rename it"
+                ),
+            )));
+        }
+        if let Some(why) = &reach.refusal {
+            ctx.explained.rule = Some("masking".into());
+            return Err(forbidden(why.clone()));
+        }
+        let Some(first) = reach.masked_tables.first() else {
+            return Ok(None);
+        };
+        let (sql, dataset) = match &ctx.request.action {
+            Action::ReadRows { .. } => {
+                let columns = source.columns(first).await.map_err(Refusal::Failed)?;
+                let masks = masking::column_masks(&policies.classifier, first, &columns, identity)
+                    .map_err(forbidden)?;
+                return Ok(Some(masks));
+            }
+            Action::Query {
+                statement,
+                default_dataset,
+                ..
+            } => (statement, default_dataset.as_deref()),
+            _ => return Ok(None),
+        };
         let mut lists = HashMap::new();
-        for table in tables {
+        for table in &reach.masked_tables {
             let columns = source.columns(table).await.map_err(Refusal::Failed)?;
             let list = masking::select_list(&policies.classifier, table, &columns, identity)
-                .map_err(|why| Refusal::Denied(Denial::new(DenialKind::Forbidden, why)))?;
+                .map_err(forbidden)?;
             lists.insert(table.clone(), list);
         }
-        querygate_sql::mask_reads(
-            statement,
+        let rewritten = querygate_sql::mask_reads(
+            sql,
             &querygate_sql::Masking {
                 dialect: SqlDialect::BigQuery,
                 project: source.default_project(),
-                dataset: default_dataset,
+                dataset,
                 tables: &lists,
             },
         )
-        .map_err(|why| {
-            Refusal::Denied(Denial::new(
-                DenialKind::Forbidden,
-                format!("Access Denied: {why}"),
-            ))
-        })
+        .map_err(|why| forbidden(format!("Access Denied: {why}")))?;
+        source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
+        ctx.explained.rewritten = Some(rewritten);
+        Ok(None)
     }
 
     /// Job facts the decide stage needs, read from the store.

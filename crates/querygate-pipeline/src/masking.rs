@@ -13,7 +13,35 @@ use querygate_mask::{Strategy, mask_expression};
 use querygate_policy::Classifier;
 use querygate_sql::{MaskedColumn, SqlDialect, quote_column};
 
-use crate::source::Column;
+use crate::source::{Column, ColumnMask};
+
+/// How each column of `table` is masked for `identity`, in the schema's order (`None`: not
+/// masked). A masked STRUCT is NULL in rows read directly, and left out of a masked read.
+pub fn column_masks(
+    classifier: &Classifier,
+    table: &str,
+    columns: &[Column],
+    identity: &Identity,
+) -> Result<Vec<ColumnMask>, String> {
+    columns
+        .iter()
+        .map(|c| {
+            let rule = classifier
+                .tags_of(table, &c.name)
+                .into_iter()
+                .find_map(|tag| classifier.masked_for(tag, identity));
+            let strategy = match rule {
+                None => None,
+                Some(_) if is_struct(c) => Some(Strategy::Null),
+                Some(rule) => Some(Strategy::parse(&rule.strategy)?),
+            };
+            Ok(ColumnMask {
+                column: c.clone(),
+                strategy,
+            })
+        })
+        .collect()
+}
 
 /// The name of an array's element while it is masked.
 const ELEMENT: &str = "__qg_e";
@@ -25,39 +53,40 @@ pub fn select_list(
     columns: &[Column],
     identity: &Identity,
 ) -> Result<Vec<MaskedColumn>, String> {
-    columns
-        .iter()
-        .filter_map(|c| {
-            let mask = classifier
-                .tags_of(table, &c.name)
-                .into_iter()
-                .find_map(|tag| classifier.masked_for(tag, identity).map(|m| (tag, m)));
-            let Some((_, rule)) = mask else {
-                return Some(Ok(MaskedColumn {
-                    name: c.name.clone(),
-                    mask: None,
-                }));
-            };
-            if matches!(c.bq_type.as_str(), "RECORD" | "STRUCT") {
-                return None;
-            }
-            let strategy = match Strategy::parse(&rule.strategy) {
-                Ok(s) => s,
-                Err(e) => return Some(Err(e)),
-            };
-            let quoted = quote_column(SqlDialect::BigQuery, &c.name);
-            let mask = if c.repeated {
-                let element = mask_expression(strategy, ELEMENT, &c.bq_type);
-                format!("ARRAY(SELECT {element} FROM UNNEST({quoted}) AS {ELEMENT})")
-            } else {
-                mask_expression(strategy, &quoted, &c.bq_type)
-            };
-            Some(Ok(MaskedColumn {
-                name: c.name.clone(),
-                mask: Some(mask),
-            }))
-        })
-        .collect()
+    Ok(column_masks(classifier, table, columns, identity)?
+        .into_iter()
+        .filter_map(
+            |ColumnMask {
+                 column: c,
+                 strategy,
+             }| {
+                let Some(strategy) = strategy else {
+                    return Some(MaskedColumn {
+                        name: c.name,
+                        mask: None,
+                    });
+                };
+                if is_struct(&c) {
+                    return None;
+                }
+                let quoted = quote_column(SqlDialect::BigQuery, &c.name);
+                let mask = if c.repeated {
+                    let element = mask_expression(strategy, ELEMENT, &c.bq_type);
+                    format!("ARRAY(SELECT {element} FROM UNNEST({quoted}) AS {ELEMENT})")
+                } else {
+                    mask_expression(strategy, &quoted, &c.bq_type)
+                };
+                Some(MaskedColumn {
+                    name: c.name,
+                    mask: Some(mask),
+                })
+            },
+        )
+        .collect())
+}
+
+fn is_struct(c: &Column) -> bool {
+    matches!(c.bq_type.as_str(), "RECORD" | "STRUCT")
 }
 
 #[cfg(test)]

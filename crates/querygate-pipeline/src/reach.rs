@@ -218,16 +218,14 @@ pub fn of_facts(
 }
 
 /// Reach of a direct read of a base table's rows (tabledata.list): every tagged column.
+/// Its masked columns are masked in the rows that come back (no SQL runs to rewrite).
 pub fn of_table(classifier: &Classifier, table: &str, identity: &Identity) -> Reach {
     let mut reach = Reach::default();
     for (column, tag) in classifier.tagged_columns(table) {
         reach.tags.push(tag.to_string());
-        if reach.refusal.is_none() && classifier.masked_for(tag, identity).is_some() {
-            reach.refusal = Some(format!(
-                "Access Denied: table {table} has column {column} classified {tag}, masked for {}; \
-                 reading its rows directly would return it, so run a query that leaves it out",
-                identity.subject
-            ));
+        if reach.sensitive.is_none() && classifier.masked_for(tag, identity).is_some() {
+            reach.sensitive = Some(format!("the read returns {table}.{column}, masked for you"));
+            reach.masked_tables.push(table.to_string());
         }
     }
     reach.tags.sort();

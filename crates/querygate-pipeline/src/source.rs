@@ -130,6 +130,11 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// The statement a query call runs (after the masking rewrite, if any).
+    fn statement(&self, _call: &Self::Call) -> Option<String> {
+        None
+    }
+
     /// The columns of a table (`project.dataset.table`), from its schema, for the masking
     /// rewrite. Looked up with the gateway's own credential and cached by the source.
     /// Sources that cannot describe tables fail, and a query reading a masked table
@@ -144,6 +149,15 @@ pub trait Source: Send + Sync {
         }
     }
 
+    /// Masks the rows of a direct table read (tabledata.list) in `reply`, column by column
+    /// as `masks` says (every column of the table, in schema order); returns how many
+    /// values changed. Sources that cannot fail, and the read is refused.
+    fn mask_rows(&self, _reply: &mut Self::Reply, _masks: &[ColumnMask]) -> Result<u64, Fault> {
+        Err(Fault::gateway(
+            "this source cannot mask the rows of a table read; run a query instead",
+        ))
+    }
+
     /// Replaces the statement a query call runs (the masking rewrite's output). `Err` when
     /// the call cannot carry it (the message is for the client).
     fn rewrite(&self, _call: &mut Self::Call, _statement: &str) -> Result<(), Denial> {
@@ -152,6 +166,14 @@ pub trait Source: Send + Sync {
             "Access Denied: this source cannot run masked queries",
         ))
     }
+}
+
+/// How one column of a table is masked in rows read directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMask {
+    pub column: Column,
+    /// `None`: returned as it is.
+    pub strategy: Option<querygate_mask::Strategy>,
 }
 
 /// One column of a table's schema.

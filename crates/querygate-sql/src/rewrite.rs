@@ -9,12 +9,16 @@
 //! the engines that get masking right do it: they mask where the column is read.
 //!
 //! The caller gives, per masked table, the whole select list (every column of the table,
-//! with its mask where it has one; it comes from the table's schema). The rewrite is pure
-//! and fails closed: what it cannot wrap safely is an error, never a partial rewrite.
+//! with its mask where it has one; it comes from the table's schema). The reads are found
+//! on sqlparser's AST and replaced *in the text*, by their source spans: everything else
+//! stays byte for byte as the client wrote it (comments, string escapes, spelling), since
+//! re-rendering the AST does not round-trip BigQuery SQL (`'it\'s'` would print as
+//! `'it''s'`, which BigQuery rejects). The rewrite is pure and fails closed: what it cannot
+//! wrap safely is an error, never a partial rewrite.
 //!
 //! - a wildcard table (`events_*`) that could match a masked table, a masked table changed
-//!   by UPDATE/DELETE/MERGE or read `FOR SYSTEM_TIME AS OF`, and a CTE named like a masked
-//!   table are refused;
+//!   by UPDATE/DELETE/MERGE, read `FOR SYSTEM_TIME AS OF`, sampled or with hints (clauses
+//!   outside the table's span), and a CTE named like a masked table are refused;
 //! - the text may not contain `__qg_src` or `__querygate` (the rewrite's own markers, and the
 //!   hash key's query parameter);
 //! - the output is parsed again and every read of a masked table in it must be the
@@ -24,11 +28,11 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor, Visit, VisitMut,
-    Visitor, VisitorMut,
+    ObjectName, Query, Spanned, Statement, TableAlias, TableFactor, Visit, Visitor,
 };
 use sqlparser::dialect::{BigQueryDialect, Dialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Location;
 
 use crate::SqlDialect;
 use crate::facts::TableRef;
@@ -83,8 +87,14 @@ impl Masking<'_> {
 }
 
 /// `sql` with every read of a masked table replaced by its masking derived table; the
-/// text unchanged when it reads none. `Err` says why it cannot be rewritten safely.
+/// text unchanged when it reads none. `Err` says why it cannot be rewritten safely. Never
+/// panics: like [`crate::analyze`], what goes wrong inside is an `Err`.
 pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask_reads_inner(sql, m)))
+        .unwrap_or_else(|_| Err("internal error in the masking rewrite".into()))
+}
+
+fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     if let Some(marker) = reserved_marker(sql) {
         return Err(format!(
             "the statement contains `{marker}`, a name querygate reserves for masking; rename it"
@@ -93,15 +103,28 @@ pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     if m.tables.is_empty() {
         return Ok(sql.to_string());
     }
-    let mut statements = parse(sql, m.dialect)?;
+    // Only what the analyzer understands is rewritten (this also keeps the input within
+    // the analyzer's bounds on size and nesting before it is parsed here).
+    if let Some(why) = crate::analyze(sql, m.dialect).opaque {
+        return Err(why);
+    }
+    // BigQuery ends comments at a carriage return too (as `analyze` does, line breaks
+    // become `\n`), and sqlparser counts lines by `\n`: the spans below index this text.
+    let text = if sql.contains('\r') {
+        sql.replace("\r\n", "\n").replace('\r', "\n")
+    } else {
+        sql.to_string()
+    };
+    let statements = parse(&text, m.dialect)?;
     let mut wrapper = Wrapper {
         m,
+        text: &text,
         names: Names { dialect: m.dialect },
         ctes: Vec::new(),
-        wrapped: 0,
+        splices: Vec::new(),
         error: None,
     };
-    for st in &mut statements {
+    for st in &statements {
         if let Some(target) = dml_target(st) {
             let t = wrapper.names.table_ref(target)?;
             if let Some((name, _)) = m.masked(&t) {
@@ -116,11 +139,57 @@ pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, String> {
             return Err(e);
         }
     }
-    if wrapper.wrapped == 0 {
+    if wrapper.splices.is_empty() {
         return Ok(sql.to_string());
     }
-    let out = render(&statements);
+    let out = splice(&text, wrapper.splices)?;
     verify(&out, m)?;
+    Ok(out)
+}
+
+/// One masked read: the text at `start..end` (byte offsets) becomes `with`.
+struct Splice {
+    start: usize,
+    end: usize,
+    with: String,
+}
+
+/// The byte offset of a location (line and column from 1, columns in characters).
+fn offset(text: &str, at: Location) -> Option<usize> {
+    let line_start = if at.line <= 1 {
+        0
+    } else {
+        text.match_indices('\n')
+            .nth(usize::try_from(at.line).ok()? - 2)?
+            .0
+            + 1
+    };
+    let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
+    let line = &text[line_start..];
+    match line.char_indices().nth(column) {
+        Some((i, _)) => Some(line_start + i),
+        None if line.chars().count() == column => Some(text.len()),
+        None => None,
+    }
+}
+
+/// The text with every splice applied; only the masked reads change, so comments, literals
+/// and spelling stay byte for byte as the client wrote them.
+fn splice(text: &str, mut splices: Vec<Splice>) -> Result<String, String> {
+    splices.sort_by_key(|s| s.start);
+    let mut out = String::with_capacity(text.len() + 256 * splices.len());
+    let mut at = 0;
+    for s in splices {
+        if s.start < at || s.end < s.start || s.end > text.len() {
+            return Err(
+                "querygate could not place the masking rewrite; the statement is refused".into(),
+            );
+        }
+        out.push_str(&text[at..s.start]);
+        out.push_str(&s.with);
+        at = s.end;
+    }
+    out.push_str(&text[at..]);
     Ok(out)
 }
 
@@ -138,14 +207,6 @@ fn parse(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, String> {
         SqlDialect::Postgres => &PostgreSqlDialect {},
     };
     Parser::parse_sql(d, sql).map_err(|e| format!("querygate cannot parse this SQL: {e}"))
-}
-
-fn render(statements: &[Statement]) -> String {
-    statements
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(";\n")
 }
 
 /// The table an UPDATE, DELETE or MERGE changes.
@@ -179,10 +240,12 @@ pub fn quote_column(dialect: SqlDialect, name: &str) -> String {
 
 struct Wrapper<'a> {
     m: &'a Masking<'a>,
+    /// The statement text the spans index.
+    text: &'a str,
     names: Names,
     /// CTE names in scope, innermost last.
     ctes: Vec<Vec<String>>,
-    wrapped: usize,
+    splices: Vec<Splice>,
     error: Option<String>,
 }
 
@@ -196,15 +259,29 @@ impl Wrapper<'_> {
                 .any(|c| c.eq_ignore_ascii_case(&t.parts[0]))
     }
 
-    /// The derived table that replaces `factor` (a read of a masked table).
+    /// The derived table's text that replaces `factor` (a read of a masked table), and
+    /// where `factor` is in `text`.
     fn derived(
         &self,
+        text: &str,
         factor: &TableFactor,
         columns: &[MaskedColumn],
-    ) -> Result<TableFactor, String> {
+    ) -> Result<Splice, String> {
         let TableFactor::Table { name, alias, .. } = factor else {
             return Err("internal: not a table".into());
         };
+        let unplaced = || {
+            "querygate could not place the masking rewrite; the statement is refused".to_string()
+        };
+        let whole = factor.span();
+        let start = offset(text, whole.start).ok_or_else(unplaced)?;
+        let end = offset(text, whole.end).ok_or_else(unplaced)?;
+        let name_span = name.span();
+        let name_end = offset(text, name_span.end).ok_or_else(unplaced)?;
+        if name_span.start != whole.start || name_end > end {
+            return Err(unplaced());
+        }
+        let name_text = &text[start..name_end];
         let list = columns
             .iter()
             .map(|c| {
@@ -216,55 +293,21 @@ impl Wrapper<'_> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let text = format!("SELECT {list} FROM __qg_placeholder AS {SOURCE_ALIAS}");
-        let mut parsed = parse(&text, self.m.dialect)?;
-        let Some(Statement::Query(mut query)) = parsed.pop() else {
-            return Err("internal: the masking select list does not parse".into());
-        };
-        let SetExpr::Select(select) = query.body.as_mut() else {
-            return Err("internal: the masking select list does not parse".into());
-        };
-        let mut inner = factor.clone();
-        if let TableFactor::Table { alias, .. } = &mut inner {
-            *alias = Some(TableAlias {
-                explicit: true,
-                name: Ident::new(SOURCE_ALIAS),
-                columns: vec![],
-                at: None,
-            });
-        }
-        let Some(from) = select.from.first_mut() else {
-            return Err("internal: the masking select list has no FROM".into());
-        };
-        from.relation = inner;
         // Outside, the read keeps the name it was known by: its alias, or (BigQuery's
         // implicit alias) the table's own name.
         let alias = match alias {
-            Some(a) => a.clone(),
+            Some(a) if a.columns.is_empty() => a.name.to_string(),
+            Some(_) => return Err("column aliases on a masked table are not supported".into()),
             None => {
                 let t = self.names.table_ref(name)?;
-                let last = t.parts.last().cloned().unwrap_or_default();
-                TableAlias {
-                    explicit: true,
-                    name: Ident::with_quote(quote_char(self.m.dialect), last),
-                    columns: vec![],
-                    at: None,
-                }
+                quote(self.m.dialect, t.parts.last().map_or("", String::as_str))
             }
         };
-        Ok(TableFactor::Derived {
-            lateral: false,
-            subquery: query,
-            alias: Some(alias),
-            sample: None,
+        Ok(Splice {
+            start,
+            end,
+            with: format!("(SELECT {list} FROM {name_text} AS {SOURCE_ALIAS}) AS {alias}"),
         })
-    }
-}
-
-fn quote_char(dialect: SqlDialect) -> char {
-    match dialect {
-        SqlDialect::BigQuery => '`',
-        SqlDialect::Postgres => '"',
     }
 }
 
@@ -284,10 +327,10 @@ fn is_source_alias(alias: &Option<TableAlias>) -> bool {
     alias.as_ref().is_some_and(|a| a.name.value == SOURCE_ALIAS)
 }
 
-impl VisitorMut for Wrapper<'_> {
+impl Visitor for Wrapper<'_> {
     type Break = ();
 
-    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
         let names = cte_names(q);
         // A CTE named like a masked table could hide a read of it (or be mistaken for
         // one): refused rather than guessed.
@@ -307,19 +350,24 @@ impl VisitorMut for Wrapper<'_> {
         ControlFlow::Continue(())
     }
 
-    fn post_visit_query(&mut self, _q: &mut Query) -> ControlFlow<()> {
+    fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
         self.ctes.pop();
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         let TableFactor::Table {
             name,
             alias,
             args,
             version,
+            with_hints,
+            partitions,
+            json_path,
+            sample,
+            index_directives,
             ..
-        } = &*factor
+        } = factor
         else {
             return ControlFlow::Continue(());
         };
@@ -350,24 +398,32 @@ impl VisitorMut for Wrapper<'_> {
         let Some((table, columns)) = self.m.masked(&t) else {
             return ControlFlow::Continue(());
         };
-        if args.is_some() {
-            self.error = Some(format!("{table} is called as a table function"));
-            return ControlFlow::Break(());
-        }
-        if version.is_some() {
-            // sqlparser prints `AS alias` before `FOR SYSTEM_TIME AS OF` (as BigQuery
-            // writes it) but parses only the other order, so the rewrite could not be
-            // checked: refused.
+        let modifier = if args.is_some() {
+            Some("called as a table function")
+        } else if version.is_some() {
+            // `FOR SYSTEM_TIME AS OF` lies outside the span the rewrite replaces.
+            Some("read FOR SYSTEM_TIME AS OF (query the current table)")
+        } else if sample.is_some() {
+            Some("sampled (TABLESAMPLE)")
+        } else if !with_hints.is_empty()
+            || !partitions.is_empty()
+            || json_path.is_some()
+            || !index_directives.is_empty()
+        {
+            Some("read with hints")
+        } else {
+            None
+        };
+        if let Some(what) = modifier {
             self.error = Some(format!(
-                "querygate cannot mask a FOR SYSTEM_TIME AS OF read of {table}, which has \
-                 columns masked for you; query the current table"
+                "querygate cannot mask a read of {table}, which has columns masked for you, \
+                 {what}"
             ));
             return ControlFlow::Break(());
         }
-        match self.derived(factor, columns) {
-            Ok(d) => {
-                *factor = d;
-                self.wrapped += 1;
+        match self.derived(self.text, factor, columns) {
+            Ok(splice) => {
+                self.splices.push(splice);
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -434,10 +490,10 @@ fn verify(sql: &str, m: &Masking<'_>) -> Result<(), String> {
             ));
         }
     }
-    if crate::analyze(sql, m.dialect).opaque.is_some() {
-        return Err(
-            "the rewritten statement could not be analyzed; the statement is refused".into(),
-        );
+    if let Some(why) = crate::analyze(sql, m.dialect).opaque {
+        return Err(format!(
+            "the rewritten statement could not be analyzed ({why}); the statement is refused"
+        ));
     }
     Ok(())
 }

@@ -260,39 +260,52 @@ impl Writer {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        loop {
+        // Idle, the recorder blocks on the queue. While buffers wait to be written it
+        // sleeps until the first is due and then takes everything queued meanwhile, so
+        // events do not wake it one by one (the queue holds far more than arrives in
+        // `flush_after`).
+        let mut open = true;
+        while open {
             let due = self
                 .buffers
                 .values()
                 .filter_map(|b| b.since)
                 .min()
                 .map(|t| t + self.options.flush_after);
-            let msg = match due {
+            match due {
                 None => match rx.recv() {
-                    Ok(m) => Some(m),
+                    Ok(msg) => self.take(msg),
                     Err(_) => break,
                 },
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            match msg {
-                Some(Msg::Event(capture)) => {
-                    if let Some(key) = self.add(*capture) {
-                        self.write(&[key]);
+                Some(at) => std::thread::sleep(at.saturating_duration_since(Instant::now())),
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => self.take(msg),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
                     }
                 }
-                Some(Msg::Flush(ack)) => {
-                    self.write_all();
-                    let _ = ack.send(());
-                }
-                None => {}
             }
             self.write_due();
         }
         self.write_all();
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(capture) => {
+                if let Some(key) = self.add(*capture) {
+                    self.write(&[key]);
+                }
+            }
+            Msg::Flush(ack) => {
+                self.write_all();
+                let _ = ack.send(());
+            }
+        }
     }
 
     /// Buffers an event; returns its buffer's key when the buffer is full.

@@ -409,39 +409,45 @@ fn index_loop(conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, pendi
         oldest: None,
         full: Vec::new(),
     };
-    loop {
-        let msg = match ix.oldest {
-            None => rx.recv().ok(),
+    // Idle, the indexer blocks on the channel. Once entries wait, it sleeps until they are
+    // due and then takes everything queued meanwhile: a sleeping thread is not woken by each
+    // send (on a busy gateway that was a futex wake and a context switch per group commit).
+    let mut open = true;
+    while open {
+        let mut flushes = Vec::new();
+        match ix.oldest {
+            None => match rx.recv() {
+                Ok(msg) => ix.take(msg, &mut flushes),
+                Err(_) => break,
+            },
             Some(t) => {
-                match rx.recv_timeout((t + INDEX_AFTER).saturating_duration_since(Instant::now())) {
-                    Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = ix.index();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                std::thread::sleep((t + INDEX_AFTER).saturating_duration_since(Instant::now()))
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => ix.take(msg, &mut flushes),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
                 }
             }
-        };
-        let Some(msg) = msg else { break };
-        match msg {
-            Index::Entries(entries) => {
-                ix.waiting.extend(entries);
-                let oldest = *ix.oldest.get_or_insert_with(Instant::now);
-                if ix.waiting.len() >= INDEX_BATCH || oldest.elapsed() >= INDEX_AFTER {
-                    let _ = ix.index();
-                }
-            }
-            Index::Flush(ack) => {
-                let result = ix.index();
-                let _ = ack.send(result.map(|()| 0).map_err(|message| StoreError::Failed {
-                    path: ix.store.display().to_string(),
-                    message,
-                }));
-            }
-            Index::Full(path) => {
-                ix.full.push(path);
-                let _ = ix.index();
+        }
+        let due = ix.oldest.is_some_and(|t| t.elapsed() >= INDEX_AFTER);
+        if due || !flushes.is_empty() || !ix.full.is_empty() || ix.waiting.len() >= INDEX_BATCH {
+            let result = ix.index();
+            for ack in flushes {
+                let _ =
+                    ack.send(
+                        result
+                            .clone()
+                            .map(|()| 0)
+                            .map_err(|message| StoreError::Failed {
+                                path: ix.store.display().to_string(),
+                                message,
+                            }),
+                    );
             }
         }
     }
@@ -449,6 +455,18 @@ fn index_loop(conn: Connection, store: PathBuf, rx: mpsc::Receiver<Index>, pendi
 }
 
 impl Indexer {
+    /// Takes one message in (indexing happens after the queue is drained).
+    fn take(&mut self, msg: Index, flushes: &mut Vec<oneshot::Sender<Result<u64, StoreError>>>) {
+        match msg {
+            Index::Entries(entries) => {
+                self.waiting.extend(entries);
+                self.oldest.get_or_insert_with(Instant::now);
+            }
+            Index::Flush(ack) => flushes.push(ack),
+            Index::Full(path) => self.full.push(path),
+        }
+    }
+
     /// Writes waiting entries into SQLite and takes them out of the pending overlay. With
     /// full journal files to delete, syncs SQLite's files first. On failure the entries
     /// stay waiting (they are durable in the journal) and are retried.

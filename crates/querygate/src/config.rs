@@ -553,7 +553,7 @@ impl Config {
             _ => {}
         }
         for s in &self.sources {
-            if let Err((span, msg)) = s.scrubber_checked() {
+            if let Err((span, msg)) = s.scrubber_checked(Vec::new()) {
                 return fail(span, format!("source {}: {msg}", s.name));
             }
         }
@@ -1057,14 +1057,15 @@ impl Config {
         self.oidc.iter().map(|o| o.get_ref().check()).collect()
     }
 
-    /// The masking key, when some `[[mask]]` uses the `hash` strategy (loaded, or created
-    /// at its default path).
+    /// The masking key, when some `[[mask]]` or `detect_strategy` uses the `hash` strategy
+    /// (loaded, or created at its default path).
     pub fn mask_key(&self) -> Result<Option<querygate_core::Secret>, String> {
-        if !self
+        let hashes = self
             .mask
             .iter()
             .any(|m| m.get_ref().strategy.as_deref() == Some("hash"))
-        {
+            || self.sources.iter().any(SourceConfig::hashes_detections);
+        if !hashes {
             return Ok(None);
         }
         let path = match &self.masking.hash_key_file {
@@ -1167,12 +1168,29 @@ impl SourceConfig {
             .map_or(BIGQUERY_ENDPOINT, |e| e.get_ref().as_str())
     }
 
-    /// The value detectors of `detect`, with their strategy; `None` when none are set.
-    pub fn scrubber(&self) -> Option<querygate_mask::Scrubber> {
-        self.scrubber_checked().ok().flatten()
+    /// The value detectors of `detect`, with their strategy (and the masking key, for
+    /// `hash`); `None` when none are set.
+    pub fn scrubber(
+        &self,
+        key: Option<&querygate_core::Secret>,
+    ) -> Option<querygate_mask::Scrubber> {
+        let key = key
+            .map(|k| k.expose().as_bytes().to_vec())
+            .unwrap_or_default();
+        self.scrubber_checked(key).ok().flatten()
     }
 
-    fn scrubber_checked(&self) -> Result<Option<querygate_mask::Scrubber>, (Range<usize>, String)> {
+    /// `detect_strategy = "hash"` (it needs the masking key).
+    pub fn hashes_detections(&self) -> bool {
+        self.detect_strategy
+            .as_ref()
+            .is_some_and(|s| s.get_ref() == "hash")
+    }
+
+    fn scrubber_checked(
+        &self,
+        key: Vec<u8>,
+    ) -> Result<Option<querygate_mask::Scrubber>, (Range<usize>, String)> {
         if self.detect.is_empty() {
             return Ok(None);
         }
@@ -1186,23 +1204,11 @@ impl SourceConfig {
         let strategy = match &self.detect_strategy {
             None => querygate_mask::Strategy::Redact,
             Some(s) => match querygate_mask::Strategy::parse(s.get_ref()) {
-                Ok(querygate_mask::Strategy::Hash) => {
-                    return Err((
-                        s.span(),
-                        "detect_strategy = \"hash\" needs the masking key, which comes with \
-                         column masking; use redact, null, last4 or email_domain"
-                            .into(),
-                    ));
-                }
                 Ok(strategy) => strategy,
                 Err(e) => return Err((s.span(), format!("detect_strategy: {e}"))),
             },
         };
-        Ok(Some(querygate_mask::Scrubber::new(
-            &kinds,
-            strategy,
-            Vec::new(),
-        )))
+        Ok(Some(querygate_mask::Scrubber::new(&kinds, strategy, key)))
     }
 
     pub fn credential(&self, config: &Config) -> UpstreamCredential {

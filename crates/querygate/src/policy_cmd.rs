@@ -3,7 +3,8 @@
 //! `check` shows what the gateway would decide for one identity and one statement:
 //! the facts, the decision, the rule that decided and every rule that matched.
 //! `test` runs a table of cases so that teams can check policy changes in CI.
-//! Neither talks to an upstream: byte estimates and partitioning come from flags.
+//! Neither talks to an upstream: byte estimates, partitioning and the columns of tables
+//! with masked columns (for the masking rewrite `check` prints) come from flags.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ pub enum PolicyCommand {
         /// `=` with nothing after it means not partitioned.
         #[arg(long = "partition")]
         partitions: Vec<String>,
+        /// A table's columns, `project.dataset.table=name:TYPE,name:TYPE` (repeatable), so
+        /// that the masking rewrite of reads of it can be shown.
+        #[arg(long = "columns")]
+        columns: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -76,6 +81,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             sql,
             bytes,
             partitions,
+            columns,
             json,
         } => {
             let config = Config::load(&config.config).map_err(anyhow::Error::msg)?;
@@ -89,10 +95,11 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 sql,
                 bytes,
                 partitions: parse_partitions(&partitions)?,
+                columns: parse_partitions(&columns)?,
                 expect: None,
                 rule: None,
             };
-            let (facts, subject, verdict, reach) = evaluate(&config, &case)?;
+            let (facts, subject, verdict, reach, rewritten) = evaluate(&config, &case)?;
             if json {
                 println!(
                     "{}",
@@ -108,6 +115,9 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                         "needs_estimate": verdict.needs_estimate,
                         "max_bytes_billed": verdict.max_bytes_billed,
                         "row_limit": verdict.row_limit.as_ref().map(|r| r.rows),
+                        "masked_tables": reach.masked_tables,
+                        "rewritten": rewritten.as_ref().ok().and_then(Option::as_ref),
+                        "rewrite_error": rewritten.as_ref().err(),
                     })
                 );
             } else {
@@ -135,6 +145,14 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(b) = verdict.max_bytes_billed {
                     println!("maximumBytesBilled: {b}");
+                }
+                if !reach.masked_tables.is_empty() {
+                    println!("masked:     {}", reach.masked_tables.join(", "));
+                    match &rewritten {
+                        Ok(Some(sql)) => println!("rewritten:  {sql}"),
+                        Ok(None) => {}
+                        Err(why) => println!("rewrite:    {why}"),
+                    }
                 }
                 if let Some(r) = &verdict.needs_estimate {
                     println!(
@@ -165,6 +183,9 @@ struct Case {
     bytes: Option<String>,
     #[serde(default)]
     partitions: HashMap<String, String>,
+    /// Columns of tables with masked columns: `table = "name:TYPE,name:TYPE"`.
+    #[serde(default)]
+    columns: HashMap<String, String>,
     /// allow | deny | approve
     expect: Option<String>,
     /// The rule expected to decide.
@@ -188,10 +209,14 @@ fn parse_partitions(flags: &[String]) -> anyhow::Result<HashMap<String, String>>
         .collect()
 }
 
+/// The masking rewrite `check` shows: `Ok(None)` when nothing is masked, `Err` when it
+/// cannot be made (columns not given, or the rewrite refuses the statement).
+type Rewritten = Result<Option<String>, String>;
+
 fn evaluate(
     config: &Config,
     case: &Case,
-) -> anyhow::Result<(querygate_sql::Facts, Subject, Verdict, Reach)> {
+) -> anyhow::Result<(querygate_sql::Facts, Subject, Verdict, Reach, Rewritten)> {
     let source = match &case.source {
         Some(name) => config
             .sources
@@ -258,7 +283,20 @@ fn evaluate(
         tags: &reach.tags,
         now: jiff::Timestamp::now(),
     });
-    let verdict = match &reach.refusal {
+    let rewritten = rewrite(
+        &policies.classifier,
+        &source.project,
+        &identity,
+        case,
+        &reach,
+    );
+    let verdict = match reach
+        .refusal
+        .as_ref()
+        .or(rewritten.as_ref().err().filter(|e| {
+            // A rewrite the gateway would refuse (not merely columns not given here).
+            !e.starts_with("pass --columns")
+        })) {
         // As the gateway decides: a masked column the query returns (or filters on) refuses
         // it, whatever the bytes (it needs no estimate).
         Some(why)
@@ -276,7 +314,58 @@ fn evaluate(
         }
         _ => verdict,
     };
-    Ok((facts, subject, verdict, reach))
+    Ok((facts, subject, verdict, reach, rewritten))
+}
+
+/// The statement as the gateway would send it upstream, from the columns the case gives.
+fn rewrite(
+    classifier: &querygate_policy::Classifier,
+    project: &str,
+    identity: &Identity,
+    case: &Case,
+    reach: &Reach,
+) -> Rewritten {
+    if reach.masked_tables.is_empty() || reach.refusal.is_some() {
+        return Ok(None);
+    }
+    let mut lists = HashMap::new();
+    for table in &reach.masked_tables {
+        let Some(spec) = case.columns.get(table) else {
+            return Err(format!(
+                "pass --columns {table}=name:TYPE,… to see the rewritten statement"
+            ));
+        };
+        let columns = spec
+            .split(',')
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| {
+                let (name, ty) = c.split_once(':').unwrap_or((c, "STRING"));
+                let ty = ty.trim().to_ascii_uppercase();
+                let repeated = ty.starts_with("ARRAY");
+                querygate_pipeline::Column {
+                    name: name.trim().to_string(),
+                    bq_type: ty
+                        .trim_start_matches("ARRAY<")
+                        .trim_end_matches('>')
+                        .to_string(),
+                    repeated,
+                }
+            })
+            .collect::<Vec<_>>();
+        let list = querygate_pipeline::masking::select_list(classifier, table, &columns, identity)?;
+        lists.insert(table.clone(), list);
+    }
+    querygate_sql::mask_reads(
+        &case.sql,
+        &querygate_sql::Masking {
+            dialect: SqlDialect::BigQuery,
+            project,
+            dataset: None,
+            tables: &lists,
+        },
+    )
+    .map(Some)
+    .map_err(|why| format!("Access Denied: {why}"))
 }
 
 fn decision(v: &Verdict) -> &'static str {
@@ -312,7 +401,7 @@ fn test(config_path: &Path, file: &Path) -> anyhow::Result<ExitCode> {
         let Some(expect) = case.expect.as_deref() else {
             bail!("{}: {name} has no `expect`", file.display());
         };
-        let (_, _, verdict, _) = evaluate(&config, case).with_context(|| name.clone())?;
+        let (_, _, verdict, _, _) = evaluate(&config, case).with_context(|| name.clone())?;
         let got = decision(&verdict);
         let rule_ok = case
             .rule

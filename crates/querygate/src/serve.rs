@@ -157,7 +157,7 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
                     .as_deref()
                     .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
             )
-            .with_scrubber(s.scrubber())
+            .with_scrubber(s.scrubber(mask_key.as_ref()))
             .with_mask_key(mask_key.clone());
         sources.insert(s.project.clone(), Arc::new(source));
     }

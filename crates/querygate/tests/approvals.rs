@@ -63,23 +63,25 @@ async fn upstream() -> Recorder {
         let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         let path = r.uri.split('?').next().unwrap_or("").to_string();
         let last = path.rsplit('/').next().unwrap_or("").to_string();
+        // `/*bytes=N*/`, or `'bytes=N'` (a literal survives the masking rewrite, which
+        // drops comments).
         let bytes_in = |sql: &str| {
-            sql.split("/*bytes=")
+            sql.split("bytes=")
                 .nth(1)
-                .and_then(|s| s.split("*/").next())
+                .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        if body["configuration"]["dryRun"] == true {
+            let sql = body["configuration"]["query"]["query"].as_str().unwrap_or("");
+            return (
+                200,
+                json!({"kind": "bigquery#job", "status": {"state": "DONE"},
+                       "statistics": {"query": {"totalBytesProcessed": bytes_in(sql).to_string()}}})
+                .to_string(),
+            );
+        }
         if r.method == "POST" && path.ends_with("/queries") {
-            let sql = body["query"].as_str().unwrap_or("");
-            if body["dryRun"] == true {
-                return (
-                    200,
-                    json!({"jobReference": {"projectId": "test-project"}, "jobComplete": true,
-                           "totalBytesProcessed": bytes_in(sql).to_string()})
-                    .to_string(),
-                );
-            }
             return (200, query_response("job-direct", 1));
         }
         if r.method == "POST" && path.ends_with("/jobs") {
@@ -102,6 +104,14 @@ async fn upstream() -> Recorder {
                 json!({"kind": "bigquery#job",
                        "jobReference": {"projectId": "test-project", "jobId": last, "location": "US"},
                        "status": {"state": "DONE"}})
+                .to_string(),
+            );
+        }
+        if r.method == "GET" && path.contains("/tables/") {
+            return (
+                200,
+                json!({"kind": "bigquery#table", "schema": {"fields": [
+                    {"name": "id", "type": "INTEGER"}, {"name": "email", "type": "STRING"}]}})
                 .to_string(),
             );
         }
@@ -268,7 +278,8 @@ where
 }
 
 fn dry_run(seen: &Seen) -> bool {
-    serde_json::from_slice::<Value>(&seen.body).is_ok_and(|b| b["dryRun"] == true)
+    serde_json::from_slice::<Value>(&seen.body)
+        .is_ok_and(|b| b["dryRun"] == true || b["configuration"]["dryRun"] == true)
 }
 
 #[tokio::test]
@@ -358,7 +369,7 @@ async fn a_caught_query_waits_until_an_approver_approves_it_through_the_cli() {
     let seen = up.requests();
     let insert = seen
         .iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs"))
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
         .expect("jobs.insert upstream");
     let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
@@ -896,7 +907,7 @@ async fn a_waiting_ticket_survives_a_gateway_restart() {
     let insert = up
         .requests()
         .into_iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs"))
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
         .expect("jobs.insert");
     let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
@@ -933,5 +944,61 @@ async fn the_admin_api_serves_tls_with_the_gateways_certificate() {
     assert!(
         plain.is_err() || !plain.expect("resp").status().is_success(),
         "plaintext must not be served on a TLS admin port"
+    );
+}
+
+#[tokio::test]
+async fn a_masked_query_waits_and_runs_masked_once_approved() {
+    let up = upstream().await;
+    let (g, _) = gateway(
+        "approvals-masked",
+        &up,
+        "[[classify]]\ntag = \"pii\"\ncolumns = [\"*.crm.customers.email\"]\n\n\
+         [[mask]]\ntag = \"pii\"\nstrategy = \"redact\"\n",
+    )
+    .await;
+    let sql = format!(
+        "SELECT LOWER(email) AS e, 'bytes={}' AS cost FROM crm.customers",
+        12 * GIB
+    );
+    let (job, ticket) = caught(&g, &sql).await;
+    let (code, out, err) = approvals(&g, OLIVIA, "", &["approve", &ticket]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, body) = poll(&g, &job, KEY).await;
+    assert_eq!(status, 200, "{body}");
+    // What ran upstream is the masked statement, under the held job id.
+    let insert = up
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
+        .expect("jobs.insert");
+    let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
+    assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
+    let ran = inserted["configuration"]["query"]["query"]
+        .as_str()
+        .expect("query");
+    assert!(
+        ran.contains("FROM crm.customers AS __qg_src") && ran.contains("NULL, '') AS `email`"),
+        "{ran}"
+    );
+    // No request upstream ever carried the statement as the client wrote it.
+    assert!(
+        up.requests().iter().all(|r| {
+            !String::from_utf8_lossy(&r.body).contains("AS cost FROM crm.customers\"")
+        })
+    );
+    // The audit log has the rewrite beside the original, for the run too.
+    let records = g.audit();
+    let run = records
+        .iter()
+        .filter(|r| r["job_id"] == job.as_str() && r["method"] == "jobs.insert")
+        .find(|r| r["phase"] == "decided")
+        .expect("the approved run's decided record");
+    assert_eq!(run["statement"], sql.as_str());
+    assert!(
+        run["rewritten"]
+            .as_str()
+            .is_some_and(|s| s.contains("__qg_src")),
+        "{run}"
     );
 }

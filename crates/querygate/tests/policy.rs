@@ -51,16 +51,21 @@ max_bytes_billed = "50 GiB"
 async fn upstream() -> Recorder {
     Recorder::start(|r| {
         let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        let sql = body["query"].as_str().unwrap_or("");
+        let dry = body["configuration"]["dryRun"] == true;
+        let sql = if dry {
+            body["configuration"]["query"]["query"].as_str().unwrap_or("")
+        } else {
+            body["query"].as_str().unwrap_or("")
+        };
         let num = |tag: &str| {
             sql.split(tag)
                 .nth(1)
                 .and_then(|s| s.split("*/").next())
                 .and_then(|n| n.parse::<u64>().ok())
         };
-        if body["dryRun"] == true {
+        if dry {
             let bytes = num("/*bytes=").unwrap_or(0);
-            return (200, json!({"jobReference": {"projectId": "test-project"}, "jobComplete": true, "totalBytesProcessed": bytes.to_string()}).to_string());
+            return (200, json!({"kind": "bigquery#job", "status": {"state": "DONE"}, "statistics": {"query": {"totalBytesProcessed": bytes.to_string()}}}).to_string());
         }
         let rows = num("/*rows=").unwrap_or(1) as usize;
         let mut resp: Value = serde_json::from_str(&query_response("job-p", rows.min(5))).expect("json");
@@ -132,7 +137,7 @@ async fn rules_decide_with_estimates_caps_budgets_and_row_limits() {
     let seen = up.requests();
     assert_eq!(seen.len(), 1, "only the dry run went upstream");
     assert_eq!(
-        serde_json::from_slice::<Value>(&seen[0].body).expect("json")["dryRun"],
+        serde_json::from_slice::<Value>(&seen[0].body).expect("json")["configuration"]["dryRun"],
         true
     );
 
@@ -459,17 +464,38 @@ fn policy_check_explains_masking_and_touches() {
         let (code, out) = cli(
             &config,
             &[
-                "policy", "check", "--as", "agent:x", "--groups", groups, "--sql", sql, "--bytes",
-                "1 GiB", "--json",
+                "policy",
+                "check",
+                "--as",
+                "agent:x",
+                "--groups",
+                groups,
+                "--sql",
+                sql,
+                "--bytes",
+                "1 GiB",
+                "--columns",
+                "test-project.crm.customers=id:INTEGER,name:STRING,email:STRING",
+                "--json",
             ],
         );
         assert_eq!(code, 0, "{out}");
         serde_json::from_str::<Value>(out.lines().next().expect("line")).expect("json")
     };
+    // A read of the masked column runs rewritten: the check shows the statement sent.
     let v = check("agents", "SELECT LOWER(email) FROM crm.customers");
+    assert_eq!(v["decision"], "allow", "{v}");
+    assert_eq!(v["tags"], json!(["pii"]));
+    assert_eq!(v["masked_tables"], json!(["test-project.crm.customers"]));
+    assert_eq!(
+        v["rewritten"],
+        "SELECT LOWER(email) FROM (SELECT `id`, `name`, IF(`email` IS NULL, NULL, '') AS \
+         `email` FROM crm.customers AS __qg_src) AS `customers`"
+    );
+    // Filtering on it is refused (predicates = "deny", the default).
+    let v = check("agents", "SELECT name FROM crm.customers WHERE email = 'a'");
     assert_eq!(v["decision"], "deny", "{v}");
     assert_eq!(v["rule"], "masking");
-    assert_eq!(v["tags"], json!(["pii"]));
     assert!(
         v["message"]
             .as_str()
