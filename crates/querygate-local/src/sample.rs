@@ -204,11 +204,11 @@ pub fn generate(dir: &Path) -> Result<Vec<String>, String> {
     run(&format!(
         "CREATE TABLE orders AS SELECT
             i + 1 AS order_id,
-            1 + hash(i, 'c') % {CUSTOMERS} AS customer_id,
+            1 + CAST(hash(i, 'c') % {CUSTOMERS} AS BIGINT) AS customer_id,
             DATE '2024-01-01' + CAST(hash(i, 'd') % 731 AS INTEGER) AS order_date,
-            CAST(round(5 + (hash(i, 'a') % 50000) / 100.0, 2) AS DECIMAL(10,2)) AS amount,
-            ['placed', 'paid', 'shipped', 'delivered', 'returned'][1 + hash(i, 's') % 5] AS status,
-            ['book', 'lamp', 'chair', 'kettle', 'bicycle', 'headphones', 'plant', 'desk'][1 + hash(i, 'p') % 8] AS product
+            CAST(round(5 + (CAST(hash(i, 'a') % 50000 AS BIGINT)) / 100.0, 2) AS DECIMAL(10,2)) AS amount,
+            ['placed', 'paid', 'shipped', 'delivered', 'returned'][1 + CAST(hash(i, 's') % 5 AS BIGINT)] AS status,
+            ['book', 'lamp', 'chair', 'kettle', 'bicycle', 'headphones', 'plant', 'desk'][1 + CAST(hash(i, 'p') % 8 AS BIGINT)] AS product
          FROM range({ORDERS}) t(i)"
     ))
     .map_err(|e| format!("cannot generate orders: {e}"))?;
@@ -230,12 +230,12 @@ pub fn generate(dir: &Path) -> Result<Vec<String>, String> {
     run(&format!(
         "COPY (SELECT
             i + 1 AS event_id,
-            1 + hash(i, 'c') % {CUSTOMERS} AS customer_id,
+            1 + CAST(hash(i, 'c') % {CUSTOMERS} AS BIGINT) AS customer_id,
             CAST(TIMESTAMP '2024-01-01 00:00:00' + to_seconds(CAST(hash(i, 't') % 63158400 AS BIGINT)) AS TIMESTAMPTZ) AS event_time,
-            ['/', '/search', '/product', '/cart', '/checkout', '/account', '/help'][1 + hash(i, 'p') % 7] AS page,
-            ['web', 'ios', 'android'][1 + hash(i, 'd') % 3] AS device,
+            ['/', '/search', '/product', '/cart', '/checkout', '/account', '/help'][1 + CAST(hash(i, 'p') % 7 AS BIGINT)] AS page,
+            ['web', 'ios', 'android'][1 + CAST(hash(i, 'd') % 3 AS BIGINT)] AS device,
             CAST(hash(i, 'm') % 30000 AS INTEGER) AS duration_ms,
-            concat('10.', hash(i, 'x') % 256, '.', hash(i, 'y') % 256, '.', hash(i, 'z') % 256) AS ip_address
+            concat('10.', CAST(hash(i, 'x') % 256 AS BIGINT), '.', CAST(hash(i, 'y') % 256 AS BIGINT), '.', CAST(hash(i, 'z') % 256 AS BIGINT)) AS ip_address
          FROM range({EVENT_ROWS}) t(i) ORDER BY i) TO {} (FORMAT PARQUET, ROW_GROUP_SIZE 100000)",
         q(&events)
     ))

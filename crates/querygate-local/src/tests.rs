@@ -504,6 +504,22 @@ fn the_rest_surface_answers_like_bigquery() {
     assert_eq!(s, 200);
     assert_eq!(j["status"]["state"], "DONE");
     assert_eq!(j["status"]["errorResult"]["reason"], "invalidQuery");
+    // A dry-run job (how the gateway estimates bytes) answers with the estimate, or the error.
+    let (s, j) = call(
+        Method::POST,
+        "/bigquery/v2/projects/demo/jobs",
+        None,
+        r#"{"configuration": {"dryRun": true, "query": {"query": "SELECT name FROM shop.customers"}}}"#,
+    );
+    assert_eq!(s, 200);
+    assert!(j["statistics"]["query"]["totalBytesProcessed"].as_str().is_some_and(|b| b != "0"));
+    let (s, e) = call(
+        Method::POST,
+        "/bigquery/v2/projects/demo/jobs",
+        None,
+        r#"{"configuration": {"dryRun": true, "query": {"query": "SELECT nope FROM shop.customers"}}}"#,
+    );
+    assert_eq!((s, e["error"]["errors"][0]["reason"].as_str()), (400, Some("invalidQuery")));
 }
 
 #[test]

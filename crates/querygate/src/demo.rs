@@ -49,6 +49,8 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     let keys = keys(&dir)?;
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
     let config_path = dir.join("querygate.toml");
     if !config_path.exists() {
         write_private(&config_path, &config_text(&keys)?)?;

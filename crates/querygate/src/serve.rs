@@ -122,7 +122,7 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     for s in &config.sources {
         if s.is_local() {
             let source = local_source(config, s)?
-                .with_scrubber(s.scrubber())
+                .with_scrubber(s.scrubber(mask_key.as_ref()))
                 .with_mask_key(mask_key.clone());
             sources.insert(s.project.clone(), Arc::new(source));
             continue;
