@@ -302,7 +302,9 @@ impl Engine {
         // in the duckdb crate: give it a type.
         let untyped: Vec<String> = {
             let mut stmt = conn
-                .prepare(&format!("SELECT * FROM {RESULTS_SCHEMA}.\"{table}\" LIMIT 0"))
+                .prepare(&format!(
+                    "SELECT * FROM {RESULTS_SCHEMA}.\"{table}\" LIMIT 0"
+                ))
                 .map_err(engine_error)?;
             stmt.execute([]).map_err(engine_error)?;
             stmt.schema()
@@ -456,15 +458,14 @@ impl Engine {
             for i in 0..width {
                 // The duckdb crate panics on Arrow types it cannot read (nested NULL types):
                 // that is this one query's failure, not the gateway's.
-                let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    r.get::<_, Value>(i)
-                }))
-                .map_err(|_| {
-                    EngineError::invalid(format!(
-                        "querygate's local engine cannot return the type of column {}",
-                        fields.get(i).map_or("?", |f| f.name.as_str())
-                    ))
-                })?;
+                let value =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.get::<_, Value>(i)))
+                        .map_err(|_| {
+                            EngineError::invalid(format!(
+                                "querygate's local engine cannot return the type of column {}",
+                                fields.get(i).map_or("?", |f| f.name.as_str())
+                            ))
+                        })?;
                 values.push(value.map_err(engine_error)?);
             }
             if count > 0 {

@@ -512,14 +512,21 @@ fn the_rest_surface_answers_like_bigquery() {
         r#"{"configuration": {"dryRun": true, "query": {"query": "SELECT name FROM shop.customers"}}}"#,
     );
     assert_eq!(s, 200);
-    assert!(j["statistics"]["query"]["totalBytesProcessed"].as_str().is_some_and(|b| b != "0"));
+    assert!(
+        j["statistics"]["query"]["totalBytesProcessed"]
+            .as_str()
+            .is_some_and(|b| b != "0")
+    );
     let (s, e) = call(
         Method::POST,
         "/bigquery/v2/projects/demo/jobs",
         None,
         r#"{"configuration": {"dryRun": true, "query": {"query": "SELECT nope FROM shop.customers"}}}"#,
     );
-    assert_eq!((s, e["error"]["errors"][0]["reason"].as_str()), (400, Some("invalidQuery")));
+    assert_eq!(
+        (s, e["error"]["errors"][0]["reason"].as_str()),
+        (400, Some("invalidQuery"))
+    );
 }
 
 #[test]
@@ -528,22 +535,112 @@ fn bad_requests_get_bigquery_errors_not_panics() {
     let dir = TempDir::new();
     let engine = engine_for_tests(&dir.0);
     let cases: &[(Method, &str, Option<&str>, &str, u16)] = &[
-        (Method::POST, "/bigquery/v2/projects/demo/queries", None, "not json", 400),
-        (Method::POST, "/bigquery/v2/projects/demo/queries", None, "{}", 400),
-        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": 5}"#, 400),
-        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": "SELECT 1", "useLegacySql": true}"#, 400),
-        (Method::POST, "/bigquery/v2/projects/demo/jobs", None, r#"{"configuration": {"load": {}}}"#, 403),
-        (Method::POST, "/bigquery/v2/projects/demo/jobs", None, r#"{"configuration": {"query": {"query": "SELECT 1", "destinationTable": {"tableId": "x"}}}}"#, 403),
-        (Method::GET, "/bigquery/v2/projects/demo/queries/nope", None, "", 404),
-        (Method::GET, "/bigquery/v2/projects/demo/queries/nope", Some("pageToken=%ZZ"), "", 404),
-        (Method::GET, "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data", Some("pageToken=abc"), "", 400),
-        (Method::GET, "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data", Some("maxResults=-1"), "", 400),
-        (Method::GET, "/bigquery/v2/projects/demo/datasets/shop/tables/nope", None, "", 404),
-        (Method::GET, "/bigquery/v2/projects/demo/datasets/nope", None, "", 404),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/queries",
+            None,
+            "not json",
+            400,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/queries",
+            None,
+            "{}",
+            400,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/queries",
+            None,
+            r#"{"query": 5}"#,
+            400,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/queries",
+            None,
+            r#"{"query": "SELECT 1", "useLegacySql": true}"#,
+            400,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/jobs",
+            None,
+            r#"{"configuration": {"load": {}}}"#,
+            403,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/jobs",
+            None,
+            r#"{"configuration": {"query": {"query": "SELECT 1", "destinationTable": {"tableId": "x"}}}}"#,
+            403,
+        ),
+        (
+            Method::GET,
+            "/bigquery/v2/projects/demo/queries/nope",
+            None,
+            "",
+            404,
+        ),
+        (
+            Method::GET,
+            "/bigquery/v2/projects/demo/queries/nope",
+            Some("pageToken=%ZZ"),
+            "",
+            404,
+        ),
+        (
+            Method::GET,
+            "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data",
+            Some("pageToken=abc"),
+            "",
+            400,
+        ),
+        (
+            Method::GET,
+            "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data",
+            Some("maxResults=-1"),
+            "",
+            400,
+        ),
+        (
+            Method::GET,
+            "/bigquery/v2/projects/demo/datasets/shop/tables/nope",
+            None,
+            "",
+            404,
+        ),
+        (
+            Method::GET,
+            "/bigquery/v2/projects/demo/datasets/nope",
+            None,
+            "",
+            404,
+        ),
         (Method::GET, "/elsewhere", None, "", 404),
-        (Method::PATCH, "/bigquery/v2/projects/demo/datasets/shop/tables/customers", None, "{}", 403),
-        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": "SELECT @x", "queryParameters": [{"name": "x", "parameterType": {"type": "GEOGRAPHY"}, "parameterValue": {"value": "POINT(1 1)"}}]}"#, 400),
-        (Method::POST, "/bigquery/v2/projects/demo/queries", None, r#"{"query": "SELECT @missing"}"#, 400),
+        (
+            Method::PATCH,
+            "/bigquery/v2/projects/demo/datasets/shop/tables/customers",
+            None,
+            "{}",
+            403,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/queries",
+            None,
+            r#"{"query": "SELECT @x", "queryParameters": [{"name": "x", "parameterType": {"type": "GEOGRAPHY"}, "parameterValue": {"value": "POINT(1 1)"}}]}"#,
+            400,
+        ),
+        (
+            Method::POST,
+            "/bigquery/v2/projects/demo/queries",
+            None,
+            r#"{"query": "SELECT @missing"}"#,
+            400,
+        ),
     ];
     for (method, path, query, body, want) in cases {
         let got = match crate::rest::handle(&engine, method, path, *query, body.as_bytes()) {

@@ -50,7 +50,8 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let keys = keys(&dir)?;
     let store = dir.join("store");
-    std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
     let config_path = dir.join("querygate.toml");
     if !config_path.exists() {
         write_private(&config_path, &config_text(&keys)?)?;
@@ -190,7 +191,7 @@ columns = ["demo.shop.customers.email"]
 
 [[classify]]
 tag = "pii"
-columns = ["demo.shop.customers.phone", "demo.shop.customers.card_number", "demo.shop.customers.national_id", "demo.shop.events.ip_address"]
+columns = ["demo.shop.customers.phone", "demo.shop.customers.card_number", "demo.shop.customers.national_id"]
 
 [[mask]]
 tag = "email"
