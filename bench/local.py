@@ -107,7 +107,8 @@ def main():
     demo_json = os.path.join(workdir, "demo.json")
     if os.path.exists(demo_json):
         os.unlink(demo_json)
-    log = open(os.path.join(workdir, "..", os.path.basename(workdir) + ".log"), "wb")
+    os.makedirs(workdir, exist_ok=True)
+    log = open(os.path.join(os.path.dirname(os.path.abspath(workdir)), os.path.basename(workdir) + ".log"), "wb")
     proc = subprocess.Popen([args.bin, "demo", "--dir", workdir], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True,
                             env=dict(os.environ, QUERYGATE_LOG="warn", NO_COLOR="1"))
