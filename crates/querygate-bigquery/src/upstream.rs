@@ -143,6 +143,9 @@ pub struct BigQuerySource {
     minted: Mutex<HashMap<String, MintedToken>>,
     /// Value detectors run on every result (`detect = [...]`).
     scrubber: Option<querygate_mask::Scrubber>,
+    /// An engine in this process (the `local` source kind) that serves the REST calls
+    /// instead of `endpoint`: called directly, with no socket an agent could reach.
+    in_process: Option<axum::Router>,
     /// The `hash` strategy's key, sent upstream as the query parameter
     /// `@__querygate_mask_key` of masked queries and removed from every answer.
     mask_key: Option<Secret>,
@@ -182,8 +185,22 @@ impl BigQuerySource {
             iam_endpoint: IAM_ENDPOINT.to_string(),
             minted: Mutex::new(HashMap::new()),
             scrubber: None,
+            in_process: None,
             mask_key: None,
         })
+    }
+
+    /// A source whose upstream is an engine in this process (`local` sources): every call
+    /// goes to `engine` directly, never over the network.
+    pub fn in_process(name: String, project: String, engine: axum::Router) -> Result<Self, String> {
+        let mut source = BigQuerySource::new(
+            name,
+            project,
+            "http://in-process.invalid",
+            UpstreamAuth::None,
+        )?;
+        source.in_process = Some(engine);
+        Ok(source)
     }
 
     /// The key of the `hash` masking strategy.
@@ -476,6 +493,9 @@ impl BigQuerySource {
         token: Option<String>,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), Fault> {
+        if let Some(engine) = &self.in_process {
+            return self.send_in_process(engine, method, url, body).await;
+        }
         let mut req = self.http.request(method, url);
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -506,6 +526,46 @@ impl BigQuerySource {
             ))
         })?;
         Ok((status, body))
+    }
+}
+
+impl BigQuerySource {
+    /// One call to an in-process engine: the same request, handed to its router.
+    async fn send_in_process(
+        &self,
+        engine: &axum::Router,
+        method: http::Method,
+        url: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), Fault> {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let path = url.strip_prefix(&self.endpoint).unwrap_or(url);
+        let failed = || {
+            Fault::upstream(format!(
+                "the local engine of source {} could not answer",
+                self.name
+            ))
+        };
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.unwrap_or_default()))
+            .map_err(|_| failed())?;
+        let response = engine
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|_| failed())?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| failed())?
+            .to_bytes();
+        Ok((status, bytes))
     }
 }
 

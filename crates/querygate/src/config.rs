@@ -367,6 +367,10 @@ pub struct SourceConfig {
     pub detect: Vec<Spanned<String>>,
     /// How detected values are masked: redact (default), null, last4, email_domain.
     pub detect_strategy: Option<Spanned<String>>,
+    /// `kind = "local"`: the tables of the embedded engine, `"dataset.table" = "file or glob"`
+    /// (CSV, Parquet, newline-delimited JSON; relative to the config file).
+    #[serde(default)]
+    pub tables: BTreeMap<String, Spanned<String>>,
 }
 
 /// `[[sources.impersonate]]`: requests of these identities run as this service account.
@@ -617,13 +621,27 @@ impl Config {
         let mut names = HashSet::new();
         let mut projects = HashSet::new();
         for source in &self.sources {
-            if source.kind.get_ref() != "bigquery" {
+            let kind = source.kind.get_ref().as_str();
+            if kind != "bigquery" && kind != "local" {
                 return fail(
                     source.kind.span(),
                     format!(
-                        "source {}: kind {:?} is not supported; supported kinds: \"bigquery\"",
+                        "source {}: kind {:?} is not supported; supported kinds: \"bigquery\", \"local\"",
                         source.name,
                         source.kind.get_ref()
+                    ),
+                );
+            }
+            if kind == "local" {
+                if let Err((span, msg)) = source.check_local() {
+                    return fail(span, format!("source {}: {msg}", source.name));
+                }
+            } else if let Some(value) = source.tables.values().next() {
+                return fail(
+                    value.span(),
+                    format!(
+                        "source {}: tables = {{ ... }} is for kind = \"local\"; a bigquery source reads the tables of its project",
+                        source.name
                     ),
                 );
             }
@@ -1084,6 +1102,66 @@ impl Config {
 }
 
 impl SourceConfig {
+    pub fn is_local(&self) -> bool {
+        self.kind.get_ref() == "local"
+    }
+
+    /// A `local` source: tables set, named `dataset.table`, and no upstream settings.
+    fn check_local(&self) -> Result<(), (Range<usize>, String)> {
+        let upstream_only = [
+            self.endpoint.as_ref().map(|e| (e.span(), "endpoint")),
+            self.credentials.as_ref().map(|c| (c.span(), "credentials")),
+            self.impersonate.first().map(|i| (i.span(), "impersonate")),
+        ];
+        if let Some((span, key)) = upstream_only.into_iter().flatten().next() {
+            return Err((
+                span,
+                format!("{key} is for kind = \"bigquery\"; a local source runs in the gateway"),
+            ));
+        }
+        if self.tables.is_empty() {
+            return Err((
+                self.kind.span(),
+                "kind = \"local\" needs tables = { \"dataset.table\" = \"data/file.parquet\", ... }".into(),
+            ));
+        }
+        for (name, path) in &self.tables {
+            let parts: Vec<&str> = name.split('.').collect();
+            let valid = |p: &str| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            if parts.len() != 2 || !parts.iter().all(|p| valid(p)) || parts[0].starts_with('_') {
+                return Err((
+                    path.span(),
+                    format!(
+                        "table {name:?} must be \"dataset.table\" (letters, digits, _ and -; a dataset may not start with _)"
+                    ),
+                ));
+            }
+            if path.get_ref().trim().is_empty() {
+                return Err((path.span(), format!("table {name}: the path is empty")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tables of a `local` source as `(dataset, table, absolute path or glob)`.
+    pub fn local_tables(&self, config: &Config) -> Vec<(String, String, PathBuf)> {
+        self.tables
+            .iter()
+            .filter_map(|(name, path)| {
+                let (dataset, table) = name.split_once('.')?;
+                Some((
+                    dataset.to_string(),
+                    table.to_string(),
+                    config.resolve(Path::new(path.get_ref())),
+                ))
+            })
+            .collect()
+    }
+
     pub fn endpoint(&self) -> &str {
         self.endpoint
             .as_ref()
@@ -1220,6 +1298,45 @@ credentials = "none"
 
     fn error_of(text: &str) -> String {
         parse(text).expect_err("bad config must fail")
+    }
+
+    #[test]
+    fn local_sources_name_their_tables_and_nothing_of_an_upstream() {
+        let local = GOOD.replace(
+            "kind = \"bigquery\"\nproject = \"test-project\"\nendpoint = \"http://127.0.0.1:19050\"\ncredentials = \"none\"",
+            "kind = \"local\"\nproject = \"demo\"\ntables = { \"shop.orders\" = \"data/orders/*.csv\", \"shop.customers\" = \"/srv/c.parquet\" }",
+        );
+        let c = parse(&local).expect("local config");
+        assert!(c.sources[0].is_local());
+        assert_eq!(
+            c.sources[0].local_tables(&c),
+            vec![
+                (
+                    "shop".into(),
+                    "customers".into(),
+                    PathBuf::from("/srv/c.parquet")
+                ),
+                (
+                    "shop".into(),
+                    "orders".into(),
+                    PathBuf::from("/etc/qg/data/orders/*.csv")
+                ),
+            ]
+        );
+        let e = error_of(&local.replace("tables = {", "endpoint = \"http://x\"\ntables = {"));
+        assert!(e.contains("endpoint is for kind = \"bigquery\""), "{e}");
+        let e = error_of(&local.replace("\"shop.orders\"", "\"orders\""));
+        assert!(e.contains("must be \"dataset.table\""), "{e}");
+        let e = error_of(&local.replace("\"shop.orders\"", "\"_results.x\""));
+        assert!(e.contains("may not start with _"), "{e}");
+        let no_tables = GOOD.replace("kind = \"bigquery\"", "kind = \"local\"");
+        assert!(error_of(&no_tables).contains("endpoint is for kind"));
+        let e =
+            error_of(&GOOD.replace("credentials = \"none\"", "tables = { \"a.b\" = \"x.csv\" }"));
+        assert!(
+            e.contains("tables = { ... } is for kind = \"local\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `querygate` command: `serve`, `keys`, `audit`, `policy`, `approvals`, `sessions`,
+//! The `querygate` command: `serve`, `demo`, `keys`, `audit`, `policy`, `approvals`, `sessions`,
 //! `config check`.
 //!
 //! Parses the command line and hands off to one module per command. Errors reach
@@ -8,6 +8,7 @@ mod admin;
 mod approvals_cmd;
 mod audit_cmd;
 mod config;
+mod demo;
 mod export;
 mod keys;
 mod notify;
@@ -52,6 +53,12 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, value_enum, default_value = "text")]
         log_format: serve::LogFormat,
+    },
+    /// Run the whole gateway over an embedded engine with sample data (no config needed).
+    Demo {
+        /// Where the sample data, keys, config, store and demo.json go (reused when present).
+        #[arg(long, default_value = "querygate-demo")]
+        dir: PathBuf,
     },
     /// Create, list and revoke API keys.
     Keys {
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => serve::run(&config.config, log_format),
+        Command::Demo { dir } => demo::run(&dir),
         Command::Keys { command } => keys::run(command),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),

@@ -120,6 +120,13 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
     let mut sources = HashMap::new();
     for s in &config.sources {
+        if s.is_local() {
+            let source = local_source(config, s)?
+                .with_scrubber(s.scrubber(mask_key.as_ref()))
+                .with_mask_key(mask_key.clone());
+            sources.insert(s.project.clone(), Arc::new(source));
+            continue;
+        }
         let auth = match s.credential(config) {
             UpstreamCredential::None => UpstreamAuth::None,
             UpstreamCredential::ServiceAccountKey(path) => UpstreamAuth::service_account(&path)
@@ -165,6 +172,38 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     Ok((front, store))
 }
 
+/// A `local` source: the embedded engine over its files, called in-process by a `bigquery`
+/// source (so it goes through the same pipeline as BigQuery itself).
+fn local_source(
+    config: &Config,
+    s: &crate::config::SourceConfig,
+) -> anyhow::Result<BigQuerySource> {
+    let tables: Vec<querygate_local::TableSpec> = s
+        .local_tables(config)
+        .into_iter()
+        .map(|(dataset, table, pattern)| querygate_local::TableSpec {
+            dataset,
+            table,
+            pattern,
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let engine = querygate_local::Engine::open(&s.project, &tables)
+        .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
+    tracing::info!(
+        source = %s.name,
+        tables = tables.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "local engine ready"
+    );
+    BigQuerySource::in_process(
+        s.name.clone(),
+        s.project.clone(),
+        querygate_local::router(Arc::new(engine)),
+    )
+    .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))
+}
+
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let caches = KeyCaches::default();
     let (front, store) = front(&config, &caches)?;
@@ -188,7 +227,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     for s in &config.sources {
-        tracing::info!(source = %s.name, project = %s.project, upstream = %s.endpoint(), "source ready");
+        let upstream = if s.is_local() {
+            "local engine (in-process)"
+        } else {
+            s.endpoint()
+        };
+        tracing::info!(source = %s.name, project = %s.project, upstream, "source ready");
     }
     let admin = match config.admin_listen() {
         Some(admin_addr) => {

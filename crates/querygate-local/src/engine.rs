@@ -1,0 +1,677 @@
+//! The embedded DuckDB engine: configured files as views, queries run as jobs whose results are
+//! kept in DuckDB tables and read page by page, dry runs estimated from file statistics.
+//!
+//! One in-memory database per source. Each configured table is a view in a schema named after
+//! its dataset (`"shop"."orders"` over `read_csv([...])`); query results are tables in the
+//! `_results` schema, dropped when their job is evicted (the newest [`MAX_JOBS`] are kept).
+//! Extension auto-install and auto-load are off (json and parquet are compiled in), and once the
+//! views exist the engine is locked to the configured files (`enable_external_access = false`,
+//! `allowed_paths`, `lock_configuration`). Calls block: run them on a blocking thread.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use duckdb::Connection;
+use duckdb::types::Value;
+use serde_json::Value as Json;
+
+use crate::error::EngineError;
+use crate::translate::{self, Context, Translated, quote};
+use crate::values::{self, Field, Format};
+
+/// How many finished jobs (and their result tables) are kept.
+pub const MAX_JOBS: usize = 500;
+/// A page stops growing past this many bytes of JSON (BigQuery's own cap is ~10 MB).
+pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Rows per page when the client sets no `maxResults`.
+pub const DEFAULT_PAGE_ROWS: u64 = 100_000;
+/// The location every job and dataset reports.
+pub const LOCATION: &str = "US";
+const RESULTS_SCHEMA: &str = "_results";
+
+/// One configured table: `dataset.table` over a file or glob.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub dataset: String,
+    pub table: String,
+    /// An absolute path, possibly with glob characters (`data/orders/*.csv`).
+    pub pattern: PathBuf,
+}
+
+/// What the engine knows of a configured table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub fields: Vec<Field>,
+    pub num_rows: u64,
+    pub num_bytes: u64,
+    /// Bytes per top-level column (lower case), from Parquet metadata or an even split.
+    pub column_bytes: HashMap<String, u64>,
+    pub files: Vec<PathBuf>,
+    pub format: &'static str,
+    /// A DATE column named in a hive path (`day=2024-01-01/`) or called `*_date`: reported as
+    /// the table's time partitioning.
+    pub partition_field: Option<String>,
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub query: String,
+    pub created_ms: u64,
+    pub ended_ms: u64,
+    pub bytes_processed: u64,
+    pub dry_run: bool,
+    pub outcome: Result<ResultSet, EngineError>,
+}
+
+/// A query result, kept as a DuckDB table.
+#[derive(Debug, Clone)]
+pub struct ResultSet {
+    /// The table's name in `_results`.
+    pub table: String,
+    pub fields: Vec<Field>,
+    pub total_rows: u64,
+}
+
+/// A page of rows, already serialized: built row by row into one buffer so that paging a large
+/// result holds one page of JSON text at a time, not a tree of values.
+#[derive(Debug)]
+pub struct Page {
+    /// The rows as a JSON array (`[{"f": [...]}, ...]`).
+    pub rows: Vec<u8>,
+    pub count: u64,
+    /// Where the next page starts, when there is one.
+    pub next: Option<u64>,
+}
+
+/// A query as the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct QueryRequest {
+    pub sql: String,
+    pub default_dataset: Option<String>,
+    pub parameters: Option<Json>,
+    pub job_id: Option<String>,
+    pub dry_run: bool,
+    /// `maximumBytesBilled`: refuse to run above it (BigQuery's `bytesBilledLimitExceeded`).
+    pub maximum_bytes_billed: Option<u64>,
+}
+
+/// The engine of one `local` source.
+pub struct Engine {
+    project: String,
+    base: Mutex<Connection>,
+    catalog: BTreeMap<(String, String), TableInfo>,
+    names: BTreeSet<(String, String)>,
+    jobs: Mutex<Jobs>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("project", &self.project)
+            .field("tables", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Jobs {
+    by_id: HashMap<String, Job>,
+    order: VecDeque<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn engine_error(e: duckdb::Error) -> EngineError {
+    EngineError::invalid(clean_duckdb_message(&e.to_string()))
+}
+
+/// DuckDB's messages name its own internals (`"shop"."orders"`, `_results`): keep them short.
+fn clean_duckdb_message(m: &str) -> String {
+    let first = m.lines().next().unwrap_or(m).trim();
+    first.to_string()
+}
+
+impl Engine {
+    /// Opens the engine over `tables`; fails with a message naming the table and file.
+    pub fn open(project: &str, tables: &[TableSpec]) -> Result<Engine, String> {
+        let config = duckdb::Config::default()
+            .enable_autoload_extension(false)
+            .and_then(|c| c.with("autoinstall_known_extensions", "false"))
+            .and_then(|c| c.with("memory_limit", "1GB"))
+            // Results past the memory limit spill here, not into the working directory.
+            .and_then(|c| {
+                c.with(
+                    "temp_directory",
+                    std::env::temp_dir()
+                        .join(format!("querygate-local-{}", std::process::id()))
+                        .to_string_lossy(),
+                )
+            })
+            .map_err(|e| format!("cannot configure DuckDB: {e}"))?;
+        let conn = Connection::open_in_memory_with_flags(config)
+            .map_err(|e| format!("cannot open DuckDB: {e}"))?;
+        conn.execute_batch(&format!("CREATE SCHEMA {RESULTS_SCHEMA}"))
+            .map_err(|e| format!("cannot prepare DuckDB: {e}"))?;
+        let mut catalog = BTreeMap::new();
+        let mut allowed: Vec<PathBuf> = Vec::new();
+        let mut schemas = BTreeSet::new();
+        for spec in tables {
+            let info = register(&conn, spec, &mut schemas)
+                .map_err(|e| format!("table {}.{}: {e}", spec.dataset, spec.table))?;
+            allowed.extend(info.files.iter().cloned());
+            catalog.insert((spec.dataset.clone(), spec.table.clone()), info);
+        }
+        lock_down(&conn, &allowed)?;
+        let names = catalog.keys().cloned().collect();
+        Ok(Engine {
+            project: project.to_string(),
+            base: Mutex::new(conn),
+            catalog,
+            names,
+            jobs: Mutex::new(Jobs::default()),
+        })
+    }
+
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    pub fn tables(&self) -> &BTreeMap<(String, String), TableInfo> {
+        &self.catalog
+    }
+
+    pub fn datasets(&self) -> BTreeSet<&str> {
+        self.catalog.keys().map(|(d, _)| d.as_str()).collect()
+    }
+
+    /// A connection of its own for one call (DuckDB connections are not shared across threads).
+    fn connection(&self) -> Result<Connection, EngineError> {
+        self.base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()
+            .map_err(|e| EngineError::internal(format!("DuckDB: {e}")))
+    }
+
+    /// Translates a query against this source's tables.
+    pub fn translate(&self, req: &QueryRequest) -> Result<Translated, EngineError> {
+        translate::translate(
+            &req.sql,
+            &Context {
+                project: &self.project,
+                tables: &self.names,
+                default_dataset: req.default_dataset.as_deref(),
+                parameters: req.parameters.as_ref(),
+            },
+        )
+    }
+
+    /// Bytes a translated query reads: the referenced columns' share of each table's files.
+    pub fn estimate(&self, t: &Translated) -> u64 {
+        t.tables
+            .iter()
+            .filter_map(|k| self.catalog.get(k))
+            .map(|info| {
+                if t.wildcard {
+                    info.num_bytes
+                } else {
+                    info.column_bytes
+                        .iter()
+                        .filter(|(c, _)| t.identifiers.contains(*c))
+                        .map(|(_, b)| *b)
+                        .sum()
+                }
+            })
+            .sum()
+    }
+
+    /// The schema a query would return, without reading rows (dry runs).
+    pub fn schema_of(&self, sql: &str) -> Result<Vec<Field>, EngineError> {
+        let conn = self.connection()?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM ({sql}) LIMIT 0"))
+            .map_err(engine_error)?;
+        stmt.execute([]).map_err(engine_error)?;
+        Ok(stmt
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| Field::from_arrow(f))
+            .collect())
+    }
+
+    /// Runs (or dry-runs) a query as a job and keeps it; the job records failure too.
+    pub fn run(&self, req: &QueryRequest) -> Job {
+        let id = req
+            .job_id
+            .clone()
+            .unwrap_or_else(|| format!("job_{}", uuid::Uuid::new_v4().simple()));
+        let created_ms = now_ms();
+        let mut bytes = 0;
+        let outcome = self.translate(req).and_then(|t| {
+            bytes = self.estimate(&t);
+            if let Some(cap) = req.maximum_bytes_billed
+                && bytes > cap
+                && !req.dry_run
+            {
+                return Err(EngineError::invalid(format!(
+                    "Query exceeded limit for bytes billed: {cap}. {bytes} or higher required."
+                )));
+            }
+            if req.dry_run {
+                let fields = self.schema_of(&t.sql)?;
+                return Ok(ResultSet {
+                    table: String::new(),
+                    fields,
+                    total_rows: 0,
+                });
+            }
+            self.materialize(&id, &t.sql)
+        });
+        let job = Job {
+            id: id.clone(),
+            query: req.sql.clone(),
+            created_ms,
+            ended_ms: now_ms(),
+            bytes_processed: bytes,
+            dry_run: req.dry_run,
+            outcome,
+        };
+        if !req.dry_run {
+            self.keep(job.clone());
+        }
+        job
+    }
+
+    fn materialize(&self, id: &str, sql: &str) -> Result<ResultSet, EngineError> {
+        let table = format!("r_{}", uuid::Uuid::new_v4().simple());
+        let conn = self.connection()?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE {RESULTS_SCHEMA}.\"{table}\" AS {sql}"
+        ))
+        .map_err(engine_error)?;
+        // A column of DuckDB's NULL type (`SELECT NULL`, folded constants) has no Arrow reader
+        // in the duckdb crate: give it a type.
+        let untyped: Vec<String> = {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT * FROM {RESULTS_SCHEMA}.\"{table}\" LIMIT 0"
+                ))
+                .map_err(engine_error)?;
+            stmt.execute([]).map_err(engine_error)?;
+            stmt.schema()
+                .fields()
+                .iter()
+                .filter(|f| f.data_type() == &duckdb::arrow::datatypes::DataType::Null)
+                .map(|f| f.name().clone())
+                .collect()
+        };
+        for column in untyped {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {RESULTS_SCHEMA}.\"{table}\" ALTER COLUMN {} SET DATA TYPE VARCHAR",
+                ident(&column)
+            ))
+            .map_err(engine_error)?;
+        }
+        let total_rows: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM {RESULTS_SCHEMA}.\"{table}\""),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(engine_error)?;
+        let fields = self.schema_of(&format!("SELECT * FROM {RESULTS_SCHEMA}.\"{table}\""))?;
+        tracing::debug!(job = id, rows = total_rows, "local query done");
+        Ok(ResultSet {
+            table,
+            fields,
+            total_rows: total_rows.max(0) as u64,
+        })
+    }
+
+    fn keep(&self, job: Job) {
+        let evicted = {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut evicted = Vec::new();
+            if let Some(old) = jobs.by_id.insert(job.id.clone(), job.clone()) {
+                jobs.order.retain(|id| id != &old.id);
+                evicted.push(old);
+            }
+            jobs.order.push_back(job.id);
+            while jobs.order.len() > MAX_JOBS {
+                if let Some(id) = jobs.order.pop_front()
+                    && let Some(j) = jobs.by_id.remove(&id)
+                {
+                    evicted.push(j);
+                }
+            }
+            evicted
+        };
+        if evicted.is_empty() {
+            return;
+        }
+        if let Ok(conn) = self.connection() {
+            for j in evicted {
+                if let Ok(r) = j.outcome {
+                    let _ = conn.execute_batch(&format!(
+                        "DROP TABLE IF EXISTS {RESULTS_SCHEMA}.\"{}\"",
+                        r.table
+                    ));
+                }
+            }
+        }
+    }
+
+    pub fn job(&self, id: &str) -> Option<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .get(id)
+            .cloned()
+    }
+
+    /// Every kept job, newest first.
+    pub fn jobs(&self) -> Vec<Job> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.order
+            .iter()
+            .rev()
+            .filter_map(|id| jobs.by_id.get(id).cloned())
+            .collect()
+    }
+
+    /// The result table of a job, by the name its `destinationTable` gives.
+    pub fn result_by_table(&self, table: &str) -> Option<ResultSet> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.by_id
+            .values()
+            .filter_map(|j| j.outcome.as_ref().ok())
+            .find(|r| r.table == table)
+            .cloned()
+    }
+
+    /// Rows `[start, start + max)` of a job's result, cut at [`PAGE_BYTES`].
+    pub fn result_page(
+        &self,
+        result: &ResultSet,
+        start: u64,
+        max: Option<u64>,
+        format: Format,
+    ) -> Result<Page, EngineError> {
+        let n = max.unwrap_or(DEFAULT_PAGE_ROWS).min(DEFAULT_PAGE_ROWS);
+        let sql = format!(
+            "SELECT * FROM {RESULTS_SCHEMA}.\"{}\" WHERE rowid >= {start} AND rowid < {} ORDER BY rowid",
+            result.table,
+            start.saturating_add(n)
+        );
+        self.page(&sql, &result.fields, start, result.total_rows, format)
+    }
+
+    /// Rows `[start, start + max)` of a configured table (tabledata.list).
+    pub fn table_page(
+        &self,
+        dataset: &str,
+        table: &str,
+        start: u64,
+        max: Option<u64>,
+        format: Format,
+    ) -> Result<Page, EngineError> {
+        let info = self
+            .catalog
+            .get(&(dataset.to_string(), table.to_string()))
+            .ok_or_else(|| not_found_table(&self.project, dataset, table))?;
+        let n = max.unwrap_or(DEFAULT_PAGE_ROWS).min(DEFAULT_PAGE_ROWS);
+        let sql = format!(
+            "SELECT * FROM {}.{} LIMIT {n} OFFSET {start}",
+            ident(dataset),
+            ident(table)
+        );
+        self.page(&sql, &info.fields, start, info.num_rows, format)
+    }
+
+    fn page(
+        &self,
+        sql: &str,
+        fields: &[Field],
+        start: u64,
+        total: u64,
+        format: Format,
+    ) -> Result<Page, EngineError> {
+        let conn = self.connection()?;
+        let mut stmt = conn.prepare(sql).map_err(engine_error)?;
+        let mut rows = stmt.query([]).map_err(engine_error)?;
+        let mut out = Vec::with_capacity(64 * 1024);
+        out.push(b'[');
+        let mut count = 0u64;
+        let width = fields.len();
+        while let Some(r) = rows.next().map_err(engine_error)? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                // The duckdb crate panics on Arrow types it cannot read (nested NULL types):
+                // that is this one query's failure, not the gateway's.
+                let value =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.get::<_, Value>(i)))
+                        .map_err(|_| {
+                            EngineError::invalid(format!(
+                                "querygate's local engine cannot return the type of column {}",
+                                fields.get(i).map_or("?", |f| f.name.as_str())
+                            ))
+                        })?;
+                values.push(value.map_err(engine_error)?);
+            }
+            if count > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &values::row(values, fields, format))
+                .map_err(|e| EngineError::internal(format!("cannot write a row: {e}")))?;
+            count += 1;
+            if out.len() >= PAGE_BYTES {
+                break;
+            }
+        }
+        out.push(b']');
+        let end = start + count;
+        Ok(Page {
+            rows: out,
+            count,
+            next: (end < total).then_some(end),
+        })
+    }
+}
+
+pub fn not_found_table(project: &str, dataset: &str, table: &str) -> EngineError {
+    EngineError::not_found(format!(
+        "Not found: Table {project}:{dataset}.{table} was not found in location {LOCATION}"
+    ))
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The reader for a file, by extension.
+fn format_of(path: &Path) -> Result<&'static str, String> {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let name = name.trim_end_matches(".gz").trim_end_matches(".zst");
+    if name.ends_with(".parquet") || name.ends_with(".pq") {
+        Ok("parquet")
+    } else if name.ends_with(".csv") || name.ends_with(".tsv") || name.ends_with(".txt") {
+        Ok("csv")
+    } else if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
+        Ok("json")
+    } else {
+        Err(format!(
+            "{} is not a .parquet, .csv or .ndjson/.jsonl/.json file",
+            path.display()
+        ))
+    }
+}
+
+/// Creates the view of one table and reads its statistics.
+fn register(
+    conn: &Connection,
+    spec: &TableSpec,
+    schemas: &mut BTreeSet<String>,
+) -> Result<TableInfo, String> {
+    let pattern = spec.pattern.to_string_lossy().to_string();
+    let format = format_of(&spec.pattern)?;
+    let mut files: Vec<PathBuf> = {
+        let mut stmt = conn
+            .prepare("SELECT file FROM glob(?) ORDER BY file")
+            .map_err(|e| format!("cannot list {pattern}: {e}"))?;
+        stmt.query_map([&pattern], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot list {pattern}: {e}"))?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no file matches {pattern}"));
+    }
+    let list = format!(
+        "[{}]",
+        files
+            .iter()
+            .map(|f| quote(&f.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let reader = match format {
+        "parquet" => format!("read_parquet({list}, union_by_name = true)"),
+        "csv" => format!("read_csv({list}, header = true, union_by_name = true)"),
+        _ => format!("read_json({list}, format = 'newline_delimited', union_by_name = true)"),
+    };
+    if schemas.insert(spec.dataset.clone()) {
+        conn.execute_batch(&format!("CREATE SCHEMA {}", ident(&spec.dataset)))
+            .map_err(|e| format!("cannot create dataset {}: {e}", spec.dataset))?;
+    }
+    conn.execute_batch(&format!(
+        "CREATE VIEW {}.{} AS SELECT * FROM {reader}",
+        ident(&spec.dataset),
+        ident(&spec.table)
+    ))
+    .map_err(|e| {
+        format!(
+            "cannot read {pattern}: {}",
+            clean_duckdb_message(&e.to_string())
+        )
+    })?;
+    let view = format!("{}.{}", ident(&spec.dataset), ident(&spec.table));
+    let fields = {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {view} LIMIT 0"))
+            .map_err(|e| format!("cannot read {pattern}: {e}"))?;
+        stmt.execute([])
+            .map_err(|e| format!("cannot read {pattern}: {e}"))?;
+        stmt.schema()
+            .fields()
+            .iter()
+            .map(|f| Field::from_arrow(f))
+            .collect::<Vec<_>>()
+    };
+    let num_rows: i64 = conn
+        .query_row(&format!("SELECT count(*) FROM {view}"), [], |r| r.get(0))
+        .map_err(|e| format!("cannot count the rows of {pattern}: {e}"))?;
+    let num_bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let mut column_bytes: HashMap<String, u64> = HashMap::new();
+    if format == "parquet" {
+        let sql = format!(
+            "SELECT path_in_schema, CAST(sum(total_compressed_size) AS BIGINT) FROM parquet_metadata({list}) GROUP BY 1"
+        );
+        if let Ok(mut stmt) = conn.prepare(&sql)
+            && let Ok(rows) =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        {
+            for (path, size) in rows.flatten() {
+                let top = path
+                    .split([',', '.'])
+                    .next()
+                    .unwrap_or(&path)
+                    .trim()
+                    .to_ascii_lowercase();
+                *column_bytes.entry(top).or_default() += size.max(0) as u64;
+            }
+        }
+    }
+    if column_bytes.is_empty() && !fields.is_empty() {
+        let each = num_bytes / fields.len() as u64;
+        for f in &fields {
+            column_bytes.insert(f.name.to_ascii_lowercase(), each);
+        }
+    }
+    let partition_field = fields
+        .iter()
+        .find(|f| f.ty == "DATE" && (f.name.ends_with("_date") || f.name == "date"))
+        .map(|f| f.name.clone());
+    Ok(TableInfo {
+        fields,
+        num_rows: num_rows.max(0) as u64,
+        num_bytes,
+        column_bytes,
+        files,
+        format,
+        partition_field,
+    })
+}
+
+/// From here on the engine reads the configured files and nothing else, and its settings
+/// cannot be changed by a query.
+fn lock_down(conn: &Connection, files: &[PathBuf]) -> Result<(), String> {
+    let list = files
+        .iter()
+        .map(|f| quote(&f.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.execute_batch(&format!(
+        "SET allowed_paths = [{list}]; SET enable_external_access = false; SET lock_configuration = true;"
+    ))
+    .map_err(|e| format!("cannot lock DuckDB to the configured files: {e}"))
+}
+
+#[cfg(test)]
+pub(crate) fn engine_for_tests(dir: &Path) -> Engine {
+    use std::io::Write;
+    let customers = dir.join("customers.csv");
+    let mut f = std::fs::File::create(&customers).expect("create");
+    writeln!(f, "id,name,email,signup_date,score").expect("write");
+    writeln!(f, "1,Ana Lima,ana@example.com,2024-01-05,3.5").expect("write");
+    writeln!(f, "2,Bo Chen,bo@corp.example,2024-02-11,4.0").expect("write");
+    writeln!(f, "3,Cy Diaz,,2024-03-20,").expect("write");
+    drop(f);
+    let events = dir.join("events.ndjson");
+    std::fs::write(
+        &events,
+        "{\"id\": 1, \"tags\": [\"a\", \"b\"], \"seen_at\": \"2024-01-05T10:00:00Z\"}\n{\"id\": 2, \"tags\": [], \"seen_at\": \"2024-01-06T11:30:00Z\"}\n",
+    )
+    .expect("write");
+    Engine::open(
+        "demo",
+        &[
+            TableSpec {
+                dataset: "shop".into(),
+                table: "customers".into(),
+                pattern: customers,
+            },
+            TableSpec {
+                dataset: "shop".into(),
+                table: "events".into(),
+                pattern: events,
+            },
+        ],
+    )
+    .expect("engine")
+}

@@ -1,0 +1,287 @@
+//! `querygate demo`: the whole gateway on one machine, over the embedded engine and sample data.
+//!
+//! Writes (only what is missing) into a directory: the sample data, API keys (`keys.json`, 0600),
+//! a demo config (`querygate.toml`: keys, a `local` source, masking, a write denial, an approval
+//! rule, the admin API); then writes `demo.json` for scripts, prints the keys, a Python snippet
+//! and the commands to watch the audit log and decide tickets, and serves until Ctrl-C. Re-running
+//! reuses everything in the directory, edits to the config included. Wiring only: what it serves
+//! is `querygate serve` of that config.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use querygate_core::Secret;
+use rand::RngCore;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::serve::LogFormat;
+
+/// Preferred ports; a busy one is replaced by a free one the OS picks.
+const BIGQUERY_PORT: u16 = 9050;
+const ADMIN_PORT: u16 = 9080;
+
+/// The demo's identities: (name in demo.json, identity, group).
+const PEOPLE: &[(&str, &str, &str)] = &[
+    ("agent", "agent:demo-agent", "agents"),
+    ("analyst", "human:analyst", "analysts"),
+    ("approver", "human:approver", "approvers"),
+    ("privacy", "human:privacy-officer", "privacy"),
+];
+
+pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    eprintln!("querygate demo: preparing {}", dir.display());
+    let started = std::time::Instant::now();
+    let wrote = querygate_local::sample::generate(&dir).map_err(anyhow::Error::msg)?;
+    for w in &wrote {
+        eprintln!("  wrote {w}");
+    }
+    if !wrote.is_empty() {
+        eprintln!(
+            "  sample data generated in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let keys = keys(&dir)?;
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
+    let config_path = dir.join("querygate.toml");
+    if !config_path.exists() {
+        write_private(&config_path, &config_text(&keys)?)?;
+    }
+    let config = Config::load(&config_path).map_err(anyhow::Error::msg)?;
+    let bigquery = format!("http://{}", config.listen());
+    let admin = config.admin_url().unwrap_or_default();
+    let project = config
+        .sources
+        .first()
+        .map_or("demo".to_string(), |s| s.project.clone());
+    let demo_json = json!({
+        "bigquery_endpoint": bigquery,
+        "admin_endpoint": admin,
+        "project": project,
+        "config": config_path.to_string_lossy(),
+        "keys": keys.iter().map(|(n, k)| (n.clone(), json!(k.expose()))).collect::<serde_json::Map<_, _>>(),
+    });
+    write_private(
+        &dir.join("demo.json"),
+        &serde_json::to_string_pretty(&demo_json)?,
+    )?;
+    print_banner(&dir, &config_path, &bigquery, &admin, &project, &keys);
+    crate::serve::run(&config_path, LogFormat::Text)
+}
+
+/// The demo's API keys, created once and kept in `keys.json`.
+fn keys(dir: &Path) -> anyhow::Result<Vec<(String, Secret)>> {
+    let path = dir.join("keys.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let stored: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not the demo's keys file", path.display()))?;
+        let keys: Option<Vec<_>> = PEOPLE
+            .iter()
+            .map(|(name, _, _)| {
+                stored
+                    .get(*name)
+                    .and_then(|v| v.as_str())
+                    .map(|k| (name.to_string(), Secret::new(k.to_string())))
+            })
+            .collect();
+        if let Some(keys) = keys {
+            return Ok(keys);
+        }
+        anyhow::bail!(
+            "{} lacks some demo keys; delete it and {} to start over",
+            path.display(),
+            dir.join("querygate.toml").display()
+        );
+    }
+    let keys: Vec<(String, Secret)> = PEOPLE
+        .iter()
+        .map(|(name, _, _)| {
+            let mut raw = [0u8; 32];
+            rand::rng().fill_bytes(&mut raw);
+            (
+                name.to_string(),
+                Secret::new(format!("qg_{}", hex::encode(raw))),
+            )
+        })
+        .collect();
+    let stored: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|(n, k)| (n.clone(), json!(k.expose())))
+        .collect();
+    write_private(&path, &serde_json::to_string_pretty(&stored)?)?;
+    Ok(keys)
+}
+
+/// Writes a file only its owner may read (it holds keys, or their hashes next to them).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `preferred` if nothing listens there, else a free port.
+fn free_port(preferred: u16, avoid: u16) -> anyhow::Result<u16> {
+    if preferred != avoid
+        && TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], preferred))).is_ok()
+    {
+        return Ok(preferred);
+    }
+    for _ in 0..10 {
+        let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .context("cannot find a free port")?;
+        let port = l.local_addr()?.port();
+        if port != avoid {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("cannot find a free port")
+}
+
+fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
+    let bigquery = free_port(BIGQUERY_PORT, 0)?;
+    let admin = free_port(ADMIN_PORT, bigquery)?;
+    let mut api_keys = String::new();
+    for ((name, key), (_, identity, group)) in keys.iter().zip(PEOPLE) {
+        api_keys.push_str(&format!(
+            "[[api_keys]]   # {name}\nidentity = \"{identity}\"\ngroups = [\"{group}\"]\nkey_sha256 = \"{}\"\n\n",
+            key.sha256_hex()
+        ));
+    }
+    Ok(format!(
+        r#"# querygate demo configuration, written by `querygate demo` (re-runs keep your edits;
+# delete this file to get the original back). Paths are relative to this file.
+# The policy reloads when you save this file.
+
+[server]
+bigquery_listen = "127.0.0.1:{bigquery}"
+admin_listen = "127.0.0.1:{admin}"       # the admin API: approvals
+
+[store]
+path = "store/querygate.db"               # the audit log, tickets, jobs, sessions
+
+{api_keys}# The embedded engine (DuckDB, in the gateway's own process) over the sample files.
+[[sources]]
+name = "sample"
+kind = "local"
+project = "demo"
+tables = {{ "shop.customers" = "data/customers.parquet", "shop.orders" = "data/orders/*.csv", "shop.events" = "data/events.parquet" }}
+
+# Personal data: masked for everyone but the privacy group.
+[[classify]]
+tag = "email"
+columns = ["demo.shop.customers.email"]
+
+[[classify]]
+tag = "pii"
+columns = ["demo.shop.customers.phone", "demo.shop.customers.card_number", "demo.shop.customers.national_id"]
+
+[[mask]]
+tag = "email"
+strategy = "email_domain"                 # ***@example.com
+unmasked_for = ["group:privacy"]
+
+[[mask]]
+tag = "pii"
+strategy = "last4"                        # ************1234
+unmasked_for = ["group:privacy"]
+
+[[rule]]
+name = "the sample data is read-only"
+statements = ["insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "grant", "export", "copy"]
+action = "deny"
+message = "the demo data is read-only: querygate refuses writes before they reach the engine; ask a person to change the data"
+
+[[rule]]
+name = "large scans by agents need an approver"
+who = ["group:agents"]
+when = {{ bytes_over = "8 MiB" }}           # from a dry run: SELECT * over shop.events (1.2M rows) is ~20 MiB
+action = "approve"
+approvers = ["group:approvers"]
+
+[[rule]]
+name = "read"
+who = ["group:agents", "group:analysts", "group:approvers", "group:privacy"]
+statements = ["select"]
+action = "allow"
+
+[approvals]
+ticket_ttl = "1h"
+"#
+    ))
+}
+
+fn print_banner(
+    dir: &Path,
+    config: &Path,
+    bigquery: &str,
+    admin: &str,
+    project: &str,
+    keys: &[(String, Secret)],
+) {
+    let exe = std::env::current_exe()
+        .ok()
+        .map_or_else(|| "querygate".to_string(), |p| p.display().to_string());
+    let key = |name: &str| {
+        keys.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.expose().to_string())
+            .unwrap_or_default()
+    };
+    let mut people = String::new();
+    for (name, identity, group) in PEOPLE {
+        people.push_str(&format!(
+            "  {name:<9} {}   {identity} (group {group})\n",
+            key(name)
+        ));
+    }
+    let c = config.display();
+    println!(
+        r#"
+querygate demo: the gateway over an embedded DuckDB with sample data, in {dir}
+
+  BigQuery REST API  {bigquery}   (project "{project}": shop.customers, shop.orders, shop.events)
+  Admin API          {admin}
+  Config             {c}
+  For scripts        {dir}/demo.json
+
+API keys (the agent's PII is masked and its large scans wait for the approver; the privacy group sees PII):
+{people}
+Python (pip install google-cloud-bigquery):
+
+from google.cloud import bigquery
+from google.oauth2.credentials import Credentials
+client = bigquery.Client(project="{project}", credentials=Credentials(token="{agent}"),
+                         client_options={{"api_endpoint": "{bigquery}"}})
+for row in client.query_and_wait("SELECT status, COUNT(*) AS n FROM shop.orders GROUP BY status ORDER BY n DESC"):
+    print(row.status, row.n)
+
+Watch the audit log:   {exe} audit tail --config {c} -n 20
+Pending approvals:     QUERYGATE_TOKEN={approver} {exe} approvals list --config {c}
+Approve one:           QUERYGATE_TOKEN={approver} {exe} approvals approve tk_… --config {c}
+Verify the audit log:  {exe} audit verify --config {c}
+
+Ctrl-C stops the gateway; everything stays in {dir}.
+"#,
+        dir = dir.display(),
+        agent = key("agent"),
+        approver = key("approver"),
+    );
+}
