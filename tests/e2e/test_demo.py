@@ -25,6 +25,19 @@ import e2e_support as s
 
 pytestmark = pytest.mark.gateway_only
 
+
+def _has_demo() -> bool:
+    """Whether the binary was built with the embedded engine (`--features local`)."""
+    if s.DIRECT:
+        return False
+    cp = s.run_cli(s.default_gateway_bin(), "--help")
+    return cp.returncode == 0 and "\n  demo " in cp.stdout
+
+
+if not _has_demo():
+    pytest.skip("querygate was built without the embedded engine (--features local; "
+                "QUERYGATE_TEST_LOCAL=1 scripts/test)", allow_module_level=True)
+
 # The Quickstart's statements, as the README writes them.
 ORDERS_BY_STATUS = "SELECT status, COUNT(*) AS n FROM shop.orders GROUP BY status ORDER BY n DESC"
 CUSTOMERS = "SELECT name, email, card_number FROM shop.customers ORDER BY customer_id LIMIT 3"

@@ -1148,6 +1148,7 @@ impl SourceConfig {
     }
 
     /// The tables of a `local` source as `(dataset, table, absolute path or glob)`.
+    #[cfg_attr(not(feature = "local"), allow(dead_code))]
     pub fn local_tables(&self, config: &Config) -> Vec<(String, String, PathBuf)> {
         self.tables
             .iter()

@@ -8,6 +8,7 @@ mod admin;
 mod approvals_cmd;
 mod audit_cmd;
 mod config;
+#[cfg(feature = "local")]
 mod demo;
 mod export;
 mod keys;
@@ -55,6 +56,7 @@ enum Command {
         log_format: serve::LogFormat,
     },
     /// Run the whole gateway over an embedded engine with sample data (no config needed).
+    #[cfg(feature = "local")]
     Demo {
         /// Where the sample data, keys, config, store and demo.json go (reused when present).
         #[arg(long, default_value = "querygate-demo")]
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => serve::run(&config.config, log_format),
+        #[cfg(feature = "local")]
         Command::Demo { dir } => demo::run(&dir),
         Command::Keys { command } => keys::run(command),
         Command::Audit { command } => audit_cmd::run(command),

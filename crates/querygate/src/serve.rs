@@ -174,6 +174,7 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
 
 /// A `local` source: the embedded engine over its files, called in-process by a `bigquery`
 /// source (so it goes through the same pipeline as BigQuery itself).
+#[cfg(feature = "local")]
 fn local_source(
     config: &Config,
     s: &crate::config::SourceConfig,
@@ -202,6 +203,19 @@ fn local_source(
         querygate_local::router(Arc::new(engine)),
     )
     .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))
+}
+
+/// Without the embedded engine (`--features local`), a `local` source cannot start.
+#[cfg(not(feature = "local"))]
+fn local_source(
+    _config: &Config,
+    s: &crate::config::SourceConfig,
+) -> anyhow::Result<BigQuerySource> {
+    anyhow::bail!(
+        "source {}: kind = \"local\" needs the embedded engine, which this build leaves out; \
+         build querygate with `--features local`",
+        s.name
+    )
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
