@@ -925,6 +925,24 @@ async fn recordings_are_read_by_readers_and_by_their_own_identity() {
     );
 }
 
+/// Columns classified `pii`, masked (redact) for everyone but the privacy group;
+/// `predicates` says whether they may be filtered on.
+fn pii(columns: &[&str], predicates: bool) -> querygate_policy::Classifier {
+    use querygate_policy::{Classification, Classifier, MaskRule, Principal};
+    Classifier {
+        classes: vec![Classification {
+            tag: "pii".into(),
+            columns: columns.iter().map(|c| (*c).to_string()).collect(),
+        }],
+        masks: vec![MaskRule {
+            tag: "pii".into(),
+            strategy: "redact".into(),
+            unmasked_for: vec![Principal::Group("privacy".into())],
+            predicates_allowed: predicates,
+        }],
+    }
+}
+
 /// Whether every read of `table` in `sql` is a masking derived table's own read.
 fn every_read_masked(sql: &str, table: &str) -> bool {
     let reads = sql.matches(table).count();
@@ -933,22 +951,10 @@ fn every_read_masked(sql: &str, table: &str) -> bool {
 
 #[tokio::test]
 async fn reads_of_masked_columns_are_rewritten_and_what_cannot_be_masked_is_refused() {
-    use querygate_policy::{Classification, Classifier, MaskRule, Principal};
     let dir = tmp("mask");
     let p = pipeline(&dir);
     let mut set = policies(querygate_policy::Policy::builtin_read_only());
-    set.classifier = Arc::new(Classifier {
-        classes: vec![Classification {
-            tag: "pii".into(),
-            columns: vec!["*.crm.customers.email".into(), "*.*.*.phone".into()],
-        }],
-        masks: vec![MaskRule {
-            tag: "pii".into(),
-            strategy: "redact".into(),
-            unmasked_for: vec![Principal::Group("privacy".into())],
-            predicates_allowed: false,
-        }],
-    });
+    set.classifier = Arc::new(pii(&["*.crm.customers.email", "*.*.*.phone"], false));
     p.reload(
         Authenticator::new([
             api_key("agent:a", "agents", "key-a"),
@@ -1073,22 +1079,10 @@ async fn reads_of_masked_columns_are_rewritten_and_what_cannot_be_masked_is_refu
 
 #[tokio::test]
 async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
-    use querygate_policy::{Classification, Classifier, MaskRule};
     let dir = tmp("withhold");
     let p = pipeline(&dir);
     let mut set = policies(querygate_policy::Policy::builtin_read_only());
-    set.classifier = Arc::new(Classifier {
-        classes: vec![Classification {
-            tag: "pii".into(),
-            columns: vec!["*.crm.customers.email".into()],
-        }],
-        masks: vec![MaskRule {
-            tag: "pii".into(),
-            strategy: "redact".into(),
-            unmasked_for: vec![],
-            predicates_allowed: true,
-        }],
-    });
+    set.classifier = Arc::new(pii(&["*.crm.customers.email"], true));
     p.reload(
         Authenticator::new([api_key("agent:a", "agents", "key-a")]),
         set,
@@ -1149,27 +1143,18 @@ async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
 /// replaced by its masked read (so what it computes, it computes from masked values).
 #[tokio::test]
 async fn the_known_masking_bypasses_are_refused_or_masked_at_the_read() {
-    use querygate_policy::{Classification, Classifier, MaskRule, Principal};
     let dir = tmp("bypass");
     let p = pipeline(&dir);
     let mut set = policies(querygate_policy::Policy::builtin_read_only());
-    set.classifier = Arc::new(Classifier {
-        classes: vec![Classification {
-            tag: "pii".into(),
-            columns: vec![
-                "*.crm.customers.email".into(),
-                "*.crm.customers.ssn".into(),
-                "*.crm.customers.contacts".into(),
-                "*.crm.customers.payload".into(),
-            ],
-        }],
-        masks: vec![MaskRule {
-            tag: "pii".into(),
-            strategy: "redact".into(),
-            unmasked_for: vec![Principal::Group("privacy".into())],
-            predicates_allowed: false,
-        }],
-    });
+    set.classifier = Arc::new(pii(
+        &[
+            "*.crm.customers.email",
+            "*.crm.customers.ssn",
+            "*.crm.customers.contacts",
+            "*.crm.customers.payload",
+        ],
+        false,
+    ));
     p.reload(
         Authenticator::new([api_key("agent:a", "agents", "key-a")]),
         set,

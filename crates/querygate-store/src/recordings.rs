@@ -551,20 +551,7 @@ fn sessions(conn: &Connection, filter: &SessionFilter) -> rusqlite::Result<Vec<S
             filter.since,
             filter.limit.unwrap_or(1000).min(i64::MAX as usize) as i64
         ],
-        |r| {
-            let identities: String = r.get(1)?;
-            Ok(SessionSummary {
-                id: r.get(0)?,
-                identities: serde_json::from_str(&identities).unwrap_or_default(),
-                first_time: r.get(2)?,
-                last_time: r.get(3)?,
-                requests: r.get::<_, i64>(4)?.max(0) as u64,
-                events: r.get::<_, i64>(5)?.max(0) as u64,
-                segments: r.get::<_, i64>(6)?.max(0) as u64,
-                raw_bytes: r.get::<_, i64>(7)?.max(0) as u64,
-                stored_bytes: r.get::<_, i64>(8)?.max(0) as u64,
-            })
-        },
+        session_summary,
     )?;
     rows.collect()
 }
@@ -662,25 +649,29 @@ fn session(conn: &Connection, id: &str) -> rusqlite::Result<Option<SessionSummar
         return Ok(None);
     }
     let mut st = conn.prepare_cached(
-        "SELECT json_group_array(DISTINCT identity), MIN(first_time), MAX(last_time),
+        "SELECT session_id, json_group_array(DISTINCT identity), MIN(first_time), MAX(last_time),
                 SUM(requests), SUM(events), COUNT(*), SUM(raw_bytes), SUM(length(data))
-         FROM recordings WHERE session_id = ?1 HAVING COUNT(*) > 0",
+         FROM recordings WHERE session_id = ?1 GROUP BY session_id",
     )?;
-    st.query_row(params![id], |r| {
-        let identities: String = r.get(0)?;
-        Ok(SessionSummary {
-            id: id.to_string(),
-            identities: serde_json::from_str(&identities).unwrap_or_default(),
-            first_time: r.get(1)?,
-            last_time: r.get(2)?,
-            requests: r.get::<_, i64>(3)?.max(0) as u64,
-            events: r.get::<_, i64>(4)?.max(0) as u64,
-            segments: r.get::<_, i64>(5)?.max(0) as u64,
-            raw_bytes: r.get::<_, i64>(6)?.max(0) as u64,
-            stored_bytes: r.get::<_, i64>(7)?.max(0) as u64,
-        })
+    st.query_row(params![id], session_summary).optional()
+}
+
+/// A row of the session summary queries (`session_id`, identities, first and last time,
+/// requests, events, segments, raw and stored bytes).
+fn session_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
+    let identities: String = r.get(1)?;
+    let count = |i| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+    Ok(SessionSummary {
+        id: r.get(0)?,
+        identities: serde_json::from_str(&identities).unwrap_or_default(),
+        first_time: r.get(2)?,
+        last_time: r.get(3)?,
+        requests: count(4)?,
+        events: count(5)?,
+        segments: count(6)?,
+        raw_bytes: count(7)?,
+        stored_bytes: count(8)?,
     })
-    .optional()
 }
 
 #[cfg(test)]

@@ -182,16 +182,7 @@ fn filter(query: &str) -> Result<TicketFilter, String> {
             }
             "source" => filter.source = Some(value),
             "requester" => filter.requester = Some(value),
-            "limit" => {
-                let n = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        format!("limit {value:?} must be a whole number from 1 to {MAX_LIMIT}")
-                    })?;
-                filter.limit = Some(n);
-            }
+            "limit" => filter.limit = Some(limit(&value)?),
             other => {
                 return Err(format!(
                     "unknown parameter {other:?}: filter with state, source, requester or limit"
@@ -200,6 +191,15 @@ fn filter(query: &str) -> Result<TicketFilter, String> {
         }
     }
     Ok(filter)
+}
+
+/// A list's `limit` parameter.
+fn limit(value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| format!("limit {value:?} must be a whole number from 1 to {MAX_LIMIT}"))
 }
 
 /// The ticket id from the path, or why it cannot be read.
@@ -405,16 +405,7 @@ fn session_filter(query: &str) -> Result<querygate_store::SessionFilter, String>
                     crate::audit_cmd::point_in_time(&value).map_err(|e| format!("since: {e}"))?,
                 );
             }
-            "limit" => {
-                let n = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        format!("limit {value:?} must be a whole number from 1 to {MAX_LIMIT}")
-                    })?;
-                filter.limit = Some(n);
-            }
+            "limit" => filter.limit = Some(limit(&value)?),
             other => {
                 return Err(format!(
                     "unknown parameter {other:?}: filter sessions with identity, since or limit"
