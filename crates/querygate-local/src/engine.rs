@@ -30,6 +30,9 @@ pub const DEFAULT_PAGE_ROWS: u64 = 100_000;
 /// The location every job and dataset reports.
 pub const LOCATION: &str = "US";
 const RESULTS_SCHEMA: &str = "_results";
+/// DuckDB's buffer pool: kept result tables and large sorts past it spill to a temp directory,
+/// so the gateway's memory stays bounded however many and however large the results are.
+pub const MEMORY_LIMIT: &str = "256MB";
 
 /// One configured table: `dataset.table` over a file or glob.
 #[derive(Debug, Clone)]
@@ -145,7 +148,7 @@ impl Engine {
         let config = duckdb::Config::default()
             .enable_autoload_extension(false)
             .and_then(|c| c.with("autoinstall_known_extensions", "false"))
-            .and_then(|c| c.with("memory_limit", "1GB"))
+            .and_then(|c| c.with("memory_limit", MEMORY_LIMIT))
             // Results past the memory limit spill here, not into the working directory.
             .and_then(|c| {
                 c.with(
@@ -214,8 +217,62 @@ impl Engine {
         )
     }
 
-    /// Bytes a translated query reads: the referenced columns' share of each table's files.
+    /// Bytes a translated query reads, as BigQuery bills them: for each table, the columns it
+    /// reads, each counted once however often the table is scanned.
+    ///
+    /// The columns come from DuckDB's own plan (`EXPLAIN`), after its projection pushdown, so a
+    /// column that a derived table names but nothing above it uses (the masking rewrite names
+    /// every column of a masked table) is not counted. Where the plan cannot be read, every
+    /// identifier the query names counts ([`Engine::estimate_from_names`]).
     pub fn estimate(&self, t: &Translated) -> u64 {
+        self.estimate_from_plan(t)
+            .unwrap_or_else(|| self.estimate_from_names(t))
+    }
+
+    fn estimate_from_plan(&self, t: &Translated) -> Option<u64> {
+        let conn = self.connection().ok()?;
+        let plan: String = conn
+            .query_row(&format!("EXPLAIN (FORMAT json) {}", t.sql), [], |r| {
+                r.get(1)
+            })
+            .ok()?;
+        let plan: Json = serde_json::from_str(&plan).ok()?;
+        let mut scans = Vec::new();
+        collect_scans(&plan, &mut scans);
+        let mut read: BTreeMap<&(String, String), BTreeSet<String>> = BTreeMap::new();
+        for scan in scans {
+            // The scan belongs to a table of its reader's format that has every column it reads;
+            // when several do, the costliest one counts, so the estimate never undercounts.
+            let owner = t
+                .tables
+                .iter()
+                .filter_map(|k| self.catalog.get_key_value(k))
+                .filter(|(_, info)| info.format == scan.format)
+                .filter(|(_, info)| {
+                    scan.projected
+                        .iter()
+                        .all(|c| info.column_bytes.contains_key(c))
+                })
+                .max_by_key(|(_, info)| column_sum(info, scan.columns()));
+            let (key, info) = owner?;
+            let filtered = scan
+                .filtered
+                .iter()
+                .filter(|c| info.column_bytes.contains_key(*c));
+            read.entry(key)
+                .or_default()
+                .extend(scan.projected.iter().chain(filtered).cloned());
+        }
+        Some(
+            read.iter()
+                .filter_map(|(k, cols)| Some(column_sum(self.catalog.get(*k)?, cols.iter())))
+                .sum(),
+        )
+    }
+
+    /// Bytes by name alone: the named columns' share of each referenced table's files, or
+    /// the whole table when the query selects `*`.
+    fn estimate_from_names(&self, t: &Translated) -> u64 {
         t.tables
             .iter()
             .filter_map(|k| self.catalog.get(k))
@@ -223,11 +280,7 @@ impl Engine {
                 if t.wildcard {
                     info.num_bytes
                 } else {
-                    info.column_bytes
-                        .iter()
-                        .filter(|(c, _)| t.identifiers.contains(*c))
-                        .map(|(_, b)| *b)
-                        .sum()
+                    column_sum(info, t.identifiers.iter())
                 }
             })
             .sum()
@@ -486,6 +539,116 @@ impl Engine {
             next: (end < total).then_some(end),
         })
     }
+}
+
+/// One file scan in a DuckDB plan: its reader's format, the columns it returns, and the words
+/// of its pushed-down filters (columns among them), lower case.
+struct Scan {
+    format: &'static str,
+    projected: BTreeSet<String>,
+    filtered: BTreeSet<String>,
+}
+
+impl Scan {
+    fn columns(&self) -> impl Iterator<Item = &String> {
+        self.projected.iter().chain(&self.filtered)
+    }
+}
+
+/// The file scans of an `EXPLAIN (FORMAT json)` plan.
+fn collect_scans(node: &Json, out: &mut Vec<Scan>) {
+    match node {
+        Json::Array(items) => items.iter().for_each(|n| collect_scans(n, out)),
+        Json::Object(o) => {
+            let info = o.get("extra_info");
+            let format = match info.and_then(|i| i.get("Function")).and_then(Json::as_str) {
+                Some(f) if f.starts_with("READ_PARQUET") || f.starts_with("PARQUET") => {
+                    Some("parquet")
+                }
+                Some(f) if f.starts_with("READ_CSV") => Some("csv"),
+                Some(f) if f.starts_with("READ_JSON") => Some("json"),
+                _ => None,
+            };
+            if let (Some(format), Some(info)) = (format, info) {
+                let projected = strings(info.get("Projections"))
+                    .into_iter()
+                    .map(|c| c.trim_matches('"').to_ascii_lowercase())
+                    .collect();
+                let filtered = strings(info.get("Filters"))
+                    .into_iter()
+                    .flat_map(words)
+                    .collect();
+                out.push(Scan {
+                    format,
+                    projected,
+                    filtered,
+                });
+            }
+            if let Some(children) = o.get("children") {
+                collect_scans(children, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A plan field that DuckDB writes as one string or as a list of them.
+fn strings(v: Option<&Json>) -> Vec<&str> {
+    match v {
+        Some(Json::String(s)) => vec![s.as_str()],
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The identifiers in a plan expression (`amount>5`, `contains(email, 'x')`), lower case;
+/// string literals are skipped. Words that are not columns (function names) are harmless: a
+/// scan's columns are matched against its table's.
+fn words(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                for d in chars.by_ref() {
+                    if d == '\'' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                let mut w = String::new();
+                for d in chars.by_ref() {
+                    if d == '"' {
+                        break;
+                    }
+                    w.push(d);
+                }
+                out.push(w.to_ascii_lowercase());
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let mut w = String::from(c);
+                while let Some(&d) = chars.peek() {
+                    if d.is_alphanumeric() || d == '_' {
+                        w.push(d);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.push(w.to_ascii_lowercase());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The bytes of the named columns of a table (names that are not its columns count nothing).
+fn column_sum<'a>(info: &TableInfo, columns: impl Iterator<Item = &'a String>) -> u64 {
+    columns
+        .filter_map(|c| info.column_bytes.get(c.as_str()))
+        .sum()
 }
 
 pub fn not_found_table(project: &str, dataset: &str, table: &str) -> EngineError {

@@ -235,7 +235,7 @@ pub fn generate(dir: &Path) -> Result<Vec<String>, String> {
             ['/', '/search', '/product', '/cart', '/checkout', '/account', '/help'][1 + CAST(hash(i, 'p') % 7 AS BIGINT)] AS page,
             ['web', 'ios', 'android'][1 + CAST(hash(i, 'd') % 3 AS BIGINT)] AS device,
             CAST(hash(i, 'm') % 30000 AS INTEGER) AS duration_ms,
-            concat('10.', CAST(hash(i, 'x') % 256 AS BIGINT), '.', CAST(hash(i, 'y') % 256 AS BIGINT), '.', CAST(hash(i, 'z') % 256 AS BIGINT)) AS ip_address
+            concat('10.', CAST(hash(i, 'ip') % 256 AS BIGINT), '.', CAST((hash(i, 'ip') >> 8) % 256 AS BIGINT), '.', CAST((hash(i, 'ip') >> 16) % 256 AS BIGINT)) AS ip_address
          FROM range({EVENT_ROWS}) t(i) ORDER BY i) TO {} (FORMAT PARQUET, ROW_GROUP_SIZE 100000)",
         q(&events)
     ))

@@ -193,6 +193,10 @@ columns = ["demo.shop.customers.email"]
 tag = "pii"
 columns = ["demo.shop.customers.phone", "demo.shop.customers.card_number", "demo.shop.customers.national_id"]
 
+[[classify]]
+tag = "network"
+columns = ["demo.shop.events.ip_address"]
+
 [[mask]]
 tag = "email"
 strategy = "email_domain"                 # ***@example.com
@@ -201,6 +205,11 @@ unmasked_for = ["group:privacy"]
 [[mask]]
 tag = "pii"
 strategy = "last4"                        # ************1234
+unmasked_for = ["group:privacy"]
+
+[[mask]]
+tag = "network"
+strategy = "hash"                         # keyed SHA-256: still joins and groups, reveals nothing
 unmasked_for = ["group:privacy"]
 
 [[rule]]
