@@ -32,7 +32,7 @@ pub const LOCATION: &str = "US";
 const RESULTS_SCHEMA: &str = "_results";
 /// DuckDB's buffer pool: kept result tables and large sorts past it spill to a temp directory,
 /// so the gateway's memory stays bounded however many and however large the results are.
-pub const MEMORY_LIMIT: &str = "256MB";
+pub const MEMORY_LIMIT: &str = "128MB";
 
 /// One configured table: `dataset.table` over a file or glob.
 #[derive(Debug, Clone)]

@@ -221,7 +221,7 @@ message = "the demo data is read-only: querygate refuses writes before they reac
 [[rule]]
 name = "large scans by agents need an approver"
 who = ["group:agents"]
-when = {{ bytes_over = "8 MiB" }}           # from a dry run: SELECT * over shop.events (1.2M rows) is ~20 MiB
+when = {{ bytes_over = "8 MiB" }}           # from a dry run: SELECT * over shop.events (1.2M rows) is ~29 MiB
 action = "approve"
 approvers = ["group:approvers"]
 
