@@ -13,18 +13,9 @@
 //! A frame is `len: u32 LE`, `crc32(payload): u32 LE`, then `len` bytes of JSON. A torn
 //! frame at the end (a crash in the middle of a write, which was never acknowledged)
 //! ends the readable journal; everything before it is intact.
-//!
-//! Each file is written full of zeros and synced when it is created (ahead of time, off the
-//! request path: see the writer's spare file), and frames then overwrite those zeros. An
-//! `fdatasync` of an overwrite flushes only the data: no file size or block allocation to
-//! journal in the file system, so it neither waits for nor forces a file-system journal
-//! commit, which would also flush whatever SQLite wrote meanwhile (measured on ext4: half the
-//! median sync time). A zero header (`len` 0, crc 0, empty payload) ends a file's entries like
-//! a torn frame.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,9 +25,6 @@ use crate::JobRow;
 
 /// Largest frame accepted when reading (a record holds a whole statement, never truncated).
 const MAX_FRAME: u32 = 64 << 20;
-/// Size of a journal file: written as zeros at creation; the writer starts the next file
-/// once this much is used (a larger last group extends the file).
-pub(crate) const FILE_SIZE: u64 = 8 << 20;
 
 /// One journalled entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,42 +215,25 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Creates journal file `n`, [`FILE_SIZE`] of synced zeros (the caller holds the store's
-    /// [`Lock`]). A file that exists already (made ahead of time) is opened where its entries
-    /// end.
+    /// Creates journal file `n` (the caller holds the store's [`Lock`]).
     pub(crate) fn create(store: &Path, n: u64) -> std::io::Result<Journal> {
-        let path = file_of(store, n);
-        let file = match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let end = parse(&std::fs::read(&path)?).1;
-                let file = OpenOptions::new().write(true).open(&path)?;
-                return Ok(Journal::new(file, path, end));
-            }
-            Err(e) => return Err(e),
-        };
-        let zeros = vec![0u8; 1 << 20];
-        let mut written = 0;
-        while written < FILE_SIZE {
-            let n = zeros.len().min((FILE_SIZE - written) as usize);
-            (&file).write_all(&zeros[..n])?;
-            written += n as u64;
-        }
-        file.sync_all()?;
-        // The new name, durably in its directory.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(Journal::new(file, path, 0))
+        Journal::at(file_of(store, n))
     }
 
-    fn new(file: File, path: PathBuf, len: u64) -> Journal {
-        Journal {
+    /// Opens (creating) a journal file at `path`.
+    pub(crate) fn at(path: PathBuf) -> std::io::Result<Journal> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Journal {
             file,
             path,
             len,
             buf: Vec::new(),
-        }
+        })
     }
 
     /// A journal whose every write fails, as on a full or failing disk (for tests; the
@@ -271,7 +242,12 @@ impl Journal {
     pub(crate) fn failing(path: PathBuf) -> std::io::Result<Journal> {
         std::fs::write(&path, b"")?;
         let file = OpenOptions::new().read(true).open(&path)?;
-        Ok(Journal::new(file, path, 0))
+        Ok(Journal {
+            file,
+            path,
+            len: 0,
+            buf: Vec::new(),
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -294,15 +270,13 @@ impl Journal {
             self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
             self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        let written = self
-            .file
-            .write_all_at(&self.buf, self.len)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
-            // What may have reached the file must not stay behind the next frames, which
-            // overwrite it from the same offset: back to zeros.
-            self.buf.fill(0);
-            let _ = self.file.write_all_at(&self.buf, self.len);
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // A partial write must not stay in front of the next frames.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        if sync && let Err(e) = self.file.sync_data() {
+            let _ = self.file.set_len(self.len);
             return Err(e);
         }
         self.len += self.buf.len() as u64;
@@ -343,6 +317,7 @@ fn parse(bytes: &[u8]) -> (Vec<Entry>, u64) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn record(seq: u64) -> Entry {
         Entry::Record {
@@ -373,16 +348,11 @@ mod tests {
         let mut j = Journal::create(&store, 9).unwrap();
         j.append(&[record(1), claim.clone()], true).unwrap();
         j.append(&[record(2)], true).unwrap();
-        // The file is written as zeros up front; frames overwrite them.
-        assert_eq!(std::fs::metadata(j.path()).unwrap().len(), FILE_SIZE);
         // A crash mid-write leaves half a frame.
-        let f = OpenOptions::new().write(true).open(j.path()).unwrap();
-        f.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, b'{'], j.len())
-            .unwrap();
+        let mut f = OpenOptions::new().append(true).open(j.path()).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
         let mut next = Journal::create(&store, 10).unwrap();
         next.append(&[record(3)], true).unwrap();
-        // A file made ahead of time (or reopened) continues where its entries end.
-        assert_eq!(Journal::create(&store, 10).unwrap().len(), next.len());
         assert_eq!(
             read(&store).unwrap(),
             vec![record(1), claim, record(2), record(3)]

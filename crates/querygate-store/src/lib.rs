@@ -291,7 +291,6 @@ impl Store {
             checkpoints: options.checkpoints,
             since_checkpoint: 0,
             last_checkpoint: std::time::Instant::now(),
-            spare: None,
         };
         let writer = std::thread::Builder::new()
             .name("querygate-store".into())

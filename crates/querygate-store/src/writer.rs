@@ -10,9 +10,8 @@
 //! waited [`INDEX_AFTER`], when [`INDEX_BATCH`] entries wait, or on a flush) on its own
 //! thread, so SQLite's page writes and checkpoints never hold up a durable append. Until
 //! an entry is indexed, the claims and usage it carries stay in the pending overlay.
-//! When a journal file is full ([`journal::FILE_SIZE`]), the writer starts the next one,
-//! which a helper thread has made (zero-filled and synced) while the current one filled up;
-//! the indexer deletes the full file after an index commit with `synchronous = FULL`.
+//! When a journal file passes [`JOURNAL_MAX`], the writer starts the next one; the
+//! indexer deletes the full file after an index commit with `synchronous = FULL`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
@@ -23,7 +22,7 @@ use querygate_core::audit::{Checkpoint, chain_hash};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use crate::journal::{self, Entry, Journal, Lock};
+use crate::journal::{Entry, Journal, Lock};
 use crate::{Lazy, Op, Pending, StoreError, Sync};
 
 const MAX_BATCH: usize = 512;
@@ -37,6 +36,8 @@ const INDEX_AFTER: Duration = Duration::from_millis(100);
 const SYNC_AFTER: Duration = Duration::from_millis(10);
 /// Entries that are indexed at once, whatever the time.
 const INDEX_BATCH: usize = 2048;
+/// Size past which the writer starts a new journal file.
+const JOURNAL_MAX: u64 = 8 << 20;
 
 pub(crate) struct Writer {
     pub(crate) store: PathBuf,
@@ -53,9 +54,6 @@ pub(crate) struct Writer {
     /// Records chained since the last checkpoint, and when that was.
     pub(crate) since_checkpoint: u64,
     pub(crate) last_checkpoint: Instant,
-    /// The next journal file, being made by a helper thread once the current one is half
-    /// full (zero-filling 8 MiB must not stall a group of requests).
-    pub(crate) spare: Option<std::thread::JoinHandle<std::io::Result<Journal>>>,
 }
 
 /// What the writer hands the indexer, in journal order.
@@ -176,10 +174,8 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
                         op => ack(op, Ok(seq)),
                     }
                 }
-                if w.journal.len() >= journal::FILE_SIZE {
+                if w.journal.len() >= JOURNAL_MAX {
                     w.next_file(&to_index);
-                } else if w.journal.len() >= journal::FILE_SIZE / 2 && w.spare.is_none() {
-                    w.make_spare();
                 }
             }
             Err(e) => {
@@ -211,11 +207,6 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
     }
     w.sync_now();
     let _ = to_index.send(Index::Full(w.journal.path().to_path_buf()));
-    // The spare holds no entries; it must be finished before the lock is let go, so that
-    // the next writer never finds it half written.
-    if let Some(Ok(Ok(spare))) = w.spare.take().map(std::thread::JoinHandle::join) {
-        let _ = to_index.send(Index::Full(spare.path().to_path_buf()));
-    }
     drop(to_index);
     let _ = indexer.join();
     drop(w.lock);
@@ -384,27 +375,9 @@ impl Writer {
         }
     }
 
-    /// Starts making the next journal file on a helper thread.
-    fn make_spare(&mut self) {
-        let (store, n) = (self.store.clone(), self.file + 1);
-        self.spare = std::thread::Builder::new()
-            .name("querygate-journal".into())
-            .spawn(move || Journal::create(&store, n))
-            .map_err(|e| tracing::warn!(error = %e, "cannot start a thread to make the next audit journal file"))
-            .ok();
-    }
-
-    /// Starts the next journal file (the spare when it is ready) and hands the full one to
-    /// the indexer.
+    /// Starts the next journal file and hands the full one to the indexer.
     fn next_file(&mut self, to_index: &mpsc::Sender<Index>) {
-        let next = match self.spare.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(made)) => made,
-            Some(Err(_)) => Err(std::io::Error::other(
-                "the thread making the journal file panicked",
-            )),
-            None => Journal::create(&self.store, self.file + 1),
-        };
-        match next {
+        match Journal::create(&self.store, self.file + 1) {
             Ok(next) => {
                 self.sync_now();
                 let full = std::mem::replace(&mut self.journal, next);
