@@ -310,6 +310,34 @@ async fn journalled_records_survive_a_crash_before_indexing() {
     drop(dir);
 }
 
+/// Past a file's size limit the writer moves on to the next journal file; the chain runs on
+/// across files, and a clean stop leaves no file behind.
+#[tokio::test]
+async fn the_journal_moves_on_to_the_next_file_and_a_stop_leaves_none() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::open(&path).expect("open");
+    let big = "x".repeat(64 * 1024);
+    let mut seen = std::collections::BTreeSet::new();
+    // ~19 MiB of records: more than two files.
+    for i in 1..=300 {
+        store
+            .append(record(&format!("SELECT '{big}' -- {i}")))
+            .await
+            .expect("append");
+        seen.extend(
+            journal::files(&path)
+                .expect("list")
+                .into_iter()
+                .map(|f| f.0),
+        );
+    }
+    assert!(seen.len() >= 3, "journal files seen: {seen:?}");
+    drop(store);
+    assert_eq!(verify(&path).expect("intact").records, 300);
+    assert!(journal::files(&path).expect("list").is_empty());
+}
+
 #[tokio::test]
 async fn a_second_writer_on_the_same_store_is_refused() {
     let dir = tempdir::Dir::new();
