@@ -167,6 +167,9 @@ def test_a_hashed_column_still_groups_and_narrow_queries_are_not_billed_for_it(d
     agent_bytes = demo.client("agent").query(narrow, job_config=dry).total_bytes_processed
     privacy_bytes = demo.client("privacy").query(narrow, job_config=dry).total_bytes_processed
     assert 0 < agent_bytes == privacy_bytes < 8 * 1024 * 1024
+    # A column only filtered on is read, and billed, too.
+    filtered = "SELECT page FROM shop.events WHERE ip_address LIKE '10.1.%'"
+    assert demo.client("privacy").query(filtered, job_config=dry).total_bytes_processed > privacy_bytes + 1024 * 1024
     rows = list(demo.client("agent").query(narrow).result(timeout=60))
     assert sum(r.n for r in rows) == 1_200_000
 
