@@ -282,6 +282,15 @@ fn dry_run(seen: &Seen) -> bool {
         .is_ok_and(|b| b["dryRun"] == true || b["configuration"]["dryRun"] == true)
 }
 
+/// The body of the first jobs.insert that reached the upstream (not a dry run).
+fn upstream_insert(seen: &[Seen]) -> Value {
+    let insert = seen
+        .iter()
+        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
+        .expect("jobs.insert upstream");
+    serde_json::from_slice(&insert.body).expect("json")
+}
+
 #[tokio::test]
 async fn a_caught_query_waits_until_an_approver_approves_it_through_the_cli() {
     let up = upstream().await;
@@ -367,11 +376,7 @@ async fn a_caught_query_waits_until_an_approver_approves_it_through_the_cli() {
     assert_eq!(body["jobComplete"], true, "{body}");
     assert_eq!(body["rows"].as_array().map(Vec::len), Some(2), "{body}");
     let seen = up.requests();
-    let insert = seen
-        .iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
-        .expect("jobs.insert upstream");
-    let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
+    let inserted = upstream_insert(&seen);
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
     assert_eq!(inserted["configuration"]["query"]["query"], sql.as_str());
     let cap: u64 = inserted["configuration"]["query"]["maximumBytesBilled"]
@@ -904,12 +909,7 @@ async fn a_waiting_ticket_survives_a_gateway_restart() {
         took < std::time::Duration::from_secs(5),
         "the held poll waited {took:?} after the approval"
     );
-    let insert = up
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
-        .expect("jobs.insert");
-    let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
+    let inserted = upstream_insert(&up.requests());
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
     assert_eq!(inserted["configuration"]["query"]["query"], sql.as_str());
     assert_eq!(g.cli(&["audit", "verify"]).0, 0);
@@ -967,12 +967,7 @@ async fn a_masked_query_waits_and_runs_masked_once_approved() {
     let (status, body) = poll(&g, &job, KEY).await;
     assert_eq!(status, 200, "{body}");
     // What ran upstream is the masked statement, under the held job id.
-    let insert = up
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "POST" && r.uri.contains("/jobs") && !dry_run(r))
-        .expect("jobs.insert");
-    let inserted: Value = serde_json::from_slice(&insert.body).expect("json");
+    let inserted = upstream_insert(&up.requests());
     assert_eq!(inserted["jobReference"]["jobId"], job.as_str());
     let ran = inserted["configuration"]["query"]["query"]
         .as_str()
