@@ -11,6 +11,7 @@
 //! [`Admitted`] call, and only this crate can construct one, so no front can run an
 //! unchecked request. This crate holds no wire knowledge.
 
+mod analyses;
 mod approve;
 mod decide;
 pub mod masking;
@@ -28,7 +29,7 @@ use querygate_core::{Action, AuditRecord, Denial, DenialKind, Fault, Identity, P
 use querygate_policy::{
     Input, Outcome as PolicyOutcome, StatementKind, TableUse, Verdict, format_bytes,
 };
-use querygate_sql::{Facts, SqlDialect, analyze};
+use querygate_sql::{Facts, SqlDialect};
 pub use querygate_store::audit_time;
 use querygate_store::{Alongside, JobRow, Store};
 
@@ -75,6 +76,8 @@ pub struct Pipeline {
     sessions: sessions::Sessions,
     /// Where sessions are recorded, when they are.
     recording: Option<recording::Recording>,
+    /// Facts of recently analyzed statements.
+    analyses: analyses::Analyses,
 }
 
 /// One request's context, recorded in its audit records.
@@ -132,6 +135,7 @@ impl Pipeline {
             tickets_changed: tokio::sync::Notify::new(),
             sessions: sessions::Sessions::new(sessions::IDLE_GAP),
             recording: None,
+            analyses: analyses::Analyses::default(),
         }
     }
 
@@ -233,14 +237,14 @@ impl Pipeline {
         ctx.identity = Some(&identity);
         self.begin(&ctx, source, &call);
 
-        // analyze: facts from the SQL text (pure).
+        // analyze: facts from the SQL text (pure; remembered for statements seen recently).
         let facts = match &request.action {
             Action::Query {
                 statement,
                 default_dataset,
                 ..
             } => {
-                let mut facts = analyze(statement, SqlDialect::BigQuery);
+                let mut facts = self.analyses.bigquery(statement);
                 if let Some(ds) = default_dataset {
                     facts.with_default_dataset(ds);
                 }

@@ -1,0 +1,163 @@
+//! The analyze stage's memory: the facts of statements seen recently, by their exact text.
+//!
+//! `querygate_sql::analyze` is a pure function of the text, and the same statements come
+//! back again and again (an agent's retries, a dashboard's refresh, a CI job's checks), so
+//! its answer is kept, as pgdog keeps parsed statements. Parsing and walking a short SELECT
+//! costs tens of microseconds, a lookup well under one. Facts are kept before the request's
+//! default dataset is applied, so two callers with different defaults share an entry.
+//!
+//! Bounded two ways: statements longer than [`MAX_TEXT`] are never kept, and the entries
+//! live in two generations of at most [`GENERATION`] each. A hit in the older generation
+//! moves to the newer; when the newer fills, the older is dropped and the newer takes its
+//! place — an approximate LRU with no per-hit bookkeeping.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use querygate_sql::{Facts, SqlDialect, analyze};
+
+/// Longest statement kept, in bytes.
+const MAX_TEXT: usize = 4 * 1024;
+/// Entries per generation.
+const GENERATION: usize = 512;
+
+#[derive(Debug, Default)]
+pub(crate) struct Analyses {
+    generations: Mutex<Generations>,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    newer: HashMap<Box<str>, Arc<Facts>>,
+    older: HashMap<Box<str>, Arc<Facts>>,
+}
+
+impl Analyses {
+    /// The facts of a BigQuery statement, from memory when it was analyzed recently.
+    pub(crate) fn bigquery(&self, sql: &str) -> Facts {
+        if sql.len() > MAX_TEXT {
+            return analyze(sql, SqlDialect::BigQuery);
+        }
+        if let Some(facts) = self.lookup(sql) {
+            return Facts::clone(&facts);
+        }
+        // Analyzed outside the lock: two requests with a new statement may both analyze
+        // it, and the same facts are kept either way.
+        let facts = Arc::new(analyze(sql, SqlDialect::BigQuery));
+        let mut g = self.lock();
+        if g.newer.len() >= GENERATION {
+            g.older = std::mem::take(&mut g.newer);
+        }
+        g.newer.insert(sql.into(), Arc::clone(&facts));
+        drop(g);
+        Facts::clone(&facts)
+    }
+
+    fn lookup(&self, sql: &str) -> Option<Arc<Facts>> {
+        let mut g = self.lock();
+        if let Some(facts) = g.newer.get(sql) {
+            return Some(Arc::clone(facts));
+        }
+        let (text, facts) = g.older.remove_entry(sql)?;
+        if g.newer.len() >= GENERATION {
+            g.older = std::mem::take(&mut g.newer);
+        }
+        g.newer.insert(text, Arc::clone(&facts));
+        Some(facts)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // The maps hold no invariant a panicking holder could break halfway.
+        self.generations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let g = self.lock();
+        g.newer.len() + g.older.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_statement_has_the_facts_of_a_fresh_analysis() {
+        let analyses = Analyses::default();
+        for sql in [
+            "SELECT email FROM shop.customers",
+            "DELETE FROM shop.orders WHERE TRUE",
+            "SELECT 1; DROP TABLE shop.orders",
+            "SELEC nonsense (",
+        ] {
+            let fresh = analyze(sql, SqlDialect::BigQuery);
+            assert_eq!(analyses.bigquery(sql), fresh, "first time: {sql}");
+            assert_eq!(analyses.bigquery(sql), fresh, "remembered: {sql}");
+        }
+        assert_eq!(analyses.len(), 4);
+    }
+
+    #[test]
+    fn statements_differing_in_any_byte_are_analyzed_apart() {
+        let analyses = Analyses::default();
+        let select = analyses.bigquery("SELECT * FROM a.t");
+        let delete = analyses.bigquery("DELETE FROM a.t WHERE TRUE");
+        assert_ne!(select, delete);
+        assert_eq!(
+            analyses.bigquery("SELECT * FROM a.u"),
+            analyze("SELECT * FROM a.u", SqlDialect::BigQuery)
+        );
+    }
+
+    #[test]
+    fn memory_stays_within_two_generations_and_long_statements_are_not_kept() {
+        let analyses = Analyses::default();
+        for i in 0..(GENERATION * 5) {
+            analyses.bigquery(&format!("SELECT {i} FROM a.t"));
+        }
+        assert!(
+            analyses.len() <= 2 * GENERATION,
+            "{} entries",
+            analyses.len()
+        );
+        // A recent statement is still remembered; the oldest are gone.
+        let g = analyses.lock();
+        let last = format!("SELECT {} FROM a.t", GENERATION * 5 - 1);
+        assert!(g.newer.contains_key(last.as_str()));
+        assert!(
+            !g.newer.contains_key("SELECT 0 FROM a.t")
+                && !g.older.contains_key("SELECT 0 FROM a.t")
+        );
+        drop(g);
+
+        let long = format!("SELECT '{}' FROM a.t", "x".repeat(MAX_TEXT));
+        let before = analyses.len();
+        assert_eq!(
+            analyses.bigquery(&long),
+            analyze(&long, SqlDialect::BigQuery)
+        );
+        assert_eq!(analyses.len(), before);
+    }
+
+    #[test]
+    fn a_hit_in_the_older_generation_survives_the_next_turnover() {
+        let analyses = Analyses::default();
+        analyses.bigquery("SELECT kept FROM a.t");
+        for i in 0..GENERATION {
+            analyses.bigquery(&format!("SELECT {i} FROM a.t"));
+        }
+        // Now in the older generation; a hit moves it to the newer one.
+        analyses.bigquery("SELECT kept FROM a.t");
+        for i in GENERATION..(2 * GENERATION - 2) {
+            analyses.bigquery(&format!("SELECT {i} FROM a.t"));
+        }
+        let g = analyses.lock();
+        assert!(
+            g.newer.contains_key("SELECT kept FROM a.t")
+                || g.older.contains_key("SELECT kept FROM a.t")
+        );
+    }
+}
