@@ -12,12 +12,15 @@
 # Prints a Markdown report and writes it to bench/results.md.
 #
 # Usage: bench/run.sh [--build] [--no-querygate] [--help]
-#   --build          run `cargo build --release -p querygate` first
+#   --build          run `cargo build --release -p querygate` (and its passthrough example) first
 #   --no-querygate   only measure direct and nginx (plumbing check)
 #
 # Environment (defaults in brackets):
 #   QUERYGATE_BIN       querygate binary [$CARGO_TARGET_DIR/release/querygate,
 #                       CARGO_TARGET_DIR defaulting to ~/.cache/querygate/target]
+#   BENCH_FLOOR_BIN     the floor: a pass-through proxy on querygate's own HTTP stack
+#                       (crates/querygate/examples/passthrough.rs: axum + reqwest, no audit);
+#                       measured when present [$CARGO_TARGET_DIR/release/examples/passthrough]
 #   QUERYGATE_ARGS      querygate arguments; {config} is replaced by the config
 #                       path [serve --config {config}]
 #   BENCH_DURATION      seconds measured per target and concurrency [15]
@@ -63,6 +66,7 @@ ACCESS_LOG="${BENCH_NGINX_ACCESS_LOG:-on}"
 RESULTS="${BENCH_RESULTS:-$HERE/results.md}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/querygate/target}"
 QG_BIN="${QUERYGATE_BIN:-$CARGO_TARGET_DIR/release/querygate}"
+FLOOR_BIN="${BENCH_FLOOR_BIN:-$CARGO_TARGET_DIR/release/examples/passthrough}"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -88,7 +92,8 @@ NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
 
 if [ "$BUILD" -eq 1 ]; then
   log "cargo build --release -p querygate (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  (cd "$REPO" && cargo build --release -p querygate) || die "build failed"
+  (cd "$REPO" && cargo build --release -p querygate && cargo build --release -p querygate --example passthrough) ||
+    die "build failed"
 fi
 
 QG_MISSING=0
@@ -127,9 +132,9 @@ stop_pid() { # pid
   wait "$pid" 2>/dev/null || true
 }
 
-read -r UP_PORT PX_PORT QG_PORT < <(python3 - <<'EOF'
+read -r UP_PORT PX_PORT QG_PORT FL_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -286,6 +291,20 @@ start_nginx proxy "$PX_PORT"
 PX_PID="${PIDS[-1]}"
 
 # ------------------------------------------------------------ querygate ----
+FLOOR_PID=""
+if [ -x "$FLOOR_BIN" ]; then
+  log "starting the floor (pass-through on querygate's HTTP stack) on 127.0.0.1:$FL_PORT"
+  "$FLOOR_BIN" "127.0.0.1:$FL_PORT" "http://127.0.0.1:$UP_PORT" >"$T/floor.log" 2>&1 &
+  FLOOR_PID=$!
+  PIDS+=("$FLOOR_PID")
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$FL_PORT/bigquery/v2/projects/$PROJECT/jobs/ready" && break
+    sleep 0.05
+  done
+else
+  log "no floor binary at $FLOOR_BIN (cargo build --release -p querygate --example passthrough); not measured"
+fi
+
 QG_PID=""
 start_querygate() {
   local args=()
@@ -351,8 +370,10 @@ declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT$QPATH"
   [nginx]="http://127.0.0.1:$PX_PORT$QPATH"
   [querygate]="http://127.0.0.1:$QG_PORT$QPATH"
+  [floor]="http://127.0.0.1:$FL_PORT$QPATH"
 )
 TARGETS=(direct nginx)
+[ -n "$FLOOR_PID" ] && TARGETS+=(floor)
 [ "$NO_QG" -eq 0 ] && TARGETS+=(querygate)
 
 check_query() { # target -> 0 if a 100-row jobs.query response came back
@@ -377,17 +398,20 @@ except Exception as e:
     sys.exit(1)
 EOF
 }
+CHECKED=()
 for t in "${TARGETS[@]}"; do
-  if ! check_query "$t"; then
-    if [ "$t" = querygate ]; then
-      show_diagnostics
-      QG_FAILED="jobs.query through querygate failed the sanity check"
-      TARGETS=(direct nginx)
-    else
-      die "$t jobs.query check failed"
-    fi
+  if check_query "$t"; then
+    CHECKED+=("$t")
+  elif [ "$t" = querygate ]; then
+    show_diagnostics
+    QG_FAILED="jobs.query through querygate failed the sanity check"
+  elif [ "$t" = floor ]; then
+    log "WARNING: the floor failed the sanity check (log: $T/floor.log); not measured"
+  else
+    die "$t jobs.query check failed"
   fi
 done
+TARGETS=("${CHECKED[@]}")
 
 # ------------------------------------------------------------------ load ----
 declare -A RPS P50 P99 P90 ERRS CPU_US CORES
@@ -417,7 +441,7 @@ run_wrk() { # target conns threads
   fi
   raw="$T/wrk-$t-c$c.txt"
   local cpu_pid cpu0 cpu1
-  case "$t" in direct) cpu_pid="$UP_PID" ;; nginx) cpu_pid="$PX_PID" ;; *) cpu_pid="$QG_PID" ;; esac
+  case "$t" in direct) cpu_pid="$UP_PID" ;; nginx) cpu_pid="$PX_PID" ;; floor) cpu_pid="$FLOOR_PID" ;; *) cpu_pid="$QG_PID" ;; esac
   cpu0="$(cpu_ticks "$cpu_pid")"
   wrk -t"$th" -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$HERE/jobs_query.lua" "${URL[$t]}" \
     >"$raw" 2>&1 || { cat "$raw" >&2; die "wrk failed for $t c=$c"; }
@@ -552,7 +576,11 @@ report() {
     done
   done
   echo
-  echo "CPU µs/req and cores busy: CPU time of the target's own processes during the measured run (direct: the canned upstream nginx; nginx: the proxy nginx; querygate: querygate), not counting the upstream, wrk or anything else."
+  echo "CPU µs/req and cores busy: CPU time of the target's own processes during the measured run (direct: the canned upstream nginx; nginx: the proxy nginx; floor: the pass-through; querygate: querygate), not counting the upstream, wrk or anything else."
+  if [[ " ${TARGETS[*]} " == *" floor "* ]]; then
+    echo
+    echo "floor: \`$FLOOR_BIN\`, a reverse proxy on querygate's own HTTP stack (axum/hyper server, reqwest client, tokio) doing nothing else: no authentication, analysis, audit or recording. What querygate adds beyond it is querygate's own work."
+  fi
   echo
   echo "| comparison | value | target | |"
   echo "| --- | ---: | ---: | --- |"
@@ -561,6 +589,15 @@ report() {
     echo "| nginx − direct p99, c=$c | $(diff_ms "${P99[nginx,$c]}" "${P99[direct,$c]}") ms | | |"
   done
   echo "| nginx / direct req/s, c=$CONNS | $(pct "${RPS[nginx,$CONNS]}" "${RPS[direct,$CONNS]}") % | | |"
+  if [[ " ${TARGETS[*]} " == *" floor "* ]]; then
+    echo "| floor / nginx req/s, c=$CONNS | $(pct "${RPS[floor,$CONNS]}" "${RPS[nginx,$CONNS]}") % | | |"
+    echo "| floor − direct p50, c=1 | $(diff_ms "${P50[floor,1]}" "${P50[direct,1]}") ms | | |"
+    echo "| floor − direct p99, c=1 | $(diff_ms "${P99[floor,1]}" "${P99[direct,1]}") ms | | |"
+    if [[ " ${TARGETS[*]} " == *" querygate "* ]]; then
+      echo "| querygate / floor req/s, c=$CONNS | $(pct "${RPS[querygate,$CONNS]}" "${RPS[floor,$CONNS]}") % | | |"
+      echo "| querygate − floor CPU µs/req, c=$CONNS | $((CPU_US[querygate,$CONNS] - CPU_US[floor,$CONNS])) µs | | |"
+    fi
+  fi
   if [[ " ${TARGETS[*]} " == *" querygate "* ]]; then
     local d v
     for c in 1 "$CONNS"; do
