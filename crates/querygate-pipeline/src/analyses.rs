@@ -4,7 +4,8 @@
 //! back again and again (an agent's retries, a dashboard's refresh, a CI job's checks), so
 //! its answer is kept, as pgdog keeps parsed statements. Parsing and walking a short SELECT
 //! costs tens of microseconds, a lookup well under one. Facts are kept before the request's
-//! default dataset is applied, so two callers with different defaults share an entry.
+//! default dataset is applied, so two callers with different defaults share an entry (a
+//! request with a default dataset applies it to its own copy).
 //!
 //! Bounded two ways: statements longer than [`MAX_TEXT`] are never kept, and the entries
 //! live in two generations of at most [`GENERATION`] each. A hit in the older generation
@@ -32,38 +33,37 @@ struct Generations {
     older: HashMap<Box<str>, Arc<Facts>>,
 }
 
+impl Generations {
+    /// Puts an entry in the newer generation, turning the generations over when it is full.
+    fn keep(&mut self, text: Box<str>, facts: Arc<Facts>) {
+        if self.newer.len() >= GENERATION {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(text, facts);
+    }
+}
+
 impl Analyses {
     /// The facts of a BigQuery statement, from memory when it was analyzed recently.
-    pub(crate) fn bigquery(&self, sql: &str) -> Facts {
+    pub(crate) fn bigquery(&self, sql: &str) -> Arc<Facts> {
         if sql.len() > MAX_TEXT {
-            return analyze(sql, SqlDialect::BigQuery);
+            return Arc::new(analyze(sql, SqlDialect::BigQuery));
         }
-        if let Some(facts) = self.lookup(sql) {
-            return Facts::clone(&facts);
+        {
+            let mut g = self.lock();
+            if let Some(facts) = g.newer.get(sql) {
+                return Arc::clone(facts);
+            }
+            if let Some((text, facts)) = g.older.remove_entry(sql) {
+                g.keep(text, Arc::clone(&facts));
+                return facts;
+            }
         }
         // Analyzed outside the lock: two requests with a new statement may both analyze
         // it, and the same facts are kept either way.
         let facts = Arc::new(analyze(sql, SqlDialect::BigQuery));
-        let mut g = self.lock();
-        if g.newer.len() >= GENERATION {
-            g.older = std::mem::take(&mut g.newer);
-        }
-        g.newer.insert(sql.into(), Arc::clone(&facts));
-        drop(g);
-        Facts::clone(&facts)
-    }
-
-    fn lookup(&self, sql: &str) -> Option<Arc<Facts>> {
-        let mut g = self.lock();
-        if let Some(facts) = g.newer.get(sql) {
-            return Some(Arc::clone(facts));
-        }
-        let (text, facts) = g.older.remove_entry(sql)?;
-        if g.newer.len() >= GENERATION {
-            g.older = std::mem::take(&mut g.newer);
-        }
-        g.newer.insert(text, Arc::clone(&facts));
-        Some(facts)
+        self.lock().keep(sql.into(), Arc::clone(&facts));
+        facts
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
@@ -94,10 +94,20 @@ mod tests {
             "SELEC nonsense (",
         ] {
             let fresh = analyze(sql, SqlDialect::BigQuery);
-            assert_eq!(analyses.bigquery(sql), fresh, "first time: {sql}");
-            assert_eq!(analyses.bigquery(sql), fresh, "remembered: {sql}");
+            assert_eq!(*analyses.bigquery(sql), fresh, "first time: {sql}");
+            assert_eq!(*analyses.bigquery(sql), fresh, "remembered: {sql}");
         }
         assert_eq!(analyses.len(), 4);
+    }
+
+    #[test]
+    fn a_default_dataset_applied_to_one_request_does_not_reach_the_next() {
+        let analyses = Analyses::default();
+        let sql = "SELECT email FROM customers";
+        let mut first = analyses.bigquery(sql);
+        Arc::make_mut(&mut first).with_default_dataset("shop");
+        assert_ne!(*first, analyze(sql, SqlDialect::BigQuery));
+        assert_eq!(*analyses.bigquery(sql), analyze(sql, SqlDialect::BigQuery));
     }
 
     #[test]
@@ -107,7 +117,7 @@ mod tests {
         let delete = analyses.bigquery("DELETE FROM a.t WHERE TRUE");
         assert_ne!(select, delete);
         assert_eq!(
-            analyses.bigquery("SELECT * FROM a.u"),
+            *analyses.bigquery("SELECT * FROM a.u"),
             analyze("SELECT * FROM a.u", SqlDialect::BigQuery)
         );
     }
@@ -136,7 +146,7 @@ mod tests {
         let long = format!("SELECT '{}' FROM a.t", "x".repeat(MAX_TEXT));
         let before = analyses.len();
         assert_eq!(
-            analyses.bigquery(&long),
+            *analyses.bigquery(&long),
             analyze(&long, SqlDialect::BigQuery)
         );
         assert_eq!(analyses.len(), before);

@@ -246,7 +246,7 @@ impl Pipeline {
             } => {
                 let mut facts = self.analyses.bigquery(statement);
                 if let Some(ds) = default_dataset {
-                    facts.with_default_dataset(ds);
+                    Arc::make_mut(&mut facts).with_default_dataset(ds);
                 }
                 Some(facts)
             }
@@ -283,7 +283,7 @@ impl Pipeline {
                         &identity,
                         source,
                         &mut call,
-                        facts.as_ref(),
+                        facts.as_deref(),
                     )
                     .await
                 {
