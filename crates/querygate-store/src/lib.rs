@@ -252,7 +252,9 @@ impl Store {
 
     /// Opens the store with durability and signed checkpoints as configured.
     pub fn open_with_options(path: &Path, options: Options) -> Result<Store, StoreError> {
-        Store::start(path, options, journal::Journal::create)
+        Store::start(path, options, |store, n| {
+            journal::Journal::create(store, n, writer::FIRST_JOURNAL_SIZE)
+        })
     }
 
     /// Opens the store, appending to the journal file `journal` opens (tests put a
@@ -291,6 +293,8 @@ impl Store {
             checkpoints: options.checkpoints,
             since_checkpoint: 0,
             last_checkpoint: std::time::Instant::now(),
+            spare: None,
+            spare_retry: None,
         };
         let writer = std::thread::Builder::new()
             .name("querygate-store".into())

@@ -284,7 +284,7 @@ async fn journalled_records_survive_a_crash_before_indexing() {
     }));
     {
         let _lock = journal::Lock::take(&path, Duration::ZERO).expect("lock");
-        let mut j = journal::Journal::create(&path, 7).expect("journal");
+        let mut j = journal::Journal::create(&path, 7, 4096).expect("journal");
         j.append(&entries, true).expect("append");
     }
     // Before any gateway reopens the store, `audit verify` already covers them.

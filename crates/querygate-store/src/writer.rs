@@ -10,11 +10,14 @@
 //! waited [`INDEX_AFTER`], when [`INDEX_BATCH`] entries wait, or on a flush) on its own
 //! thread, so SQLite's page writes and checkpoints never hold up a durable append. Until
 //! an entry is indexed, the claims and usage it carries stay in the pending overlay.
-//! When a journal file passes [`JOURNAL_MAX`], the writer starts the next one; the
-//! indexer deletes the full file after an index commit with `synchronous = FULL`.
+//! When a journal file's frames reach the zeros it was made with, the writer moves to the
+//! next file, which a helper thread made ready meanwhile (making one writes and syncs
+//! [`JOURNAL_SIZE`] bytes, too long to do between two groups); the indexer deletes the
+//! full file after an index commit with `synchronous = FULL`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use querygate_core::AuditRecord;
@@ -36,8 +39,13 @@ const INDEX_AFTER: Duration = Duration::from_millis(100);
 const SYNC_AFTER: Duration = Duration::from_millis(10);
 /// Entries that are indexed at once, whatever the time.
 const INDEX_BATCH: usize = 2048;
-/// Size past which the writer starts a new journal file.
-const JOURNAL_MAX: u64 = 8 << 20;
+/// The size journal files are made with; the writer moves on when one is full.
+const JOURNAL_SIZE: u64 = 8 << 20;
+/// The size of the first journal file of a run, made while the store opens (small, so
+/// that opening a store writes little; the next files are made in the background).
+pub(crate) const FIRST_JOURNAL_SIZE: u64 = 1 << 20;
+/// How long after a failure to make the next journal file the writer tries again.
+const RETRY_SPARE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Writer {
     pub(crate) store: PathBuf,
@@ -54,6 +62,10 @@ pub(crate) struct Writer {
     /// Records chained since the last checkpoint, and when that was.
     pub(crate) since_checkpoint: u64,
     pub(crate) last_checkpoint: Instant,
+    /// The next journal file, being made on a helper thread.
+    pub(crate) spare: Option<JoinHandle<std::io::Result<Journal>>>,
+    /// When to try again to make the next file, after a failure.
+    pub(crate) spare_retry: Option<Instant>,
 }
 
 /// What the writer hands the indexer, in journal order.
@@ -79,6 +91,7 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
             return;
         }
     };
+    w.make_spare();
     let mut last_batch = 0;
     let mut unsynced = false;
     let mut open = true;
@@ -174,7 +187,7 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
                         op => ack(op, Ok(seq)),
                     }
                 }
-                if w.journal.len() >= JOURNAL_MAX {
+                if w.journal.is_full() {
                     w.next_file(&to_index);
                 }
             }
@@ -209,6 +222,10 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
     let _ = to_index.send(Index::Full(w.journal.path().to_path_buf()));
     drop(to_index);
     let _ = indexer.join();
+    // The spare holds nothing; recovery would delete it at the next open anyway.
+    if let Some(Ok(Ok(spare))) = w.spare.take().map(JoinHandle::join) {
+        let _ = std::fs::remove_file(spare.path());
+    }
     drop(w.lock);
 }
 
@@ -375,19 +392,48 @@ impl Writer {
         }
     }
 
-    /// Starts the next journal file and hands the full one to the indexer.
+    /// Starts making the next journal file on a helper thread.
+    fn make_spare(&mut self) {
+        let (store, n) = (self.store.clone(), self.file + 1);
+        let made = std::thread::Builder::new()
+            .name("querygate-journal".into())
+            .spawn(move || Journal::create(&store, n, JOURNAL_SIZE));
+        match made {
+            Ok(handle) => self.spare = Some(handle),
+            Err(e) => self.spare_failed(&e),
+        }
+    }
+
+    fn spare_failed(&mut self, e: &dyn std::fmt::Display) {
+        tracing::error!(error = %e, path = %self.store.display(), "cannot make the next audit journal file; the current one grows meanwhile");
+        self.spare_retry = Some(Instant::now() + RETRY_SPARE);
+    }
+
+    /// Moves to the next journal file once it is made, and hands the full one to the
+    /// indexer. Until then (or after a failure to make it) groups go on extending the
+    /// current file: slower to sync, never refused.
     fn next_file(&mut self, to_index: &mpsc::Sender<Index>) {
-        match Journal::create(&self.store, self.file + 1) {
-            Ok(next) => {
+        let Some(spare) = self.spare.take() else {
+            if self.spare_retry.is_none_or(|at| Instant::now() >= at) {
+                self.spare_retry = None;
+                self.make_spare();
+            }
+            return;
+        };
+        if !spare.is_finished() {
+            self.spare = Some(spare);
+            return;
+        }
+        match spare.join() {
+            Ok(Ok(next)) => {
                 self.sync_now();
                 let full = std::mem::replace(&mut self.journal, next);
                 self.file += 1;
                 let _ = to_index.send(Index::Full(full.path().to_path_buf()));
+                self.make_spare();
             }
-            // Keep appending to the current file; the next group tries again.
-            Err(e) => {
-                tracing::error!(error = %e, path = %self.store.display(), "cannot start a new audit journal file")
-            }
+            Ok(Err(e)) => self.spare_failed(&e),
+            Err(_) => self.spare_failed(&"the thread making it panicked"),
         }
     }
 }
