@@ -97,34 +97,53 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
     let mut open = true;
     while open {
         // Wait for work, or until a queued completion must be synced or a checkpoint is due.
-        let wake = [
+        let mut wake = [
             unsynced.then(|| Instant::now() + SYNC_AFTER),
             w.checkpoint_at(),
         ]
         .into_iter()
         .flatten()
         .min();
-        // Queued completions are taken without waiting, and waiting is announced (`park`)
-        // so that the next one nudges the writer awake.
+        // After a group that held callers waiting, their completions follow within a
+        // millisecond or so: the writer then waits on a timer without announcing it, and
+        // they queue without waking it (a wake per completion cost a context switch and a
+        // write each, and could preempt the very task sending the response); the next
+        // awaited operation or the timer takes them. Otherwise the wait is announced
+        // (`park`) so that the next completion nudges the writer awake.
+        let expecting = last_batch > 0;
+        if expecting {
+            let soon = Instant::now() + SYNC_AFTER;
+            wake = Some(wake.map_or(soon, |at| at.min(soon)));
+        }
+        let mut timed_out = false;
         let mut batch = lazy.take();
-        if batch.is_empty() && lazy.park() {
+        if batch.is_empty() && (expecting || lazy.park()) {
             let first = match wake {
                 None => ops.recv().ok(),
                 Some(at) => match ops.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(op) => Some(op),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        timed_out = true;
+                        None
+                    }
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         open = false;
                         None
                     }
                 },
             };
-            lazy.unpark();
+            if !expecting {
+                lazy.unpark();
+            }
             if first.is_none() && wake.is_none() {
                 open = false;
             }
             batch.extend(first.filter(|op| !matches!(op, Op::Nudge)));
             batch.extend(lazy.take());
+            if timed_out {
+                // Quiet now: the next wait is announced.
+                last_batch = 0;
+            }
         }
         if batch.is_empty() && !w.checkpoint_due(0) {
             if unsynced {
@@ -166,11 +185,12 @@ pub(crate) fn run(mut w: Writer, ops: mpsc::Receiver<Op>, lazy: Arc<Lazy>, conn:
         let (entries, seqs, head) = w.chain(&mut batch);
         // Sync only when someone waits for durability (a decided record, a flush). Queued
         // completions ride on the next sync, or the one made when the queue goes quiet.
-        let sync = w.sync == Sync::Full && batch.iter().any(awaited);
+        // Completions the timer found have waited long enough: they are synced now.
+        let sync = w.sync == Sync::Full && (timed_out || batch.iter().any(awaited));
         match w.journal.append(&entries, sync) {
             Ok(()) => {
                 w.head = head;
-                unsynced = w.sync == Sync::Full && (unsynced || !sync);
+                unsynced = w.sync == Sync::Full && !sync;
                 if !entries.is_empty() {
                     let _ = to_index.send(Index::Entries(entries));
                 }
