@@ -18,7 +18,8 @@
 //! goes in (PostgreSQL prepares its WAL segments the same way). Frames then overwrite
 //! zeros in place: an append changes neither the file's size nor its block map, so its
 //! `fdatasync` flushes the frames alone and the file system commits no metadata (measured
-//! here: 0.17 ms p50 against 0.23 ms when appending). The zeros after the last frame read
+//! on the 2-core VM's idle disk: p50 0.20 ms and p99 0.37 ms, against 0.29 ms and 0.7 ms
+//! when appending). The zeros after the last frame read
 //! as a frame of length zero, which ends the file's entries like a torn one. A file is
 //! written only by the process that made it, from its start: recovery deletes every file
 //! it finds and the writer starts a new one.
