@@ -3,12 +3,17 @@
 //! Pure: no IO, no policy. Every input decodes to something — requests the gateway
 //! cannot read become `Action::Malformed`, and API methods it does not serve become
 //! `Action::Other` — so that the pipeline audits and answers every request the same way.
+//! No input panics (`fuzz/fuzz_targets/decode.rs` runs arbitrary requests through it).
+//!
+//! What the gateway decides on is what it forwards, read the way BigQuery reads it: the
+//! path's segments and the query string are decoded once, refused when another server
+//! could read them as a different call, and forwarded in one canonical encoding
+//! ([`wire`]); bodies are read field by field against BigQuery's own definitions
+//! ([`body`]).
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use percent_encoding::percent_decode_str;
 use querygate_core::{Action, ClientInfo, Request, RequestId, Secret};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::TableReference;
@@ -33,9 +38,11 @@ pub enum Api {
 pub struct Call {
     pub api: Api,
     pub method: Method,
-    /// Path under the upstream's root, e.g. `/bigquery/v2/projects/p/queries`.
+    /// Path under the upstream's root, e.g. `/bigquery/v2/projects/p/queries`, each
+    /// segment as decoded and re-encoded canonically.
     pub path: String,
-    /// Query string to forward (credentials and `allUsers` removed), without `?`.
+    /// Query string to forward, without `?`: the parameters as the gateway read them (one
+    /// value each, credentials and `allUsers` removed), canonically encoded.
     pub query: Option<String>,
     /// JSON body to forward.
     pub body: Option<Bytes>,
@@ -59,48 +66,60 @@ pub enum BodyProblem {
     Unreadable(String),
 }
 
-/// Query parameters never forwarded upstream: credentials, and `allUsers` (the
-/// gateway lists only the caller's jobs).
-const DROPPED_PARAMS: &[&str] = &["access_token", "key", "oauth_token", "allUsers"];
-
+/// Decodes one request. Total: never panics, and every input gets an [`Action`].
 pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
-    let segments: Vec<String> = api_path(wire.path)
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+    let segments = wire::segments(wire.path);
+    let seg: Vec<&str> = segments
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(String::as_str)
         .collect();
-    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let upload = wire.path.starts_with("/upload/");
     let target = match seg.as_slice() {
-        ["projects", p, ..] => p.to_string(),
+        ["projects", p, ..] => (*p).to_string(),
         _ => String::new(),
     };
     let mut call = Call {
         api: Api::Refused,
         method: wire.method.clone(),
-        path: format!("/bigquery/v2/{}", seg_join(&segments)),
-        query: forwarded_query(wire.query),
+        path: format!("/bigquery/v2/{}", wire::join(&seg)),
+        query: None,
         body: None,
     };
     let mut job_id = None;
-    let (method, action) = if upload {
-        let metadata = upload_metadata(wire.headers, wire.body.as_ref().ok());
-        job_id = metadata
-            .as_ref()
-            .and_then(|m| m.pointer("/jobReference/jobId"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let what = metadata
-            .as_ref()
-            .and_then(|m| m.get("configuration"))
-            .map_or_else(|| "load jobs (uploading data)".to_string(), describe_job);
-        ("jobs.insert".to_string(), Action::Other { what })
-    } else {
-        route(&wire, &seg, &mut call, &mut job_id)
+    let mut body = None;
+    let (method, mut action) = match &segments {
+        Err(problem) => (format!("{} {}", wire.method, wire.path), malformed(problem)),
+        Ok(_) if wire::is_upload(wire.path) => {
+            let metadata = upload_metadata(wire.headers, wire.body.as_ref().ok());
+            job_id = metadata
+                .as_ref()
+                .and_then(|m| m.pointer("/jobReference/jobId"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let what = metadata
+                .as_ref()
+                .and_then(|m| m.get("configuration"))
+                .map_or_else(|| "load jobs (uploading data)".to_string(), describe_job);
+            ("jobs.insert".to_string(), Action::Other { what })
+        }
+        Ok(_) => route(&wire, &seg, &mut call, &mut job_id, &mut body),
     };
-    let reason = reason(&wire, &call);
-    let session = session(&wire, &call);
-    let wait = (call.api == Api::JobsGetQueryResults).then(|| poll_wait(wire.query));
+    // The query string, read once: what the gateway decides on is what it forwards.
+    let mut params = wire::Params::default();
+    let served = call.api != Api::Refused;
+    if served && !matches!(action, Action::Malformed { .. } | Action::Other { .. }) {
+        match wire::Params::read(wire.query, &method) {
+            Ok(p) => {
+                call.query = p.forwarded();
+                params = p;
+            }
+            Err(problem) => action = malformed(&problem),
+        }
+    }
+    let reason = reason(&wire, &call, body.as_ref());
+    let session = session(&wire, &call, body.as_ref());
+    let wait = (call.api == Api::JobsGetQueryResults).then(|| poll_wait(&params));
     let request = Request {
         id: wire.request_id,
         credential: bearer(wire.headers),
@@ -126,39 +145,34 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
 
 /// How long a getQueryResults call may be held: its `timeoutMs`, 10 s when absent (as in
 /// BigQuery), and never more than 10 s (the official clients' HTTP timeouts allow that).
-fn poll_wait(query: Option<&str>) -> std::time::Duration {
+fn poll_wait(params: &wire::Params) -> std::time::Duration {
     const MAX_MS: u64 = 10_000;
-    let ms = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("timeoutMs="))
+    let ms = params
+        .get("timeoutMs")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(MAX_MS);
     std::time::Duration::from_millis(ms.min(MAX_MS))
 }
 
+/// A label of the job a query call creates: jobs.query `labels`, jobs.insert
+/// `configuration.labels`, read from the body as decoded.
+fn label<'a>(call: &Call, body: Option<&'a Value>, name: &str) -> Option<&'a str> {
+    let labels = match call.api {
+        Api::JobsQuery => body?.get("labels"),
+        Api::JobsInsert => body?.get("configuration")?.get("labels"),
+        _ => None,
+    };
+    labels?.get(name)?.as_str()
+}
+
 /// Why the client says it needs the query, for approvers: the job label
 /// `querygate-reason` or the `x-querygate-reason` header (the pipeline reads a
 /// `/* reason: … */` comment itself).
-fn reason(wire: &WireRequest<'_>, call: &Call) -> Option<(String, String)> {
-    const LABEL: &str = "querygate-reason";
-    let label = match (&call.api, wire.body.as_ref()) {
-        (Api::JobsQuery | Api::JobsInsert, Ok(body))
-            if body.windows(LABEL.len()).any(|w| w == LABEL.as_bytes()) =>
-        {
-            serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-                v.pointer("/labels/querygate-reason")
-                    .or_else(|| v.pointer("/configuration/labels/querygate-reason"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-        }
-        _ => None,
-    };
+fn reason(wire: &WireRequest<'_>, call: &Call, body: Option<&Value>) -> Option<(String, String)> {
     let clip = |s: &str| s.trim().chars().take(500).collect::<String>();
-    label
+    label(call, body, "querygate-reason")
         .filter(|l| !l.trim().is_empty())
-        .map(|l| (clip(&l), "label".to_string()))
+        .map(|l| (clip(l), "label".to_string()))
         .or_else(|| {
             wire.headers
                 .get("x-querygate-reason")
@@ -171,8 +185,7 @@ fn reason(wire: &WireRequest<'_>, call: &Call) -> Option<(String, String)> {
 /// The session the client names: the `x-querygate-session` header, else the job label
 /// `querygate-session` (jobs.query `labels`, jobs.insert `configuration.labels`). The
 /// pipeline checks the name (and ignores one it cannot use).
-fn session(wire: &WireRequest<'_>, call: &Call) -> Option<String> {
-    const LABEL: &str = "querygate-session";
+fn session(wire: &WireRequest<'_>, call: &Call, body: Option<&Value>) -> Option<String> {
     let header = wire
         .headers
         .get(SESSION)
@@ -180,20 +193,11 @@ fn session(wire: &WireRequest<'_>, call: &Call) -> Option<String> {
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .map(str::to_string);
-    header.or_else(|| match (&call.api, wire.body.as_ref()) {
-        (Api::JobsQuery | Api::JobsInsert, Ok(body))
-            if body.windows(LABEL.len()).any(|w| w == LABEL.as_bytes()) =>
-        {
-            serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-                v.pointer("/labels/querygate-session")
-                    .or_else(|| v.pointer("/configuration/labels/querygate-session"))
-                    .and_then(Value::as_str)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-            })
-        }
-        _ => None,
+    header.or_else(|| {
+        label(call, body, "querygate-session")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
     })
 }
 
@@ -205,15 +209,33 @@ fn route(
     seg: &[&str],
     call: &mut Call,
     job_id: &mut Option<String>,
+    body: &mut Option<Value>,
 ) -> (String, Action) {
     let m = wire.method;
     let get = m == Method::GET;
     let post = m == Method::POST;
     let named = |s: &str, a: Action| (s.to_string(), a);
+    if let ["projects", _, rest @ ..] = seg {
+        // `name:verb` is a custom method (getIamPolicy, undelete, …): refused, named.
+        if rest.last().is_some_and(|last| last.contains(':')) {
+            return refused(m, rest);
+        }
+        // Dataset, table and job ids never hold `.` or `:` (a project id may).
+        if let Some(id) = rest.iter().find(|s| s.contains(['.', ':'])) {
+            return (
+                format!("{} {}", m, wire.path),
+                malformed(&format!(
+                    "Invalid path: `{}` is not a dataset, table or job id (they never hold \
+                     `.` or `:`); use the id itself",
+                    id.escape_debug()
+                )),
+            );
+        }
+    }
     match seg {
         ["projects", _, "queries"] if post => {
             call.api = Api::JobsQuery;
-            named("jobs.query", with_json(wire, call, jobs_query))
+            named("jobs.query", with_json(wire, call, body, body::jobs_query))
         }
         ["projects", _, "queries", job] if get => {
             call.api = Api::JobsGetQueryResults;
@@ -221,7 +243,9 @@ fn route(
         }
         ["projects", p, "jobs"] if post => {
             call.api = Api::JobsInsert;
-            let action = with_json(wire, call, |body| jobs_insert(body, p, job_id));
+            let action = with_json(wire, call, body, |b| {
+                body::jobs_insert(b, p, job_id, describe_job)
+            });
             named("jobs.insert", action)
         }
         ["projects", _, "jobs"] if get => {
@@ -354,7 +378,10 @@ fn refused(m: &Method, rest: &[&str]) -> (String, Action) {
         _ => "get",
     };
     let (name, what) = match rest {
-        [.., last] if last.contains(':') => (format!("iam.{verb}"), "IAM and permission calls"),
+        [.., last] if IAM_VERBS.iter().any(|v| last.ends_with(v)) => {
+            (format!("iam.{verb}"), "IAM and permission calls")
+        }
+        [.., last] if last.contains(':') => ("custom".into(), "this BigQuery API method"),
         ["jobs", _, "delete"] | ["jobs", _] => ("jobs.delete".into(), "deleting jobs"),
         ["datasets"] => ("datasets.insert".into(), "creating datasets"),
         ["datasets", _] => (format!("datasets.{verb}"), "changing or deleting datasets"),
@@ -373,6 +400,9 @@ fn refused(m: &Method, rest: &[&str]) -> (String, Action) {
     };
     (name, other(what))
 }
+
+/// The custom methods of BigQuery's IAM calls.
+const IAM_VERBS: &[&str] = &[":getIamPolicy", ":setIamPolicy", ":testIamPermissions"];
 
 fn other(what: &str) -> Action {
     Action::Other {
@@ -399,10 +429,13 @@ fn read_job(job: &str) -> Action {
     }
 }
 
-/// Parses the JSON body and hands it to `f`; reports unreadable bodies as `Malformed`.
+/// Parses the JSON body (strictly: each key once) and hands it to `f`; reports unreadable
+/// bodies as `Malformed`. The body forwarded is the one read: the client's bytes when `f`
+/// changed nothing, else the changed value; `parsed` keeps it for the labels.
 fn with_json(
     wire: &WireRequest<'_>,
     call: &mut Call,
+    parsed: &mut Option<Value>,
     f: impl FnOnce(&mut Value) -> Result<(Action, bool), String>,
 ) -> Action {
     let bytes = match &wire.body {
@@ -423,18 +456,18 @@ fn with_json(
             };
         }
     };
-    let mut body: Value = match serde_json::from_slice(bytes) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return malformed("Invalid JSON payload received: expected a JSON object"),
-        Err(e) => return malformed(&format!("Invalid JSON payload received: {e}")),
+    let mut value = match body::parse(bytes) {
+        Ok(v) => v,
+        Err(message) => return malformed(&message),
     };
-    match f(&mut body) {
+    match f(&mut value) {
         Ok((action, changed)) => {
             call.body = Some(if changed {
-                Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+                Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
             } else {
                 bytes.clone()
             });
+            *parsed = Some(value);
             action
         }
         Err(message) => malformed(&message),
@@ -446,154 +479,6 @@ fn malformed(message: &str) -> Action {
         message: message.to_string(),
         status: 400,
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueryFields {
-    query: Option<String>,
-    use_legacy_sql: Option<bool>,
-    #[serde(default)]
-    dry_run: bool,
-    destination_table: Option<TableReference>,
-    default_dataset: Option<DatasetReference>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DatasetReference {
-    #[serde(default)]
-    project_id: String,
-    #[serde(default)]
-    dataset_id: String,
-}
-
-fn query_action(q: QueryFields, dry_run: bool) -> Result<Action, String> {
-    let Some(statement) = q.query else {
-        return Err("Invalid query request: the `query` field is required".into());
-    };
-    let trimmed = statement.trim_start();
-    let standard_marker = trimmed.len() >= 12 && trimmed[..12].eq_ignore_ascii_case("#standardSQL");
-    // The REST API defaults to legacy SQL when `useLegacySql` is absent.
-    let legacy = q.use_legacy_sql.unwrap_or(!standard_marker);
-    Ok(Action::Query {
-        dialect_problem: legacy.then(|| {
-            "Legacy SQL is not supported through querygate: set useLegacySql to false \
-             (the client libraries do by default) and use GoogleSQL"
-                .to_string()
-        }),
-        destination: q.destination_table.map(|t| t.dotted()),
-        default_dataset: q
-            .default_dataset
-            .filter(|d| !d.dataset_id.is_empty())
-            .map(|d| match d.project_id.as_str() {
-                "" => d.dataset_id,
-                p => format!("{p}.{}", d.dataset_id),
-            }),
-        dry_run: dry_run || q.dry_run,
-        statement,
-    })
-}
-
-fn jobs_query(body: &mut Value) -> Result<(Action, bool), String> {
-    // Inline Arrow batches would carry rows querygate does not read: values its detectors
-    // and masking must see, and the row counts the audit log records.
-    let arrow = body
-        .get("queryResultsFormat")
-        .and_then(Value::as_str)
-        .is_some_and(|f| f.eq_ignore_ascii_case("arrow"));
-    if arrow {
-        return Err(
-            "queryResultsFormat ARROW is not served through querygate, which inspects results \
-             as JSON rows; leave the option out (the client then reads JSON rows)"
-                .into(),
-        );
-    }
-    let q: QueryFields =
-        serde_json::from_value(body.clone()).map_err(|e| format!("Invalid query request: {e}"))?;
-    Ok((query_action(q, false)?, false))
-}
-
-fn jobs_insert(
-    body: &mut Value,
-    project: &str,
-    job_id: &mut Option<String>,
-) -> Result<(Action, bool), String> {
-    let config = body
-        .get("configuration")
-        .and_then(Value::as_object)
-        .ok_or("Invalid job: the `configuration` object is required")?;
-    let dry_run = config
-        .get("dryRun")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let action = if let Some(q) = config.get("query") {
-        let q: QueryFields = serde_json::from_value(q.clone())
-            .map_err(|e| format!("Invalid query job configuration: {e}"))?;
-        query_action(q, dry_run)?
-    } else {
-        Action::Other {
-            what: describe_job(&Value::Object(config.clone())),
-        }
-    };
-    // Keep the client's job id; choose one when it sent none, so the job can be tracked.
-    let mut changed = false;
-    let existing = body
-        .pointer("/jobReference/jobId")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let id = match existing {
-        Some(id) => id,
-        None => {
-            let id = format!("querygate_{}", uuid::Uuid::new_v4().simple());
-            let reference = body.as_object_mut().map(|o| {
-                o.entry("jobReference")
-                    .or_insert_with(|| Value::Object(Default::default()))
-            });
-            if let Some(Value::Object(r)) = reference {
-                r.insert("jobId".into(), Value::String(id.clone()));
-                r.entry("projectId")
-                    .or_insert_with(|| Value::String(project.to_string()));
-                changed = true;
-            }
-            id
-        }
-    };
-    *job_id = Some(id);
-    Ok((action, changed))
-}
-
-/// The path below the API root: `/bigquery/v2/x` and `/x` (Node's emulator form) both give `x`.
-fn api_path(path: &str) -> &str {
-    let path = path.strip_prefix("/upload").unwrap_or(path);
-    path.strip_prefix("/bigquery/v2").unwrap_or(path)
-}
-
-fn seg_join(segments: &[String]) -> String {
-    segments
-        .iter()
-        .map(|s| percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b':')
-    .remove(b'@');
-
-fn forwarded_query(query: Option<&str>) -> Option<String> {
-    let kept: Vec<&str> = query?
-        .split('&')
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            !name.is_empty() && !DROPPED_PARAMS.contains(&name)
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<Secret> {
@@ -616,6 +501,21 @@ fn delegation(headers: &HeaderMap) -> Option<Secret> {
 
 /// The header that carries a delegation token.
 pub const ON_BEHALF_OF: &str = "x-querygate-on-behalf-of";
+
+impl Call {
+    /// The value of a query parameter this call forwards, read as the upstream reads it
+    /// (the forwarded query string is the gateway's own canonical one).
+    pub fn param(&self, name: &str) -> Option<String> {
+        wire::parse(self.query.as_deref()?)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+mod body;
+mod wire;
 
 #[cfg(test)]
 mod tests;
