@@ -1176,23 +1176,20 @@ fn scrub_cell(cell: &mut Value, scrubber: &querygate_mask::Scrubber) -> u64 {
     }
 }
 
-/// tabledata.list's `selectedFields` (comma-separated), if the call names them.
+/// tabledata.list's `selectedFields` (comma-separated), if the call names them: the
+/// value decode read and forwarded, so the masks follow the columns the upstream returns.
 fn selected_fields(call: &Call) -> Option<Vec<String>> {
     if call.api != Api::TabledataList {
         return None;
     }
-    call.query.as_deref()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "selectedFields").then(|| {
-            let v = v.replace('+', " ");
-            percent_encoding::percent_decode_str(&v)
-                .decode_utf8_lossy()
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-    })
+    let fields = call.param("selectedFields")?;
+    Some(
+        fields
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
 }
 
 /// Masks one cell value (`v` of a tabledata.list cell) of a masked column; returns how
