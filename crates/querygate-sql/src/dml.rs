@@ -10,6 +10,7 @@ use sqlparser::ast::{
     Statement, TableFactor, TableObject, Update, UpdateTableFromKind,
 };
 
+use crate::bounds::Block;
 use crate::facts::{OutputColumn, StatementKind, TableRef};
 use crate::scope::{Col, Frame, Lineage, Rel, RelKind, union};
 use crate::walk::Walker;
@@ -45,9 +46,7 @@ impl Walker<'_> {
         };
         let t = self.table(name)?;
         self.acc.writes.insert(t.clone());
-        if reads {
-            self.acc.reads.insert(t.clone());
-        }
+        let scan = reads.then(|| self.read(&t));
         rels.push(Rel {
             alias: Some(match alias {
                 Some(a) => self.names.ident(&a.name),
@@ -55,6 +54,7 @@ impl Walker<'_> {
             }),
             table_parts: alias.is_none().then(|| t.parts.clone()),
             kind: RelKind::Base(t.clone()),
+            scan,
         });
         Some(t)
     }
@@ -154,11 +154,13 @@ impl Walker<'_> {
             }),
             table_parts: ins.table_alias.is_none().then(|| t.parts.clone()),
             kind: RelKind::Base(t.clone()),
+            scan: None,
         };
         let excluded = Rel {
             alias: Some("excluded".into()),
             table_parts: None,
             kind: RelKind::Value(source_lin),
+            scan: None,
         };
         let rels = [target_rel, excluded];
         {
@@ -210,6 +212,7 @@ impl Walker<'_> {
         let mut rels = Vec::new();
         let mut using = Vec::new();
         self.target(&up.table.relation, &mut rels, true);
+        let outer_natural = std::mem::take(&mut self.natural_join);
         if let Some(from) = &up.from {
             let items = match from {
                 UpdateTableFromKind::BeforeSet(items) | UpdateTableFromKind::AfterSet(items) => {
@@ -220,6 +223,7 @@ impl Walker<'_> {
                 self.join_tree(twj, f, &mut rels, &mut using);
             }
         }
+        let natural = std::mem::replace(&mut self.natural_join, outer_natural);
         let fr = Frame {
             rels: &rels,
             using: &using,
@@ -229,6 +233,15 @@ impl Walker<'_> {
         if let Some(w) = &up.selection {
             let l = self.expr(w, Some(&fr));
             self.acc.predicates.extend(l.refs);
+            let bounds = self.bounds(
+                w,
+                &Block {
+                    rels: &rels,
+                    using: &using,
+                    natural,
+                },
+            );
+            self.mark_bounded(bounds);
         }
         self.returning(up.returning.as_ref(), &fr)
     }
@@ -254,11 +267,13 @@ impl Walker<'_> {
                 self.opaque("DELETE with joins is not analyzed");
             }
         }
+        let outer_natural = std::mem::take(&mut self.natural_join);
         if let Some(items) = &del.using {
             for twj in items {
                 self.join_tree(twj, f, &mut rels, &mut using);
             }
         }
+        let natural = std::mem::replace(&mut self.natural_join, outer_natural);
         let fr = Frame {
             rels: &rels,
             using: &using,
@@ -267,6 +282,15 @@ impl Walker<'_> {
         if let Some(w) = &del.selection {
             let l = self.expr(w, Some(&fr));
             self.acc.predicates.extend(l.refs);
+            let bounds = self.bounds(
+                w,
+                &Block {
+                    rels: &rels,
+                    using: &using,
+                    natural,
+                },
+            );
+            self.mark_bounded(bounds);
         }
         self.returning(del.returning.as_ref(), &fr)
     }

@@ -157,6 +157,63 @@ impl fmt::Display for ColumnRef {
     }
 }
 
+/// One read of a base table: one occurrence of it in a FROM or JOIN (or `TABLE t`, a DML
+/// target, a `COPY t TO`, a CLONE/LIKE source), with the columns a predicate of that same
+/// query block bounds for this read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scan {
+    pub table: TableRef,
+    /// Columns of this read (as written; compare with [`crate::same_name`]) that the WHERE or
+    /// the JOIN ON of the query block holding the read restricts to values computed from
+    /// constants and parameters: `=`, `<`, `<=`, `>`, `>=`, `BETWEEN` and `IN (list)` against
+    /// such a value, the column possibly inside a cast or a date/time conversion
+    /// (`DATE(ts) = '2024-01-01'`, `ts >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 DAY)`).
+    /// Conjuncts add up; an OR bounds a column only when every branch bounds it. `IS NOT
+    /// NULL`, `!=`, `LIKE`, comparisons with columns, anything under NOT, an ON that does not
+    /// filter this side of an outer join, and names the analyzer cannot pin to this read
+    /// bound nothing: an under-approximation (a read may be bounded without being listed so,
+    /// never the other way round). Sorted, deduplicated.
+    pub bounded: Vec<String>,
+}
+
+impl Scan {
+    /// Whether this read is bounded on `column` (names compared as BigQuery does, see
+    /// [`crate::name_key`]).
+    pub fn bounds(&self, column: &str) -> bool {
+        self.bounded.iter().any(|c| crate::same_name(c, column))
+    }
+}
+
+impl fmt::Display for Scan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.table)?;
+        if !self.bounded.is_empty() {
+            write!(f, " [{}]", self.bounded.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Text the parser rejected: its message, and where (1-based line and column, when known).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SyntaxError {
+    /// The tokenizer's or parser's message, without the position.
+    pub message: String,
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, " at line {l}, column {c}"),
+            (Some(l), None) => write!(f, " at line {l}"),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One column of what a statement returns (or writes), with the base columns it is computed from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutputColumn {
@@ -205,6 +262,12 @@ pub struct StatementFacts {
     /// Base columns that order, group or partition rows: GROUP BY, ORDER BY, DISTINCT ON,
     /// window PARTITION BY / ORDER BY, ordered aggregates. Sorted.
     pub ordering: Vec<ColumnRef>,
+    /// Every read of a base table (one per occurrence, so a self-join or two `UNION`
+    /// branches over one table are two scans), with the columns its own query block bounds.
+    /// What a partition filter is judged on: a table is filtered on `c` only when every scan
+    /// of it bounds `c` (see [`StatementFacts::filtered`]). The tables here are exactly
+    /// `reads`. Sorted; scans alike in table and bounds are listed once.
+    pub scans: Vec<Scan>,
     /// The statement takes row locks (`FOR UPDATE`, `FOR SHARE`).
     pub locks: bool,
     /// Why this statement could not be fully understood, if it could not.
@@ -223,9 +286,31 @@ impl StatementFacts {
             written: vec![],
             predicates: vec![],
             ordering: vec![],
+            scans: vec![],
             locks: false,
             opaque: None,
         }
+    }
+
+    /// The columns that every scan of `table` in this statement bounds (see [`Scan`]); empty
+    /// when no scan of it bounds anything or the statement does not read it. `table` is a
+    /// name as [`TableRef::qualified`] gives it with `default_project`; names compare by
+    /// [`crate::name_key`], so `shop.CUSTOMERS` and `shop.customers` are one table, and
+    /// every read of either must be bounded.
+    pub fn filtered(&self, table: &str, default_project: &str) -> Vec<String> {
+        let key = crate::name_key(table);
+        let mut scans = self
+            .scans
+            .iter()
+            .filter(|s| crate::name_key(&s.table.qualified(default_project)) == key);
+        let Some(first) = scans.next() else {
+            return vec![];
+        };
+        let mut out: Vec<String> = first.bounded.clone();
+        for s in scans {
+            out.retain(|c| s.bounds(c));
+        }
+        out
     }
 
     /// The name of the statement's kind (`"select"`, `"delete"`, …).
@@ -284,6 +369,12 @@ pub struct Facts {
     /// Set when any part of the text could not be fully understood, with the reason. Never an
     /// error: policy decides what opaque SQL gets.
     pub opaque: Option<String>,
+    /// Set when the tokenizer or the parser rejects the text (`opaque` is then set too, so
+    /// nothing that relies on it opens up). A caller may answer it as invalid SQL, before
+    /// anything goes upstream. sqlparser does not read every BigQuery construct (see the crate
+    /// docs), so the message says that querygate cannot parse the text, not that the engine
+    /// would reject it.
+    pub syntax_error: Option<SyntaxError>,
 }
 
 impl Facts {
@@ -322,7 +413,6 @@ impl Facts {
         out
     }
 
-    /// Every table read by any statement, sorted and deduplicated.
     /// Gives one-part table names the request's default dataset (`ds` or `project.ds`,
     /// BigQuery's `defaultDataset`), as the engine will resolve them.
     pub fn with_default_dataset(&mut self, dataset: &str) {
@@ -341,9 +431,36 @@ impl Facts {
             for c in st.predicates.iter_mut().chain(st.ordering.iter_mut()) {
                 fix(&mut c.table);
             }
+            st.scans.iter_mut().for_each(|s| fix(&mut s.table));
         }
     }
 
+    /// The columns that every scan of `table` in every statement bounds: see
+    /// [`StatementFacts::filtered`]. Empty when no statement reads it.
+    pub fn filtered(&self, table: &str, default_project: &str) -> Vec<String> {
+        let key = crate::name_key(table);
+        let mut out: Option<Vec<String>> = None;
+        for st in &self.statements {
+            if !st
+                .scans
+                .iter()
+                .any(|s| crate::name_key(&s.table.qualified(default_project)) == key)
+            {
+                continue;
+            }
+            let here = st.filtered(table, default_project);
+            out = Some(match out {
+                None => here,
+                Some(mut acc) => {
+                    acc.retain(|c| here.iter().any(|h| crate::same_name(h, c)));
+                    acc
+                }
+            });
+        }
+        out.unwrap_or_default()
+    }
+
+    /// Every table read by any statement, sorted and deduplicated.
     pub fn reads(&self) -> Vec<&TableRef> {
         let set: BTreeSet<&TableRef> = self.statements.iter().flat_map(|s| &s.reads).collect();
         set.into_iter().collect()
@@ -413,6 +530,10 @@ impl fmt::Display for Facts {
             write_columns(f, "written", &s.written)?;
             write_list(f, "predicates", &s.predicates)?;
             write_list(f, "ordering", &s.ordering)?;
+            // Scans are shown when some read is bounded (reads say the rest).
+            if s.scans.iter().any(|x| !x.bounded.is_empty()) {
+                write_list(f, "scans", &s.scans)?;
+            }
             if s.locks {
                 writeln!(f, "  locks rows")?;
             }

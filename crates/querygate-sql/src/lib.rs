@@ -2,12 +2,19 @@
 //!
 //! [`analyze`] reads a script (BigQuery or PostgreSQL dialect) and reports, per statement, its
 //! kind, the base tables it reads and writes, the functions it calls, the lineage of each output
-//! column down to base columns, and the columns it filters, groups and orders by. Policy decides
-//! what to do with these facts; this crate knows nothing of identities or policy.
+//! column down to base columns, the columns it filters, groups and orders by, and every read of
+//! a base table with the columns its own query block bounds ([`Scan`]: what partition filters
+//! are judged on). Policy decides what to do with these facts; this crate knows nothing of
+//! identities or policy.
 //!
 //! Parsing never fails from the caller's point of view: text the grammar cannot read, and SQL the
 //! analyzer cannot fully understand, becomes `Facts { opaque: Some(why), .. }` (the default policy
-//! for opaque SQL is deny). The analyzer has no schema, so where a name could mean several things
+//! for opaque SQL is deny); text the tokenizer or parser rejects also sets
+//! [`Facts::syntax_error`] (message and position), so a caller can answer it as invalid SQL.
+//! BigQuery's back-ticked query parameters (`` @`name` ``) are read as `@name`.
+//!
+//! Table, dataset, project and column names compare without case wherever this crate compares
+//! them ([`name_key`]): upstreams resolve `shop.CUSTOMERS` to `shop.customers`. The analyzer has no schema, so where a name could mean several things
 //! it reports every candidate: facts over-approximate, they never silently drop a source. (A
 //! consumer with the schema can drop candidate columns a table does not have.)
 //!
@@ -34,10 +41,13 @@
 //! This crate must not do IO, must not panic on any input, and must not recurse without bound:
 //! long operator chains are refused before parsing, and every walk is depth-limited.
 //!
-//! Layout: `facts` (public types), `names` (dialect naming rules), `scope` (name resolution
-//! values), `walk` + `expr` + `dml` (the lineage walker), `statements` (statement kinds, script
-//! flattening, safety nets), `guard` (independent AST passes), `functions` (name lists).
+//! Layout: `facts` (public types), `names` (dialect naming rules, [`name_key`]), `scope` (name
+//! resolution values), `walk` + `expr` + `dml` (the lineage walker), `bounds` (which columns of
+//! which reads a WHERE/ON bounds), `statements` (statement kinds, script flattening, safety
+//! nets), `guard` (independent AST passes), `functions` (name lists), `rewrite` (the masking
+//! rewrite).
 
+mod bounds;
 mod dml;
 mod expr;
 mod facts;
@@ -51,14 +61,20 @@ mod walk;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use sqlparser::ast::Statement;
 use sqlparser::dialect::{BigQueryDialect, Dialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer, TokenizerError, Word};
 
-pub use facts::{ColumnRef, Facts, OutputColumn, StatementFacts, StatementKind, TableRef};
+pub use facts::{
+    ColumnRef, Facts, OutputColumn, Scan, StatementFacts, StatementKind, SyntaxError, TableRef,
+};
 pub use functions::is_side_effecting;
-pub use rewrite::{MaskedColumn, Masking, SOURCE_ALIAS, mask_reads, quote_column, reserved_marker};
+pub use names::{name_key, same_name};
+pub use rewrite::{
+    MASK_KEY_PARAM, MaskedColumn, Masking, SOURCE_ALIAS, mask_reads, quote_column, reserved_marker,
+};
 
 /// Which SQL dialect to parse with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,12 +103,7 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Facts {
 /// its approval and changing any value does not. Text that does not tokenize is only
 /// trimmed.
 pub fn normalize(sql: &str, dialect: SqlDialect) -> String {
-    use sqlparser::tokenizer::Token;
-    let d: &dyn Dialect = match dialect {
-        SqlDialect::BigQuery => &BigQueryDialect {},
-        SqlDialect::Postgres => &PostgreSqlDialect {},
-    };
-    match Tokenizer::new(d, sql).tokenize() {
+    match Tokenizer::new(dialect_of(dialect), sql).tokenize() {
         Ok(tokens) => {
             let mut out = String::with_capacity(sql.len());
             for t in tokens {
@@ -114,14 +125,127 @@ fn opaque(why: String) -> Facts {
     Facts {
         statements: vec![],
         opaque: Some(why),
+        syntax_error: None,
+    }
+}
+
+/// Text the tokenizer or the parser rejects: opaque (nothing that relies on `opaque` opens
+/// up) and a syntax error the caller can answer as one.
+fn syntax_error(why: String, error: SyntaxError) -> Facts {
+    Facts {
+        statements: vec![],
+        opaque: Some(format!("querygate cannot parse this SQL: {why}")),
+        syntax_error: Some(error),
+    }
+}
+
+fn dialect_of(dialect: SqlDialect) -> &'static dyn Dialect {
+    match dialect {
+        SqlDialect::BigQuery => &BigQueryDialect {},
+        SqlDialect::Postgres => &PostgreSqlDialect {},
+    }
+}
+
+/// The tokens of `sql` as sqlparser reads them, before querygate's adjustments.
+fn raw_tokens(sql: &str, dialect: SqlDialect) -> Result<Vec<TokenWithSpan>, TokenizerError> {
+    Tokenizer::new(dialect_of(dialect), sql).tokenize_with_location()
+}
+
+/// The tokens querygate parses: sqlparser's, with BigQuery's back-ticked query parameters
+/// (`` @`name` ``, as the Python DB-API layer writes them) made one word `@name`, the token
+/// sqlparser makes of `@name`. sqlparser reads `@` before a back-tick as a lone sign and the
+/// parser then fails; BigQuery reads a named parameter. The facts of `` @`name` `` are those
+/// of `@name` (a parameter holds no table data). Back-slash escapes inside the back-ticks are
+/// kept as written (`mask_reads` refuses them where a parameter's name matters).
+pub(crate) fn tokens(sql: &str, dialect: SqlDialect) -> Result<Vec<TokenWithSpan>, TokenizerError> {
+    raw_tokens(sql, dialect).map(|t| merge_parameters(t, dialect))
+}
+
+fn merge_parameters(tokens: Vec<TokenWithSpan>, dialect: SqlDialect) -> Vec<TokenWithSpan> {
+    if dialect != SqlDialect::BigQuery || !tokens.iter().any(|t| t.token == Token::AtSign) {
+        return tokens;
+    }
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(t) = iter.next() {
+        if t.token == Token::AtSign
+            && let Some(TokenWithSpan {
+                token: Token::Word(w),
+                span,
+            }) = iter.peek()
+            && w.quote_style == Some('`')
+        {
+            let merged = TokenWithSpan {
+                token: Token::Word(Word {
+                    value: format!("@{}", w.value),
+                    quote_style: None,
+                    keyword: Keyword::NoKeyword,
+                }),
+                span: Span::new(t.span.start, span.end),
+            };
+            iter.next();
+            out.push(merged);
+            continue;
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// The statements of `sql`, parsed from [`tokens`].
+pub(crate) fn parse(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, String> {
+    let tokens =
+        tokens(sql, dialect).map_err(|e| format!("querygate cannot parse this SQL: {e}"))?;
+    Parser::new(dialect_of(dialect))
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|e| format!("querygate cannot parse this SQL: {e}"))
+}
+
+/// A parser error as a [`SyntaxError`]; `None` for what is not one (the parser's recursion
+/// limit: the text may be valid, only too deeply nested for querygate).
+fn parser_syntax_error(e: &ParserError) -> Option<SyntaxError> {
+    let text = match e {
+        ParserError::ParserError(s) | ParserError::TokenizerError(s) => s,
+        ParserError::RecursionLimitExceeded => return None,
+    };
+    Some(located(text))
+}
+
+/// The position just past the last character of `sql` that is not white space (1-based
+/// line and column, columns in characters, as sqlparser counts them).
+fn end_of(sql: &str) -> (u64, u64) {
+    let text = sql.trim_end();
+    let line = text.matches('\n').count() + 1;
+    let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (
+        u64::try_from(line).unwrap_or(u64::MAX),
+        u64::try_from(column).unwrap_or(u64::MAX),
+    )
+}
+
+/// Splits sqlparser's ` at Line: L, Column: C` suffix off a message.
+fn located(text: &str) -> SyntaxError {
+    if let Some((message, at)) = text.rsplit_once(" at Line: ")
+        && let Some((line, column)) = at.split_once(", Column: ")
+        && let (Ok(line), Ok(column)) = (line.trim().parse::<u64>(), column.trim().parse::<u64>())
+        && line > 0
+    {
+        return SyntaxError {
+            message: message.trim().to_string(),
+            line: Some(line),
+            column: Some(column),
+        };
+    }
+    SyntaxError {
+        message: text.trim().to_string(),
+        line: None,
+        column: None,
     }
 }
 
 fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
-    let d: &dyn Dialect = match dialect {
-        SqlDialect::BigQuery => &BigQueryDialect {},
-        SqlDialect::Postgres => &PostgreSqlDialect {},
-    };
+    let d = dialect_of(dialect);
     // BigQuery ends `--` and `#` comments at a carriage return too; sqlparser only at a line
     // feed, so `-- c\rDELETE …` would hide the DELETE. Line breaks only separate tokens, so
     // turning every CR into LF changes no fact.
@@ -132,15 +256,25 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
     } else {
         sql
     };
-    let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
+    let tokens = match raw_tokens(sql, dialect) {
         Ok(tokens) => tokens,
-        Err(e) => return opaque(format!("querygate cannot parse this SQL: {e}")),
+        Err(e) => {
+            return syntax_error(
+                e.to_string(),
+                SyntaxError {
+                    message: e.message.clone(),
+                    line: (e.location.line > 0).then_some(e.location.line),
+                    column: (e.location.line > 0).then_some(e.location.column),
+                },
+            );
+        }
     };
     if dialect == SqlDialect::BigQuery
         && let Some(why) = lexical_mismatch(tokens.iter().map(|t| &t.token))
     {
         return opaque(why);
     }
+    let tokens = merge_parameters(tokens, dialect);
     let operators = tokens.iter().filter(|t| is_operator(&t.token)).count();
     if operators > MAX_OPERATORS {
         return opaque(format!(
@@ -153,7 +287,20 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
         .parse_statements()
     {
         Ok(s) => s,
-        Err(e) => return opaque(format!("querygate cannot parse this SQL: {e}")),
+        Err(e) => {
+            return match parser_syntax_error(&e) {
+                Some(mut error) => {
+                    // sqlparser gives no position for the end of the text.
+                    if error.line.is_none() && error.message.ends_with("found: EOF") {
+                        let (line, column) = end_of(sql);
+                        error.line = Some(line);
+                        error.column = Some(column);
+                    }
+                    syntax_error(e.to_string(), error)
+                }
+                None => opaque(format!("querygate cannot parse this SQL: {e}")),
+            };
+        }
     };
     if statements.is_empty() {
         return opaque("the text holds no SQL statement".into());
@@ -175,6 +322,7 @@ fn analyze_inner(sql: &str, dialect: SqlDialect) -> Facts {
     Facts {
         statements: script.out,
         opaque,
+        syntax_error: None,
     }
 }
 

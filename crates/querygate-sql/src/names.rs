@@ -32,9 +32,7 @@ impl Names {
                     || if a.is_ascii() && b.is_ascii() {
                         a.eq_ignore_ascii_case(b)
                     } else {
-                        a.chars()
-                            .flat_map(char::to_lowercase)
-                            .eq(b.chars().flat_map(char::to_lowercase))
+                        same_name(a, b)
                     }
             }
             SqlDialect::Postgres => a == b,
@@ -97,6 +95,29 @@ impl Names {
     }
 }
 
+/// The form in which two table, dataset, project or column names are compared: every
+/// character case-folded (upper case, then lower case, so `ß`/`SS`, `ſ`/`s`, `ς`/`σ` and
+/// `K` (Kelvin)/`k` fold alike). Upstreams such as the BigQuery emulator, the local DuckDB
+/// engine and case-insensitive datasets resolve `shop.CUSTOMERS` and `Shop.Customers` to
+/// `shop.customers`, so querygate treats names that fold alike as the same table: it may
+/// mask a table that only looks like a masked one, but it never reads a masked one in
+/// clear. Dotted names fold part by part (dots are kept), so maps keyed by
+/// `name_key(qualified name)` match however a statement spelled the name.
+pub fn name_key(name: &str) -> String {
+    if name.is_ascii() {
+        return name.to_ascii_lowercase();
+    }
+    name.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Whether two names fold alike (see [`name_key`]).
+pub fn same_name(a: &str, b: &str) -> bool {
+    a == b || name_key(a) == name_key(b)
+}
+
 /// A function's name as reported in facts: parts joined with `.`, upper case.
 pub(crate) fn function_name(name: &ObjectName) -> String {
     let mut out = String::new();
@@ -137,6 +158,18 @@ mod tests {
         assert!(bq(&["ds", ""]).is_none());
         let t = bq(&["region-us", "INFORMATION_SCHEMA", "JOBS"]).expect("name");
         assert!(t.information_schema);
+    }
+
+    #[test]
+    fn names_fold_alike_whatever_their_case() {
+        assert_eq!(name_key("p.Shop.CUSTOMERS"), "p.shop.customers");
+        assert_eq!(name_key("Straße"), name_key("STRASSE"));
+        assert_eq!(name_key("\u{212A}ey"), "key");
+        assert_eq!(name_key("ma\u{17F}k"), "mask");
+        assert_eq!(name_key("ΟΔΟΣ"), name_key("οδος"));
+        assert_eq!(name_key("οδoς"), name_key("ΟΔOΣ"));
+        assert!(same_name("ÉTÉ.Tab", "été.tab"));
+        assert!(!same_name("shop.customers", "shop.customer"));
     }
 
     #[test]

@@ -20,26 +20,39 @@
 //!   by UPDATE/DELETE/MERGE, read `FOR SYSTEM_TIME AS OF`, sampled or with hints (clauses
 //!   outside the table's span), and a CTE named like a masked table are refused;
 //! - the text may not contain `__qg_src` or `__querygate` (the rewrite's own markers, and the
-//!   hash key's query parameter);
-//! - the output is parsed again and every read of a masked table in it must be the
-//!   rewrite's own `__qg_src` read: a second, independent check of the first pass.
+//!   hash key's query parameter); when a mask uses a query parameter (the `hash` key), the
+//!   text may not hold positional `?` parameters nor a parameter whose name is not plainly
+//!   written (back-slash escapes in `` @`…` ``), nor name the key in any case;
+//! - `TABLE t` of a masked table is refused (write `SELECT * FROM t`);
+//! - the output (also when nothing was rewritten) is parsed again and every reference to a
+//!   masked table in it must be the rewrite's own `__qg_src` read (or an INSERT target), in
+//!   every syntactic position: FROM items at any depth, `TABLE t`, relation names of any
+//!   statement, CLONE/LIKE sources, qualified names in expressions, and, over the tokens,
+//!   every dotted name: a second, independent check of the first pass.
+//!
+//! Table names are compared as [`crate::name_key`] folds them: `shop.CUSTOMERS` is a read
+//! of the masked `shop.customers`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    ObjectName, Query, Spanned, Statement, TableAlias, TableFactor, Visit, Visitor,
+    CreateTableLikeKind, Expr, ObjectName, ObjectNamePart, Query, SetExpr, Spanned, Statement,
+    TableAlias, TableFactor, TableObject, Visit, Visitor,
 };
-use sqlparser::dialect::{BigQueryDialect, Dialect, PostgreSqlDialect};
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Location;
+use sqlparser::keywords::Keyword;
+use sqlparser::tokenizer::{Location, Token};
 
 use crate::SqlDialect;
 use crate::facts::TableRef;
-use crate::names::Names;
+use crate::names::{Names, name_key};
 
 /// The alias of the base-table read inside a masking derived table.
 pub const SOURCE_ALIAS: &str = "__qg_src";
+
+/// The query parameter that carries the `hash` strategy's key (the BigQuery source adds it
+/// to the request's parameters as the call leaves).
+pub const MASK_KEY_PARAM: &str = "__querygate_mask_key";
 
 /// Markers a client's SQL may not contain (case-insensitive).
 const MARKERS: &[&str] = &["__qg_src", "__querygate"];
@@ -73,17 +86,127 @@ impl Masking<'_> {
         table.resolve(self.project, self.dataset)
     }
 
-    /// The masked table a name reads, if it reads one.
+    /// The masked table a name reads, if it reads one. Names compare folded
+    /// ([`name_key`]); when several entries fold alike, the one masking most columns wins
+    /// (then the smallest name, so the choice does not depend on the map's order).
     fn masked(&self, table: &TableRef) -> Option<(&String, &Vec<MaskedColumn>)> {
-        self.tables.get_key_value(&self.resolve(table))
+        let key = name_key(&self.resolve(table));
+        self.tables
+            .iter()
+            .filter(|(name, _)| name_key(name) == key)
+            .max_by(|(a, x), (b, y)| {
+                let masks = |c: &Vec<MaskedColumn>| c.iter().filter(|c| c.mask.is_some()).count();
+                masks(x).cmp(&masks(y)).then_with(|| b.cmp(a))
+            })
     }
 
     /// Whether a wildcard name (`ds.events_*`) could read a masked table.
     fn wildcard_reaches(&self, table: &TableRef) -> Option<&String> {
-        let pattern = self.resolve(table);
+        let pattern = name_key(&self.resolve(table));
         let prefix = pattern.trim_end_matches('*');
-        self.tables.keys().find(|t| t.starts_with(prefix))
+        let mut reached: Vec<&String> = self
+            .tables
+            .keys()
+            .filter(|t| name_key(t).starts_with(prefix))
+            .collect();
+        reached.sort();
+        reached.first().copied()
     }
+
+    /// Whether a mask expression references a query parameter (the `hash` key).
+    fn masks_use_parameters(&self) -> bool {
+        self.tables
+            .values()
+            .flatten()
+            .filter_map(|c| c.mask.as_deref())
+            .any(|expr| uses_parameters(expr, self.dialect))
+    }
+}
+
+/// Whether SQL text references a query parameter (`@name`, `` @`name` ``, `?`, `$1`); text
+/// that does not tokenize counts as referencing one.
+fn uses_parameters(expr: &str, dialect: SqlDialect) -> bool {
+    let Ok(tokens) = crate::tokens(expr, dialect) else {
+        return true;
+    };
+    tokens.iter().any(|t| match &t.token {
+        Token::Word(w) => w.quote_style.is_none() && w.value.starts_with('@'),
+        Token::Placeholder(_) | Token::AtSign | Token::AtAt => true,
+        _ => false,
+    })
+}
+
+/// Refuses what could bind a value the client did not name, or name the hash key, when a
+/// mask references a query parameter: positional parameters (an upstream given named ones
+/// binds them by position, the key included), parameter names that are not plainly written
+/// (`` @`\x5f_…` `` would decode to the key's name), and the key's own name in any case.
+fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), String> {
+    let tokens =
+        crate::tokens(sql, dialect).map_err(|e| format!("querygate cannot parse this SQL: {e}"))?;
+    let named = |name: &str| -> Result<(), String> {
+        if name_key(name) == MASK_KEY_PARAM {
+            return Err(format!(
+                "the query parameter `@{name}` is reserved for querygate's masking; rename it"
+            ));
+        }
+        Ok(())
+    };
+    let mut iter = tokens.iter().peekable();
+    while let Some(t) = iter.next() {
+        match &t.token {
+            Token::Placeholder(p) => {
+                return Err(format!(
+                    "this query reads columns masked for you, and querygate masks them with a \
+                     named query parameter, so it cannot take positional parameters (`{p}`): \
+                     use named parameters (@name) instead of positional ? markers in queries \
+                     that read masked columns"
+                ));
+            }
+            Token::Word(w) if w.quote_style.is_none() && w.value.starts_with('@') => {
+                let name = w.value.trim_start_matches('@');
+                if !w.value.starts_with("@@") {
+                    named(name)?;
+                }
+                if name.contains(['\\', '`']) {
+                    return Err(format!(
+                        "the query parameter `{}` has a back-slash escape in its name; in queries that \
+                         read masked columns write parameter names plainly (@name or @`name`)",
+                        w.value
+                    ));
+                }
+            }
+            Token::AtSign => match iter.peek().map(|n| &n.token) {
+                Some(Token::Word(w)) if w.quote_style == Some('`') => {
+                    if w.value.contains('\\') {
+                        return Err(format!(
+                            "the query parameter @`{}` has a back-slash escape in its name; \
+                             in queries that read masked columns write parameter names \
+                             plainly (@name or @`name`)",
+                            w.value
+                        ));
+                    }
+                    named(&w.value)?;
+                    iter.next();
+                }
+                _ => {
+                    return Err(
+                        "querygate cannot read a query parameter of this statement (`@` not \
+                         followed by a name); write named parameters as @name"
+                            .into(),
+                    );
+                }
+            },
+            Token::AtAt => {
+                return Err(
+                    "querygate cannot read a system variable of this statement (`@@` not \
+                     followed by a name); write it as @@name"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `sql` with every read of a masked table replaced by its masking derived table; the
@@ -108,6 +231,9 @@ fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     if let Some(why) = crate::analyze(sql, m.dialect).opaque {
         return Err(why);
     }
+    if m.masks_use_parameters() {
+        check_parameters(sql, m.dialect)?;
+    }
     // BigQuery ends comments at a carriage return too (as `analyze` does, line breaks
     // become `\n`), and sqlparser counts lines by `\n`: the spans below index this text.
     let text = if sql.contains('\r') {
@@ -115,7 +241,7 @@ fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     } else {
         sql.to_string()
     };
-    let statements = parse(&text, m.dialect)?;
+    let statements = crate::parse(&text, m.dialect)?;
     let mut wrapper = Wrapper {
         m,
         text: &text,
@@ -139,7 +265,10 @@ fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
             return Err(e);
         }
     }
+    // The second check runs whether or not anything was rewritten: a read the first pass
+    // did not see is exactly what it must catch.
     if wrapper.splices.is_empty() {
+        verify(&text, m)?;
         return Ok(sql.to_string());
     }
     let out = splice(&text, wrapper.splices)?;
@@ -201,14 +330,6 @@ pub fn reserved_marker(sql: &str) -> Option<&'static str> {
     MARKERS.iter().copied().find(|k| lower.contains(k))
 }
 
-fn parse(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, String> {
-    let d: &dyn Dialect = match dialect {
-        SqlDialect::BigQuery => &BigQueryDialect {},
-        SqlDialect::Postgres => &PostgreSqlDialect {},
-    };
-    Parser::parse_sql(d, sql).map_err(|e| format!("querygate cannot parse this SQL: {e}"))
-}
-
 /// The table an UPDATE, DELETE or MERGE changes.
 fn dml_target(st: &Statement) -> Option<&ObjectName> {
     let factor = match st {
@@ -256,7 +377,7 @@ impl Wrapper<'_> {
                 .ctes
                 .iter()
                 .flatten()
-                .any(|c| c.eq_ignore_ascii_case(&t.parts[0]))
+                .any(|c| name_key(c) == name_key(&t.parts[0]))
     }
 
     /// The derived table's text that replaces `factor` (a read of a masked table), and
@@ -338,7 +459,7 @@ impl Visitor for Wrapper<'_> {
             self.m.tables.keys().any(|t| {
                 t.rsplit('.')
                     .next()
-                    .is_some_and(|last| last.eq_ignore_ascii_case(n))
+                    .is_some_and(|last| name_key(last) == name_key(n))
             })
         }) {
             self.error = Some(format!(
@@ -347,6 +468,23 @@ impl Visitor for Wrapper<'_> {
             return ControlFlow::Break(());
         }
         self.ctes.push(names);
+        // `TABLE t` is a read the rewrite does not wrap.
+        for t in table_statements(&q.body) {
+            let Some(t) = self.names.table_ref_from_parts(t) else {
+                continue;
+            };
+            if !self.is_cte(&t)
+                && let Some((table, _)) = self.m.masked(&t)
+            {
+                self.error = Some(format!(
+                    "querygate cannot mask `TABLE {}`, a read of {table}, which has columns \
+                     masked for you; write SELECT * FROM {} instead",
+                    t.name(),
+                    t.name()
+                ));
+                return ControlFlow::Break(());
+            }
+        }
         ControlFlow::Continue(())
     }
 
@@ -434,61 +572,186 @@ impl Visitor for Wrapper<'_> {
     }
 }
 
-/// The second check: in the rewritten text, every read of a masked table is a masking
-/// derived table's own read.
+/// The name parts of every `TABLE t` in a query body's set operations (nested queries are
+/// visited as queries of their own).
+fn table_statements(body: &SetExpr) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![body];
+    while let Some(b) = stack.pop() {
+        match b {
+            SetExpr::SetOperation { left, right, .. } => {
+                stack.push(left);
+                stack.push(right);
+            }
+            SetExpr::Table(t) => {
+                let parts: Vec<String> = [&t.schema_name, &t.table_name]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|id| id.value.split('.').map(str::to_string).collect::<Vec<_>>())
+                    .collect();
+                out.push(parts);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The second check: in the (rewritten or unchanged) text, every reference to a masked
+/// table, in any syntactic position, is a masking derived table's own read or an INSERT
+/// target. Independent of the first pass: it looks at relation names, `TABLE t`,
+/// CLONE/LIKE sources, qualified names in expressions, and every dotted name in the tokens.
 fn verify(sql: &str, m: &Masking<'_>) -> Result<(), String> {
     struct Check<'a> {
         m: &'a Masking<'a>,
         names: Names,
-        ctes: Vec<Vec<String>>,
-        bad: Option<String>,
+        /// Addresses of the names that may be masked tables: `… AS __qg_src` reads and
+        /// INSERT targets.
+        allowed: HashSet<usize>,
+        /// What referenced a masked table, and how.
+        bad: Option<(String, String)>,
     }
-    impl Visitor for Check<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-            self.ctes.push(cte_names(q));
-            ControlFlow::Continue(())
+    impl Check<'_> {
+        fn flag(&mut self, table: &str, how: String) -> ControlFlow<()> {
+            self.bad = Some((table.to_string(), how));
+            ControlFlow::Break(())
         }
-        fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
-            self.ctes.pop();
-            ControlFlow::Continue(())
+        /// A name in any position: refused when it reads a masked table.
+        fn name(&mut self, name: &ObjectName, how: &str) -> ControlFlow<()> {
+            match self.names.table_ref(name) {
+                Ok(t) => match self.m.masked(&t) {
+                    Some((table, _)) => {
+                        let table = table.clone();
+                        self.flag(&table, format!("{how} `{name}`"))
+                    }
+                    None => ControlFlow::Continue(()),
+                },
+                Err(_) => self.flag(&name.to_string(), format!("{how} `{name}`")),
+            }
         }
-        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-            if let TableFactor::Table { name, alias, .. } = factor {
-                let Ok(t) = self.names.table_ref(name) else {
-                    self.bad = Some(name.to_string());
-                    return ControlFlow::Break(());
-                };
-                let cte = t.parts.len() == 1
-                    && self
-                        .ctes
-                        .iter()
-                        .flatten()
-                        .any(|c| c.eq_ignore_ascii_case(&t.parts[0]));
-                if !cte && !is_source_alias(alias) && self.m.masked(&t).is_some() {
-                    self.bad = Some(t.name());
-                    return ControlFlow::Break(());
-                }
+        /// A dotted path in an expression: refused when two or more of its leading parts
+        /// name a masked table (`crm.customers.email`, `UNNEST(crm.customers.tags)`).
+        fn path(&mut self, parts: Vec<String>, text: &str) -> ControlFlow<()> {
+            if let Some(table) = masked_window(self.m, &self.names, &parts, false) {
+                return self.flag(&table, format!("the name `{text}`"));
             }
             ControlFlow::Continue(())
         }
     }
-    let statements = parse(sql, m.dialect)?;
+    impl Visitor for Check<'_> {
+        type Break = ();
+        fn pre_visit_statement(&mut self, st: &Statement) -> ControlFlow<()> {
+            match st {
+                Statement::Insert(ins) => {
+                    if let TableObject::TableName(name) = &ins.table {
+                        self.allowed.insert(addr(name));
+                    }
+                }
+                Statement::CreateTable(ct) => {
+                    if let Some(c) = &ct.clone {
+                        self.name(c, "CLONE of")?;
+                    }
+                    if let Some(
+                        CreateTableLikeKind::Parenthesized(l) | CreateTableLikeKind::Plain(l),
+                    ) = &ct.like
+                    {
+                        self.name(&l.name, "LIKE")?;
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            for parts in table_statements(&q.body) {
+                match self.names.table_ref_from_parts(parts.clone()) {
+                    Some(t) => {
+                        if let Some((table, _)) = self.m.masked(&t) {
+                            let table = table.clone();
+                            return self.flag(&table, format!("`TABLE {}`", t.name()));
+                        }
+                    }
+                    None => {
+                        return self.flag(&parts.join("."), "a TABLE statement".into());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                version: None,
+                sample: None,
+                with_hints,
+                partitions,
+                json_path: None,
+                index_directives,
+                ..
+            } = factor
+                && is_source_alias(alias)
+                && with_hints.is_empty()
+                && partitions.is_empty()
+                && index_directives.is_empty()
+            {
+                self.allowed.insert(addr(name));
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            if self.allowed.contains(&addr(name)) {
+                return ControlFlow::Continue(());
+            }
+            self.name(name, "the table name")
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            let ids = match e {
+                Expr::CompoundIdentifier(ids) => ids.clone(),
+                Expr::Identifier(id) => vec![id.clone()],
+                Expr::QualifiedWildcard(name, _) => name
+                    .0
+                    .iter()
+                    .filter_map(|p| match p {
+                        ObjectNamePart::Identifier(id) => Some(id.clone()),
+                        ObjectNamePart::Function(_) => None,
+                    })
+                    .collect(),
+                _ => return ControlFlow::Continue(()),
+            };
+            let mut parts = Vec::with_capacity(ids.len());
+            for id in &ids {
+                match self.m.dialect {
+                    SqlDialect::BigQuery => parts.extend(id.value.split('.').map(str::to_string)),
+                    SqlDialect::Postgres => parts.push(self.names.ident(id)),
+                }
+            }
+            self.path(parts, &e.to_string())
+        }
+    }
+    let statements = crate::parse(sql, m.dialect)?;
     let mut check = Check {
         m,
         names: Names { dialect: m.dialect },
-        ctes: vec![],
+        allowed: HashSet::new(),
         bad: None,
     };
+    let refuse = |table: &str, how: &str| {
+        format!(
+            "querygate could not prove that the statement masks every read of {table} (it \
+             found {how} outside a masked read); read the table in FROM (not with TABLE, \
+             CLONE or LIKE) and qualify its columns with an alias or the table's name"
+        )
+    };
     for st in &statements {
-        // A DML target passes: one that is masked was refused before the rewrite.
         let _ = st.visit(&mut check);
-        if let Some(bad) = check.bad.take() {
-            return Err(format!(
-                "querygate could not prove that the rewritten statement masks every read of \
-                 {bad}; the statement is refused"
-            ));
+        if let Some((table, how)) = check.bad.take() {
+            return Err(refuse(&table, &how));
         }
+    }
+    if let Some((table, how)) = token_sweep(sql, m)? {
+        return Err(refuse(&table, &how));
     }
     if let Some(why) = crate::analyze(sql, m.dialect).opaque {
         return Err(format!(
@@ -496,4 +759,199 @@ fn verify(sql: &str, m: &Masking<'_>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn addr<T>(x: &T) -> usize {
+    x as *const T as usize
+}
+
+/// The masked table that some run of two to four consecutive `parts` names, if any (only
+/// runs from the start when `anywhere` is false).
+fn masked_window(
+    m: &Masking<'_>,
+    names: &Names,
+    parts: &[String],
+    anywhere: bool,
+) -> Option<String> {
+    let starts = if anywhere { parts.len() } else { 1 };
+    for i in 0..starts.min(parts.len()) {
+        for len in 2..=4 {
+            let Some(window) = parts.get(i..i + len) else {
+                break;
+            };
+            if let Some(t) = names.table_ref_from_parts(window.to_vec())
+                && let Some((table, _)) = m.masked(&t)
+            {
+                return Some(table.clone());
+            }
+        }
+    }
+    None
+}
+
+/// Over the tokens: every dotted name (words joined by `.`, back-ticked paths split) that
+/// names a masked table must be a masked read (`… AS __qg_src`) or an INSERT target.
+/// Catches names in positions no AST pass knows of. One-part names are not looked at (an
+/// alias or a column is spelled like a table's last part); the AST passes cover those.
+fn token_sweep(sql: &str, m: &Masking<'_>) -> Result<Option<(String, String)>, String> {
+    let tokens = crate::tokens(sql, m.dialect)
+        .map_err(|e| format!("querygate cannot parse this SQL: {e}"))?;
+    let tokens: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let names = Names { dialect: m.dialect };
+    let word_parts = |w: &sqlparser::tokenizer::Word| -> Vec<String> {
+        match (m.dialect, w.quote_style) {
+            (SqlDialect::BigQuery, _) => w.value.split('.').map(str::to_string).collect(),
+            (SqlDialect::Postgres, None) => vec![w.value.to_ascii_lowercase()],
+            (SqlDialect::Postgres, Some(_)) => vec![w.value.clone()],
+        }
+    };
+    let is_keyword = |t: Option<&&Token>, k: Keyword| matches!(t, Some(Token::Word(w)) if w.quote_style.is_none() && w.keyword == k);
+    let mut i = 0;
+    while i < tokens.len() {
+        let Token::Word(first) = tokens[i] else {
+            i += 1;
+            continue;
+        };
+        let start = i;
+        let mut parts = word_parts(first);
+        let mut text = first.to_string();
+        while let (Some(Token::Period), Some(Token::Word(w))) =
+            (tokens.get(i + 1), tokens.get(i + 2))
+        {
+            parts.extend(word_parts(w));
+            text.push('.');
+            text.push_str(&w.to_string());
+            i += 2;
+        }
+        let end = i;
+        i += 1;
+        if parts.len() < 2 {
+            continue;
+        }
+        let Some(table) = masked_window(m, &names, &parts, true) else {
+            continue;
+        };
+        // Only the rewrite writes `__qg_src` (clients may not).
+        let source = is_keyword(tokens.get(end + 1), Keyword::AS)
+            && matches!(tokens.get(end + 2), Some(Token::Word(w)) if w.value == SOURCE_ALIAS);
+        let before = start.checked_sub(1).and_then(|b| tokens.get(b));
+        let before2 = start.checked_sub(2).and_then(|b| tokens.get(b));
+        let insert = is_keyword(before, Keyword::INSERT)
+            || (is_keyword(before, Keyword::INTO) && is_keyword(before2, Keyword::INSERT));
+        if !source && !insert {
+            return Ok(Some((table, format!("`{text}`"))));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> HashMap<String, Vec<MaskedColumn>> {
+        let mut t = HashMap::new();
+        t.insert(
+            "p.crm.customers".to_string(),
+            vec![
+                MaskedColumn {
+                    name: "id".into(),
+                    mask: None,
+                },
+                MaskedColumn {
+                    name: "email".into(),
+                    mask: Some("''".into()),
+                },
+            ],
+        );
+        t
+    }
+
+    fn check(sql: &str, dataset: Option<&str>) -> Result<(), String> {
+        let t = tables();
+        verify(
+            sql,
+            &Masking {
+                dialect: SqlDialect::BigQuery,
+                project: "p",
+                dataset,
+                tables: &t,
+            },
+        )
+    }
+
+    /// The second check on its own: any reference to a masked table that is not the
+    /// rewrite's own read is caught, whatever its position, spelling or case.
+    #[test]
+    fn the_second_check_catches_every_unwrapped_reference() {
+        let unwrapped = [
+            "SELECT * FROM crm.customers",
+            "SELECT * FROM crm.CUSTOMERS",
+            "SELECT * FROM `p.Crm.Customers`",
+            "SELECT * FROM `p`.crm.customers",
+            "SELECT * FROM (TABLE crm.customers)",
+            "SELECT * FROM (TABLE crm.Customers)",
+            "SELECT 1 UNION ALL (TABLE crm.customers)",
+            "SELECT (SELECT MAX(email) FROM crm.customers)",
+            "SELECT 1 FROM crm.orders WHERE cid IN (SELECT id FROM crm.customers)",
+            "SELECT 1 FROM crm.orders WHERE EXISTS (SELECT 1 FROM crm.customers)",
+            "SELECT 1 FROM crm.orders o JOIN (SELECT * FROM crm.customers) c ON o.cid = c.id",
+            "SELECT x FROM crm.orders, UNNEST(crm.customers.tags) AS x",
+            "SELECT crm.customers.email FROM crm.orders",
+            "SELECT TO_JSON_STRING(`crm.customers`) FROM crm.orders",
+            "SELECT * FROM crm.orders WHERE id IN (SELECT id FROM (SELECT * FROM crm.customers))",
+            "CREATE TABLE x.y CLONE crm.customers",
+            "CREATE TABLE x.y LIKE crm.customers",
+            "CREATE TABLE crm.customers AS SELECT 1 AS a",
+            "MERGE crm.customers USING crm.orders o ON FALSE WHEN MATCHED THEN DELETE",
+            // A `__qg_src` read with a clause outside the span the rewrite replaces.
+            "SELECT * FROM (SELECT id FROM crm.customers AS __qg_src TABLESAMPLE SYSTEM (10 PERCENT)) AS c",
+        ];
+        for sql in unwrapped {
+            let err = check(sql, None).expect_err(sql);
+            assert!(err.contains("p.crm.customers"), "{sql}: {err}");
+        }
+        // One-part names through the default dataset.
+        for sql in [
+            "SELECT * FROM CUSTOMERS",
+            "SELECT * FROM (TABLE customers)",
+            "CREATE TABLE x.y CLONE customers",
+        ] {
+            assert!(check(sql, Some("crm")).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_second_check_passes_the_rewrites_own_reads() {
+        for sql in [
+            "SELECT email FROM (SELECT `id`, '' AS `email` FROM crm.customers AS __qg_src) AS c",
+            "SELECT c.email FROM (SELECT `id`, '' AS `email` FROM crm.CUSTOMERS AS __qg_src) AS c",
+            "INSERT INTO crm.customers (id) SELECT id FROM crm.orders",
+            "SELECT customers.email FROM (SELECT `id`, '' AS `email` FROM crm.customers AS __qg_src) AS `customers`",
+            "SELECT * FROM crm.orders",
+            "SELECT * FROM (TABLE crm.orders)",
+        ] {
+            check(sql, Some("crm")).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    #[test]
+    fn parameters_in_mask_expressions_are_recognized() {
+        assert!(uses_parameters(
+            "TO_HEX(SHA256(CONCAT(@__querygate_mask_key, CAST(`email` AS STRING))))",
+            SqlDialect::BigQuery
+        ));
+        assert!(uses_parameters("CONCAT(@`k`, x)", SqlDialect::BigQuery));
+        assert!(uses_parameters("CONCAT(?, x)", SqlDialect::BigQuery));
+        assert!(!uses_parameters(
+            "IF(`e` IS NULL, NULL, CONCAT('***@', 'x'))",
+            SqlDialect::BigQuery
+        ));
+        assert!(!uses_parameters("''", SqlDialect::BigQuery));
+        assert!(uses_parameters("'unterminated", SqlDialect::BigQuery));
+    }
 }

@@ -197,6 +197,9 @@ pub(crate) struct Rel {
     /// For a base table without explicit alias: its name parts, so `ds.t.col` can match.
     pub table_parts: Option<Vec<String>>,
     pub kind: RelKind,
+    /// For a read of a base table: its index in the statement's scans (`Acc::scans`), so
+    /// that predicates of the query block can mark what they bound.
+    pub scan: Option<usize>,
 }
 
 impl Rel {

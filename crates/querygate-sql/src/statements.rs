@@ -14,7 +14,7 @@ use sqlparser::ast::{
 
 use crate::SqlDialect;
 use crate::dml::dml_body;
-use crate::facts::{StatementFacts, StatementKind, TableRef};
+use crate::facts::{Scan, StatementFacts, StatementKind, TableRef};
 use crate::guard;
 use crate::names::function_name;
 use crate::scope::{Col, Frame, Lineage, normalized};
@@ -267,7 +267,7 @@ impl Script {
                     } => {
                         if let Some(t) = w.table(table_name) {
                             if *to {
-                                w.acc.reads.insert(t.clone());
+                                w.read(&t);
                                 output = if columns.is_empty() {
                                     vec![Col::Star {
                                         table: t,
@@ -571,7 +571,7 @@ fn conditional(c: &ConditionalStatements) -> &[Statement] {
 fn read_table(w: &mut Walker<'_>, name: &ObjectName, time_travel: bool) -> Option<TableRef> {
     let mut t = w.table(name)?;
     t.time_travel |= time_travel;
-    w.acc.reads.insert(t.clone());
+    w.read(&t);
     Some(t)
 }
 
@@ -813,6 +813,18 @@ fn finish_exprs(mut w: Walker<'_>, exprs: &[&Expr]) -> StatementFacts {
     build(w, StatementKind::Other, vec![])
 }
 
+/// Scans sorted, each one's bounded columns sorted and deduplicated, and scans alike listed
+/// once (a recursive CTE's body is walked more than once).
+fn scans(mut scans: Vec<Scan>) -> Vec<Scan> {
+    for s in &mut scans {
+        s.bounded.sort();
+        s.bounded.dedup();
+    }
+    scans.sort();
+    scans.dedup();
+    scans
+}
+
 fn build(w: Walker<'_>, kind: StatementKind, output: Vec<Col>) -> StatementFacts {
     let acc = w.acc;
     StatementFacts {
@@ -824,6 +836,7 @@ fn build(w: Walker<'_>, kind: StatementKind, output: Vec<Col>) -> StatementFacts
         written: acc.written,
         predicates: normalized(&acc.predicates),
         ordering: normalized(&acc.ordering),
+        scans: scans(acc.scans),
         locks: acc.locks,
         opaque: w.opaque,
     }

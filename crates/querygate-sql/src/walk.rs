@@ -18,7 +18,8 @@ use sqlparser::ast::{
 };
 
 use crate::SqlDialect;
-use crate::facts::{ColumnRef, OutputColumn, StatementKind, TableRef};
+use crate::bounds::Block;
+use crate::facts::{ColumnRef, OutputColumn, Scan, StatementKind, TableRef};
 use crate::functions;
 use crate::guard;
 use crate::names::{Names, function_name};
@@ -70,6 +71,8 @@ pub(crate) struct Acc {
     pub functions: BTreeSet<String>,
     pub written: Vec<OutputColumn>,
     pub locks: bool,
+    /// One entry per read of a base table, in walk order (`Rel::scan` indexes it).
+    pub scans: Vec<Scan>,
 }
 
 pub(crate) struct Walker<'v> {
@@ -90,6 +93,8 @@ pub(crate) struct Walker<'v> {
     /// The named windows (`WINDOW w AS (…)`) of the SELECT being walked, with their lineage.
     pub(crate) named_windows: Vec<(String, Lineage)>,
     pub(crate) depth: usize,
+    /// The FROM clause being walked has a NATURAL join (its merged columns have no table).
+    pub(crate) natural_join: bool,
 }
 
 pub(crate) fn addr<T>(x: &T) -> usize {
@@ -121,6 +126,7 @@ impl<'v> Walker<'v> {
             selected_into: Vec::new(),
             named_windows: Vec::new(),
             depth: 0,
+            natural_join: false,
         }
     }
 
@@ -174,6 +180,26 @@ impl<'v> Walker<'v> {
             Err(why) => {
                 self.opaque(why);
                 None
+            }
+        }
+    }
+
+    /// A read of a base table: listed in `reads` and as a scan of its own. Returns the
+    /// scan's index, for the predicates of its query block to mark what they bound.
+    pub(crate) fn read(&mut self, t: &TableRef) -> usize {
+        self.acc.reads.insert(t.clone());
+        self.acc.scans.push(Scan {
+            table: t.clone(),
+            bounded: vec![],
+        });
+        self.acc.scans.len() - 1
+    }
+
+    /// Marks the columns `bounds` gives as bounded on their scans.
+    pub(crate) fn mark_bounded(&mut self, bounds: crate::bounds::Bounds) {
+        for (scan, columns) in bounds {
+            if let Some(s) = self.acc.scans.get_mut(scan) {
+                s.bounded.extend(columns);
             }
         }
     }
@@ -380,7 +406,7 @@ impl<'v> Walker<'v> {
                 }
                 match self.names.table_ref_from_parts(parts) {
                     Some(t) => {
-                        self.acc.reads.insert(t.clone());
+                        self.read(&t);
                         vec![Col::Star {
                             table: t,
                             except: vec![],
@@ -485,9 +511,11 @@ impl<'v> Walker<'v> {
         }
         let mut rels: Vec<Rel> = Vec::new();
         let mut using: Vec<(String, Lineage)> = Vec::new();
+        let outer_natural = std::mem::take(&mut self.natural_join);
         for twj in &s.from {
             self.join_tree(twj, f, &mut rels, &mut using);
         }
+        let natural = std::mem::replace(&mut self.natural_join, outer_natural);
         let fr = Frame {
             rels: &rels,
             using: &using,
@@ -520,6 +548,15 @@ impl<'v> Walker<'v> {
         if let Some(w) = &s.selection {
             let l = self.expr(w, Some(&fr));
             self.acc.predicates.extend(l.refs);
+            let bounds = self.bounds(
+                w,
+                &Block {
+                    rels: &rels,
+                    using: &using,
+                    natural,
+                },
+            );
+            self.mark_bounded(bounds);
         }
         let af = Frame {
             aliases: Some(&out),
@@ -776,8 +813,10 @@ impl<'v> Walker<'v> {
             self.leave();
             return;
         }
+        let tree_start = rels.len();
         self.table_factor(&twj.relation, outer, rels, using);
         for join in &twj.joins {
+            let right_start = rels.len();
             self.table_factor(&join.relation, outer, rels, using);
             let constraint = match &join.join_operator {
                 JoinOperator::Join(c)
@@ -814,6 +853,33 @@ impl<'v> Walker<'v> {
                     };
                     let l = self.expr(e, Some(&fr));
                     self.acc.predicates.extend(l.refs);
+                    // An ON filters the rows of the sides it does not preserve: both of an
+                    // inner join, the right of a LEFT, the left of a RIGHT, none of a FULL.
+                    let filtered = match &join.join_operator {
+                        JoinOperator::Join(_)
+                        | JoinOperator::Inner(_)
+                        | JoinOperator::CrossJoin(_) => Some(tree_start..rels.len()),
+                        JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => {
+                            Some(right_start..rels.len())
+                        }
+                        JoinOperator::Right(_) | JoinOperator::RightOuter(_) => {
+                            Some(tree_start..right_start)
+                        }
+                        _ => None,
+                    };
+                    if let Some(range) = filtered {
+                        let scans: Vec<usize> = rels[range].iter().filter_map(|r| r.scan).collect();
+                        let mut bounds = self.bounds(
+                            e,
+                            &Block {
+                                rels: &rels[..],
+                                using: &using[..],
+                                natural: self.natural_join,
+                            },
+                        );
+                        bounds.retain(|scan, _| scans.contains(scan));
+                        self.mark_bounded(bounds);
+                    }
                 }
                 Some(JoinConstraint::Using(cols)) => {
                     for c in cols {
@@ -836,6 +902,7 @@ impl<'v> Walker<'v> {
                     self.opaque("JOIN USING … AS is not analyzed");
                 }
                 Some(JoinConstraint::Natural) => {
+                    self.natural_join = true;
                     for rel in rels.iter() {
                         self.acc.predicates.extend(rel.whole().refs);
                     }
@@ -915,6 +982,7 @@ impl<'v> Walker<'v> {
                         alias: alias_name.or(implicit),
                         table_parts: None,
                         kind: RelKind::Value(lin),
+                        scan: None,
                     });
                     return;
                 }
@@ -928,6 +996,7 @@ impl<'v> Walker<'v> {
                         alias: alias_name.or(Some(cte_name)),
                         table_parts: None,
                         kind: RelKind::Derived(rename(cols, &alias_cols)),
+                        scan: None,
                     });
                     return;
                 }
@@ -963,7 +1032,7 @@ impl<'v> Walker<'v> {
                         _ => self.opaque("this form of time travel is not analyzed"),
                     }
                 }
-                self.acc.reads.insert(t.clone());
+                let scan = self.read(&t);
                 let implicit = t.parts.last().cloned();
                 let table_parts = if alias_name.is_none() {
                     Some(t.parts.clone())
@@ -984,6 +1053,7 @@ impl<'v> Walker<'v> {
                     alias: alias_name.or(implicit),
                     table_parts,
                     kind,
+                    scan: Some(scan),
                 });
             }
             TableFactor::Derived {
@@ -1013,6 +1083,7 @@ impl<'v> Walker<'v> {
                     alias: alias_name,
                     table_parts: None,
                     kind: RelKind::Derived(rename(cols, &alias_cols)),
+                    scan: None,
                 });
             }
             TableFactor::Function {
@@ -1054,6 +1125,7 @@ impl<'v> Walker<'v> {
                     alias: alias_name,
                     table_parts: None,
                     kind: RelKind::Value(lin),
+                    scan: None,
                 });
                 if *with_offset || with_offset_alias.is_some() {
                     let name = with_offset_alias
@@ -1064,6 +1136,7 @@ impl<'v> Walker<'v> {
                         alias: Some(name),
                         table_parts: None,
                         kind: RelKind::Value(Lineage::default()),
+                        scan: None,
                     });
                 }
             }
@@ -1082,6 +1155,7 @@ impl<'v> Walker<'v> {
                         alias: Some(self.names.ident(&a.name)),
                         table_parts: None,
                         kind: RelKind::Value(lin),
+                        scan: None,
                     });
                 }
                 rels.extend(inner);
@@ -1137,6 +1211,7 @@ impl<'v> Walker<'v> {
                     alias: alias.as_ref().map(|a| self.names.ident(&a.name)),
                     table_parts: None,
                     kind: RelKind::Value(lin),
+                    scan: None,
                 });
             }
             TableFactor::Unpivot {
@@ -1169,6 +1244,7 @@ impl<'v> Walker<'v> {
                     alias: alias.as_ref().map(|a| self.names.ident(&a.name)),
                     table_parts: None,
                     kind: RelKind::Value(lin),
+                    scan: None,
                 });
             }
             TableFactor::TableFunction { .. }
@@ -1219,6 +1295,7 @@ impl<'v> Walker<'v> {
             alias: alias_name,
             table_parts: None,
             kind: RelKind::Value(lin),
+            scan: None,
         });
     }
 

@@ -321,3 +321,196 @@ fn literals_and_bigquery_syntax_survive_the_rewrite() {
     }
     assert!(lost.is_empty(), "{lost:#?}");
 }
+
+/// Upstreams resolve table names without regard to case, so a miscased name is a read of
+/// the masked table and is wrapped (and a map keyed in another case still matches).
+#[test]
+fn names_that_differ_only_in_case_are_the_masked_table() {
+    for (sql, name) in [
+        ("SELECT email FROM crm.CUSTOMERS", "crm.CUSTOMERS"),
+        ("SELECT email FROM Crm.Customers", "Crm.Customers"),
+        ("SELECT email FROM `P.CRM.customers`", "`P.CRM.customers`"),
+    ] {
+        let out = rewrite(sql);
+        assert!(
+            out.contains(&format!("FROM {name} AS __qg_src")),
+            "{sql}: not wrapped: {out}"
+        );
+    }
+    let out = rewrite_in("SELECT email FROM CUSTOMERS", Some("crm")).expect("rewrite");
+    assert!(out.contains("FROM CUSTOMERS AS __qg_src"), "{out}");
+    // The map's key in another case than the statement's name.
+    let mut tables = HashMap::new();
+    tables.insert("P.Shop.Straße".to_string(), tables_list());
+    let out = mask_reads(
+        "SELECT email FROM shop.STRASSE",
+        &Masking {
+            dialect: SqlDialect::BigQuery,
+            project: "p",
+            dataset: None,
+            tables: &tables,
+        },
+    )
+    .expect("rewrite");
+    assert!(out.contains("FROM shop.STRASSE AS __qg_src"), "{out}");
+    // Wildcards and CTEs compare without case too.
+    for (sql, why) in [
+        ("SELECT * FROM `p.CRM.CUST*`", "wildcard"),
+        (
+            "WITH CUSTOMERS AS (SELECT 1 AS x) SELECT * FROM CUSTOMERS",
+            "CTE",
+        ),
+    ] {
+        let err = rewrite_in(sql, Some("crm")).expect_err(sql);
+        assert!(err.contains(why), "{sql}: {err}");
+    }
+}
+
+fn tables_list() -> Vec<MaskedColumn> {
+    tables().remove("p.crm.customers").expect("list")
+}
+
+/// `TABLE t` reads a table without a FROM item: the first pass cannot wrap it, so it is
+/// refused (it used to go upstream unchanged).
+#[test]
+fn table_statements_of_masked_tables_are_refused() {
+    for sql in [
+        "SELECT * FROM (TABLE crm.customers)",
+        "SELECT * FROM (TABLE crm.CUSTOMERS) AS c",
+        "SELECT id FROM crm.orders WHERE cid IN (TABLE crm.customers)",
+        "SELECT 1 UNION ALL (TABLE crm.customers)",
+        "SELECT * FROM (SELECT * FROM (TABLE crm.customers))",
+    ] {
+        let err = rewrite_in(sql, Some("crm")).expect_err(sql);
+        assert!(err.contains("TABLE"), "{sql}: {err}");
+    }
+    let err = rewrite_in("SELECT * FROM (TABLE customers)", Some("crm")).expect_err("one part");
+    assert!(err.contains("TABLE"), "{err}");
+    // `TABLE` of another table is left alone.
+    assert_eq!(
+        rewrite("SELECT * FROM (TABLE crm.orders)"),
+        "SELECT * FROM (TABLE crm.orders)"
+    );
+}
+
+/// Reads in every position are wrapped (subqueries, IN, EXISTS, joins in subqueries), and
+/// copies that are not reads (CLONE, LIKE) of a masked table are refused.
+#[test]
+fn reads_in_every_position_are_wrapped_and_copies_refused() {
+    for sql in [
+        "SELECT 1 FROM crm.orders o WHERE EXISTS (SELECT 1 FROM crm.CUSTOMERS c WHERE c.id = o.cid)",
+        "SELECT id FROM crm.orders WHERE cid IN (SELECT id FROM Crm.Customers WHERE email = 'x')",
+        "SELECT (SELECT COUNT(*) FROM (SELECT * FROM crm.customers JOIN crm.orders USING (id)))",
+        "SELECT e FROM crm.customers c, UNNEST(SPLIT(c.email)) AS e",
+    ] {
+        let out = rewrite(sql);
+        assert!(out.contains("AS __qg_src"), "{sql}: {out}");
+    }
+    for sql in [
+        "CREATE TABLE x.y CLONE crm.customers",
+        "CREATE TABLE x.y LIKE crm.customers",
+        "CREATE TABLE x.y CLONE crm.CUSTOMERS",
+    ] {
+        let err = rewrite_in(sql, Some("crm")).expect_err(sql);
+        assert!(err.contains("could not prove"), "{sql}: {err}");
+    }
+}
+
+const HASH: &str = "TO_HEX(SHA256(CONCAT(@__querygate_mask_key, CAST(`email` AS STRING))))";
+
+fn hashed(sql: &str, mask: &str) -> Result<String, String> {
+    let mut t = HashMap::new();
+    t.insert(
+        "p.crm.customers".to_string(),
+        vec![
+            MaskedColumn {
+                name: "id".into(),
+                mask: None,
+            },
+            MaskedColumn {
+                name: "email".into(),
+                mask: Some(mask.into()),
+            },
+        ],
+    );
+    mask_reads(
+        sql,
+        &Masking {
+            dialect: SqlDialect::BigQuery,
+            project: "p",
+            dataset: None,
+            tables: &t,
+        },
+    )
+}
+
+/// With a mask that uses the hash key's query parameter, nothing in the statement may bind
+/// or name that parameter: no positional markers, no escaped parameter names, no name equal
+/// to the key in any case.
+#[test]
+fn the_hash_key_cannot_be_reached_through_parameters() {
+    let refused = [
+        ("SELECT ?, email FROM crm.customers", "positional"),
+        (
+            "SELECT email FROM crm.customers WHERE id = ?",
+            "named parameters (@name)",
+        ),
+        (
+            "SELECT email FROM crm.customers WHERE id = $1",
+            "positional",
+        ),
+        (
+            r"SELECT @`\x5f_querygate_mask_key`, email FROM crm.customers",
+            "back-slash",
+        ),
+        (
+            r"SELECT @`\u005f_querygate_mask_key`, email FROM crm.customers",
+            "back-slash",
+        ),
+        (
+            r"SELECT @`\_\_querygate_mask_key`, email FROM crm.customers",
+            "back-slash",
+        ),
+        (
+            "SELECT @`__QUERYGATE_MASK_KEY`, email FROM crm.customers",
+            "reserves",
+        ),
+        (
+            "SELECT @__Querygate_Mask_Key, email FROM crm.customers",
+            "reserves",
+        ),
+    ];
+    for (sql, why) in refused {
+        let err = hashed(sql, HASH).expect_err(sql);
+        assert!(err.contains(why), "{sql}: {err}");
+    }
+    // Named parameters, plain or back-ticked, are fine.
+    for sql in [
+        "SELECT email FROM crm.customers WHERE id = @id",
+        "SELECT email FROM crm.customers WHERE id = @`id`",
+        "SELECT email FROM crm.customers WHERE id IN UNNEST(@`ids`) AND '?' != '@'",
+    ] {
+        let out = hashed(sql, HASH).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(out.contains("AS __qg_src"), "{out}");
+    }
+    // Masks without a parameter (an `@` in a string is not one) leave `?` alone.
+    let domain = "IF(`email` IS NULL, NULL, CONCAT('***@', 'x'))";
+    let out = hashed("SELECT email FROM crm.customers WHERE id = ?", domain).expect("rewrite");
+    assert!(
+        out.contains("AS __qg_src") && out.ends_with("WHERE id = ?"),
+        "{out}"
+    );
+}
+
+/// The Python DB-API layer writes parameters as @`name`: the rewrite keeps them as written.
+#[test]
+fn backticked_parameters_survive_the_rewrite() {
+    let sql = "SELECT email FROM crm.customers AS c WHERE c.id = @`id` AND c.email != @`e mail`";
+    assert_eq!(
+        rewrite(sql),
+        format!(
+            "SELECT email FROM {} WHERE c.id = @`id` AND c.email != @`e mail`",
+            wrapped("crm.customers", "c")
+        )
+    );
+}

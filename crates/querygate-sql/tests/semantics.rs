@@ -229,6 +229,94 @@ fn unparsable_is_opaque_with_the_parser_message() {
     );
 }
 
+/// Text the parser rejects is a syntax error (with the parser's message and position) as
+/// well as opaque; text it reads, or cannot analyze for other reasons, is not one.
+#[test]
+fn syntax_errors_are_reported_as_such() {
+    let f = bq("SELECT * FROM t WHERE id = (1");
+    let e = f.syntax_error.clone().expect("syntax error");
+    assert!(
+        f.opaque
+            .as_deref()
+            .is_some_and(|o| o.contains("cannot parse")),
+        "{f}"
+    );
+    assert!(!f.read_only());
+    assert!(e.message.contains("Expected"), "{e:?}");
+    assert!(!e.message.contains("Line:"), "{e:?}");
+    assert_eq!((e.line, e.column), (Some(1), Some(30)), "{e:?}");
+    assert!(e.to_string().ends_with("at line 1, column 30"), "{e}");
+    // Lines count from 1.
+    let e = bq("SELECT a\nFROM t\nWHERE a = = 1")
+        .syntax_error
+        .expect("syntax error");
+    assert_eq!(e.line, Some(3), "{e:?}");
+    // Tokenizer errors too (an unterminated quoted name).
+    let e = bq("SELECT `a FROM t").syntax_error.expect("syntax error");
+    assert_eq!((e.line, e.column), (Some(1), Some(8)), "{e:?}");
+    assert!(e.message.contains("delimiter"), "{e:?}");
+    for sql in [
+        "SELEC nonsense",
+        "SELECT FROM",
+        "SELECT * FROM ML.PREDICT(MODEL m, TABLE t)",
+    ] {
+        let f = bq(sql);
+        assert!(
+            f.syntax_error.is_some() && f.opaque.is_some(),
+            "{sql}: {f:?}"
+        );
+    }
+    assert!(pg("SELECT * FROM t WHERE").syntax_error.is_some());
+    // Understood, or opaque for other reasons: no syntax error.
+    for sql in [
+        "SELECT a FROM ds.t",
+        "EXECUTE IMMEDIATE 'SELECT 1'",
+        "SELECT @@error.message",
+        "",
+    ] {
+        assert!(bq(sql).syntax_error.is_none(), "{sql}");
+    }
+    // Nesting beyond the parser's recursion limit is not a syntax error (only opaque).
+    let deep = format!("SELECT {}1{}", "(".repeat(300), ")".repeat(300));
+    let f = bq(&deep);
+    assert!(
+        f.opaque.is_some() && f.syntax_error.is_none(),
+        "{:?}",
+        f.opaque
+    );
+}
+
+/// `@`name`` (the Python DB-API layer's parameters) is a named parameter with exactly the
+/// facts of `@name`.
+#[test]
+fn backticked_parameters_are_named_parameters() {
+    for (ticked, plain) in [
+        (
+            "SELECT * FROM ds.t WHERE id = @`id`",
+            "SELECT * FROM ds.t WHERE id = @id",
+        ),
+        (
+            "SELECT a, @`x` AS y FROM ds.t WHERE b IN UNNEST(@`ids`) LIMIT @`n`",
+            "SELECT a, @x AS y FROM ds.t WHERE b IN UNNEST(@ids) LIMIT @n",
+        ),
+        (
+            "SELECT COUNT(*) FROM ds.t WHERE d BETWEEN @`from` AND @`to`",
+            "SELECT COUNT(*) FROM ds.t WHERE d BETWEEN @from AND @to",
+        ),
+    ] {
+        let f = bq(ticked);
+        assert!(f.opaque.is_none(), "{ticked}: {f}");
+        assert_eq!(f, bq(plain), "{ticked}");
+    }
+    // A parameter is a constant: it bounds a partition column as `@name` does.
+    let f = bq("SELECT * FROM ds.t WHERE d >= @`start`");
+    assert_eq!(f.statements[0].scans[0].bounded, ["d"], "{f}");
+    // `@` then a space is no parameter: still a syntax error.
+    assert!(bq("SELECT @ `id`").syntax_error.is_some());
+    // PostgreSQL is untouched (`@` is an operator there).
+    assert!(pg("SELECT @ -5").opaque.is_none());
+}
+
 // ----- masking bypass shapes (attacks.md rows 1-5, 8) -------------------------------------
 
 #[test]
