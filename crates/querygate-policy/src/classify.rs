@@ -3,12 +3,16 @@
 //!
 //! Pure: the pipeline asks, for each base column a statement reaches, which tags it has and
 //! whether they are masked for the identity asking. Column globs are
-//! `project.dataset.table.column`, `*` matching any run of characters in a part; column
-//! names compare case-insensitively (as BigQuery's do).
+//! `project.dataset.table.column`, `*` matching any run of characters in a part; table,
+//! dataset, project and column names compare without case ([`querygate_sql::name_key`]):
+//! upstreams resolve `shop.CUSTOMERS` to `shop.customers`, so a miscased name is tagged
+//! (and masked) like the name it resolves to.
 
 use querygate_core::Identity;
 
-use crate::rule::{Principal, glob};
+use querygate_sql::name_key;
+
+use crate::rule::{Principal, name_glob};
 
 /// `[[classify]]`: these columns carry `tag`.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +47,7 @@ fn split(glob_text: &str) -> Option<(&str, &str)> {
 fn table_matches(pattern: &str, table: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
     let t: Vec<&str> = table.split('.').collect();
-    p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| glob(p, t))
+    p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| name_glob(p, t))
 }
 
 impl Classifier {
@@ -53,15 +57,12 @@ impl Classifier {
 
     /// Tags of column `column` of `table` (`project.dataset.table`).
     pub fn tags_of(&self, table: &str, column: &str) -> Vec<&str> {
-        let column = column.to_ascii_lowercase();
         let mut tags: Vec<&str> = self
             .classes
             .iter()
             .filter(|c| {
                 c.columns.iter().any(|g| match split(g) {
-                    Some((t, col)) => {
-                        table_matches(t, table) && glob(&col.to_ascii_lowercase(), &column)
-                    }
+                    Some((t, col)) => table_matches(t, table) && name_glob(col, column),
                     None => false,
                 })
             })
@@ -90,6 +91,7 @@ impl Classifier {
     /// the `*` removed) could match, with the tag: `(table pattern, tag)`. Over-approximates:
     /// a table pattern with a `*` in its last part could match any prefix.
     pub fn masked_under(&self, prefix: &str, identity: &Identity) -> Option<(String, &str)> {
+        let prefix = name_key(prefix);
         let p: Vec<&str> = prefix.split('.').collect();
         self.classes
             .iter()
@@ -97,14 +99,15 @@ impl Classifier {
             .flat_map(|c| c.columns.iter().map(move |g| (g, c.tag.as_str())))
             .find_map(|(g, tag)| {
                 let (table, _) = split(g)?;
-                let t: Vec<&str> = table.split('.').collect();
+                let folded = name_key(table);
+                let t: Vec<&str> = folded.split('.').collect();
                 let last = t.len().checked_sub(1)?;
                 let could = t.len() == p.len()
                     && t.iter().zip(&p).enumerate().all(|(i, (pat, part))| {
                         if i == last {
                             pat.contains('*') || pat.starts_with(part)
                         } else {
-                            glob(pat, part)
+                            name_glob(pat, part)
                         }
                     });
                 could.then(|| (table.to_string(), tag))
@@ -153,6 +156,27 @@ mod tests {
         assert!(c.tags_of("p.crm.customers", "name").is_empty());
         assert_eq!(c.tagged_columns("p.crm.customers").len(), 2);
         assert!(c.tagged_columns("p.crm").is_empty());
+    }
+
+    /// Upstreams resolve `CRM.Customers` to `crm.customers`: a miscased table or column is
+    /// tagged like the name it resolves to (Unicode case folding included).
+    #[test]
+    fn tables_and_columns_are_tagged_without_case() {
+        let mut c = classifier();
+        assert_eq!(c.tags_of("P.CRM.Customers", "Email"), vec!["pii"]);
+        assert_eq!(c.tags_of("p.Sales.ORDERS", "PHONE"), vec!["pii"]);
+        assert_eq!(c.tagged_columns("p.CRM.CUSTOMERS").len(), 2);
+        c.classes.push(Classification {
+            tag: "geo".into(),
+            columns: vec!["p.Straße.Orte.Straße".into()],
+        });
+        assert_eq!(c.tags_of("p.STRASSE.orte", "STRASSE"), vec!["geo"]);
+        let agent = Identity {
+            subject: "agent:x".into(),
+            ..Identity::default()
+        };
+        let (table, tag) = c.masked_under("p.CRM.cust", &agent).expect("reached");
+        assert_eq!((table.as_str(), tag), ("*.crm.customers", "pii"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! matches an [`Input`].
 
 use querygate_core::Identity;
-use querygate_sql::StatementKind;
+use querygate_sql::{StatementKind, name_key, same_name};
 use serde::Deserialize;
 
 use crate::{Input, Outcome, Partitioning, parse_bytes};
@@ -85,13 +85,16 @@ impl std::fmt::Display for Principal {
     }
 }
 
-/// A glob over `project.dataset.table`; `*` matches within one part, `**` across parts.
+/// A glob over `project.dataset.table`; `*` matches any run of characters within one part.
+/// Names compare without case ([`querygate_sql::name_key`]): upstreams resolve
+/// `Shop.CUSTOMERS` to `shop.customers`, so a rule on one is a rule on the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableGlob(pub String);
 
 impl TableGlob {
     pub fn matches(&self, table: &str) -> bool {
-        let pattern: Vec<&str> = self.0.split('.').collect();
+        let (pattern, table) = (name_key(&self.0), name_key(table));
+        let pattern: Vec<&str> = pattern.split('.').collect();
         let parts: Vec<&str> = table.split('.').collect();
         pattern.len() == parts.len() && pattern.iter().zip(&parts).all(|(p, t)| glob(p, t))
     }
@@ -439,7 +442,7 @@ impl Rule {
                 .tables
                 .iter()
                 .filter(|t| !t.write && unfiltered(t, input))
-                .filter_map(|t| match input.partitions.get(&t.name) {
+                .filter_map(|t| match partitioning(input, &t.name) {
                     Some(Partitioning::Column(c)) => {
                         Some(format!("filter {} on its partition column {c}", t.name))
                     }
@@ -462,11 +465,38 @@ impl Rule {
 /// A read of a partitioned table without a predicate on its partition column; a table
 /// whose partitioning is unknown counts as unfiltered (fail closed).
 fn unfiltered(t: &crate::TableUse, input: &Input<'_>) -> bool {
-    match input.partitions.get(&t.name) {
-        Some(Partitioning::NotPartitioned) => false,
-        Some(Partitioning::Column(c)) => !t.filtered.iter().any(|f| f.eq_ignore_ascii_case(c)),
-        None => true,
-    }
+    let entries = partitionings(input, &t.name);
+    entries.is_empty()
+        || entries.iter().any(|p| match p {
+            Partitioning::NotPartitioned => false,
+            Partitioning::Column(c) => !t.filtered.iter().any(|f| same_name(f, c)),
+        })
+}
+
+/// A table's partitioning entries, names compared without case (`Shop.Orders` is
+/// `shop.orders`); every one of them must be satisfied.
+fn partitionings<'a>(input: &'a Input<'_>, table: &str) -> Vec<&'a Partitioning> {
+    let key = name_key(table);
+    input
+        .partitions
+        .iter()
+        .filter(|(name, _)| name.as_str() == table || name_key(name) == key)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// The partition column of a table, for a hint.
+fn partitioning<'a>(input: &'a Input<'_>, table: &str) -> Option<&'a Partitioning> {
+    partitionings(input, table)
+        .into_iter()
+        .find(|p| matches!(p, Partitioning::Column(_)))
+}
+
+/// [`glob`] over names that compare without case: table, dataset, project and column names,
+/// both sides folded as [`querygate_sql::name_key`] folds them. (Principals — groups and
+/// subjects — keep exact [`glob`]: they are identities, not names an engine resolves.)
+pub(crate) fn name_glob(pattern: &str, text: &str) -> bool {
+    glob(&name_key(pattern), &name_key(text))
 }
 
 /// `*` matches any run of characters (including none); everything else literally.

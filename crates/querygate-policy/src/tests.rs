@@ -489,3 +489,49 @@ action = "allow"
     );
     assert_eq!(eval(&p2, &case(acting(agent(), alice()))).rule, None);
 }
+
+/// Upstreams resolve `Finance.LEDGER` to `finance.ledger`: rule globs and partition
+/// lookups compare names without case, so a miscased name neither skips a table rule nor
+/// loses its partitioning.
+#[test]
+fn table_names_compare_without_case() {
+    assert!(TableGlob("*.finance.*".into()).matches("p.FINANCE.ledger"));
+    assert!(TableGlob("*.Finance.LEDGER".into()).matches("P.finance.ledger"));
+    assert!(TableGlob("p.shop.events_*".into()).matches("p.Shop.EVENTS_2024"));
+    assert!(TableGlob("p.shop.straße".into()).matches("p.shop.STRASSE"));
+    assert!(!TableGlob("*.finance.*".into()).matches("p.financed.ledger"));
+    let p = policy(POLICY);
+    let agent = || who("agent:claude", &["agents"]);
+    let case = |name: &str, filtered: &[&str]| Case {
+        identity: agent(),
+        kinds: &[K::Select],
+        tables: vec![read(name, filtered)],
+        opaque: None,
+        bytes: Some(1),
+    };
+    // Unfiltered, whatever the case: the finance rule applies.
+    for name in ["p.Finance.Ledger", "P.FINANCE.LEDGER"] {
+        assert_eq!(
+            eval(&p, &case(name, &[])).rule.as_deref(),
+            Some("finance needs a partition filter"),
+            "{name}"
+        );
+        let v = eval(&p, &case(name, &[]));
+        let Outcome::Deny { message } = v.outcome else {
+            panic!("{v:?}")
+        };
+        assert!(message.contains("partition column event_date"), "{message}");
+    }
+    // Filtered on the partition column written in another case.
+    assert_eq!(
+        eval(&p, &case("p.Finance.Ledger", &["EVENT_DATE"]))
+            .rule
+            .as_deref(),
+        Some("read")
+    );
+    // A miscased name of a table that is not partitioned is still known.
+    assert_eq!(
+        eval(&p, &case("p.SHOP.Orders", &[])).rule.as_deref(),
+        Some("read")
+    );
+}
