@@ -40,12 +40,54 @@ impl Identity {
         }
     }
 
-    /// The kind implied by a subject's prefix (`agent:`, `human:`/`user:`, `service:`/`ci:`).
-    pub fn kind_from_subject(subject: &str) -> IdentityKind {
-        match subject.split_once(':').map(|(p, _)| p) {
-            Some("human" | "user") => IdentityKind::Human,
-            Some("service" | "ci" | "svc") => IdentityKind::Service,
-            _ => IdentityKind::Agent,
+    /// The kind a subject's prefix names, if it names one: `human:`, `user:`, `person:` →
+    /// human; `agent:`, `ai:`, `bot:` → agent; `service:`, `svc:`, `ci:`, `workload:` →
+    /// service (compared case-insensitively). Anything else says nothing: a key for it
+    /// must state its `kind`.
+    pub fn kind_of_prefix(subject: &str) -> Option<IdentityKind> {
+        let (prefix, _) = subject.split_once(':')?;
+        match prefix.to_ascii_lowercase().as_str() {
+            "human" | "user" | "person" => Some(IdentityKind::Human),
+            "agent" | "ai" | "bot" => Some(IdentityKind::Agent),
+            "service" | "svc" | "ci" | "workload" => Some(IdentityKind::Service),
+            _ => None,
         }
+    }
+
+    /// The kind implied by a subject's prefix ([`Identity::kind_of_prefix`]), else agent:
+    /// the kind with the least standing (an agent never approves).
+    pub fn kind_from_subject(subject: &str) -> IdentityKind {
+        Identity::kind_of_prefix(subject).unwrap_or(IdentityKind::Agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_name_kinds_and_unknown_ones_name_none() {
+        assert_eq!(
+            Identity::kind_of_prefix("person:olga"),
+            Some(IdentityKind::Human)
+        );
+        assert_eq!(
+            Identity::kind_of_prefix("Human:olga"),
+            Some(IdentityKind::Human)
+        );
+        assert_eq!(
+            Identity::kind_of_prefix("ci:deploy"),
+            Some(IdentityKind::Service)
+        );
+        assert_eq!(
+            Identity::kind_of_prefix("agent:claude"),
+            Some(IdentityKind::Agent)
+        );
+        assert_eq!(Identity::kind_of_prefix("olga"), None);
+        assert_eq!(Identity::kind_of_prefix("staff:olga"), None);
+        assert_eq!(
+            Identity::kind_from_subject("staff:olga"),
+            IdentityKind::Agent
+        );
     }
 }

@@ -47,7 +47,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use querygate_core::{IdentityKind, Secret};
+use querygate_core::{Identity, IdentityKind, Secret};
 use querygate_identity::{IssuerConfig, OidcSpec, parse_duration};
 use querygate_pipeline::PolicySet;
 use querygate_policy::{Budget, Policy, RuleSpec, parse_bytes};
@@ -596,6 +596,17 @@ impl Config {
             }
             if key.identity.trim().is_empty() {
                 return fail(key.key_sha256.span(), "identity must not be empty".into());
+            }
+            if key.kind.is_none() && Identity::kind_of_prefix(&key.identity).is_none() {
+                return fail(
+                    key.key_sha256.span(),
+                    format!(
+                        "say what kind of principal {} is: kind = \"human\", \"agent\" or \
+                         \"service\" (or start the identity with a prefix that says it: \
+                         human:/user:/person:, agent:/ai:/bot:, service:/svc:/ci:/workload:)",
+                        key.identity
+                    ),
+                );
             }
             if let Some(e) = &key.expires
                 && let Err(msg) = parse_time(e.get_ref())
@@ -1362,6 +1373,27 @@ credentials = "none"
             "groups = [\"agents\"]\nexpires = \"next week\"",
         ));
         assert!(e.contains("line 11") && e.contains("expires"), "{e}");
+    }
+
+    #[test]
+    fn an_api_key_says_what_kind_of_principal_it_is() {
+        // `person:` names a human; a prefix querygate does not know needs `kind`.
+        let person = parse(&GOOD.replace("agent:claude-code", "person:olga")).expect("person");
+        assert_eq!(
+            Identity::kind_of_prefix(&person.api_keys[0].identity),
+            Some(IdentityKind::Human)
+        );
+        let e = error_of(&GOOD.replace("agent:claude-code", "staff:olga"));
+        assert!(
+            e.contains("line 11") && e.contains("kind = \"human\"") && e.contains("staff:olga"),
+            "{e}"
+        );
+        let stated = parse(&GOOD.replace(
+            "identity = \"agent:claude-code\"",
+            "identity = \"staff:olga\"\nkind = \"human\"",
+        ))
+        .expect("stated kind");
+        assert_eq!(stated.api_keys[0].kind, Some(IdentityKind::Human));
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub enum KeysCommand {
         /// Group of the identity (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// human, agent or service (default: from the identity's prefix, else agent).
+        /// human, agent or service (default: the kind the identity's prefix names; required
+        /// when it names none).
         #[arg(long, value_parser = parse_kind)]
         kind: Option<IdentityKind>,
         /// When the key stops working: a duration from now ("30d", "12h") or a time
@@ -102,6 +103,13 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             if identity.trim().is_empty() {
                 bail!("--identity must not be empty");
             }
+            let Some(kind) = kind.or_else(|| Identity::kind_of_prefix(&identity)) else {
+                bail!(
+                    "say what kind of principal {identity} is: --kind human, agent or service \
+                     (or start the identity with a prefix that says it: human:/user:/person:, \
+                     agent:/ai:/bot:, service:/svc:/ci:/workload:)"
+                );
+            };
             let expires = expires.as_deref().map(expiry).transpose()?;
             if let Some(at) = expires
                 && at <= now()
@@ -120,10 +128,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
                     key_sha256: key.sha256_hex(),
                     identity: identity.clone(),
                     groups: groups.clone(),
-                    kind: Some(
-                        kind_name(kind.unwrap_or_else(|| Identity::kind_from_subject(&identity)))
-                            .to_string(),
-                    ),
+                    kind: Some(kind_name(kind).to_string()),
                     created: now(),
                     expires,
                     revoked: None,
@@ -156,9 +161,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             println!("[[api_keys]]");
             println!("identity = {identity:?}");
             println!("groups = [{groups}]");
-            if let Some(kind) = kind {
-                println!("kind = {:?}", kind_name(kind));
-            }
+            println!("kind = {:?}", kind_name(kind));
             if let Some(at) = expires {
                 println!("expires = {:?}", show_time(at));
             }
