@@ -221,6 +221,16 @@ BYPASSES = [
     ("mask key", "SELECT @__querygate_mask_key AS k"),
     ("CTE shadowing", f"WITH people AS (SELECT * FROM {P}) SELECT ssn FROM people"),
     ("join laundering", f"SELECT o.order_id, p.card FROM {O} AS o JOIN {P} AS p ON o.email = p.email"),
+    # Spelling: names compare the way the upstream resolves them (case-insensitively).
+    ("case table", f"SELECT ssn, email, card FROM `{s.PROJECT}.vault.PEOPLE`"),
+    ("case dataset", f"SELECT ssn, email, card FROM `{s.PROJECT}.Vault.People`"),
+    ("case columns", f"SELECT SSN, Email, CARD, pHoNe FROM {P}"),
+    ("case star", f"SELECT * FROM `{s.PROJECT}.VAULT.people`"),
+    ("case wildcard", f"SELECT ssn FROM `{s.PROJECT}.VAULT.PEO*`"),
+    ("case CTE shadowing", f"WITH PEOPLE AS (SELECT 1 AS x) SELECT ssn FROM `vault.people`"),
+    ("TABLE in a query", f"SELECT * FROM (TABLE {P})"),
+    ("TABLE in a CTE", f"WITH c AS (TABLE `{s.PROJECT}.vault.PEOPLE`) SELECT ssn FROM c"),
+    ("IN subquery", f"SELECT name FROM {O} WHERE email IN (SELECT ssn FROM `{s.PROJECT}.vault.People`)"),
 ]
 
 
@@ -342,3 +352,101 @@ def test_direct_row_reads_of_the_table_are_masked_the_same_way(gw):
     # The privacy group reads clear rows.
     clear = {r["id"]: r["ssn"] for r in gw["privacy"].list_rows(table)}
     assert clear[1] == PEOPLE[0]["ssn"]
+
+
+def masked_rows(key):
+    return [{"id": p["id"], "ssn": "", "email": keyed(key, p["email"]), "card": ""} for p in PEOPLE]
+
+
+@pytest.mark.parametrize("table", ["vault.PEOPLE", "Vault.People", "VAULT.people"])
+def test_a_miscased_name_reads_the_same_masked_table(gw, table):
+    """The emulator (like BigQuery's case-insensitive datasets and DuckDB) resolves a name in
+    another case to the same table: the read is masked as the table is."""
+    sql = f"SELECT id, ssn, email, card FROM `{s.PROJECT}.{table}` ORDER BY id"
+    _, rows = run(gw["agent"], sql)
+    assert rows == masked_rows(gw["mask_key"])
+    # The default dataset, miscased, too.
+    _, rows = run(gw["agent"], "SELECT id, SSN AS ssn, email, card FROM PEOPLE ORDER BY id",
+                  default_dataset=f"{s.PROJECT}.{table.split('.')[0]}")
+    seen = repr(rows)
+    assert not [v for v in SECRETS if v in seen], seen
+    # Direct row reads of the miscased table.
+    rows = [dict(r.items()) for r in gw["agent"].list_rows(f"{s.PROJECT}.{table}")]
+    seen = repr(rows)
+    assert rows and not [v for v in SECRETS if v in seen], seen
+
+
+def post(gw, path, body, key=None):
+    req = urllib.request.Request(f"{gw['endpoint']}/bigquery/v2/projects/{s.PROJECT}/{path}",
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {key or gw['agent_key']}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.parametrize("sql", [
+    f"SELECT email, ? AS k FROM {P}",
+    f"SELECT email, @`__QUERYGATE_MASK_KEY` AS k FROM {P}",
+    f"SELECT email, @`\\x5f_querygate_mask_key` AS k FROM {P}",
+])
+def test_no_spelling_binds_the_masking_key_into_a_result(gw, sql):
+    """Positional markers sent with named parameters, or the key's name in another case or
+    quoting, must not bind the gateway's key parameter into a returned value."""
+    for path, body in (("queries", {"query": sql, "useLegacySql": False, "parameterMode": "NAMED",
+                                    "queryParameters": []}),
+                       ("jobs", {"configuration": {"query": {
+                           "query": sql, "useLegacySql": False, "parameterMode": "NAMED",
+                           "queryParameters": []}}})):
+        status, text = post(gw, path, body)
+        assert gw["mask_key"] not in text, (path, status, text[:500])
+        assert not [v for v in SECRETS if v in text], text[:500]
+
+
+def test_a_view_over_masked_columns_is_refused_and_says_so(gw, emu_client):
+    view = bigquery.Table(f"{s.PROJECT}.vault.people_view")
+    view.view_query = f"SELECT id, name, ssn, email FROM `{s.PROJECT}.vault.people`"
+    emu_client.create_table(view, exists_ok=True)
+    outer = bigquery.Table(f"{s.PROJECT}.vault.people_view2")
+    outer.view_query = f"SELECT * FROM `{s.PROJECT}.vault.people_view`"
+    emu_client.create_table(outer, exists_ok=True)
+    for name in ("people_view", "people_view2", "PEOPLE_VIEW"):
+        sql = f"SELECT * FROM `{s.PROJECT}.vault.{name}`"
+        seen, _ = run(gw["agent"], sql)
+        assert not [v for v in SECRETS if v in seen], seen[:1000]
+        with pytest.raises(gexc.Forbidden) as ei:
+            gw["agent"].query_and_wait(sql)
+        text = str(ei.value)
+        assert "vault.people, which has columns masked for agent:claude-code" in text, text
+        assert "query" in text and "directly" in text, text
+    # A view over unclassified columns reads as before; the privacy group reads the view.
+    plain = bigquery.Table(f"{s.PROJECT}.vault.order_totals")
+    plain.view_query = f"SELECT order_id, total FROM `{s.PROJECT}.vault.orders`"
+    emu_client.create_table(plain, exists_ok=True)
+    rows = gw["agent"].query_and_wait(f"SELECT order_id FROM `{s.PROJECT}.vault.order_totals` ORDER BY 1")
+    assert [r.order_id for r in rows] == [10, 11, 12]
+    rows = gw["privacy"].query_and_wait(f"SELECT ssn FROM `{s.PROJECT}.vault.people_view` WHERE id = 1")
+    assert [r.ssn for r in rows] == [PEOPLE[0]["ssn"]]
+
+
+def test_a_job_id_belongs_to_the_identity_whose_job_the_upstream_accepted(gw, emu_client):
+    agent, privacy = gw["agent"], gw["privacy"]
+    job_id = "e2e_owned_" + secrets.token_hex(6)
+    agent.query(f"SELECT id FROM {P}", job_id=job_id).result()
+    # Another identity asking for the same id is refused before anything goes upstream.
+    with pytest.raises(gexc.Conflict) as ei:
+        privacy.query(f"SELECT ssn FROM {P}", job_id=job_id)
+    assert "another identity" in str(ei.value), ei.value
+    with pytest.raises(gexc.NotFound):
+        privacy.get_job(job_id)
+    # A job the upstream already has (made around the gateway) is not claimed by asking for
+    # its id: the upstream refuses the duplicate, and the job stays unreadable.
+    outside = "e2e_outside_" + secrets.token_hex(6)
+    emu_client.query(f"SELECT ssn FROM {P}", job_id=outside).result()
+    with pytest.raises(gexc.GoogleAPICallError):
+        agent.query(f"SELECT id FROM {P}", job_id=outside).result()
+    with pytest.raises(gexc.NotFound):
+        agent.get_job(outside)

@@ -69,6 +69,20 @@ pub struct TableFacts {
     pub range_partitioning: Option<PartitionSpec>,
     #[serde(default)]
     pub schema: TableSchema,
+    /// `VIEW`, `MATERIALIZED_VIEW`, `TABLE`, `EXTERNAL`, `SNAPSHOT`, …
+    #[serde(rename = "type", default)]
+    pub table_type: String,
+    pub view: Option<ViewSpec>,
+    pub materialized_view: Option<ViewSpec>,
+}
+
+/// A view's (or materialized view's) defining query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewSpec {
+    #[serde(default)]
+    pub query: String,
+    pub use_legacy_sql: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -67,7 +67,16 @@ fn waiting(w: &Waiting, api: &Api, project: &str) -> Response<Body> {
     });
     let job = |ended: Option<&str>| {
         let status = match ended {
-            None => json!({ "state": "PENDING" }),
+            // A job that has not started can carry errors without failing (BigQuery lists
+            // warnings there while a job runs; only `errorResult` ends it): the clients
+            // show `job.errors`, so a waiting client can say why it waits.
+            None => json!({ "state": "PENDING", "errors": [{
+                "reason": "pendingApproval",
+                "message": format!(
+                    "waiting for approval (ticket {}) by {}: {}",
+                    t.id, t.approvers.join(" or "), t.message
+                ),
+            }] }),
             Some(message) => {
                 let error = json!({ "reason": "accessDenied", "message": message });
                 json!({ "state": "DONE", "errorResult": error, "errors": [error] })

@@ -18,7 +18,7 @@ use querygate_core::Secret;
 use querygate_core::{Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
-    Admitted, Column, ColumnMask, Held, Partitioning, Refusal, Reply, Scope, Source, Summary,
+    Admitted, Column, ColumnMask, Held, Partitioning, Refusal, Reply, Scope, Source, Summary, View,
 };
 use serde_json::Value;
 
@@ -156,6 +156,8 @@ pub struct BigQuerySource {
 struct TableMeta {
     partitioning: Partitioning,
     columns: Vec<Column>,
+    /// The defining query of a view or materialized view.
+    view: Option<View>,
 }
 
 impl BigQuerySource {
@@ -299,8 +301,18 @@ impl BigQuerySource {
 
     /// What tables.get says of a table (cached for [`TABLE_TTL`]).
     async fn table_meta(&self, table: &str) -> Result<TableMeta, Fault> {
+        self.lookup_table(table).await?.ok_or_else(|| {
+            Fault::gateway(format!(
+                "Not found: Table {table} (querygate looked for its schema to mask it)"
+            ))
+        })
+    }
+
+    /// tables.get of a table (cached for [`TABLE_TTL`]); `None` when the upstream has no
+    /// such table.
+    async fn lookup_table(&self, table: &str) -> Result<Option<TableMeta>, Fault> {
         if let Some(m) = self.tables.get(table, TABLE_TTL) {
-            return Ok(m);
+            return Ok(Some(m));
         }
         let parts: Vec<&str> = table.split('.').collect();
         let [project, dataset, name] = parts.as_slice() else {
@@ -317,7 +329,16 @@ impl BigQuerySource {
             enc(dataset),
             enc(name)
         );
-        let (status, body) = self.own_request(http::Method::GET, &path, None).await?;
+        let (mut status, mut body) = self.own_request(http::Method::GET, &path, None).await?;
+        if status == http::StatusCode::NOT_FOUND {
+            // The upstream's tables.get may compare names exactly while its queries resolve
+            // them case-insensitively (the emulator; BigQuery's case-insensitive datasets):
+            // the table a miscased name reads is the one whose name folds to the same.
+            let Some(path) = self.path_in_other_case(project, dataset, name).await? else {
+                return Ok(None);
+            };
+            (status, body) = self.own_request(http::Method::GET, &path, None).await?;
+        }
         if !status.is_success() {
             return Err(Fault::upstream(format!(
                 "tables.get {table} answered HTTP {}",
@@ -345,12 +366,124 @@ impl BigQuerySource {
                 repeated: f.mode.as_deref() == Some("REPEATED"),
             })
             .collect();
+        // A view's definition; a resource that says it is a view but shows no definition
+        // (as the emulator answers) is a view whose definition is unknown (empty).
+        let view = match (
+            t.view.or(t.materialized_view),
+            t.table_type.contains("VIEW"),
+        ) {
+            (Some(v), _) => Some(View {
+                query: v.query,
+                legacy_sql: v.use_legacy_sql.unwrap_or(false),
+            }),
+            (None, true) => Some(View {
+                query: String::new(),
+                legacy_sql: false,
+            }),
+            (None, false) => None,
+        };
         let meta = TableMeta {
             partitioning,
             columns,
+            view,
         };
         self.tables.put(table.to_string(), meta.clone());
-        Ok(meta)
+        Ok(Some(meta))
+    }
+
+    /// The tables.get path of the one table whose dataset and name equal `dataset.name`
+    /// but for case, looked up by listing (bounded); `None` when there is none. More than
+    /// one such table is an error: which one a query reads cannot be told.
+    async fn path_in_other_case(
+        &self,
+        project: &str,
+        dataset: &str,
+        name: &str,
+    ) -> Result<Option<String>, Fault> {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let datasets = self
+            .list_ids(
+                &format!("/bigquery/v2/projects/{}/datasets", enc(project)),
+                "datasets",
+                "/datasetReference/datasetId",
+                dataset,
+            )
+            .await?;
+        let mut found = Vec::new();
+        for d in datasets {
+            let path = format!(
+                "/bigquery/v2/projects/{}/datasets/{}/tables",
+                enc(project),
+                enc(&d)
+            );
+            for t in self
+                .list_ids(&path, "tables", "/tableReference/tableId", name)
+                .await?
+            {
+                found.push(format!("{path}/{}", enc(&t)));
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(Fault::gateway(format!(
+                "{project}.{dataset}.{name} could name several tables that differ only in \
+                 case; name the table exactly as it is spelled"
+            ))),
+        }
+    }
+
+    /// The ids a list call (`datasets.list`, `tables.list`) returns that equal `wanted`
+    /// ignoring case, following at most 20 pages.
+    async fn list_ids(
+        &self,
+        path: &str,
+        items: &str,
+        id: &str,
+        wanted: &str,
+    ) -> Result<Vec<String>, Fault> {
+        let wanted = wanted.to_lowercase();
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..20 {
+            let page = match &token {
+                Some(t) => format!(
+                    "{path}?maxResults=1000&pageToken={}",
+                    percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+                ),
+                None => format!("{path}?maxResults=1000"),
+            };
+            let (status, body) = self.own_request(http::Method::GET, &page, None).await?;
+            if status == http::StatusCode::NOT_FOUND {
+                return Ok(out);
+            }
+            if !status.is_success() {
+                return Err(Fault::upstream(format!(
+                    "listing {path} answered HTTP {}",
+                    status.as_u16()
+                )));
+            }
+            let v: Value = serde_json::from_slice(&body)
+                .map_err(|_| Fault::upstream(format!("listing {path} is not BigQuery JSON")))?;
+            for item in v.get(items).and_then(Value::as_array).into_iter().flatten() {
+                if let Some(name) = item.pointer(id).and_then(Value::as_str)
+                    && name.to_lowercase() == wanted
+                {
+                    out.push(name.to_string());
+                }
+            }
+            token = v
+                .get("nextPageToken")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `scrubber` on every value this source's results return.
@@ -682,6 +815,10 @@ impl Source for BigQuerySource {
         Ok(self.table_meta(table).await?.columns)
     }
 
+    async fn view(&self, table: &str) -> Result<Option<View>, Fault> {
+        Ok(self.lookup_table(table).await?.and_then(|m| m.view))
+    }
+
     fn mask_rows(&self, reply: &mut BigQueryReply, masks: &[ColumnMask]) -> Result<u64, Fault> {
         let hashes = masks
             .iter()
@@ -897,7 +1034,54 @@ impl BigQueryReply {
         if errors_in_200 {
             reply.normalize_query_errors();
         }
+        reply.hide_anonymous_destinations();
         Ok(reply)
+    }
+
+    /// Job resources lose the query's anonymous result table (`configuration.query.
+    /// destinationTable` in a hidden `_…` dataset) before the client sees them. With it,
+    /// the Python client reads results of `to_dataframe()`/`to_arrow()` (and `%%bigquery`,
+    /// ibis, pandas-gbq) through the Storage Read API, which does not follow the client's
+    /// endpoint: straight to Google with the agent's gateway key. Without it the client
+    /// pages through getQueryResults, which the gateway serves. The gateway keeps the
+    /// table in its summary (job ownership) all the same.
+    fn hide_anonymous_destinations(&mut self) {
+        let jobs = matches!(
+            self.api,
+            Api::JobsInsert | Api::JobsGet | Api::JobsCancel | Api::JobsList
+        );
+        if !jobs
+            || !self.status.is_success()
+            || memchr::memmem::find(&self.body, b"destinationTable").is_none()
+        {
+            return;
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(&self.body) else {
+            return;
+        };
+        let hide = |job: &mut Value| -> bool {
+            let Some(Value::Object(q)) = job.pointer_mut("/configuration/query") else {
+                return false;
+            };
+            let anonymous = q
+                .get("destinationTable")
+                .and_then(|t| t.get("datasetId"))
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.starts_with('_'));
+            anonymous && q.remove("destinationTable").is_some()
+        };
+        let changed = match self.api {
+            Api::JobsList => v
+                .get_mut("jobs")
+                .and_then(Value::as_array_mut)
+                .map(|jobs| jobs.iter_mut().fold(false, |c, j| hide(j) | c))
+                .unwrap_or(false),
+            Api::JobsCancel => v.get_mut("job").is_some_and(hide),
+            _ => hide(&mut v),
+        };
+        if changed {
+            self.body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+        }
     }
 
     fn summarize(&self, f: ResponseFacts) -> Summary {

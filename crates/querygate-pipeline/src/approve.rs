@@ -111,6 +111,40 @@ impl Pipeline {
             Ok(None) => {}
             Err(e) => return Err(self.fail(ctx, Fault::gateway(e.to_string())).await),
         }
+        // An approval of exactly this statement and these parameters, for this identity
+        // under this policy, that has not run yet: re-running the statement runs it, once
+        // (how a client that was answered at once, or gave up waiting, uses its approval).
+        if let Action::Query { statement, .. } = &ctx.request.action {
+            let fingerprint = querygate_core::ticket::fingerprint(&querygate_sql::normalize(
+                statement,
+                querygate_sql::SqlDialect::BigQuery,
+            ));
+            let parameters = source.parameters(call);
+            let acting_for = identity.acting_for.as_ref().map(|p| p.subject.clone());
+            let approved = match self.store.approved_once(
+                &identity.subject,
+                source.name(),
+                &fingerprint,
+                &policy_version,
+                now,
+            ) {
+                Ok(list) => list,
+                Err(e) => return Err(self.fail(ctx, Fault::gateway(e.to_string())).await),
+            };
+            for t in approved
+                .into_iter()
+                .filter(|t| t.parameters == parameters && t.acting_for == acting_for)
+            {
+                match self.store.start_ticket(&t.id) {
+                    Ok(Some(started)) => {
+                        self.ticket_changed();
+                        return Ok(started);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(self.fail(ctx, Fault::gateway(e.to_string())).await),
+                }
+            }
+        }
         let Action::Query { statement, .. } = &ctx.request.action else {
             let denial = Denial::new(
                 DenialKind::Forbidden,

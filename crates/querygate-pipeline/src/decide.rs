@@ -27,6 +27,8 @@ pub struct Ownership {
     pub job_row_limit: Option<u64>,
     /// The job's query read masked columns: its errors are withheld.
     pub job_sensitive: bool,
+    /// The job id a jobs.insert chose already belongs to another identity.
+    pub job_id_taken: bool,
 }
 
 pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Ownership) -> Gate {
@@ -51,6 +53,12 @@ pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Owner
             dialect_problem: Some(problem),
             ..
         } => deny(DenialKind::Invalid, problem.clone()),
+        Action::Query { .. } if ownership.job_id_taken => deny(
+            DenialKind::Conflict,
+            "Already Exists: the job id is taken by another identity's job; submit the job \
+             under a new job id (the client libraries choose a fresh one when none is given)"
+                .to_string(),
+        ),
         Action::Query {
             destination: Some(table),
             ..

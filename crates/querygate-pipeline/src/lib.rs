@@ -41,7 +41,9 @@ pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
 pub use sessions::IDLE_GAP;
-pub use source::{Admitted, Column, ColumnMask, Held, Refusal, Reply, Scope, Source, Summary};
+pub use source::{
+    Admitted, Column, ColumnMask, Held, Refusal, Reply, Scope, Source, Summary, View,
+};
 
 /// What a front renders.
 #[derive(Debug)]
@@ -287,11 +289,24 @@ impl Pipeline {
                     )
                     .await
                 {
+                    // Text the parser rejects that would not run anyway is answered as the
+                    // syntax error it is (400 invalidQuery with the parser's position), not
+                    // as a denial or a masking message. A rule that allows opaque SQL still
+                    // lets it through (valid GoogleSQL sqlparser does not read): the
+                    // upstream then judges its syntax.
+                    Ok(l) if l.approval.is_some() && syntax_error(facts.as_deref()).is_some() => {
+                        let denial = syntax_error(facts.as_deref())
+                            .unwrap_or_else(|| Denial::new(DenialKind::Invalid, "Syntax error"));
+                        return self.refuse(&ctx, denial).await;
+                    }
                     Ok(l) => {
                         limits = l;
                         source
                     }
-                    Err(Refusal::Denied(denial)) => return self.refuse(&ctx, denial).await,
+                    Err(Refusal::Denied(denial)) => {
+                        let denial = syntax_error(facts.as_deref()).unwrap_or(denial);
+                        return self.refuse(&ctx, denial).await;
+                    }
                     Err(Refusal::Failed(fault)) => return self.fail(&ctx, fault).await,
                 }
             }
@@ -325,32 +340,30 @@ impl Pipeline {
         }
 
         // audit decided: durable before anything reaches the upstream (fail closed).
-        // A job id the client chose is claimed for it in the same commit.
         let mut decided = self.record(&ctx, Phase::Decided, "allow", None);
         if let Some(t) = &grant {
             decided.ticket = Some(t.id.clone());
             decided.approver = t.decided_by.clone();
-            decided.reason = Some(format!(
-                "within the window {} granted (ticket {})",
-                t.decided_by.as_deref().unwrap_or("an approver"),
-                t.id
-            ));
+            decided.reason = Some(match t.grant_until {
+                Some(_) => format!(
+                    "within the window {} granted (ticket {})",
+                    t.decided_by.as_deref().unwrap_or("an approver"),
+                    t.id
+                ),
+                None => format!(
+                    "approved by {} (ticket {}), run once by running the statement again",
+                    t.decided_by.as_deref().unwrap_or("an approver"),
+                    t.id
+                ),
+            });
         }
-        let claim = match (&request.job_id, &request.action) {
-            (Some(job_id), Action::Query { dry_run: false, .. }) => Some(JobRow {
-                sensitive: limits.sensitive.is_some(),
-                ..job_row(
-                    source_name,
-                    job_id,
-                    &identity,
-                    None,
-                    None,
-                    limits.row_limit.as_ref().map(|l| l.rows),
-                )
-            }),
-            _ => None,
+        // A job id is claimed for the caller only once the upstream accepted the job (at
+        // completion): an id that names someone else's job, or that the upstream refuses,
+        // never becomes the caller's.
+        let alongside = Alongside {
+            claim: None,
+            usage: None,
         };
-        let alongside = Alongside { claim, usage: None };
         let traced = decided.clone();
         if let Err(e) = self.store.append_with(decided, alongside).await {
             tracing::error!(request_id = %request.id, error = %e, "cannot write the decided record; refusing");
@@ -422,15 +435,20 @@ impl Pipeline {
 
         // audit completed: what went back, and the job the upstream ran (claimed for the
         // caller in the same commit, so its next request finds it).
+        let accepted = (200..300).contains(&summary.status);
         let claim = summary
             .job_id
             .as_deref()
             .filter(|_| {
-                matches!(
-                    request.action,
-                    Action::Query { dry_run: false, .. } | Action::ReadJob { .. }
-                )
+                accepted
+                    && matches!(
+                        request.action,
+                        Action::Query { dry_run: false, .. } | Action::ReadJob { .. }
+                    )
             })
+            // A jobs.insert's job is the id it asked for; a reply naming another is not
+            // claimed under the asked id.
+            .filter(|id| request.job_id.as_deref().is_none_or(|asked| asked == *id))
             .map(|job_id| JobRow {
                 sensitive: limits.sensitive.is_some(),
                 ..job_row(
@@ -527,6 +545,10 @@ impl Pipeline {
         let is_query = matches!(ctx.request.action, Action::Query { .. });
         // mask: before the estimate (the dry run runs what will run, and can fail with an
         // error that echoes values), so the statement as written never goes upstream.
+        if let Some(f) = facts {
+            self.views(&policies.classifier, ctx, identity, source, f)
+                .await?;
+        }
         let row_masks = self
             .mask(policies, ctx, identity, source, call, &reach)
             .await?;
@@ -534,6 +556,9 @@ impl Pipeline {
         let mut partitions = HashMap::new();
         if policy.rules.iter().any(|r| r.when.full_scan.is_some()) {
             for t in tables.iter().filter(|t| !t.write) {
+                if partitions.contains_key(&t.name) {
+                    continue;
+                }
                 if let Ok(p) = source.partitioning(&t.name).await {
                     partitions.insert(t.name.clone(), p);
                 }
@@ -709,6 +734,122 @@ impl Pipeline {
         Ok(None)
     }
 
+    /// Views are not rewritten: a view whose definition reaches a column masked for the
+    /// identity (returns it or filters on it, through any depth of views) is refused, so a
+    /// view over a classified table never returns its values in clear. Views are looked up
+    /// (tables.get, cached by the source) only for identities something is masked for.
+    async fn views<S: Source>(
+        &self,
+        classifier: &querygate_policy::Classifier,
+        ctx: &mut Context<'_>,
+        identity: &Identity,
+        source: &S,
+        facts: &Facts,
+    ) -> Result<(), Refusal> {
+        /// Views within views followed before giving up (refused past it).
+        const DEPTH: usize = 8;
+        /// Tables looked up for one statement before giving up (refused past it).
+        const LOOKUPS: usize = 64;
+        let masks_apply = classifier
+            .classes
+            .iter()
+            .any(|c| classifier.masked_for(&c.tag, identity).is_some());
+        if !masks_apply {
+            return Ok(());
+        }
+        let mut refuse = |why: String| {
+            ctx.explained.rule = Some("masking".into());
+            Refusal::Denied(Denial::new(DenialKind::Forbidden, why))
+        };
+        let project = source.default_project();
+        let masked_reach = reach::of_facts(classifier, facts, project, identity);
+        // (table, the views it was reached through); tables the masking rewrite wraps
+        // are tables, not views.
+        let mut queue: Vec<(String, Vec<String>)> = facts
+            .reads()
+            .into_iter()
+            .filter(|t| !t.wildcard && !t.information_schema)
+            .map(|t| (t.qualified(project), Vec::new()))
+            .filter(|(name, _)| {
+                !masked_reach
+                    .masked_tables
+                    .iter()
+                    .any(|m| querygate_sql::same_name(m, name))
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut lookups = 0;
+        while let Some((table, via)) = queue.pop() {
+            if !seen.insert(querygate_sql::name_key(&table)) {
+                continue;
+            }
+            lookups += 1;
+            if lookups > LOOKUPS || via.len() >= DEPTH {
+                return Err(refuse(format!(
+                    "Access Denied: the query reads views nested too deeply for querygate to \
+                     follow ({table}), and columns are masked for {}; query the tables directly",
+                    identity.subject
+                )));
+            }
+            let Some(view) = source.view(&table).await.map_err(Refusal::Failed)? else {
+                continue;
+            };
+            let mut chain = via.clone();
+            chain.push(table.clone());
+            let path = chain.join(" → ");
+            let view_project = table.split('.').next().unwrap_or(project);
+            if view.query.trim().is_empty() {
+                return Err(refuse(format!(
+                    "Access Denied: the query reads the view {path}, whose definition the \
+                     source does not show, so querygate cannot tell which columns it reads; \
+                     columns are masked for {}: query the tables directly",
+                    identity.subject
+                )));
+            }
+            let inner = querygate_sql::analyze(&view.query, SqlDialect::BigQuery);
+            if let Some(why) = &inner.opaque {
+                let legacy = if view.legacy_sql {
+                    " (a legacy SQL view)"
+                } else {
+                    ""
+                };
+                return Err(refuse(format!(
+                    "Access Denied: the query reads the view {path}{legacy}, whose definition \
+                     querygate cannot analyze ({why}), and columns are masked for {}; query \
+                     the tables directly",
+                    identity.subject
+                )));
+            }
+            let inner_reach = reach::of_facts(classifier, &inner, view_project, identity);
+            // What the view returns or filters on of a masked column: its values leave
+            // in clear, since the view's definition runs upstream as written.
+            let reaches = inner_reach
+                .refusal
+                .clone()
+                .or(inner_reach.sensitive.clone());
+            if let Some(why) = reaches {
+                let table = inner_reach
+                    .masked_tables
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "the underlying table".to_string());
+                return Err(refuse(format!(
+                    "Access Denied: the view {path} reads {table}, which has columns masked \
+                     for {} ({why}); querygate masks reads of tables, not of views, so a view \
+                     over masked columns is refused: query {table} directly (its masked \
+                     columns come back masked)",
+                    identity.subject
+                )));
+            }
+            for t in inner.reads() {
+                if !t.information_schema && !t.wildcard {
+                    queue.push((t.qualified(view_project), chain.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Job facts the decide stage needs, read from the store.
     fn ownership(
         &self,
@@ -724,8 +865,17 @@ impl Pipeline {
                 Ownership {
                     owns_job,
                     owns_result_table: false,
+                    job_id_taken: false,
                     job_sensitive: job.as_ref().is_some_and(|j| j.sensitive),
                     job_row_limit: job.and_then(|j| j.row_limit).filter(|_| owns_job),
+                }
+            }
+            Action::Query { .. } if request.job_id.is_some() => {
+                let asked = request.job_id.as_deref().unwrap_or_default();
+                let job = self.store.job(source, asked).map_err(store_fault)?;
+                Ownership {
+                    job_id_taken: job.is_some_and(|j| j.identity != identity.owner()),
+                    ..Ownership::default()
                 }
             }
             Action::ReadRows {
@@ -739,6 +889,7 @@ impl Pipeline {
                 owns_job: false,
                 job_row_limit: None,
                 job_sensitive: false,
+                job_id_taken: false,
                 owns_result_table: self
                     .store
                     .owns_destination(source, &identity.owner(), table)
@@ -886,23 +1037,23 @@ pub struct Subject {
 
 impl Subject {
     /// From SQL facts; table names are qualified with the source's project. Each
-    /// statement's reads are kept apart (with the columns its predicates filter on), so a
-    /// filtered read in one statement never hides an unfiltered read in another.
+    /// statement's reads are kept apart, each with the columns that bound *every* read of
+    /// the table in that statement (a predicate that bounds one read, or that does not
+    /// bound at all, such as `IS NOT NULL`, filters nothing), so a filtered read never
+    /// hides an unfiltered one. Names that differ only in case are one table.
     pub fn of(facts: &Facts, project: &str) -> Subject {
         let mut tables: Vec<TableUse> = Vec::new();
         for st in &facts.statements {
             let mut reads: Vec<TableUse> = Vec::new();
             for t in &st.reads {
                 let name = t.qualified(project);
-                if reads.iter().any(|r| r.name == name) {
+                if reads
+                    .iter()
+                    .any(|r| querygate_sql::same_name(&r.name, &name))
+                {
                     continue;
                 }
-                let filtered = st
-                    .predicates
-                    .iter()
-                    .filter(|c| c.table.qualified(project) == name)
-                    .map(|c| c.column.clone())
-                    .collect();
+                let filtered = st.filtered(&name, project);
                 reads.push(TableUse {
                     name,
                     write: false,
@@ -912,7 +1063,10 @@ impl Subject {
             tables.extend(reads);
             for t in &st.writes {
                 let name = t.qualified(project);
-                if !tables.iter().any(|u| u.write && u.name == name) {
+                if !tables
+                    .iter()
+                    .any(|u| u.write && querygate_sql::same_name(&u.name, &name))
+                {
                     tables.push(TableUse {
                         name,
                         write: true,
@@ -954,6 +1108,24 @@ impl Subject {
             opaque: None,
         }
     }
+}
+
+/// The denial for SQL the parser rejected: BigQuery's `Syntax error: … at [line:column]`.
+fn syntax_error(facts: Option<&Facts>) -> Option<Denial> {
+    let e = facts?.syntax_error.as_ref()?;
+    let at = match (e.line, e.column) {
+        (Some(l), Some(c)) => format!(" at [{l}:{c}]"),
+        (Some(l), None) => format!(" at [{l}]"),
+        _ => String::new(),
+    };
+    Some(Denial::new(
+        DenialKind::Invalid,
+        format!(
+            "Syntax error: {}{at} (querygate's SQL parser rejects the statement; nothing was \
+             run)",
+            e.message
+        ),
+    ))
 }
 
 /// `p.d.t$20240101` / `p.d.t@1700000000` → `p.d.t`.

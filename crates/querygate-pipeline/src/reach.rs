@@ -211,8 +211,13 @@ pub fn of_facts(
     }
     reach.tags.sort();
     reach.tags.dedup();
-    reach.masked_tables.sort();
-    reach.masked_tables.dedup();
+    // One schema lookup and one select list per table, whatever the spellings.
+    reach
+        .masked_tables
+        .sort_by_key(|t| querygate_sql::name_key(t));
+    reach
+        .masked_tables
+        .dedup_by(|a, b| querygate_sql::same_name(a, b));
     reach.refusal = refusal;
     reach
 }

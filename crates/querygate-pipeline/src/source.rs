@@ -149,6 +149,15 @@ pub trait Source: Send + Sync {
         }
     }
 
+    /// What `table` (`project.dataset.table`) is defined as when it is a view (or a
+    /// materialized view): the query its rows come from. `Ok(None)` for a table, and for a
+    /// name the source does not know (the query then fails upstream). Looked up with the
+    /// gateway's own credential and cached by the source. Sources without views keep the
+    /// default.
+    fn view(&self, _table: &str) -> impl Future<Output = Result<Option<View>, Fault>> + Send {
+        async { Ok(None) }
+    }
+
     /// Masks the rows of a direct table read (tabledata.list) in `reply`, column by column
     /// as `masks` says (every column of the table, in schema order); returns how many
     /// values changed. Sources that cannot fail, and the read is refused.
@@ -184,6 +193,16 @@ pub struct Column {
     pub bq_type: String,
     /// An ARRAY (BigQuery mode `REPEATED`).
     pub repeated: bool,
+}
+
+/// A view's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// The query the view's rows come from; empty when the source says the table is a
+    /// view but does not show its definition.
+    pub query: String,
+    /// The query is legacy SQL, which querygate cannot analyze.
+    pub legacy_sql: bool,
 }
 
 /// A call saved to wait for approval.

@@ -17,6 +17,8 @@ struct Echo {
     error: Option<String>,
     /// Statements the masking rewrite gave the source, in order.
     rewritten: std::sync::Mutex<Vec<String>>,
+    /// The HTTP-style status every answer has (200 when unset).
+    status: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,23 @@ impl Source for Echo {
             other => Err(Fault::gateway(format!("no table {other}"))),
         }
     }
+    async fn view(&self, table: &str) -> Result<Option<View>, Fault> {
+        let view = |query: &str| {
+            Some(View {
+                query: query.into(),
+                legacy_sql: false,
+            })
+        };
+        Ok(match table.to_lowercase().as_str() {
+            "p.crm.v_contacts" => view("SELECT id, email FROM crm.customers"),
+            "p.crm.v_nested" => view("SELECT * FROM p.crm.v_contacts WHERE id > 1"),
+            "p.crm.v_wild" => view("SELECT * FROM `p.sales.ord*`"),
+            "p.crm.v_names" => view("SELECT id, name FROM crm.customers"),
+            "p.crm.v_hidden" => view(""),
+            "p.crm.v_loop" => view("SELECT * FROM crm.v_loop"),
+            _ => None,
+        })
+    }
     fn rewrite(&self, _call: &mut &'static str, statement: &str) -> Result<(), Denial> {
         self.rewritten
             .lock()
@@ -102,7 +121,7 @@ impl Source for Echo {
     async fn execute(&self, call: Admitted<&'static str>) -> Result<EchoReply, Fault> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(EchoReply(Summary {
-            status: 200,
+            status: self.status.unwrap_or(200),
             rows: Some(3),
             job_id: Some(call.into_call().to_string()),
             schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
@@ -238,7 +257,8 @@ async fn bad_key_and_writes_never_reach_the_source() {
             query("SELECT 1; DROP TABLE d.t"),
             DenialKind::Forbidden,
         ),
-        (Some("key-a"), query("SELEC garbage"), DenialKind::Forbidden),
+        // A syntax error is answered as one (400), not as a policy denial.
+        (Some("key-a"), query("SELEC garbage"), DenialKind::Invalid),
         (
             Some("key-a"),
             Action::Other {
@@ -1027,11 +1047,17 @@ async fn reads_of_masked_columns_are_rewritten_and_what_cannot_be_masked_is_refu
         8,
         "only the masked reads ran"
     );
-    // What cannot be analyzed cannot be proved safe (even where a rule allows opaque SQL).
-    assert!(matches!(
-        outcome("key-a", "SELEKT email FRUM crm.customers").await,
-        Outcome::Denied(_)
-    ));
+    // What cannot be analyzed cannot be proved safe (even where a rule allows opaque SQL);
+    // what does not parse is answered with the parser's error, not a masking message.
+    match outcome("key-a", "SELEKT email FRUM crm.customers").await {
+        Outcome::Denied(d) => {
+            assert_eq!(d.kind, DenialKind::Invalid);
+            assert!(d.message.starts_with("Syntax error: "), "{}", d.message);
+            assert!(d.message.contains(" at [1:"), "{}", d.message);
+            assert!(!d.message.contains("mask"), "{}", d.message);
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
     for sql in [
         "SELECT name FROM crm.customers",
         "SELECT * EXCEPT (email, phone) FROM crm.customers",
@@ -1301,4 +1327,138 @@ async fn the_known_masking_bypasses_are_refused_or_masked_at_the_read() {
         masked + 1,
         "nothing else ran (the table read did, and its reply was dropped)"
     );
+}
+
+#[tokio::test]
+async fn views_that_reach_masked_columns_are_refused_for_whom_they_are_masked() {
+    let dir = tmp("views");
+    let p = pipeline(&dir);
+    let mut set = policies(querygate_policy::Policy::builtin_read_only());
+    set.classifier = Arc::new(pii(
+        &["*.crm.customers.email", "*.sales.orders.phone"],
+        false,
+    ));
+    p.reload(
+        Authenticator::new([
+            api_key("agent:a", "agents", "key-a"),
+            api_key("human:p", "privacy", "key-p"),
+        ]),
+        set,
+    );
+    let src = Echo::default();
+    let run = |key: &'static str, sql: &'static str| {
+        let (p, src) = (&p, &src);
+        async move {
+            p.handle(request(Some(key), query(sql)), Some(src), "j")
+                .await
+        }
+    };
+    for (sql, says) in [
+        (
+            "SELECT * FROM crm.v_contacts",
+            "view p.crm.v_contacts reads p.crm.customers",
+        ),
+        (
+            "SELECT email FROM `p.CRM.V_Contacts`",
+            "reads p.crm.customers",
+        ),
+        (
+            "SELECT id FROM crm.v_nested",
+            "view p.crm.v_nested → p.crm.v_contacts reads p.crm.customers",
+        ),
+        ("SELECT * FROM crm.v_wild", "p.sales.ord*"),
+        (
+            "SELECT * FROM crm.v_hidden",
+            "whose definition the source does not show",
+        ),
+    ] {
+        match run("key-a", sql).await {
+            Outcome::Denied(d) => {
+                assert!(d.message.contains(says), "{sql}: {}", d.message);
+                assert!(d.message.contains("agent:a"), "{sql}: {}", d.message);
+            }
+            other => panic!("{sql}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0, "nothing went upstream");
+    // A view that names itself ends the walk (the upstream refuses it).
+    let _ = run("key-a", "SELECT * FROM crm.v_loop").await;
+    // A view that reaches no masked column reads as before; so does everything for the
+    // privacy group, whose columns are not masked.
+    assert!(matches!(
+        run("key-a", "SELECT name FROM crm.v_names").await,
+        Outcome::Done(_)
+    ));
+    assert!(matches!(
+        run("key-p", "SELECT email FROM crm.v_nested").await,
+        Outcome::Done(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_job_id_is_claimed_only_for_the_job_the_upstream_accepted() {
+    let dir = tmp("job-ids");
+    let p = pipeline(&dir);
+    p.reload(
+        Authenticator::new([
+            api_key("agent:a", "agents", "key-a"),
+            api_key("agent:b", "agents", "key-b"),
+        ]),
+        policies(querygate_policy::Policy::builtin_read_only()),
+    );
+    let insert = |key: &str, job: &str| Request {
+        method: "jobs.insert".into(),
+        job_id: Some(job.to_string()),
+        ..request(Some(key), query("SELECT 1"))
+    };
+    let read = |key: &str, job: &str| {
+        request(
+            Some(key),
+            Action::ReadJob {
+                job_id: job.to_string(),
+            },
+        )
+    };
+    let src = Echo::default();
+    assert!(matches!(
+        p.handle(insert("key-a", "job-1"), Some(&src), "job-1")
+            .await,
+        Outcome::Done(_)
+    ));
+    // Another identity asking for the same id is refused before anything goes upstream.
+    let calls = src.calls.load(Ordering::SeqCst);
+    match p
+        .handle(insert("key-b", "job-1"), Some(&src), "job-1")
+        .await
+    {
+        Outcome::Denied(d) => {
+            assert_eq!(d.kind, DenialKind::Conflict);
+            assert!(d.message.contains("another identity"), "{}", d.message);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(src.calls.load(Ordering::SeqCst), calls);
+    assert!(matches!(
+        p.handle(read("key-b", "job-1"), Some(&src), "job-1").await,
+        Outcome::Denied(_)
+    ));
+    assert!(matches!(
+        p.handle(read("key-a", "job-1"), Some(&src), "job-1").await,
+        Outcome::Done(_)
+    ));
+    // A job id the upstream refuses (already taken upstream, around the gateway) never
+    // becomes the caller's.
+    let refusing = Echo {
+        status: Some(409),
+        ..Echo::default()
+    };
+    assert!(matches!(
+        p.handle(insert("key-b", "job-2"), Some(&refusing), "job-2")
+            .await,
+        Outcome::Done(_)
+    ));
+    assert!(matches!(
+        p.handle(read("key-b", "job-2"), Some(&src), "job-2").await,
+        Outcome::Denied(_)
+    ));
 }

@@ -238,6 +238,37 @@ impl Store {
         )
     }
 
+    /// Approved tickets of `identity` for a statement with `fingerprint` under
+    /// `policy_version` that have not run and have not expired (not window grants): a
+    /// re-run of the same statement may use one, once. Newest first.
+    pub fn approved_once(
+        &self,
+        identity: &str,
+        source: &str,
+        fingerprint: &str,
+        policy_version: &str,
+        now: i64,
+    ) -> Result<Vec<Ticket>, StoreError> {
+        let conn = self.tickets_conn();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT ticket FROM tickets
+                 WHERE requester = ?1 AND source = ?2 AND fingerprint = ?3
+                   AND policy_version = ?4 AND state = 'approved' AND grant_until IS NULL
+                   AND expires > ?5
+                 ORDER BY created DESC LIMIT 16",
+            )
+            .map_err(sqlite_err(&self.path))?;
+        let rows = st
+            .query_map(
+                params![identity, source, fingerprint, policy_version, now],
+                |r| r.get::<_, String>(0),
+            )
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sqlite_err(&self.path))?;
+        rows.iter().map(|t| decode(t, &self.path)).collect()
+    }
+
     /// Tickets whose approvers have not heard of them yet.
     pub fn unnotified_tickets(&self) -> Result<Vec<Ticket>, StoreError> {
         let conn = self.tickets_conn();

@@ -213,7 +213,7 @@ async fn bad_input_gets_a_bigquery_error_a_log_line_and_an_audit_record() {
         ("load job", c.post(format!("{base}/jobs")).bearer_auth(KEY).json(&json!({"configuration": {"load": {}}})), 403, "accessDenied"),
         ("delete statement", c.post(format!("{base}/queries")).bearer_auth(KEY).json(&query("DELETE FROM d.t WHERE true")), 403, "accessDenied"),
         ("destination table", c.post(format!("{base}/jobs")).bearer_auth(KEY).json(&json!({"configuration": {"query": {"query": "SELECT 1", "useLegacySql": false, "destinationTable": {"projectId": "test-project", "datasetId": "d", "tableId": "copy"}}}})), 403, "accessDenied"),
-        ("unparsable sql", c.post(format!("{base}/queries")).bearer_auth(KEY).json(&query("SELEC oops")), 403, "accessDenied"),
+        ("unparsable sql", c.post(format!("{base}/queries")).bearer_auth(KEY).json(&query("SELEC oops")), 400, "invalidQuery"),
         ("legacy sql", c.post(format!("{base}/queries")).bearer_auth(KEY).json(&json!({"query": "SELECT 1"})), 400, "invalidQuery"),
         ("someone else's job", c.get(format!("{base}/queries/not-mine")).bearer_auth(KEY), 404, "notFound"),
     ];
