@@ -715,6 +715,13 @@ impl Pipeline {
         let mut lists = HashMap::new();
         for table in &reach.masked_tables {
             let columns = source.columns(table).await.map_err(Refusal::Failed)?;
+            if columns.is_empty() {
+                return Err(forbidden(format!(
+                    "Access Denied: {table} has columns masked for {}, and the source shows no \
+                     schema for it, so its reads cannot be masked",
+                    identity.subject
+                )));
+            }
             let list = masking::select_list(&policies.classifier, table, &columns, identity)
                 .map_err(forbidden)?;
             lists.insert(table.clone(), list);
@@ -762,20 +769,14 @@ impl Pipeline {
             Refusal::Denied(Denial::new(DenialKind::Forbidden, why))
         };
         let project = source.default_project();
-        let masked_reach = reach::of_facts(classifier, facts, project, identity);
-        // (table, the views it was reached through); tables the masking rewrite wraps
-        // are tables, not views.
+        // (table, the views it was reached through). Tables the masking rewrite wraps
+        // are looked up too: a view classified by a glob is wrapped in masks of its own
+        // columns, while the columns it takes from masked tables would pass in clear.
         let mut queue: Vec<(String, Vec<String>)> = facts
             .reads()
             .into_iter()
             .filter(|t| !t.wildcard && !t.information_schema)
             .map(|t| (t.qualified(project), Vec::new()))
-            .filter(|(name, _)| {
-                !masked_reach
-                    .masked_tables
-                    .iter()
-                    .any(|m| querygate_sql::same_name(m, name))
-            })
             .collect();
         let mut seen = std::collections::HashSet::new();
         let mut lookups = 0;
