@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Phase, Ticket, TicketState};
-use querygate_policy::format_bytes;
+use querygate_policy::{OnApproval, format_bytes};
 use querygate_store::{Alongside, TicketFilter, Undecidable, Verdict};
 
 use crate::source::{Held, Source};
@@ -51,6 +51,8 @@ pub(crate) struct Needed {
     pub rule: String,
     pub approvers: Vec<String>,
     pub message: String,
+    /// Whether the request waits as a job or is answered at once.
+    pub on_approval: OnApproval,
 }
 
 /// An approver's decision as the admin API receives it.
@@ -226,18 +228,30 @@ impl Pipeline {
         }
         // The job is the requester's from now on: its polls pass the ownership check.
         let claim = job_row(source.name(), &job_id, identity, None, None, None);
+        let fail = needed.on_approval == OnApproval::Fail;
+        let answer = format!(
+            "{} (ticket {}, for {}). Nothing ran: run the same statement again once it is \
+             approved, and it will run once",
+            needed.message,
+            ticket.id,
+            needed.approvers.join(" or ")
+        );
         let mut record = self.record(
             ctx,
             Phase::Decided,
             "approve",
-            Some(format!(
-                "waiting for approval (ticket {}): {}",
-                ticket.id, needed.message
-            )),
+            Some(if fail {
+                answer.clone()
+            } else {
+                format!(
+                    "waiting for approval (ticket {}): {}",
+                    ticket.id, needed.message
+                )
+            }),
         );
         record.ticket = Some(ticket.id.clone());
         record.job_id = Some(job_id);
-        record.status = Some(200);
+        record.status = Some(if fail { 403 } else { 200 });
         let alongside = Alongside {
             claim: Some(claim),
             usage: None,
@@ -252,6 +266,9 @@ impl Pipeline {
             request_id = %ctx.request.id, identity = %identity.subject, ticket = %ticket.id,
             rule = %needed.rule, "request waits for approval"
         );
+        if fail {
+            return Err(Outcome::Denied(Denial::new(DenialKind::Forbidden, answer)));
+        }
         Err(Outcome::Waiting(Box::new(Waiting {
             ticket,
             ended: None,

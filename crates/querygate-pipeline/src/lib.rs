@@ -616,11 +616,16 @@ impl Pipeline {
             PolicyOutcome::Allow => {}
             // A dry run runs nothing: it answers without waiting (the real run will).
             PolicyOutcome::Approve { .. } if dry_run => {}
-            PolicyOutcome::Approve { message, approvers } => {
+            PolicyOutcome::Approve {
+                message,
+                approvers,
+                on_approval,
+            } => {
                 approval = Some(approve::Needed {
                     rule: verdict.rule.clone().unwrap_or_default(),
                     approvers,
                     message,
+                    on_approval,
                 });
             }
             PolicyOutcome::Deny { message } => {

@@ -327,6 +327,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
         message: Some(format!("{name} says no")),
         approvers: vec![],
         max_bytes_billed: max,
+        on_approval: querygate_policy::OnApproval::Wait,
     };
     let mut set = policies(querygate_policy::Policy::new(vec![
         rule(
@@ -433,6 +434,7 @@ fn approval_policy(extra: bool) -> PolicySet {
         message: Some("reads need an owner's approval".into()),
         approvers: vec![Principal::Group("owners".into())],
         max_bytes_billed: None,
+        on_approval: querygate_policy::OnApproval::Wait,
     }];
     if extra {
         rules.push(Rule {
@@ -446,6 +448,7 @@ fn approval_policy(extra: bool) -> PolicySet {
             message: None,
             approvers: vec![],
             max_bytes_billed: None,
+            on_approval: querygate_policy::OnApproval::Wait,
         });
     }
     policies(querygate_policy::Policy::new(rules))
@@ -1461,4 +1464,78 @@ async fn a_job_id_is_claimed_only_for_the_job_the_upstream_accepted() {
         p.handle(read("key-b", "job-2"), Some(&src), "job-2").await,
         Outcome::Denied(_)
     ));
+}
+
+#[tokio::test]
+async fn an_approve_rule_that_fails_at_once_runs_the_statement_once_when_run_again() {
+    let dir = tmp("approve-fail");
+    let p = pipeline(&dir);
+    let mut set = approval_policy(false);
+    let mut policy = (*set.sources["echo"]).clone();
+    policy.rules[0].on_approval = querygate_policy::OnApproval::Fail;
+    set.sources.insert(
+        "echo".into(),
+        Arc::new(querygate_policy::Policy::new(policy.rules)),
+    );
+    p.reload(approval_keys(), set);
+    let src = Echo::default();
+    let owner = p
+        .authenticate(Some(&Secret::new("key-o")))
+        .await
+        .expect("owner");
+    let sql = "SELECT * FROM t WHERE id = 7";
+    let run = |key: &'static str, sql: &'static str| {
+        let (p, src) = (&p, &src);
+        async move {
+            p.handle(request(Some(key), query(sql)), Some(src), "j")
+                .await
+        }
+    };
+    // Answered at once, naming the ticket, the approvers and what to do.
+    let message = match run("key-a", sql).await {
+        Outcome::Denied(d) => d.message,
+        other => panic!("expected an answer at once, got {other:?}"),
+    };
+    assert!(message.contains("group:owners"), "{message}");
+    assert!(
+        message.contains("run the same statement again"),
+        "{message}"
+    );
+    let id = message
+        .split("(ticket ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("ticket id")
+        .to_string();
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    p.decide_ticket(&owner, &id, decision(true, None))
+        .await
+        .expect("approved");
+    // Another statement, or another identity, is not covered.
+    assert!(matches!(
+        run("key-a", "SELECT * FROM t WHERE id = 8").await,
+        Outcome::Denied(_)
+    ));
+    assert!(matches!(run("key-b", sql).await, Outcome::Denied(_)));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    // The same statement by the requester runs, once.
+    assert!(matches!(run("key-a", sql).await, Outcome::Done(_)));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    assert!(matches!(run("key-a", sql).await, Outcome::Denied(_)));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    p.store().flush().await.expect("flush");
+    let ran = records(&dir)
+        .into_iter()
+        .find(|r| {
+            r.ticket.as_deref() == Some(id.as_str())
+                && r.decision == "allow"
+                && r.method == "jobs.query"
+        })
+        .expect("the run is audited with its ticket");
+    assert!(
+        ran.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("run once")),
+        "{ran:?}"
+    );
 }

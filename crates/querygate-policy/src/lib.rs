@@ -31,7 +31,9 @@ use std::collections::HashMap;
 pub use classify::{Classification, Classifier, MaskRule};
 use querygate_core::Identity;
 pub use querygate_sql::StatementKind;
-pub use rule::{Budget, Hours, Principal, Rule, RuleAction, RuleSpec, TableGlob, When, WhenSpec};
+pub use rule::{
+    Budget, Hours, OnApproval, Principal, Rule, RuleAction, RuleSpec, TableGlob, When, WhenSpec,
+};
 pub use size::{format_bytes, parse_bytes};
 
 /// A table a request touches, with the columns its predicates filter on.
@@ -81,6 +83,8 @@ pub enum Outcome {
     Approve {
         message: String,
         approvers: Vec<String>,
+        /// Whether the request waits or is answered at once.
+        on_approval: OnApproval,
     },
 }
 
@@ -141,6 +145,7 @@ impl Policy {
             message: None,
             approvers: vec![],
             max_bytes_billed: None,
+            on_approval: OnApproval::Wait,
         }])
     }
 

@@ -28,6 +28,10 @@ pub struct RuleSpec {
     #[serde(default)]
     pub approvers: Vec<String>,
     pub max_bytes_billed: Option<String>,
+    /// How a request an approve rule caught is answered: `"wait"` (the job waits, the
+    /// client keeps polling) or `"fail"` (an error at once naming the ticket; running the
+    /// same statement again after approval runs it, once).
+    pub on_approval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -39,6 +43,17 @@ pub struct WhenSpec {
     pub opaque: Option<bool>,
     pub touches: Option<String>,
     pub hours: Option<String>,
+}
+
+/// How a request an approve rule caught is answered while its ticket is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnApproval {
+    /// As a job that has not started: the client keeps polling until it is decided.
+    #[default]
+    Wait,
+    /// At once, with an error naming the ticket and its approvers; the client runs the
+    /// same statement again once it is approved.
+    Fail,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +196,7 @@ pub struct Rule {
     pub message: Option<String>,
     pub approvers: Vec<Principal>,
     pub max_bytes_billed: Option<u64>,
+    pub on_approval: OnApproval,
 }
 
 /// A per-identity daily byte budget for the identities a principal names.
@@ -251,6 +267,18 @@ impl RuleSpec {
         if action == RuleAction::Approve && approvers.is_empty() {
             return Err(ctx("an approve rule needs approvers = [\"group:…\"]".into()));
         }
+        let on_approval = match (self.on_approval.as_deref(), action) {
+            (None | Some("wait"), _) => OnApproval::Wait,
+            (Some("fail"), RuleAction::Approve) => OnApproval::Fail,
+            (Some("fail"), _) => {
+                return Err(ctx("on_approval applies to approve rules only".into()));
+            }
+            (Some(other), _) => {
+                return Err(ctx(format!(
+                    "on_approval {other:?} must be \"wait\" or \"fail\""
+                )));
+            }
+        };
         let statements = self
             .statements
             .iter()
@@ -315,6 +343,7 @@ impl RuleSpec {
                 .map(parse_bytes)
                 .transpose()
                 .map_err(|e| ctx(format!("max_bytes_billed: {e}")))?,
+            on_approval,
         })
     }
 }
@@ -415,6 +444,7 @@ impl Rule {
                         approvers.join(" or ")
                     ),
                     approvers,
+                    on_approval: self.on_approval,
                 }
             }
         }

@@ -307,7 +307,10 @@ fn denials_explain_themselves() {
             bytes: Some(20 << 30),
         },
     );
-    let Outcome::Approve { message, approvers } = v.outcome else {
+    let Outcome::Approve {
+        message, approvers, ..
+    } = v.outcome
+    else {
         panic!("{v:?}")
     };
     assert_eq!(approvers, vec!["group:data-owners"]);
@@ -418,6 +421,15 @@ fn bad_rules_are_explained() {
     assert!(bad("action = \"deny\"\ntables = [\"finance\"]").contains("project.dataset.table"));
     assert!(bad("action = \"deny\"\nwhen = { bytes_over = \"lots\" }").contains("bytes_over"));
     assert!(bad("action = \"deny\"\non_behalf_of = [\"engineers\"]").contains("on_behalf_of"));
+    assert!(bad("action = \"deny\"\non_approval = \"fail\"").contains("approve rules only"));
+    let approve = "action = \"approve\"\napprovers = [\"group:o\"]";
+    assert!(bad(&format!("{approve}\non_approval = \"later\"")).contains("\"wait\" or \"fail\""));
+    let p = policy(&format!(
+        "[[rule]]\nname = \"r\"\n{approve}\non_approval = \"fail\"\n"
+    ));
+    assert_eq!(p.rules[0].on_approval, crate::OnApproval::Fail);
+    let p = policy(&format!("[[rule]]\nname = \"r\"\n{approve}\n"));
+    assert_eq!(p.rules[0].on_approval, crate::OnApproval::Wait);
 }
 
 #[test]

@@ -504,6 +504,7 @@ impl Config {
                     message: None,
                     approvers: vec![],
                     max_bytes_billed: None,
+                    on_approval: querygate_policy::OnApproval::Wait,
                 }),
                 Some((other, span)) => {
                     return Err(fail(
