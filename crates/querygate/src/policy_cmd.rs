@@ -3,8 +3,10 @@
 //! `check` shows what the gateway would decide for one identity and one statement:
 //! the facts, the decision, the rule that decided and every rule that matched.
 //! `test` runs a table of cases so that teams can check policy changes in CI.
-//! Neither talks to an upstream: byte estimates, partitioning and the columns of tables
-//! with masked columns (for the masking rewrite `check` prints) come from flags.
+//! Offline, byte estimates, partitioning and the columns of tables with masked columns
+//! (for the masking rewrite `check` prints) come from flags, and `check` says what it
+//! assumed for what they did not give; `check --live` asks the source for them instead
+//! (a dry run and tables.get, with the gateway's own credential; nothing runs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,10 @@ pub enum PolicyCommand {
         /// that the masking rewrite of reads of it can be shown.
         #[arg(long = "columns")]
         columns: Vec<String>,
+        /// Ask the source for what the flags do not give: the bytes (a dry run), the
+        /// partitioning and the columns of the tables read (tables.get). Runs nothing.
+        #[arg(long)]
+        live: bool,
         #[arg(long)]
         json: bool,
     },
@@ -82,10 +88,11 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             bytes,
             partitions,
             columns,
+            live,
             json,
         } => {
             let config = Config::load(&config.config).map_err(anyhow::Error::msg)?;
-            let case = Case {
+            let mut case = Case {
                 name: None,
                 identity,
                 groups,
@@ -99,7 +106,11 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 expect: None,
                 rule: None,
             };
+            if live {
+                ask_the_source(&config, &mut case)?;
+            }
             let (facts, subject, verdict, reach, rewritten) = evaluate(&config, &case)?;
+            let assumed = assumptions(&config, &case, &subject, &verdict)?;
             if json {
                 println!(
                     "{}",
@@ -118,6 +129,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                         "masked_tables": reach.masked_tables,
                         "rewritten": rewritten.as_ref().ok().and_then(Option::as_ref),
                         "rewrite_error": rewritten.as_ref().err(),
+                        "assumed": assumed,
                     })
                 );
             } else {
@@ -156,13 +168,147 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(r) = &verdict.needs_estimate {
                     println!(
-                        "note:       rule {r:?} needs the bytes the query would process: pass --bytes"
+                        "note:       rule {r:?} needs the bytes the query would process: pass --bytes (or --live)"
                     );
+                }
+                for a in &assumed {
+                    println!("assumed:    {a}");
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Test { config, file } => test(&config.config, &file),
+    }
+}
+
+/// What `check` assumed for facts neither the flags nor the source gave: a table whose
+/// partitioning is unknown counts as a full scan, as the gateway counts it when its source
+/// cannot say.
+fn assumptions(
+    config: &Config,
+    case: &Case,
+    subject: &Subject,
+    verdict: &Verdict,
+) -> anyhow::Result<Vec<String>> {
+    let policies = config.policies().map_err(anyhow::Error::msg)?;
+    let source = source_of(config, case)?;
+    let full_scan_rules = policies
+        .policy(&source.name)
+        .is_some_and(|p| p.rules.iter().any(|r| r.when.full_scan.is_some()));
+    let mut out = Vec::new();
+    if full_scan_rules {
+        for t in subject.tables.iter().filter(|t| !t.write) {
+            let known = case
+                .partitions
+                .keys()
+                .any(|k| querygate_sql::same_name(k, &t.name));
+            if !known {
+                out.push(format!(
+                    "the partitioning of {} is unknown, so a read of it counts as a full scan \
+                     (pass --partition {}=COLUMN, or --partition {}= if it is not \
+                     partitioned, or --live)",
+                    t.name, t.name, t.name
+                ));
+            }
+        }
+    }
+    if case.bytes.is_none() && verdict.needs_estimate.is_none() {
+        let bytes_rules = policies
+            .policy(&source.name)
+            .is_some_and(|p| p.rules.iter().any(|r| r.when.bytes_over.is_some()));
+        if bytes_rules || !policies.budgets.is_empty() {
+            out.push(
+                "no byte estimate: rules over bytes that come after the deciding one, and \
+                 budgets, were not checked (pass --bytes, or --live)"
+                    .into(),
+            );
+        }
+    }
+    if Identity::kind_of_prefix(&case.identity).is_none() {
+        out.push(format!(
+            "{} names no kind by its prefix: taken as an agent",
+            case.identity
+        ));
+    }
+    Ok(out)
+}
+
+/// `check --live`: fills in, from the source, what the flags did not give.
+fn ask_the_source(config: &Config, case: &mut Case) -> anyhow::Result<()> {
+    use querygate_pipeline::Source;
+    let spec = source_of(config, case)?;
+    let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
+    let source = crate::serve::source(config, spec, mask_key.as_ref())?;
+    let facts = analyze(&case.sql, SqlDialect::BigQuery);
+    let subject = Subject::of(&facts, &spec.project);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        for t in subject.tables.iter().filter(|t| !t.write) {
+            if case.partitions.contains_key(&t.name) {
+                continue;
+            }
+            match source.partitioning(&t.name).await {
+                Ok(Partitioning::Column(c)) => {
+                    case.partitions.insert(t.name.clone(), c);
+                }
+                Ok(Partitioning::NotPartitioned) => {
+                    case.partitions.insert(t.name.clone(), String::new());
+                }
+                Err(e) => eprintln!("--live: the partitioning of {}: {}", t.name, e.message),
+            }
+            if !case.columns.contains_key(&t.name)
+                && let Ok(columns) = source.columns(&t.name).await
+            {
+                let spec: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("{}:{}", c.name, c.bq_type))
+                    .collect();
+                case.columns.insert(t.name.clone(), spec.join(","));
+            }
+        }
+        if case.bytes.is_none() && facts.opaque.is_none() {
+            let call = querygate_bigquery::Call {
+                api: querygate_bigquery::Api::JobsQuery,
+                method: axum::http::Method::POST,
+                path: format!("/bigquery/v2/projects/{}/queries", spec.project),
+                query: None,
+                body: Some(
+                    json!({ "query": case.sql, "useLegacySql": false })
+                        .to_string()
+                        .into(),
+                ),
+            };
+            match source.estimate(&call).await {
+                Ok(bytes) => case.bytes = Some(bytes.to_string()),
+                Err(querygate_pipeline::Refusal::Denied(d)) => {
+                    eprintln!("--live: the dry run was refused: {}", d.message)
+                }
+                Err(querygate_pipeline::Refusal::Failed(f)) => {
+                    eprintln!("--live: the dry run failed: {}", f.message)
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The source a case names (or the only one).
+fn source_of<'a>(
+    config: &'a Config,
+    case: &Case,
+) -> anyhow::Result<&'a crate::config::SourceConfig> {
+    match &case.source {
+        Some(name) => config
+            .sources
+            .iter()
+            .find(|s| &s.name == name)
+            .with_context(|| format!("no source named {name}")),
+        None => match config.sources.as_slice() {
+            [only] => Ok(only),
+            _ => bail!("the config has several sources: name one with --source"),
+        },
     }
 }
 
@@ -217,17 +363,7 @@ fn evaluate(
     config: &Config,
     case: &Case,
 ) -> anyhow::Result<(querygate_sql::Facts, Subject, Verdict, Reach, Rewritten)> {
-    let source = match &case.source {
-        Some(name) => config
-            .sources
-            .iter()
-            .find(|s| &s.name == name)
-            .with_context(|| format!("no source named {name}"))?,
-        None => match config.sources.as_slice() {
-            [only] => only,
-            _ => bail!("the config has several sources: name one with --source"),
-        },
-    };
+    let source = source_of(config, case)?;
     let policies = config.policies().map_err(anyhow::Error::msg)?;
     let policy = policies
         .policy(&source.name)

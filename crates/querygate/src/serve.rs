@@ -120,46 +120,10 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
     let mut sources = HashMap::new();
     for s in &config.sources {
-        if s.is_local() {
-            let source = local_source(config, s)?
-                .with_scrubber(s.scrubber(mask_key.as_ref()))
-                .with_mask_key(mask_key.clone());
-            sources.insert(s.project.clone(), Arc::new(source));
-            continue;
-        }
-        let auth = match s.credential(config) {
-            UpstreamCredential::None => UpstreamAuth::None,
-            UpstreamCredential::ServiceAccountKey(path) => UpstreamAuth::service_account(&path)
-                .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
-        };
-        let impersonate = s
-            .impersonate
-            .iter()
-            .map(|i| {
-                let i = i.get_ref();
-                let who = i
-                    .who
-                    .iter()
-                    .map(|w| querygate_policy::Principal::parse(w))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
-                Ok(querygate_bigquery::Impersonation {
-                    who,
-                    service_account: i.service_account.clone(),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let source = BigQuerySource::new(s.name.clone(), s.project.clone(), s.endpoint(), auth)
-            .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?
-            .with_impersonation(
-                impersonate,
-                s.iam_endpoint
-                    .as_deref()
-                    .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
-            )
-            .with_scrubber(s.scrubber(mask_key.as_ref()))
-            .with_mask_key(mask_key.clone());
-        sources.insert(s.project.clone(), Arc::new(source));
+        sources.insert(
+            s.project.clone(),
+            Arc::new(source(config, s, mask_key.as_ref())?),
+        );
     }
     let front = Arc::new(Front {
         pipeline,
@@ -170,6 +134,54 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
             .unwrap_or(DEFAULT_MAX_BODY_BYTES),
     });
     Ok((front, store))
+}
+
+/// The source a `[[sources]]` block configures: the BigQuery upstream (or the embedded
+/// engine, for `local`), with its scrubber and the masking key.
+pub fn source(
+    config: &Config,
+    s: &crate::config::SourceConfig,
+    mask_key: Option<&querygate_core::Secret>,
+) -> anyhow::Result<BigQuerySource> {
+    if s.is_local() {
+        return Ok(local_source(config, s)?
+            .with_scrubber(s.scrubber(mask_key))
+            .with_mask_key(mask_key.cloned()));
+    }
+    let auth = match s.credential(config) {
+        UpstreamCredential::None => UpstreamAuth::None,
+        UpstreamCredential::ServiceAccountKey(path) => UpstreamAuth::service_account(&path)
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
+    };
+    let impersonate = s
+        .impersonate
+        .iter()
+        .map(|i| {
+            let i = i.get_ref();
+            let who = i
+                .who
+                .iter()
+                .map(|w| querygate_policy::Principal::parse(w))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?;
+            Ok(querygate_bigquery::Impersonation {
+                who,
+                service_account: i.service_account.clone(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(
+        BigQuerySource::new(s.name.clone(), s.project.clone(), s.endpoint(), auth)
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?
+            .with_impersonation(
+                impersonate,
+                s.iam_endpoint
+                    .as_deref()
+                    .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
+            )
+            .with_scrubber(s.scrubber(mask_key))
+            .with_mask_key(mask_key.cloned()),
+    )
 }
 
 /// A `local` source: the embedded engine over its files, called in-process by a `bigquery`

@@ -519,3 +519,92 @@ fn policy_check_explains_masking_and_touches() {
     assert_ne!(code, 0);
     assert!(out.contains("project.dataset.table.column"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_check_says_what_it_assumed_and_live_asks_the_source() {
+    let up = Recorder::start(|r| {
+        if r.method == "GET" && r.uri.contains("/tables/ledger") {
+            return (200, json!({"tableReference": {"tableId": "ledger"}, "timePartitioning": {"type": "DAY", "field": "event_date"}, "schema": {"fields": [{"name": "event_date", "type": "DATE"}, {"name": "amount", "type": "NUMERIC"}]}}).to_string());
+        }
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if body["configuration"]["dryRun"] == true {
+            return (200, json!({"kind": "bigquery#job", "status": {"state": "DONE"}, "statistics": {"query": {"totalBytesProcessed": (12u64 << 30).to_string()}}}).to_string());
+        }
+        (404, json!({"error": {"code": 404, "message": "no"}}).to_string())
+    })
+    .await;
+    let dir = TempDir::new("policy-live");
+    let config = dir.0.join("querygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbigquery_listen = \"127.0.0.1:9050\"\n\n[store]\npath = \"q.db\"\n\n\
+             [[rule]]\nname = \"finance needs a partition filter\"\ntables = [\"*.finance.*\"]\n\
+             when = {{ full_scan = true }}\naction = \"deny\"\n\n{RULES}\n{}",
+            bigquery_source(&up.url(), "\"none\"")
+        ),
+    )
+    .expect("write");
+    let sql = "SELECT amount FROM finance.ledger WHERE event_date IS NOT NULL";
+    let check = move |extra: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut args = vec![
+                    "policy", "check", "--as", "agent:x", "--groups", "agents", "--sql", sql,
+                ];
+                args.extend_from_slice(extra);
+                cli(&config, &args)
+            })
+            .await
+            .expect("cli")
+        }
+    };
+    // Offline: the partitioning is unknown, so the read counts as a full scan, and the
+    // output says so and how to say otherwise.
+    let (code, out) = check(&[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rule:       finance needs a partition filter"),
+        "{out}"
+    );
+    assert!(
+        out.contains("assumed:    the partitioning of test-project.finance.ledger is unknown")
+            && out.contains("--live"),
+        "{out}"
+    );
+    // Told it is not partitioned: no full scan; the bytes rule then needs an estimate.
+    let (_, out) = check(&["--partition", "test-project.finance.ledger="]).await;
+    assert!(out.contains("needs the bytes"), "{out}");
+    // Live: the source says it is partitioned on event_date, and `IS NOT NULL` bounds no
+    // partition: a full scan, with the column to filter on; nothing is assumed.
+    let (code, out) = check(&["--live"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rule:       finance needs a partition filter"),
+        "{out}"
+    );
+    assert!(out.contains("on its partition column event_date"), "{out}");
+    assert!(!out.contains("assumed:    the partitioning"), "{out}");
+    // With a real partition filter, the live dry run's 12 GiB goes to the approval rule.
+    let bounded = "SELECT amount FROM finance.ledger WHERE event_date = '2026-01-01'";
+    let (code, out) = {
+        let config = dir.0.join("querygate.toml");
+        tokio::task::spawn_blocking(move || {
+            cli(
+                &config,
+                &[
+                    "policy", "check", "--as", "agent:x", "--groups", "agents", "--sql", bounded,
+                    "--live", "--json",
+                ],
+            )
+        })
+        .await
+        .expect("cli")
+    };
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(out.lines().next().expect("line")).expect("json");
+    assert_eq!(v["decision"], "approve", "{out}");
+    assert_eq!(v["rule"], "large scans need an owner");
+    assert_eq!(v["assumed"], json!([]));
+}
