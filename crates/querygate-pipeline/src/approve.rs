@@ -464,6 +464,28 @@ impl Pipeline {
         completed.approver = ticket.decided_by.clone();
         completed.status = Some(summary.status);
         completed.error = summary.error.clone();
+        if !(200..300).contains(&summary.status) {
+            // The upstream did not create the job (a duplicate id, a refusal): the id is not
+            // the requester's job, so its polls must never reach what the upstream has under it.
+            if let Err(e) = self.store.enqueue(completed, Alongside::default()) {
+                tracing::error!(error = %e, "cannot write the completed record");
+            }
+            let why = format!(
+                "the upstream did not accept the approved job: {}",
+                summary
+                    .error
+                    .as_deref()
+                    .unwrap_or("it answered with an error")
+            );
+            let ended = match self.store.fail_running_ticket(&ticket.id, &why, now()) {
+                Ok(Some(t)) => t,
+                Ok(None) => ticket,
+                Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
+            };
+            self.ticket_changed();
+            let message = ended_message(&ended);
+            return Some(self.waiting(ctx, ended, Some(message)).await);
+        }
         let claim = job_row(
             source.name(),
             &ticket.job_id,

@@ -1539,3 +1539,49 @@ async fn an_approve_rule_that_fails_at_once_runs_the_statement_once_when_run_aga
         "{ran:?}"
     );
 }
+
+#[tokio::test]
+async fn a_held_job_the_upstream_does_not_accept_ends_and_its_id_stays_unreachable() {
+    let dir = tmp("held-refused");
+    let p = pipeline(&dir);
+    p.reload(approval_keys(), approval_policy(false));
+    let refusing = Echo {
+        status: Some(409),
+        ..Echo::default()
+    };
+    let owner = p
+        .authenticate(Some(&Secret::new("key-o")))
+        .await
+        .expect("owner");
+    let w = match p
+        .handle(
+            request(Some("key-a"), query("SELECT 1")),
+            Some(&refusing),
+            "held-1",
+        )
+        .await
+    {
+        Outcome::Waiting(w) => *w,
+        other => panic!("expected a held job, got {other:?}"),
+    };
+    p.decide_ticket(&owner, &w.ticket.id, decision(true, None))
+        .await
+        .expect("approved");
+    for _ in 0..2 {
+        match p
+            .handle(poll("key-a", "held-1"), Some(&refusing), "held-1")
+            .await
+        {
+            Outcome::Waiting(w) => {
+                let ended = w.ended.unwrap_or_default();
+                assert!(ended.contains("did not accept"), "{ended}");
+            }
+            other => panic!("expected the ended job, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        refusing.calls.load(Ordering::SeqCst),
+        1,
+        "only the approved run went upstream; its polls never did"
+    );
+}

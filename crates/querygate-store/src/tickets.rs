@@ -175,6 +175,27 @@ impl Store {
         .map(|r| r.ok().map(|(t, _)| t))
     }
 
+    /// Ends a ticket whose approved run the upstream did not accept (running → denied), with
+    /// why: its job never became the requester's, so polls of it end with the reason instead
+    /// of reaching whatever job the upstream has under that id. `None` if it was not running.
+    pub fn fail_running_ticket(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<Ticket>, StoreError> {
+        self.transition(id, |t| {
+            if t.state != TicketState::Running {
+                return Err(Undecidable::Final(t.state));
+            }
+            t.state = TicketState::Denied;
+            t.decided_at = Some(now);
+            t.decision_reason = Some(reason.to_string());
+            Ok(true)
+        })
+        .map(|r| r.ok().map(|(t, _)| t))
+    }
+
     /// Ends a ticket that is still pending or approved (expired, cancelled, or refused at
     /// run time because the policy changed), with a reason. `None` if it was already final.
     pub fn end_ticket(
