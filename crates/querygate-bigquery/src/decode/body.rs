@@ -16,8 +16,8 @@
 //!   the top-level `dryRun` (jobs.query).
 //!
 //! Options the Node client leaves in `configuration.query` although BigQuery does not
-//! define them there (`types`, `wrapIntegers`, …; BigQuery ignores them) are removed
-//! before the body is forwarded.
+//! define them there (`types`, `wrapIntegers`, `dryRun: false`, …; BigQuery ignores them)
+//! are removed before the body is forwarded.
 
 use std::fmt;
 
@@ -199,20 +199,47 @@ const JOB_CONFIGURATION_QUERY: &[&str] = &[
 const JOB_CONFIGURATION_QUERY_OUTPUT_ONLY: &[&str] = &["systemVariables"];
 
 /// Options the Node client leaves in `configuration.query` (its `createQueryJob` copies
-/// every option it does not move elsewhere); BigQuery does not define them there.
-const NODE_CLIENT_ONLY: &[&str] = &[
+/// every option it does not move elsewhere: its own options, jobs.query's, and `jobId`,
+/// `location`, `reservation`, `jobTimeoutMs`, `jobPrefix` when it did not move them);
+/// BigQuery does not define them there and ignores them.
+const NODE_LEFTOVERS: &[&str] = &[
     "autoPaginate",
     "jobCreationMode",
+    "jobId",
+    "jobPrefix",
+    "jobTimeoutMs",
+    "location",
     "maxApiCalls",
     "maxResults",
     "pageToken",
     "parseJSON",
+    "reservation",
     "skipParsing",
     "startIndex",
     "timeoutMs",
     "types",
     "wrapIntegers",
 ];
+
+/// Options the Node client moves out of `configuration.query` when set, and leaves there
+/// when unset (`dryRun: false`): removed when unset, refused when set (BigQuery would not
+/// read them there).
+const NODE_LEFTOVERS_WHEN_UNSET: &[&str] = &["dryRun", "labels"];
+
+/// Whether a `configuration.query` field is one the Node client left behind.
+fn node_leftover(name: &str, value: &Value) -> bool {
+    NODE_LEFTOVERS.contains(&name) || (NODE_LEFTOVERS_WHEN_UNSET.contains(&name) && unset(value))
+}
+
+/// JavaScript's falsy JSON values.
+fn unset(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.is_empty(),
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        _ => false,
+    }
+}
 
 /// `ScriptOptions`.
 const SCRIPT_OPTIONS: &[&str] = &[
@@ -502,7 +529,7 @@ pub(super) fn jobs_insert(
     let action = match config.get_mut("query") {
         Some(Value::Object(q)) => {
             let before = q.len();
-            q.retain(|k, _| !NODE_CLIENT_ONLY.contains(&k.as_str()));
+            q.retain(|k, v| !node_leftover(k, v));
             changed |= q.len() != before;
             let at = "configuration.query.";
             known_fields(

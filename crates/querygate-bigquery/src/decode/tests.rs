@@ -944,7 +944,8 @@ fn options_the_node_client_leaves_in_a_query_job_are_not_forwarded() {
     // createQueryJob copies every option it does not move into configuration.query.
     let body = r#"{"configuration":{"query":{"query":"SELECT @n","useLegacySql":false,
         "types":{"n":"INT64"},"wrapIntegers":true,"parseJSON":false,"maxResults":5,
-        "queryParameters":[]},"dryRun":true},"jobReference":{"projectId":"p","jobId":"n1"}}"#;
+        "jobTimeoutMs":"5000","location":"","labels":null,"queryParameters":[]},"dryRun":true},
+        "jobReference":{"projectId":"p","jobId":"n1"}}"#;
     let (req, call) = check(Method::POST, "/bigquery/v2/projects/p/jobs", body);
     assert!(matches!(req.action, Action::Query { dry_run: true, .. }));
     let sent: Value = serde_json::from_slice(&call.body.expect("body")).expect("json");
@@ -953,6 +954,14 @@ fn options_the_node_client_leaves_in_a_query_job_are_not_forwarded() {
     keys.sort_unstable();
     assert_eq!(keys, ["query", "queryParameters", "useLegacySql"]);
     assert_eq!(sent["jobReference"]["jobId"], "n1");
+    // `dryRun: false` is left behind (the client moves only a true one): it means nothing
+    // there either way, and is removed; a true one is refused (BigQuery would run the job).
+    let body = r#"{"configuration":{"query":{"query":"SELECT 1","useLegacySql":false,
+        "dryRun":false}}}"#;
+    let (req, call) = check(Method::POST, "/bigquery/v2/projects/p/jobs", body);
+    assert!(matches!(req.action, Action::Query { dry_run: false, .. }));
+    let sent: Value = serde_json::from_slice(&call.body.expect("body")).expect("json");
+    assert!(sent["configuration"]["query"].get("dryRun").is_none());
 }
 
 #[test]
