@@ -278,7 +278,7 @@ impl Pipeline {
             }
             (Gate::Allow, Some(source)) => source,
             (Gate::Policy, Some(source)) => {
-                match self
+                let decided = self
                     .decide(
                         &settings.policies,
                         &mut ctx,
@@ -287,26 +287,22 @@ impl Pipeline {
                         &mut call,
                         facts.as_deref(),
                     )
-                    .await
-                {
-                    // Text the parser rejects that would not run anyway is answered as the
-                    // syntax error it is (400 invalidQuery with the parser's position), not
-                    // as a denial or a masking message. A rule that allows opaque SQL still
-                    // lets it through (valid GoogleSQL sqlparser does not read): the
-                    // upstream then judges its syntax.
-                    Ok(l) if l.approval.is_some() && syntax_error(facts.as_deref()).is_some() => {
-                        let denial = syntax_error(facts.as_deref())
-                            .unwrap_or_else(|| Denial::new(DenialKind::Invalid, "Syntax error"));
-                        return self.refuse(&ctx, denial).await;
-                    }
+                    .await;
+                // Text the parser rejects that would not run anyway is answered as the syntax
+                // error it is (400 invalidQuery, the parser's position), not as a denial, a
+                // masking message or a ticket. A rule that allows opaque SQL still lets it
+                // through (valid GoogleSQL sqlparser does not read): the upstream judges it.
+                let decided = match (decided, syntax_error(facts.as_deref())) {
+                    (Ok(l), Some(e)) if l.approval.is_some() => Err(Refusal::Denied(e)),
+                    (Err(Refusal::Denied(_)), Some(e)) => Err(Refusal::Denied(e)),
+                    (decided, _) => decided,
+                };
+                match decided {
                     Ok(l) => {
                         limits = l;
                         source
                     }
-                    Err(Refusal::Denied(denial)) => {
-                        let denial = syntax_error(facts.as_deref()).unwrap_or(denial);
-                        return self.refuse(&ctx, denial).await;
-                    }
+                    Err(Refusal::Denied(denial)) => return self.refuse(&ctx, denial).await,
                     Err(Refusal::Failed(fault)) => return self.fail(&ctx, fault).await,
                 }
             }
