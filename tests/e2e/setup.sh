@@ -2,7 +2,11 @@
 # Install everything the querygate end-to-end tests need, from a fresh clone:
 #   tests/e2e/.venv-emu     bqemulator (the BigQuery upstream) + pinned duckdb + numpy
 #   tests/e2e/.venv-client  google-cloud-bigquery + pandas/pyarrow/db-dtypes + pytest + requests
+#   tests/e2e/.venv-storage the same client WITH google-cloud-bigquery-storage (test_dataframes.py)
 #   tests/e2e/node/node_modules  @google-cloud/bigquery 8.x (9.x needs Node >= 22)
+#   tests/e2e/.venv-mcp     bq-readonly-mcp (an MCP server on ADC) + the MCP Python SDK (test_connect.py)
+#   tests/e2e/.venv-dbt     dbt-core + dbt-bigquery (test_connect.py)
+#   tests/e2e/mcp-node/node_modules  @ergut/mcp-bigquery-server, an MCP server from npm (test_connect.py)
 #   tests/oidc/node_modules      oidc-provider, the OpenID provider of the identity tests
 #
 # Idempotent and fast when already done: each step writes a stamp file holding a
@@ -38,8 +42,9 @@ ensure_venv() {
     printf '%s\n' "$want" > "$stamp"
 }
 
-ensure_node() {
-    local dir="$HERE/node" stamp="$HERE/node/node_modules/.e2e-stamp" want
+# ensure_npm DIR: node_modules of DIR/package.json (npm ci when a lock file is there)
+ensure_npm() {
+    local dir="$1" stamp="$1/node_modules/.e2e-stamp" want
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
         log "node and npm are required (Node >= 18; @google-cloud/bigquery 8.x)"
         exit 1
@@ -48,10 +53,10 @@ ensure_node() {
     [[ -f "$dir/package-lock.json" ]] && lockfiles+=("$dir/package-lock.json")
     want="$( { cat "${lockfiles[@]}"; node --version; } | sha256sum | cut -d' ' -f1)"
     if [[ "$FORCE" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        log "node_modules: up to date"
+        log "$(basename "$dir")/node_modules: up to date"
         return 0
     fi
-    log "node_modules: installing"
+    log "$(basename "$dir")/node_modules: installing"
     if [[ -f "$dir/package-lock.json" ]]; then
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
     else
@@ -64,6 +69,11 @@ ensure_node() {
 
 ensure_venv "$HERE/.venv-emu" "$HERE/requirements-emu.txt"
 ensure_venv "$HERE/.venv-client" "$HERE/requirements-client.txt"
-ensure_node
+ensure_venv "$HERE/.venv-storage" "$HERE/requirements-storage.txt"   # test_dataframes.py
+ensure_npm "$HERE/node"
+# The tools of test_connect.py (`querygate connect`), each in its own environment.
+ensure_venv "$HERE/.venv-mcp" "$HERE/requirements-mcp.txt"
+ensure_venv "$HERE/.venv-dbt" "$HERE/requirements-dbt.txt"
+ensure_npm "$HERE/mcp-node"
 bash "$HERE/../oidc/setup.sh"   # the test OpenID provider (tests/oidc)
 log "done"
