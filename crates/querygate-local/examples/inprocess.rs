@@ -62,7 +62,7 @@ fn run(engine: &Engine, sql: &str) -> u64 {
     let mut start = 0;
     let mut rows = 0;
     loop {
-        let page = match engine.result_page(&result, start, None, Format::default()) {
+        let page = match engine.result_page(&result, start, None, Format::default(), None) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("inprocess: page at {start}: {e}");

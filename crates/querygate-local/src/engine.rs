@@ -3,7 +3,9 @@
 //!
 //! One in-memory database per source. Each configured table is a view in a schema named after
 //! its dataset (`"shop"."orders"` over `read_csv([...])`); query results are tables in the
-//! `_results` schema, dropped when their job is evicted (the newest [`MAX_JOBS`] are kept).
+//! `_results` schema, dropped when their job is evicted (the newest [`MAX_JOBS`] are kept); the
+//! INFORMATION_SCHEMA views' rows (the configured tables, their columns and datasets) are
+//! tables in [`META_SCHEMA`], written at start.
 //! Extension auto-install and auto-load are off (json and parquet are compiled in), and once the
 //! views exist the engine is locked to the configured files (`enable_external_access = false`,
 //! `allowed_paths`, `lock_configuration`). Calls block: run them on a blocking thread.
@@ -18,7 +20,7 @@ use duckdb::types::Value;
 use serde_json::Value as Json;
 
 use crate::error::EngineError;
-use crate::translate::{self, Context, Translated, quote};
+use crate::translate::{self, Context, META_SCHEMA, Translated, quote};
 use crate::values::{self, Field, Format};
 
 /// How many finished jobs (and their result tables) are kept.
@@ -56,6 +58,10 @@ pub struct TableInfo {
     /// A DATE column named in a hive path (`day=2024-01-01/`) or called `*_date`: reported as
     /// the table's time partitioning.
     pub partition_field: Option<String>,
+    /// The oldest of its files' modification times (ms since the epoch): its `creationTime`.
+    pub created_ms: Option<u64>,
+    /// The newest of its files' modification times: its `lastModifiedTime`.
+    pub modified_ms: Option<u64>,
 }
 
 /// A finished job.
@@ -123,7 +129,9 @@ impl std::fmt::Debug for Engine {
 #[derive(Default)]
 struct Jobs {
     by_id: HashMap<String, Job>,
-    order: VecDeque<String>,
+    /// Kept jobs, oldest first, each with the number it was kept under.
+    order: VecDeque<(u64, String)>,
+    kept: u64,
 }
 
 fn now_ms() -> u64 {
@@ -167,11 +175,19 @@ impl Engine {
         let mut allowed: Vec<PathBuf> = Vec::new();
         let mut schemas = BTreeSet::new();
         for spec in tables {
+            if [RESULTS_SCHEMA, META_SCHEMA].contains(&spec.dataset.as_str()) {
+                return Err(format!(
+                    "table {}.{}: the dataset name {} is reserved by the local engine",
+                    spec.dataset, spec.table, spec.dataset
+                ));
+            }
             let info = register(&conn, spec, &mut schemas)
                 .map_err(|e| format!("table {}.{}: {e}", spec.dataset, spec.table))?;
             allowed.extend(info.files.iter().cloned());
             catalog.insert((spec.dataset.clone(), spec.table.clone()), info);
         }
+        information_schema(&conn, project, &catalog)
+            .map_err(|e| format!("cannot prepare INFORMATION_SCHEMA: {e}"))?;
         lock_down(&conn, &allowed)?;
         let names = catalog.keys().cloned().collect();
         Ok(Engine {
@@ -397,12 +413,14 @@ impl Engine {
             let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
             let mut evicted = Vec::new();
             if let Some(old) = jobs.by_id.insert(job.id.clone(), job.clone()) {
-                jobs.order.retain(|id| id != &old.id);
+                jobs.order.retain(|(_, id)| id != &old.id);
                 evicted.push(old);
             }
-            jobs.order.push_back(job.id);
+            jobs.kept += 1;
+            let seq = jobs.kept;
+            jobs.order.push_back((seq, job.id));
             while jobs.order.len() > MAX_JOBS {
-                if let Some(id) = jobs.order.pop_front()
+                if let Some((_, id)) = jobs.order.pop_front()
                     && let Some(j) = jobs.by_id.remove(&id)
                 {
                     evicted.push(j);
@@ -436,12 +454,29 @@ impl Engine {
 
     /// Every kept job, newest first.
     pub fn jobs(&self) -> Vec<Job> {
+        self.jobs_from(None).into_iter().map(|(_, j)| j).collect()
+    }
+
+    /// Kept jobs newest first, each with the number it was kept under, from number `from` down
+    /// (all when `None`). jobs.list's page tokens are these numbers, so a page does not shift
+    /// when newer jobs arrive.
+    pub fn jobs_from(&self, from: Option<u64>) -> Vec<(u64, Job)> {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.order
             .iter()
             .rev()
-            .filter_map(|id| jobs.by_id.get(id).cloned())
+            .filter(|(seq, _)| from.is_none_or(|f| *seq <= f))
+            .filter_map(|(seq, id)| Some((*seq, jobs.by_id.get(id)?.clone())))
             .collect()
+    }
+
+    /// The job whose result is the `_results` table `table`.
+    pub fn job_of_result(&self, table: &str) -> Option<Job> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.by_id
+            .values()
+            .find(|j| j.outcome.as_ref().is_ok_and(|r| r.table == table))
+            .cloned()
     }
 
     /// The result table of a job, by the name its `destinationTable` gives.
@@ -454,24 +489,28 @@ impl Engine {
             .cloned()
     }
 
-    /// Rows `[start, start + max)` of a job's result, cut at [`PAGE_BYTES`].
+    /// Rows `[start, start + max)` of a job's result, cut at [`PAGE_BYTES`]; only the
+    /// `columns` (indexes into its fields, from [`select_columns`]) when given.
     pub fn result_page(
         &self,
         result: &ResultSet,
         start: u64,
         max: Option<u64>,
         format: Format,
+        columns: Option<&[usize]>,
     ) -> Result<Page, EngineError> {
         let n = max.unwrap_or(DEFAULT_PAGE_ROWS).min(DEFAULT_PAGE_ROWS);
+        let (list, fields) = projection(&result.fields, columns);
         let sql = format!(
-            "SELECT * FROM {RESULTS_SCHEMA}.\"{}\" WHERE rowid >= {start} AND rowid < {} ORDER BY rowid",
+            "SELECT {list} FROM {RESULTS_SCHEMA}.\"{}\" WHERE rowid >= {start} AND rowid < {} ORDER BY rowid",
             result.table,
             start.saturating_add(n)
         );
-        self.page(&sql, &result.fields, start, result.total_rows, format)
+        self.page(&sql, &fields, start, result.total_rows, format)
     }
 
-    /// Rows `[start, start + max)` of a configured table (tabledata.list).
+    /// Rows `[start, start + max)` of a configured table (tabledata.list); only the `columns`
+    /// when given.
     pub fn table_page(
         &self,
         dataset: &str,
@@ -479,18 +518,20 @@ impl Engine {
         start: u64,
         max: Option<u64>,
         format: Format,
+        columns: Option<&[usize]>,
     ) -> Result<Page, EngineError> {
         let info = self
             .catalog
             .get(&(dataset.to_string(), table.to_string()))
             .ok_or_else(|| not_found_table(&self.project, dataset, table))?;
         let n = max.unwrap_or(DEFAULT_PAGE_ROWS).min(DEFAULT_PAGE_ROWS);
+        let (list, fields) = projection(&info.fields, columns);
         let sql = format!(
-            "SELECT * FROM {}.{} LIMIT {n} OFFSET {start}",
+            "SELECT {list} FROM {}.{} LIMIT {n} OFFSET {start}",
             ident(dataset),
             ident(table)
         );
-        self.page(&sql, &info.fields, start, info.num_rows, format)
+        self.page(&sql, &fields, start, info.num_rows, format)
     }
 
     fn page(
@@ -652,6 +693,58 @@ fn column_sum<'a>(info: &TableInfo, columns: impl Iterator<Item = &'a String>) -
         .sum()
 }
 
+/// The columns tabledata.list's `selectedFields` names (comma-separated top-level columns,
+/// any case), as indexes into `fields` in the order named, each once (as the gateway reads the
+/// cells it masks). A name that is no column, or a nested path, is `invalid`.
+pub fn select_columns(fields: &[Field], selected: &str) -> Result<Vec<usize>, EngineError> {
+    let mut out: Vec<usize> = Vec::new();
+    for name in selected.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name.contains('.') {
+            return Err(EngineError::bad_request(format!(
+                "selectedFields {name:?}: querygate's local engine selects top-level columns only \
+                 (name the column {:?} to read it whole)",
+                name.split('.').next().unwrap_or(name)
+            )));
+        }
+        let i = fields
+            .iter()
+            .position(|f| f.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                EngineError::bad_request(format!(
+                    "selectedFields {name:?} is not a column of this table (its columns: {})",
+                    fields
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// The select list and the fields of a page: every column, or the chosen ones in their order.
+fn projection(fields: &[Field], columns: Option<&[usize]>) -> (String, Vec<Field>) {
+    match columns {
+        None => ("*".to_string(), fields.to_vec()),
+        Some(columns) => {
+            let chosen: Vec<Field> = columns
+                .iter()
+                .filter_map(|&i| fields.get(i).cloned())
+                .collect();
+            let list = chosen
+                .iter()
+                .map(|f| ident(&f.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (list, chosen)
+        }
+    }
+}
+
 pub fn not_found_table(project: &str, dataset: &str, table: &str) -> EngineError {
     EngineError::not_found(format!(
         "Not found: Table {project}:{dataset}.{table} was not found in location {LOCATION}"
@@ -781,6 +874,12 @@ fn register(
         .iter()
         .find(|f| f.ty == "DATE" && (f.name.ends_with("_date") || f.name == "date"))
         .map(|f| f.name.clone());
+    let times: Vec<u64> = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .filter_map(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .collect();
     Ok(TableInfo {
         fields,
         num_rows: num_rows.max(0) as u64,
@@ -789,7 +888,112 @@ fn register(
         files,
         format,
         partition_field,
+        created_ms: times.iter().min().copied(),
+        modified_ms: times.iter().max().copied(),
     })
+}
+
+/// The rows of the INFORMATION_SCHEMA views the translator serves (TABLES, COLUMNS, SCHEMATA),
+/// as tables in [`META_SCHEMA`]: the configured tables as tables.get reports them, written
+/// once (files are read at start). Columns are those BigQuery documents, in its order; those
+/// that cannot apply here (replicas, collations, generated columns) hold its defaults.
+fn information_schema(
+    conn: &Connection,
+    project: &str,
+    catalog: &BTreeMap<(String, String), TableInfo>,
+) -> Result<(), duckdb::Error> {
+    conn.execute_batch(&format!(
+        "CREATE SCHEMA \"{META_SCHEMA}\";
+         CREATE TABLE \"{META_SCHEMA}\".tables (
+           table_catalog VARCHAR, table_schema VARCHAR, table_name VARCHAR, table_type VARCHAR,
+           is_insertable_into VARCHAR, is_typed VARCHAR, is_change_history_enabled VARCHAR,
+           creation_time TIMESTAMPTZ, base_table_catalog VARCHAR, base_table_schema VARCHAR,
+           base_table_name VARCHAR, snapshot_time_ms TIMESTAMPTZ, ddl VARCHAR,
+           default_collation_name VARCHAR, upsert_stream_apply_watermark TIMESTAMPTZ);
+         CREATE TABLE \"{META_SCHEMA}\".columns (
+           table_catalog VARCHAR, table_schema VARCHAR, table_name VARCHAR, column_name VARCHAR,
+           ordinal_position BIGINT, is_nullable VARCHAR, data_type VARCHAR, is_generated VARCHAR,
+           generation_expression VARCHAR, is_stored VARCHAR, is_hidden VARCHAR,
+           is_updatable VARCHAR, is_system_defined VARCHAR, is_partitioning_column VARCHAR,
+           clustering_ordinal_position BIGINT, collation_name VARCHAR, column_default VARCHAR,
+           rounding_mode VARCHAR);
+         CREATE TABLE \"{META_SCHEMA}\".schemata (
+           catalog_name VARCHAR, schema_name VARCHAR, schema_owner VARCHAR,
+           creation_time TIMESTAMPTZ, last_modified_time TIMESTAMPTZ, location VARCHAR,
+           ddl VARCHAR, default_collation_name VARCHAR);"
+    ))?;
+    let ms = |t: Option<u64>| t.map(|t| t.min(i64::MAX as u64) as i64);
+    let mut tables = conn.prepare(&format!(
+        "INSERT INTO \"{META_SCHEMA}\".tables VALUES (?, ?, ?, 'BASE TABLE', 'NO', 'NO', 'NO', \
+         CAST(epoch_ms(CAST(? AS BIGINT)) AS TIMESTAMPTZ), NULL, NULL, NULL, NULL, ?, NULL, NULL)"
+    ))?;
+    let mut columns = conn.prepare(&format!(
+        "INSERT INTO \"{META_SCHEMA}\".columns VALUES (?, ?, ?, ?, ?, ?, ?, 'NEVER', NULL, NULL, \
+         'NO', NULL, 'NO', ?, NULL, 'NULL', 'NULL', NULL)"
+    ))?;
+    for ((dataset, table), info) in catalog {
+        tables.execute(duckdb::params![
+            project,
+            dataset,
+            table,
+            ms(info.created_ms),
+            ddl(project, dataset, table, info)
+        ])?;
+        for (i, f) in info.fields.iter().enumerate() {
+            let partitioning = info.partition_field.as_deref() == Some(f.name.as_str());
+            columns.execute(duckdb::params![
+                project,
+                dataset,
+                table,
+                f.name,
+                i as i64 + 1,
+                if f.repeated { "NO" } else { "YES" },
+                f.standard_type(),
+                if partitioning { "YES" } else { "NO" },
+            ])?;
+        }
+    }
+    let mut schemata = conn.prepare(&format!(
+        "INSERT INTO \"{META_SCHEMA}\".schemata VALUES (?, ?, NULL, \
+         CAST(epoch_ms(CAST(? AS BIGINT)) AS TIMESTAMPTZ), \
+         CAST(epoch_ms(CAST(? AS BIGINT)) AS TIMESTAMPTZ), '{LOCATION}', ?, NULL)"
+    ))?;
+    let datasets: BTreeSet<&str> = catalog.keys().map(|(d, _)| d.as_str()).collect();
+    for dataset in datasets {
+        let infos = catalog
+            .iter()
+            .filter(|((d, _), _)| d == dataset)
+            .map(|(_, i)| i);
+        let created = infos.clone().filter_map(|i| i.created_ms).min();
+        let modified = infos.filter_map(|i| i.modified_ms).max();
+        schemata.execute(duckdb::params![
+            project,
+            dataset,
+            ms(created),
+            ms(modified),
+            format!(
+                "CREATE SCHEMA `{project}.{dataset}`\nOPTIONS(\n  location=\"{}\"\n);",
+                LOCATION.to_ascii_lowercase()
+            ),
+        ])?;
+    }
+    Ok(())
+}
+
+/// A table's DDL as INFORMATION_SCHEMA.TABLES writes it.
+fn ddl(project: &str, dataset: &str, table: &str, info: &TableInfo) -> String {
+    let columns = info
+        .fields
+        .iter()
+        .map(|f| format!("  {} {}", values::ddl_name(&f.name), f.standard_type()))
+        .collect::<Vec<_>>()
+        .join(",\n");
+    let partition = info
+        .partition_field
+        .as_ref()
+        .map(|p| format!("\nPARTITION BY {}", values::ddl_name(p)))
+        .unwrap_or_default();
+    format!("CREATE TABLE `{project}.{dataset}.{table}`\n(\n{columns}\n){partition};")
 }
 
 /// From here on the engine reads the configured files and nothing else, and its settings

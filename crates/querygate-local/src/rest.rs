@@ -1,7 +1,10 @@
-//! The BigQuery REST v2 surface of the local engine: jobs.insert/get/list/cancel, jobs.query,
-//! jobs.getQueryResults (paged, `pageToken`/`startIndex`/`maxResults`), tabledata.list,
-//! datasets.list/get, tables.list/get, dry runs; anything else is refused in BigQuery's error
-//! envelope (writes as `accessDenied`: the engine is read-only).
+//! The BigQuery REST v2 surface of the local engine: jobs.insert/get/list/cancel (jobs.list
+//! paged by `maxResults`/`pageToken`, narrowed by `stateFilter` and creation times), jobs.query,
+//! jobs.getQueryResults (paged, `pageToken`/`startIndex`/`maxResults`), tabledata.list (also
+//! `selectedFields`: the named top-level columns in the order named), datasets.list/get,
+//! tables.list/get (`creationTime`/`lastModifiedTime` from the files' modification times),
+//! dry runs; anything else is refused in BigQuery's error envelope (writes as `accessDenied`:
+//! the engine is read-only).
 //!
 //! Served in-process only: [`router`] is an axum `Router` the gateway's `bigquery` source calls
 //! directly (no socket), so nothing reaches the engine without going through the pipeline.
@@ -15,9 +18,9 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value as Json, json};
 
-use crate::engine::{Engine, Job, LOCATION, Page, QueryRequest, ResultSet};
+use crate::engine::{Engine, Job, LOCATION, Page, QueryRequest, ResultSet, select_columns};
 use crate::error::EngineError;
-use crate::values::Format;
+use crate::values::{Field, Format};
 
 /// Request bodies above this are refused (the gateway caps them lower).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -133,14 +136,7 @@ pub fn handle(
         (["queries"], "POST") => jobs_query(engine, body),
         (["queries", job], "GET") => get_query_results(engine, job, &params),
         (["jobs"], "POST") => jobs_insert(engine, body),
-        (["jobs"], "GET") => ok(json!({
-            "kind": "bigquery#jobList",
-            "jobs": engine.jobs().iter().map(|j| {
-                let mut r = job_resource(engine, j);
-                r["state"] = json!("DONE");
-                r
-            }).collect::<Vec<_>>(),
-        })),
+        (["jobs"], "GET") => jobs_list(engine, &params),
         (["jobs", job], "GET") => ok(job_resource(engine, &find_job(engine, job)?)),
         (["jobs", job, "cancel"], "POST") => ok(json!({
             "kind": "bigquery#jobCancelResponse",
@@ -154,22 +150,10 @@ pub fn handle(
             find_dataset(engine, dataset)?;
             ok(dataset_resource(engine, dataset))
         }
-        (["datasets", dataset, "tables"], "GET") => {
-            find_dataset(engine, dataset)?;
-            let tables: Vec<Json> = engine
-                .tables()
-                .keys()
-                .filter(|(d, _)| d == dataset)
-                .map(|(d, t)| json!({
-                    "kind": "bigquery#table",
-                    "id": format!("{}:{d}.{t}", engine.project()),
-                    "tableReference": {"projectId": engine.project(), "datasetId": d, "tableId": t},
-                    "type": "TABLE",
-                }))
-                .collect();
-            ok(json!({"kind": "bigquery#tableList", "totalItems": tables.len(), "tables": tables}))
+        (["datasets", dataset, "tables"], "GET") => tables_list(engine, dataset, &params),
+        (["datasets", dataset, "tables", table], "GET") => {
+            table_resource(engine, dataset, table, &params)
         }
-        (["datasets", dataset, "tables", table], "GET") => table_resource(engine, dataset, table),
         (["datasets", dataset, "tables", table, "data"], "GET") => {
             tabledata_list(engine, dataset, table, &params)
         }
@@ -213,6 +197,23 @@ impl Params {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+    /// Every value of a repeated parameter (`stateFilter=pending&stateFilter=running`).
+    fn all(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    /// `selectedFields` as indexes into `fields`; `None` when it names nothing (every column).
+    fn selected(&self, fields: &[Field]) -> Result<Option<Vec<usize>>, EngineError> {
+        match self.get("selectedFields") {
+            None => Ok(None),
+            Some(names) => {
+                let columns = select_columns(fields, names)?;
+                Ok((!columns.is_empty()).then_some(columns))
+            }
+        }
     }
     fn number(&self, key: &str) -> Result<Option<u64>, EngineError> {
         self.get(key)
@@ -439,7 +440,7 @@ fn jobs_query(engine: &Engine, body: &[u8]) -> Result<Answer, EngineError> {
             "cacheHit": false,
         }));
     }
-    let page = engine.result_page(&result, 0, max, format)?;
+    let page = engine.result_page(&result, 0, max, format, None)?;
     Ok(results_body(
         engine,
         "bigquery#queryResponse",
@@ -482,6 +483,7 @@ fn get_query_results(engine: &Engine, id: &str, params: &Params) -> Result<Answe
         params.start()?,
         params.number("maxResults")?,
         params.format(),
+        None,
     )?;
     Ok(results_body(
         engine,
@@ -492,13 +494,29 @@ fn get_query_results(engine: &Engine, id: &str, params: &Params) -> Result<Answe
     ))
 }
 
-fn table_resource(engine: &Engine, dataset: &str, table: &str) -> Result<Answer, EngineError> {
+fn table_resource(
+    engine: &Engine,
+    dataset: &str,
+    table: &str,
+    params: &Params,
+) -> Result<Answer, EngineError> {
     let project = engine.project();
-    let (fields, rows, bytes, partition) = if dataset == "_results" {
-        let r = engine
-            .result_by_table(table)
+    let (fields, rows, bytes, partition, created, modified) = if dataset == "_results" {
+        let job = engine
+            .job_of_result(table)
             .ok_or_else(|| crate::engine::not_found_table(project, dataset, table))?;
-        (r.fields, r.total_rows, 0, None)
+        let r = job
+            .outcome
+            .clone()
+            .map_err(|_| crate::engine::not_found_table(project, dataset, table))?;
+        (
+            r.fields,
+            r.total_rows,
+            0,
+            None,
+            Some(job.created_ms),
+            Some(job.ended_ms),
+        )
     } else {
         let info = engine
             .tables()
@@ -509,7 +527,17 @@ fn table_resource(engine: &Engine, dataset: &str, table: &str) -> Result<Answer,
             info.num_rows,
             info.num_bytes,
             info.partition_field.clone(),
+            info.created_ms,
+            info.modified_ms,
         )
+    };
+    // tables.get's `selectedFields`: the schema of the named columns only.
+    let fields = match params.selected(&fields)? {
+        Some(columns) => columns
+            .iter()
+            .filter_map(|&i| fields.get(i).cloned())
+            .collect(),
+        None => fields,
     };
     let mut t = json!({
         "kind": "bigquery#table",
@@ -521,10 +549,116 @@ fn table_resource(engine: &Engine, dataset: &str, table: &str) -> Result<Answer,
         "type": "TABLE",
         "location": LOCATION,
     });
+    if let Some(ms) = created {
+        t["creationTime"] = json!(ms.to_string());
+    }
+    if let Some(ms) = modified {
+        t["lastModifiedTime"] = json!(ms.to_string());
+    }
     if let Some(field) = partition {
         t["timePartitioning"] = json!({"type": "DAY", "field": field});
     }
     ok(t)
+}
+
+/// tables.list, paged by `maxResults`/`pageToken` (an offset: the tables do not change).
+fn tables_list(engine: &Engine, dataset: &str, params: &Params) -> Result<Answer, EngineError> {
+    find_dataset(engine, dataset)?;
+    let project = engine.project();
+    let all: Vec<(&(String, String), &crate::engine::TableInfo)> = engine
+        .tables()
+        .iter()
+        .filter(|((d, _), _)| d == dataset)
+        .collect();
+    let start = offset_token(params)?;
+    let max = params.number("maxResults")?.map_or(usize::MAX, clamp);
+    let tables: Vec<Json> = all
+        .iter()
+        .skip(start)
+        .take(max)
+        .map(|((d, t), info)| {
+            let mut item = json!({
+                "kind": "bigquery#table",
+                "id": format!("{project}:{d}.{t}"),
+                "tableReference": {"projectId": project, "datasetId": d, "tableId": t},
+                "type": "TABLE",
+            });
+            if let Some(ms) = info.created_ms {
+                item["creationTime"] = json!(ms.to_string());
+            }
+            if let Some(ms) = info.modified_ms {
+                item["lastModifiedTime"] = json!(ms.to_string());
+            }
+            if let Some(field) = &info.partition_field {
+                item["timePartitioning"] = json!({"type": "DAY", "field": field});
+            }
+            item
+        })
+        .collect();
+    let mut body = json!({"kind": "bigquery#tableList", "totalItems": all.len(), "tables": tables});
+    let end = start.saturating_add(max);
+    if end < all.len() {
+        body["nextPageToken"] = json!(end.to_string());
+    }
+    ok(body)
+}
+
+/// jobs.list: kept jobs newest first, paged by `maxResults`/`pageToken`; `stateFilter`
+/// (every job here is DONE) and `minCreationTime`/`maxCreationTime` (ms) narrow it.
+fn jobs_list(engine: &Engine, params: &Params) -> Result<Answer, EngineError> {
+    let from = params
+        .get("pageToken")
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| EngineError::bad_request(format!("invalid pageToken {t:?}")))
+        })
+        .transpose()?;
+    let max = params.number("maxResults")?.map(clamp);
+    let states: Vec<String> = params
+        .all("stateFilter")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let min_created = params.number("minCreationTime")?;
+    let max_created = params.number("maxCreationTime")?;
+    let wanted = |j: &Job| {
+        (states.is_empty() || states.iter().any(|s| s == "done"))
+            && min_created.is_none_or(|m| j.created_ms >= m)
+            && max_created.is_none_or(|m| j.created_ms <= m)
+    };
+    let mut listed = engine
+        .jobs_from(from)
+        .into_iter()
+        .filter(|(_, j)| wanted(j));
+    let jobs: Vec<Job> = listed
+        .by_ref()
+        .take(max.unwrap_or(usize::MAX))
+        .map(|(_, j)| j)
+        .collect();
+    let next = listed.next().map(|(seq, _)| seq);
+    let mut body = json!({
+        "kind": "bigquery#jobList",
+        "jobs": jobs.iter().map(|j| {
+            let mut r = job_resource(engine, j);
+            r["state"] = json!("DONE");
+            r
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(next) = next {
+        body["nextPageToken"] = json!(next.to_string());
+    }
+    ok(body)
+}
+
+/// A list's offset page token (tables.list).
+fn offset_token(params: &Params) -> Result<usize, EngineError> {
+    params.get("pageToken").map_or(Ok(0), |t| {
+        t.parse::<usize>()
+            .map_err(|_| EngineError::bad_request(format!("invalid pageToken {t:?}")))
+    })
+}
+
+fn clamp(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 fn tabledata_list(
@@ -540,15 +674,20 @@ fn tabledata_list(
         let r = engine
             .result_by_table(table)
             .ok_or_else(|| crate::engine::not_found_table(engine.project(), dataset, table))?;
-        (engine.result_page(&r, start, max, format)?, r.total_rows)
+        let columns = params.selected(&r.fields)?;
+        (
+            engine.result_page(&r, start, max, format, columns.as_deref())?,
+            r.total_rows,
+        )
     } else {
-        let total = engine
+        let info = engine
             .tables()
             .get(&(dataset.to_string(), table.to_string()))
-            .map_or(0, |i| i.num_rows);
+            .ok_or_else(|| crate::engine::not_found_table(engine.project(), dataset, table))?;
+        let columns = params.selected(&info.fields)?;
         (
-            engine.table_page(dataset, table, start, max, format)?,
-            total,
+            engine.table_page(dataset, table, start, max, format, columns.as_deref())?,
+            info.num_rows,
         )
     };
     let mut body = json!({
@@ -566,10 +705,23 @@ fn tabledata_list(
 }
 
 fn dataset_resource(engine: &Engine, dataset: &str) -> Json {
-    json!({
+    let mut d = json!({
         "kind": "bigquery#dataset",
         "id": format!("{}:{dataset}", engine.project()),
         "datasetReference": {"projectId": engine.project(), "datasetId": dataset},
         "location": LOCATION,
-    })
+    });
+    // The oldest and newest of its tables' times.
+    let infos = engine
+        .tables()
+        .iter()
+        .filter(|((d, _), _)| d == dataset)
+        .map(|(_, i)| i);
+    if let Some(ms) = infos.clone().filter_map(|i| i.created_ms).min() {
+        d["creationTime"] = json!(ms.to_string());
+    }
+    if let Some(ms) = infos.filter_map(|i| i.modified_ms).max() {
+        d["lastModifiedTime"] = json!(ms.to_string());
+    }
+    d
 }

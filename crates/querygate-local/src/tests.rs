@@ -64,7 +64,7 @@ fn run(engine: &Engine, sql: &str, params: Option<Json>) -> String {
         Err(e) => return format!("error {}: {}", e.reason(), e.message),
     };
     let page = engine
-        .result_page(&result, 0, None, Format::default())
+        .result_page(&result, 0, None, Format::default(), None)
         .expect("page");
     let rows: Vec<Json> = serde_json::from_slice(&page.rows).expect("rows");
     rows.iter()
@@ -256,6 +256,21 @@ fn bigquery_constructs_run_on_the_engine() {
             "Bo Chen",
         ),
         (
+            "back-ticked parameter",
+            "SELECT name FROM shop.customers WHERE id = @`id`",
+            "Bo Chen",
+        ),
+        (
+            "IN UNNEST",
+            "SELECT name FROM shop.customers WHERE id IN UNNEST([1, 3]) ORDER BY id",
+            "Ana Lima;Cy Diaz",
+        ),
+        (
+            "INFORMATION_SCHEMA.COLUMNS",
+            "SELECT data_type FROM shop.INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'events' AND column_name = 'tags'",
+            "ARRAY<STRING>",
+        ),
+        (
             "WITH + window",
             "WITH s AS (SELECT id, score FROM shop.customers) SELECT id, RANK() OVER (ORDER BY score DESC) FROM s WHERE score IS NOT NULL ORDER BY id",
             "1|2;2|1",
@@ -385,7 +400,7 @@ fn results_page_with_tokens_and_dry_runs_estimate_without_running() {
     let mut seen = Vec::new();
     loop {
         let page = engine
-            .result_page(&result, start, Some(10), Format::default())
+            .result_page(&result, start, Some(10), Format::default(), None)
             .expect("page");
         let rows: Vec<Json> = serde_json::from_slice(&page.rows).expect("rows");
         seen.extend(rows.iter().map(|r| text(&r["f"][0]["v"])));
@@ -689,4 +704,640 @@ fn bad_requests_get_bigquery_errors_not_panics() {
         };
         assert_eq!(got, *want, "{method} {path} {query:?} {body}");
     }
+}
+
+/// A REST call as the gateway makes it: the status and the JSON body (or error envelope).
+fn rest(
+    engine: &Engine,
+    method: axum::http::Method,
+    path: &str,
+    query: Option<&str>,
+    body: &str,
+) -> (u16, Json) {
+    crate::rest::handle(engine, &method, path, query, body.as_bytes())
+        .map(|a| {
+            let status = a.status.as_u16();
+            let body: Json = serde_json::from_slice(&a.into_bytes()).expect("json");
+            (status, body)
+        })
+        .unwrap_or_else(|e| (e.status(), e.envelope()))
+}
+
+/// jobs.query with `body` (JSON fields besides `useLegacySql`): rows as `a|b;c|d`, or
+/// `error <reason>: <message>`.
+fn query_rows(engine: &Engine, body: Json) -> String {
+    let mut body = body;
+    body["useLegacySql"] = Json::Bool(false);
+    let (status, answer) = rest(
+        engine,
+        axum::http::Method::POST,
+        "/bigquery/v2/projects/demo/queries",
+        None,
+        &body.to_string(),
+    );
+    if status != 200 {
+        return format!(
+            "error {}: {}",
+            answer["error"]["errors"][0]["reason"]
+                .as_str()
+                .unwrap_or("?"),
+            answer["error"]["message"].as_str().unwrap_or("?")
+        );
+    }
+    rows_text(&answer)
+}
+
+fn rows_text(answer: &Json) -> String {
+    answer["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    r["f"]
+                        .as_array()
+                        .expect("cells")
+                        .iter()
+                        .map(|c| text(&c["v"]))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect::<Vec<_>>()
+                .join(";")
+        })
+        .unwrap_or_default()
+}
+
+fn error_reason(answer: &Json) -> &str {
+    answer["error"]["errors"][0]["reason"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// tabledata.list's `selectedFields` returns exactly the named top-level columns, in the order
+/// named (the Python client reads the cells under those names), on configured tables and on
+/// query results; a name that is no column is `invalid`.
+#[test]
+fn selected_fields_are_the_named_columns_in_the_order_named() {
+    use axum::http::Method;
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    let data = "/bigquery/v2/projects/demo/datasets/shop/tables/customers/data";
+    let (s, page) = rest(
+        &engine,
+        Method::GET,
+        data,
+        Some("selectedFields=email,id"),
+        "",
+    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(
+        rows_text(&page),
+        "ana@example.com|1;bo@corp.example|2;NULL|3"
+    );
+    assert_eq!(page["totalRows"], "3");
+    // Any case, each column once (the gateway masks cells by this reading), spaces trimmed,
+    // paged as without a selection.
+    let (s, page) = rest(
+        &engine,
+        Method::GET,
+        data,
+        Some("selectedFields=SCORE%2C%20name,score&maxResults=2"),
+        "",
+    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(rows_text(&page), "3.5|Ana Lima;4|Bo Chen");
+    assert_eq!(page["pageToken"], "2");
+    let (_, page) = rest(
+        &engine,
+        Method::GET,
+        data,
+        Some("selectedFields=score,name&pageToken=2"),
+        "",
+    );
+    assert_eq!(rows_text(&page), "NULL|Cy Diaz");
+    // Nested and repeated columns keep their shape.
+    let (_, page) = rest(
+        &engine,
+        Method::GET,
+        "/bigquery/v2/projects/demo/datasets/shop/tables/events/data",
+        Some("selectedFields=tags,id"),
+        "",
+    );
+    assert_eq!(rows_text(&page), "[a,b]|1;[]|2");
+    for bad in ["selectedFields=id,nope", "selectedFields=tags.x"] {
+        let (s, e) = rest(&engine, Method::GET, data, Some(bad), "");
+        assert_eq!((s, error_reason(&e)), (400, "invalid"), "{bad}: {e}");
+    }
+    // An empty selection is every column.
+    let (_, page) = rest(
+        &engine,
+        Method::GET,
+        data,
+        Some("selectedFields=&maxResults=1"),
+        "",
+    );
+    assert_eq!(
+        rows_text(&page),
+        "1|Ana Lima|ana@example.com|2024-01-05|3.5"
+    );
+
+    // A query's result table, read with tabledata.list as clients do with a job's
+    // destinationTable.
+    let (_, q) = rest(
+        &engine,
+        Method::POST,
+        "/bigquery/v2/projects/demo/queries",
+        None,
+        r#"{"query": "SELECT id, name, id * 10 AS tens FROM shop.customers ORDER BY id", "useLegacySql": false}"#,
+    );
+    let job = q["jobReference"]["jobId"].as_str().expect("job");
+    let (_, j) = rest(
+        &engine,
+        Method::GET,
+        &format!("/bigquery/v2/projects/demo/jobs/{job}"),
+        None,
+        "",
+    );
+    let table = j["configuration"]["query"]["destinationTable"]["tableId"]
+        .as_str()
+        .expect("destination");
+    let (s, page) = rest(
+        &engine,
+        Method::GET,
+        &format!("/bigquery/v2/projects/demo/datasets/_results/tables/{table}/data"),
+        Some("selectedFields=tens,id&startIndex=1"),
+        "",
+    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(rows_text(&page), "20|2;30|3");
+
+    // tables.get's selectedFields narrows the schema the same way.
+    let (s, t) = rest(
+        &engine,
+        Method::GET,
+        "/bigquery/v2/projects/demo/datasets/shop/tables/customers",
+        Some("selectedFields=score,id"),
+        "",
+    );
+    assert_eq!(s, 200);
+    let names: Vec<&str> = t["schema"]["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["score", "id"]);
+}
+
+/// `dataset.INFORMATION_SCHEMA.TABLES/COLUMNS` (and `region-us.`, project-qualified, back-ticked,
+/// any case) are views of the configured tables, with BigQuery's columns and GoogleSQL types.
+#[test]
+fn information_schema_describes_the_configured_tables() {
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    let q = |sql: &str| query_rows(&engine, serde_json::json!({ "query": sql }));
+    let cases: &[(&str, &str)] = &[
+        (
+            "SELECT table_catalog, table_schema, table_name, table_type FROM shop.INFORMATION_SCHEMA.TABLES ORDER BY table_name",
+            "demo|shop|customers|BASE TABLE;demo|shop|events|BASE TABLE",
+        ),
+        (
+            "SELECT column_name, ordinal_position, is_nullable, data_type, is_partitioning_column \
+             FROM `demo.shop.INFORMATION_SCHEMA.COLUMNS` WHERE table_name = 'customers' ORDER BY ordinal_position",
+            "id|1|YES|INT64|NO;name|2|YES|STRING|NO;email|3|YES|STRING|NO;\
+             signup_date|4|YES|DATE|YES;score|5|YES|FLOAT64|NO",
+        ),
+        (
+            "SELECT column_name, is_nullable, data_type FROM shop.information_schema.columns \
+             WHERE table_name = 'events' ORDER BY ordinal_position",
+            "id|YES|INT64;tags|NO|ARRAY<STRING>;seen_at|YES|TIMESTAMP",
+        ),
+        (
+            "SELECT count(*) FROM `region-us`.INFORMATION_SCHEMA.TABLES",
+            "2",
+        ),
+        (
+            "SELECT count(*) FROM region-us.INFORMATION_SCHEMA.COLUMNS",
+            "8",
+        ),
+        (
+            "SELECT count(*) FROM `demo`.`region-us`.INFORMATION_SCHEMA.TABLES",
+            "2",
+        ),
+        (
+            "SELECT schema_name, location FROM `region-us.INFORMATION_SCHEMA.SCHEMATA`",
+            "shop|US",
+        ),
+        // The path's last part is its implicit alias; explicit aliases, joins, CTEs work.
+        (
+            "SELECT TABLES.table_name FROM shop.INFORMATION_SCHEMA.TABLES WHERE TABLES.table_name = 'events'",
+            "events",
+        ),
+        (
+            "WITH t AS (SELECT table_name FROM shop.INFORMATION_SCHEMA.TABLES) \
+             SELECT c.table_name, count(*) FROM t JOIN shop.INFORMATION_SCHEMA.COLUMNS AS c \
+             ON c.table_name = t.table_name GROUP BY 1 ORDER BY 1",
+            "customers|5;events|3",
+        ),
+        (
+            "SELECT STARTS_WITH(ddl, 'CREATE TABLE `demo.shop.customers`'), ddl LIKE '%signup_date DATE%', \
+             creation_time IS NOT NULL FROM shop.INFORMATION_SCHEMA.TABLES WHERE table_name = 'customers'",
+            "true|true|true",
+        ),
+        (
+            "SELECT count(*) FROM shop.customers WHERE 'email' IN \
+             (SELECT column_name FROM shop.INFORMATION_SCHEMA.COLUMNS)",
+            "3",
+        ),
+        // Refused: what the source does not have, views not served, the engine's own tables.
+        (
+            "SELECT * FROM nope.INFORMATION_SCHEMA.TABLES",
+            "error notFound: Not found: Dataset demo:nope",
+        ),
+        (
+            "SELECT * FROM `region-eu`.INFORMATION_SCHEMA.TABLES",
+            "error notFound",
+        ),
+        (
+            "SELECT * FROM `other.shop.INFORMATION_SCHEMA.TABLES`",
+            "error notFound",
+        ),
+        (
+            "SELECT * FROM `region-us`.INFORMATION_SCHEMA.JOBS",
+            "error invalidQuery: querygate's local engine serves INFORMATION_SCHEMA.TABLES",
+        ),
+        (
+            "SELECT * FROM INFORMATION_SCHEMA.TABLES",
+            "error invalidQuery: Table name \"INFORMATION_SCHEMA.TABLES\" missing dataset",
+        ),
+        (
+            "SELECT * FROM _qg_information_schema.tables",
+            "error notFound",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (sql, want) in cases {
+        let got = q(sql);
+        let ok = if want.starts_with("error") {
+            got.starts_with(want)
+        } else {
+            got == *want
+        };
+        if !ok {
+            failures.push(format!("{sql}\n    want: {want}\n    got:  {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // With a default dataset, the bare view is that dataset's.
+    assert_eq!(
+        query_rows(
+            &engine,
+            serde_json::json!({
+                "query": "SELECT count(*) FROM INFORMATION_SCHEMA.TABLES",
+                "defaultDataset": {"projectId": "demo", "datasetId": "shop"},
+            })
+        ),
+        "2"
+    );
+    // Result schema: BigQuery's column types; a dry run answers too.
+    let (s, a) = rest(
+        &engine,
+        axum::http::Method::POST,
+        "/bigquery/v2/projects/demo/queries",
+        None,
+        r#"{"query": "SELECT table_name, creation_time, ddl FROM shop.INFORMATION_SCHEMA.TABLES", "useLegacySql": false}"#,
+    );
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["schema"]["fields"][1]["type"], "TIMESTAMP");
+    assert_eq!(a["schema"]["fields"][2]["type"], "STRING");
+    let (s, d) = rest(
+        &engine,
+        axum::http::Method::POST,
+        "/bigquery/v2/projects/demo/queries",
+        None,
+        r#"{"query": "SELECT * FROM shop.INFORMATION_SCHEMA.COLUMNS", "dryRun": true}"#,
+    );
+    assert_eq!(s, 200, "{d}");
+    assert!(
+        d["schema"]["fields"]
+            .as_array()
+            .is_some_and(|f| f.len() > 10)
+    );
+}
+
+/// Tables (and datasets) report `creationTime` and `lastModifiedTime`: the oldest and newest
+/// modification times of their files, in ms since the epoch, as strings.
+#[test]
+fn tables_report_their_files_times() {
+    use axum::http::Method;
+    use std::time::{Duration, UNIX_EPOCH};
+    let dir = TempDir::new();
+    let orders = dir.0.join("orders");
+    std::fs::create_dir_all(&orders).expect("dir");
+    for (name, ms) in [
+        ("a.csv", 1_700_000_000_123u64),
+        ("b.csv", 1_710_000_000_456),
+    ] {
+        let path = orders.join(name);
+        std::fs::write(&path, "id,amount\n1,2.5\n").expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(UNIX_EPOCH + Duration::from_millis(ms))
+            .expect("mtime");
+    }
+    let engine = Engine::open(
+        "demo",
+        &[crate::engine::TableSpec {
+            dataset: "shop".into(),
+            table: "orders".into(),
+            pattern: orders.join("*.csv"),
+        }],
+    )
+    .expect("engine");
+    let (s, t) = rest(
+        &engine,
+        Method::GET,
+        "/bigquery/v2/projects/demo/datasets/shop/tables/orders",
+        None,
+        "",
+    );
+    assert_eq!(s, 200);
+    assert_eq!(t["creationTime"], "1700000000123");
+    assert_eq!(t["lastModifiedTime"], "1710000000456");
+    let (_, list) = rest(
+        &engine,
+        Method::GET,
+        "/bigquery/v2/projects/demo/datasets/shop/tables",
+        None,
+        "",
+    );
+    assert_eq!(list["tables"][0]["creationTime"], "1700000000123");
+    assert_eq!(list["tables"][0]["lastModifiedTime"], "1710000000456");
+    let (_, d) = rest(
+        &engine,
+        Method::GET,
+        "/bigquery/v2/projects/demo/datasets/shop",
+        None,
+        "",
+    );
+    assert_eq!(d["creationTime"], "1700000000123");
+    assert_eq!(
+        query_rows(
+            &engine,
+            serde_json::json!({"query": "SELECT UNIX_MILLIS(creation_time) FROM shop.INFORMATION_SCHEMA.TABLES"})
+        ),
+        "1700000000123"
+    );
+    // A query's result table: its job's times.
+    let (_, q) = rest(
+        &engine,
+        Method::POST,
+        "/bigquery/v2/projects/demo/queries",
+        None,
+        r#"{"query": "SELECT 1 AS x"}"#,
+    );
+    let job = q["jobReference"]["jobId"].as_str().expect("job");
+    let (_, j) = rest(
+        &engine,
+        Method::GET,
+        &format!("/bigquery/v2/projects/demo/jobs/{job}"),
+        None,
+        "",
+    );
+    let table = j["configuration"]["query"]["destinationTable"]["tableId"]
+        .as_str()
+        .expect("destination");
+    let (s, r) = rest(
+        &engine,
+        Method::GET,
+        &format!("/bigquery/v2/projects/demo/datasets/_results/tables/{table}"),
+        None,
+        "",
+    );
+    assert_eq!(s, 200);
+    assert_eq!(r["creationTime"], j["statistics"]["creationTime"]);
+}
+
+/// ARRAY query parameters: `UNNEST(@arr)` in FROM, `x IN UNNEST(@arr)` and `NOT IN`, typed
+/// elements, an empty array; `IN UNNEST(column)` too.
+#[test]
+fn array_parameters_unnest_and_in_unnest() {
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    let params = serde_json::json!([
+        {"name": "ids", "parameterType": {"type": "ARRAY", "arrayType": {"type": "INT64"}},
+         "parameterValue": {"arrayValues": [{"value": "1"}, {"value": "3"}]}},
+        {"name": "names", "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRING"}},
+         "parameterValue": {"arrayValues": [{"value": "b"}, {"value": "a"}]}},
+        {"name": "none", "parameterType": {"type": "ARRAY", "arrayType": {"type": "INT64"}},
+         "parameterValue": {"arrayValues": []}},
+        {"name": "days", "parameterType": {"type": "ARRAY", "arrayType": {"type": "DATE"}},
+         "parameterValue": {"arrayValues": [{"value": "2024-02-11"}]}},
+    ]);
+    let cases: &[(&str, &str)] = &[
+        ("SELECT x FROM UNNEST(@names) AS x ORDER BY x", "a;b"),
+        ("SELECT n FROM UNNEST(@ids) n ORDER BY n DESC", "3;1"),
+        (
+            "SELECT name FROM shop.customers WHERE id IN UNNEST(@ids) ORDER BY id",
+            "Ana Lima;Cy Diaz",
+        ),
+        (
+            "SELECT name FROM shop.customers WHERE id NOT IN UNNEST(@ids)",
+            "Bo Chen",
+        ),
+        (
+            "SELECT count(*) FROM shop.customers WHERE id IN UNNEST(@none)",
+            "0",
+        ),
+        (
+            "SELECT name FROM shop.customers WHERE signup_date IN UNNEST(@days)",
+            "Bo Chen",
+        ),
+        (
+            "SELECT c.name FROM shop.customers c JOIN UNNEST(@ids) AS i ON c.id = i ORDER BY c.name",
+            "Ana Lima;Cy Diaz",
+        ),
+        ("SELECT id FROM shop.events WHERE 'a' IN UNNEST(tags)", "1"),
+        ("SELECT ARRAY_LENGTH(@names), @ids[OFFSET(1)]", "2|3"),
+    ];
+    let mut failures = Vec::new();
+    for (sql, want) in cases {
+        let got = query_rows(
+            &engine,
+            serde_json::json!({"query": sql, "parameterMode": "NAMED", "queryParameters": params}),
+        );
+        if got != *want {
+            failures.push(format!("{sql}\n    want: {want}\n    got:  {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Positional parameters (`parameterMode: POSITIONAL`, `?` markers): the n-th marker of the
+/// text takes the n-th value; `?` in a string is no marker; too few values, or markers mixed
+/// with named parameters, are errors.
+#[test]
+fn positional_parameters_bind_in_text_order() {
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    let run = |sql: &str, values: &[(&str, &str)]| {
+        let params: Vec<Json> = values
+            .iter()
+            .map(|(ty, v)| {
+                serde_json::json!({"parameterType": {"type": ty}, "parameterValue": {"value": v}})
+            })
+            .collect();
+        query_rows(
+            &engine,
+            serde_json::json!({"query": sql, "parameterMode": "POSITIONAL", "queryParameters": params}),
+        )
+    };
+    assert_eq!(
+        run(
+            "SELECT name FROM shop.customers WHERE id = ? OR id = ? ORDER BY id",
+            &[("INT64", "3"), ("INT64", "1")]
+        ),
+        "Ana Lima;Cy Diaz"
+    );
+    assert_eq!(
+        run(
+            "SELECT ?, '?', x FROM UNNEST([?, ?]) AS x WHERE x > ? ORDER BY x LIMIT ?",
+            &[
+                ("STRING", "first"),
+                ("INT64", "10"),
+                ("INT64", "20"),
+                ("INT64", "15"),
+                ("INT64", "5")
+            ]
+        ),
+        "first|?|20"
+    );
+    assert_eq!(
+        run(
+            "WITH s AS (SELECT ? AS a) SELECT a, ? FROM s",
+            &[("STRING", "x"), ("STRING", "y")]
+        ),
+        "x|y"
+    );
+    assert!(
+        run("SELECT ?, ?", &[("INT64", "1")]).starts_with("error invalidQuery"),
+        "too few values"
+    );
+    let mixed = query_rows(
+        &engine,
+        serde_json::json!({"query": "SELECT ?, @a", "queryParameters": [
+            {"parameterType": {"type": "INT64"}, "parameterValue": {"value": "1"}},
+            {"name": "a", "parameterType": {"type": "INT64"}, "parameterValue": {"value": "2"}},
+        ]}),
+    );
+    assert!(mixed.starts_with("error invalidQuery"), "{mixed}");
+}
+
+/// jobs.list pages with `maxResults` and `pageToken`, newest first; a page token stays valid
+/// when newer jobs arrive; `stateFilter` (all jobs here are DONE).
+#[test]
+fn jobs_list_pages() {
+    use axum::http::Method;
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    for id in ["j1", "j2", "j3"] {
+        let body = serde_json::json!({
+            "jobReference": {"jobId": id},
+            "configuration": {"query": {"query": "SELECT 1", "useLegacySql": false}},
+        });
+        let (s, _) = rest(
+            &engine,
+            Method::POST,
+            "/bigquery/v2/projects/demo/jobs",
+            None,
+            &body.to_string(),
+        );
+        assert_eq!(s, 200);
+    }
+    let ids = |list: &Json| -> Vec<String> {
+        list["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter_map(|j| j["jobReference"]["jobId"].as_str().map(str::to_string))
+            .collect()
+    };
+    let jobs = "/bigquery/v2/projects/demo/jobs";
+    let (s, first) = rest(&engine, Method::GET, jobs, Some("maxResults=2"), "");
+    assert_eq!(s, 200);
+    assert_eq!(ids(&first), ["j3", "j2"]);
+    let token = first["nextPageToken"].as_str().expect("token").to_string();
+    // A newer job does not shift the next page.
+    let (s, _) = rest(
+        &engine,
+        Method::POST,
+        jobs,
+        None,
+        r#"{"jobReference": {"jobId": "j4"}, "configuration": {"query": {"query": "SELECT 2"}}}"#,
+    );
+    assert_eq!(s, 200);
+    let (_, second) = rest(
+        &engine,
+        Method::GET,
+        jobs,
+        Some(&format!("maxResults=2&pageToken={token}")),
+        "",
+    );
+    assert_eq!(ids(&second), ["j1"]);
+    assert!(second.get("nextPageToken").is_none());
+    let (_, all) = rest(&engine, Method::GET, jobs, None, "");
+    assert_eq!(ids(&all), ["j4", "j3", "j2", "j1"]);
+    let (_, running) = rest(
+        &engine,
+        Method::GET,
+        jobs,
+        Some("stateFilter=pending&stateFilter=running"),
+        "",
+    );
+    assert_eq!(ids(&running), Vec::<String>::new());
+    let (_, done) = rest(
+        &engine,
+        Method::GET,
+        jobs,
+        Some("stateFilter=done&maxResults=3"),
+        "",
+    );
+    assert_eq!(ids(&done), ["j4", "j3", "j2"]);
+    let (s, e) = rest(&engine, Method::GET, jobs, Some("pageToken=zz"), "");
+    assert_eq!((s, error_reason(&e)), (400, "invalid"));
+}
+
+/// The Python DB-API layer writes parameters back-ticked (``@`id` ``); the engine reads them as
+/// `@id`. And a carriage return ends a `--` comment, as BigQuery (and the gateway's analysis)
+/// read it: the engine runs the statement the pipeline decided on.
+#[test]
+fn backticked_parameters_and_comment_ends_are_read_as_bigquery_does() {
+    let dir = TempDir::new();
+    let engine = engine_for_tests(&dir.0);
+    let params = serde_json::json!([
+        {"name": "id", "parameterType": {"type": "INT64"}, "parameterValue": {"value": "2"}},
+        {"name": "e mail", "parameterType": {"type": "STRING"}, "parameterValue": {"value": "ana@example.com"}},
+        {"name": "ids", "parameterType": {"type": "ARRAY", "arrayType": {"type": "INT64"}},
+         "parameterValue": {"arrayValues": [{"value": "1"}, {"value": "2"}]}},
+    ]);
+    let q = |sql: &str| {
+        query_rows(
+            &engine,
+            serde_json::json!({"query": sql, "queryParameters": params}),
+        )
+    };
+    assert_eq!(
+        q("SELECT name FROM shop.customers WHERE id = @`id`"),
+        "Bo Chen"
+    );
+    assert_eq!(
+        q(
+            "SELECT id FROM shop.customers WHERE email = @`e mail` OR id IN UNNEST(@`ids`) ORDER BY id"
+        ),
+        "1;2"
+    );
+    assert_eq!(q("SELECT 1 AS a -- note\r, 2 AS b"), "1|2");
+    assert_eq!(q("SELECT 1 AS a # note\r, 3 AS b"), "1|3");
 }

@@ -1,27 +1,33 @@
 //! BigQuery Standard SQL → DuckDB SQL, on the sqlparser AST.
 //!
-//! Parse as BigQuery, check that the statement is one read-only query over known tables, rewrite
-//! the nodes DuckDB spells differently (table paths, `SAFE_CAST`, `STRUCT(...)`, `arr[OFFSET(n)]`,
-//! `DATE_TRUNC(d, MONTH)`, `FORMAT_DATE`, `SHA256`/`TO_HEX`, query parameters, …) and print the
-//! result. Every function must be on the list below: a function the engine does not know fails
-//! with `invalidQuery` naming it, which also keeps DuckDB's file-reading and settings functions
-//! (`read_text`, `read_csv`, `current_setting`, …) out of reach. Every table must be one the
-//! source was configured with (or a CTE); table functions are refused.
+//! Parse as BigQuery (as the gateway's analysis reads it: a carriage return ends a comment,
+//! `` @`name` `` is `@name`), check that the statement is one read-only query over known tables,
+//! rewrite the nodes DuckDB spells differently (table paths, `SAFE_CAST`, `STRUCT(...)`,
+//! `arr[OFFSET(n)]`, `x IN UNNEST(arr)`, `DATE_TRUNC(d, MONTH)`, `FORMAT_DATE`, `SHA256`/`TO_HEX`,
+//! named and positional query parameters, …) and print the result. Every function must be on
+//! the list below: a function the engine does not know fails with `invalidQuery` naming it,
+//! which also keeps DuckDB's file-reading and settings functions (`read_text`, `read_csv`,
+//! `current_setting`, …) out of reach. Every table must be one the source was configured with
+//! (or a CTE), or one of the INFORMATION_SCHEMA views TABLES, COLUMNS and SCHEMATA (rewritten
+//! to the engine's rows describing the configured tables); table functions are refused.
 //!
 //! Pure: no IO, no engine. Must not panic on any input.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use serde_json::Value as Json;
 use sqlparser::ast::{
     AccessExpr, CastKind, DictionaryField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, Subscript, TableFactor, Value,
-    ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
+    Ident, InTarget, ObjectName, ObjectNamePart, Query, SetExpr, Statement, Subscript, TableAlias,
+    TableFactor, Value, ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
 };
 use sqlparser::dialect::{BigQueryDialect, DuckDbDialect};
-use sqlparser::parser::Parser;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer, Word};
 
+use crate::engine::LOCATION;
 use crate::error::EngineError;
 
 /// What a query may name: the project, its tables, and the default dataset.
@@ -47,10 +53,22 @@ pub struct Translated {
     pub wildcard: bool,
 }
 
+/// The DuckDB schema holding the INFORMATION_SCHEMA views' rows (`tables`, `columns`,
+/// `schemata`), filled by the engine from its catalog. Queries cannot name it: the translator
+/// reaches it only by rewriting `dataset.INFORMATION_SCHEMA.TABLES` and its siblings.
+pub const META_SCHEMA: &str = "_qg_information_schema";
+
+/// The INFORMATION_SCHEMA views served: (view, its table in [`META_SCHEMA`], the column that
+/// names a row's dataset).
+const META_VIEWS: &[(&str, &str, &str)] = &[
+    ("TABLES", "tables", "table_schema"),
+    ("COLUMNS", "columns", "table_schema"),
+    ("SCHEMATA", "schemata", "schema_name"),
+];
+
 /// Translates one BigQuery query into DuckDB SQL.
 pub fn translate(sql: &str, ctx: &Context<'_>) -> Result<Translated, EngineError> {
-    let mut statements = Parser::parse_sql(&BigQueryDialect {}, sql)
-        .map_err(|e| EngineError::invalid(format!("Syntax error: {}", strip_parser_prefix(&e))))?;
+    let mut statements = parse_bigquery(sql)?;
     let mut statement = match statements.len() {
         0 => return Err(EngineError::invalid("Syntax error: the query is empty")),
         1 => statements.remove(0),
@@ -70,9 +88,17 @@ pub fn translate(sql: &str, ctx: &Context<'_>) -> Result<Translated, EngineError
         ctx,
         ctes,
         tables: BTreeSet::new(),
+        positions: positional_markers(query),
+        named: false,
+        replacements: Vec::new(),
     };
     if let ControlFlow::Break(e) = VisitMut::visit(&mut **query, &mut rewriter) {
         return Err(e);
+    }
+    if rewriter.named && !rewriter.positions.is_empty() {
+        return Err(EngineError::invalid(
+            "Query parameters cannot be both named (@name) and positional (?) in one query",
+        ));
     }
     let mut names = Names::default();
     let _ = Visit::visit(&**query, &mut names);
@@ -82,6 +108,87 @@ pub fn translate(sql: &str, ctx: &Context<'_>) -> Result<Translated, EngineError
         identifiers: names.idents,
         wildcard: names.wildcard,
     })
+}
+
+/// Parses BigQuery SQL as the gateway's analysis reads it, so that DuckDB runs the statement
+/// the pipeline decided on: a carriage return ends a `--`/`#` comment (BigQuery's rule; sqlparser
+/// ends them at a line feed only), and a back-ticked query parameter (`` @`name` ``, as the
+/// Python DB-API layer writes them) is the one word `@name` (sqlparser reads `@` before a
+/// back-tick as a lone sign and then fails).
+fn parse_bigquery(sql: &str) -> Result<Vec<Statement>, EngineError> {
+    let syntax =
+        |e: &ParserError| EngineError::invalid(format!("Syntax error: {}", strip_parser_prefix(e)));
+    let normalized;
+    let sql = if sql.contains('\r') {
+        normalized = sql.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        sql
+    };
+    let tokens = Tokenizer::new(&BigQueryDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| syntax(&ParserError::from(e)))?;
+    Parser::new(&BigQueryDialect {})
+        .with_tokens_with_locations(merge_backticked_parameters(tokens))
+        .parse_statements()
+        .map_err(|e| syntax(&e))
+}
+
+/// `@` followed by a back-ticked word → the word `@name`, the token sqlparser makes of `@name`.
+fn merge_backticked_parameters(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    if !tokens.iter().any(|t| t.token == Token::AtSign) {
+        return tokens;
+    }
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(t) = iter.next() {
+        if t.token == Token::AtSign
+            && let Some(TokenWithSpan {
+                token: Token::Word(w),
+                span,
+            }) = iter.peek()
+            && w.quote_style == Some('`')
+        {
+            let merged = TokenWithSpan {
+                token: Token::Word(Word {
+                    value: format!("@{}", w.value),
+                    quote_style: None,
+                    keyword: Keyword::NoKeyword,
+                }),
+                span: Span::new(t.span.start, span.end),
+            };
+            iter.next();
+            out.push(merged);
+            continue;
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// Where each positional marker `?` is (line, column), numbered in the order the text has them.
+fn positional_markers(query: &Query) -> HashMap<(u64, u64), usize> {
+    struct Markers(Vec<(u64, u64)>);
+    impl Visitor for Markers {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Value(v) = e
+                && matches!(&v.value, Value::Placeholder(p) if p == "?")
+            {
+                self.0.push((v.span.start.line, v.span.start.column));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut markers = Markers(Vec::new());
+    let _ = Visit::visit(query, &mut markers);
+    markers.0.sort_unstable();
+    markers
+        .0
+        .into_iter()
+        .enumerate()
+        .map(|(i, at)| (at, i))
+        .collect()
 }
 
 fn strip_parser_prefix(e: &sqlparser::parser::ParserError) -> String {
@@ -213,6 +320,14 @@ struct Rewriter<'a> {
     ctx: &'a Context<'a>,
     ctes: HashSet<String>,
     tables: BTreeSet<(String, String)>,
+    /// Positional markers `?` by (line, column): the n-th in the text takes the n-th parameter.
+    positions: HashMap<(u64, u64), usize>,
+    /// Whether a named parameter (`@name`) is used.
+    named: bool,
+    /// One entry per table factor being visited: what replaces it once its children are done
+    /// (an INFORMATION_SCHEMA view becomes a derived table over [`META_SCHEMA`], which must not
+    /// itself be visited as a table the query names).
+    replacements: Vec<Option<TableFactor>>,
 }
 
 impl VisitorMut for Rewriter<'_> {
@@ -220,13 +335,34 @@ impl VisitorMut for Rewriter<'_> {
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<EngineError> {
         let result = match factor {
-            TableFactor::Table { name, args, .. } => {
+            TableFactor::Table {
+                name, args, alias, ..
+            } => {
                 if args.is_some() {
                     Err(EngineError::invalid(format!(
                         "querygate's local engine does not support table functions ({name})"
                     )))
                 } else {
-                    self.resolve_table(name)
+                    match self.resolve_table(name) {
+                        Ok(Some((view, last))) => {
+                            // BigQuery's implicit alias of a path is its last part.
+                            let alias = alias.clone().unwrap_or(TableAlias {
+                                explicit: true,
+                                name: Ident::with_quote('"', last),
+                                columns: Vec::new(),
+                                at: None,
+                            });
+                            self.replacements.push(Some(TableFactor::Derived {
+                                lateral: false,
+                                subquery: view,
+                                alias: Some(alias),
+                                sample: None,
+                            }));
+                            return ControlFlow::Continue(());
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 }
             }
             TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => Ok(()),
@@ -248,10 +384,18 @@ impl VisitorMut for Rewriter<'_> {
             TableFactor::MatchRecognize { .. } => Err(unsupported("MATCH_RECOGNIZE")),
             _ => Err(unsupported("this FROM clause (table functions)")),
         };
+        self.replacements.push(None);
         match result {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => ControlFlow::Break(e),
         }
+    }
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<EngineError> {
+        if let Some(Some(replacement)) = self.replacements.pop() {
+            *factor = replacement;
+        }
+        ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<EngineError> {
@@ -314,8 +458,12 @@ impl VisitorMut for Rewriter<'_> {
 }
 
 impl Rewriter<'_> {
-    /// A table path → the DuckDB view `"dataset"."table"`, or `notFound`.
-    fn resolve_table(&mut self, name: &mut ObjectName) -> Result<(), EngineError> {
+    /// A table path → the DuckDB view `"dataset"."table"`, or `notFound`; an INFORMATION_SCHEMA
+    /// view → the query that replaces it and the path's last part (its implicit alias).
+    fn resolve_table(
+        &mut self,
+        name: &mut ObjectName,
+    ) -> Result<Option<(Box<Query>, String)>, EngineError> {
         let mut parts = Vec::new();
         for part in &name.0 {
             let ObjectNamePart::Identifier(id) = part else {
@@ -326,7 +474,11 @@ impl Rewriter<'_> {
             parts.extend(id.value.split('.').map(str::to_string));
         }
         if parts.len() == 1 && self.ctes.contains(&parts[0].to_ascii_lowercase()) {
-            return Ok(());
+            return Ok(None);
+        }
+        if parts.len() >= 2 && parts[parts.len() - 2].eq_ignore_ascii_case("INFORMATION_SCHEMA") {
+            let view = self.information_schema(&parts)?;
+            return Ok(Some((view, parts[parts.len() - 1].clone())));
         }
         let (project, dataset, table) = match parts.as_slice() {
             [p, d, t] => (p.as_str(), d.as_str(), t.as_str()),
@@ -362,7 +514,75 @@ impl Rewriter<'_> {
             Ident::with_quote('"', table),
         ]);
         self.tables.insert(key);
-        Ok(())
+        Ok(None)
+    }
+
+    /// `[[project.]dataset|region-us.]INFORMATION_SCHEMA.VIEW` → a query over the view's rows in
+    /// [`META_SCHEMA`], filtered to the dataset when the path names one. The rows are the
+    /// configured tables only (the engine writes them from its catalog).
+    fn information_schema(&self, parts: &[String]) -> Result<Box<Query>, EngineError> {
+        let n = parts.len();
+        let written = parts.join(".");
+        let view = &parts[n - 1];
+        let Some((_, table, dataset_column)) = META_VIEWS
+            .iter()
+            .find(|(v, _, _)| v.eq_ignore_ascii_case(view))
+        else {
+            return Err(EngineError::invalid(format!(
+                "querygate's local engine serves INFORMATION_SCHEMA.TABLES, INFORMATION_SCHEMA.COLUMNS \
+                 and INFORMATION_SCHEMA.SCHEMATA; {written} is not supported"
+            )));
+        };
+        let (project, scope) = match &parts[..n - 2] {
+            [] => match self.ctx.default_dataset {
+                Some(d) => (self.ctx.project, d),
+                None => {
+                    return Err(EngineError::invalid(format!(
+                        "Table name \"{written}\" missing dataset while no default dataset is set \
+                         in the request (write dataset.INFORMATION_SCHEMA.{view} or \
+                         `region-us`.INFORMATION_SCHEMA.{view})"
+                    )));
+                }
+            },
+            [scope] => (self.ctx.project, scope.as_str()),
+            [project, scope] => (project.as_str(), scope.as_str()),
+            _ => {
+                return Err(EngineError::invalid(format!(
+                    "cannot read the table name {written}"
+                )));
+            }
+        };
+        if project != self.ctx.project {
+            return Err(EngineError::not_found(format!(
+                "Not found: Project {project} (this source serves project {})",
+                self.ctx.project
+            )));
+        }
+        let filter = match scope.get(..7) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("region-") => {
+                if !scope[7..].eq_ignore_ascii_case(LOCATION) {
+                    return Err(EngineError::not_found(format!(
+                        "Not found: {scope}: this source's datasets are in region-{}",
+                        LOCATION.to_ascii_lowercase()
+                    )));
+                }
+                String::new()
+            }
+            _ => {
+                if !self.ctx.tables.iter().any(|(d, _)| d == scope) {
+                    return Err(EngineError::not_found(format!(
+                        "Not found: Dataset {project}:{scope} was not found in location {LOCATION}"
+                    )));
+                }
+                format!(" WHERE {dataset_column} = {}", quote(scope))
+            }
+        };
+        Parser::new(&DuckDbDialect {})
+            .try_with_sql(&format!(
+                "SELECT * FROM \"{META_SCHEMA}\".\"{table}\"{filter}"
+            ))
+            .and_then(|mut p| p.parse_query())
+            .map_err(|e| EngineError::internal(format!("INFORMATION_SCHEMA: {e}")))
     }
 
     fn rewrite_expr(&mut self, expr: &mut Expr) -> Result<(), EngineError> {
@@ -431,10 +651,26 @@ impl Rewriter<'_> {
             // BigQuery's parser reads `@name` as an identifier.
             Expr::Identifier(id) if id.quote_style.is_none() && id.value.starts_with('@') => {
                 let name = id.value.clone();
-                *expr = self.parameter(&name)?;
+                *expr = self.parameter(&name, None)?;
+            }
+            // `x IN UNNEST(array)`: DuckDB has no such form; the subquery keeps SQL's NULL rules,
+            // which are BigQuery's here too (an empty or NULL array: FALSE).
+            Expr::In {
+                expr: left,
+                target: InTarget::Unnest(array),
+                negated,
+                ..
+            } => {
+                *expr = parse_expr(&format!(
+                    "({left}) {}IN (SELECT unnest({array}))",
+                    if *negated { "NOT " } else { "" }
+                ))?;
             }
             Expr::Value(v) => match &v.value {
-                Value::Placeholder(p) => *expr = self.parameter(p)?,
+                Value::Placeholder(p) => {
+                    let at = (v.span.start.line, v.span.start.column);
+                    *expr = self.parameter(&p.clone(), Some(at))?;
+                }
                 // b'...' → a BLOB (DuckDB reads the same \x.. escapes in a string cast to BLOB).
                 Value::SingleQuotedByteStringLiteral(b)
                 | Value::DoubleQuotedByteStringLiteral(b)
@@ -633,8 +869,12 @@ impl Rewriter<'_> {
         parse_expr(&template).map(Some)
     }
 
-    /// A query parameter (`@name` or `?`) as a typed literal.
-    fn parameter(&self, placeholder: &str) -> Result<Expr, EngineError> {
+    /// A query parameter (`@name`, or the `?` at `at`) as a typed literal.
+    fn parameter(
+        &mut self,
+        placeholder: &str,
+        at: Option<(u64, u64)>,
+    ) -> Result<Expr, EngineError> {
         let params = self
             .ctx
             .parameters
@@ -645,18 +885,36 @@ impl Rewriter<'_> {
                 ))
             })?;
         let param = if let Some(name) = placeholder.strip_prefix('@') {
-            params.iter().find(|p| {
-                p.get("name")
-                    .and_then(Json::as_str)
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-            })
+            self.named = true;
+            params
+                .iter()
+                .find(|p| {
+                    p.get("name")
+                        .and_then(Json::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                })
+                .ok_or_else(|| {
+                    EngineError::invalid(format!("Query parameter '{placeholder}' not found"))
+                })?
+        } else if placeholder == "?" {
+            // Positional (parameterMode POSITIONAL): the n-th `?` of the text takes the n-th.
+            let n = at
+                .and_then(|at| self.positions.get(&at).copied())
+                .ok_or_else(|| EngineError::internal("a positional parameter was not located"))?;
+            params.get(n).ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "No value given for positional query parameter {} (the query has {} `?`, \
+                     the request {} queryParameters)",
+                    n + 1,
+                    self.positions.len(),
+                    params.len()
+                ))
+            })?
         } else {
-            // Positional: the n-th `?` of the query. Count them in order of appearance.
-            return Err(unsupported("positional query parameters (?)"));
+            return Err(unsupported(&format!(
+                "query parameters written {placeholder}"
+            )));
         };
-        let param = param.ok_or_else(|| {
-            EngineError::invalid(format!("Query parameter '{placeholder}' not found"))
-        })?;
         parse_expr(&parameter_literal(
             param.get("parameterType").unwrap_or(&Json::Null),
             param.get("parameterValue").unwrap_or(&Json::Null),

@@ -33,6 +33,31 @@ impl Field {
         f
     }
 
+    /// The column's GoogleSQL type as INFORMATION_SCHEMA.COLUMNS and DDL write it: `INT64`,
+    /// `STRUCT<a INT64, b STRING>`, `ARRAY<STRING>` for what tables.get calls `INTEGER`,
+    /// `RECORD` and a `REPEATED` field.
+    pub fn standard_type(&self) -> String {
+        let scalar = match self.ty {
+            "INTEGER" => "INT64".to_string(),
+            "FLOAT" => "FLOAT64".to_string(),
+            "BOOLEAN" => "BOOL".to_string(),
+            "RECORD" => format!(
+                "STRUCT<{}>",
+                self.fields
+                    .iter()
+                    .map(|f| format!("{} {}", ddl_name(&f.name), f.standard_type()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        };
+        if self.repeated {
+            format!("ARRAY<{scalar}>")
+        } else {
+            scalar
+        }
+    }
+
     /// The BigQuery field for an Arrow field of a DuckDB result.
     pub fn from_arrow(f: &ArrowField) -> Field {
         let name = f.name().clone();
@@ -60,6 +85,21 @@ impl Field {
                 fields: Vec::new(),
             },
         }
+    }
+}
+
+/// A column name as GoogleSQL DDL writes it: plain when it is a plain identifier, else in
+/// back-ticks.
+pub fn ddl_name(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
     }
 }
 
