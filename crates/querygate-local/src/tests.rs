@@ -934,6 +934,10 @@ fn information_schema_describes_the_configured_tables() {
             "events",
         ),
         (
+            "SELECT `t`.table_name FROM shop.INFORMATION_SCHEMA.TABLES AS `t` WHERE t.table_name = 'events'",
+            "events",
+        ),
+        (
             "WITH t AS (SELECT table_name FROM shop.INFORMATION_SCHEMA.TABLES) \
              SELECT c.table_name, count(*) FROM t JOIN shop.INFORMATION_SCHEMA.COLUMNS AS c \
              ON c.table_name = t.table_name GROUP BY 1 ORDER BY 1",

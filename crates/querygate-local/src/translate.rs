@@ -346,16 +346,18 @@ impl VisitorMut for Rewriter<'_> {
                     match self.resolve_table(name) {
                         Ok(Some((view, last))) => {
                             // BigQuery's implicit alias of a path is its last part.
-                            let alias = alias.clone().unwrap_or(TableAlias {
-                                explicit: true,
-                                name: Ident::with_quote('"', last),
-                                columns: Vec::new(),
-                                at: None,
-                            });
+                            if alias.is_none() {
+                                *alias = Some(TableAlias {
+                                    explicit: true,
+                                    name: Ident::with_quote('"', last),
+                                    columns: Vec::new(),
+                                    at: None,
+                                });
+                            }
                             self.replacements.push(Some(TableFactor::Derived {
                                 lateral: false,
                                 subquery: view,
-                                alias: Some(alias),
+                                alias: None,
                                 sample: None,
                             }));
                             return ControlFlow::Continue(());
@@ -392,7 +394,13 @@ impl VisitorMut for Rewriter<'_> {
     }
 
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<EngineError> {
-        if let Some(Some(replacement)) = self.replacements.pop() {
+        if let Some(Some(mut replacement)) = self.replacements.pop() {
+            // The alias as visited (back-ticks already DuckDB's double quotes).
+            if let (TableFactor::Table { alias, .. }, TableFactor::Derived { alias: derived, .. }) =
+                (&mut *factor, &mut replacement)
+            {
+                *derived = alias.take();
+            }
             *factor = replacement;
         }
         ControlFlow::Continue(())
