@@ -6,6 +6,8 @@
 //! - [`upstream`]: the [`BigQuerySource`] that executes admitted calls with the
 //!   gateway's own credential.
 //! - [`model`]: the parts of BigQuery's JSON the gateway reads.
+//! - [`token`]: the OAuth token endpoint for clients that use Google's default
+//!   credentials (`querygate connect`), and the access tokens it seals.
 //!
 //! The front holds no policy: everything it refuses by itself is a decode result
 //! (`Malformed`) that the pipeline audits and denies like any other request.
@@ -14,8 +16,10 @@ pub mod decode;
 pub mod model;
 pub mod render;
 pub mod routes;
+pub mod token;
 pub mod upstream;
 
 pub use decode::{Api, Call};
 pub use routes::{Front, router};
+pub use token::Tokens;
 pub use upstream::{BigQueryReply, BigQuerySource, IAM_ENDPOINT, Impersonation, UpstreamAuth};

@@ -2,7 +2,8 @@
 //!
 //! This is glue only. Bodies are read up to a limit (also after gzip decoding, so a
 //! small compressed body cannot expand without bound); responses are gzip-compressed
-//! when the client accepts it. `/healthz` and `/readyz` answer without authentication.
+//! when the client accepts it. `/healthz` and `/readyz` answer without authentication;
+//! [`crate::token::PATH`] is the OAuth token endpoint of `querygate connect`'s credentials.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::routing::get;
+use axum::routing::{any, get};
 use bytes::Bytes;
 use http::{HeaderValue, Request as HttpRequest, Response, header};
 use http_body_util::{BodyExt, Limited};
@@ -32,19 +33,23 @@ pub struct Front {
     pub sources: HashMap<String, Arc<BigQuerySource>>,
     /// Largest request body accepted, after decompression.
     pub max_body_bytes: usize,
+    /// Seals and opens the access tokens of the token endpoint.
+    pub tokens: Arc<crate::token::Tokens>,
 }
 
 pub fn router(front: Arc<Front>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
+        .route(crate::token::PATH, any(crate::token::grant))
         .fallback(handle)
         .layer(CompressionLayer::new().gzip(true))
         .with_state(front)
 }
 
 async fn handle(State(front): State<Arc<Front>>, request: HttpRequest<Body>) -> Response<Body> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    front.tokens.unseal_bearer(&mut parts.headers);
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
     let request_id = RequestId(format!("qg-{}", uuid::Uuid::new_v4().simple()));
     let body = read_body(&parts.headers, body, front.max_body_bytes).await;

@@ -1,5 +1,5 @@
-//! The `querygate` command: `serve`, `demo`, `keys`, `audit`, `policy`, `approvals`, `sessions`,
-//! `config check`.
+//! The `querygate` command: `serve`, `demo`, `connect`, `keys`, `audit`, `policy`, `approvals`,
+//! `sessions`, `config check`.
 //!
 //! Parses the command line and hands off to one module per command. Errors reach
 //! the user as one readable message and a non-zero exit; nothing here panics.
@@ -8,6 +8,7 @@ mod admin;
 mod approvals_cmd;
 mod audit_cmd;
 mod config;
+mod connect;
 #[cfg(feature = "local")]
 mod demo;
 mod export;
@@ -62,6 +63,9 @@ enum Command {
         #[arg(long, default_value = "querygate-demo")]
         dir: PathBuf,
     },
+    /// Write Google default credentials that route a tool's BigQuery client through the
+    /// gateway as a key's identity, and print the environment to run it with.
+    Connect(connect::ConnectArgs),
     /// Create, list and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve::run(&config.config, log_format),
         #[cfg(feature = "local")]
         Command::Demo { dir } => demo::run(&dir),
+        Command::Connect(args) => connect::run(args),
         Command::Keys { command } => keys::run(command),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),

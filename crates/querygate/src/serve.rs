@@ -125,6 +125,11 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
             Arc::new(source(config, s, mask_key.as_ref())?),
         );
     }
+    // The secret of the token endpoint's access tokens (`querygate connect`), beside the store.
+    let tokens = querygate_bigquery::Tokens::load_or_create(
+        &querygate_bigquery::token::secret_path(&store_path),
+    )
+    .map_err(anyhow::Error::msg)?;
     let front = Arc::new(Front {
         pipeline,
         sources,
@@ -132,6 +137,7 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
             .server
             .max_body_bytes
             .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        tokens: Arc::new(tokens),
     });
     Ok((front, store))
 }
