@@ -46,6 +46,11 @@ pub struct Call {
     pub query: Option<String>,
     /// JSON body to forward.
     pub body: Option<Bytes>,
+    /// Job resources keep the query's anonymous result table for this client. Hidden from
+    /// the rest: with it, the Python client reads DataFrames over the Storage Read API,
+    /// which bypasses the gateway's endpoint. Kept for dbt-bigquery (by its user agent),
+    /// which reads the result table's metadata for row counts and iterates rows over REST.
+    pub shows_result_table: bool,
 }
 
 /// The HTTP request as the front received it. `body` is `Err` when it could not be read.
@@ -85,6 +90,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         path: format!("/bigquery/v2/{}", wire::join(&seg)),
         query: None,
         body: None,
+        shows_result_table: reads_result_tables(wire.headers),
     };
     let mut job_id = None;
     let mut body = None;
@@ -497,6 +503,16 @@ fn delegation(headers: &HeaderMap) -> Option<Secret> {
         _ => value,
     };
     (!token.is_empty()).then(|| Secret::new(token))
+}
+
+/// Clients that read a query's anonymous result table by name and never through the Storage
+/// Read API: dbt-bigquery (`client.get_table(query_job.destination)` for every SELECT's row
+/// count; rows are iterated over REST).
+fn reads_result_tables(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("dbt-bigquery-") || ua.contains(" dbt-bigquery-"))
 }
 
 /// The header that carries a delegation token.

@@ -930,6 +930,7 @@ impl Source for BigQuerySource {
             path: path.to_string(),
             query: None,
             body: Some(Bytes::from(body.to_string())),
+            shows_result_table: false,
         })
     }
 
@@ -993,6 +994,9 @@ impl Source for BigQuerySource {
         BigQueryReply::read(call.api, status, body)
             .map(|mut r| {
                 r.selected_fields = selected;
+                if !call.shows_result_table {
+                    r.hide_anonymous_destinations();
+                }
                 r
             })
             .map_err(|why| {
@@ -1034,7 +1038,6 @@ impl BigQueryReply {
         if errors_in_200 {
             reply.normalize_query_errors();
         }
-        reply.hide_anonymous_destinations();
         Ok(reply)
     }
 
@@ -1044,8 +1047,9 @@ impl BigQueryReply {
     /// ibis, pandas-gbq) through the Storage Read API, which does not follow the client's
     /// endpoint: straight to Google with the agent's gateway key. Without it the client
     /// pages through getQueryResults, which the gateway serves. The gateway keeps the
-    /// table in its summary (job ownership) all the same.
-    fn hide_anonymous_destinations(&mut self) {
+    /// table in its summary (job ownership) all the same. Not for clients that read the
+    /// table by name (`Call::shows_result_table`).
+    pub(crate) fn hide_anonymous_destinations(&mut self) {
         let jobs = matches!(
             self.api,
             Api::JobsInsert | Api::JobsGet | Api::JobsCancel | Api::JobsList

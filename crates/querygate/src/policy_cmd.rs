@@ -279,6 +279,7 @@ fn ask_the_source(config: &Config, case: &mut Case) -> anyhow::Result<()> {
                         .to_string()
                         .into(),
                 ),
+                shows_result_table: false,
             };
             match source.estimate(&call).await {
                 Ok(bytes) => case.bytes = Some(bytes.to_string()),
