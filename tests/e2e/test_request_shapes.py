@@ -361,7 +361,8 @@ def test_the_python_client_and_db_api_with_job_options(gw):
     from google.cloud.bigquery import dbapi
 
     cursor = dbapi.connect(client).cursor()
-    cursor.execute(f"SELECT id, ssn FROM `{s.PROJECT}.{DATASET}.people` ORDER BY id")
+    cursor.execute(f"SELECT id, ssn FROM `{s.PROJECT}.{DATASET}.people` WHERE id > %(lo)s ORDER BY id",
+                   {"lo": 0})
     assert [tuple(r) for r in cursor.fetchall()] == [(1, ""), (2, "")]
     picked = client.list_rows(f"{s.PROJECT}.{DATASET}.people",
                               selected_fields=[bigquery.SchemaField("ssn", "STRING")], max_results=5)
