@@ -22,10 +22,8 @@ use sqlparser::ast::{
     Ident, InTarget, ObjectName, ObjectNamePart, Query, SetExpr, Statement, Subscript, TableAlias,
     TableFactor, Value, ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
 };
-use sqlparser::dialect::{BigQueryDialect, DuckDbDialect};
-use sqlparser::keywords::Keyword;
-use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer, Word};
+use sqlparser::dialect::DuckDbDialect;
+use sqlparser::parser::Parser;
 
 use crate::engine::LOCATION;
 use crate::error::EngineError;
@@ -110,60 +108,12 @@ pub fn translate(sql: &str, ctx: &Context<'_>) -> Result<Translated, EngineError
     })
 }
 
-/// Parses BigQuery SQL as the gateway's analysis reads it, so that DuckDB runs the statement
-/// the pipeline decided on: a carriage return ends a `--`/`#` comment (BigQuery's rule; sqlparser
-/// ends them at a line feed only), and a back-ticked query parameter (`` @`name` ``, as the
-/// Python DB-API layer writes them) is the one word `@name` (sqlparser reads `@` before a
-/// back-tick as a lone sign and then fails).
+/// Parses BigQuery SQL as the gateway's analysis reads it (`querygate_sql::parse_as_analyzed`),
+/// so that DuckDB runs the statement the pipeline decided on: a carriage return ends a
+/// `--`/`#` comment, and a back-ticked query parameter (`` @`name` ``) is `@name`.
 fn parse_bigquery(sql: &str) -> Result<Vec<Statement>, EngineError> {
-    let syntax =
-        |e: &ParserError| EngineError::invalid(format!("Syntax error: {}", strip_parser_prefix(e)));
-    let normalized;
-    let sql = if sql.contains('\r') {
-        normalized = sql.replace("\r\n", "\n").replace('\r', "\n");
-        normalized.as_str()
-    } else {
-        sql
-    };
-    let tokens = Tokenizer::new(&BigQueryDialect {}, sql)
-        .tokenize_with_location()
-        .map_err(|e| syntax(&ParserError::from(e)))?;
-    Parser::new(&BigQueryDialect {})
-        .with_tokens_with_locations(merge_backticked_parameters(tokens))
-        .parse_statements()
-        .map_err(|e| syntax(&e))
-}
-
-/// `@` followed by a back-ticked word → the word `@name`, the token sqlparser makes of `@name`.
-fn merge_backticked_parameters(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
-    if !tokens.iter().any(|t| t.token == Token::AtSign) {
-        return tokens;
-    }
-    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
-    let mut iter = tokens.into_iter().peekable();
-    while let Some(t) = iter.next() {
-        if t.token == Token::AtSign
-            && let Some(TokenWithSpan {
-                token: Token::Word(w),
-                span,
-            }) = iter.peek()
-            && w.quote_style == Some('`')
-        {
-            let merged = TokenWithSpan {
-                token: Token::Word(Word {
-                    value: format!("@{}", w.value),
-                    quote_style: None,
-                    keyword: Keyword::NoKeyword,
-                }),
-                span: Span::new(t.span.start, span.end),
-            };
-            iter.next();
-            out.push(merged);
-            continue;
-        }
-        out.push(t);
-    }
-    out
+    querygate_sql::parse_as_analyzed(sql, querygate_sql::SqlDialect::BigQuery)
+        .map_err(|e| EngineError::invalid(format!("Syntax error: {}", strip_parser_prefix(&e))))
 }
 
 /// Where each positional marker `?` is (line, column), numbered in the order the text has them.

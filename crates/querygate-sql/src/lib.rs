@@ -192,6 +192,25 @@ fn merge_parameters(tokens: Vec<TokenWithSpan>, dialect: SqlDialect) -> Vec<Toke
     out
 }
 
+/// Parses SQL exactly as [`analyze`] reads it, for an engine that must run the statement the
+/// pipeline decided on (the embedded engine's translator): in BigQuery a carriage return ends
+/// a `--`/`#` comment (sqlparser ends them at a line feed only), and a back-ticked query
+/// parameter (`` @`name` ``) is the named parameter `@name`. Line breaks only separate
+/// tokens, so the carriage returns become line feeds (also inside string literals).
+pub fn parse_as_analyzed(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, ParserError> {
+    let normalized;
+    let sql = if dialect == SqlDialect::BigQuery && sql.contains('\r') {
+        normalized = sql.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        sql
+    };
+    let tokens = tokens(sql, dialect)?;
+    Parser::new(dialect_of(dialect))
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+}
+
 /// The statements of `sql`, parsed from [`tokens`].
 pub(crate) fn parse(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, String> {
     let tokens =
