@@ -209,8 +209,10 @@ async fn rules_decide_with_estimates_caps_budgets_and_row_limits() {
 
 #[tokio::test]
 async fn partition_filters_are_required_where_a_rule_says_so() {
+    // An upstream that resolves names case-insensitively (as BigQuery's case-insensitive
+    // datasets and the emulator's queries do).
     let up = Recorder::start(|r| {
-        if r.method == "GET" && r.uri.contains("/tables/ledger") {
+        if r.method == "GET" && r.uri.to_lowercase().contains("/tables/ledger") {
             return (200, json!({"tableReference": {"tableId": "ledger"}, "timePartitioning": {"type": "DAY", "field": "event_date"}}).to_string());
         }
         (200, query_response("job-f", 1))
@@ -277,13 +279,41 @@ action = "allow"
         message(&body).contains("partition column event_date"),
         "{body}"
     );
+    // A predicate that bounds no partition, or a filter on one read that leaves another
+    // read of the same table unfiltered, is still a full scan; so is every spelling.
+    for sql in [
+        "SELECT amount FROM finance.ledger WHERE event_date IS NOT NULL",
+        "SELECT amount FROM finance.ledger WHERE event_date != '2026-11-01'",
+        "SELECT amount FROM finance.ledger WHERE NOT event_date = '2026-11-01'",
+        "SELECT amount FROM finance.ledger WHERE event_date = '2026-11-01' OR amount > 1",
+        "SELECT a.amount FROM finance.ledger AS a JOIN finance.ledger AS b ON a.id = b.id \
+         WHERE a.event_date = '2026-11-01'",
+        "SELECT amount FROM finance.ledger WHERE event_date = '2026-11-01' \
+         UNION ALL SELECT amount FROM finance.ledger",
+        "SELECT amount FROM `test-project.FINANCE.Ledger` WHERE amount > 10",
+    ] {
+        let (status, body) = run(&g, sql).await;
+        assert_eq!(status, 403, "{sql}: {body}");
+        assert!(
+            message(&body).contains("partition column event_date"),
+            "{sql}: {body}"
+        );
+    }
+    for sql in [
+        "SELECT amount FROM finance.ledger WHERE event_date BETWEEN '2026-11-01' AND '2026-11-07'",
+        "SELECT amount FROM finance.ledger WHERE DATE(event_date) >= DATE_SUB(CURRENT_DATE(), INTERVAL 7 DAY)",
+        "SELECT amount FROM finance.ledger WHERE EVENT_DATE IN ('2026-11-01', '2026-11-02') AND amount > 1",
+    ] {
+        let (status, body) = run(&g, sql).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+    }
     let audit = g.audit();
     let denied = audit
         .iter()
         .rev()
         .find(|r| r["decision"] == "deny")
         .expect("denial");
-    assert_eq!(denied["tables"], json!(["test-project.finance.ledger"]));
+    assert_eq!(denied["tables"], json!(["test-project.FINANCE.Ledger"]));
 }
 
 #[tokio::test]
