@@ -186,7 +186,7 @@ fn reads_decode_with_tables_and_jobs() {
             ..
         }
     ));
-    let (req, _) = check(
+    let (req, call) = check(
         Method::GET,
         "/bigquery/v2/projects/p/queries/j1?pageToken=abc&fields=rows",
         "",
@@ -197,6 +197,9 @@ fn reads_decode_with_tables_and_jobs() {
             job_id: "j1".into()
         }
     );
+    // A partial response could leave out `totalRows`, which a row limit is checked
+    // against: the upstream answers in full.
+    assert_eq!(call.query.as_deref(), Some("pageToken=abc"));
     let (req, call) = check(
         Method::GET,
         "/bigquery/v2/projects/p/jobs?allUsers=true&maxResults=5",

@@ -135,9 +135,11 @@ pub(super) fn join(segments: &[&str]) -> String {
         .join("/")
 }
 
-/// Parameters never forwarded upstream, by their decoded name: credentials, and
-/// `allUsers` (the gateway lists only the caller's jobs).
-const DROPPED: &[&str] = &["accessToken", "oauthToken", "key", "allUsers"];
+/// Parameters never forwarded upstream, by their decoded name: credentials, `allUsers` (the
+/// gateway lists only the caller's jobs), and `fields`: a partial response could leave out
+/// what the gateway reads of an answer (`totalRows`, which row limits are checked against; a
+/// job's reference, which ownership is claimed by). Clients read a whole answer alike.
+const DROPPED: &[&str] = &["accessToken", "oauthToken", "key", "allUsers", "fields"];
 
 /// Options of the Node client that it leaves in a query string although no BigQuery
 /// method defines them (BigQuery ignores them): dropped, by the name the client sends.
