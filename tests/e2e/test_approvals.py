@@ -178,6 +178,13 @@ def test_a_query_waits_in_result_until_approved_through_the_cli(gw):
     assert ticket["reason"] == "incident-4711" and ticket["reason_via"] == "label"
     assert ticket["job_id"] == job.job_id
     assert not waiting.done(1.5), "result() returned before anyone approved"
+    # The waiting job says why it waits, where the client shows it (`job.errors`), and does
+    # not fail for it.
+    held = gw.client().get_job(job.job_id)
+    assert held.state == "PENDING" and held.error_result is None
+    assert held.errors and held.errors[0]["reason"] == "pendingApproval", held.errors
+    assert ticket["id"] in held.errors[0]["message"], held.errors
+    assert "group:data-owners" in held.errors[0]["message"], held.errors
     out = gw.cli("approve", ticket["id"], "--reason", "ok for the incident")
     approved = time.monotonic()
     assert ticket["id"] in out.stdout + out.stderr
