@@ -48,8 +48,8 @@ pub struct Call {
     pub body: Option<Bytes>,
     /// Job resources keep the query's anonymous result table for this client. Hidden from
     /// the rest: with it, the Python client reads DataFrames over the Storage Read API,
-    /// which bypasses the gateway's endpoint. Kept for dbt-bigquery (by its user agent),
-    /// which reads the result table's metadata for row counts and iterates rows over REST.
+    /// which bypasses the gateway's endpoint. Kept for dbt-bigquery and ibis (by their user
+    /// agents), which need the table by name ([`reads_result_tables`]).
     pub shows_result_table: bool,
 }
 
@@ -505,14 +505,21 @@ fn delegation(headers: &HeaderMap) -> Option<Secret> {
     (!token.is_empty()).then(|| Secret::new(token))
 }
 
-/// Clients that read a query's anonymous result table by name and never through the Storage
-/// Read API: dbt-bigquery (`client.get_table(query_job.destination)` for every SELECT's row
-/// count; rows are iterated over REST).
+/// Clients that need a query's anonymous result table by name, by their user agent:
+/// dbt-bigquery (`client.get_table(query_job.destination)` for every SELECT's row count; it
+/// iterates rows over REST) and ibis (its session dataset is the result table's dataset; it
+/// reads results with `query_and_wait`, over REST when the query completes within the call).
+/// Showing the table is a matter of compatibility, not of safety: a client that then asks
+/// the Storage Read API for it goes to Google with a gateway credential, and is refused.
 fn reads_result_tables(headers: &HeaderMap) -> bool {
+    const CLIENTS: &[&str] = &["dbt-bigquery-", "ibis/"];
     headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ua| ua.starts_with("dbt-bigquery-") || ua.contains(" dbt-bigquery-"))
+        .is_some_and(|ua| {
+            ua.split_whitespace()
+                .any(|product| CLIENTS.iter().any(|c| product.starts_with(c)))
+        })
 }
 
 /// The header that carries a delegation token.
