@@ -514,13 +514,45 @@ impl Pipeline {
         let project = source.default_project();
         let Subject {
             kinds,
-            tables,
-            opaque,
+            mut tables,
+            mut opaque,
         } = match (facts, &ctx.request.action) {
             (Some(f), _) => Subject::of(f, project),
             (None, Action::ReadRows { table, .. }) => Subject::table_read(table),
             _ => Subject::default(),
         };
+        // Rules that name tables hold for the tables a view reads too (a rule on
+        // `*.finance.*` is not skipped by a view over a finance table): views are followed
+        // when such a rule exists, and a view that cannot be followed makes the statement
+        // opaque.
+        let table_rules = policy
+            .rules
+            .iter()
+            .any(|r| !r.tables.is_empty() || r.when.full_scan.is_some());
+        if let (true, Some(f)) = (table_rules, facts) {
+            match views_read(source, f).await.map_err(Refusal::Failed)? {
+                Ok(views) => {
+                    for v in &views {
+                        for t in v.facts.reads() {
+                            let name = t.qualified(&v.project);
+                            if !tables
+                                .iter()
+                                .any(|u| !u.write && querygate_sql::same_name(&u.name, &name))
+                            {
+                                tables.push(TableUse {
+                                    filtered: v.facts.filtered(&name, &v.project),
+                                    name,
+                                    write: false,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(why) => {
+                    opaque.get_or_insert(why);
+                }
+            }
+        }
         ctx.explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
         ctx.explained.tables = tables.iter().map(|t| t.name.clone()).collect();
         ctx.explained.policy_version = Some(policy.version.clone());
@@ -754,10 +786,6 @@ impl Pipeline {
         source: &S,
         facts: &Facts,
     ) -> Result<(), Refusal> {
-        /// Views within views followed before giving up (refused past it).
-        const DEPTH: usize = 8;
-        /// Tables looked up for one statement before giving up (refused past it).
-        const LOOKUPS: usize = 64;
         let masks_apply = classifier
             .classes
             .iter()
@@ -769,84 +797,37 @@ impl Pipeline {
             ctx.explained.rule = Some("masking".into());
             Refusal::Denied(Denial::new(DenialKind::Forbidden, why))
         };
-        let project = source.default_project();
-        // (table, the views it was reached through). Tables the masking rewrite wraps
-        // are looked up too: a view classified by a glob is wrapped in masks of its own
-        // columns, while the columns it takes from masked tables would pass in clear.
-        let mut queue: Vec<(String, Vec<String>)> = facts
-            .reads()
-            .into_iter()
-            .filter(|t| !t.wildcard && !t.information_schema)
-            .map(|t| (t.qualified(project), Vec::new()))
-            .collect();
-        let mut seen = std::collections::HashSet::new();
-        let mut lookups = 0;
-        while let Some((table, via)) = queue.pop() {
-            if !seen.insert(querygate_sql::name_key(&table)) {
-                continue;
-            }
-            lookups += 1;
-            if lookups > LOOKUPS || via.len() >= DEPTH {
+        let views = match views_read(source, facts).await.map_err(Refusal::Failed)? {
+            Ok(views) => views,
+            Err(why) => {
                 return Err(refuse(format!(
-                    "Access Denied: the query reads views nested too deeply for querygate to \
-                     follow ({table}), and columns are masked for {}; query the tables directly",
+                    "Access Denied: {why}, and columns are masked for {}; query the tables \
+                     directly",
                     identity.subject
                 )));
             }
-            let Some(view) = source.view(&table).await.map_err(Refusal::Failed)? else {
-                continue;
-            };
-            let mut chain = via.clone();
-            chain.push(table.clone());
-            let path = chain.join(" → ");
-            let view_project = table.split('.').next().unwrap_or(project);
-            if view.query.trim().is_empty() {
-                return Err(refuse(format!(
-                    "Access Denied: the query reads the view {path}, whose definition the \
-                     source does not show, so querygate cannot tell which columns it reads; \
-                     columns are masked for {}: query the tables directly",
-                    identity.subject
-                )));
-            }
-            let inner = querygate_sql::analyze(&view.query, SqlDialect::BigQuery);
-            if let Some(why) = &inner.opaque {
-                let legacy = if view.legacy_sql {
-                    " (a legacy SQL view)"
-                } else {
-                    ""
-                };
-                return Err(refuse(format!(
-                    "Access Denied: the query reads the view {path}{legacy}, whose definition \
-                     querygate cannot analyze ({why}), and columns are masked for {}; query \
-                     the tables directly",
-                    identity.subject
-                )));
-            }
-            let inner_reach = reach::of_facts(classifier, &inner, view_project, identity);
-            // What the view returns or filters on of a masked column: its values leave
-            // in clear, since the view's definition runs upstream as written.
-            let reaches = inner_reach
+        };
+        for v in views {
+            let inner_reach = reach::of_facts(classifier, &v.facts, &v.project, identity);
+            // What the view returns or filters on of a masked column: its values leave in
+            // clear, since the view's definition runs upstream as written.
+            if let Some(why) = inner_reach
                 .refusal
                 .clone()
-                .or(inner_reach.sensitive.clone());
-            if let Some(why) = reaches {
+                .or(inner_reach.sensitive.clone())
+            {
                 let table = inner_reach
                     .masked_tables
                     .first()
                     .cloned()
                     .unwrap_or_else(|| "the underlying table".to_string());
                 return Err(refuse(format!(
-                    "Access Denied: the view {path} reads {table}, which has columns masked \
-                     for {} ({why}); querygate masks reads of tables, not of views, so a view \
-                     over masked columns is refused: query {table} directly (its masked \
-                     columns come back masked)",
-                    identity.subject
+                    "Access Denied: the view {} reads {table}, which has columns masked for {} \
+                     ({why}); querygate masks reads of tables, not of views, so a view over \
+                     masked columns is refused: query {table} directly (its masked columns \
+                     come back masked)",
+                    v.path, identity.subject
                 )));
-            }
-            for t in inner.reads() {
-                if !t.information_schema && !t.wildcard {
-                    queue.push((t.qualified(view_project), chain.clone()));
-                }
             }
         }
         Ok(())
@@ -1008,6 +989,83 @@ impl Pipeline {
             session: ctx.tag.get().map(|t| t.session.clone()),
         }
     }
+}
+
+/// One view a statement reads, directly or through other views.
+struct ViewRead {
+    /// The views it was reached through and itself, `a → b`.
+    path: String,
+    /// The project its unqualified names belong to (the view's own).
+    project: String,
+    /// Its definition's facts.
+    facts: Facts,
+}
+
+/// Every view `facts` read, following views in views (up to 8 deep, 64 lookups), with the
+/// facts of each definition. `Ok(Err(why))` when one cannot be followed: too deep, or a
+/// definition the source does not show or querygate cannot analyze.
+async fn views_read<S: Source>(
+    source: &S,
+    facts: &Facts,
+) -> Result<Result<Vec<ViewRead>, String>, Fault> {
+    const DEPTH: usize = 8;
+    const LOOKUPS: usize = 64;
+    let project = source.default_project();
+    // (table, the views it was reached through)
+    let mut queue: Vec<(String, Vec<String>)> = facts
+        .reads()
+        .into_iter()
+        .filter(|t| !t.wildcard && !t.information_schema)
+        .map(|t| (t.qualified(project), Vec::new()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    while let Some((table, via)) = queue.pop() {
+        if !seen.insert(querygate_sql::name_key(&table)) {
+            continue;
+        }
+        if seen.len() > LOOKUPS || via.len() >= DEPTH {
+            return Ok(Err(format!(
+                "the query reads views nested too deeply for querygate to follow ({table})"
+            )));
+        }
+        let Some(view) = source.view(&table).await? else {
+            continue;
+        };
+        let mut chain = via;
+        chain.push(table.clone());
+        let path = chain.join(" → ");
+        if view.query.trim().is_empty() {
+            return Ok(Err(format!(
+                "the query reads the view {path}, whose definition the source does not show, \
+                 so querygate cannot tell which tables and columns it reads"
+            )));
+        }
+        let inner = querygate_sql::analyze(&view.query, SqlDialect::BigQuery);
+        if let Some(why) = &inner.opaque {
+            let legacy = if view.legacy_sql {
+                " (a legacy SQL view)"
+            } else {
+                ""
+            };
+            return Ok(Err(format!(
+                "the query reads the view {path}{legacy}, whose definition querygate cannot \
+                 analyze ({why})"
+            )));
+        }
+        let view_project = table.split('.').next().unwrap_or(project).to_string();
+        for t in inner.reads() {
+            if !t.information_schema && !t.wildcard {
+                queue.push((t.qualified(&view_project), chain.clone()));
+            }
+        }
+        out.push(ViewRead {
+            path,
+            project: view_project,
+            facts: inner,
+        });
+    }
+    Ok(Ok(out))
 }
 
 fn job_row(

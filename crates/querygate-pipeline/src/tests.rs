@@ -1585,3 +1585,64 @@ async fn a_held_job_the_upstream_does_not_accept_ends_and_its_id_stays_unreachab
         "only the approved run went upstream; its polls never did"
     );
 }
+
+#[tokio::test]
+async fn rules_that_name_tables_hold_for_the_tables_a_view_reads() {
+    use querygate_policy::{Principal, Rule, RuleAction, TableGlob, When};
+    let dir = tmp("view-rules");
+    let p = pipeline(&dir);
+    let rule = |name: &str, tables: Vec<TableGlob>, action| Rule {
+        name: name.into(),
+        who: vec![Principal::Group("agents".into())],
+        on_behalf_of: vec![],
+        tables,
+        statements: vec![],
+        when: When::default(),
+        action,
+        message: Some("no customer data for agents".into()),
+        approvers: vec![],
+        max_bytes_billed: None,
+        on_approval: querygate_policy::OnApproval::Wait,
+    };
+    p.reload(
+        Authenticator::new([api_key("agent:a", "agents", "key-a")]),
+        policies(querygate_policy::Policy::new(vec![
+            rule(
+                "no customers",
+                vec![TableGlob("*.crm.customers".into())],
+                RuleAction::Deny,
+            ),
+            rule("read", vec![], RuleAction::Allow),
+        ])),
+    );
+    let src = Echo::default();
+    let run = |sql: &'static str| {
+        let (p, src) = (&p, &src);
+        async move {
+            p.handle(request(Some("key-a"), query(sql)), Some(src), "j")
+                .await
+        }
+    };
+    for sql in [
+        "SELECT * FROM crm.customers",
+        "SELECT id FROM crm.v_names",
+        "SELECT 1 FROM crm.v_nested",
+    ] {
+        match run(sql).await {
+            Outcome::Denied(d) => {
+                assert!(d.message.contains("no customers"), "{sql}: {}", d.message)
+            }
+            other => panic!("{sql}: expected the rule's denial, got {other:?}"),
+        }
+    }
+    // A view whose definition is not shown is opaque: no allow rule takes it.
+    assert!(matches!(
+        run("SELECT * FROM crm.v_hidden").await,
+        Outcome::Denied(_)
+    ));
+    assert!(matches!(
+        run("SELECT * FROM sales.orders").await,
+        Outcome::Done(_)
+    ));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+}
