@@ -231,17 +231,15 @@ impl Walker<'_> {
         };
         self.assignments(&up.assignments, &fr);
         if let Some(w) = &up.selection {
-            let l = self.expr(w, Some(&fr));
-            self.acc.predicates.extend(l.refs);
-            let bounds = self.bounds(
+            self.where_clause(
                 w,
+                &fr,
                 &Block {
                     rels: &rels,
                     using: &using,
                     natural,
                 },
             );
-            self.mark_bounded(bounds);
         }
         self.returning(up.returning.as_ref(), &fr)
     }
@@ -280,17 +278,15 @@ impl Walker<'_> {
             ..Frame::new(f)
         };
         if let Some(w) = &del.selection {
-            let l = self.expr(w, Some(&fr));
-            self.acc.predicates.extend(l.refs);
-            let bounds = self.bounds(
+            self.where_clause(
                 w,
+                &fr,
                 &Block {
                     rels: &rels,
                     using: &using,
                     natural,
                 },
             );
-            self.mark_bounded(bounds);
         }
         self.returning(del.returning.as_ref(), &fr)
     }

@@ -195,6 +195,20 @@ impl<'v> Walker<'v> {
         self.acc.scans.len() - 1
     }
 
+    /// A WHERE clause: the columns it filters on (predicates), and the columns it bounds on
+    /// the scans of its block.
+    pub(crate) fn where_clause(
+        &mut self,
+        w: &Expr,
+        fr: &Frame<'_>,
+        block: &crate::bounds::Block<'_>,
+    ) {
+        let l = self.expr(w, Some(fr));
+        self.acc.predicates.extend(l.refs);
+        let bounds = self.bounds(w, block);
+        self.mark_bounded(bounds);
+    }
+
     /// Marks the columns `bounds` gives as bounded on their scans.
     pub(crate) fn mark_bounded(&mut self, bounds: crate::bounds::Bounds) {
         for (scan, columns) in bounds {
@@ -546,17 +560,15 @@ impl<'v> Walker<'v> {
             self.select_into(into, &out, into_ok);
         }
         if let Some(w) = &s.selection {
-            let l = self.expr(w, Some(&fr));
-            self.acc.predicates.extend(l.refs);
-            let bounds = self.bounds(
+            self.where_clause(
                 w,
+                &fr,
                 &Block {
                     rels: &rels,
                     using: &using,
                     natural,
                 },
             );
-            self.mark_bounded(bounds);
         }
         let af = Frame {
             aliases: Some(&out),

@@ -26,6 +26,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+use super::wire::camel;
+
 /// Parses a JSON body, refusing a key given twice in any object.
 pub(super) fn parse(bytes: &[u8]) -> Result<Value, String> {
     match serde_json::from_slice::<Strict>(bytes) {
@@ -316,22 +318,6 @@ fn known_fields(
         ));
     }
     Ok(())
-}
-
-fn camel(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// An object field, or `Err` when it is set to something else.

@@ -318,7 +318,7 @@ pub(super) fn parse(raw: &str) -> Result<Vec<(String, String)>, String> {
 /// The `lowerCamelCase` form of a parameter name, as Google's front ends map a proto
 /// field name to its JSON name (`selected_fields` → `selectedFields`,
 /// `format_options.use_int64_timestamp` → `formatOptions.useInt64Timestamp`).
-fn camel(name: &str) -> String {
+pub(super) fn camel(name: &str) -> String {
     if !name.contains('_') {
         return name.to_string();
     }
