@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use querygate_core::{Action, ClientInfo, Request, RequestId, Secret};
+use querygate_core::{Action, Catalog, ClientInfo, JobOp, Malformed, Request, RequestId, Secret};
 use serde_json::Value;
 
 use crate::model::TableReference;
@@ -145,6 +145,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         reason,
         wait,
         session,
+        codes: &crate::render::CODES,
     };
     (request, call)
 }
@@ -245,7 +246,12 @@ fn route(
         }
         ["projects", _, "queries", job] if get => {
             call.api = Api::JobsGetQueryResults;
-            named("jobs.getQueryResults", read_job(job))
+            named(
+                "jobs.getQueryResults",
+                job_op(JobOp::Results {
+                    job_id: job.to_string(),
+                }),
+            )
         }
         ["projects", p, "jobs"] if post => {
             call.api = Api::JobsInsert;
@@ -256,51 +262,58 @@ fn route(
         }
         ["projects", _, "jobs"] if get => {
             call.api = Api::JobsList;
-            named("jobs.list", Action::ListJobs)
+            named("jobs.list", job_op(JobOp::List))
         }
         ["projects", _, "jobs", job] if get => {
             call.api = Api::JobsGet;
-            named("jobs.get", read_job(job))
+            named(
+                "jobs.get",
+                job_op(JobOp::Get {
+                    job_id: job.to_string(),
+                }),
+            )
         }
         ["projects", _, "jobs", job, "cancel"] if post => {
             call.api = Api::JobsCancel;
             named(
                 "jobs.cancel",
-                Action::CancelJob {
+                job_op(JobOp::Cancel {
                     job_id: job.to_string(),
-                },
+                }),
             )
         }
         ["projects", _, "datasets"] if get => {
             call.api = Api::Metadata;
-            named("datasets.list", metadata(None, false))
+            named("datasets.list", catalog(Catalog::Schemas, false))
         }
         ["projects", p, "datasets", d] if get => {
             call.api = Api::Metadata;
+            let schema = format!("{p}.{d}");
             named(
                 "datasets.get",
-                hidden_dataset(p, d).unwrap_or(metadata(None, false)),
+                catalog(Catalog::Schema { schema }, hidden(d)),
             )
         }
         ["projects", p, "datasets", d, "tables"] if get => {
             call.api = Api::Metadata;
+            let schema = format!("{p}.{d}");
             named(
                 "tables.list",
-                hidden_dataset(p, d).unwrap_or(metadata(None, false)),
+                catalog(Catalog::Tables { schema }, hidden(d)),
             )
         }
         ["projects", p, "datasets", d, "tables", t] if get => {
             call.api = Api::Metadata;
             let table = format!("{p}.{d}.{t}");
-            named("tables.get", metadata(Some(table), d.starts_with('_')))
+            named("tables.get", catalog(Catalog::Table { table }, hidden(d)))
         }
         ["projects", p, "datasets", d, "tables", t, "data"] if get => {
             call.api = Api::TabledataList;
             named(
                 "tabledata.list",
-                Action::ReadRows {
+                Action::ReadTable {
                     table: format!("{p}.{d}.{t}"),
-                    result_table: d.starts_with('_'),
+                    result_table: hidden(d),
                 },
             )
         }
@@ -309,11 +322,11 @@ fn route(
         _ => (
             format!("{} {}", m, wire.path),
             Action::Malformed {
+                problem: Malformed::Unknown,
                 message: format!(
                     "Not found: {} {} is not a BigQuery API method served by querygate",
                     m, wire.path
                 ),
-                status: 404,
             },
         ),
     }
@@ -416,23 +429,17 @@ fn other(what: &str) -> Action {
     }
 }
 
-fn metadata(table: Option<String>, result_table: bool) -> Action {
-    Action::ReadMetadata {
-        table,
-        result_table,
-    }
+fn catalog(object: Catalog, hidden: bool) -> Action {
+    Action::Catalog { object, hidden }
 }
 
-/// Hidden datasets (`_…`) hold other jobs' results: listing them is refused.
-fn hidden_dataset(p: &str, d: &str) -> Option<Action> {
-    d.starts_with('_')
-        .then(|| metadata(Some(format!("{p}.{d}")), true))
+/// Hidden datasets (`_…`) hold other jobs' results: they are the result owner's alone.
+fn hidden(dataset: &str) -> bool {
+    dataset.starts_with('_')
 }
 
-fn read_job(job: &str) -> Action {
-    Action::ReadJob {
-        job_id: job.to_string(),
-    }
+fn job_op(op: JobOp) -> Action {
+    Action::Job(op)
 }
 
 /// Parses the JSON body (strictly: each key once) and hands it to `f`; reports unreadable
@@ -448,17 +455,17 @@ fn with_json(
         Ok(b) => b,
         Err(BodyProblem::TooLarge { limit }) => {
             return Action::Malformed {
+                problem: Malformed::TooLarge,
                 message: format!(
                     "Request body is larger than querygate accepts ({limit} bytes); \
                      send a smaller request"
                 ),
-                status: 413,
             };
         }
         Err(BodyProblem::Unreadable(why)) => {
             return Action::Malformed {
+                problem: Malformed::Invalid,
                 message: format!("Request body could not be read: {why}"),
-                status: 400,
             };
         }
     };
@@ -482,8 +489,8 @@ fn with_json(
 
 fn malformed(message: &str) -> Action {
     Action::Malformed {
+        problem: Malformed::Invalid,
         message: message.to_string(),
-        status: 400,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
-use querygate_core::{DenialKind, Fault};
+use querygate_core::{DenialKind, Fault, StatusCodes};
 use querygate_pipeline::{Outcome, Waiting};
 use serde_json::{Value, json};
 
@@ -28,18 +28,7 @@ pub fn render(
         Outcome::Waiting(w) => waiting(&w, api, project),
         Outcome::Done(reply) => reply.into_response(),
         Outcome::Denied(denial) => {
-            let (code, reason) = match denial.kind {
-                // 403, not 401: on a 401 the Google auth libraries try to refresh the token
-                // and raise their own RefreshError, which hides this message from the agent.
-                DenialKind::Unauthenticated => (403, "authError"),
-                DenialKind::Forbidden => (403, "accessDenied"),
-                DenialKind::NotFound => (404, "notFound"),
-                DenialKind::Invalid if sql => (400, "invalidQuery"),
-                DenialKind::Invalid => (400, "invalid"),
-                DenialKind::TooLarge => (413, "invalid"),
-                DenialKind::Conflict => (409, "duplicate"),
-                DenialKind::Unavailable => (503, "backendError"),
-            };
+            let (code, reason) = Codes::denial(denial.kind, sql);
             error(code, reason, &denial.message)
         }
         Outcome::Failed(fault) => render_fault(&fault),
@@ -129,13 +118,61 @@ fn with_ticket(mut response: Response<Body>, id: &str) -> Response<Body> {
     response
 }
 
-/// Faults: an upstream that is down or speaks garbage is a 502 (retrying may help);
-/// a gateway that cannot audit refuses with 403, because retrying will not help soon.
 fn render_fault(fault: &Fault) -> Response<Body> {
-    if fault.retryable {
-        error(502, "backendError", &fault.message)
-    } else {
-        error(403, "accessDenied", &fault.message)
+    let (code, reason) = Codes::fault(fault);
+    error(code, reason, &fault.message)
+}
+
+/// How the BigQuery front numbers its answers: the HTTP status and Google error reason of
+/// every refusal and failure, the one place this front maps outcomes to its wire. The
+/// pipeline records the same numbers through [`StatusCodes`].
+#[derive(Debug)]
+pub struct Codes;
+
+/// The BigQuery front's [`StatusCodes`], carried by every request it decodes.
+pub static CODES: Codes = Codes;
+
+impl Codes {
+    /// A denial's status and reason. `sql` (the request carried SQL) picks `invalidQuery`
+    /// over `invalid`.
+    pub fn denial(kind: DenialKind, sql: bool) -> (u16, &'static str) {
+        match kind {
+            // 403, not 401: on a 401 the Google auth libraries try to refresh the token
+            // and raise their own RefreshError, which hides this message from the agent.
+            DenialKind::Unauthenticated => (403, "authError"),
+            DenialKind::Forbidden => (403, "accessDenied"),
+            DenialKind::NotFound => (404, "notFound"),
+            DenialKind::Invalid if sql => (400, "invalidQuery"),
+            DenialKind::Invalid => (400, "invalid"),
+            DenialKind::TooLarge => (413, "invalid"),
+            DenialKind::Conflict => (409, "duplicate"),
+            DenialKind::Unavailable => (503, "backendError"),
+        }
+    }
+
+    /// Faults: an upstream that is down or speaks garbage is a 502 (retrying may help);
+    /// a gateway that cannot audit refuses with 403, because retrying will not help soon.
+    pub fn fault(fault: &Fault) -> (u16, &'static str) {
+        if fault.retryable {
+            (502, "backendError")
+        } else {
+            (403, "accessDenied")
+        }
+    }
+}
+
+impl StatusCodes for Codes {
+    fn denied(&self, kind: DenialKind) -> u16 {
+        Codes::denial(kind, false).0
+    }
+
+    fn failed(&self, fault: &Fault) -> u16 {
+        Codes::fault(fault).0
+    }
+
+    /// A held job is a job that has not started: 200.
+    fn waiting(&self) -> u16 {
+        200
     }
 }
 

@@ -85,3 +85,17 @@ impl Fault {
         }
     }
 }
+
+/// How a front's protocol numbers its answers, for the `status` of the audit records and
+/// session recordings the pipeline writes before the front renders anything (for a REST
+/// front, the HTTP status it will answer with). Each front has one, as a `static`, and it
+/// is the one place the front maps outcomes to its wire's codes; the pipeline never names
+/// a code itself.
+pub trait StatusCodes: Sync + std::fmt::Debug {
+    /// A refusal of `kind`.
+    fn denied(&self, kind: DenialKind) -> u16;
+    /// A failure of an allowed request.
+    fn failed(&self, fault: &Fault) -> u16;
+    /// An answer that the request waits for an approval (the request was accepted).
+    fn waiting(&self) -> u16;
+}

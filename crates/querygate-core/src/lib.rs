@@ -14,8 +14,8 @@ pub mod secret;
 pub mod ticket;
 
 pub use audit::{AuditRecord, Phase};
-pub use decision::{Decision, Denial, DenialKind, Fault, FaultCause};
+pub use decision::{Decision, Denial, DenialKind, Fault, FaultCause, StatusCodes};
 pub use identity::{Identity, IdentityKind};
-pub use request::{Action, ClientInfo, Request, RequestId};
+pub use request::{Action, Catalog, ClientInfo, JobOp, Malformed, Query, Request, RequestId};
 pub use secret::Secret;
 pub use ticket::{Ticket, TicketState};

@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Phase, Ticket, TicketState};
+use querygate_core::{
+    Action, Denial, DenialKind, Fault, Identity, JobOp, Phase, Query, Ticket, TicketState,
+};
 use querygate_policy::{OnApproval, format_bytes};
 use querygate_store::{Alongside, TicketFilter, Undecidable, Verdict};
 
@@ -116,7 +118,7 @@ impl Pipeline {
         // An approval of exactly this statement and these parameters, for this identity
         // under this policy, that has not run yet: re-running the statement runs it, once
         // (how a client that was answered at once, or gave up waiting, uses its approval).
-        if let Action::Query { statement, .. } = &ctx.request.action {
+        if let Action::Query(Query { statement, .. }) = &ctx.request.action {
             let fingerprint = querygate_core::ticket::fingerprint(&querygate_sql::normalize(
                 statement,
                 querygate_sql::SqlDialect::BigQuery,
@@ -147,7 +149,7 @@ impl Pipeline {
                 }
             }
         }
-        let Action::Query { statement, .. } = &ctx.request.action else {
+        let Action::Query(Query { statement, .. }) = &ctx.request.action else {
             let denial = Denial::new(
                 DenialKind::Forbidden,
                 format!(
@@ -251,7 +253,11 @@ impl Pipeline {
         );
         record.ticket = Some(ticket.id.clone());
         record.job_id = Some(job_id);
-        record.status = Some(if fail { 403 } else { 200 });
+        record.status = Some(if fail {
+            ctx.request.codes.denied(DenialKind::Forbidden)
+        } else {
+            ctx.request.codes.waiting()
+        });
         let alongside = Alongside {
             claim: Some(claim),
             usage: None,
@@ -319,7 +325,7 @@ impl Pipeline {
             }
         }
         let now = now();
-        let cancel = matches!(ctx.request.action, Action::CancelJob { .. });
+        let cancel = matches!(ctx.request.action, Action::Job(JobOp::Cancel { .. }));
         // Expired while pending, or approved but not run in time.
         if !ticket.state.is_final() && now >= ticket.expires {
             let why = match ticket.state {
@@ -400,17 +406,12 @@ impl Pipeline {
             client: ctx.request.client.clone(),
             target: ctx.request.target.clone(),
             method: "jobs.insert".into(),
-            action: Action::Query {
-                statement: ticket.statement.clone(),
-                dry_run: false,
-                destination: None,
-                default_dataset: None,
-                dialect_problem: None,
-            },
+            action: Action::Query(Query::new(ticket.statement.clone())),
             job_id: Some(ticket.job_id.clone()),
             reason: None,
             wait: None,
             session: ctx.request.session.clone(),
+            codes: ctx.request.codes,
         };
         let run_ctx = Context {
             request: &run,
@@ -515,8 +516,8 @@ impl Pipeline {
         ended: Option<String>,
     ) -> Outcome<R> {
         let (decision, status) = match &ended {
-            Some(_) => ("deny", 403),
-            None => ("approve", 200),
+            Some(_) => ("deny", ctx.request.codes.denied(DenialKind::Forbidden)),
+            None => ("approve", ctx.request.codes.waiting()),
         };
         let reason = ended
             .clone()
@@ -727,13 +728,15 @@ impl Pipeline {
     }
 
     /// Audits a refused admin API call (no credential, a malformed or invalid one), as the
-    /// data path audits refused credentials: `identity` is `anonymous` or `unauthenticated`.
+    /// data path audits refused credentials: `identity` is `anonymous` or `unauthenticated`,
+    /// `status` what the admin front answers.
     pub async fn audit_admin_refusal(
         &self,
         method: &str,
         peer: Option<String>,
         presented: bool,
         reason: &str,
+        status: u16,
     ) {
         let identity = if presented {
             "unauthenticated"
@@ -744,7 +747,7 @@ impl Pipeline {
         record.time = audit_time(time::OffsetDateTime::now_utc());
         record.decision = "deny".into();
         record.reason = Some(reason.to_string());
-        record.status = Some(401);
+        record.status = Some(status);
         record.peer = peer;
         if let Err(e) = self.store.append(record).await {
             tracing::error!(error = %e, "cannot write the audit record of a refused admin call");

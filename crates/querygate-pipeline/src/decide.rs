@@ -5,7 +5,7 @@
 //! and hands queries and table reads to the policy ([`Gate::Policy`]). Every denial
 //! says why and what to do instead.
 
-use querygate_core::{Action, Denial, DenialKind};
+use querygate_core::{Action, Denial, DenialKind, JobOp, Malformed, Query};
 
 /// What the request's shape settles before policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +34,11 @@ pub struct Ownership {
 pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Ownership) -> Gate {
     let deny = |kind, message: String| Gate::Deny(Denial::new(kind, message));
     match action {
-        Action::Malformed { message, status } => {
-            let kind = match status {
-                413 => DenialKind::TooLarge,
-                404 => DenialKind::NotFound,
-                _ => DenialKind::Invalid,
+        Action::Malformed { problem, message } => {
+            let kind = match problem {
+                Malformed::TooLarge => DenialKind::TooLarge,
+                Malformed::Unknown => DenialKind::NotFound,
+                Malformed::Invalid => DenialKind::Invalid,
             };
             deny(kind, message.clone())
         }
@@ -49,28 +49,30 @@ pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Owner
                  use the project id of a configured source"
             ),
         ),
-        Action::Query {
+        Action::Query(Query {
             dialect_problem: Some(problem),
             ..
-        } => deny(DenialKind::Invalid, problem.clone()),
-        Action::Query { .. } if ownership.job_id_taken => deny(
+        }) => deny(DenialKind::Invalid, problem.clone()),
+        Action::Query(_) if ownership.job_id_taken => deny(
             DenialKind::Conflict,
             "Already Exists: the job id is taken by another identity's job; submit the job \
              under a new job id (the client libraries choose a fresh one when none is given)"
                 .to_string(),
         ),
-        Action::Query {
+        Action::Query(Query {
             destination: Some(table),
             ..
-        } => deny(
+        }) => deny(
             DenialKind::Forbidden,
             format!(
                 "Access Denied: writing query results to table {table} is a write, and this \
                  identity has read-only access through querygate; remove the destination table"
             ),
         ),
-        Action::Query { .. } => Gate::Policy,
-        Action::ReadJob { job_id } | Action::CancelJob { job_id } => {
+        Action::Query(_) => Gate::Policy,
+        Action::Job(
+            JobOp::Get { job_id } | JobOp::Results { job_id } | JobOp::Cancel { job_id },
+        ) => {
             if ownership.owns_job {
                 Gate::Allow
             } else {
@@ -83,12 +85,8 @@ pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Owner
                 )
             }
         }
-        Action::ReadRows {
+        Action::ReadTable {
             table,
-            result_table: true,
-        }
-        | Action::ReadMetadata {
-            table: Some(table),
             result_table: true,
         } if !ownership.owns_result_table => deny(
             DenialKind::NotFound,
@@ -97,11 +95,22 @@ pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Owner
                  identity that ran the query)"
             ),
         ),
-        Action::ReadRows {
+        Action::Catalog {
+            object,
+            hidden: true,
+        } if !ownership.owns_result_table => deny(
+            DenialKind::NotFound,
+            format!(
+                "Not found: Table {} (a query's result table is readable only by the \
+                 identity that ran the query)",
+                object.name().unwrap_or_default()
+            ),
+        ),
+        Action::ReadTable {
             result_table: true, ..
         } => Gate::Allow,
-        Action::ReadRows { .. } => Gate::Policy,
-        Action::ReadMetadata { .. } | Action::ListJobs => Gate::Allow,
+        Action::ReadTable { .. } => Gate::Policy,
+        Action::Catalog { .. } | Action::Job(JobOp::List) => Gate::Allow,
         Action::Other { what } => deny(
             DenialKind::Forbidden,
             format!(

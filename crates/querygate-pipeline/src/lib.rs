@@ -25,7 +25,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use querygate_core::{Action, AuditRecord, Denial, DenialKind, Fault, Identity, Phase, Request};
+use querygate_core::{
+    Action, AuditRecord, Catalog, Denial, DenialKind, Fault, Identity, JobOp, Phase, Query, Request,
+};
 use querygate_policy::{
     Input, Outcome as PolicyOutcome, StatementKind, TableUse, Verdict, format_bytes,
 };
@@ -241,13 +243,13 @@ impl Pipeline {
 
         // analyze: facts from the SQL text (pure; remembered for statements seen recently).
         let facts = match &request.action {
-            Action::Query {
+            Action::Query(Query {
                 statement,
-                default_dataset,
+                default_schema,
                 ..
-            } => {
+            }) => {
                 let mut facts = self.analyses.bigquery(statement);
-                if let Some(ds) = default_dataset {
+                if let Some(ds) = default_schema {
                     Arc::make_mut(&mut facts).with_default_dataset(ds);
                 }
                 Some(facts)
@@ -326,7 +328,9 @@ impl Pipeline {
                 Err(answer) => return answer,
             }
         }
-        if let Action::ReadJob { job_id } | Action::CancelJob { job_id } = &request.action
+        if let Action::Job(
+            JobOp::Get { job_id } | JobOp::Results { job_id } | JobOp::Cancel { job_id },
+        ) = &request.action
             && let Some(answer) = self.resume(&mut ctx, &identity, source, job_id).await
         {
             return answer;
@@ -379,7 +383,7 @@ impl Pipeline {
         };
 
         // restrict (mask): keep only what this identity may see.
-        if matches!(request.action, Action::ListJobs) {
+        if matches!(request.action, Action::Job(JobOp::List)) {
             match self.store.jobs_of(source_name, &identity.owner()) {
                 Ok(owned) => reply.restrict(&Scope {
                     owned_jobs: owned.into_iter().collect(),
@@ -415,7 +419,10 @@ impl Pipeline {
                 // Pages of a job carry the limit its query was decided with (read once, when
                 // ownership was checked).
                 match (&request.action, ownership.job_row_limit) {
-                    (Action::ReadJob { job_id }, Some(rows)) => Some((
+                    (
+                        Action::Job(JobOp::Get { job_id } | JobOp::Results { job_id }),
+                        Some(rows),
+                    ) => Some((
                         rows,
                         format!(
                             "Access Denied: the result of job {job_id} has more than {rows} rows, \
@@ -439,7 +446,8 @@ impl Pipeline {
                 accepted
                     && matches!(
                         request.action,
-                        Action::Query { dry_run: false, .. } | Action::ReadJob { .. }
+                        Action::Query(Query { dry_run: false, .. })
+                            | Action::Job(JobOp::Get { .. } | JobOp::Results { .. })
                     )
             })
             // A jobs.insert's job is the id it asked for; a reply naming another is not
@@ -462,7 +470,7 @@ impl Pipeline {
             None
         };
         let (decision, status) = match &withheld {
-            Some(_) => ("deny", 403),
+            Some(_) => ("deny", request.codes.denied(DenialKind::Forbidden)),
             None => ("allow", summary.status),
         };
         let mut completed = self.record(&ctx, Phase::Completed, decision, withheld.clone());
@@ -518,7 +526,7 @@ impl Pipeline {
             mut opaque,
         } = match (facts, &ctx.request.action) {
             (Some(f), _) => Subject::of(f, project),
-            (None, Action::ReadRows { table, .. }) => Subject::table_read(table),
+            (None, Action::ReadTable { table, .. }) => Subject::table_read(table),
             _ => Subject::default(),
         };
         // Rules that name tables hold for the tables a view reads too (a rule on
@@ -562,15 +570,18 @@ impl Pipeline {
             (Some(f), _) => reach::of_facts(&policies.classifier, f, project, identity),
             (
                 None,
-                Action::ReadRows {
+                Action::ReadTable {
                     table,
                     result_table: false,
                 },
             ) => reach::of_table(&policies.classifier, &strip_decorator(table), identity),
             _ => reach::Reach::default(),
         };
-        let dry_run = matches!(ctx.request.action, Action::Query { dry_run: true, .. });
-        let is_query = matches!(ctx.request.action, Action::Query { .. });
+        let dry_run = matches!(
+            ctx.request.action,
+            Action::Query(Query { dry_run: true, .. })
+        );
+        let is_query = matches!(ctx.request.action, Action::Query(_));
         // mask: before the estimate (the dry run runs what will run, and can fail with an
         // error that echoes values), so the statement as written never goes upstream.
         if let Some(f) = facts {
@@ -732,17 +743,17 @@ impl Pipeline {
             return Ok(None);
         };
         let (sql, dataset) = match &ctx.request.action {
-            Action::ReadRows { .. } => {
+            Action::ReadTable { .. } => {
                 let columns = source.columns(first).await.map_err(Refusal::Failed)?;
                 let masks = masking::column_masks(&policies.classifier, first, &columns, identity)
                     .map_err(forbidden)?;
                 return Ok(Some(masks));
             }
-            Action::Query {
+            Action::Query(Query {
                 statement,
-                default_dataset,
+                default_schema,
                 ..
-            } => (statement, default_dataset.as_deref()),
+            }) => (statement, default_schema.as_deref()),
             _ => return Ok(None),
         };
         let mut lists = HashMap::new();
@@ -842,7 +853,9 @@ impl Pipeline {
     ) -> Result<Ownership, Fault> {
         let store_fault = |e: querygate_store::StoreError| Fault::gateway(e.to_string());
         Ok(match &request.action {
-            Action::ReadJob { job_id } | Action::CancelJob { job_id } => {
+            Action::Job(
+                JobOp::Get { job_id } | JobOp::Results { job_id } | JobOp::Cancel { job_id },
+            ) => {
                 let job = self.store.job(source, job_id).map_err(store_fault)?;
                 let owns_job = job.as_ref().is_some_and(|j| j.identity == identity.owner());
                 Ownership {
@@ -853,7 +866,7 @@ impl Pipeline {
                     job_row_limit: job.and_then(|j| j.row_limit).filter(|_| owns_job),
                 }
             }
-            Action::Query { .. } if request.job_id.is_some() => {
+            Action::Query(_) if request.job_id.is_some() => {
                 let asked = request.job_id.as_deref().unwrap_or_default();
                 let job = self.store.job(source, asked).map_err(store_fault)?;
                 Ownership {
@@ -861,13 +874,16 @@ impl Pipeline {
                     ..Ownership::default()
                 }
             }
-            Action::ReadRows {
+            Action::ReadTable {
                 table,
                 result_table: true,
             }
-            | Action::ReadMetadata {
-                table: Some(table),
-                result_table: true,
+            | Action::Catalog {
+                object:
+                    Catalog::Schema { schema: table }
+                    | Catalog::Tables { schema: table }
+                    | Catalog::Table { table },
+                hidden: true,
             } => Ownership {
                 owns_job: false,
                 job_row_limit: None,
@@ -885,7 +901,7 @@ impl Pipeline {
     /// Records a denial (one record) and returns it.
     async fn refuse<R>(&self, ctx: &Context<'_>, denial: Denial) -> Outcome<R> {
         let mut record = self.record(ctx, Phase::Decided, "deny", Some(denial.message.clone()));
-        record.status = Some(status_of(denial.kind));
+        record.status = Some(ctx.request.codes.denied(denial.kind));
         tracing::info!(
             request_id = %ctx.request.id, identity = %record.identity, method = %ctx.request.method,
             reason = %denial.message, "request denied"
@@ -901,7 +917,7 @@ impl Pipeline {
     async fn fail<R>(&self, ctx: &Context<'_>, fault: Fault) -> Outcome<R> {
         let mut record = self.record(ctx, Phase::Completed, "allow", None);
         record.error = Some(fault.message.clone());
-        record.status = Some(if fault.retryable { 502 } else { 403 });
+        record.status = Some(ctx.request.codes.failed(&fault));
         tracing::warn!(
             request_id = %ctx.request.id, method = %ctx.request.method, cause = ?fault.cause,
             error = %fault.message, "request failed"
@@ -952,10 +968,7 @@ impl Pipeline {
             table: r.table().map(str::to_string),
             decision: decision.to_string(),
             reason,
-            job_id: r.job_id.clone().or_else(|| match &r.action {
-                Action::ReadJob { job_id } | Action::CancelJob { job_id } => Some(job_id.clone()),
-                _ => None,
-            }),
+            job_id: r.job().map(str::to_string),
             status: None,
             error: None,
             rows: None,
@@ -1191,20 +1204,6 @@ fn syntax_error(facts: Option<&Facts>) -> Option<Denial> {
 /// `p.d.t$20240101` / `p.d.t@1700000000` → `p.d.t`.
 fn strip_decorator(table: &str) -> String {
     table.split(['$', '@']).next().unwrap_or(table).to_string()
-}
-
-/// The HTTP-style status a denial is rendered with, recorded in the audit log.
-pub fn status_of(kind: DenialKind) -> u16 {
-    match kind {
-        // See querygate-bigquery's render: a 401 makes Google's clients hide the message.
-        DenialKind::Unauthenticated => 403,
-        DenialKind::Forbidden => 403,
-        DenialKind::NotFound => 404,
-        DenialKind::Invalid => 400,
-        DenialKind::TooLarge => 413,
-        DenialKind::Conflict => 409,
-        DenialKind::Unavailable => 503,
-    }
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl Pipeline {
         let r = ctx.request;
         let identity = who(r, ctx.identity);
         let job = match &r.action {
-            Action::ReadJob { job_id } | Action::CancelJob { job_id } => Some(job_id.as_str()),
+            Action::Job(op) => op.job_id(),
             _ => None,
         };
         let key = ClientKey {
@@ -172,10 +172,7 @@ impl Pipeline {
             method: r.method.clone(),
             statement: r.statement().map(str::to_string),
             table: r.table().map(str::to_string),
-            job_id: r.job_id.clone().or_else(|| match &r.action {
-                Action::ReadJob { job_id } | Action::CancelJob { job_id } => Some(job_id.clone()),
-                _ => None,
-            }),
+            job_id: r.job().map(str::to_string),
             max_bytes_billed,
         };
         self.capture(tag, &r.id.0, now(), EventKind::Upstream(event), None);
@@ -235,17 +232,21 @@ impl Pipeline {
                 event
             }
             Outcome::Denied(denial) => ResponseEvent {
-                status: crate::status_of(denial.kind),
+                status: request.codes.denied(denial.kind),
                 error: Some(denial.message.clone()),
                 ..ResponseEvent::default()
             },
             Outcome::Failed(fault) => ResponseEvent {
-                status: if fault.retryable { 502 } else { 403 },
+                status: request.codes.failed(fault),
                 error: Some(fault.message.clone()),
                 ..ResponseEvent::default()
             },
             Outcome::Waiting(w) => ResponseEvent {
-                status: if w.ended.is_some() { 403 } else { 200 },
+                status: if w.ended.is_some() {
+                    request.codes.denied(querygate_core::DenialKind::Forbidden)
+                } else {
+                    request.codes.waiting()
+                },
                 error: w.ended.clone(),
                 job_id: Some(w.ticket.job_id.clone()),
                 ticket: Some(w.ticket.id.clone()),

@@ -174,16 +174,36 @@ fn request(key: Option<&str>, action: Action) -> Request {
         reason: None,
         wait: None,
         session: None,
+        codes: &TestCodes,
     }
 }
 
 fn query(sql: &str) -> Action {
-    Action::Query {
-        statement: sql.into(),
-        dry_run: false,
-        destination: None,
-        default_dataset: None,
-        dialect_problem: None,
+    Action::Query(Query::new(sql))
+}
+
+/// The status codes the tests' requests are recorded with: the BigQuery front's numbers.
+#[derive(Debug)]
+struct TestCodes;
+
+impl querygate_core::StatusCodes for TestCodes {
+    fn denied(&self, kind: DenialKind) -> u16 {
+        match kind {
+            DenialKind::Unauthenticated | DenialKind::Forbidden => 403,
+            DenialKind::NotFound => 404,
+            DenialKind::Invalid => 400,
+            DenialKind::TooLarge => 413,
+            DenialKind::Conflict => 409,
+            DenialKind::Unavailable => 503,
+        }
+    }
+
+    fn failed(&self, fault: &Fault) -> u16 {
+        if fault.retryable { 502 } else { 403 }
+    }
+
+    fn waiting(&self) -> u16 {
+        200
     }
 }
 
@@ -268,9 +288,9 @@ async fn bad_key_and_writes_never_reach_the_source() {
         ),
         (
             Some("key-a"),
-            Action::ReadJob {
+            Action::Job(JobOp::Get {
                 job_id: "someone-elses".into(),
-            },
+            }),
             DenialKind::NotFound,
         ),
     ] {
@@ -455,7 +475,7 @@ fn approval_policy(extra: bool) -> PolicySet {
 }
 
 fn poll(key: &str, job: &str) -> Request {
-    let mut r = request(Some(key), Action::ReadJob { job_id: job.into() });
+    let mut r = request(Some(key), Action::Job(JobOp::Get { job_id: job.into() }));
     r.method = "jobs.get".into();
     r
 }
@@ -1315,7 +1335,7 @@ async fn the_known_masking_bypasses_are_refused_or_masked_at_the_read() {
     // cannot mask them fails the read (closed) rather than return them.
     let mut read = request(
         Some("key-a"),
-        Action::ReadRows {
+        Action::ReadTable {
             table: "p.crm.customers".into(),
             result_table: false,
         },
@@ -1417,9 +1437,9 @@ async fn a_job_id_is_claimed_only_for_the_job_the_upstream_accepted() {
     let read = |key: &str, job: &str| {
         request(
             Some(key),
-            Action::ReadJob {
+            Action::Job(JobOp::Get {
                 job_id: job.to_string(),
-            },
+            }),
         )
     };
     let src = Echo::default();

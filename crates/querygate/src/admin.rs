@@ -32,7 +32,7 @@ use axum::http::{Extensions, HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use querygate_core::{Denial, DenialKind, Identity, Secret, Ticket, TicketState};
-use querygate_pipeline::{Pipeline, TicketDecision, TicketFilter, status_of};
+use querygate_pipeline::{Pipeline, TicketDecision, TicketFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -74,7 +74,12 @@ fn error(code: u16, message: impl Into<String>) -> Response {
 fn refusal(denial: &Denial) -> Response {
     let code = match denial.kind {
         DenialKind::Unauthenticated => 401,
-        kind => status_of(kind),
+        DenialKind::Forbidden => 403,
+        DenialKind::NotFound => 404,
+        DenialKind::Invalid => 400,
+        DenialKind::TooLarge => 413,
+        DenialKind::Conflict => 409,
+        DenialKind::Unavailable => 503,
     };
     error(code, denial.message.clone())
 }
@@ -99,7 +104,13 @@ async fn authenticate(
         let message = "missing credential: send your querygate API key as `Authorization: Bearer <key>` \
              (the CLI reads it from QUERYGATE_TOKEN)";
         pipeline
-            .audit_admin_refusal("admin.authenticate", Some(peer(extensions)), false, message)
+            .audit_admin_refusal(
+                "admin.authenticate",
+                Some(peer(extensions)),
+                false,
+                message,
+                401,
+            )
             .await;
         return Err(error(401, message));
     };
@@ -112,7 +123,13 @@ async fn authenticate(
     let Some(credential) = credential else {
         let message = "the Authorization header is not `Bearer <key>`: send your querygate API key as a bearer token";
         pipeline
-            .audit_admin_refusal("admin.authenticate", Some(peer(extensions)), true, message)
+            .audit_admin_refusal(
+                "admin.authenticate",
+                Some(peer(extensions)),
+                true,
+                message,
+                401,
+            )
             .await;
         return Err(error(401, message));
     };
@@ -126,6 +143,7 @@ async fn authenticate(
                     Some(peer(extensions)),
                     true,
                     &denial.message,
+                    401,
                 )
                 .await;
             Err(refusal(&denial))

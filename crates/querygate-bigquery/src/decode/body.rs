@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use querygate_core::Action;
+use querygate_core::{Action, Query};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -412,17 +412,17 @@ fn query_action(q: &Map<String, Value>, at: &str, dry_run: bool) -> Result<Actio
         .get(..12)
         .is_some_and(|p| p.eq_ignore_ascii_case(b"#standardSQL"));
     let legacy = use_legacy_sql.unwrap_or(!standard_marker);
-    Ok(Action::Query {
+    Ok(Action::Query(Query {
         dialect_problem: legacy.then(|| {
             "Legacy SQL is not supported through querygate: set useLegacySql to false \
              (the client libraries do by default) and use GoogleSQL"
                 .to_string()
         }),
         destination,
-        default_dataset,
+        default_schema: default_dataset,
         dry_run,
         statement,
-    })
+    }))
 }
 
 /// jobs.query: the action, and whether the body was changed.

@@ -1,6 +1,7 @@
 //! Decode tests: each served method, each refused one, and bad input.
 
 use super::*;
+use querygate_core::Query;
 
 fn check(method: Method, path_and_query: &str, body: &str) -> (Request, Call) {
     let (path, query) = match path_and_query.split_once('?') {
@@ -46,10 +47,10 @@ fn legacy_sql_is_flagged() {
     );
     assert!(matches!(
         req.action,
-        Action::Query {
+        Action::Query(Query {
             dialect_problem: Some(_),
             ..
-        }
+        })
     ));
     let (req, _) = check(
         Method::POST,
@@ -58,10 +59,10 @@ fn legacy_sql_is_flagged() {
     );
     assert!(matches!(
         req.action,
-        Action::Query {
+        Action::Query(Query {
             dialect_problem: None,
             ..
-        }
+        })
     ));
 }
 
@@ -75,7 +76,9 @@ fn jobs_insert_keeps_client_job_id_and_finds_destination() {
         Some(body.as_bytes()),
         "body forwarded unchanged"
     );
-    assert!(matches!(req.action, Action::Query { destination: Some(ref d), .. } if d == "p.d.t"));
+    assert!(
+        matches!(req.action, Action::Query(Query { destination: Some(ref d), .. }) if d == "p.d.t")
+    );
 }
 
 #[test]
@@ -86,7 +89,10 @@ fn jobs_insert_without_job_id_gets_one() {
     let id = req.job_id.expect("job id chosen");
     let sent: Value = serde_json::from_slice(&call.body.expect("body")).expect("json");
     assert_eq!(sent["jobReference"]["jobId"], id.as_str());
-    assert!(matches!(req.action, Action::Query { dry_run: true, .. }));
+    assert!(matches!(
+        req.action,
+        Action::Query(Query { dry_run: true, .. })
+    ));
 }
 
 #[test]
@@ -160,7 +166,7 @@ fn reads_decode_with_tables_and_jobs() {
     );
     assert_eq!(
         req.action,
-        Action::ReadRows {
+        Action::ReadTable {
             table: "p.d.t$20240101".into(),
             result_table: false
         }
@@ -181,7 +187,7 @@ fn reads_decode_with_tables_and_jobs() {
     );
     assert!(matches!(
         req.action,
-        Action::ReadRows {
+        Action::ReadTable {
             result_table: true,
             ..
         }
@@ -193,9 +199,9 @@ fn reads_decode_with_tables_and_jobs() {
     );
     assert_eq!(
         req.action,
-        Action::ReadJob {
+        Action::Job(JobOp::Results {
             job_id: "j1".into()
-        }
+        })
     );
     // A partial response could leave out `totalRows`, which a row limit is checked
     // against: the upstream answers in full.
@@ -205,7 +211,7 @@ fn reads_decode_with_tables_and_jobs() {
         "/bigquery/v2/projects/p/jobs?allUsers=true&maxResults=5",
         "",
     );
-    assert_eq!(req.action, Action::ListJobs);
+    assert_eq!(req.action, Action::Job(JobOp::List));
     assert_eq!(call.query.as_deref(), Some("maxResults=5"));
     // Node's BIGQUERY_EMULATOR_HOST form has no /bigquery/v2 prefix.
     let (req, call) = check(Method::GET, "/projects/p/datasets", "");
@@ -215,44 +221,47 @@ fn reads_decode_with_tables_and_jobs() {
 
 #[test]
 fn bad_input_is_malformed_with_a_message() {
-    for (m, p, b, status) in [
+    for (m, p, b, problem) in [
         (
             Method::POST,
             "/bigquery/v2/projects/p/queries",
             "{not json",
-            400,
+            Malformed::Invalid,
         ),
         (
             Method::POST,
             "/bigquery/v2/projects/p/queries",
             "[1,2]",
-            400,
+            Malformed::Invalid,
         ),
         (
             Method::POST,
             "/bigquery/v2/projects/p/queries",
             r#"{"useLegacySql":false}"#,
-            400,
+            Malformed::Invalid,
         ),
         (
             Method::POST,
             "/bigquery/v2/projects/p/queries",
             r#"{"query":5}"#,
-            400,
+            Malformed::Invalid,
         ),
         (
             Method::POST,
             "/bigquery/v2/projects/p/jobs",
             r#"{"jobReference":{}}"#,
-            400,
+            Malformed::Invalid,
         ),
-        (Method::GET, "/nothing/here", "", 404),
-        (Method::GET, "/", "", 404),
+        (Method::GET, "/nothing/here", "", Malformed::Unknown),
+        (Method::GET, "/", "", Malformed::Unknown),
     ] {
         let (req, _) = check(m, p, b);
         match req.action {
-            Action::Malformed { status: s, message } => {
-                assert_eq!(s, status, "{p} {b}");
+            Action::Malformed {
+                problem: got,
+                message,
+            } => {
+                assert_eq!(got, problem, "{p} {b}");
                 assert!(!message.is_empty());
             }
             other => panic!("{p} {b}: {other:?}"),
@@ -330,8 +339,8 @@ fn inline_arrow_results_are_refused_with_what_to_do() {
         r#"{"query":"SELECT email FROM d.t","useLegacySql":false,"queryResultsFormat":"ARROW"}"#,
     );
     match req.action {
-        Action::Malformed { message, status } => {
-            assert_eq!(status, 400);
+        Action::Malformed { message, problem } => {
+            assert_eq!(problem, Malformed::Invalid);
             assert!(
                 message.contains("ARROW") && message.contains("leave the option out"),
                 "{message}"
@@ -345,9 +354,9 @@ fn malformed_message(req: &Request) -> &str {
     match &req.action {
         Action::Malformed {
             message,
-            status: 400,
+            problem: Malformed::Invalid,
         } => message,
-        other => panic!("expected a 400 Malformed, got {other:?}"),
+        other => panic!("expected an invalid Malformed, got {other:?}"),
     }
 }
 
@@ -476,7 +485,7 @@ fn paths_are_forwarded_in_one_canonical_encoding() {
         );
         assert_eq!(
             req.action,
-            Action::ReadRows {
+            Action::ReadTable {
                 table: table.into(),
                 result_table: false
             },
@@ -485,7 +494,13 @@ fn paths_are_forwarded_in_one_canonical_encoding() {
     }
     // Only a whole `/bigquery/v2` directory is the API root.
     let (req, _) = check(Method::POST, "/bigquery/v2projects/p/queries", "{}");
-    assert!(matches!(req.action, Action::Malformed { status: 404, .. }));
+    assert!(matches!(
+        req.action,
+        Action::Malformed {
+            problem: Malformed::Unknown,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -519,7 +534,7 @@ fn the_query_string_is_read_once_and_forwarded_as_read() {
     ] {
         let (req, call) = check(Method::GET, &format!("{data}?{query}"), "");
         assert!(
-            matches!(req.action, Action::ReadRows { .. }),
+            matches!(req.action, Action::ReadTable { .. }),
             "{query}: {:?}",
             req.action
         );
@@ -531,7 +546,7 @@ fn the_query_string_is_read_once_and_forwarded_as_read() {
         "/bigquery/v2/projects/p/jobs?all%55sers=true&maxResults=5",
         "",
     );
-    assert_eq!(req.action, Action::ListJobs);
+    assert_eq!(req.action, Action::Job(JobOp::List));
     assert_eq!(
         call.query.as_deref(),
         Some("maxResults=5"),
@@ -543,7 +558,7 @@ fn the_query_string_is_read_once_and_forwarded_as_read() {
         "/bigquery/v2/projects/p/jobs?stateFilter=done&stateFilter=running",
         "",
     );
-    assert_eq!(req.action, Action::ListJobs);
+    assert_eq!(req.action, Action::Job(JobOp::List));
     assert_eq!(
         call.query.as_deref(),
         Some("stateFilter=done&stateFilter=running")
@@ -647,7 +662,7 @@ fn dry_run_is_read_only_where_bigquery_reads_it() {
     let jobs = "/bigquery/v2/projects/p/jobs";
     let queries = "/bigquery/v2/projects/p/queries";
     let dry = |req: &Request| match req.action {
-        Action::Query { dry_run, .. } => dry_run,
+        Action::Query(Query { dry_run, .. }) => dry_run,
         ref other => panic!("{other:?}"),
     };
     // BigQuery reads `configuration.dryRun`; inside `configuration.query` it means nothing
@@ -878,11 +893,7 @@ fn fields_the_gateway_does_not_analyse_are_refused_as_not_allowed() {
         "/bigquery/v2/projects/p/queries",
         r#"{"query":"SELECT 1","useLegacySql":false,"createSession":false,"continuous":null,"connectionProperties":[]}"#,
     );
-    assert!(
-        matches!(req.action, Action::Query { .. }),
-        "{:?}",
-        req.action
-    );
+    assert!(matches!(req.action, Action::Query(_)), "{:?}", req.action);
 }
 
 #[test]
@@ -902,13 +913,13 @@ fn what_the_official_clients_send_decodes() {
     );
     assert_eq!(
         req.action,
-        Action::Query {
+        Action::Query(Query {
             statement: "SELECT @x".into(),
             dry_run: false,
             destination: None,
-            default_dataset: Some("p.d".into()),
+            default_schema: Some("p.d".into()),
             dialect_problem: None,
-        }
+        })
     );
     assert_eq!(call.body.as_deref(), Some(python_query.as_bytes()));
     // google-cloud-bigquery 3.x jobs.insert (client.query, QueryJobConfig).
@@ -921,11 +932,11 @@ fn what_the_official_clients_send_decodes() {
     let (req, call) = check(Method::POST, "/bigquery/v2/projects/p/jobs", python_insert);
     assert!(matches!(
         req.action,
-        Action::Query {
+        Action::Query(Query {
             dry_run: true,
             destination: None,
             ..
-        }
+        })
     ));
     assert_eq!(req.job_id.as_deref(), Some("job_1"));
     assert_eq!(req.session.as_deref(), Some("s"));
@@ -935,11 +946,7 @@ fn what_the_official_clients_send_decodes() {
         "useLegacySql":false,"requestId":"5f0c","jobCreationMode":"JOB_CREATION_REQUIRED",
         "queryParameters":[],"parameterMode":"named"}"#;
     let (req, _) = check(Method::POST, "/projects/p/queries", node_query);
-    assert!(
-        matches!(req.action, Action::Query { .. }),
-        "{:?}",
-        req.action
-    );
+    assert!(matches!(req.action, Action::Query(_)), "{:?}", req.action);
 }
 
 #[test]
@@ -950,7 +957,10 @@ fn options_the_node_client_leaves_in_a_query_job_are_not_forwarded() {
         "jobTimeoutMs":"5000","location":"","labels":null,"queryParameters":[]},"dryRun":true},
         "jobReference":{"projectId":"p","jobId":"n1"}}"#;
     let (req, call) = check(Method::POST, "/bigquery/v2/projects/p/jobs", body);
-    assert!(matches!(req.action, Action::Query { dry_run: true, .. }));
+    assert!(matches!(
+        req.action,
+        Action::Query(Query { dry_run: true, .. })
+    ));
     let sent: Value = serde_json::from_slice(&call.body.expect("body")).expect("json");
     let q = sent["configuration"]["query"].as_object().expect("query");
     let mut keys: Vec<&str> = q.keys().map(String::as_str).collect();
@@ -962,7 +972,10 @@ fn options_the_node_client_leaves_in_a_query_job_are_not_forwarded() {
     let body = r#"{"configuration":{"query":{"query":"SELECT 1","useLegacySql":false,
         "dryRun":false}}}"#;
     let (req, call) = check(Method::POST, "/bigquery/v2/projects/p/jobs", body);
-    assert!(matches!(req.action, Action::Query { dry_run: false, .. }));
+    assert!(matches!(
+        req.action,
+        Action::Query(Query { dry_run: false, .. })
+    ));
     let sent: Value = serde_json::from_slice(&call.body.expect("body")).expect("json");
     assert!(sent["configuration"]["query"].get("dryRun").is_none());
 }
@@ -975,9 +988,9 @@ fn the_standard_sql_marker_is_read_at_the_start_only() {
             .0
             .action
         {
-            Action::Query {
+            Action::Query(Query {
                 dialect_problem, ..
-            } => dialect_problem.is_none(),
+            }) => dialect_problem.is_none(),
             other => panic!("{other:?}"),
         }
     };
