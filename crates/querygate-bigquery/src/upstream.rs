@@ -18,7 +18,8 @@ use querygate_core::Secret;
 use querygate_core::{Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
-    Admitted, Column, ColumnMask, Held, Partitioning, Refusal, Reply, Scope, Source, Summary, View,
+    Admitted, Column, ColumnMask, Held, Partitioning, Refusal, Reply, Scope, Source, SqlDialect,
+    Summary, View,
 };
 use serde_json::Value;
 
@@ -747,6 +748,15 @@ impl Source for BigQuerySource {
 
     fn default_project(&self) -> &str {
         &self.project
+    }
+
+    fn dialect(&self) -> SqlDialect {
+        SqlDialect::BigQuery
+    }
+
+    /// `p.d.t$20240101` (a partition) and `p.d.t@1700000000` (a snapshot) are reads of `p.d.t`.
+    fn table_of(&self, name: &str) -> String {
+        name.split(['$', '@']).next().unwrap_or(name).to_string()
     }
 
     async fn estimate(&self, call: &Call) -> Result<u64, Refusal> {

@@ -22,9 +22,11 @@ const MAX_TEXT: usize = 4 * 1024;
 /// Entries per generation.
 const GENERATION: usize = 512;
 
+/// One memory per dialect (the same text can mean different things in two).
 #[derive(Debug, Default)]
 pub(crate) struct Analyses {
-    generations: Mutex<Generations>,
+    bigquery: Mutex<Generations>,
+    postgres: Mutex<Generations>,
 }
 
 #[derive(Debug, Default)]
@@ -44,13 +46,13 @@ impl Generations {
 }
 
 impl Analyses {
-    /// The facts of a BigQuery statement, from memory when it was analyzed recently.
-    pub(crate) fn bigquery(&self, sql: &str) -> Arc<Facts> {
+    /// The facts of a statement in `dialect`, from memory when it was analyzed recently.
+    pub(crate) fn of(&self, sql: &str, dialect: SqlDialect) -> Arc<Facts> {
         if sql.len() > MAX_TEXT {
-            return Arc::new(analyze(sql, SqlDialect::BigQuery));
+            return Arc::new(analyze(sql, dialect));
         }
         {
-            let mut g = self.lock();
+            let mut g = self.lock(dialect);
             if let Some(facts) = g.newer.get(sql) {
                 return Arc::clone(facts);
             }
@@ -61,22 +63,31 @@ impl Analyses {
         }
         // Analyzed outside the lock: two requests with a new statement may both analyze
         // it, and the same facts are kept either way.
-        let facts = Arc::new(analyze(sql, SqlDialect::BigQuery));
-        self.lock().keep(sql.into(), Arc::clone(&facts));
+        let facts = Arc::new(analyze(sql, dialect));
+        self.lock(dialect).keep(sql.into(), Arc::clone(&facts));
         facts
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+    fn lock(&self, dialect: SqlDialect) -> std::sync::MutexGuard<'_, Generations> {
+        let generations = match dialect {
+            SqlDialect::BigQuery => &self.bigquery,
+            SqlDialect::Postgres => &self.postgres,
+        };
         // The maps hold no invariant a panicking holder could break halfway.
-        self.generations
+        generations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        let g = self.lock();
-        g.newer.len() + g.older.len()
+        [SqlDialect::BigQuery, SqlDialect::Postgres]
+            .into_iter()
+            .map(|d| {
+                let g = self.lock(d);
+                g.newer.len() + g.older.len()
+            })
+            .sum()
     }
 }
 
@@ -94,8 +105,16 @@ mod tests {
             "SELEC nonsense (",
         ] {
             let fresh = analyze(sql, SqlDialect::BigQuery);
-            assert_eq!(*analyses.bigquery(sql), fresh, "first time: {sql}");
-            assert_eq!(*analyses.bigquery(sql), fresh, "remembered: {sql}");
+            assert_eq!(
+                *analyses.of(sql, SqlDialect::BigQuery),
+                fresh,
+                "first time: {sql}"
+            );
+            assert_eq!(
+                *analyses.of(sql, SqlDialect::BigQuery),
+                fresh,
+                "remembered: {sql}"
+            );
         }
         assert_eq!(analyses.len(), 4);
     }
@@ -104,20 +123,23 @@ mod tests {
     fn a_default_dataset_applied_to_one_request_does_not_reach_the_next() {
         let analyses = Analyses::default();
         let sql = "SELECT email FROM customers";
-        let mut first = analyses.bigquery(sql);
+        let mut first = analyses.of(sql, SqlDialect::BigQuery);
         Arc::make_mut(&mut first).with_default_dataset("shop");
         assert_ne!(*first, analyze(sql, SqlDialect::BigQuery));
-        assert_eq!(*analyses.bigquery(sql), analyze(sql, SqlDialect::BigQuery));
+        assert_eq!(
+            *analyses.of(sql, SqlDialect::BigQuery),
+            analyze(sql, SqlDialect::BigQuery)
+        );
     }
 
     #[test]
     fn statements_differing_in_any_byte_are_analyzed_apart() {
         let analyses = Analyses::default();
-        let select = analyses.bigquery("SELECT * FROM a.t");
-        let delete = analyses.bigquery("DELETE FROM a.t WHERE TRUE");
+        let select = analyses.of("SELECT * FROM a.t", SqlDialect::BigQuery);
+        let delete = analyses.of("DELETE FROM a.t WHERE TRUE", SqlDialect::BigQuery);
         assert_ne!(select, delete);
         assert_eq!(
-            *analyses.bigquery("SELECT * FROM a.u"),
+            *analyses.of("SELECT * FROM a.u", SqlDialect::BigQuery),
             analyze("SELECT * FROM a.u", SqlDialect::BigQuery)
         );
     }
@@ -126,7 +148,7 @@ mod tests {
     fn memory_stays_within_two_generations_and_long_statements_are_not_kept() {
         let analyses = Analyses::default();
         for i in 0..(GENERATION * 5) {
-            analyses.bigquery(&format!("SELECT {i} FROM a.t"));
+            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery);
         }
         assert!(
             analyses.len() <= 2 * GENERATION,
@@ -134,7 +156,7 @@ mod tests {
             analyses.len()
         );
         // A recent statement is still remembered; the oldest are gone.
-        let g = analyses.lock();
+        let g = analyses.lock(SqlDialect::BigQuery);
         let last = format!("SELECT {} FROM a.t", GENERATION * 5 - 1);
         assert!(g.newer.contains_key(last.as_str()));
         assert!(
@@ -146,7 +168,7 @@ mod tests {
         let long = format!("SELECT '{}' FROM a.t", "x".repeat(MAX_TEXT));
         let before = analyses.len();
         assert_eq!(
-            *analyses.bigquery(&long),
+            *analyses.of(&long, SqlDialect::BigQuery),
             analyze(&long, SqlDialect::BigQuery)
         );
         assert_eq!(analyses.len(), before);
@@ -155,16 +177,16 @@ mod tests {
     #[test]
     fn a_hit_in_the_older_generation_survives_the_next_turnover() {
         let analyses = Analyses::default();
-        analyses.bigquery("SELECT kept FROM a.t");
+        analyses.of("SELECT kept FROM a.t", SqlDialect::BigQuery);
         for i in 0..GENERATION {
-            analyses.bigquery(&format!("SELECT {i} FROM a.t"));
+            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery);
         }
         // Now in the older generation; a hit moves it to the newer one.
-        analyses.bigquery("SELECT kept FROM a.t");
+        analyses.of("SELECT kept FROM a.t", SqlDialect::BigQuery);
         for i in GENERATION..(2 * GENERATION - 2) {
-            analyses.bigquery(&format!("SELECT {i} FROM a.t"));
+            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery);
         }
-        let g = analyses.lock();
+        let g = analyses.lock(SqlDialect::BigQuery);
         assert!(
             g.newer.contains_key("SELECT kept FROM a.t")
                 || g.older.contains_key("SELECT kept FROM a.t")

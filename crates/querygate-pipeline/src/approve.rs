@@ -121,7 +121,7 @@ impl Pipeline {
         if let Action::Query(Query { statement, .. }) = &ctx.request.action {
             let fingerprint = querygate_core::ticket::fingerprint(&querygate_sql::normalize(
                 statement,
-                querygate_sql::SqlDialect::BigQuery,
+                source.dialect(),
             ));
             let parameters = source.parameters(call);
             let acting_for = identity.acting_for.as_ref().map(|p| p.subject.clone());
@@ -199,7 +199,7 @@ impl Pipeline {
             statement: statement.clone(),
             fingerprint: querygate_core::ticket::fingerprint(&querygate_sql::normalize(
                 statement,
-                querygate_sql::SqlDialect::BigQuery,
+                source.dialect(),
             )),
             parameters,
             kinds: ctx.explained.kinds.clone(),

@@ -31,7 +31,7 @@ use querygate_core::{
 use querygate_policy::{
     Input, Outcome as PolicyOutcome, StatementKind, TableUse, Verdict, format_bytes,
 };
-use querygate_sql::{Facts, SqlDialect};
+use querygate_sql::Facts;
 pub use querygate_store::audit_time;
 use querygate_store::{Alongside, JobRow, Store};
 
@@ -40,6 +40,7 @@ pub use decide::{Gate, Ownership, gate};
 pub use policies::PolicySet;
 pub use querygate_identity::{ApiKey, Authenticator};
 pub use querygate_policy::Partitioning;
+pub use querygate_sql::SqlDialect;
 pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
 pub use sessions::IDLE_GAP;
@@ -241,14 +242,18 @@ impl Pipeline {
         ctx.identity = Some(&identity);
         self.begin(&ctx, source, &call);
 
-        // analyze: facts from the SQL text (pure; remembered for statements seen recently).
-        let facts = match &request.action {
-            Action::Query(Query {
-                statement,
-                default_schema,
-                ..
-            }) => {
-                let mut facts = self.analyses.bigquery(statement);
+        // analyze: facts from the SQL text, in the source's dialect (pure; remembered for
+        // statements seen recently). A request for no source is refused without them.
+        let facts = match (&request.action, source) {
+            (
+                Action::Query(Query {
+                    statement,
+                    default_schema,
+                    ..
+                }),
+                Some(source),
+            ) => {
+                let mut facts = self.analyses.of(statement, source.dialect());
                 if let Some(ds) = default_schema {
                     Arc::make_mut(&mut facts).with_default_dataset(ds);
                 }
@@ -526,7 +531,7 @@ impl Pipeline {
             mut opaque,
         } = match (facts, &ctx.request.action) {
             (Some(f), _) => Subject::of(f, project),
-            (None, Action::ReadTable { table, .. }) => Subject::table_read(table),
+            (None, Action::ReadTable { table, .. }) => Subject::table_read(&source.table_of(table)),
             _ => Subject::default(),
         };
         // Rules that name tables hold for the tables a view reads too (a rule on
@@ -574,7 +579,7 @@ impl Pipeline {
                     table,
                     result_table: false,
                 },
-            ) => reach::of_table(&policies.classifier, &strip_decorator(table), identity),
+            ) => reach::of_table(&policies.classifier, &source.table_of(table), identity),
             _ => reach::Reach::default(),
         };
         let dry_run = matches!(
@@ -773,7 +778,7 @@ impl Pipeline {
         let rewritten = querygate_sql::mask_reads(
             sql,
             &querygate_sql::Masking {
-                dialect: SqlDialect::BigQuery,
+                dialect: source.dialect(),
                 project: source.default_project(),
                 dataset,
                 tables: &lists,
@@ -1054,7 +1059,7 @@ async fn views_read<S: Source>(
                  so querygate cannot tell which tables and columns it reads"
             )));
         }
-        let inner = querygate_sql::analyze(&view.query, SqlDialect::BigQuery);
+        let inner = querygate_sql::analyze(&view.query, source.dialect());
         if let Some(why) = &inner.opaque {
             let legacy = if view.legacy_sql {
                 " (a legacy SQL view)"
@@ -1169,12 +1174,12 @@ impl Subject {
         }
     }
 
-    /// A direct read of a table's rows (BigQuery tabledata.list): a SELECT with no filter.
+    /// A direct read of a stored table's rows: a SELECT with no filter.
     pub fn table_read(table: &str) -> Subject {
         Subject {
             kinds: vec![StatementKind::Select],
             tables: vec![TableUse {
-                name: strip_decorator(table),
+                name: table.to_string(),
                 write: false,
                 filtered: vec![],
             }],
@@ -1199,11 +1204,6 @@ fn syntax_error(facts: Option<&Facts>) -> Option<Denial> {
             e.message
         ),
     ))
-}
-
-/// `p.d.t$20240101` / `p.d.t@1700000000` → `p.d.t`.
-fn strip_decorator(table: &str) -> String {
-    table.split(['$', '@']).next().unwrap_or(table).to_string()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::future::Future;
 
 use querygate_core::{Denial, Fault, Identity};
 use querygate_policy::Partitioning;
+use querygate_sql::SqlDialect;
 
 /// A call the pipeline has authenticated, decided, and audited.
 #[derive(Debug)]
@@ -94,6 +95,17 @@ pub trait Source: Send + Sync {
 
     /// The project (or database) unqualified table names belong to.
     fn default_project(&self) -> &str;
+
+    /// The SQL dialect the source runs: statements to it are analyzed, fingerprinted and
+    /// rewritten in it.
+    fn dialect(&self) -> SqlDialect;
+
+    /// The stored table a name a client read rows of means (BigQuery: `p.d.t$20240101`, a
+    /// partition, and `p.d.t@1700000000`, a snapshot, are reads of `p.d.t`), for policy
+    /// and masking. Sources whose names say nothing more keep the default.
+    fn table_of(&self, name: &str) -> String {
+        name.to_string()
+    }
 
     fn execute(
         &self,

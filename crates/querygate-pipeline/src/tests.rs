@@ -50,6 +50,9 @@ impl Source for Echo {
     fn default_project(&self) -> &str {
         "p"
     }
+    fn dialect(&self) -> SqlDialect {
+        SqlDialect::BigQuery
+    }
     async fn estimate(&self, _call: &&'static str) -> Result<u64, Refusal> {
         self.estimates.fetch_add(1, Ordering::SeqCst);
         Ok(self.bytes)
