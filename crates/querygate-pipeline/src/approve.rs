@@ -13,13 +13,15 @@
 use std::time::Duration;
 
 use querygate_core::{
-    Action, Denial, DenialKind, Fault, Identity, JobOp, Phase, Query, Ticket, TicketState,
+    Action, Denial, DenialKind, Fault, Identity, JobOp, Query, Ticket, TicketState,
 };
 use querygate_policy::{OnApproval, format_bytes};
 use querygate_store::{Alongside, TicketFilter, Undecidable, Verdict};
 
+use crate::audit::{Completion, job_row};
+use crate::decide::Needed;
 use crate::source::{Held, Source};
-use crate::{Context, Outcome, Pipeline, audit_time, job_row};
+use crate::{Context, Outcome, Pipeline};
 
 /// How long tickets wait and how long a window grant may last.
 #[derive(Debug, Clone, Copy)]
@@ -45,16 +47,6 @@ pub struct Waiting {
     pub ticket: Ticket,
     /// Set when the job will not run: the message the client gets.
     pub ended: Option<String>,
-}
-
-/// What an approve rule asked for.
-#[derive(Debug, Clone)]
-pub(crate) struct Needed {
-    pub rule: String,
-    pub approvers: Vec<String>,
-    pub message: String,
-    /// Whether the request waits as a job or is answered at once.
-    pub on_approval: OnApproval,
 }
 
 /// An approver's decision as the admin API receives it.
@@ -238,35 +230,25 @@ impl Pipeline {
             ticket.id,
             needed.approvers.join(" or ")
         );
-        let mut record = self.record(
-            ctx,
-            Phase::Decided,
-            "approve",
-            Some(if fail {
-                answer.clone()
-            } else {
-                format!(
-                    "waiting for approval (ticket {}): {}",
-                    ticket.id, needed.message
-                )
-            }),
-        );
-        record.ticket = Some(ticket.id.clone());
-        record.job_id = Some(job_id);
-        record.status = Some(if fail {
+        let reason = if fail {
+            answer.clone()
+        } else {
+            format!(
+                "waiting for approval (ticket {}): {}",
+                ticket.id, needed.message
+            )
+        };
+        let status = if fail {
             ctx.request.codes.denied(DenialKind::Forbidden)
         } else {
             ctx.request.codes.waiting()
-        });
-        let alongside = Alongside {
-            claim: Some(claim),
-            usage: None,
         };
-        let traced = record.clone();
-        if let Err(e) = self.store.append_with(record, alongside).await {
-            return Err(self.fail(ctx, Fault::gateway(e.to_string())).await);
+        if let Err(fault) = self
+            .ticket_opened(ctx, &ticket, reason, status, claim)
+            .await
+        {
+            return Err(self.fail(ctx, fault).await);
         }
-        self.trace_decision(ctx, &traced);
         self.tickets_opened.notify_one();
         tracing::info!(
             request_id = %ctx.request.id, identity = %identity.subject, ticket = %ticket.id,
@@ -383,8 +365,10 @@ impl Pipeline {
         }
     }
 
-    /// Runs an approved ticket's saved call upstream under its job id, audited as its
-    /// own request. `None` when it was submitted (the poll then goes on as usual).
+    /// Submits an approved ticket's saved call upstream under its job id: the execute
+    /// stage's own steps (decided record durable first, the admitted call, the completed
+    /// record), audited as a request of its own (`jobs.insert` of the ticket's
+    /// statement). `None` when it was submitted (the poll then goes on as usual).
     async fn run_held<S: Source>(
         &self,
         ctx: &mut Context<'_>,
@@ -432,45 +416,38 @@ impl Pipeline {
                 rewritten: source.statement(&call).filter(|s| *s != ticket.statement),
             },
         };
-        let mut record = self.record(
-            &run_ctx,
-            Phase::Decided,
-            "allow",
-            Some(format!(
-                "approved by {} (ticket {})",
-                ticket.decided_by.as_deref().unwrap_or("?"),
-                ticket.id
-            )),
+        let reason = format!(
+            "approved by {} (ticket {})",
+            ticket.decided_by.as_deref().unwrap_or("?"),
+            ticket.id
         );
-        record.ticket = Some(ticket.id.clone());
-        record.approver = ticket.decided_by.clone();
-        let traced = record.clone();
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, ticket = %ticket.id, "cannot write the decided record; the approved job does not run");
+        if let Err(fault) = self.admit(&run_ctx, Some(&ticket), Some(reason)).await {
+            tracing::error!(ticket = %ticket.id, "the approved job does not run: {}", fault.message);
             return Some(Outcome::Failed(Fault::gateway(
                 "querygate could not write its audit record, so the approved job was not run; \
                  contact the gateway's operator",
             )));
         }
-        self.trace_decision(&run_ctx, &traced);
         self.trace_upstream(&run_ctx, ticket.max_bytes_billed);
-        let admitted = crate::Admitted::new(call, identity.clone());
-        let reply = match source.execute(admitted).await {
+        let reply = match source
+            .execute(crate::Admitted::new(call, identity.clone()))
+            .await
+        {
             Ok(reply) => reply,
             Err(fault) => return Some(self.fail(&run_ctx, fault).await),
         };
         let summary = crate::Reply::summary(&reply);
-        let mut completed = self.record(&run_ctx, Phase::Completed, "allow", None);
-        completed.ticket = Some(ticket.id.clone());
-        completed.approver = ticket.decided_by.clone();
-        completed.status = Some(summary.status);
-        completed.error = summary.error.clone();
+        let completion = Completion {
+            decision: "allow",
+            status: summary.status,
+            error: summary.error.clone(),
+            ticket: Some((ticket.id.clone(), ticket.decided_by.clone())),
+            ..Completion::default()
+        };
         if !(200..300).contains(&summary.status) {
             // The upstream did not create the job (a duplicate id, a refusal): the id is not
             // the requester's job, so its polls must never reach what the upstream has under it.
-            if let Err(e) = self.store.enqueue(completed, Alongside::default()) {
-                tracing::error!(error = %e, "cannot write the completed record");
-            }
+            self.complete(&run_ctx, completion, Alongside::default());
             let why = format!(
                 "the upstream did not accept the approved job: {}",
                 summary
@@ -495,15 +472,14 @@ impl Pipeline {
             summary.schema.clone(),
             None,
         );
-        if let Err(e) = self.store.enqueue(
-            completed,
+        self.complete(
+            &run_ctx,
+            completion,
             Alongside {
                 claim: Some(claim),
                 usage: None,
             },
-        ) {
-            tracing::error!(error = %e, "cannot write the completed record");
-        }
+        );
         tracing::info!(ticket = %ticket.id, job_id = %ticket.job_id, status = summary.status, "approved job submitted");
         None
     }
@@ -522,18 +498,9 @@ impl Pipeline {
         let reason = ended
             .clone()
             .unwrap_or_else(|| format!("waiting for approval (ticket {})", ticket.id));
-        let mut record = self.record(ctx, Phase::Decided, decision, Some(reason));
-        record.ticket = Some(ticket.id.clone());
-        record.approver = ticket.decided_by.clone();
-        record.status = Some(status);
-        let traced = record.clone();
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, "cannot write the audit record of a held job");
-            return Outcome::Failed(Fault::gateway(
-                "querygate could not write its audit record; contact the gateway's operator",
-            ));
+        if let Err(fault) = self.held_poll(ctx, &ticket, decision, reason, status).await {
+            return Outcome::Failed(fault);
         }
-        self.trace_decision(ctx, &traced);
         Outcome::Waiting(Box::new(Waiting { ticket, ended }))
     }
 
@@ -551,7 +518,7 @@ impl Pipeline {
             .map_err(|e| Fault::gateway(e.to_string()))?;
         if let Some(t) = &ended {
             self.ticket_changed();
-            self.audit_ticket(t, &format!("approvals.{}", state.as_str()), None)
+            self.ticket_event(t, &format!("approvals.{}", state.as_str()), None)
                 .await;
         }
         Ok(ended)
@@ -563,38 +530,6 @@ impl Pipeline {
             .ok()
             .flatten()
             .unwrap_or(ticket)
-    }
-
-    /// One audit record for a ticket event (decided, expired, …).
-    async fn audit_ticket(&self, t: &Ticket, method: &str, by: Option<&Identity>) {
-        let identity = by.map_or("querygate", |i| i.subject.as_str());
-        let mut record = querygate_core::AuditRecord::default_for(method, identity);
-        record.time = audit_time(time::OffsetDateTime::now_utc());
-        record.request_id = format!("{}-{}", t.id, t.state.as_str());
-        record.groups = by.map(|i| i.groups.clone()).unwrap_or_default();
-        record.kind = by.is_none().then(|| "gateway".to_string());
-        record.source = t.source.clone();
-        record.statement = Some(t.statement.clone());
-        record.decision = match t.state {
-            TicketState::Approved | TicketState::Running => "allow",
-            TicketState::Pending => "approve",
-            _ => "deny",
-        }
-        .to_string();
-        record.reason = t.decision_reason.clone();
-        record.job_id = Some(t.job_id.clone());
-        record.statement_kinds = t.kinds.clone();
-        record.tables = t.tables.clone();
-        record.rule = Some(t.rule.clone());
-        record.policy_version = Some(t.policy_version.clone());
-        record.bytes_estimate = t.bytes_estimate;
-        record.acting_for = t.acting_for.clone();
-        record.auth = by.and_then(|i| i.auth.clone());
-        record.ticket = Some(t.id.clone());
-        record.approver = t.decided_by.clone();
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, ticket = %t.id, "cannot write a ticket's audit record");
-        }
     }
 
     /// An approver's decision, from the admin API. Refusals are values with a message
@@ -696,7 +631,7 @@ impl Pipeline {
                 )),
                 Err(Undecidable::Expired) => {
                     if let Some(t) = self.store.ticket(id).ok().flatten() {
-                        self.audit_ticket(&t, "approvals.expired", None).await;
+                        self.ticket_event(&t, "approvals.expired", None).await;
                     }
                     Err(refuse(
                         DenialKind::Conflict,
@@ -710,48 +645,10 @@ impl Pipeline {
         .await;
         self.ticket_changed();
         match &result {
-            Ok(t) => self.audit_ticket(t, method, Some(approver)).await,
-            Err(denial) => {
-                let mut record =
-                    querygate_core::AuditRecord::default_for(method, &approver.subject);
-                record.groups = approver.groups.clone();
-                record.decision = "deny".into();
-                record.reason = Some(denial.message.clone());
-                record.ticket = Some(id.to_string());
-                record.time = audit_time(time::OffsetDateTime::now_utc());
-                if let Err(e) = self.store.append(record).await {
-                    tracing::error!(error = %e, "cannot write the audit record of a refused decision");
-                }
-            }
+            Ok(t) => self.ticket_event(t, method, Some(approver)).await,
+            Err(denial) => self.refused_decision(approver, method, id, denial).await,
         }
         result
-    }
-
-    /// Audits a refused admin API call (no credential, a malformed or invalid one), as the
-    /// data path audits refused credentials: `identity` is `anonymous` or `unauthenticated`,
-    /// `status` what the admin front answers.
-    pub async fn audit_admin_refusal(
-        &self,
-        method: &str,
-        peer: Option<String>,
-        presented: bool,
-        reason: &str,
-        status: u16,
-    ) {
-        let identity = if presented {
-            "unauthenticated"
-        } else {
-            "anonymous"
-        };
-        let mut record = querygate_core::AuditRecord::default_for(method, identity);
-        record.time = audit_time(time::OffsetDateTime::now_utc());
-        record.decision = "deny".into();
-        record.reason = Some(reason.to_string());
-        record.status = Some(status);
-        record.peer = peer;
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, "cannot write the audit record of a refused admin call");
-        }
     }
 
     /// Tickets `identity` may see: those it may decide and those it asked for.
@@ -805,7 +702,7 @@ impl Pipeline {
             self.ticket_changed();
         }
         for t in &expired {
-            self.audit_ticket(t, "approvals.expired", None).await;
+            self.ticket_event(t, "approvals.expired", None).await;
         }
         Ok(expired.len())
     }

@@ -1,122 +1,426 @@
-//! The request-shape half of the decide stage: pure, over the action and job ownership.
+//! The decide stage: the rules, budgets and caps over what analysis found, as a value.
 //!
-//! It settles what does not need policy (malformed requests, unknown sources, legacy
-//! SQL, jobs and result tables that belong to someone else, API methods not served)
-//! and hands queries and table reads to the policy ([`Gate::Policy`]). Every denial
-//! says why and what to do instead.
+//! [`decide`] is pure: facts, identity and policy in (a [`Question`]), an [`Admission`]
+//! out — run with this plan, deny with this denial, or wait for an approval — or
+//! [`Decided::Estimate`] when a rule or a budget needs the bytes a query would process
+//! and they are not known yet. `querygate policy check` asks it the same question the
+//! data path does. [`Pipeline::decide`] gathers the inputs around it: the views a
+//! statement reads (a rule on a table holds for the tables its views read), the
+//! partitioning of the tables read, the mask stage, the dry-run estimate and the
+//! identity's usage today, each fetched only when a rule or budget needs it.
 
-use querygate_core::{Action, Denial, DenialKind, JobOp, Malformed, Query};
+use std::collections::HashMap;
 
-/// What the request's shape settles before policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Gate {
-    Allow,
+use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Query, Ticket};
+use querygate_policy::{
+    Input, OnApproval, Outcome as PolicyOutcome, Policy, RowLimit, TableUse, Verdict, format_bytes,
+};
+use querygate_sql::Facts;
+
+use crate::analyze::Subject;
+use crate::source::{ColumnMask, Refusal, Source};
+use crate::{Context, Pipeline, PolicySet, audit_time, reach};
+
+/// What the policy is asked about one request.
+#[derive(Debug, Clone)]
+pub struct Question<'a> {
+    /// What the rules see.
+    pub input: Input<'a>,
+    /// The request is a query (not a direct table read).
+    pub query: bool,
+    /// It only validates and estimates: nothing runs, nothing is billed, nobody waits.
+    pub dry_run: bool,
+    /// Its bytes can be estimated (a query the analyzer understood).
+    pub estimable: bool,
+    /// The identity's daily budget in bytes and whose it is, if one applies.
+    pub budget: Option<(u64, String)>,
+    /// Bytes the identity was billed today (read when a budget applies).
+    pub used_today: u64,
+    /// The most the source lets any query bill (`max_bytes_billed` of the source).
+    pub source_cap: Option<u64>,
+}
+
+/// What the decide stage admits a request to.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Run it under this plan.
+    Run(Plan),
+    /// An approve rule caught it: it runs under a grant that covers it, or waits in a
+    /// ticket for a person.
+    Approve {
+        needed: Needed,
+        plan: Plan,
+    },
     Deny(Denial),
-    /// A query or table read: the rules decide.
-    Policy,
 }
 
-/// Facts about jobs and result tables, looked up in the store before deciding.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Ownership {
-    /// The caller created the job the request refers to.
-    pub owns_job: bool,
-    /// The caller created the job whose hidden result table the request reads.
-    pub owns_result_table: bool,
-    /// The row limit the job's query was decided with, applied to each of its pages.
-    pub job_row_limit: Option<u64>,
-    /// The job's query read masked columns: its errors are withheld.
-    pub job_sensitive: bool,
-    /// The job id a jobs.insert chose already belongs to another identity.
-    pub job_id_taken: bool,
+/// The answer of [`decide`]: a value returned once per request, never stored, so its
+/// size does not matter.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Decided {
+    Admission(Admission),
+    /// A rule or a budget needs the bytes the query would process: estimate them and ask
+    /// again with `input.bytes` set.
+    Estimate,
 }
 
-pub fn gate(source_known: bool, target: &str, action: &Action, ownership: &Ownership) -> Gate {
-    let deny = |kind, message: String| Gate::Deny(Denial::new(kind, message));
-    match action {
-        Action::Malformed { problem, message } => {
-            let kind = match problem {
-                Malformed::TooLarge => DenialKind::TooLarge,
-                Malformed::Unknown => DenialKind::NotFound,
-                Malformed::Invalid => DenialKind::Invalid,
-            };
-            deny(kind, message.clone())
+/// How an admitted request runs.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The most the query may bill.
+    pub max_bytes_billed: Option<u64>,
+    /// Results over this many rows are withheld.
+    pub row_limit: Option<RowLimit>,
+    /// Bytes it bills count against the identity's daily usage.
+    pub billable: bool,
+    /// It reaches columns masked for the identity: its errors, which could echo values,
+    /// are withheld. Says why.
+    pub sensitive: Option<String>,
+    /// A direct read of a table with masked columns: how to mask its rows.
+    pub row_masks: Option<Vec<ColumnMask>>,
+    /// The approved ticket it runs under (set by the approve stage).
+    pub grant: Option<Ticket>,
+}
+
+/// What an approve rule asked for.
+#[derive(Debug, Clone)]
+pub struct Needed {
+    pub rule: String,
+    pub approvers: Vec<String>,
+    pub message: String,
+    /// Whether the request waits as a job or is answered at once.
+    pub on_approval: OnApproval,
+}
+
+/// The policy's answer to `q`, with the verdict that explains it. Pure.
+pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
+    let verdict = policy.evaluate(&q.input);
+    let budget = q.budget.as_ref().filter(|_| q.query && !q.dry_run);
+    let needs_bytes = verdict.needs_estimate.is_some()
+        || (budget.is_some() && matches!(verdict.outcome, PolicyOutcome::Allow));
+    if needs_bytes && q.input.bytes.is_none() && q.query && q.estimable {
+        return (verdict, Decided::Estimate);
+    }
+    let deny = |message: String| {
+        Decided::Admission(Admission::Deny(Denial::new(DenialKind::Forbidden, message)))
+    };
+    if let Some(rule) = &verdict.needs_estimate {
+        // Only reachable for requests that cannot be estimated (opaque SQL, table reads).
+        let message = format!(
+            "Access Denied: rule {rule:?} needs the bytes this request would process, and \
+             querygate cannot estimate them for it"
+        );
+        return (verdict, deny(message));
+    }
+    let mut approval = None;
+    match &verdict.outcome {
+        PolicyOutcome::Allow => {}
+        // A dry run runs nothing: it answers without waiting (the real run will).
+        PolicyOutcome::Approve { .. } if q.dry_run => {}
+        PolicyOutcome::Approve {
+            message,
+            approvers,
+            on_approval,
+        } => {
+            approval = Some(Needed {
+                rule: verdict.rule.clone().unwrap_or_default(),
+                approvers: approvers.clone(),
+                message: message.clone(),
+                on_approval: *on_approval,
+            });
         }
-        _ if !source_known => deny(
-            DenialKind::NotFound,
-            format!(
-                "Not found: project {target} is not served by this querygate; \
-                 use the project id of a configured source"
-            ),
-        ),
-        Action::Query(Query {
-            dialect_problem: Some(problem),
-            ..
-        }) => deny(DenialKind::Invalid, problem.clone()),
-        Action::Query(_) if ownership.job_id_taken => deny(
-            DenialKind::Conflict,
-            "Already Exists: the job id is taken by another identity's job; submit the job \
-             under a new job id (the client libraries choose a fresh one when none is given)"
-                .to_string(),
-        ),
-        Action::Query(Query {
-            destination: Some(table),
-            ..
-        }) => deny(
-            DenialKind::Forbidden,
-            format!(
-                "Access Denied: writing query results to table {table} is a write, and this \
-                 identity has read-only access through querygate; remove the destination table"
-            ),
-        ),
-        Action::Query(_) => Gate::Policy,
-        Action::Job(
-            JobOp::Get { job_id } | JobOp::Results { job_id } | JobOp::Cancel { job_id },
-        ) => {
-            if ownership.owns_job {
-                Gate::Allow
-            } else {
-                deny(
-                    DenialKind::NotFound,
-                    format!(
-                        "Not found: Job {job_id} (querygate shows each identity only the jobs it \
-                         created through querygate)"
-                    ),
-                )
+        PolicyOutcome::Deny { message } => {
+            let message = message.clone();
+            return (verdict, deny(message));
+        }
+    }
+    if let (Some((limit, whose)), Some(bytes)) = (budget, q.input.bytes)
+        && q.used_today.saturating_add(bytes) > *limit
+    {
+        let message = format!(
+            "Access Denied: daily budget of {} for {whose} would be exceeded: {} used today, \
+             {} remaining, and this query would process {}; try a narrower query or wait \
+             until tomorrow (UTC)",
+            format_bytes(*limit),
+            format_bytes(q.used_today),
+            format_bytes(limit.saturating_sub(q.used_today)),
+            format_bytes(bytes)
+        );
+        return (verdict, deny(message));
+    }
+    let runs = q.query && !q.dry_run;
+    let cap = [verdict.max_bytes_billed, q.source_cap]
+        .into_iter()
+        .flatten()
+        .min();
+    let plan = Plan {
+        max_bytes_billed: cap.filter(|_| runs),
+        row_limit: verdict.row_limit.clone(),
+        billable: runs,
+        sensitive: None,
+        row_masks: None,
+        grant: None,
+    };
+    let admission = match approval {
+        Some(needed) => Admission::Approve { needed, plan },
+        None => Admission::Run(plan),
+    };
+    (verdict, Decided::Admission(admission))
+}
+
+impl Pipeline {
+    /// The decide stage for a query or a table read: the inputs of [`decide`], gathered
+    /// as the rules need them, and the mask stage (before any estimate: the dry run runs
+    /// what will run, and can fail with an error that echoes values).
+    pub(crate) async fn decide<S: Source>(
+        &self,
+        policies: &PolicySet,
+        ctx: &mut Context<'_>,
+        identity: &Identity,
+        source: &S,
+        call: &mut S::Call,
+        facts: Option<&Facts>,
+    ) -> Result<Admission, Refusal> {
+        let Some(policy) = policies.policy(source.name()) else {
+            return Ok(Admission::Deny(Denial::new(
+                DenialKind::Forbidden,
+                format!("Access Denied: source {} has no policy", source.name()),
+            )));
+        };
+        let project = source.default_project();
+        let Subject {
+            kinds,
+            mut tables,
+            mut opaque,
+        } = match (facts, &ctx.request.action) {
+            (Some(f), _) => Subject::of(f, project),
+            (None, Action::ReadTable { table, .. }) => Subject::table_read(&source.table_of(table)),
+            _ => Subject::default(),
+        };
+        // Rules that name tables hold for the tables a view reads too (a rule on
+        // `*.finance.*` is not skipped by a view over a finance table): views are followed
+        // when such a rule exists, and a view that cannot be followed makes the statement
+        // opaque.
+        let table_rules = policy
+            .rules
+            .iter()
+            .any(|r| !r.tables.is_empty() || r.when.full_scan.is_some());
+        if let (true, Some(f)) = (table_rules, facts) {
+            match views_read(source, f).await.map_err(Refusal::Failed)? {
+                Ok(views) => {
+                    for v in &views {
+                        for t in v.facts.reads() {
+                            let name = t.qualified(&v.project);
+                            if !tables
+                                .iter()
+                                .any(|u| !u.write && querygate_sql::same_name(&u.name, &name))
+                            {
+                                tables.push(TableUse {
+                                    filtered: v.facts.filtered(&name, &v.project),
+                                    name,
+                                    write: false,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(why) => {
+                    opaque.get_or_insert(why);
+                }
             }
         }
-        Action::ReadTable {
-            table,
-            result_table: true,
-        } if !ownership.owns_result_table => deny(
-            DenialKind::NotFound,
-            format!(
-                "Not found: Table {table} (a query's result table is readable only by the \
-                 identity that ran the query)"
-            ),
-        ),
-        Action::Catalog {
-            object,
-            hidden: true,
-        } if !ownership.owns_result_table => deny(
-            DenialKind::NotFound,
-            format!(
-                "Not found: Table {} (a query's result table is readable only by the \
-                 identity that ran the query)",
-                object.name().unwrap_or_default()
-            ),
-        ),
-        Action::ReadTable {
-            result_table: true, ..
-        } => Gate::Allow,
-        Action::ReadTable { .. } => Gate::Policy,
-        Action::Catalog { .. } | Action::Job(JobOp::List) => Gate::Allow,
-        Action::Other { what } => deny(
-            DenialKind::Forbidden,
-            format!(
-                "Access Denied: {what} is not allowed through querygate: identities have \
-                 read-only access until a policy allows more"
-            ),
-        ),
+        ctx.explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
+        ctx.explained.tables = tables.iter().map(|t| t.name.clone()).collect();
+        ctx.explained.policy_version = Some(policy.version.clone());
+        // Classified columns the request reaches: the policy's `touches`, the reads to
+        // mask, and what masking cannot make safe.
+        let reach = match (facts, &ctx.request.action) {
+            (Some(f), _) => reach::of_facts(&policies.classifier, f, project, identity),
+            (
+                None,
+                Action::ReadTable {
+                    table,
+                    result_table: false,
+                },
+            ) => reach::of_table(&policies.classifier, &source.table_of(table), identity),
+            _ => reach::Reach::default(),
+        };
+        let dry_run = matches!(
+            ctx.request.action,
+            Action::Query(Query { dry_run: true, .. })
+        );
+        let query = matches!(ctx.request.action, Action::Query(_));
+        // mask: before the estimate, so the statement as written never goes upstream.
+        if let Some(f) = facts {
+            self.views(&policies.classifier, ctx, identity, source, f)
+                .await?;
+        }
+        let row_masks = self
+            .mask(policies, ctx, identity, source, call, &reach)
+            .await?;
+
+        let mut partitions = HashMap::new();
+        if policy.rules.iter().any(|r| r.when.full_scan.is_some()) {
+            for t in tables.iter().filter(|t| !t.write) {
+                if partitions.contains_key(&t.name) {
+                    continue;
+                }
+                if let Ok(p) = source.partitioning(&t.name).await {
+                    partitions.insert(t.name.clone(), p);
+                }
+            }
+        }
+        let budget = policies.budget(identity).filter(|_| query && !dry_run);
+        let used_today = match &budget {
+            Some(_) => {
+                let day = audit_time(time::OffsetDateTime::now_utc());
+                self.store
+                    .usage(&identity.subject, &day[..10])
+                    .map_err(|e| Refusal::Failed(Fault::gateway(e.to_string())))?
+            }
+            None => 0,
+        };
+        let mut question = Question {
+            input: Input {
+                identity,
+                source: source.name(),
+                statements: &kinds,
+                tables: &tables,
+                opaque: opaque.as_deref(),
+                // Reading a table's rows directly processes and bills nothing.
+                bytes: (!query).then_some(0),
+                partitions: &partitions,
+                tags: &reach.tags,
+                now: jiff::Timestamp::now(),
+            },
+            query,
+            dry_run,
+            estimable: opaque.is_none(),
+            budget,
+            used_today,
+            source_cap: policies.max_bytes_billed.get(source.name()).copied(),
+        };
+        let (mut verdict, mut decided) = decide(policy, &question);
+        if let Decided::Estimate = decided {
+            let estimate = source.estimate(call).await.map_err(|refusal| match refusal {
+                // The dry run's error could echo values the query reads.
+                Refusal::Denied(d) if reach.sensitive.is_some() => Refusal::Denied(Denial::new(
+                    d.kind,
+                    format!(
+                        "Invalid query: the query failed its dry run; the error is withheld \
+                         because {}",
+                        reach.sensitive.as_deref().unwrap_or("it reads masked columns")
+                    ),
+                )),
+                other => other,
+            })?;
+            ctx.explained.bytes_estimate = Some(estimate);
+            question.input.bytes = Some(estimate);
+            (verdict, decided) = decide(policy, &question);
+        }
+        ctx.explained.rule = verdict.rule.take();
+        ctx.explained.rules = std::mem::take(&mut verdict.matched);
+        let admission = match decided {
+            Decided::Admission(a) => a,
+            // Asked again with the bytes: never asks a third time.
+            Decided::Estimate => Admission::Deny(Denial::new(
+                DenialKind::Forbidden,
+                "Access Denied: querygate could not decide this request without an estimate",
+            )),
+        };
+        Ok(match admission {
+            Admission::Run(plan) => Admission::Run(Plan {
+                sensitive: reach.sensitive,
+                row_masks,
+                ..plan
+            }),
+            Admission::Approve { needed, plan } => Admission::Approve {
+                needed,
+                plan: Plan {
+                    sensitive: reach.sensitive,
+                    row_masks,
+                    ..plan
+                },
+            },
+            deny => deny,
+        })
     }
+}
+
+/// One view a statement reads, directly or through other views.
+pub(crate) struct ViewRead {
+    /// The views it was reached through and itself, `a → b`.
+    pub path: String,
+    /// The project its unqualified names belong to (the view's own).
+    pub project: String,
+    /// Its definition's facts.
+    pub facts: Facts,
+}
+
+/// Every view `facts` read, following views in views (up to 8 deep, 64 lookups), with the
+/// facts of each definition. `Ok(Err(why))` when one cannot be followed: too deep, or a
+/// definition the source does not show or querygate cannot analyze.
+pub(crate) async fn views_read<S: Source>(
+    source: &S,
+    facts: &Facts,
+) -> Result<Result<Vec<ViewRead>, String>, Fault> {
+    const DEPTH: usize = 8;
+    const LOOKUPS: usize = 64;
+    let project = source.default_project();
+    // (table, the views it was reached through)
+    let mut queue: Vec<(String, Vec<String>)> = facts
+        .reads()
+        .into_iter()
+        .filter(|t| !t.wildcard && !t.information_schema)
+        .map(|t| (t.qualified(project), Vec::new()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    while let Some((table, via)) = queue.pop() {
+        if !seen.insert(querygate_sql::name_key(&table)) {
+            continue;
+        }
+        if seen.len() > LOOKUPS || via.len() >= DEPTH {
+            return Ok(Err(format!(
+                "the query reads views nested too deeply for querygate to follow ({table})"
+            )));
+        }
+        let Some(view) = source.view(&table).await? else {
+            continue;
+        };
+        let mut chain = via;
+        chain.push(table.clone());
+        let path = chain.join(" → ");
+        if view.query.trim().is_empty() {
+            return Ok(Err(format!(
+                "the query reads the view {path}, whose definition the source does not show, \
+                 so querygate cannot tell which tables and columns it reads"
+            )));
+        }
+        let inner = querygate_sql::analyze(&view.query, source.dialect());
+        if let Some(why) = &inner.opaque {
+            let legacy = if view.legacy_sql {
+                " (a legacy SQL view)"
+            } else {
+                ""
+            };
+            return Ok(Err(format!(
+                "the query reads the view {path}{legacy}, whose definition querygate cannot \
+                 analyze ({why})"
+            )));
+        }
+        let view_project = table.split('.').next().unwrap_or(project).to_string();
+        for t in inner.reads() {
+            if !t.information_schema && !t.wildcard {
+                queue.push((t.qualified(&view_project), chain.clone()));
+            }
+        }
+        out.push(ViewRead {
+            path,
+            project: view_project,
+            facts: inner,
+        });
+    }
+    Ok(Ok(out))
 }

@@ -322,7 +322,7 @@ impl Pipeline {
             .recorder
             .sessions(&filter)
             .map_err(|e| Denial::new(DenialKind::Unavailable, e.to_string()));
-        self.audit_read(
+        self.recordings_read(
             identity,
             "sessions.list",
             None,
@@ -369,7 +369,7 @@ impl Pipeline {
             }
             Ok((summary, events))
         })();
-        self.audit_read(
+        self.recordings_read(
             identity,
             "sessions.show",
             Some(id),
@@ -377,30 +377,5 @@ impl Pipeline {
         )
         .await;
         result
-    }
-
-    /// One audit record for a read of recordings through the admin API.
-    async fn audit_read(
-        &self,
-        identity: &Identity,
-        method: &str,
-        session: Option<&str>,
-        result: &Result<(), &Denial>,
-    ) {
-        let mut record = AuditRecord::default_for(method, &identity.subject);
-        record.time = now();
-        record.groups = identity.groups.clone();
-        record.auth = identity.auth.clone();
-        record.session = session.map(str::to_string);
-        match result {
-            Ok(()) => record.decision = "allow".into(),
-            Err(denial) => {
-                record.decision = "deny".into();
-                record.reason = Some(denial.message.clone());
-            }
-        }
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, "cannot write the audit record of a read of recordings");
-        }
     }
 }

@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use querygate_core::{ClientInfo, RequestId, Secret, TicketState};
+use querygate_core::{AuditRecord, ClientInfo, Phase, RequestId, Secret, TicketState};
+use querygate_policy::StatementKind;
 use querygate_store::Reader;
 
 use super::*;

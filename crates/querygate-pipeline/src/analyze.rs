@@ -1,4 +1,5 @@
-//! The analyze stage's memory: the facts of statements seen recently, by their exact text.
+//! The analyze stage: facts from SQL text in the source's dialect ([`Analyses`], the
+//! memory of statements seen recently), and what policy sees of them ([`Subject`]).
 //!
 //! `querygate_sql::analyze` is a pure function of the text, and the same statements come
 //! back again and again (an agent's retries, a dashboard's refresh, a CI job's checks), so
@@ -15,6 +16,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use querygate_core::{Denial, DenialKind};
+use querygate_policy::{StatementKind, TableUse};
 use querygate_sql::{Facts, SqlDialect, analyze};
 
 /// Longest statement kept, in bytes.
@@ -89,6 +92,107 @@ impl Analyses {
             })
             .sum()
     }
+}
+
+/// What policy sees of a request: statement kinds, tables, and whether it was understood.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub kinds: Vec<StatementKind>,
+    pub tables: Vec<TableUse>,
+    pub opaque: Option<String>,
+}
+
+impl Subject {
+    /// From SQL facts; table names are qualified with the source's project. Each
+    /// statement's reads are kept apart, each with the columns that bound *every* read of
+    /// the table in that statement (a predicate that bounds one read, or that does not
+    /// bound at all, such as `IS NOT NULL`, filters nothing), so a filtered read never
+    /// hides an unfiltered one. Names that differ only in case are one table.
+    pub fn of(facts: &Facts, project: &str) -> Subject {
+        let mut tables: Vec<TableUse> = Vec::new();
+        for st in &facts.statements {
+            let mut reads: Vec<TableUse> = Vec::new();
+            for t in &st.reads {
+                let name = t.qualified(project);
+                if reads
+                    .iter()
+                    .any(|r| querygate_sql::same_name(&r.name, &name))
+                {
+                    continue;
+                }
+                let filtered = st.filtered(&name, project);
+                reads.push(TableUse {
+                    name,
+                    write: false,
+                    filtered,
+                });
+            }
+            tables.extend(reads);
+            for t in &st.writes {
+                let name = t.qualified(project);
+                if !tables
+                    .iter()
+                    .any(|u| u.write && querygate_sql::same_name(&u.name, &name))
+                {
+                    tables.push(TableUse {
+                        name,
+                        write: true,
+                        filtered: vec![],
+                    });
+                }
+            }
+        }
+        // A SELECT that calls a side-effecting function (nextval, pg_terminate_backend, …) or
+        // takes row locks is not a read: rules see it as `other`, which no read rule allows.
+        let kinds = facts
+            .statements
+            .iter()
+            .map(|st| {
+                let read = st.read_only() || st.opaque.is_some();
+                if st.kind == StatementKind::Select && !read {
+                    StatementKind::Other
+                } else {
+                    st.kind
+                }
+            })
+            .collect();
+        Subject {
+            kinds,
+            tables,
+            opaque: facts.opaque.clone(),
+        }
+    }
+
+    /// A direct read of a stored table's rows: a SELECT with no filter.
+    pub fn table_read(table: &str) -> Subject {
+        Subject {
+            kinds: vec![StatementKind::Select],
+            tables: vec![TableUse {
+                name: table.to_string(),
+                write: false,
+                filtered: vec![],
+            }],
+            opaque: None,
+        }
+    }
+}
+
+/// The denial for SQL the parser rejected: BigQuery's `Syntax error: … at [line:column]`.
+pub(crate) fn syntax_error(facts: Option<&Facts>) -> Option<Denial> {
+    let e = facts?.syntax_error.as_ref()?;
+    let at = match (e.line, e.column) {
+        (Some(l), Some(c)) => format!(" at [{l}:{c}]"),
+        (Some(l), None) => format!(" at [{l}]"),
+        _ => String::new(),
+    };
+    Some(Denial::new(
+        DenialKind::Invalid,
+        format!(
+            "Syntax error: {}{at} (querygate's SQL parser rejects the statement; nothing was \
+             run)",
+            e.message
+        ),
+    ))
 }
 
 #[cfg(test)]
