@@ -30,13 +30,13 @@ use querygate_policy::{
     Input, Outcome as PolicyOutcome, StatementKind, TableUse, Verdict, format_bytes,
 };
 use querygate_sql::{Facts, SqlDialect};
-pub use querygate_store::audit_time;
 use querygate_store::{Alongside, JobRow, Store};
+pub use querygate_store::{SessionFilter, SessionSummary, audit_time, point_in_time};
 
 pub use approve::{ApprovalSettings, TicketDecision, Waiting, describe};
 pub use decide::{Gate, Ownership, gate};
 pub use policies::PolicySet;
-pub use querygate_identity::{ApiKey, Authenticator};
+pub use querygate_identity::{ApiKey, Authenticator, parse_duration};
 pub use querygate_policy::Partitioning;
 pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
