@@ -129,6 +129,13 @@ fn list_queries_decode_or_say_what_is_wrong() {
         e.starts_with("since: ") && e.contains("\"yesterday\""),
         "{e}"
     );
+    let e = decode::session_filter("since=99999999999d", now)
+        .expect_err("before any date")
+        .to_string();
+    assert!(
+        e.starts_with("since: ") && e.contains("too far back"),
+        "{e}"
+    );
 }
 
 #[test]

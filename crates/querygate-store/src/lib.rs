@@ -752,14 +752,18 @@ pub fn point_in_time(text: &str, now: time::OffsetDateTime) -> Result<String, St
             .unwrap_or(text.len()),
     );
     let n: i64 = num.parse().map_err(|_| not_a_time())?;
-    let ago = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(not_a_time()),
     };
-    Ok(audit_time(now - ago))
+    // Checked: `since=99999999999d` arrives from the admin API, and time's arithmetic panics.
+    n.checked_mul(seconds_per)
+        .and_then(|s| now.checked_sub(Duration::seconds(s)))
+        .map(audit_time)
+        .ok_or_else(|| format!("{text:?} is too far back: use 30s, 15m, 1h, 7d or RFC 3339"))
 }
 
 /// Where the signing key lives unless configured: beside the store, `<store>.key`.
