@@ -35,7 +35,7 @@ use std::time::Instant;
 use querygate_core::{Action, Denial, DenialKind, Fault, Identity, JobOp, Query, Request};
 use querygate_sql::Facts;
 use querygate_store::Store;
-pub use querygate_store::audit_time;
+pub use querygate_store::{SessionFilter, SessionSummary, audit_time, point_in_time};
 
 pub use analyze::Subject;
 use analyze::syntax_error;
@@ -43,7 +43,7 @@ pub use approve::{ApprovalSettings, TicketDecision, Waiting, describe};
 pub use decide::{Admission, Decided, Needed, Plan, Question, decide};
 pub use gate::{Gate, Ownership, gate};
 pub use policies::PolicySet;
-pub use querygate_identity::{ApiKey, Authenticator};
+pub use querygate_identity::{ApiKey, Authenticator, parse_duration};
 pub use querygate_policy::Partitioning;
 pub use querygate_sql::SqlDialect;
 pub use querygate_store::TicketFilter;

@@ -739,6 +739,33 @@ pub fn audit_time(t: time::OffsetDateTime) -> String {
     )
 }
 
+/// `90s`, `15m`, `1h`, `7d` before `now`, or an RFC 3339 time, as the audit log writes
+/// times ([`audit_time`]): how `--since`/`--until` and the admin API's `since` read a time.
+pub fn point_in_time(text: &str, now: time::OffsetDateTime) -> Result<String, String> {
+    use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(audit_time(t));
+    }
+    let not_a_time = || format!("{text:?} is not a time: use 30s, 15m, 1h, 7d or RFC 3339");
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = num.parse().map_err(|_| not_a_time())?;
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(not_a_time()),
+    };
+    // Checked: `since=99999999999d` arrives from the admin API, and time's arithmetic panics.
+    n.checked_mul(seconds_per)
+        .and_then(|s| now.checked_sub(Duration::seconds(s)))
+        .map(audit_time)
+        .ok_or_else(|| format!("{text:?} is too far back: use 30s, 15m, 1h, 7d or RFC 3339"))
+}
+
 /// Where the signing key lives unless configured: beside the store, `<store>.key`.
 pub fn default_key_path(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();

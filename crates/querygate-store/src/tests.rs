@@ -718,3 +718,41 @@ async fn search_filters_by_identity_time_table_rule_ticket_and_text() {
         vec![19, 20]
     );
 }
+
+#[test]
+fn points_in_time_read_as_the_audit_log_writes_them() {
+    let now = time::macros::datetime!(2026-11-27 10:00:00 UTC);
+    let at = |text: &str| point_in_time(text, now);
+    assert_eq!(at("90s"), Ok("2026-11-27T09:58:30.000000Z".into()));
+    assert_eq!(at("15m"), Ok("2026-11-27T09:45:00.000000Z".into()));
+    assert_eq!(at("1h"), Ok("2026-11-27T09:00:00.000000Z".into()));
+    assert_eq!(at("7d"), Ok("2026-11-20T10:00:00.000000Z".into()));
+    assert_eq!(
+        at("2026-11-27T12:00:00+02:00"),
+        Ok("2026-11-27T10:00:00.000000Z".into())
+    );
+    for bad in [
+        "",
+        "h",
+        "7",
+        "7w",
+        "-1h",
+        "yesterday",
+        "99999999999999999999d",
+    ] {
+        let e = at(bad).expect_err(bad);
+        assert!(e.contains("is not a time") && e.contains("RFC 3339"), "{e}");
+    }
+    // Too far back for a date: an error, not a panic (this reads the admin API's `since`).
+    for bad in [
+        "99999999999999999d",
+        "9223372036854775807s",
+        "999999999999h",
+    ] {
+        let e = at(bad).expect_err(bad);
+        assert!(
+            e.contains("is too far back") && e.contains("RFC 3339"),
+            "{e}"
+        );
+    }
+}

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use querygate_core::AuditRecord;
 use querygate_store::{AuditFilter, Reader, VerifyOptions};
@@ -382,25 +382,6 @@ impl FilterArgs {
 
 /// `90s`, `15m`, `1h`, `7d` ago, or an RFC 3339 time, as the audit log's time format.
 pub(crate) fn point_in_time(text: &str) -> anyhow::Result<String> {
-    use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(querygate_pipeline::audit_time(t));
-    }
-    let (num, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("{text:?} is not a time: use 30s, 15m, 1h, 7d or RFC 3339"))?;
-    let ago = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        _ => bail!("{text:?} is not a time: use 30s, 15m, 1h, 7d or RFC 3339"),
-    };
-    Ok(querygate_pipeline::audit_time(
-        OffsetDateTime::now_utc() - ago,
-    ))
+    querygate_pipeline::point_in_time(text, time::OffsetDateTime::now_utc())
+        .map_err(anyhow::Error::msg)
 }

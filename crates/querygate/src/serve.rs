@@ -1,8 +1,8 @@
 //! `querygate serve`: build the runtime objects from a checked config and run the fronts.
 //!
 //! Wiring only: config → store, authenticator (API keys, stored keys, OIDC issuers),
-//! sources, pipeline → BigQuery front and, when `admin_listen` is set, the admin API
-//! (approvals), both served over TLS (rustls) when configured, else plaintext (loopback,
+//! sources, pipeline → BigQuery front and, when `admin_listen` is set, the admin front
+//! (`querygate-admin`: approvals, sessions), both served over TLS (rustls) when configured, else plaintext (loopback,
 //! or by consent). Background tasks: reload, the ticket sweeper (every 5 s) and, when
 //! `[notify] webhook` is set, the notifier. Unless `[recording] enabled = false`, the
 //! session recorder runs beside the store and is closed (flushed) at a clean stop.
@@ -339,7 +339,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         let mut stopped = admin_stopped;
         tokio::spawn(serve_on(
             listener,
-            crate::admin::router(pipeline.clone()),
+            querygate_admin::router(pipeline.clone()),
             tls.clone(),
             async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
