@@ -39,7 +39,7 @@ use policy::{ClassifyConfig, MaskConfig, MaskingConfig};
 use server::{ServerConfig, StoreConfig};
 
 pub use server::{DEFAULT_MAX_BODY_BYTES, Synchronous};
-pub use sources::{SourceConfig, UpstreamCredential};
+pub use sources::{BigQuerySettings, LocalSettings, SourceConfig, SourceKind, UpstreamCredential};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,11 +101,18 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Parses and checks config text read from `path`. Each `[[sources]]` block's
+    /// kind-specific keys are first moved under its `kind` (see [`SourceKind`]).
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
+        let toml_error = |e: toml::de::Error| {
             let at = e.span().map(|s| line_of(text, &s)).unwrap_or_default();
             format!("{}{at}: {}", path.display(), e.message())
-        })?;
+        };
+        let mut doc = toml::de::DeTable::parse(text).map_err(toml_error)?;
+        sources::nest_kind_settings(doc.get_mut())
+            .map_err(|(span, msg)| format!("{}{}: {msg}", path.display(), line_of(text, &span)))?;
+        let mut config =
+            Config::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
         config.base = path
             .parent()
             .map(Path::to_path_buf)
@@ -212,15 +219,21 @@ mod tests {
         let c = parse(GOOD).expect("good config");
         assert_eq!(c.listen().port(), 9050);
         assert_eq!(c.store_path(), PathBuf::from("/etc/qg/querygate.db"));
-        assert_eq!(c.sources[0].endpoint(), "http://127.0.0.1:19050");
-        assert_eq!(c.sources[0].credential(&c), UpstreamCredential::None);
+        let SourceKind::BigQuery(bigquery) = c.sources[0].kind.get_ref() else {
+            panic!("a bigquery source")
+        };
+        assert_eq!(bigquery.endpoint(), "http://127.0.0.1:19050");
+        assert_eq!(bigquery.credential(&c), UpstreamCredential::None);
         let sa = GOOD.replace(
             "credentials = \"none\"",
             "credentials = { service_account_key = \"sa.json\" }",
         );
         let c = parse(&sa).expect("sa config");
+        let SourceKind::BigQuery(bigquery) = c.sources[0].kind.get_ref() else {
+            panic!("a bigquery source")
+        };
         assert_eq!(
-            c.sources[0].credential(&c),
+            bigquery.credential(&c),
             UpstreamCredential::ServiceAccountKey("/etc/qg/sa.json".into())
         );
     }

@@ -15,7 +15,7 @@ use querygate_policy::{Budget, Policy, RuleSpec, parse_bytes};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Config, SourceConfig, UpstreamCredential, line_of};
+use super::{Config, SourceConfig, line_of};
 
 /// A policy file named by `policy = "…"`.
 #[derive(Debug, Deserialize)]
@@ -147,18 +147,6 @@ impl Config {
                 Policy::new(rules)
             };
             set.sources.insert(s.name.clone(), Arc::new(policy));
-            for imp in &s.impersonate {
-                for w in &imp.get_ref().who {
-                    querygate_policy::Principal::parse(w)
-                        .map_err(|e| fail(imp.span(), format!("impersonate.who: {e}")))?;
-                }
-                if !matches!(s.credential(self), UpstreamCredential::ServiceAccountKey(_)) {
-                    return Err(fail(
-                        imp.span(),
-                        "impersonate needs credentials = { service_account_key = \"…\" }: the gateway's own service account asks for the narrower tokens".into(),
-                    ));
-                }
-            }
             if let Some(cap) = &s.max_bytes_billed {
                 let bytes = parse_bytes(cap.get_ref())
                     .map_err(|e| fail(cap.span(), format!("max_bytes_billed: {e}")))?;
