@@ -21,7 +21,10 @@ use querygate_pipeline::{ApiKey, Authenticator, Pipeline};
 use querygate_store::Store;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, DEFAULT_MAX_BODY_BYTES, UpstreamCredential};
+use crate::config::{
+    BigQuerySettings, Config, DEFAULT_MAX_BODY_BYTES, LocalSettings, SourceConfig, SourceKind,
+    UpstreamCredential,
+};
 use crate::notify::Notifier;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -146,20 +149,31 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
 /// engine, for `local`), with its scrubber and the masking key.
 pub fn source(
     config: &Config,
-    s: &crate::config::SourceConfig,
+    s: &SourceConfig,
     mask_key: Option<&querygate_core::Secret>,
 ) -> anyhow::Result<BigQuerySource> {
-    if s.is_local() {
-        return Ok(local_source(config, s)?
-            .with_scrubber(s.scrubber(mask_key))
-            .with_mask_key(mask_key.cloned()));
-    }
-    let auth = match s.credential(config) {
+    let source = match s.kind.get_ref() {
+        SourceKind::BigQuery(settings) => bigquery_source(config, s, settings)?,
+        SourceKind::Local(settings) => local_source(config, s, settings)?,
+    };
+    Ok(source
+        .with_scrubber(s.scrubber(mask_key))
+        .with_mask_key(mask_key.cloned()))
+}
+
+/// A `bigquery` source: the REST upstream with the gateway's credential, and the service
+/// accounts it impersonates for some identities.
+fn bigquery_source(
+    config: &Config,
+    s: &SourceConfig,
+    settings: &BigQuerySettings,
+) -> anyhow::Result<BigQuerySource> {
+    let auth = match settings.credential(config) {
         UpstreamCredential::None => UpstreamAuth::None,
         UpstreamCredential::ServiceAccountKey(path) => UpstreamAuth::service_account(&path)
             .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
     };
-    let impersonate = s
+    let impersonate = settings
         .impersonate
         .iter()
         .map(|i| {
@@ -177,16 +191,15 @@ pub fn source(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(
-        BigQuerySource::new(s.name.clone(), s.project.clone(), s.endpoint(), auth)
+        BigQuerySource::new(s.name.clone(), s.project.clone(), settings.endpoint(), auth)
             .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?
             .with_impersonation(
                 impersonate,
-                s.iam_endpoint
+                settings
+                    .iam_endpoint
                     .as_deref()
                     .unwrap_or(querygate_bigquery::IAM_ENDPOINT),
-            )
-            .with_scrubber(s.scrubber(mask_key))
-            .with_mask_key(mask_key.cloned()),
+            ),
     )
 }
 
@@ -195,10 +208,11 @@ pub fn source(
 #[cfg(feature = "local")]
 fn local_source(
     config: &Config,
-    s: &crate::config::SourceConfig,
+    s: &SourceConfig,
+    settings: &LocalSettings,
 ) -> anyhow::Result<BigQuerySource> {
-    let tables: Vec<querygate_local::TableSpec> = s
-        .local_tables(config)
+    let tables: Vec<querygate_local::TableSpec> = settings
+        .table_paths(config)
         .into_iter()
         .map(|(dataset, table, pattern)| querygate_local::TableSpec {
             dataset,
@@ -227,7 +241,8 @@ fn local_source(
 #[cfg(not(feature = "local"))]
 fn local_source(
     _config: &Config,
-    s: &crate::config::SourceConfig,
+    s: &SourceConfig,
+    _settings: &LocalSettings,
 ) -> anyhow::Result<BigQuerySource> {
     anyhow::bail!(
         "source {}: kind = \"local\" needs the embedded engine, which this build leaves out; \
@@ -259,10 +274,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     for s in &config.sources {
-        let upstream = if s.is_local() {
-            "local engine (in-process)"
-        } else {
-            s.endpoint()
+        let upstream = match s.kind.get_ref() {
+            SourceKind::BigQuery(settings) => settings.endpoint(),
+            SourceKind::Local(_) => "local engine (in-process)",
         };
         tracing::info!(source = %s.name, project = %s.project, upstream, "source ready");
     }
