@@ -6,6 +6,8 @@
 //! - [`upstream`]: the [`BigQuerySource`] that executes admitted calls with the
 //!   gateway's own credential.
 //! - [`model`]: the parts of BigQuery's JSON the gateway reads.
+//! - [`neutral`]: the source's neutral side: REST calls for neutral actions, and neutral
+//!   answers (typed rows, catalog, jobs) read from its replies.
 //! - [`token`]: the OAuth token endpoint for clients that use Google's default
 //!   credentials (`querygate connect`), and the access tokens it seals.
 //!
@@ -14,6 +16,7 @@
 
 pub mod decode;
 pub mod model;
+pub mod neutral;
 pub mod render;
 pub mod routes;
 pub mod token;

@@ -5,7 +5,6 @@
 //! when the client accepts it. `/healthz` and `/readyz` answer without authentication;
 //! [`crate::token::PATH`] is the OAuth token endpoint of `querygate connect`'s credentials.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request as HttpRequest, Response, header};
 use http_body_util::{BodyExt, Limited};
 use querygate_core::RequestId;
-use querygate_pipeline::Pipeline;
+use querygate_pipeline::{Pipeline, Sources};
 use tower_http::compression::CompressionLayer;
 
 use crate::decode::{BodyProblem, WireRequest, decode};
@@ -29,8 +28,8 @@ use crate::upstream::BigQuerySource;
 #[derive(Debug)]
 pub struct Front {
     pub pipeline: Arc<Pipeline>,
-    /// Sources by the project id clients use.
-    pub sources: HashMap<String, Arc<BigQuerySource>>,
+    /// The configured sources, found by the project id clients use.
+    pub sources: Arc<Sources<BigQuerySource>>,
     /// Largest request body accepted, after decompression.
     pub max_body_bytes: usize,
     /// Seals and opens the access tokens of the token endpoint.

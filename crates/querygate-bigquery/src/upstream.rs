@@ -15,11 +15,11 @@ use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{HeaderValue, Response, StatusCode, header};
 use querygate_core::Secret;
-use querygate_core::{Denial, DenialKind, Fault};
+use querygate_core::{Action, Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
-    Admitted, Column, ColumnMask, Held, Partitioning, Refusal, Reply, Scope, Source, SqlDialect,
-    Summary, View,
+    Admitted, Answer, Column, ColumnMask, Held, Paging, Partitioning, Refusal, Reply, Scope,
+    Source, SqlDialect, Summary, View,
 };
 use serde_json::Value;
 
@@ -363,7 +363,7 @@ impl BigQuerySource {
             .into_iter()
             .map(|f| Column {
                 name: f.name,
-                bq_type: f.field_type.to_ascii_uppercase(),
+                data_type: f.field_type.to_ascii_uppercase(),
                 repeated: f.mode.as_deref() == Some("REPEATED"),
             })
             .collect();
@@ -752,6 +752,10 @@ impl Source for BigQuerySource {
 
     fn dialect(&self) -> SqlDialect {
         SqlDialect::BigQuery
+    }
+
+    fn call_for(&self, action: &Action, paging: &Paging) -> Result<Call, Denial> {
+        crate::neutral::call_for(&self.project, action, paging)
     }
 
     /// `p.d.t$20240101` (a partition) and `p.d.t@1700000000` (a snapshot) are reads of `p.d.t`.
@@ -1269,6 +1273,10 @@ impl Reply for BigQueryReply {
     }
 
     /// The body as the client gets it (`into_response` sends these bytes).
+    fn answer(&self) -> Answer {
+        crate::neutral::answer(self.api, self.status.as_u16(), &self.body)
+    }
+
     fn body(&self) -> Bytes {
         self.body.clone()
     }
@@ -1398,7 +1406,7 @@ fn mask_value(
     mask: &ColumnMask,
     key: &[u8],
 ) -> u64 {
-    let record = matches!(mask.column.bq_type.as_str(), "RECORD" | "STRUCT");
+    let record = matches!(mask.column.data_type.as_str(), "RECORD" | "STRUCT");
     if v.is_null() {
         return 0;
     }
@@ -1412,7 +1420,7 @@ fn mask_value(
             Value::Null => return 0,
             _ => None,
         };
-        let masked = querygate_mask::mask_cell(strategy, &mask.column.bq_type, text, key);
+        let masked = querygate_mask::mask_cell(strategy, &mask.column.data_type, text, key);
         *x = masked.map_or(Value::Null, Value::String);
         1
     };

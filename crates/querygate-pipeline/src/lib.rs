@@ -50,7 +50,8 @@ pub use querygate_store::TicketFilter;
 pub use recording::RecordingSettings;
 pub use sessions::IDLE_GAP;
 pub use source::{
-    Admitted, Column, ColumnMask, Held, Refusal, Reply, Scope, Source, Summary, View,
+    Admitted, Answer, Column, ColumnMask, Held, JobInfo, Paging, Refusal, Reply, ResultSet,
+    SchemaInfo, Scope, Source, Sources, Summary, TableInfo, View,
 };
 
 /// What a front renders.

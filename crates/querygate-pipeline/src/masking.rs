@@ -71,10 +71,10 @@ pub fn select_list(
                 }
                 let quoted = quote_column(SqlDialect::BigQuery, &c.name);
                 let mask = if c.repeated {
-                    let element = mask_expression(strategy, ELEMENT, &c.bq_type);
+                    let element = mask_expression(strategy, ELEMENT, &c.data_type);
                     format!("ARRAY(SELECT {element} FROM UNNEST({quoted}) AS {ELEMENT})")
                 } else {
-                    mask_expression(strategy, &quoted, &c.bq_type)
+                    mask_expression(strategy, &quoted, &c.data_type)
                 };
                 Some(MaskedColumn {
                     name: c.name,
@@ -86,7 +86,7 @@ pub fn select_list(
 }
 
 fn is_struct(c: &Column) -> bool {
-    matches!(c.bq_type.as_str(), "RECORD" | "STRUCT")
+    matches!(c.data_type.as_str(), "RECORD" | "STRUCT")
 }
 
 #[cfg(test)]
@@ -95,10 +95,10 @@ mod tests {
 
     use super::*;
 
-    fn column(name: &str, bq_type: &str) -> Column {
+    fn column(name: &str, data_type: &str) -> Column {
         Column {
             name: name.into(),
-            bq_type: bq_type.into(),
+            data_type: data_type.into(),
             repeated: false,
         }
     }

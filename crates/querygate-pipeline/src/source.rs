@@ -1,14 +1,23 @@
 //! What the pipeline needs from a source, and the [`Admitted`] token that guards it.
 //!
-//! A source (the BigQuery upstream, later PostgreSQL and the embedded engine) runs
+//! A source (the BigQuery upstream and the embedded engine today; PostgreSQL next) runs
 //! only an `Admitted` call. `Admitted::new` is private to this crate, so the only
 //! code path that can produce one is `Pipeline::handle`, after the decided record
 //! is durable.
+//!
+//! Two ways in: a front that speaks the source's own protocol passes its native call
+//! through (the BigQuery front forwards BigQuery's REST calls); a front that speaks no
+//! source's protocol (MCP tools, console pages) asks for a neutral [`Action`] with
+//! [`Source::call_for`] and reads the reply's neutral [`Answer`]: rows with their
+//! schema, catalog listings and descriptions, job states. [`Sources`] is the registry of
+//! the configured sources every front finds one in.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use querygate_core::{Denial, Fault, Identity};
+use querygate_core::{Action, Denial, Fault, Identity};
 use querygate_policy::Partitioning;
 use querygate_sql::SqlDialect;
 
@@ -82,6 +91,8 @@ pub trait Reply: Send {
     /// session recording. A cheap handle: the recorder cuts and digests it on its own
     /// thread.
     fn body(&self) -> bytes::Bytes;
+    /// The reply in the gateway's own terms, for fronts that speak no source's protocol.
+    fn answer(&self) -> Answer;
 }
 
 /// Something the gateway forwards admitted calls to.
@@ -111,6 +122,11 @@ pub trait Source: Send + Sync {
         &self,
         call: Admitted<Self::Call>,
     ) -> impl Future<Output = Result<Self::Reply, Fault>> + Send;
+
+    /// The source's own call for a neutral action (a query, a catalog description, a job
+    /// operation, a table read), paged as `paging` says. `Err` for an action the source
+    /// cannot serve (the message is for the client).
+    fn call_for(&self, action: &Action, paging: &Paging) -> Result<Self::Call, Denial>;
 
     /// Bytes the call's query would process (a dry run upstream). Runs no query and
     /// returns no rows; the pipeline calls it only when a rule or budget needs it.
@@ -201,9 +217,9 @@ pub struct ColumnMask {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
-    /// The BigQuery type name (`STRING`, `INTEGER`, `RECORD`, …).
-    pub bq_type: String,
-    /// An ARRAY (BigQuery mode `REPEATED`).
+    /// The source's own name of its type (BigQuery's `STRING`, `INTEGER`, `RECORD`, …).
+    pub data_type: String,
+    /// An array of values of that type (BigQuery's mode `REPEATED`).
     pub repeated: bool,
 }
 
@@ -235,4 +251,121 @@ pub struct Held {
 pub enum Refusal {
     Denied(Denial),
     Failed(Fault),
+}
+
+/// How much of a result a neutral call returns, and from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Paging {
+    /// Rows per page (the source's default when `None`).
+    pub max_rows: Option<u64>,
+    /// Where the page starts: a token from the previous page.
+    pub page_token: Option<String>,
+    /// How long a read may wait for a query to complete.
+    pub wait: Option<Duration>,
+}
+
+/// A source's reply in the gateway's own terms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A page of rows: of a query, a job's result or a table read.
+    Rows(ResultSet),
+    /// The query was accepted and has not completed: read the job's result again.
+    Running { job_id: Option<String> },
+    /// Names in the catalog: the schemas (datasets) of a source, or a schema's tables.
+    Names(Vec<String>),
+    /// One schema (dataset).
+    Schema(SchemaInfo),
+    /// One table and its columns.
+    Table(TableInfo),
+    /// Jobs, newest first, or one job.
+    Jobs(Vec<JobInfo>),
+    /// The source answered with an error of its own (its message, as the client would
+    /// read it).
+    Error { message: String },
+}
+
+/// Rows and their schema. Values are JSON: null, booleans, numbers (integers that do not
+/// fit a double stay strings), strings, arrays and objects (records).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultSet {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Rows of the whole result, when the source says.
+    pub total_rows: Option<u64>,
+    /// Where the next page starts, when there is one.
+    pub page_token: Option<String>,
+    /// The job that produced the rows.
+    pub job_id: Option<String>,
+    pub bytes_processed: Option<u64>,
+}
+
+/// A schema (dataset) as the catalog describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaInfo {
+    pub name: String,
+    pub location: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A table as the catalog describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    /// `TABLE`, `VIEW`, …, in the source's words.
+    pub kind: Option<String>,
+    pub columns: Vec<Column>,
+    pub rows: Option<u64>,
+    pub description: Option<String>,
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobInfo {
+    pub job_id: String,
+    /// `PENDING`, `RUNNING`, `DONE`, in the source's words.
+    pub state: String,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    pub statement: Option<String>,
+}
+
+/// The configured sources, found by the name clients address them with (a BigQuery
+/// project id, a database name) or by their configured name. Every front looks sources
+/// up here. Sources of another kind join by being a variant of the one source type the
+/// registry holds (an enum that delegates), so fronts keep one lookup.
+#[derive(Debug)]
+pub struct Sources<S> {
+    /// In configuration order.
+    all: Vec<Arc<S>>,
+    by_target: HashMap<String, Arc<S>>,
+}
+
+impl<S: Source> Sources<S> {
+    pub fn new(sources: impl IntoIterator<Item = Arc<S>>) -> Sources<S> {
+        let all: Vec<Arc<S>> = sources.into_iter().collect();
+        let by_target = all
+            .iter()
+            .map(|s| (s.default_project().to_string(), Arc::clone(s)))
+            .collect();
+        Sources { all, by_target }
+    }
+
+    /// The source clients address as `target` (its project or database).
+    pub fn get(&self, target: &str) -> Option<&Arc<S>> {
+        self.by_target.get(target)
+    }
+
+    /// The source configured as `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<S>> {
+        self.all.iter().find(|s| s.name() == name)
+    }
+
+    /// Every source, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<S>> {
+        self.all.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
 }

@@ -29,6 +29,13 @@ impl Reply for EchoReply {
     fn summary(&self) -> Summary {
         self.0.clone()
     }
+    fn answer(&self) -> Answer {
+        Answer::Rows(ResultSet {
+            total_rows: self.0.total_rows,
+            job_id: self.0.job_id.clone(),
+            ..ResultSet::default()
+        })
+    }
     fn restrict(&mut self, _scope: &Scope) {}
     fn withhold_errors(&mut self, why: &str) -> bool {
         let had = self.0.error.is_some();
@@ -54,6 +61,15 @@ impl Source for Echo {
     fn dialect(&self) -> SqlDialect {
         SqlDialect::BigQuery
     }
+    fn call_for(&self, action: &Action, _paging: &Paging) -> Result<&'static str, Denial> {
+        match action {
+            Action::Query(_) => Ok("neutral-query"),
+            _ => Err(Denial::new(
+                DenialKind::Invalid,
+                "echo answers queries only",
+            )),
+        }
+    }
     async fn estimate(&self, _call: &&'static str) -> Result<u64, Refusal> {
         self.estimates.fetch_add(1, Ordering::SeqCst);
         Ok(self.bytes)
@@ -76,9 +92,9 @@ impl Source for Echo {
         Ok(Box::leak(saved.to_string().into_boxed_str()))
     }
     async fn columns(&self, table: &str) -> Result<Vec<Column>, Fault> {
-        let column = |name: &str, bq_type: &str, repeated: bool| Column {
+        let column = |name: &str, data_type: &str, repeated: bool| Column {
             name: name.into(),
-            bq_type: bq_type.into(),
+            data_type: data_type.into(),
             repeated,
         };
         match table {
@@ -225,6 +241,42 @@ fn records(dir: &std::path::Path) -> Vec<AuditRecord> {
         .records(&Default::default(), None, |r| out.push(r.record.clone()))
         .expect("records");
     out
+}
+
+#[tokio::test]
+async fn a_neutral_query_runs_through_every_stage_and_answers_in_neutral_terms() {
+    let dir = tmp("neutral");
+    let p = pipeline(&dir);
+    let src = Echo::default();
+    let sources = Sources::new([Arc::new(Echo::default())]);
+    assert!(sources.get("p").is_some() && sources.named("echo").is_some());
+    assert!(
+        sources.get("echo").is_none(),
+        "clients address a source by its project"
+    );
+    let action = query("SELECT 1");
+    let call = src
+        .call_for(&action, &Paging::default())
+        .expect("echo serves queries");
+    let out = p
+        .handle(request(Some("key-a"), action), Some(&src), call)
+        .await;
+    let Outcome::Done(reply) = out else {
+        panic!("allowed: {out:?}");
+    };
+    assert!(matches!(reply.answer(), Answer::Rows(_)));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    // A neutral write is decided like any other: refused before it reaches the source.
+    let write = query("DELETE FROM d.t WHERE TRUE");
+    let call = src.call_for(&write, &Paging::default()).expect("a call");
+    let out = p
+        .handle(request(Some("key-a"), write), Some(&src), call)
+        .await;
+    assert!(matches!(out, Outcome::Denied(_)), "{out:?}");
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    p.store().flush().await.expect("flush");
+    let recs = records(&dir);
+    assert_eq!(recs.len(), 3, "decided + completed, then one denial");
 }
 
 #[tokio::test]

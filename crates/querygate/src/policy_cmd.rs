@@ -263,23 +263,24 @@ fn ask_the_source(config: &Config, case: &mut Case) -> anyhow::Result<()> {
             {
                 let spec: Vec<String> = columns
                     .iter()
-                    .map(|c| format!("{}:{}", c.name, c.bq_type))
+                    .map(|c| format!("{}:{}", c.name, c.data_type))
                     .collect();
                 case.columns.insert(t.name.clone(), spec.join(","));
             }
         }
         if case.bytes.is_none() && facts.opaque.is_none() {
-            let call = querygate_bigquery::Call {
-                api: querygate_bigquery::Api::JobsQuery,
-                method: axum::http::Method::POST,
-                path: format!("/bigquery/v2/projects/{}/queries", spec.project),
-                query: None,
-                body: Some(
-                    json!({ "query": case.sql, "useLegacySql": false })
-                        .to_string()
-                        .into(),
-                ),
-                shows_result_table: false,
+            // The source's own call for the query, as a front that speaks no source's
+            // protocol asks for one.
+            let query = querygate_core::Action::Query(querygate_core::Query::new(&case.sql));
+            let call = match source.call_for(&query, &Default::default()) {
+                Ok(call) => call,
+                Err(d) => {
+                    eprintln!(
+                        "--live: the source cannot estimate this query: {}",
+                        d.message
+                    );
+                    return;
+                }
             };
             match source.estimate(&call).await {
                 Ok(bytes) => case.bytes = Some(bytes.to_string()),
@@ -481,7 +482,7 @@ fn rewrite(
                 let repeated = ty.starts_with("ARRAY");
                 querygate_pipeline::Column {
                     name: name.trim().to_string(),
-                    bq_type: ty
+                    data_type: ty
                         .trim_start_matches("ARRAY<")
                         .trim_end_matches('>')
                         .to_string(),

@@ -7,7 +7,6 @@
 //! `[notify] webhook` is set, the notifier. Unless `[recording] enabled = false`, the
 //! session recorder runs beside the store and is closed (flushed) at a clean stop.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -121,13 +120,11 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     }
     let pipeline = Arc::new(pipeline);
     let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
-    let mut sources = HashMap::new();
+    let mut sources = Vec::new();
     for s in &config.sources {
-        sources.insert(
-            s.project.clone(),
-            Arc::new(source(config, s, mask_key.as_ref())?),
-        );
+        sources.push(Arc::new(source(config, s, mask_key.as_ref())?));
     }
+    let sources = Arc::new(querygate_pipeline::Sources::new(sources));
     // The secret of the token endpoint's access tokens (`querygate connect`), beside the store.
     let tokens = querygate_bigquery::Tokens::load_or_create(
         &querygate_bigquery::token::secret_path(&store_path),
