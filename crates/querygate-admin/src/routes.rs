@@ -95,7 +95,7 @@ async fn list_tickets(
         Ok(f) => f,
         Err(bad) => return render::bad_request(&bad),
     };
-    match pipeline.list_tickets(&identity, &filter) {
+    match pipeline.approvals().list(&identity, &filter) {
         Ok(tickets) => render::tickets(&tickets),
         Err(fault) => {
             tracing::error!(error = %fault.message, "admin API: cannot list tickets");
@@ -119,7 +119,7 @@ async fn show_ticket(
         Ok(id) => id,
         Err(bad) => return render::bad_request(&bad),
     };
-    match pipeline.show_ticket(&identity, &id) {
+    match pipeline.approvals().show(&identity, &id) {
         Ok(t) => render::ticket(&t),
         Err(denial) => render::denial(&denial),
     }
@@ -190,7 +190,7 @@ async fn decide(
         Err(bad) => return render::bad_request(&bad),
     };
     let verb = if decision.approve { "approve" } else { "deny" };
-    match pipeline.decide_ticket(&approver, &id, decision).await {
+    match pipeline.approvals().decide(&approver, &id, decision).await {
         Ok(t) => {
             tracing::info!(ticket = %t.id, approver = %approver.subject, state = %t.state, "ticket decided");
             render::ticket(&t)
@@ -218,7 +218,7 @@ async fn list_sessions(
         Ok(f) => f,
         Err(bad) => return render::bad_request(&bad),
     };
-    match pipeline.list_sessions(&identity, filter).await {
+    match pipeline.recordings().list(&identity, filter).await {
         Ok(sessions) => render::sessions(&sessions),
         Err(denial) => render::denial(&denial),
     }
@@ -239,7 +239,7 @@ async fn show_session(
         Ok(id) => id,
         Err(bad) => return render::bad_request(&bad),
     };
-    match pipeline.show_session(&identity, &id).await {
+    match pipeline.recordings().show(&identity, &id).await {
         Ok((summary, events)) => render::session(&summary, &events),
         Err(denial) => render::denial(&denial),
     }

@@ -6,40 +6,19 @@
 //! "pending". Polls of a waiting job ([`Pipeline::resume`]) answer "pending" until the
 //! ticket is decided; the first poll after approval checks the grant again (identity,
 //! policy version, expiry) and runs the saved call; denial, expiry or cancellation end
-//! the job with the reason. Every step is audited. Approvers act through
-//! [`Pipeline::decide_ticket`]: members of the rule's approvers only, never the requester
-//! (nor the person an agent acted for).
-
-use std::time::Duration;
+//! the job with the reason. Every step is audited. Approvers decide through the
+//! approvals service (`approvals.rs`).
 
 use querygate_core::{
     Action, Denial, DenialKind, Fault, Identity, JobOp, Query, Ticket, TicketState,
 };
-use querygate_policy::{OnApproval, format_bytes};
-use querygate_store::{Alongside, TicketFilter, Undecidable, Verdict};
+use querygate_policy::OnApproval;
+use querygate_store::Alongside;
 
 use crate::audit::{Completion, job_row};
 use crate::decide::Needed;
 use crate::source::{Held, Source};
 use crate::{Context, Outcome, Pipeline};
-
-/// How long tickets wait and how long a window grant may last.
-#[derive(Debug, Clone, Copy)]
-pub struct ApprovalSettings {
-    /// A pending ticket ends as expired after this; an approved one must run within it.
-    pub ticket_ttl: Duration,
-    /// The longest window an approver may grant (`--for`).
-    pub max_window: Duration,
-}
-
-impl Default for ApprovalSettings {
-    fn default() -> Self {
-        ApprovalSettings {
-            ticket_ttl: Duration::from_secs(3600),
-            max_window: Duration::from_secs(8 * 3600),
-        }
-    }
-}
 
 /// A job waiting for (or ended by) an approval decision, for the front to render.
 #[derive(Debug, Clone)]
@@ -47,15 +26,6 @@ pub struct Waiting {
     pub ticket: Ticket,
     /// Set when the job will not run: the message the client gets.
     pub ended: Option<String>,
-}
-
-/// An approver's decision as the admin API receives it.
-#[derive(Debug, Clone, Default)]
-pub struct TicketDecision {
-    pub approve: bool,
-    /// Approve every request the same rule catches for the same identity for this long.
-    pub window: Option<Duration>,
-    pub reason: Option<String>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -133,7 +103,7 @@ impl Pipeline {
             {
                 match self.store.start_ticket(&t.id) {
                     Ok(Some(started)) => {
-                        self.ticket_changed();
+                        self.approvals.changed();
                         return Ok(started);
                     }
                     Ok(None) => {}
@@ -177,7 +147,7 @@ impl Pipeline {
             call: saved,
             parameters,
         } = held;
-        let ttl = self.approvals().ticket_ttl.as_secs() as i64;
+        let ttl = self.approvals.settings().ticket_ttl.as_secs() as i64;
         let ticket = Ticket {
             id: Ticket::new_id(&uuid::Uuid::new_v4().simple().to_string()),
             state: TicketState::Pending,
@@ -249,7 +219,7 @@ impl Pipeline {
         {
             return Err(self.fail(ctx, fault).await);
         }
-        self.tickets_opened.notify_one();
+        self.approvals.notify_opened();
         tracing::info!(
             request_id = %ctx.request.id, identity = %identity.subject, ticket = %ticket.id,
             rule = %needed.rule, "request waits for approval"
@@ -285,25 +255,10 @@ impl Pipeline {
         if ticket.state == TicketState::Pending
             && let Some(wait) = ctx.request.wait
         {
-            let until = tokio::time::Instant::now() + wait;
-            loop {
-                let changed = self.tickets_changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                match self.store.ticket(&ticket.id) {
-                    Ok(Some(t)) => ticket = t,
-                    Ok(None) => break,
-                    Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
-                }
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                let expires_in =
-                    std::time::Duration::from_secs((ticket.expires - now()).max(0) as u64);
-                if ticket.state != TicketState::Pending || left.is_zero() || expires_in.is_zero() {
-                    break;
-                }
-                // Also look again every second: another gateway process may decide it.
-                let nap = left.min(expires_in).min(std::time::Duration::from_secs(1));
-                let _ = tokio::time::timeout(nap, changed).await;
+            match self.approvals.wait(&ticket.id, wait).await {
+                Ok(Some(t)) => ticket = t,
+                Ok(None) => {}
+                Err(fault) => return Some(self.fail(ctx, fault).await),
             }
         }
         let now = now();
@@ -314,16 +269,24 @@ impl Pipeline {
                 TicketState::Approved => "the approval was not used before it expired",
                 _ => "nobody decided before the ticket expired",
             };
-            match self.end(&ticket, TicketState::Expired, why, now).await {
+            match self
+                .approvals
+                .end(&ticket, TicketState::Expired, why, now)
+                .await
+            {
                 Ok(Some(t)) => ticket = t,
                 Ok(None) => {}
                 Err(fault) => return Some(self.fail(ctx, fault).await),
             }
-            ticket = self.reread(ticket);
+            ticket = self.approvals.reread(ticket);
         }
         if cancel && !ticket.state.is_final() {
             let by = format!("cancelled by {}", identity.subject);
-            if let Ok(Some(t)) = self.end(&ticket, TicketState::Cancelled, &by, now).await {
+            if let Ok(Some(t)) = self
+                .approvals
+                .end(&ticket, TicketState::Cancelled, &by, now)
+                .await
+            {
                 ticket = t;
             }
         }
@@ -331,7 +294,7 @@ impl Pipeline {
             TicketState::Running => None,
             TicketState::Pending => Some(self.waiting(ctx, ticket, None).await),
             TicketState::Denied | TicketState::Expired | TicketState::Cancelled => {
-                let message = ended_message(&ticket);
+                let message = crate::approvals::ended_message(&ticket);
                 Some(self.waiting(ctx, ticket, Some(message)).await)
             }
             TicketState::Approved => {
@@ -347,12 +310,13 @@ impl Pipeline {
                 if current.as_deref() != Some(ticket.policy_version.as_str()) {
                     let why = "the policy changed after the approval; submit the query again for a new approval";
                     let ended = self
+                        .approvals
                         .end(&ticket, TicketState::Denied, why, now)
                         .await
                         .ok()
                         .flatten()
                         .unwrap_or(ticket);
-                    let message = ended_message(&ended);
+                    let message = crate::approvals::ended_message(&ended);
                     return Some(self.waiting(ctx, ended, Some(message)).await);
                 }
                 match self.store.start_ticket(&ticket.id) {
@@ -460,8 +424,8 @@ impl Pipeline {
                 Ok(None) => ticket,
                 Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
             };
-            self.ticket_changed();
-            let message = ended_message(&ended);
+            self.approvals.changed();
+            let message = crate::approvals::ended_message(&ended);
             return Some(self.waiting(ctx, ended, Some(message)).await);
         }
         let claim = job_row(
@@ -503,270 +467,4 @@ impl Pipeline {
         }
         Outcome::Waiting(Box::new(Waiting { ticket, ended }))
     }
-
-    /// Ends a ticket and audits it (an event of the ticket, not of a request).
-    async fn end(
-        &self,
-        ticket: &Ticket,
-        state: TicketState,
-        why: &str,
-        now: i64,
-    ) -> Result<Option<Ticket>, Fault> {
-        let ended = self
-            .store
-            .end_ticket(&ticket.id, state, why, now)
-            .map_err(|e| Fault::gateway(e.to_string()))?;
-        if let Some(t) = &ended {
-            self.ticket_changed();
-            self.ticket_event(t, &format!("approvals.{}", state.as_str()), None)
-                .await;
-        }
-        Ok(ended)
-    }
-
-    fn reread(&self, ticket: Ticket) -> Ticket {
-        self.store
-            .ticket(&ticket.id)
-            .ok()
-            .flatten()
-            .unwrap_or(ticket)
-    }
-
-    /// An approver's decision, from the admin API. Refusals are values with a message
-    /// the approver can act on; every attempt is audited.
-    pub async fn decide_ticket(
-        &self,
-        approver: &Identity,
-        id: &str,
-        decision: TicketDecision,
-    ) -> Result<Ticket, Denial> {
-        let method = if decision.approve {
-            "approvals.approve"
-        } else {
-            "approvals.deny"
-        };
-        let refuse = |kind: DenialKind, message: String| Denial::new(kind, message);
-        let result = async {
-            let ticket = self
-                .store
-                .ticket(id)
-                .map_err(|e| refuse(DenialKind::Unavailable, e.to_string()))?
-                .ok_or_else(|| refuse(DenialKind::NotFound, format!("no ticket {id}")))?;
-            if !visible(&ticket, approver) {
-                // Those who may neither decide nor see it learn nothing of it.
-                return Err(refuse(DenialKind::NotFound, format!("no ticket {id}")));
-            }
-            if ticket.requested_by(&approver.subject) {
-                return Err(refuse(
-                    DenialKind::Forbidden,
-                    format!(
-                        "{} asked for ticket {id} and cannot decide it; ask another approver",
-                        approver.subject
-                    ),
-                ));
-            }
-            if approver.kind == querygate_core::IdentityKind::Agent {
-                return Err(refuse(
-                    DenialKind::Forbidden,
-                    format!(
-                        "{} is an agent; approvals must come from a person",
-                        approver.subject
-                    ),
-                ));
-            }
-            if !ticket.may_approve(&approver.subject, &approver.groups) {
-                return Err(refuse(
-                    DenialKind::Forbidden,
-                    format!(
-                        "{} may not decide ticket {id}: its approvers are {}",
-                        approver.subject,
-                        ticket.approvers.join(", ")
-                    ),
-                ));
-            }
-            if !decision.approve
-                && decision
-                    .reason
-                    .as_deref()
-                    .is_none_or(|r| r.trim().is_empty())
-            {
-                return Err(refuse(
-                    DenialKind::Invalid,
-                    "a denial needs a reason (the requester sees it)".into(),
-                ));
-            }
-            let settings = self.approvals();
-            if let Some(w) = decision.window
-                && w > settings.max_window
-            {
-                return Err(refuse(
-                    DenialKind::Invalid,
-                    format!(
-                        "a window grant may last at most {}s here (asked for {}s)",
-                        settings.max_window.as_secs(),
-                        w.as_secs()
-                    ),
-                ));
-            }
-            let now = now();
-            let verdict = Verdict {
-                approve: decision.approve,
-                by: approver.subject.clone(),
-                reason: decision.reason.clone(),
-                grant_until: decision.window.map(|w| now + w.as_secs() as i64),
-                run_by: now + settings.ticket_ttl.as_secs() as i64,
-            };
-            match self
-                .store
-                .decide_ticket(id, &verdict, now)
-                .map_err(|e| refuse(DenialKind::Unavailable, e.to_string()))?
-            {
-                Ok(t) => Ok(t),
-                Err(Undecidable::NotFound) => {
-                    Err(refuse(DenialKind::NotFound, format!("no ticket {id}")))
-                }
-                Err(Undecidable::Final(state)) => Err(refuse(
-                    DenialKind::Conflict,
-                    format!("ticket {id} is already {state}; nothing was changed"),
-                )),
-                Err(Undecidable::Expired) => {
-                    if let Some(t) = self.store.ticket(id).ok().flatten() {
-                        self.ticket_event(&t, "approvals.expired", None).await;
-                    }
-                    Err(refuse(
-                        DenialKind::Conflict,
-                        format!(
-                            "ticket {id} expired before this decision; the requester must ask again"
-                        ),
-                    ))
-                }
-            }
-        }
-        .await;
-        self.ticket_changed();
-        match &result {
-            Ok(t) => self.ticket_event(t, method, Some(approver)).await,
-            Err(denial) => self.refused_decision(approver, method, id, denial).await,
-        }
-        result
-    }
-
-    /// Tickets `identity` may see: those it may decide and those it asked for.
-    pub fn list_tickets(
-        &self,
-        identity: &Identity,
-        filter: &TicketFilter,
-    ) -> Result<Vec<Ticket>, Fault> {
-        // Visibility is decided here, so the limit applies after it, not in the store.
-        let unlimited = TicketFilter {
-            limit: Some(usize::MAX >> 1),
-            ..filter.clone()
-        };
-        let all = self
-            .store
-            .tickets(&unlimited)
-            .map_err(|e| Fault::gateway(e.to_string()))?;
-        Ok(all
-            .into_iter()
-            .filter(|t| visible(t, identity))
-            .take(filter.limit.unwrap_or(1000))
-            .map(|t| self.fresh(t))
-            .collect())
-    }
-
-    /// One ticket, if `identity` may see it.
-    pub fn show_ticket(&self, identity: &Identity, id: &str) -> Result<Ticket, Denial> {
-        match self.store.ticket(id) {
-            Ok(Some(t)) if visible(&t, identity) => Ok(self.fresh(t)),
-            Ok(_) => Err(Denial::new(DenialKind::NotFound, format!("no ticket {id}"))),
-            Err(e) => Err(Denial::new(DenialKind::Unavailable, e.to_string())),
-        }
-    }
-
-    /// A pending ticket past its expiry reads as expired even before the sweep marks it.
-    fn fresh(&self, mut t: Ticket) -> Ticket {
-        if t.state == TicketState::Pending && now() >= t.expires {
-            t.state = TicketState::Expired;
-        }
-        t
-    }
-
-    /// Marks pending tickets past their expiry as expired and audits each. Call it now
-    /// and then (the gateway does, every few seconds); polls also expire tickets.
-    pub async fn sweep(&self) -> Result<usize, Fault> {
-        let expired = self
-            .store
-            .expire_tickets(now())
-            .map_err(|e| Fault::gateway(e.to_string()))?;
-        if !expired.is_empty() {
-            self.ticket_changed();
-        }
-        for t in &expired {
-            self.ticket_event(t, "approvals.expired", None).await;
-        }
-        Ok(expired.len())
-    }
-
-    /// Wakes polls held for a decision (see [`Pipeline::resume`]).
-    fn ticket_changed(&self) {
-        self.tickets_changed.notify_waiters();
-    }
-
-    /// Woken whenever a ticket is opened (the notifier waits on it).
-    pub fn tickets_opened(&self) -> &tokio::sync::Notify {
-        &self.tickets_opened
-    }
-}
-
-fn visible(t: &Ticket, identity: &Identity) -> bool {
-    t.may_approve(&identity.subject, &identity.groups) || t.requested_by(&identity.subject)
-}
-
-/// What the client hears when its held job will not run.
-fn ended_message(t: &Ticket) -> String {
-    let why = t.decision_reason.as_deref().unwrap_or("no reason given");
-    match t.state {
-        TicketState::Denied => format!(
-            "Access Denied: the approval request for this query (ticket {}) was denied by {}: {why}",
-            t.id,
-            t.decided_by.as_deref().unwrap_or("querygate")
-        ),
-        TicketState::Expired => format!(
-            "Access Denied: the approval request for this query (ticket {}) expired: {why}; run the query again to ask again",
-            t.id
-        ),
-        TicketState::Cancelled => format!(
-            "Access Denied: the approval request for this query (ticket {}) was cancelled: {why}",
-            t.id
-        ),
-        _ => format!("Access Denied: ticket {} is {}", t.id, t.state),
-    }
-}
-
-/// A one-line summary for notifications and the CLI.
-pub fn describe(t: &Ticket) -> String {
-    let bytes = t
-        .bytes_estimate
-        .map(|b| {
-            format!(
-                ", ~{} to process, ~${:.2} on demand",
-                format_bytes(b),
-                querygate_core::ticket::on_demand_cost(b)
-            )
-        })
-        .unwrap_or_default();
-    let reason = t
-        .reason
-        .as_deref()
-        .map(|r| format!(" — reason: {r}"))
-        .unwrap_or_default();
-    let acting = t
-        .acting_for
-        .as_deref()
-        .map(|p| format!(" for {p}"))
-        .unwrap_or_default();
-    format!(
-        "{}{} asks to run on {} (rule {}{}){}",
-        t.requester, acting, t.source, t.rule, bytes, reason
-    )
 }

@@ -9,7 +9,7 @@
 //! writer, which chains and signs them.
 
 use querygate_core::{AuditRecord, Denial, Fault, Identity, Phase, Ticket, TicketState};
-use querygate_store::{Alongside, JobRow};
+use querygate_store::{Alongside, JobRow, Store};
 
 use crate::{Context, Outcome, Pipeline, audit_time};
 
@@ -235,57 +235,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// One audit record for a ticket event (decided, expired, …), by `by` or the gateway.
-    pub(crate) async fn ticket_event(&self, t: &Ticket, method: &str, by: Option<&Identity>) {
-        let identity = by.map_or("querygate", |i| i.subject.as_str());
-        let mut record = AuditRecord::default_for(method, identity);
-        record.time = audit_time(time::OffsetDateTime::now_utc());
-        record.request_id = format!("{}-{}", t.id, t.state.as_str());
-        record.groups = by.map(|i| i.groups.clone()).unwrap_or_default();
-        record.kind = by.is_none().then(|| "gateway".to_string());
-        record.source = t.source.clone();
-        record.statement = Some(t.statement.clone());
-        record.decision = match t.state {
-            TicketState::Approved | TicketState::Running => "allow",
-            TicketState::Pending => "approve",
-            _ => "deny",
-        }
-        .to_string();
-        record.reason = t.decision_reason.clone();
-        record.job_id = Some(t.job_id.clone());
-        record.statement_kinds = t.kinds.clone();
-        record.tables = t.tables.clone();
-        record.rule = Some(t.rule.clone());
-        record.policy_version = Some(t.policy_version.clone());
-        record.bytes_estimate = t.bytes_estimate;
-        record.acting_for = t.acting_for.clone();
-        record.auth = by.and_then(|i| i.auth.clone());
-        record.ticket = Some(t.id.clone());
-        record.approver = t.decided_by.clone();
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, ticket = %t.id, "cannot write a ticket's audit record");
-        }
-    }
-
-    /// The record of an approver's decision the gateway refused.
-    pub(crate) async fn refused_decision(
-        &self,
-        approver: &Identity,
-        method: &str,
-        ticket: &str,
-        denial: &Denial,
-    ) {
-        let mut record = AuditRecord::default_for(method, &approver.subject);
-        record.groups = approver.groups.clone();
-        record.decision = "deny".into();
-        record.reason = Some(denial.message.clone());
-        record.ticket = Some(ticket.to_string());
-        record.time = audit_time(time::OffsetDateTime::now_utc());
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, "cannot write the audit record of a refused decision");
-        }
-    }
-
     /// Audits a refused admin API call (no credential, a malformed or invalid one), as the
     /// data path audits refused credentials: `identity` is `anonymous` or `unauthenticated`,
     /// `status` what the admin front answers.
@@ -312,31 +261,6 @@ impl Pipeline {
             tracing::error!(error = %e, "cannot write the audit record of a refused admin call");
         }
     }
-
-    /// One audit record for a read of recordings through the admin API.
-    pub(crate) async fn recordings_read(
-        &self,
-        identity: &Identity,
-        method: &str,
-        session: Option<&str>,
-        result: &Result<(), &Denial>,
-    ) {
-        let mut record = AuditRecord::default_for(method, &identity.subject);
-        record.time = audit_time(time::OffsetDateTime::now_utc());
-        record.groups = identity.groups.clone();
-        record.auth = identity.auth.clone();
-        record.session = session.map(str::to_string);
-        match result {
-            Ok(()) => record.decision = "allow".into(),
-            Err(denial) => {
-                record.decision = "deny".into();
-                record.reason = Some(denial.message.clone());
-            }
-        }
-        if let Err(e) = self.store.append(record).await {
-            tracing::error!(error = %e, "cannot write the audit record of a read of recordings");
-        }
-    }
 }
 
 pub(crate) fn job_row(
@@ -355,5 +279,81 @@ pub(crate) fn job_row(
         schema,
         row_limit,
         sensitive: false,
+    }
+}
+
+/// One audit record for a ticket event (decided, expired, …), by `by` or the gateway.
+pub(crate) async fn ticket_event(store: &Store, t: &Ticket, method: &str, by: Option<&Identity>) {
+    let identity = by.map_or("querygate", |i| i.subject.as_str());
+    let mut record = AuditRecord::default_for(method, identity);
+    record.time = audit_time(time::OffsetDateTime::now_utc());
+    record.request_id = format!("{}-{}", t.id, t.state.as_str());
+    record.groups = by.map(|i| i.groups.clone()).unwrap_or_default();
+    record.kind = by.is_none().then(|| "gateway".to_string());
+    record.source = t.source.clone();
+    record.statement = Some(t.statement.clone());
+    record.decision = match t.state {
+        TicketState::Approved | TicketState::Running => "allow",
+        TicketState::Pending => "approve",
+        _ => "deny",
+    }
+    .to_string();
+    record.reason = t.decision_reason.clone();
+    record.job_id = Some(t.job_id.clone());
+    record.statement_kinds = t.kinds.clone();
+    record.tables = t.tables.clone();
+    record.rule = Some(t.rule.clone());
+    record.policy_version = Some(t.policy_version.clone());
+    record.bytes_estimate = t.bytes_estimate;
+    record.acting_for = t.acting_for.clone();
+    record.auth = by.and_then(|i| i.auth.clone());
+    record.ticket = Some(t.id.clone());
+    record.approver = t.decided_by.clone();
+    if let Err(e) = store.append(record).await {
+        tracing::error!(error = %e, ticket = %t.id, "cannot write a ticket's audit record");
+    }
+}
+
+/// The record of an approver's decision the gateway refused.
+pub(crate) async fn refused_decision(
+    store: &Store,
+    approver: &Identity,
+    method: &str,
+    ticket: &str,
+    denial: &Denial,
+) {
+    let mut record = AuditRecord::default_for(method, &approver.subject);
+    record.groups = approver.groups.clone();
+    record.decision = "deny".into();
+    record.reason = Some(denial.message.clone());
+    record.ticket = Some(ticket.to_string());
+    record.time = audit_time(time::OffsetDateTime::now_utc());
+    if let Err(e) = store.append(record).await {
+        tracing::error!(error = %e, "cannot write the audit record of a refused decision");
+    }
+}
+
+/// One audit record for a read of recordings through the admin API.
+pub(crate) async fn recordings_read(
+    store: &Store,
+    identity: &Identity,
+    method: &str,
+    session: Option<&str>,
+    result: &Result<(), &Denial>,
+) {
+    let mut record = AuditRecord::default_for(method, &identity.subject);
+    record.time = audit_time(time::OffsetDateTime::now_utc());
+    record.groups = identity.groups.clone();
+    record.auth = identity.auth.clone();
+    record.session = session.map(str::to_string);
+    match result {
+        Ok(()) => record.decision = "allow".into(),
+        Err(denial) => {
+            record.decision = "deny".into();
+            record.reason = Some(denial.message.clone());
+        }
+    }
+    if let Err(e) = store.append(record).await {
+        tracing::error!(error = %e, "cannot write the audit record of a read of recordings");
     }
 }

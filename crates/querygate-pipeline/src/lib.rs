@@ -16,6 +16,7 @@
 //! wire knowledge: fronts number their answers through [`querygate_core::StatusCodes`].
 
 mod analyze;
+mod approvals;
 mod approve;
 mod audit;
 mod decide;
@@ -39,7 +40,8 @@ pub use querygate_store::{SessionFilter, SessionSummary, audit_time, point_in_ti
 
 pub use analyze::Subject;
 use analyze::syntax_error;
-pub use approve::{ApprovalSettings, TicketDecision, Waiting, describe};
+pub use approvals::{ApprovalSettings, Approvals, TicketDecision, describe};
+pub use approve::Waiting;
 pub use decide::{Admission, Decided, Needed, Plan, Question, decide};
 pub use gate::{Gate, Ownership, gate};
 pub use policies::PolicySet;
@@ -47,7 +49,7 @@ pub use querygate_identity::{ApiKey, Authenticator, parse_duration};
 pub use querygate_policy::Partitioning;
 pub use querygate_sql::SqlDialect;
 pub use querygate_store::TicketFilter;
-pub use recording::RecordingSettings;
+pub use recording::{RecordingSettings, Recordings};
 pub use sessions::IDLE_GAP;
 pub use source::{
     Admitted, Answer, Column, ColumnMask, Held, JobInfo, Paging, Refusal, Reply, ResultSet,
@@ -79,14 +81,12 @@ struct Settings {
 pub struct Pipeline {
     settings: RwLock<Arc<Settings>>,
     store: Arc<Store>,
-    approvals: ApprovalSettings,
-    tickets_opened: tokio::sync::Notify,
-    /// Woken when a ticket is decided or ends, for polls held waiting for it.
-    tickets_changed: tokio::sync::Notify,
+    /// The approvals service: tickets this data path opens and runs once granted.
+    approvals: Arc<Approvals>,
     /// Which session each client is in.
     sessions: sessions::Sessions,
-    /// Where sessions are recorded, when they are.
-    recording: Option<recording::Recording>,
+    /// The recordings service: where sessions are recorded, when they are.
+    recordings: Arc<Recordings>,
     /// Facts of recently analyzed statements.
     analyses: analyze::Analyses,
 }
@@ -124,24 +124,24 @@ impl Pipeline {
                 authenticator,
                 policies,
             })),
+            approvals: Arc::new(Approvals::new(store.clone(), ApprovalSettings::default())),
+            recordings: Arc::new(Recordings::off(store.clone())),
             store,
-            approvals: ApprovalSettings::default(),
-            tickets_opened: tokio::sync::Notify::new(),
-            tickets_changed: tokio::sync::Notify::new(),
             sessions: sessions::Sessions::new(sessions::IDLE_GAP),
-            recording: None,
             analyses: analyze::Analyses::default(),
         }
     }
 
     /// Sets how long tickets wait and how long a window grant may last (not reloadable).
     pub fn with_approvals(mut self, approvals: ApprovalSettings) -> Pipeline {
-        self.approvals = approvals;
+        self.approvals = Arc::new(Approvals::new(self.store.clone(), approvals));
         self
     }
 
-    pub(crate) fn approvals(&self) -> ApprovalSettings {
-        self.approvals
+    /// The approvals service this data path opens tickets in (for the admin front, the
+    /// notifier and the sweeper).
+    pub fn approvals(&self) -> &Arc<Approvals> {
+        &self.approvals
     }
 
     /// The version of the policy a source is decided by now.

@@ -3,12 +3,13 @@
 //! [`Pipeline::handle`] puts each request in a session (see `sessions`) right after
 //! authentication and records it as received; the decision is recorded once its audit
 //! record is written, what goes upstream just before it goes, and the response as the
-//! client gets it: after `restrict` (and, once it is wired in, masking), so a recording
+//! client gets it: after `restrict` and the masking of rows and values, so a recording
 //! never holds what the client was not given. A result the row limit withholds is
 //! recorded as the denial the client got, without the rows. Recording never delays or
 //! fails a request: events are queued to the recorder's thread, which drops what it
-//! cannot keep. Reading recordings back (the admin API) is decided here too: members of
-//! `readers` read every session, anyone else only the requests they made themselves.
+//! cannot keep. Reading recordings back is a service of its own, [`Recordings`] (the
+//! admin front's): members of `readers` read every session, anyone else only the
+//! requests they made themselves; every read is audited.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +20,7 @@ use querygate_core::recording::{
 };
 use querygate_core::{Action, AuditRecord, Denial, DenialKind, Identity, Request};
 use querygate_policy::Principal;
-use querygate_store::{Attachment, Capture, Recorder, SessionFilter, SessionSummary};
+use querygate_store::{Attachment, Capture, Recorder, SessionFilter, SessionSummary, Store};
 
 use crate::sessions::{ClientKey, ip_of};
 use crate::source::{Reply, Source};
@@ -76,13 +77,16 @@ fn now() -> String {
 impl Pipeline {
     /// Records sessions with `recorder` (which the caller closes at shutdown).
     pub fn with_recording(mut self, settings: RecordingSettings, recorder: Arc<Recorder>) -> Self {
-        self.recording = Some(Recording { settings, recorder });
+        self.recordings = Arc::new(Recordings {
+            store: self.store.clone(),
+            recording: Some(Recording { settings, recorder }),
+        });
         self
     }
 
-    /// The session recorder, when sessions are recorded.
-    pub fn recorder(&self) -> Option<&Recorder> {
-        self.recording.as_ref().map(|r| r.recorder.as_ref())
+    /// The recordings service (for the admin front), whether or not sessions are recorded.
+    pub fn recordings(&self) -> &Arc<Recordings> {
+        &self.recordings
     }
 
     /// Puts the request in a session (once its identity is known, or known to be
@@ -111,7 +115,7 @@ impl Pipeline {
             self.sessions.remember_job(&identity, job, &session, now);
         }
         let tag = ctx.tag.get_or_init(|| Tag { session, identity });
-        if self.recording.is_none() {
+        if self.recordings.recording.is_none() {
             return;
         }
         let parameters = source
@@ -143,7 +147,11 @@ impl Pipeline {
 
     /// Records the decision of a decided audit record (once it is written).
     pub(crate) fn trace_decision(&self, ctx: &Context<'_>, record: &AuditRecord) {
-        let Some(tag) = ctx.tag.get().filter(|_| self.recording.is_some()) else {
+        let Some(tag) = ctx
+            .tag
+            .get()
+            .filter(|_| self.recordings.recording.is_some())
+        else {
             return;
         };
         let event = DecisionEvent {
@@ -164,7 +172,11 @@ impl Pipeline {
 
     /// Records what is handed to the source, just before it is.
     pub(crate) fn trace_upstream(&self, ctx: &Context<'_>, max_bytes_billed: Option<u64>) {
-        let Some(tag) = ctx.tag.get().filter(|_| self.recording.is_some()) else {
+        let Some(tag) = ctx
+            .tag
+            .get()
+            .filter(|_| self.recordings.recording.is_some())
+        else {
             return;
         };
         let r = ctx.request;
@@ -201,7 +213,7 @@ impl Pipeline {
                     .remember_job(&tag.identity, &job, &tag.session, Instant::now());
             }
         }
-        let Some(recording) = &self.recording else {
+        let Some(recording) = &self.recordings.recording else {
             return;
         };
         let mut attachment = None;
@@ -270,7 +282,7 @@ impl Pipeline {
         what: EventKind,
         attachment: Option<Attachment>,
     ) {
-        if let Some(recording) = &self.recording {
+        if let Some(recording) = &self.recordings.recording {
             recording.recorder.record(Capture {
                 session: tag.session.clone(),
                 identity: tag.identity.clone(),
@@ -282,6 +294,29 @@ impl Pipeline {
                 attachment,
             });
         }
+    }
+}
+
+/// Recordings, the service: who may read which recorded session, and the reading.
+#[derive(Debug)]
+pub struct Recordings {
+    store: Arc<Store>,
+    /// Where sessions are recorded, when they are.
+    recording: Option<Recording>,
+}
+
+impl Recordings {
+    /// No sessions recorded: reads are answered "not recorded".
+    pub fn off(store: Arc<Store>) -> Recordings {
+        Recordings {
+            store,
+            recording: None,
+        }
+    }
+
+    /// The session recorder, when sessions are recorded.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.recording.as_ref().map(|r| r.recorder.as_ref())
     }
 
     /// Whether `identity` may read every recorded session.
@@ -302,7 +337,7 @@ impl Pipeline {
 
     /// Recorded sessions `identity` may see: all of them for readers, else only its own
     /// (listing another identity's gives nothing). Audited.
-    pub async fn list_sessions(
+    pub async fn list(
         &self,
         identity: &Identity,
         mut filter: SessionFilter,
@@ -322,7 +357,8 @@ impl Pipeline {
             .recorder
             .sessions(&filter)
             .map_err(|e| Denial::new(DenialKind::Unavailable, e.to_string()));
-        self.recordings_read(
+        crate::audit::recordings_read(
+            &self.store,
             identity,
             "sessions.list",
             None,
@@ -335,7 +371,7 @@ impl Pipeline {
     /// A recorded session's summary and events, as far as `identity` may see them:
     /// everything for readers, else only its own requests; a session it has no part
     /// in is not found. Audited.
-    pub async fn show_session(
+    pub async fn show(
         &self,
         identity: &Identity,
         id: &str,
@@ -369,7 +405,8 @@ impl Pipeline {
             }
             Ok((summary, events))
         })();
-        self.recordings_read(
+        crate::audit::recordings_read(
+            &self.store,
             identity,
             "sessions.show",
             Some(id),

@@ -603,19 +603,27 @@ async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
         (&agent_a, DenialKind::Forbidden),
         (&agent_b, DenialKind::NotFound),
     ] {
-        let refused = p.decide_ticket(identity, &id, decision(true, None)).await;
+        let refused = p
+            .approvals()
+            .decide(identity, &id, decision(true, None))
+            .await;
         assert_eq!(refused.expect_err("refused").kind, kind);
     }
     let missing = p
-        .decide_ticket(&owner, "tk_nope", decision(true, None))
+        .approvals()
+        .decide(&owner, "tk_nope", decision(true, None))
         .await;
     assert_eq!(missing.expect_err("unknown").kind, DenialKind::NotFound);
-    let approved = p.decide_ticket(&owner, &id, decision(true, Some("ok for the incident")));
+    let approved = p
+        .approvals()
+        .decide(&owner, &id, decision(true, Some("ok for the incident")));
     assert_eq!(
         approved.await.expect("approved").state,
         TicketState::Approved
     );
-    let again = p.decide_ticket(&owner, &id, decision(false, Some("changed my mind")));
+    let again = p
+        .approvals()
+        .decide(&owner, &id, decision(false, Some("changed my mind")));
     assert_eq!(again.await.expect_err("decided").kind, DenialKind::Conflict);
 
     // Approving `id = 1` does not run `id = 2`.
@@ -639,9 +647,12 @@ async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
     assert_eq!(src.limited.load(Ordering::SeqCst), 10 << 20, "10 MiB floor");
 
     // A denial needs a reason, and ends the job with it.
-    let bare = p.decide_ticket(&owner, &w3.ticket.id, decision(false, None));
+    let bare = p
+        .approvals()
+        .decide(&owner, &w3.ticket.id, decision(false, None));
     assert_eq!(bare.await.expect_err("no reason").kind, DenialKind::Invalid);
-    p.decide_ticket(&owner, &w3.ticket.id, decision(false, Some("too broad")))
+    p.approvals()
+        .decide(&owner, &w3.ticket.id, decision(false, Some("too broad")))
         .await
         .expect("denied");
     let ended = waiting(p.handle(poll("key-a", "job3"), Some(&src), "job3").await);
@@ -663,9 +674,10 @@ async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
         window: Some(std::time::Duration::from_secs(100 * 3600)),
         ..window.clone()
     };
-    let refused = p.decide_ticket(&owner, &wb.ticket.id, too_long).await;
+    let refused = p.approvals().decide(&owner, &wb.ticket.id, too_long).await;
     assert_eq!(refused.expect_err("too long").kind, DenialKind::Invalid);
-    p.decide_ticket(&owner, &wb.ticket.id, window)
+    p.approvals()
+        .decide(&owner, &wb.ticket.id, window)
         .await
         .expect("window");
     let before = src.calls.load(Ordering::SeqCst);
@@ -698,7 +710,8 @@ async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
         )
         .await,
     );
-    p.decide_ticket(&owner, &w7.ticket.id, decision(true, None))
+    p.approvals()
+        .decide(&owner, &w7.ticket.id, decision(true, None))
         .await
         .expect("approved");
     p.reload(approval_keys(), approval_policy(true));
@@ -757,7 +770,8 @@ async fn tickets_expire_and_end_their_jobs() {
         .await
         .expect("owner");
     let late = p
-        .decide_ticket(&owner, &w.ticket.id, decision(true, None))
+        .approvals()
+        .decide(&owner, &w.ticket.id, decision(true, None))
         .await;
     assert_eq!(late.expect_err("expired").kind, DenialKind::Conflict);
     let Outcome::Waiting(ended) = p.handle(poll("key-a", "job1"), Some(&src), "job1").await else {
@@ -772,7 +786,7 @@ async fn tickets_expire_and_end_their_jobs() {
         "job2",
     )
     .await;
-    assert_eq!(p.sweep().await.expect("sweep"), 1);
+    assert_eq!(p.approvals().sweep().await.expect("sweep"), 1);
 }
 
 #[tokio::test]
@@ -800,7 +814,8 @@ async fn a_window_grant_ends_when_its_window_does() {
         window: Some(std::time::Duration::from_secs(1)),
         reason: None,
     };
-    p.decide_ticket(&owner, &w.ticket.id, window)
+    p.approvals()
+        .decide(&owner, &w.ticket.id, window)
         .await
         .expect("window");
     assert!(matches!(
@@ -973,7 +988,11 @@ async fn recordings_are_read_by_readers_and_by_their_own_identity() {
         groups: vec!["security".into()],
         ..Identity::default()
     };
-    let (_, events) = p.show_session(&agent, "s-a").await.expect("own session");
+    let (_, events) = p
+        .recordings()
+        .show(&agent, "s-a")
+        .await
+        .expect("own session");
     assert_eq!(events.len(), 4);
     // record_results = false: no body, no digest, only the size.
     let response = events
@@ -987,25 +1006,32 @@ async fn recordings_are_read_by_readers_and_by_their_own_identity() {
             && !text.contains("sha256"),
         "{text}"
     );
-    assert!(p.show_session(&security, "s-a").await.is_ok());
-    let denied = p.show_session(&other, "s-a").await.expect_err("not theirs");
+    assert!(p.recordings().show(&security, "s-a").await.is_ok());
+    let denied = p
+        .recordings()
+        .show(&other, "s-a")
+        .await
+        .expect_err("not theirs");
     assert_eq!(denied.kind, DenialKind::NotFound);
     assert_eq!(
-        p.list_sessions(&other, Default::default())
+        p.recordings()
+            .list(&other, Default::default())
             .await
             .expect("list")
             .len(),
         0
     );
     assert_eq!(
-        p.list_sessions(&agent, Default::default())
+        p.recordings()
+            .list(&agent, Default::default())
             .await
             .expect("list")
             .len(),
         1
     );
     assert_eq!(
-        p.list_sessions(&security, Default::default())
+        p.recordings()
+            .list(&security, Default::default())
             .await
             .expect("list")
             .len(),
@@ -1584,7 +1610,8 @@ async fn an_approve_rule_that_fails_at_once_runs_the_statement_once_when_run_aga
         .expect("ticket id")
         .to_string();
     assert_eq!(src.calls.load(Ordering::SeqCst), 0);
-    p.decide_ticket(&owner, &id, decision(true, None))
+    p.approvals()
+        .decide(&owner, &id, decision(true, None))
         .await
         .expect("approved");
     // Another statement, or another identity, is not covered.
@@ -1640,7 +1667,8 @@ async fn a_held_job_the_upstream_does_not_accept_ends_and_its_id_stays_unreachab
         Outcome::Waiting(w) => *w,
         other => panic!("expected a held job, got {other:?}"),
     };
-    p.decide_ticket(&owner, &w.ticket.id, decision(true, None))
+    p.approvals()
+        .decide(&owner, &w.ticket.id, decision(true, None))
         .await
         .expect("approved");
     for _ in 0..2 {

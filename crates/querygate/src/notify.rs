@@ -74,7 +74,7 @@ impl Notifier {
                 Ok(()) => {
                     retry = FIRST_RETRY;
                     tokio::select! {
-                        () = self.pipeline.tickets_opened().notified() => {}
+                        () = self.pipeline.approvals().opened().notified() => {}
                         () = tokio::time::sleep(POLL) => {}
                     }
                 }

@@ -371,7 +371,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         tracing::error!(error = %e, "could not flush the audit log at shutdown");
     }
     // And the sessions' last events, buffered for at most a quarter second.
-    if let Some(recorder) = front.pipeline.recorder() {
+    if let Some(recorder) = front.pipeline.recordings().recorder() {
         recorder.close();
     }
     served
@@ -404,7 +404,7 @@ async fn retain(
                 Err(e) => tracing::error!(error = %e, "retention: cannot prune audit records"),
             }
         }
-        if let (Some(keep), Some(recorder)) = (recordings, pipeline.recorder()) {
+        if let (Some(keep), Some(recorder)) = (recordings, pipeline.recordings().recorder()) {
             let before = cutoff(keep);
             match recorder.prune(&before) {
                 Ok(0) => {}
@@ -433,7 +433,7 @@ async fn sweep(pipeline: Arc<Pipeline>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match pipeline.sweep().await {
+        match pipeline.approvals().sweep().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "tickets expired undecided"),
             Err(fault) => tracing::warn!(error = %fault.message, "cannot expire tickets"),
