@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+use axum::body::Body;
+use http::{HeaderValue, Response, StatusCode, header};
+
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -247,6 +250,17 @@ fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         }
     }
     d.deserialize_any(Num)
+}
+
+/// A JSON body as BigQuery answers it.
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    response
 }
 
 #[cfg(test)]

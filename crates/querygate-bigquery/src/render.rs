@@ -5,15 +5,15 @@
 //! for minutes (reference/bigquery-wire.md §8). Upstream replies pass through.
 
 use axum::body::Body;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode};
 use querygate_core::{DenialKind, Fault, StatusCodes};
 use querygate_pipeline::{Outcome, Waiting};
 use serde_json::{Value, json};
 
 use crate::decode::Api;
 
-use crate::model::ErrorEnvelope;
-use crate::upstream::BigQueryReply;
+use crate::model::{ErrorEnvelope, json_response};
+use crate::source::BigQueryReply;
 
 /// Renders an outcome. `sql` says whether the request carried SQL, which picks
 /// `invalidQuery` over `invalid` for bad-request denials; `api` and `project` shape the
@@ -182,14 +182,4 @@ pub fn error(code: u16, reason: &str, message: &str) -> Response<Body> {
         StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
         body,
     )
-}
-
-pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    response
 }

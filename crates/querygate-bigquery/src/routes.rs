@@ -22,7 +22,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::decode::{BodyProblem, WireRequest, decode};
 use crate::render::render;
-use crate::upstream::BigQuerySource;
+use crate::source::BigQuerySource;
 
 /// Everything the BigQuery front needs.
 #[derive(Debug)]

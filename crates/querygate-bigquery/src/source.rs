@@ -1,10 +1,12 @@
-//! The `bigquery` upstream: executes admitted calls against BigQuery (or an
+//! The `bigquery` source: executes admitted calls against BigQuery (or an
 //! emulator) with the gateway's own credential, and reads the reply's facts.
 //!
 //! The client's `Authorization` header is never forwarded: the call carries no
 //! headers from the client at all. The credential is either none (emulators) or a
 //! service-account key from which access tokens are minted and cached (gcp_auth,
 //! JWT bearer grant to the key's own `token_uri`). Tokens never reach logs or errors.
+
+pub mod neutral;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +26,8 @@ use querygate_pipeline::{
 use serde_json::Value;
 
 use crate::decode::{Api, Call};
+use crate::model::json_response;
 use crate::model::{ErrorEnvelope, ResponseFacts, TableFacts};
-use crate::render::json_response;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 
@@ -755,7 +757,7 @@ impl Source for BigQuerySource {
     }
 
     fn call_for(&self, action: &Action, paging: &Paging) -> Result<Call, Denial> {
-        crate::neutral::call_for(&self.project, action, paging)
+        neutral::call_for(&self.project, action, paging)
     }
 
     /// `p.d.t$20240101` (a partition) and `p.d.t@1700000000` (a snapshot) are reads of `p.d.t`.
@@ -1274,7 +1276,7 @@ impl Reply for BigQueryReply {
 
     /// The body as the client gets it (`into_response` sends these bytes).
     fn answer(&self) -> Answer {
-        crate::neutral::answer(self.api, self.status.as_u16(), &self.body)
+        neutral::answer(self.api, self.status.as_u16(), &self.body)
     }
 
     fn body(&self) -> Bytes {
