@@ -20,8 +20,8 @@ use querygate_core::Secret;
 use querygate_core::{Action, Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
-    Admitted, Answer, Column, ColumnMask, Held, Paging, Partitioning, Refusal, Reply, Scope,
-    Source, SqlDialect, Summary, View,
+    Admitted, Answer, Column, ColumnMask, Held, Paging, Partitioning, Refusal, Reply, Resumed,
+    Scope, Source, SqlDialect, Summary, View,
 };
 use serde_json::Value;
 
@@ -930,7 +930,7 @@ impl Source for BigQuerySource {
         })
     }
 
-    fn resume(&self, saved: &str) -> Result<Call, Fault> {
+    fn resume(&self, saved: &str) -> Result<Resumed<Call>, Fault> {
         let v: Value = serde_json::from_str(saved)
             .map_err(|e| Fault::gateway(format!("a held job cannot be read back: {e}")))?;
         let path = v
@@ -940,13 +940,16 @@ impl Source for BigQuerySource {
         let body = v
             .get("body")
             .ok_or_else(|| Fault::gateway("a held job has no body"))?;
-        Ok(Call {
-            api: Api::JobsInsert,
-            method: http::Method::POST,
-            path: path.to_string(),
-            query: None,
-            body: Some(Bytes::from(body.to_string())),
-            shows_result_table: false,
+        Ok(Resumed {
+            call: Call {
+                api: Api::JobsInsert,
+                method: http::Method::POST,
+                path: path.to_string(),
+                query: None,
+                body: Some(Bytes::from(body.to_string())),
+                shows_result_table: false,
+            },
+            method: "jobs.insert".to_string(),
         })
     }
 
@@ -1121,6 +1124,7 @@ impl BigQueryReply {
         let schema = f.schema.or(qstats.schema).map(|s| s.get().to_string());
         Summary {
             status: self.status.as_u16(),
+            accepted: self.status.is_success(),
             total_rows: f.total_rows,
             rows: f.rows.or(
                 // A successful page with no `rows` field returned zero rows.

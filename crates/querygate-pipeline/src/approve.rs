@@ -331,8 +331,8 @@ impl Pipeline {
 
     /// Submits an approved ticket's saved call upstream under its job id: the execute
     /// stage's own steps (decided record durable first, the admitted call, the completed
-    /// record), audited as a request of its own (`jobs.insert` of the ticket's
-    /// statement). `None` when it was submitted (the poll then goes on as usual).
+    /// record), audited as a request of its own (the source names it: BigQuery's
+    /// `jobs.insert` of the ticket's statement). `None` when it was submitted (the poll then goes on as usual).
     async fn run_held<S: Source>(
         &self,
         ctx: &mut Context<'_>,
@@ -340,8 +340,8 @@ impl Pipeline {
         source: &S,
         ticket: Ticket,
     ) -> Option<Outcome<S::Reply>> {
-        let mut call = match source.resume(&ticket.call) {
-            Ok(call) => call,
+        let crate::Resumed { mut call, method } = match source.resume(&ticket.call) {
+            Ok(resumed) => resumed,
             Err(fault) => return Some(self.fail(ctx, fault).await),
         };
         if let Some(bytes) = ticket.max_bytes_billed {
@@ -353,7 +353,7 @@ impl Pipeline {
             delegation: None,
             client: ctx.request.client.clone(),
             target: ctx.request.target.clone(),
-            method: "jobs.insert".into(),
+            method,
             action: Action::Query(Query::new(ticket.statement.clone())),
             job_id: Some(ticket.job_id.clone()),
             reason: None,
@@ -408,7 +408,7 @@ impl Pipeline {
             ticket: Some((ticket.id.clone(), ticket.decided_by.clone())),
             ..Completion::default()
         };
-        if !(200..300).contains(&summary.status) {
+        if !summary.accepted {
             // The upstream did not create the job (a duplicate id, a refusal): the id is not
             // the requester's job, so its polls must never reach what the upstream has under it.
             self.complete(&run_ctx, completion, Alongside::default());

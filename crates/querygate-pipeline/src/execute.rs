@@ -114,7 +114,7 @@ impl Pipeline {
 
         // audit completed: what went back, and the job the upstream ran (claimed for the
         // caller in the same commit, so its next request finds it).
-        let accepted = (200..300).contains(&summary.status);
+        let accepted = summary.accepted;
         let claim = summary
             .job_id
             .as_deref()

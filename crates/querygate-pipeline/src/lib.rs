@@ -53,7 +53,7 @@ pub use recording::{RecordingSettings, Recordings};
 pub use sessions::IDLE_GAP;
 pub use source::{
     Admitted, Answer, Column, ColumnMask, Held, JobInfo, Paging, Refusal, Reply, ResultSet,
-    SchemaInfo, Scope, Source, Sources, Summary, TableInfo, View,
+    Resumed, SchemaInfo, Scope, Source, Sources, Summary, TableInfo, View,
 };
 
 /// What a front renders.

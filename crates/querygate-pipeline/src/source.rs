@@ -49,8 +49,10 @@ impl<C> Admitted<C> {
 /// What the pipeline learns from a reply, for the audit log and the job table.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
-    /// Status returned to the client.
+    /// Status returned to the client, in the source's protocol's numbers.
     pub status: u16,
+    /// The source accepted the call (for BigQuery, a 2xx): a job it names was created.
+    pub accepted: bool,
     pub rows: Option<u64>,
     /// Rows of the whole result, when the reply says (`totalRows`).
     pub total_rows: Option<u64>,
@@ -151,7 +153,7 @@ pub trait Source: Send + Sync {
     }
 
     /// Rebuilds a call [`Source::hold`] saved: it creates the held job upstream.
-    fn resume(&self, saved: &str) -> Result<Self::Call, Fault>;
+    fn resume(&self, saved: &str) -> Result<Resumed<Self::Call>, Fault>;
 
     /// The query parameters a call carries (JSON), for the session recording.
     fn parameters(&self, _call: &Self::Call) -> Option<String> {
@@ -231,6 +233,14 @@ pub struct View {
     pub query: String,
     /// The query is legacy SQL, which querygate cannot analyze.
     pub legacy_sql: bool,
+}
+
+/// A saved call rebuilt to run once approved.
+#[derive(Debug)]
+pub struct Resumed<C> {
+    pub call: C,
+    /// How the audit log names the call (BigQuery: `jobs.insert`).
+    pub method: String,
 }
 
 /// A call saved to wait for approval.

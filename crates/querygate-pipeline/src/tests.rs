@@ -88,8 +88,11 @@ impl Source for Echo {
             parameters: None,
         })
     }
-    fn resume(&self, saved: &str) -> Result<&'static str, Fault> {
-        Ok(Box::leak(saved.to_string().into_boxed_str()))
+    fn resume(&self, saved: &str) -> Result<Resumed<&'static str>, Fault> {
+        Ok(Resumed {
+            call: Box::leak(saved.to_string().into_boxed_str()),
+            method: "jobs.insert".into(),
+        })
     }
     async fn columns(&self, table: &str) -> Result<Vec<Column>, Fault> {
         let column = |name: &str, data_type: &str, repeated: bool| Column {
@@ -142,6 +145,7 @@ impl Source for Echo {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(EchoReply(Summary {
             status: self.status.unwrap_or(200),
+            accepted: self.status.is_none_or(|s| (200..300).contains(&s)),
             rows: Some(3),
             job_id: Some(call.into_call().to_string()),
             schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),

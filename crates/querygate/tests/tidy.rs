@@ -116,3 +116,67 @@ fn fronts_depend_on_no_front() {
         }
     }
 }
+
+/// The code of a file without its tests (what follows `#[cfg(test)]`) and without comments.
+fn code_lines(path: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    code.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("").to_string()))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect()
+}
+
+/// The vocabulary, the analysis, the policy and the pipeline are the same for every front
+/// and source: they never name a wire's status codes or HTTP types, nor BigQuery's calls,
+/// fields or types (a front's codes come through `StatusCodes`; a source says its dialect,
+/// its table names and whether it accepted a call).
+#[test]
+fn the_core_names_no_protocol() {
+    let forbidden = [
+        "StatusCode::",
+        "http::",
+        "axum",
+        "200..300",
+        "tabledata",
+        "\"jobs.",
+        "BigQueryReply",
+        "bq_type",
+        "useLegacySql",
+        "maximumBytesBilled",
+        "Api::",
+    ];
+    let codes = [
+        "200", "201", "204", "400", "401", "403", "404", "409", "413", "500", "502", "503",
+    ];
+    let mut found = Vec::new();
+    for krate in [
+        "querygate-core",
+        "querygate-sql",
+        "querygate-policy",
+        "querygate-pipeline",
+    ] {
+        let mut files = Vec::new();
+        rust_files(&root().join("crates").join(krate).join("src"), &mut files);
+        for file in files.iter().filter(|f| !f.ends_with("tests.rs")) {
+            for (n, line) in code_lines(file) {
+                let words: Vec<&str> = line
+                    .split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+                    .collect();
+                let status = line.to_ascii_lowercase().contains("status");
+                if forbidden.iter().any(|f| line.contains(f))
+                    || words.contains(&"StatusCode")
+                    || (status && codes.iter().any(|c| words.contains(c)))
+                {
+                    found.push(format!("{}:{n}: {}", file.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "protocol words in the core:\n{}",
+        found.join("\n")
+    );
+}
