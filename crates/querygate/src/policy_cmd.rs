@@ -410,17 +410,41 @@ fn evaluate(
         .map(parse_bytes)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let verdict = policy.evaluate(&Input {
-        identity: &identity,
-        source: &source.name,
-        statements: &subject.kinds,
-        tables: &subject.tables,
-        opaque: subject.opaque.as_deref(),
-        bytes,
-        partitions: &partitions,
-        tags: &reach.tags,
-        now: jiff::Timestamp::now(),
-    });
+    // The data path's own decision: the rules, budgets (nothing counted as used today) and
+    // the source's byte cap, over the facts.
+    let question = querygate_pipeline::Question {
+        input: Input {
+            identity: &identity,
+            source: &source.name,
+            statements: &subject.kinds,
+            tables: &subject.tables,
+            opaque: subject.opaque.as_deref(),
+            bytes,
+            partitions: &partitions,
+            tags: &reach.tags,
+            now: jiff::Timestamp::now(),
+        },
+        query: true,
+        dry_run: false,
+        estimable: subject.opaque.is_none(),
+        budget: policies.budget(&identity),
+        used_today: 0,
+        source_cap: policies.max_bytes_billed.get(&source.name).copied(),
+    };
+    let (verdict, decided) = querygate_pipeline::decide(policy, &question);
+    let verdict = match decided {
+        // A budget or a cap can refuse what the rules allow.
+        querygate_pipeline::Decided::Admission(querygate_pipeline::Admission::Deny(d))
+            if verdict.needs_estimate.is_none()
+                && !matches!(verdict.outcome, Outcome::Deny { .. }) =>
+        {
+            Verdict {
+                outcome: Outcome::Deny { message: d.message },
+                ..verdict
+            }
+        }
+        _ => verdict,
+    };
     let rewritten = rewrite(
         &policies.classifier,
         &source.project,
