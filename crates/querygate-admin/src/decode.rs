@@ -215,7 +215,8 @@ pub(crate) fn window(text: Option<&str>) -> Result<Option<Duration>, BadRequest>
     let Some(text) = text else {
         return Ok(None);
     };
-    let d = querygate_pipeline::parse_duration(text).map_err(BadRequest::Window)?;
+    let d =
+        querygate_pipeline::parse_duration(text).map_err(|e| BadRequest::Window(e.to_string()))?;
     if d.is_zero() {
         return Err(BadRequest::EmptyWindow);
     }
