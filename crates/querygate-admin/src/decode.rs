@@ -123,7 +123,8 @@ pub fn session_filter(query: &str, now: time::OffsetDateTime) -> Result<SessionF
             "identity" => filter.identity = Some(value),
             "since" => {
                 filter.since = Some(
-                    querygate_pipeline::point_in_time(&value, now).map_err(BadRequest::Since)?,
+                    querygate_pipeline::point_in_time(&value, now)
+                        .map_err(|e| BadRequest::Since(e.to_string()))?,
                 );
             }
             "limit" => filter.limit = Some(limit(&value)?),
