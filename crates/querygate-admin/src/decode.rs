@@ -123,7 +123,8 @@ pub fn session_filter(query: &str, now: time::OffsetDateTime) -> Result<SessionF
             "identity" => filter.identity = Some(value),
             "since" => {
                 filter.since = Some(
-                    querygate_pipeline::point_in_time(&value, now).map_err(BadRequest::Since)?,
+                    querygate_pipeline::point_in_time(&value, now)
+                        .map_err(|e| BadRequest::Since(e.to_string()))?,
                 );
             }
             "limit" => filter.limit = Some(limit(&value)?),
@@ -215,7 +216,8 @@ pub(crate) fn window(text: Option<&str>) -> Result<Option<Duration>, BadRequest>
     let Some(text) = text else {
         return Ok(None);
     };
-    let d = querygate_pipeline::parse_duration(text).map_err(BadRequest::Window)?;
+    let d =
+        querygate_pipeline::parse_duration(text).map_err(|e| BadRequest::Window(e.to_string()))?;
     if d.is_zero() {
         return Err(BadRequest::EmptyWindow);
     }

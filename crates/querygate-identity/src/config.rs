@@ -87,30 +87,89 @@ pub struct IssuerConfig {
 
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
+/// Why an `[[oidc]]` block is not an issuer: the issuer as written and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("oidc issuer {issuer:?}: {problem}")]
+pub struct OidcError {
+    pub issuer: String,
+    pub problem: OidcProblem,
+}
+
+/// What is wrong with an `[[oidc]]` block, by field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcProblem {
+    #[error("issuer: {0}")]
+    Issuer(UrlError),
+    #[error(
+        "audiences = [\"…\"] is required: the `aud` values tokens for this gateway carry \
+         (without it, a token the IdP minted for any other service would be accepted)"
+    )]
+    NoAudiences,
+    #[error(
+        "say what kind of principal this issuer's tokens name: kind = \"human\", \
+         \"agent\" or \"service\", or kind_claim = \"<claim>\" (with kind as the fallback)"
+    )]
+    NoKind,
+    /// A claim path (`subject_claim`, `groups_claim`, `kind_claim`) with an empty part.
+    #[error("{field} = {path:?} must be a claim name or a dotted path like \"realm_access.roles\"")]
+    ClaimPath { field: &'static str, path: String },
+    /// `leeway`, `jwks_refresh` or `jwks_min_interval` is not a duration.
+    #[error("{field}: {error}")]
+    Duration {
+        field: &'static str,
+        error: DurationError,
+    },
+    /// The leeway as written.
+    #[error("leeway = {0:?} is more than 5 minutes: fix the clocks instead")]
+    LeewayTooLong(String),
+    #[error("jwks_uri: {0}")]
+    JwksUri(UrlError),
+    /// A required claim with no accepted values (the claim's name).
+    #[error("required_claims.{0} lists no values: name the accepted ones")]
+    NoClaimValues(String),
+}
+
+/// Why a URL is not an issuer's or a key set's URL (the URL as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{text:?} is not a URL ({reason})")]
+    NotAUrl { text: String, reason: String },
+    #[error("{0:?} must not have a query or fragment")]
+    QueryOrFragment(String),
+    #[error("{0:?} must be https (plain http is accepted only on loopback addresses)")]
+    PlainHttp(String),
+    #[error("{text:?}: scheme {scheme} is not https")]
+    Scheme { text: String, scheme: String },
+}
+
+/// A duration that is not one of `"90s"`, `"5m"`, `"1h"`, `"30d"`, `"2w"` or seconds (as
+/// written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a duration like \"30s\", \"5m\", \"1h\" or \"30d\"")]
+pub struct DurationError {
+    pub text: String,
+}
+
 impl OidcSpec {
     /// Checks a written block. Errors name the issuer and the field.
-    pub fn check(&self) -> Result<IssuerConfig, String> {
-        let ctx = |e: String| format!("oidc issuer {:?}: {e}", self.issuer);
-        check_url(&self.issuer).map_err(|e| ctx(format!("issuer: {e}")))?;
+    pub fn check(&self) -> Result<IssuerConfig, OidcError> {
+        let ctx = |problem: OidcProblem| OidcError {
+            issuer: self.issuer.clone(),
+            problem,
+        };
+        check_url(&self.issuer).map_err(|e| ctx(OidcProblem::Issuer(e)))?;
         if self.audiences.iter().all(|a| a.trim().is_empty()) {
-            return Err(ctx(
-                "audiences = [\"…\"] is required: the `aud` values tokens for this gateway carry \
-                 (without it, a token the IdP minted for any other service would be accepted)"
-                    .into(),
-            ));
+            return Err(ctx(OidcProblem::NoAudiences));
         }
         if self.kind.is_none() && self.kind_claim.is_none() {
-            return Err(ctx(
-                "say what kind of principal this issuer's tokens name: kind = \"human\", \
-                 \"agent\" or \"service\", or kind_claim = \"<claim>\" (with kind as the fallback)"
-                    .into(),
-            ));
+            return Err(ctx(OidcProblem::NoKind));
         }
-        let path = |name: &str, p: &Option<String>| -> Result<(), String> {
+        let path = |field: &'static str, p: &Option<String>| -> Result<(), OidcError> {
             match p {
-                Some(p) if p.split('.').any(str::is_empty) => Err(ctx(format!(
-                    "{name} = {p:?} must be a claim name or a dotted path like \"realm_access.roles\""
-                ))),
+                Some(p) if p.split('.').any(str::is_empty) => Err(ctx(OidcProblem::ClaimPath {
+                    field,
+                    path: p.clone(),
+                })),
                 _ => Ok(()),
             }
         };
@@ -122,31 +181,33 @@ impl OidcSpec {
             .as_deref()
             .map(parse_duration)
             .transpose()
-            .map_err(|e| ctx(format!("leeway: {e}")))?
+            .map_err(|error| {
+                ctx(OidcProblem::Duration {
+                    field: "leeway",
+                    error,
+                })
+            })?
             .unwrap_or(Duration::from_secs(60));
         if leeway > MAX_LEEWAY {
-            return Err(ctx(format!(
-                "leeway = {:?} is more than 5 minutes: fix the clocks instead",
-                self.leeway.as_deref().unwrap_or_default()
+            return Err(ctx(OidcProblem::LeewayTooLong(
+                self.leeway.clone().unwrap_or_default(),
             )));
         }
         if let Some(uri) = &self.jwks_uri {
-            check_url(uri).map_err(|e| ctx(format!("jwks_uri: {e}")))?;
+            check_url(uri).map_err(|e| ctx(OidcProblem::JwksUri(e)))?;
         }
-        let duration = |name: &str, v: &Option<String>, default: u64| {
+        let duration = |field: &'static str, v: &Option<String>, default: u64| {
             v.as_deref()
                 .map(parse_duration)
                 .transpose()
-                .map_err(|e| ctx(format!("{name}: {e}")))
+                .map_err(|error| ctx(OidcProblem::Duration { field, error }))
                 .map(|d| d.unwrap_or(Duration::from_secs(default)))
         };
         let mut required_claims = Vec::new();
         for (claim, values) in &self.required_claims {
             let values = values.values();
             if values.is_empty() {
-                return Err(ctx(format!(
-                    "required_claims.{claim} lists no values: name the accepted ones"
-                )));
+                return Err(ctx(OidcProblem::NoClaimValues(claim.clone())));
             }
             required_claims.push((claim.clone(), values));
         }
@@ -174,18 +235,22 @@ impl OidcSpec {
 }
 
 /// An https URL, or http on a loopback address (127.0.0.0/8, ::1, localhost).
-pub fn check_url(text: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+pub fn check_url(text: &str) -> Result<(), UrlError> {
+    let url = reqwest::Url::parse(text).map_err(|e| UrlError::NotAUrl {
+        text: text.to_string(),
+        reason: e.to_string(),
+    })?;
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{text:?} must not have a query or fragment"));
+        return Err(UrlError::QueryOrFragment(text.to_string()));
     }
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(&url) => Ok(()),
-        "http" => Err(format!(
-            "{text:?} must be https (plain http is accepted only on loopback addresses)"
-        )),
-        other => Err(format!("{text:?}: scheme {other} is not https")),
+        "http" => Err(UrlError::PlainHttp(text.to_string())),
+        other => Err(UrlError::Scheme {
+            text: text.to_string(),
+            scheme: other.to_string(),
+        }),
     }
 }
 
@@ -199,9 +264,11 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
 }
 
 /// `"90s"`, `"5m"`, `"1h"`, `"30d"`, `"2w"`, or a number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
-    let bad = || format!("{text:?} is not a duration like \"30s\", \"5m\", \"1h\" or \"30d\"");
+    let bad = || DurationError {
+        text: text.to_string(),
+    };
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
     let n: u64 = n.parse().map_err(|_| bad())?;
@@ -222,7 +289,7 @@ mod tests {
 
     fn spec(extra: &str) -> Result<IssuerConfig, String> {
         let text = format!("issuer = \"https://idp.example.com\"\n{extra}\n");
-        toml_spec(&text).check()
+        toml_spec(&text).check().map_err(|e| e.to_string())
     }
 
     fn toml_spec(text: &str) -> OidcSpec {
@@ -259,7 +326,9 @@ mod tests {
         assert!(check_url("http://127.5.5.5").is_ok());
         assert!(check_url("http://[::1]:9000/realms/x").is_ok());
         assert!(check_url("http://localhost:9000").is_ok());
-        let e = check_url("http://idp.example.com").expect_err("plain http");
+        let e = check_url("http://idp.example.com")
+            .expect_err("plain http")
+            .to_string();
         assert!(e.contains("https"), "{e}");
         assert!(check_url("http://127.0.0.1.evil.example").is_err());
         assert!(check_url("http://10.0.0.1").is_err());

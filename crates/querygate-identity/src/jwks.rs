@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use crate::config::{IssuerConfig, check_url, is_loopback};
+use crate::config::{IssuerConfig, UrlError, check_url, is_loopback};
 
 /// Largest discovery document or JWKS accepted.
 const MAX_DOCUMENT: usize = 512 * 1024;
@@ -47,16 +47,58 @@ pub struct KeySet {
     pub keys: Vec<VerifyKey>,
 }
 
+/// A JWKS document that is not a JSON object with `keys` (the JSON parser's message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the JWKS is not a JSON object with \"keys\": {0}")]
+pub struct JwksError(pub String);
+
+/// The HTTP client for an issuer's keys could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build the HTTP client for {issuer}: {reason}")]
+pub struct HttpClientError {
+    pub issuer: String,
+    pub reason: String,
+}
+
+/// Why an issuer's keys could not be fetched (each names the URL it was fetching).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The request failed (the transport's message, without the URL).
+    #[error("{url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} sent more than {MAX_DOCUMENT} bytes")]
+    TooLarge { url: String },
+    #[error("{url} is not a discovery document: {reason}")]
+    NotDiscovery { url: String, reason: String },
+    #[error(
+        "{url} names issuer {named:?}, not {expected:?}: the config's issuer must match the IdP's exactly"
+    )]
+    IssuerMismatch {
+        url: String,
+        named: String,
+        expected: String,
+    },
+    #[error("{url}: jwks_uri {error}")]
+    JwksUri { url: String, error: UrlError },
+    #[error("{url}: jwks_uri {jwks_uri:?} must be https")]
+    JwksUriNotHttps { url: String, jwks_uri: String },
+    #[error("{url}: {error}")]
+    Jwks { url: String, error: JwksError },
+    #[error("{url} holds no asymmetric signing key querygate can use")]
+    NoUsableKey { url: String },
+}
+
 impl KeySet {
     /// Parses a JWKS document, keeping the keys that can verify asymmetric signatures.
     /// Keys it cannot use are skipped, not fatal (IdPs publish encryption keys too).
-    pub fn parse(body: &[u8]) -> Result<KeySet, String> {
+    pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
         #[derive(Deserialize)]
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let doc: Doc = serde_json::from_slice(body)
-            .map_err(|e| format!("the JWKS is not a JSON object with \"keys\": {e}"))?;
+        let doc: Doc = serde_json::from_slice(body).map_err(|e| JwksError(e.to_string()))?;
         let keys = doc
             .keys
             .into_iter()
@@ -174,7 +216,7 @@ impl std::fmt::Debug for KeyCache {
 pub struct Unavailable(pub String);
 
 impl KeyCache {
-    pub fn new(config: &IssuerConfig) -> Result<KeyCache, String> {
+    pub fn new(config: &IssuerConfig) -> Result<KeyCache, HttpClientError> {
         let local = reqwest::Url::parse(&config.issuer)
             .map(|u| is_loopback(&u))
             .unwrap_or(false);
@@ -185,7 +227,10 @@ impl KeyCache {
             .redirect(reqwest::redirect::Policy::limited(3))
             .user_agent(concat!("querygate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client for {}: {e}", config.issuer))?;
+            .map_err(|e| HttpClientError {
+                issuer: config.issuer.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(KeyCache {
             issuer: config.issuer.clone(),
             jwks_uri: config.jwks_uri.clone(),
@@ -272,27 +317,28 @@ impl KeyCache {
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.issuer, error = %e, kept = s.keys.is_some(), "cannot fetch the issuer's signing keys");
-                s.last_error = Some(e);
+                s.last_error = Some(e.to_string());
             }
         }
     }
 
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
         let jwks_uri = match &self.jwks_uri {
             Some(u) => u.clone(),
             None => self.discover().await?,
         };
         let body = self.get(&jwks_uri).await?;
-        let set = KeySet::parse(&body).map_err(|e| format!("{jwks_uri}: {e}"))?;
+        let set = KeySet::parse(&body).map_err(|error| FetchError::Jwks {
+            url: jwks_uri.clone(),
+            error,
+        })?;
         if set.keys.is_empty() {
-            return Err(format!(
-                "{jwks_uri} holds no asymmetric signing key querygate can use"
-            ));
+            return Err(FetchError::NoUsableKey { url: jwks_uri });
         }
         Ok(set)
     }
 
-    async fn discover(&self) -> Result<String, String> {
+    async fn discover(&self) -> Result<String, FetchError> {
         #[derive(Deserialize)]
         struct Discovery {
             issuer: String,
@@ -303,41 +349,56 @@ impl KeyCache {
             self.issuer.trim_end_matches('/')
         );
         let body = self.get(&url).await?;
-        let doc: Discovery = serde_json::from_slice(&body)
-            .map_err(|e| format!("{url} is not a discovery document: {e}"))?;
+        let doc: Discovery =
+            serde_json::from_slice(&body).map_err(|e| FetchError::NotDiscovery {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         if doc.issuer != self.issuer {
-            return Err(format!(
-                "{url} names issuer {:?}, not {:?}: the config's issuer must match the IdP's exactly",
-                doc.issuer, self.issuer
-            ));
+            return Err(FetchError::IssuerMismatch {
+                url,
+                named: doc.issuer,
+                expected: self.issuer.clone(),
+            });
         }
-        check_url(&doc.jwks_uri).map_err(|e| format!("{url}: jwks_uri {e}"))?;
+        check_url(&doc.jwks_uri).map_err(|error| FetchError::JwksUri {
+            url: url.clone(),
+            error,
+        })?;
         // An https issuer's keys come over https too (no pointing them at loopback http).
         if self.issuer.starts_with("https://") && !doc.jwks_uri.starts_with("https://") {
-            return Err(format!("{url}: jwks_uri {:?} must be https", doc.jwks_uri));
+            return Err(FetchError::JwksUriNotHttps {
+                url,
+                jwks_uri: doc.jwks_uri,
+            });
         }
         Ok(doc.jwks_uri)
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        let transport = |e: reqwest::Error| FetchError::Transport {
+            url: url.to_string(),
+            reason: without_url(&e),
+        };
         let mut resp = self
             .http
             .get(url)
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", without_url(&e)))?;
+            .map_err(transport)?;
         if !resp.status().is_success() {
-            return Err(format!("{url} answered HTTP {}", resp.status().as_u16()));
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: resp.status().as_u16(),
+            });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("{url}: {}", without_url(&e)))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > MAX_DOCUMENT {
-                return Err(format!("{url} sent more than {MAX_DOCUMENT} bytes"));
+                return Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                });
             }
             body.extend_from_slice(&chunk);
         }

@@ -29,8 +29,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use querygate_core::{Denial, DenialKind, Identity, Secret};
 use querygate_store::Store;
 
-pub use config::{IssuerConfig, OidcSpec, parse_duration};
-pub use jwks::KeyCache;
+pub use config::{
+    DurationError, IssuerConfig, OidcError, OidcProblem, OidcSpec, UrlError, parse_duration,
+};
+pub use jwks::{FetchError, HttpClientError, JwksError, KeyCache};
 pub use jwt::{Issuer, MAX_TOKEN_BYTES, looks_like_jwt};
 
 /// One configured API key.
@@ -52,7 +54,7 @@ type CacheKey = (String, Option<String>);
 
 impl KeyCaches {
     /// The issuer for a checked block, reusing the cached keys of the same IdP.
-    pub fn issuer(&self, config: IssuerConfig) -> Result<Issuer, String> {
+    pub fn issuer(&self, config: IssuerConfig) -> Result<Issuer, HttpClientError> {
         let key = (config.issuer.clone(), config.jwks_uri.clone());
         let mut caches = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let keys = match caches.get(&key) {

@@ -22,6 +22,13 @@ pub enum DetectorKind {
     Ip,
 }
 
+/// A detector name that is not one of the detectors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("detector {name:?} must be one of secret, card, iban, ssn, email, phone, ip")]
+pub struct DetectorError {
+    pub name: String,
+}
+
 impl DetectorKind {
     /// Every kind, in priority order.
     pub const ALL: [DetectorKind; 7] = [
@@ -34,14 +41,12 @@ impl DetectorKind {
         DetectorKind::Ip,
     ];
 
-    pub fn parse(text: &str) -> Result<DetectorKind, String> {
+    pub fn parse(text: &str) -> Result<DetectorKind, DetectorError> {
         DetectorKind::ALL
             .into_iter()
             .find(|k| k.name() == text)
-            .ok_or_else(|| {
-                format!(
-                    "detector {text:?} must be one of secret, card, iban, ssn, email, phone, ip"
-                )
+            .ok_or_else(|| DetectorError {
+                name: text.to_string(),
             })
     }
 

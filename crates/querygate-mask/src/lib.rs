@@ -12,5 +12,7 @@
 pub mod detect;
 pub mod strategy;
 
-pub use detect::{Detector, DetectorKind, Finding, Scrubber};
-pub use strategy::{HASH_KEY_PARAM, Strategy, mask_cell, mask_expression, mask_text};
+pub use detect::{Detector, DetectorError, DetectorKind, Finding, Scrubber};
+pub use strategy::{
+    HASH_KEY_PARAM, Strategy, StrategyError, mask_cell, mask_expression, mask_text,
+};

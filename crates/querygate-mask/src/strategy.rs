@@ -22,8 +22,15 @@ pub enum Strategy {
     EmailDomain,
 }
 
+/// A strategy name that is not one of the strategies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("strategy {name:?} must be one of redact, null, hash, last4, email_domain")]
+pub struct StrategyError {
+    pub name: String,
+}
+
 impl Strategy {
-    pub fn parse(text: &str) -> Result<Strategy, String> {
+    pub fn parse(text: &str) -> Result<Strategy, StrategyError> {
         Ok(match text {
             "redact" => Strategy::Redact,
             "null" => Strategy::Null,
@@ -31,9 +38,9 @@ impl Strategy {
             "last4" => Strategy::Last4,
             "email_domain" => Strategy::EmailDomain,
             other => {
-                return Err(format!(
-                    "strategy {other:?} must be one of redact, null, hash, last4, email_domain"
-                ));
+                return Err(StrategyError {
+                    name: other.to_string(),
+                });
             }
         })
     }

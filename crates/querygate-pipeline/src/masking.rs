@@ -33,7 +33,7 @@ pub fn column_masks(
             let strategy = match rule {
                 None => None,
                 Some(_) if is_struct(c) => Some(Strategy::Null),
-                Some(rule) => Some(Strategy::parse(&rule.strategy)?),
+                Some(rule) => Some(Strategy::parse(&rule.strategy).map_err(|e| e.to_string())?),
             };
             Ok(ColumnMask {
                 column: c.clone(),

@@ -32,9 +32,10 @@ pub use classify::{Classification, Classifier, MaskRule};
 use querygate_core::Identity;
 pub use querygate_sql::StatementKind;
 pub use rule::{
-    Budget, Hours, OnApproval, Principal, Rule, RuleAction, RuleSpec, TableGlob, When, WhenSpec,
+    Budget, BudgetError, Hours, HoursError, OnApproval, Principal, PrincipalError, Rule,
+    RuleAction, RuleError, RuleProblem, RuleSpec, TableGlob, When, WhenSpec,
 };
-pub use size::{format_bytes, parse_bytes};
+pub use size::{SizeError, format_bytes, parse_bytes};
 
 /// A table a request touches, with the columns its predicates filter on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use querygate_core::Identity;
 use querygate_sql::{StatementKind, name_key, same_name};
 use serde::Deserialize;
 
-use crate::{Input, Outcome, Partitioning, parse_bytes};
+use crate::{Input, Outcome, Partitioning, SizeError, parse_bytes};
 
 /// A rule as written in querygate.toml or a policy file.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,16 +70,23 @@ pub enum Principal {
     Identity(String),
 }
 
+/// A principal that is neither `group:NAME` nor `identity:SUBJECT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} must be \"group:NAME\" or \"identity:SUBJECT\"")]
+pub struct PrincipalError {
+    pub text: String,
+}
+
 impl Principal {
-    pub fn parse(text: &str) -> Result<Principal, String> {
+    pub fn parse(text: &str) -> Result<Principal, PrincipalError> {
         if let Some(g) = text.strip_prefix("group:") {
             Ok(Principal::Group(g.to_string()))
         } else if let Some(i) = text.strip_prefix("identity:") {
             Ok(Principal::Identity(i.to_string()))
         } else {
-            Err(format!(
-                "{text:?} must be \"group:NAME\" or \"identity:SUBJECT\""
-            ))
+            Err(PrincipalError {
+                text: text.to_string(),
+            })
         }
     }
 
@@ -126,19 +133,26 @@ pub struct Hours {
 
 impl Eq for Hours {}
 
+/// Why an `hours = "…"` window cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoursError {
+    #[error("hours = {text:?}: write \"08:00-18:00 Europe/Berlin\" (zone optional, default UTC)")]
+    Malformed { text: String },
+    #[error("hours = {text:?}: unknown time zone {zone:?}")]
+    UnknownZone { text: String, zone: String },
+}
+
 impl Hours {
-    pub fn parse(text: &str) -> Result<Hours, String> {
-        let bad = || {
-            format!(
-                "hours = {text:?}: write \"08:00-18:00 Europe/Berlin\" (zone optional, default UTC)"
-            )
+    pub fn parse(text: &str) -> Result<Hours, HoursError> {
+        let bad = || HoursError::Malformed {
+            text: text.to_string(),
         };
         let (range, zone) = match text.trim().split_once(' ') {
             Some((r, z)) => (r, z.trim()),
             None => (text.trim(), "UTC"),
         };
         let (a, b) = range.split_once('-').ok_or_else(bad)?;
-        let hm = |s: &str| -> Result<(i8, i8), String> {
+        let hm = |s: &str| -> Result<(i8, i8), HoursError> {
             let (h, m) = s.split_once(':').ok_or_else(bad)?;
             let h: i8 = h.parse().map_err(|_| bad())?;
             let m: i8 = m.parse().map_err(|_| bad())?;
@@ -147,8 +161,10 @@ impl Hours {
             }
             Ok((h, m))
         };
-        let tz = jiff::tz::TimeZone::get(zone)
-            .map_err(|_| format!("hours = {text:?}: unknown time zone {zone:?}"))?;
+        let tz = jiff::tz::TimeZone::get(zone).map_err(|_| HoursError::UnknownZone {
+            text: text.to_string(),
+            zone: zone.to_string(),
+        })?;
         Ok(Hours {
             start: hm(a)?,
             end: hm(b)?,
@@ -232,18 +248,61 @@ const KINDS: &[StatementKind] = &[
     StatementKind::Other,
 ];
 
+/// Why a written rule is not a rule: the rule's name and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule {rule:?}: {problem}")]
+pub struct RuleError {
+    /// The rule's name.
+    pub rule: String,
+    pub problem: RuleProblem,
+}
+
+/// What is wrong with a written rule, by field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleProblem {
+    #[error("action {0:?} must be \"allow\", \"deny\" or \"approve\"")]
+    Action(String),
+    #[error("who: {0}")]
+    Who(PrincipalError),
+    #[error("on_behalf_of: {0}")]
+    OnBehalfOf(PrincipalError),
+    #[error("approvers: {0}")]
+    Approvers(PrincipalError),
+    #[error("an approve rule needs approvers = [\"group:…\"]")]
+    NoApprovers,
+    #[error("on_approval applies to approve rules only")]
+    OnApprovalNotApprove,
+    #[error("on_approval {0:?} must be \"wait\" or \"fail\"")]
+    OnApproval(String),
+    #[error("statements: unknown kind {kind:?}; known: {known}")]
+    UnknownStatement { kind: String, known: String },
+    #[error("tables: {0:?} must be a project.dataset.table pattern, e.g. \"*.finance.*\"")]
+    TablePattern(String),
+    #[error(
+        "when.rows_over is known only after the query ran, so it can deny or hold a result but not allow one"
+    )]
+    RowsOverAllow,
+    #[error("when.bytes_over: {0}")]
+    BytesOver(SizeError),
+    #[error("{0}")]
+    Hours(HoursError),
+    #[error("max_bytes_billed: {0}")]
+    MaxBytesBilled(SizeError),
+}
+
 impl RuleSpec {
     /// Checks a written rule. Errors name the rule and the field.
-    pub fn check(&self) -> Result<Rule, String> {
-        let ctx = |e: String| format!("rule {:?}: {e}", self.name);
+    pub fn check(&self) -> Result<Rule, RuleError> {
+        let ctx = |problem: RuleProblem| RuleError {
+            rule: self.name.clone(),
+            problem,
+        };
         let action = match self.action.as_str() {
             "allow" => RuleAction::Allow,
             "deny" => RuleAction::Deny,
             "approve" => RuleAction::Approve,
             other => {
-                return Err(ctx(format!(
-                    "action {other:?} must be \"allow\", \"deny\" or \"approve\""
-                )));
+                return Err(ctx(RuleProblem::Action(other.to_string())));
             }
         };
         let who = self
@@ -251,32 +310,30 @@ impl RuleSpec {
             .iter()
             .map(|w| Principal::parse(w))
             .collect::<Result<_, _>>()
-            .map_err(|e| ctx(format!("who: {e}")))?;
+            .map_err(|e| ctx(RuleProblem::Who(e)))?;
         let on_behalf_of = self
             .on_behalf_of
             .iter()
             .map(|w| Principal::parse(w))
             .collect::<Result<_, _>>()
-            .map_err(|e| ctx(format!("on_behalf_of: {e}")))?;
+            .map_err(|e| ctx(RuleProblem::OnBehalfOf(e)))?;
         let approvers: Vec<Principal> = self
             .approvers
             .iter()
             .map(|w| Principal::parse(w))
             .collect::<Result<_, _>>()
-            .map_err(|e| ctx(format!("approvers: {e}")))?;
+            .map_err(|e| ctx(RuleProblem::Approvers(e)))?;
         if action == RuleAction::Approve && approvers.is_empty() {
-            return Err(ctx("an approve rule needs approvers = [\"group:…\"]".into()));
+            return Err(ctx(RuleProblem::NoApprovers));
         }
         let on_approval = match (self.on_approval.as_deref(), action) {
             (None | Some("wait"), _) => OnApproval::Wait,
             (Some("fail"), RuleAction::Approve) => OnApproval::Fail,
             (Some("fail"), _) => {
-                return Err(ctx("on_approval applies to approve rules only".into()));
+                return Err(ctx(RuleProblem::OnApprovalNotApprove));
             }
             (Some(other), _) => {
-                return Err(ctx(format!(
-                    "on_approval {other:?} must be \"wait\" or \"fail\""
-                )));
+                return Err(ctx(RuleProblem::OnApproval(other.to_string())));
             }
         };
         let statements = self
@@ -289,25 +346,21 @@ impl RuleSpec {
                     .find(|k| k.name() == s.as_str())
                     .ok_or_else(|| {
                         let names: Vec<&str> = KINDS.iter().map(|k| k.name()).collect();
-                        ctx(format!(
-                            "statements: unknown kind {s:?}; known: {}",
-                            names.join(", ")
-                        ))
+                        ctx(RuleProblem::UnknownStatement {
+                            kind: s.clone(),
+                            known: names.join(", "),
+                        })
                     })
             })
             .collect::<Result<_, _>>()?;
         for t in &self.tables {
             if t.split('.').count() != 3 {
-                return Err(ctx(format!(
-                    "tables: {t:?} must be a project.dataset.table pattern, e.g. \"*.finance.*\""
-                )));
+                return Err(ctx(RuleProblem::TablePattern(t.clone())));
             }
         }
         let w = &self.when;
         if w.rows_over.is_some() && action == RuleAction::Allow {
-            return Err(ctx(
-                "when.rows_over is known only after the query ran, so it can deny or hold a result but not allow one".into(),
-            ));
+            return Err(ctx(RuleProblem::RowsOverAllow));
         }
         let when = When {
             bytes_over: w
@@ -315,7 +368,7 @@ impl RuleSpec {
                 .as_deref()
                 .map(parse_bytes)
                 .transpose()
-                .map_err(|e| ctx(format!("when.bytes_over: {e}")))?,
+                .map_err(|e| ctx(RuleProblem::BytesOver(e)))?,
             full_scan: w.full_scan,
             rows_over: w.rows_over,
             opaque: w.opaque,
@@ -325,7 +378,7 @@ impl RuleSpec {
                 .as_deref()
                 .map(Hours::parse)
                 .transpose()
-                .map_err(ctx)?,
+                .map_err(|e| ctx(RuleProblem::Hours(e)))?,
         };
         Ok(Rule {
             name: self.name.clone(),
@@ -342,7 +395,7 @@ impl RuleSpec {
                 .as_deref()
                 .map(parse_bytes)
                 .transpose()
-                .map_err(|e| ctx(format!("max_bytes_billed: {e}")))?,
+                .map_err(|e| ctx(RuleProblem::MaxBytesBilled(e)))?,
             on_approval,
         })
     }
@@ -553,11 +606,23 @@ pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// Why a `budgets` entry cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("budgets: {0}")]
+    Who(PrincipalError),
+    #[error("budgets.{who:?}: {size}")]
+    Size { who: String, size: SizeError },
+}
+
 impl Budget {
-    pub fn parse(who: &str, size: &str) -> Result<Budget, String> {
+    pub fn parse(who: &str, size: &str) -> Result<Budget, BudgetError> {
         Ok(Budget {
-            who: Principal::parse(who).map_err(|e| format!("budgets: {e}"))?,
-            bytes_per_day: parse_bytes(size).map_err(|e| format!("budgets.{who:?}: {e}"))?,
+            who: Principal::parse(who).map_err(BudgetError::Who)?,
+            bytes_per_day: parse_bytes(size).map_err(|e| BudgetError::Size {
+                who: who.to_string(),
+                size: e,
+            })?,
         })
     }
 }

@@ -1,15 +1,26 @@
 //! Byte sizes as users write them (`10 GiB`, `500 MB`, `1TiB`, `1048576`) and back.
 
+/// Why a written size is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{text:?} is not a size like \"10 GiB\"")]
+    NotASize { text: String },
+    #[error("{text:?}: unknown unit {unit:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("{text:?} is out of range")]
+    OutOfRange { text: String },
+}
+
 /// Parses a size; binary (`KiB`…`PiB`) and decimal (`KB`…`PB`) units, case-insensitive.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub fn parse_bytes(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like \"10 GiB\""))?;
+    let n: f64 = num.parse().map_err(|_| SizeError::NotASize {
+        text: text.to_string(),
+    })?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
@@ -23,14 +34,17 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "tib" => 1024.0f64.powi(4),
         "pib" => 1024.0f64.powi(5),
         other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
-            ));
+            return Err(SizeError::UnknownUnit {
+                text: text.to_string(),
+                unit: other.to_string(),
+            });
         }
     };
     let bytes = n * mult;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{text:?} is out of range"));
+        return Err(SizeError::OutOfRange {
+            text: text.to_string(),
+        });
     }
     Ok(bytes as u64)
 }

@@ -411,7 +411,7 @@ fn bad_rules_are_explained() {
     let bad = |extra: &str| {
         let text = format!("[[rule]]\nname = \"r\"\n{extra}\n");
         let f: File = toml::from_str(&text).expect("toml");
-        f.rule[0].check().expect_err("must fail")
+        f.rule[0].check().expect_err("must fail").to_string()
     };
     assert!(bad("action = \"permit\"").contains("must be \"allow\""));
     assert!(bad("action = \"deny\"\nwho = [\"agents\"]").contains("group:NAME"));

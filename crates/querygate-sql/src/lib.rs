@@ -71,9 +71,10 @@ pub use facts::{
     ColumnRef, Facts, OutputColumn, Scan, StatementFacts, StatementKind, SyntaxError, TableRef,
 };
 pub use functions::is_side_effecting;
-pub use names::{name_key, same_name};
+pub use names::{TableNameError, name_key, same_name};
 pub use rewrite::{
-    MASK_KEY_PARAM, MaskedColumn, Masking, SOURCE_ALIAS, mask_reads, quote_column, reserved_marker,
+    MASK_KEY_PARAM, MaskedColumn, Masking, RewriteError, SOURCE_ALIAS, mask_reads, quote_column,
+    reserved_marker,
 };
 
 /// Which SQL dialect to parse with.
@@ -212,13 +213,12 @@ pub fn parse_as_analyzed(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement
 }
 
 /// The statements of `sql`, parsed from [`tokens`].
-pub(crate) fn parse(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, String> {
-    let tokens =
-        tokens(sql, dialect).map_err(|e| format!("querygate cannot parse this SQL: {e}"))?;
+pub(crate) fn parse(sql: &str, dialect: SqlDialect) -> Result<Vec<Statement>, RewriteError> {
+    let tokens = tokens(sql, dialect).map_err(|e| RewriteError::Parse(e.to_string()))?;
     Parser::new(dialect_of(dialect))
         .with_tokens_with_locations(tokens)
         .parse_statements()
-        .map_err(|e| format!("querygate cannot parse this SQL: {e}"))
+        .map_err(|e| RewriteError::Parse(e.to_string()))
 }
 
 /// A parser error as a [`SyntaxError`]; `None` for what is not one (the parser's recursion

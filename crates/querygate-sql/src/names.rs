@@ -8,6 +8,15 @@ use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 use crate::SqlDialect;
 use crate::facts::TableRef;
 
+/// A table name in the AST that is not a table's name (its text as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableNameError {
+    #[error("the table name `{0}` has a function part")]
+    FunctionPart(String),
+    #[error("cannot read the table name `{0}`")]
+    Unreadable(String),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Names {
     pub dialect: SqlDialect,
@@ -40,11 +49,11 @@ impl Names {
     }
 
     /// A table name as a [`TableRef`], or why it cannot be one.
-    pub fn table_ref(&self, name: &ObjectName) -> Result<TableRef, String> {
+    pub fn table_ref(&self, name: &ObjectName) -> Result<TableRef, TableNameError> {
         let mut parts = Vec::with_capacity(name.0.len());
         for part in &name.0 {
             let ObjectNamePart::Identifier(id) = part else {
-                return Err(format!("the table name `{name}` has a function part"));
+                return Err(TableNameError::FunctionPart(name.to_string()));
             };
             match self.dialect {
                 SqlDialect::BigQuery => {
@@ -56,7 +65,7 @@ impl Names {
             }
         }
         self.table_ref_from_parts(parts)
-            .ok_or_else(|| format!("cannot read the table name `{name}`"))
+            .ok_or_else(|| TableNameError::Unreadable(name.to_string()))
     }
 
     /// A [`TableRef`] from already separated parts (BigQuery decorators still attached).

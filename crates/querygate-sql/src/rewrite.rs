@@ -45,7 +45,7 @@ use sqlparser::tokenizer::{Location, Token};
 
 use crate::SqlDialect;
 use crate::facts::TableRef;
-use crate::names::{Names, name_key};
+use crate::names::{Names, TableNameError, name_key};
 
 /// The alias of the base-table read inside a masking derived table.
 pub const SOURCE_ALIAS: &str = "__qg_src";
@@ -56,6 +56,93 @@ pub const MASK_KEY_PARAM: &str = "__querygate_mask_key";
 
 /// Markers a client's SQL may not contain (case-insensitive).
 const MARKERS: &[&str] = &["__qg_src", "__querygate"];
+
+/// Why a statement cannot be rewritten so that it reads masked tables only through their
+/// masks. Every case refuses the statement; none is retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// The text contains one of the rewrite's own markers.
+    #[error("the statement contains `{0}`, a name querygate reserves for masking; rename it")]
+    ReservedMarker(&'static str),
+    /// The analyzer does not understand the statement (its explanation).
+    #[error("{0}")]
+    Opaque(String),
+    /// The text does not tokenize or parse (the tokenizer's or parser's message).
+    #[error("querygate cannot parse this SQL: {0}")]
+    Parse(String),
+    /// A query parameter named like the hash key (the name as written).
+    #[error("the query parameter `@{0}` is reserved for querygate's masking; rename it")]
+    ReservedParameter(String),
+    /// A positional parameter while a mask uses a named one (the marker as written).
+    #[error(
+        "this query reads columns masked for you, and querygate masks them with a named query \
+         parameter, so it cannot take positional parameters (`{0}`): use named parameters \
+         (@name) instead of positional ? markers in queries that read masked columns"
+    )]
+    PositionalParameter(String),
+    /// A parameter name with a back-slash escape (the parameter as written, quoted).
+    #[error(
+        "the query parameter {0} has a back-slash escape in its name; in queries that read \
+         masked columns write parameter names plainly (@name or @`name`)"
+    )]
+    EscapedParameter(String),
+    #[error(
+        "querygate cannot read a query parameter of this statement (`@` not followed by a \
+         name); write named parameters as @name"
+    )]
+    UnnamedParameter,
+    #[error(
+        "querygate cannot read a system variable of this statement (`@@` not followed by a \
+         name); write it as @@name"
+    )]
+    SystemVariable,
+    /// UPDATE, DELETE or MERGE of a masked table.
+    #[error(
+        "{0} has columns masked for you, and querygate cannot mask a table that UPDATE, DELETE \
+         or MERGE changes"
+    )]
+    MaskedTableChanged(String),
+    /// A CTE named like a masked table.
+    #[error("the CTE `{0}` has the name of a table with columns masked for you; rename the CTE")]
+    CteNamedLikeMaskedTable(String),
+    /// `TABLE t` of a masked table.
+    #[error(
+        "querygate cannot mask `TABLE {name}`, a read of {table}, which has columns masked for \
+         you; write SELECT * FROM {name} instead"
+    )]
+    TableStatement { name: String, table: String },
+    /// A wildcard table that could read a masked table.
+    #[error(
+        "the wildcard table `{pattern}` could read {table}, which has columns masked for you; \
+         querygate masks named tables only, so name the tables"
+    )]
+    WildcardTable { pattern: String, table: String },
+    /// A read of a masked table with a clause the rewrite cannot keep (`how` says which).
+    #[error("querygate cannot mask a read of {table}, which has columns masked for you, {how}")]
+    ModifiedRead { table: String, how: &'static str },
+    #[error("column aliases on a masked table are not supported")]
+    ColumnAliases,
+    /// The masked read's place in the text could not be found.
+    #[error("querygate could not place the masking rewrite; the statement is refused")]
+    Unplaced,
+    #[error(transparent)]
+    TableName(#[from] TableNameError),
+    /// The second check found a reference to a masked table outside a masked read.
+    #[error(
+        "querygate could not prove that the statement masks every read of {table} (it found \
+         {how} outside a masked read); read the table in FROM (not with TABLE, CLONE or LIKE) \
+         and qualify its columns with an alias or the table's name"
+    )]
+    Unproven { table: String, how: String },
+    /// The rewritten text is not understood by the analyzer (its explanation).
+    #[error("the rewritten statement could not be analyzed ({0}); the statement is refused")]
+    Reanalysis(String),
+    #[error("internal: not a table")]
+    NotATable,
+    /// The rewrite panicked.
+    #[error("internal error in the masking rewrite")]
+    Panicked,
+}
 
 /// One column of a masked table's select list.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,14 +227,11 @@ fn uses_parameters(expr: &str, dialect: SqlDialect) -> bool {
 /// mask references a query parameter: positional parameters (an upstream given named ones
 /// binds them by position, the key included), parameter names that are not plainly written
 /// (`` @`\x5f_…` `` would decode to the key's name), and the key's own name in any case.
-fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), String> {
-    let tokens =
-        crate::tokens(sql, dialect).map_err(|e| format!("querygate cannot parse this SQL: {e}"))?;
-    let named = |name: &str| -> Result<(), String> {
+fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), RewriteError> {
+    let tokens = crate::tokens(sql, dialect).map_err(|e| RewriteError::Parse(e.to_string()))?;
+    let named = |name: &str| -> Result<(), RewriteError> {
         if name_key(name) == MASK_KEY_PARAM {
-            return Err(format!(
-                "the query parameter `@{name}` is reserved for querygate's masking; rename it"
-            ));
+            return Err(RewriteError::ReservedParameter(name.to_string()));
         }
         Ok(())
     };
@@ -155,12 +239,7 @@ fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), String> {
     while let Some(t) = iter.next() {
         match &t.token {
             Token::Placeholder(p) => {
-                return Err(format!(
-                    "this query reads columns masked for you, and querygate masks them with a \
-                     named query parameter, so it cannot take positional parameters (`{p}`): \
-                     use named parameters (@name) instead of positional ? markers in queries \
-                     that read masked columns"
-                ));
+                return Err(RewriteError::PositionalParameter(p.clone()));
             }
             Token::Word(w) if w.quote_style.is_none() && w.value.starts_with('@') => {
                 let name = w.value.trim_start_matches('@');
@@ -168,41 +247,20 @@ fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), String> {
                     named(name)?;
                 }
                 if name.contains(['\\', '`']) {
-                    return Err(format!(
-                        "the query parameter `{}` has a back-slash escape in its name; in queries that \
-                         read masked columns write parameter names plainly (@name or @`name`)",
-                        w.value
-                    ));
+                    return Err(RewriteError::EscapedParameter(format!("`{}`", w.value)));
                 }
             }
             Token::AtSign => match iter.peek().map(|n| &n.token) {
                 Some(Token::Word(w)) if w.quote_style == Some('`') => {
                     if w.value.contains('\\') {
-                        return Err(format!(
-                            "the query parameter @`{}` has a back-slash escape in its name; \
-                             in queries that read masked columns write parameter names \
-                             plainly (@name or @`name`)",
-                            w.value
-                        ));
+                        return Err(RewriteError::EscapedParameter(format!("@`{}`", w.value)));
                     }
                     named(&w.value)?;
                     iter.next();
                 }
-                _ => {
-                    return Err(
-                        "querygate cannot read a query parameter of this statement (`@` not \
-                         followed by a name); write named parameters as @name"
-                            .into(),
-                    );
-                }
+                _ => return Err(RewriteError::UnnamedParameter),
             },
-            Token::AtAt => {
-                return Err(
-                    "querygate cannot read a system variable of this statement (`@@` not \
-                     followed by a name); write it as @@name"
-                        .into(),
-                );
-            }
+            Token::AtAt => return Err(RewriteError::SystemVariable),
             _ => {}
         }
     }
@@ -212,16 +270,14 @@ fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), String> {
 /// `sql` with every read of a masked table replaced by its masking derived table; the
 /// text unchanged when it reads none. `Err` says why it cannot be rewritten safely. Never
 /// panics: like [`crate::analyze`], what goes wrong inside is an `Err`.
-pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, String> {
+pub fn mask_reads(sql: &str, m: &Masking<'_>) -> Result<String, RewriteError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask_reads_inner(sql, m)))
-        .unwrap_or_else(|_| Err("internal error in the masking rewrite".into()))
+        .unwrap_or(Err(RewriteError::Panicked))
 }
 
-fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
+fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, RewriteError> {
     if let Some(marker) = reserved_marker(sql) {
-        return Err(format!(
-            "the statement contains `{marker}`, a name querygate reserves for masking; rename it"
-        ));
+        return Err(RewriteError::ReservedMarker(marker));
     }
     if m.tables.is_empty() {
         return Ok(sql.to_string());
@@ -229,7 +285,7 @@ fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
     // Only what the analyzer understands is rewritten (this also keeps the input within
     // the analyzer's bounds on size and nesting before it is parsed here).
     if let Some(why) = crate::analyze(sql, m.dialect).opaque {
-        return Err(why);
+        return Err(RewriteError::Opaque(why));
     }
     if m.masks_use_parameters() {
         check_parameters(sql, m.dialect)?;
@@ -254,10 +310,7 @@ fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, String> {
         if let Some(target) = dml_target(st) {
             let t = wrapper.names.table_ref(target)?;
             if let Some((name, _)) = m.masked(&t) {
-                return Err(format!(
-                    "{name} has columns masked for you, and querygate cannot mask a table that \
-                     UPDATE, DELETE or MERGE changes"
-                ));
+                return Err(RewriteError::MaskedTableChanged(name.clone()));
             }
         }
         let _ = st.visit(&mut wrapper);
@@ -304,15 +357,13 @@ fn offset(text: &str, at: Location) -> Option<usize> {
 
 /// The text with every splice applied; only the masked reads change, so comments, literals
 /// and spelling stay byte for byte as the client wrote them.
-fn splice(text: &str, mut splices: Vec<Splice>) -> Result<String, String> {
+fn splice(text: &str, mut splices: Vec<Splice>) -> Result<String, RewriteError> {
     splices.sort_by_key(|s| s.start);
     let mut out = String::with_capacity(text.len() + 256 * splices.len());
     let mut at = 0;
     for s in splices {
         if s.start < at || s.end < s.start || s.end > text.len() {
-            return Err(
-                "querygate could not place the masking rewrite; the statement is refused".into(),
-            );
+            return Err(RewriteError::Unplaced);
         }
         out.push_str(&text[at..s.start]);
         out.push_str(&s.with);
@@ -367,7 +418,7 @@ struct Wrapper<'a> {
     /// CTE names in scope, innermost last.
     ctes: Vec<Vec<String>>,
     splices: Vec<Splice>,
-    error: Option<String>,
+    error: Option<RewriteError>,
 }
 
 impl Wrapper<'_> {
@@ -387,13 +438,11 @@ impl Wrapper<'_> {
         text: &str,
         factor: &TableFactor,
         columns: &[MaskedColumn],
-    ) -> Result<Splice, String> {
+    ) -> Result<Splice, RewriteError> {
         let TableFactor::Table { name, alias, .. } = factor else {
-            return Err("internal: not a table".into());
+            return Err(RewriteError::NotATable);
         };
-        let unplaced = || {
-            "querygate could not place the masking rewrite; the statement is refused".to_string()
-        };
+        let unplaced = || RewriteError::Unplaced;
         let whole = factor.span();
         let start = offset(text, whole.start).ok_or_else(unplaced)?;
         let end = offset(text, whole.end).ok_or_else(unplaced)?;
@@ -418,7 +467,7 @@ impl Wrapper<'_> {
         // implicit alias) the table's own name.
         let alias = match alias {
             Some(a) if a.columns.is_empty() => a.name.to_string(),
-            Some(_) => return Err("column aliases on a masked table are not supported".into()),
+            Some(_) => return Err(RewriteError::ColumnAliases),
             None => {
                 let t = self.names.table_ref(name)?;
                 quote(self.m.dialect, t.parts.last().map_or("", String::as_str))
@@ -462,9 +511,7 @@ impl Visitor for Wrapper<'_> {
                     .is_some_and(|last| name_key(last) == name_key(n))
             })
         }) {
-            self.error = Some(format!(
-                "the CTE `{n}` has the name of a table with columns masked for you; rename the CTE"
-            ));
+            self.error = Some(RewriteError::CteNamedLikeMaskedTable(n.clone()));
             return ControlFlow::Break(());
         }
         self.ctes.push(names);
@@ -476,12 +523,10 @@ impl Visitor for Wrapper<'_> {
             if !self.is_cte(&t)
                 && let Some((table, _)) = self.m.masked(&t)
             {
-                self.error = Some(format!(
-                    "querygate cannot mask `TABLE {}`, a read of {table}, which has columns \
-                     masked for you; write SELECT * FROM {} instead",
-                    t.name(),
-                    t.name()
-                ));
+                self.error = Some(RewriteError::TableStatement {
+                    name: t.name(),
+                    table: table.clone(),
+                });
                 return ControlFlow::Break(());
             }
         }
@@ -515,7 +560,7 @@ impl Visitor for Wrapper<'_> {
         let t = match self.names.table_ref(name) {
             Ok(t) => t,
             Err(e) => {
-                self.error = Some(e);
+                self.error = Some(e.into());
                 return ControlFlow::Break(());
             }
         };
@@ -524,11 +569,10 @@ impl Visitor for Wrapper<'_> {
         }
         if t.wildcard {
             if let Some(table) = self.m.wildcard_reaches(&t) {
-                self.error = Some(format!(
-                    "the wildcard table `{}` could read {table}, which has columns masked for \
-                     you; querygate masks named tables only, so name the tables",
-                    t.name()
-                ));
+                self.error = Some(RewriteError::WildcardTable {
+                    pattern: t.name(),
+                    table: table.clone(),
+                });
                 return ControlFlow::Break(());
             }
             return ControlFlow::Continue(());
@@ -553,10 +597,10 @@ impl Visitor for Wrapper<'_> {
             None
         };
         if let Some(what) = modifier {
-            self.error = Some(format!(
-                "querygate cannot mask a read of {table}, which has columns masked for you, \
-                 {what}"
-            ));
+            self.error = Some(RewriteError::ModifiedRead {
+                table: table.clone(),
+                how: what,
+            });
             return ControlFlow::Break(());
         }
         match self.derived(self.text, factor, columns) {
@@ -601,7 +645,7 @@ fn table_statements(body: &SetExpr) -> Vec<Vec<String>> {
 /// table, in any syntactic position, is a masking derived table's own read or an INSERT
 /// target. Independent of the first pass: it looks at relation names, `TABLE t`,
 /// CLONE/LIKE sources, qualified names in expressions, and every dotted name in the tokens.
-fn verify(sql: &str, m: &Masking<'_>) -> Result<(), String> {
+fn verify(sql: &str, m: &Masking<'_>) -> Result<(), RewriteError> {
     struct Check<'a> {
         m: &'a Masking<'a>,
         names: Names,
@@ -737,26 +781,17 @@ fn verify(sql: &str, m: &Masking<'_>) -> Result<(), String> {
         allowed: HashSet::new(),
         bad: None,
     };
-    let refuse = |table: &str, how: &str| {
-        format!(
-            "querygate could not prove that the statement masks every read of {table} (it \
-             found {how} outside a masked read); read the table in FROM (not with TABLE, \
-             CLONE or LIKE) and qualify its columns with an alias or the table's name"
-        )
-    };
     for st in &statements {
         let _ = st.visit(&mut check);
         if let Some((table, how)) = check.bad.take() {
-            return Err(refuse(&table, &how));
+            return Err(RewriteError::Unproven { table, how });
         }
     }
     if let Some((table, how)) = token_sweep(sql, m)? {
-        return Err(refuse(&table, &how));
+        return Err(RewriteError::Unproven { table, how });
     }
     if let Some(why) = crate::analyze(sql, m.dialect).opaque {
-        return Err(format!(
-            "the rewritten statement could not be analyzed ({why}); the statement is refused"
-        ));
+        return Err(RewriteError::Reanalysis(why));
     }
     Ok(())
 }
@@ -793,9 +828,8 @@ fn masked_window(
 /// names a masked table must be a masked read (`… AS __qg_src`) or an INSERT target.
 /// Catches names in positions no AST pass knows of. One-part names are not looked at (an
 /// alias or a column is spelled like a table's last part); the AST passes cover those.
-fn token_sweep(sql: &str, m: &Masking<'_>) -> Result<Option<(String, String)>, String> {
-    let tokens = crate::tokens(sql, m.dialect)
-        .map_err(|e| format!("querygate cannot parse this SQL: {e}"))?;
+fn token_sweep(sql: &str, m: &Masking<'_>) -> Result<Option<(String, String)>, RewriteError> {
+    let tokens = crate::tokens(sql, m.dialect).map_err(|e| RewriteError::Parse(e.to_string()))?;
     let tokens: Vec<&Token> = tokens
         .iter()
         .map(|t| &t.token)
@@ -882,6 +916,7 @@ mod tests {
                 tables: &t,
             },
         )
+        .map_err(|e| e.to_string())
     }
 
     /// The second check on its own: any reference to a masked table that is not the

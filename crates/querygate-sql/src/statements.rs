@@ -651,7 +651,7 @@ fn generic(w: &mut Walker<'_>, s: &Statement) -> StatementKind {
             Ok(t) => {
                 w.acc.writes.insert(t);
             }
-            Err(why) => w.opaque(why),
+            Err(why) => w.opaque(why.to_string()),
         }
     }
     if guard::contains_query(s) {

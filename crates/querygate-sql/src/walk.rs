@@ -178,7 +178,7 @@ impl<'v> Walker<'v> {
         match self.names.table_ref(name) {
             Ok(t) => Some(t),
             Err(why) => {
-                self.opaque(why);
+                self.opaque(why.to_string());
                 None
             }
         }
@@ -635,7 +635,7 @@ impl<'v> Walker<'v> {
                     self.selected_into.push((t.clone(), out.to_vec()));
                     self.acc.writes.insert(t);
                 }
-                Err(why) => self.opaque(why),
+                Err(why) => self.opaque(why.to_string()),
             }
         }
         self.note_dml(StatementKind::Create);
@@ -1015,7 +1015,7 @@ impl<'v> Walker<'v> {
                 let mut t = match self.names.table_ref(name) {
                     Ok(t) => t,
                     Err(why) => {
-                        self.opaque(why);
+                        self.opaque(why.to_string());
                         return;
                     }
                 };

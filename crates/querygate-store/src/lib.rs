@@ -50,6 +50,36 @@ pub enum StoreError {
     Failed { path: String, message: String },
 }
 
+/// A time that `--since`/`--until` or the admin API's `since` cannot read (as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("{0:?} is not a time: use 30s, 15m, 1h, 7d or RFC 3339")]
+    NotATime(String),
+    #[error("{0:?} is too far back: use 30s, 15m, 1h, 7d or RFC 3339")]
+    TooFarBack(String),
+}
+
+/// Why the journal left by the last run could not be indexed at start.
+#[derive(Debug, thiserror::Error)]
+enum RecoveryError {
+    /// Reading the chain head, the journal, or indexing it failed (the cause's message).
+    #[error("{0}")]
+    Index(String),
+    #[error(
+        "record {record} does not continue the chain at {head}; run `querygate audit verify` \
+         and keep this file for inspection"
+    )]
+    ChainBreak { record: u64, head: u64 },
+    /// Syncing SQLite before the journal files are deleted (the writer's message).
+    #[error("{0}")]
+    Settle(String),
+    #[error("{}: {error}", path.display())]
+    Remove {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
 /// A job created through the gateway, and who owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobRow {
@@ -670,7 +700,8 @@ impl Store {
 /// Indexes what the journal holds beyond SQLite (the gateway stopped before indexing it),
 /// syncs SQLite and deletes the journal files. Returns the chain head and the number of
 /// the next journal file.
-fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), String> {
+fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), RecoveryError> {
+    let index = |e: &dyn std::fmt::Display| RecoveryError::Index(e.to_string());
     let head: Option<(i64, String)> = conn
         .query_row(
             "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -678,13 +709,13 @@ fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), 
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| index(&e))?;
     let (mut seq, mut hash) = head
         .map_or((0, querygate_core::audit::GENESIS.to_string()), |(s, h)| {
             (s as u64, h)
         });
-    let files = journal::files(store).map_err(|e| e.to_string())?;
-    let entries = journal::read(store).map_err(|e| e.to_string())?;
+    let files = journal::files(store).map_err(|e| index(&e))?;
+    let entries = journal::read(store).map_err(|e| index(&e))?;
     let mut replay = Vec::new();
     for entry in entries {
         match &entry {
@@ -696,10 +727,10 @@ fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), 
                 ..
             } => {
                 if *s != seq + 1 || *prev_hash != hash {
-                    return Err(format!(
-                        "record {s} does not continue the chain at {seq}; \
-                         run `querygate audit verify` and keep this file for inspection"
-                    ));
+                    return Err(RecoveryError::ChainBreak {
+                        record: *s,
+                        head: seq,
+                    });
                 }
                 seq = *s;
                 hash = h.clone();
@@ -713,11 +744,14 @@ fn recover(conn: &mut Connection, store: &Path) -> Result<((u64, String), u64), 
             entries = replay.len(),
             "indexing audit journal entries left by the last run"
         );
-        writer::insert(conn, &replay).map_err(|e| e.to_string())?;
+        writer::insert(conn, &replay).map_err(|e| index(&e))?;
     }
-    writer::settle(store)?;
+    writer::settle(store).map_err(RecoveryError::Settle)?;
     for (_, path) in &files {
-        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|error| RecoveryError::Remove {
+            path: path.clone(),
+            error,
+        })?;
     }
     let next = files.last().map_or(1, |(n, _)| n + 1);
     Ok(((seq, hash), next))
@@ -741,12 +775,12 @@ pub fn audit_time(t: time::OffsetDateTime) -> String {
 
 /// `90s`, `15m`, `1h`, `7d` before `now`, or an RFC 3339 time, as the audit log writes
 /// times ([`audit_time`]): how `--since`/`--until` and the admin API's `since` read a time.
-pub fn point_in_time(text: &str, now: time::OffsetDateTime) -> Result<String, String> {
+pub fn point_in_time(text: &str, now: time::OffsetDateTime) -> Result<String, TimeError> {
     use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(audit_time(t));
     }
-    let not_a_time = || format!("{text:?} is not a time: use 30s, 15m, 1h, 7d or RFC 3339");
+    let not_a_time = || TimeError::NotATime(text.to_string());
     let (num, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
@@ -763,7 +797,7 @@ pub fn point_in_time(text: &str, now: time::OffsetDateTime) -> Result<String, St
     n.checked_mul(seconds_per)
         .and_then(|s| now.checked_sub(Duration::seconds(s)))
         .map(audit_time)
-        .ok_or_else(|| format!("{text:?} is too far back: use 30s, 15m, 1h, 7d or RFC 3339"))
+        .ok_or_else(|| TimeError::TooFarBack(text.to_string()))
 }
 
 /// Where the signing key lives unless configured: beside the store, `<store>.key`.

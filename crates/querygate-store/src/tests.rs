@@ -740,7 +740,7 @@ fn points_in_time_read_as_the_audit_log_writes_them() {
         "yesterday",
         "99999999999999999999d",
     ] {
-        let e = at(bad).expect_err(bad);
+        let e = at(bad).expect_err(bad).to_string();
         assert!(e.contains("is not a time") && e.contains("RFC 3339"), "{e}");
     }
     // Too far back for a date: an error, not a panic (this reads the admin API's `since`).
@@ -749,7 +749,7 @@ fn points_in_time_read_as_the_audit_log_writes_them() {
         "9223372036854775807s",
         "999999999999h",
     ] {
-        let e = at(bad).expect_err(bad);
+        let e = at(bad).expect_err(bad).to_string();
         assert!(
             e.contains("is too far back") && e.contains("RFC 3339"),
             "{e}"

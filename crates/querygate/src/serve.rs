@@ -89,7 +89,7 @@ fn authenticator(
     let issuers = config
         .issuers()?
         .into_iter()
-        .map(|c| caches.issuer(c))
+        .map(|c| caches.issuer(c).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Authenticator::new(keys)
         .with_store(store.clone())

@@ -209,7 +209,8 @@ impl Config {
         if !self.audit.signing {
             return Ok(None);
         }
-        let signer = querygate_store::signing::Signer::load_or_create(&self.signing_key_path())?;
+        let signer = querygate_store::signing::Signer::load_or_create(&self.signing_key_path())
+            .map_err(|e| e.to_string())?;
         Ok(Some(querygate_store::Checkpoints {
             signer,
             every: self

@@ -77,7 +77,7 @@ impl Config {
         let mut issuers = HashSet::new();
         for o in &self.oidc {
             if let Err(msg) = o.get_ref().check() {
-                return fail(o.span(), msg);
+                return fail(o.span(), msg.to_string());
             }
             if !issuers.insert(o.get_ref().issuer.as_str()) {
                 return fail(
@@ -91,7 +91,10 @@ impl Config {
 
     /// The checked `[[oidc]]` blocks (checked at load, so this cannot fail afterwards).
     pub fn issuers(&self) -> Result<Vec<IssuerConfig>, String> {
-        self.oidc.iter().map(|o| o.get_ref().check()).collect()
+        self.oidc
+            .iter()
+            .map(|o| o.get_ref().check().map_err(|e| e.to_string()))
+            .collect()
     }
 }
 

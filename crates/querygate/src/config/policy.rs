@@ -247,6 +247,8 @@ impl Config {
                 PathBuf::from(p)
             }
         };
-        querygate_store::signing::load_or_create_mask_key(&path).map(Some)
+        querygate_store::signing::load_or_create_mask_key(&path)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
