@@ -23,3 +23,6 @@ pub use decode::{Api, Call};
 pub use routes::{Front, router};
 pub use token::Tokens;
 pub use upstream::{BigQueryReply, BigQuerySource, IAM_ENDPOINT, Impersonation, UpstreamAuth};
+
+#[cfg(test)]
+mod tests;
