@@ -175,20 +175,25 @@ def write_gateway_config(path: Path, *, listen_port: int, store: Path, key_sha25
         "[server]\n"
         f'bigquery_listen = "127.0.0.1:{listen_port}"\n'
         "\n[store]\n"
-        f'path = "{store}"\n'
-        "\n[[api_keys]]\n"
-        f'identity = "{IDENTITY}"\n'
-        f"groups = {json.dumps(GROUPS)}\n"
-        f'key_sha256 = "{key_sha256}"\n'
-        "\n[[sources]]\n"
-        f'name = "{SOURCE}"\n'
-        'kind = "bigquery"\n'
-        f'project = "{PROJECT}"\n'
-        f'endpoint = "{emulator_url}"\n'
-        'credentials = "none"\n'
+        f'path = "{store}"\n\n'
+        + api_key_toml(IDENTITY, GROUPS, key_sha256)
+        + bigquery_source_toml(emulator_url)
         + POLICY
     )
     return path
+
+
+def api_key_toml(identity: str, groups: list[str], key_sha256: str) -> str:
+    """An `[[api_keys]]` entry, with a blank line after it."""
+    return (f'[[api_keys]]\nidentity = "{identity}"\ngroups = {json.dumps(groups)}\n'
+            f'key_sha256 = "{key_sha256}"\n\n')
+
+
+def bigquery_source_toml(endpoint: str) -> str:
+    """The `[[sources]]` entry of the e2e gateways: SOURCE, a bigquery source of PROJECT at
+    `endpoint` with no upstream credentials."""
+    return (f'[[sources]]\nname = "{SOURCE}"\nkind = "bigquery"\nproject = "{PROJECT}"\n'
+            f'endpoint = "{endpoint}"\ncredentials = "none"\n')
 
 
 #: The policy the e2e gateway runs: the documented example, minus the partition rule.

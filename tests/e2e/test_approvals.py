@@ -79,16 +79,14 @@ class Approvals:
                      for name in ("agent", "owner", "other")}
         identities = {"agent": ("agent:claude-code", "agents"), "owner": ("human:dana", "data-owners"),
                       "other": ("agent:other", "agents")}
-        keys = "".join(
-            f'[[api_keys]]\nidentity = "{identities[n][0]}"\ngroups = ["{identities[n][1]}"]\n'
-            f'key_sha256 = "{s.sha256_hex(k)}"\n\n' for n, k in self.keys.items())
+        keys = "".join(s.api_key_toml(identities[n][0], [identities[n][1]], s.sha256_hex(k))
+                       for n, k in self.keys.items())
         self.config = workdir / "querygate.toml"
         self.config.write_text(
             f'[server]\nbigquery_listen = "127.0.0.1:{self.port}"\nadmin_listen = "127.0.0.1:{self.admin_port}"\n\n'
             f'[store]\npath = "querygate.db"\n\n[approvals]\nticket_ttl = "{TTL_S}s"\n\n'
             f'[notify]\nwebhook = "{self.webhook.url}"\n\n{keys}'
-            f'[[sources]]\nname = "analytics"\nkind = "bigquery"\nproject = "{s.PROJECT}"\n'
-            f'endpoint = "http://127.0.0.1:{self.shim.server_address[1]}"\ncredentials = "none"\n' + POLICY)
+            + s.bigquery_source_toml(f"http://127.0.0.1:{self.shim.server_address[1]}") + POLICY)
         self.server = None
         self.starts = 0
 

@@ -130,8 +130,8 @@ def gw(vault, emulator, e2e_tmp):
                                     key_sha256=s.sha256_hex(agent_key), emulator_url=emulator.url)
     text = config.read_text()
     text = text.replace("\n[[sources]]\n",
-                        f'\n[[api_keys]]\nidentity = "human:priya"\ngroups = ["privacy", "agents"]\n'
-                        f'key_sha256 = "{s.sha256_hex(privacy_key)}"\n\n[[sources]]\n', 1)
+                        "\n" + s.api_key_toml("human:priya", ["privacy", "agents"], s.sha256_hex(privacy_key))
+                        + "[[sources]]\n", 1)
     config.write_text(text + MASKING)
     server = s.Server(name="querygate-masking",
                       argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],

@@ -31,27 +31,8 @@ OIDC_DIR = s.REPO_ROOT / "tests" / "oidc"
 SQL = f"SELECT id, name FROM {s.TABLE_SQL} WHERE id <= 3 ORDER BY id"
 ROWS = [(c["id"], c["name"]) for c in s.CUSTOMERS[:3]]
 
-RULES = """
-[[rule]]
-name = "never for contractors"
-who = ["group:agents"]
-on_behalf_of = ["group:contractors"]
-action = "deny"
-message = "agents may not act for contractors"
-
-[[rule]]
-name = "engineers read"
-who = ["group:engineers"]
-statements = ["select"]
-action = "allow"
-
-[[rule]]
-name = "agents for engineers"
-who = ["group:agents"]
-on_behalf_of = ["group:engineers"]
-statements = ["select"]
-action = "allow"
-"""
+#: The delegation rules, shared with crates/querygate/tests/oidc.rs.
+RULES = "\n" + (OIDC_DIR / "rules.toml").read_text()
 
 
 class Idp:
@@ -125,12 +106,7 @@ def oidc_gateway(idp, seeded, emulator, e2e_tmp):
         'kind_claim = "kind"\n'
         'kind = "human"\n'
         'jwks_min_interval = "1s"\n'
-        "\n[[sources]]\n"
-        f'name = "{s.SOURCE}"\n'
-        'kind = "bigquery"\n'
-        f'project = "{s.PROJECT}"\n'
-        f'endpoint = "{emulator.url}"\n'
-        'credentials = "none"\n'
+        "\n" + s.bigquery_source_toml(emulator.url)
         + RULES
     )
     env = dict(os.environ, NO_COLOR="1")

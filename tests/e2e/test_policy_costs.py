@@ -55,9 +55,8 @@ def costly(seeded, emulator, e2e_tmp):
     config = workdir / "querygate.toml"
     config.write_text(
         f'[server]\nbigquery_listen = "127.0.0.1:{port}"\n\n[store]\npath = "querygate.db"\n\n'
-        f'[[api_keys]]\nidentity = "agent:cost-test"\ngroups = ["agents"]\nkey_sha256 = "{s.sha256_hex(key)}"\n\n'
-        f'[[sources]]\nname = "analytics"\nkind = "bigquery"\nproject = "{s.PROJECT}"\n'
-        f'endpoint = "http://127.0.0.1:{shim.server_address[1]}"\ncredentials = "none"\n' + POLICY)
+        + s.api_key_toml("agent:cost-test", ["agents"], s.sha256_hex(key))
+        + s.bigquery_source_toml(f"http://127.0.0.1:{shim.server_address[1]}") + POLICY)
     env = dict(os.environ, NO_COLOR="1")
     server = s.Server(name="querygate-costs", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
                       log_path=workdir / "querygate.log", env=env, cwd=workdir).start()

@@ -30,3 +30,6 @@ pub use decode::{Api, Call};
 pub use routes::{Front, router};
 pub use source::{BigQueryReply, BigQuerySource, IAM_ENDPOINT, Impersonation, UpstreamAuth};
 pub use token::Tokens;
+
+#[cfg(test)]
+mod tests;

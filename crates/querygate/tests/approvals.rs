@@ -42,18 +42,11 @@ action = "allow"
 
 fn keys() -> String {
     [
-        ("user:olivia", "data-owners", OLIVIA),
-        ("user:mallory", "analysts", MALLORY),
-        ("user:alice", "agents\", \"data-owners", ALICE),
+        api_key("user:olivia", &["data-owners"], OLIVIA),
+        api_key("user:mallory", &["analysts"], MALLORY),
+        api_key("user:alice", &["agents", "data-owners"], ALICE),
     ]
-    .iter()
-    .map(|(who, groups, key)| {
-        format!(
-            "[[api_keys]]\nidentity = \"{who}\"\ngroups = [\"{groups}\"]\nkey_sha256 = \"{}\"\n\n",
-            sha256_hex(key)
-        )
-    })
-    .collect()
+    .concat()
 }
 
 /// The upstream: dry runs report the SQL's `/*bytes=N*/`; jobs.insert, jobs.get and

@@ -296,8 +296,8 @@ async fn jobs_are_visible_only_to_the_identity_that_created_them() {
     .await;
     let other_key = "qg_other_key";
     let sources = format!(
-        "[[api_keys]]\nidentity = \"agent:other\"\nkey_sha256 = \"{}\"\n\n{}",
-        sha256_hex(other_key),
+        "{}{}",
+        api_key("agent:other", &[], other_key),
         bigquery_source(&upstream.url(), "\"none\"")
     );
     let g = Gateway::start("jobs", "", &sources).await;

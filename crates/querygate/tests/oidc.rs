@@ -153,27 +153,11 @@ fn oidc_block(issuer: &str) -> String {
     )
 }
 
+/// The delegation rules, shared with tests/e2e/test_oidc.py.
+const DELEGATION_RULES: &str = include_str!("../../../tests/oidc/rules.toml");
+
+/// After the delegation rules: this file's own, for the test key and CI identities.
 const RULES: &str = r#"
-[[rule]]
-name = "never for contractors"
-who = ["group:agents"]
-on_behalf_of = ["group:contractors"]
-action = "deny"
-message = "agents may not act for contractors"
-
-[[rule]]
-name = "engineers read"
-who = ["group:engineers"]
-statements = ["select"]
-action = "allow"
-
-[[rule]]
-name = "agents for engineers"
-who = ["group:agents"]
-on_behalf_of = ["group:engineers"]
-statements = ["select"]
-action = "allow"
-
 [[rule]]
 name = "test key reads"
 who = ["identity:agent:test", "identity:ci:*"]
@@ -187,7 +171,7 @@ async fn gateway(name: &str, issuers: &[&str], upstream: &Recorder) -> Gateway {
         name,
         "",
         &format!(
-            "{}\n{blocks}\n{RULES}",
+            "{}\n{blocks}\n{DELEGATION_RULES}{RULES}",
             bigquery_source(&upstream.url(), "\"none\"")
         ),
     )

@@ -35,17 +35,10 @@ async fn upstream() -> Recorder {
 
 fn extra_keys() -> String {
     [
-        ("human:sam", "security", SAM),
-        ("agent:other", "agents", OTHER),
+        api_key("human:sam", &["security"], SAM),
+        api_key("agent:other", &["agents"], OTHER),
     ]
-    .iter()
-    .map(|(who, group, key)| {
-        format!(
-            "[[api_keys]]\nidentity = \"{who}\"\ngroups = [\"{group}\"]\nkey_sha256 = \"{}\"\n\n",
-            sha256_hex(key)
-        )
-    })
-    .collect()
+    .concat()
 }
 
 /// Sends a query; returns status, the body bytes as received, and the request id.

@@ -96,9 +96,9 @@ async fn tokens_are_minted_signed_and_narrowed_per_group_and_never_reach_the_age
     .expect("write key");
     let finance_key = "qg_finance_agent_key";
     let sources = format!(
-        "[[api_keys]]\nidentity = \"agent:finance-bot\"\ngroups = [\"finance\"]\nkey_sha256 = \"{}\"\n\n{}iam_endpoint = \"{}\"\n\n\
+        "{}{}iam_endpoint = \"{}\"\n\n\
          [[sources.impersonate]]\nwho = [\"group:finance\"]\nservice_account = \"finance-reader@test-project.iam.gserviceaccount.com\"\n",
-        sha256_hex(finance_key),
+        api_key("agent:finance-bot", &["finance"], finance_key),
         bigquery_source(
             &upstream.url(),
             &format!(

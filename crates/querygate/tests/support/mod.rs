@@ -25,6 +25,21 @@ pub fn sha256_hex(s: &str) -> String {
     querygate_core::Secret::new(s).sha256_hex()
 }
 
+/// An `[[api_keys]]` entry: `identity` in `groups` (none: no `groups` line) with `key`'s
+/// SHA-256, and a blank line after it.
+pub fn api_key(identity: &str, groups: &[&str], key: &str) -> String {
+    let groups = if groups.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = groups.iter().map(|g| format!("\"{g}\"")).collect();
+        format!("groups = [{}]\n", quoted.join(", "))
+    };
+    format!(
+        "[[api_keys]]\nidentity = \"{identity}\"\n{groups}key_sha256 = \"{}\"\n\n",
+        sha256_hex(key)
+    )
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -157,9 +172,8 @@ impl Gateway {
             &config,
             format!(
                 "{top}\n[server]\nbigquery_listen = \"127.0.0.1:{port}\"\n{server_extra}\n\n\
-                 [store]\npath = \"querygate.db\"\n\n\
-                 [[api_keys]]\nidentity = \"agent:test\"\ngroups = [\"agents\"]\nkey_sha256 = \"{}\"\n\n{sources}\n",
-                sha256_hex(KEY)
+                 [store]\npath = \"querygate.db\"\n\n{}{sources}\n",
+                api_key("agent:test", &["agents"], KEY)
             ),
         )
         .expect("write config");
