@@ -180,3 +180,39 @@ fn the_core_names_no_protocol() {
         found.join("\n")
     );
 }
+
+/// Every front has the same files, so a reader finds the same thing in the same place in
+/// each: its wire's shapes, its listener glue, decoding, rendering (the one place its
+/// status codes are chosen) and its tests.
+#[test]
+fn every_front_has_the_same_files() {
+    let fronts: Vec<PathBuf> = std::fs::read_dir(root().join("crates"))
+        .expect("crates")
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .filter(|src| src.join("routes.rs").is_file())
+        .collect();
+    assert!(fronts.len() >= 2, "fronts: {fronts:?}");
+    for src in &fronts {
+        for file in [
+            "lib.rs",
+            "model.rs",
+            "routes.rs",
+            "decode.rs",
+            "render.rs",
+            "tests.rs",
+        ] {
+            assert!(
+                src.join(file).is_file(),
+                "{} has no {file}: every front has lib, model, routes, decode, render and tests",
+                src.display()
+            );
+        }
+        let render = std::fs::read_to_string(src.join("render.rs")).unwrap_or_default();
+        assert!(
+            render.contains("DenialKind::"),
+            "{}: render.rs is where the front maps denials to its codes",
+            src.display()
+        );
+    }
+}
