@@ -20,8 +20,8 @@ use querygate_core::Secret;
 use querygate_core::{Action, Denial, DenialKind, Fault};
 use querygate_mask::HASH_KEY_PARAM;
 use querygate_pipeline::{
-    Admitted, Answer, Column, ColumnMask, Held, Paging, Partitioning, Refusal, Reply, Resumed,
-    Scope, Source, SqlDialect, Summary, View,
+    Admitted, Answer, Column, Held, Paging, Partitioning, Refusal, Reply, Resumed, Rows, Scope,
+    Source, SqlDialect, Summary, View,
 };
 use serde_json::Value;
 
@@ -835,20 +835,8 @@ impl Source for BigQuerySource {
         Ok(self.lookup_table(table).await?.and_then(|m| m.view))
     }
 
-    fn mask_rows(&self, reply: &mut BigQueryReply, masks: &[ColumnMask]) -> Result<u64, Fault> {
-        let hashes = masks
-            .iter()
-            .any(|m| m.strategy == Some(querygate_mask::Strategy::Hash));
-        let key = match &self.mask_key {
-            Some(k) => k.expose().as_bytes(),
-            None if hashes => {
-                return Err(Fault::gateway(
-                    "a masked column uses the hash strategy, and this gateway has no masking key",
-                ));
-            }
-            None => b"",
-        };
-        reply.mask_rows(masks, key)
+    fn mask_key(&self) -> Option<&Secret> {
+        self.mask_key.as_ref()
     }
 
     fn rewrite(&self, call: &mut Call, statement: &str) -> Result<(), Denial> {
@@ -1195,53 +1183,6 @@ impl BigQueryReply {
     /// Masks the cells of a tabledata.list page. Its cells are the table's columns in
     /// schema order, or the top-level columns `selectedFields` names in the order named.
     /// Fails (closed) when the rows do not have that shape.
-    fn mask_rows(&mut self, masks: &[ColumnMask], key: &[u8]) -> Result<u64, Fault> {
-        if self.api != Api::TabledataList || !self.status.is_success() {
-            return Ok(0);
-        }
-        let unmaskable = || Fault::gateway("querygate could not mask the rows of this table read");
-        let order: Vec<&ColumnMask> = match &self.selected_fields {
-            None => masks.iter().collect(),
-            Some(fields) => {
-                let mut order: Vec<&ColumnMask> = Vec::new();
-                for f in fields {
-                    let top = f.split('.').next().unwrap_or(f).trim();
-                    let m = masks
-                        .iter()
-                        .find(|m| m.column.name.eq_ignore_ascii_case(top))
-                        .ok_or_else(unmaskable)?;
-                    if !order.iter().any(|o| std::ptr::eq(*o, m)) {
-                        order.push(m);
-                    }
-                }
-                order
-            }
-        };
-        let mut body: Value = serde_json::from_slice(&self.body).map_err(|_| unmaskable())?;
-        let mut changed = 0;
-        if let Some(Value::Array(rows)) = body.get_mut("rows") {
-            for row in rows {
-                let Some(Value::Array(cells)) = row.get_mut("f") else {
-                    return Err(unmaskable());
-                };
-                if cells.len() != order.len() {
-                    return Err(unmaskable());
-                }
-                for (cell, mask) in cells.iter_mut().zip(&order) {
-                    let Some(strategy) = mask.strategy else {
-                        continue;
-                    };
-                    let Some(v) = cell.get_mut("v") else {
-                        return Err(unmaskable());
-                    };
-                    changed += mask_value(v, strategy, mask, key);
-                }
-            }
-        }
-        self.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        Ok(changed)
-    }
-
     pub fn into_response(self) -> Response<Body> {
         let mut r = json_response(self.status, Vec::new());
         *r.body_mut() = Body::from(self.body);
@@ -1334,57 +1275,109 @@ impl Reply for BigQueryReply {
     /// Result pages (jobs.query, getQueryResults, tabledata.list): every string cell,
     /// nested records and arrays included, through the scrubber. A page that cannot be
     /// read is replaced by an error (fail closed: it would leave unscanned values).
-    fn scrub(&mut self, scrubber: &querygate_mask::Scrubber) -> u64 {
+    fn rows(&self) -> Option<Result<Rows, Fault>> {
         let pages = matches!(
             self.api,
             Api::JobsQuery | Api::JobsGetQueryResults | Api::TabledataList
         );
         if !pages || !self.status.is_success() {
-            return 0;
+            return None;
         }
-        let Ok(mut page) = serde_json::from_slice::<Value>(&self.body) else {
-            self.status = StatusCode::BAD_GATEWAY;
-            self.body = Bytes::from(
-                serde_json::to_vec(&ErrorEnvelope::new(
-                    502,
-                    "backendError",
-                    "querygate could not read this result to check its values, so it was withheld",
-                ))
-                .unwrap_or_default(),
-            );
-            return 0;
+        let unreadable = || {
+            Fault::upstream(
+                "querygate could not read this result to check its values, so it was withheld",
+            )
         };
-        let mut masked = 0;
-        if let Some(Value::Array(rows)) = page.get_mut("rows") {
-            for row in rows {
-                masked += scrub_cell(row, scrubber);
+        let Ok(page) = serde_json::from_slice::<Value>(&self.body) else {
+            return Some(Err(unreadable()));
+        };
+        let columns = self
+            .selected_fields
+            .clone()
+            .filter(|_| self.api == Api::TabledataList);
+        let mut rows = Vec::new();
+        if let Some(Value::Array(list)) = page.get("rows") {
+            for row in list {
+                let Some(Value::Array(cells)) = row.get("f") else {
+                    return Some(Err(unreadable()));
+                };
+                rows.push(
+                    cells
+                        .iter()
+                        .map(|c| neutral_cell(c.get("v").unwrap_or(&Value::Null)))
+                        .collect(),
+                );
             }
         }
-        if masked > 0 {
-            self.body = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
+        Some(Ok(Rows { columns, rows }))
+    }
+
+    fn put_rows(&mut self, rows: Rows) {
+        let Ok(mut page) = serde_json::from_slice::<Value>(&self.body) else {
+            return;
+        };
+        if let Some(Value::Array(list)) = page.get_mut("rows") {
+            for (row, values) in list.iter_mut().zip(rows.rows) {
+                if let Some(Value::Array(cells)) = row.get_mut("f") {
+                    for (cell, value) in cells.iter_mut().zip(values) {
+                        if let Some(v) = cell.get_mut("v") {
+                            *v = wire_cell(value, v);
+                        }
+                    }
+                }
+            }
         }
-        masked
+        self.body = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
     }
 }
 
-/// Walks a result cell (`{"f": [...]}` for a row or record, `{"v": …}` for a value, arrays
-/// of `{"v": …}`) and scrubs every string value; returns how many changed.
-fn scrub_cell(cell: &mut Value, scrubber: &querygate_mask::Scrubber) -> u64 {
-    match cell {
-        Value::String(s) => match scrubber.scrub(s) {
-            std::borrow::Cow::Owned(masked) => {
-                *s = masked;
-                1
-            }
-            std::borrow::Cow::Borrowed(_) => 0,
+/// A cell's value (`v`) as a neutral value: arrays of `{"v": …}` become arrays of values,
+/// records (`{"f": [{"v": …}, …]}`) arrays of their fields' values.
+fn neutral_cell(v: &Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| neutral_cell(i.get("v").unwrap_or(&Value::Null)))
+                .collect(),
+        ),
+        Value::Object(record) => match record.get("f") {
+            Some(Value::Array(fields)) => Value::Array(
+                fields
+                    .iter()
+                    .map(|f| neutral_cell(f.get("v").unwrap_or(&Value::Null)))
+                    .collect(),
+            ),
+            _ => v.clone(),
         },
-        Value::Array(items) => items.iter_mut().map(|i| scrub_cell(i, scrubber)).sum(),
-        Value::Object(map) => map
-            .iter_mut()
-            .filter(|(k, _)| k.as_str() == "f" || k.as_str() == "v")
-            .map(|(_, v)| scrub_cell(v, scrubber))
-            .sum(),
-        _ => 0,
+        other => other.clone(),
+    }
+}
+
+/// A neutral value back in the shape of the cell value `was` it came from (a value masked
+/// to a scalar or null takes its place whole).
+fn wire_cell(value: Value, was: &Value) -> Value {
+    match (value, was) {
+        (Value::Array(items), Value::Array(old)) if items.len() == old.len() => Value::Array(
+            items
+                .into_iter()
+                .zip(old)
+                .map(|(n, o)| {
+                    serde_json::json!({ "v": wire_cell(n, o.get("v").unwrap_or(&Value::Null)) })
+                })
+                .collect(),
+        ),
+        (Value::Array(items), Value::Object(record)) => match record.get("f") {
+            Some(Value::Array(old)) if items.len() == old.len() => serde_json::json!({
+                "f": items
+                    .into_iter()
+                    .zip(old)
+                    .map(|(n, o)| serde_json::json!({ "v": wire_cell(n, o.get("v").unwrap_or(&Value::Null)) }))
+                    .collect::<Vec<_>>()
+            }),
+            _ => Value::Null,
+        },
+        (value, _) => value,
     }
 }
 
@@ -1402,46 +1395,6 @@ fn selected_fields(call: &Call) -> Option<Vec<String>> {
             .filter(|s| !s.is_empty())
             .collect(),
     )
-}
-
-/// Masks one cell value (`v` of a tabledata.list cell) of a masked column; returns how
-/// many values changed.
-fn mask_value(
-    v: &mut Value,
-    strategy: querygate_mask::Strategy,
-    mask: &ColumnMask,
-    key: &[u8],
-) -> u64 {
-    let record = matches!(mask.column.data_type.as_str(), "RECORD" | "STRUCT");
-    if v.is_null() {
-        return 0;
-    }
-    if record || strategy == querygate_mask::Strategy::Null {
-        *v = Value::Null;
-        return 1;
-    }
-    let one = |x: &mut Value| -> u64 {
-        let text = match x {
-            Value::String(s) => Some(s.as_str()),
-            Value::Null => return 0,
-            _ => None,
-        };
-        let masked = querygate_mask::mask_cell(strategy, &mask.column.data_type, text, key);
-        *x = masked.map_or(Value::Null, Value::String);
-        1
-    };
-    if mask.column.repeated {
-        let Value::Array(items) = v else {
-            *v = Value::Null;
-            return 1;
-        };
-        items
-            .iter_mut()
-            .map(|item| item.get_mut("v").map_or(0, one))
-            .sum()
-    } else {
-        one(v)
-    }
 }
 
 /// Removes the masking key's query parameter from every `queryParameters` list in `v`
@@ -1501,6 +1454,69 @@ mod scrub_tests {
     use querygate_mask::{DetectorKind, Scrubber, Strategy};
 
     #[test]
+    fn table_read_cells_are_masked_through_neutral_rows_and_keep_their_wire_shape() {
+        use querygate_pipeline::ColumnMask;
+        let body = serde_json::json!({
+            "kind": "bigquery#tableDataList", "totalRows": "1",
+            "rows": [{"f": [{"v": "ana@example.com"}, {"v": "7"},
+                            {"v": [{"v": "555-1"}, {"v": "555-2"}]},
+                            {"v": {"f": [{"v": "Main St"}]}}]}]
+        });
+        let mut reply = BigQueryReply::read(
+            Api::TabledataList,
+            StatusCode::OK,
+            Bytes::from(body.to_string()),
+        )
+        .expect("reply");
+        // selectedFields=email,id,phones,address — in that order.
+        reply.selected_fields = Some(vec![
+            "email".into(),
+            "id".into(),
+            "phones".into(),
+            "address".into(),
+        ]);
+        let column = |name: &str, t: &str, repeated: bool| Column {
+            name: name.into(),
+            data_type: t.into(),
+            repeated,
+        };
+        let masks = [
+            ColumnMask {
+                column: column("id", "INTEGER", false),
+                strategy: None,
+            },
+            ColumnMask {
+                column: column("email", "STRING", false),
+                strategy: Some(Strategy::EmailDomain),
+            },
+            ColumnMask {
+                column: column("phones", "STRING", true),
+                strategy: Some(Strategy::Redact),
+            },
+            ColumnMask {
+                column: column("address", "RECORD", false),
+                strategy: Some(Strategy::Null),
+            },
+        ];
+        assert_eq!(reply.mask_rows(&masks, b"").expect("masked"), 4);
+        let page: Value = serde_json::from_slice(&reply.body()).expect("json");
+        let cells = &page["rows"][0]["f"];
+        assert_eq!(cells[0]["v"], "***@example.com");
+        assert_eq!(
+            cells[1]["v"], "7",
+            "unmasked cells are as the upstream sent them"
+        );
+        assert!(
+            cells[2]["v"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2 && a[0].get("v").is_some())
+        );
+        assert!(!cells[2].to_string().contains("555"));
+        assert_eq!(cells[3]["v"], Value::Null);
+        assert_eq!(page["totalRows"], "1");
+    }
+
+    #[test]
     fn every_string_cell_of_a_result_page_is_scrubbed_nested_ones_too() {
         let body = serde_json::json!({
             "kind": "bigquery#queryResponse",
@@ -1519,7 +1535,7 @@ mod scrub_tests {
         )
         .expect("reply");
         let scrubber = Scrubber::new(&[DetectorKind::Email], Strategy::EmailDomain, vec![]);
-        assert_eq!(reply.scrub(&scrubber), 3);
+        assert_eq!(reply.scrub(&scrubber).expect("a readable page"), 3);
         let text = String::from_utf8_lossy(&reply.body()).to_string();
         assert!(
             !text.contains("ana@") && !text.contains("bo@") && !text.contains("cy@"),
@@ -1552,6 +1568,6 @@ mod scrub_tests {
             Bytes::from(r#"{"description":"owner ana@example.com"}"#),
         )
         .expect("reply");
-        assert_eq!(table.scrub(&scrubber), 0);
+        assert_eq!(table.scrub(&scrubber).expect("nothing to read"), 0);
     }
 }

@@ -8,6 +8,7 @@
 //! claims the job for the caller and charges the bytes to its budget.
 
 use querygate_core::{Action, Denial, DenialKind, Fault, Identity, JobOp, Query};
+use querygate_mask::Strategy;
 use querygate_store::{Alongside, JobRow};
 
 use crate::audit::{Completion, job_row};
@@ -69,13 +70,31 @@ impl Pipeline {
         }
         // The second line: value detectors on every value the result returns (before the
         // reply is recorded or rendered, so neither holds what they find).
-        let mut masked = source.scrubber().map(|s| reply.scrub(s)).filter(|n| *n > 0);
-        if let Some(masks) = &plan.row_masks {
-            match source.mask_rows(&mut reply, masks) {
-                Ok(n) => masked = Some(masked.unwrap_or(0) + n).filter(|n| *n > 0),
+        let mut masked = 0;
+        if let Some(scrubber) = source.scrubber() {
+            match reply.scrub(scrubber) {
+                Ok(n) => masked += n,
                 Err(fault) => return self.fail(ctx, fault).await,
             }
         }
+        if let Some(masks) = &plan.row_masks {
+            let hashes = masks.iter().any(|m| m.strategy == Some(Strategy::Hash));
+            let key = match source.mask_key() {
+                Some(k) => k.expose().as_bytes(),
+                None if hashes => {
+                    let fault = Fault::gateway(
+                        "a masked column uses the hash strategy, and this gateway has no masking key",
+                    );
+                    return self.fail(ctx, fault).await;
+                }
+                None => b"",
+            };
+            match reply.mask_rows(masks, key) {
+                Ok(n) => masked += n,
+                Err(fault) => return self.fail(ctx, fault).await,
+            }
+        }
+        let masked = Some(masked).filter(|n| *n > 0);
         // Errors of a query that reads masked values (and of its job's later pages) could
         // echo them (`ERROR(email)`, a failed cast): they keep their kind, not their text.
         let sensitive = plan.sensitive.clone().or_else(|| {

@@ -29,6 +29,7 @@ pub mod reach;
 mod recording;
 mod sessions;
 mod source;
+mod values;
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
@@ -55,6 +56,7 @@ pub use source::{
     Admitted, Answer, Column, ColumnMask, Held, JobInfo, Paging, Refusal, Reply, ResultSet,
     Resumed, SchemaInfo, Scope, Source, Sources, Summary, TableInfo, View,
 };
+pub use values::{Rows, mask_rows, scrub_rows};
 
 /// What a front renders.
 #[derive(Debug)]

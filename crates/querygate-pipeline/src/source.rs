@@ -21,6 +21,8 @@ use querygate_core::{Action, Denial, Fault, Identity};
 use querygate_policy::Partitioning;
 use querygate_sql::SqlDialect;
 
+use crate::values::Rows;
+
 /// A call the pipeline has authenticated, decided, and audited.
 #[derive(Debug)]
 pub struct Admitted<C> {
@@ -77,10 +79,43 @@ pub struct Scope {
 /// A source's answer, before the front renders it.
 pub trait Reply: Send {
     fn summary(&self) -> Summary;
-    /// Masks what `scrubber` finds in every value the reply returns (result rows); returns
-    /// how many values changed. Replies that carry no result values change nothing.
-    fn scrub(&mut self, _scrubber: &querygate_mask::Scrubber) -> u64 {
-        0
+    /// The rows of the result page the reply carries, as neutral values, for masking and
+    /// scrubbing; `None` when it carries none (metadata, jobs, errors). `Err` when its rows
+    /// cannot be read (then nothing may be returned).
+    fn rows(&self) -> Option<Result<Rows, Fault>> {
+        None
+    }
+    /// Puts back the rows [`Reply::rows`] gave, changed.
+    fn put_rows(&mut self, _rows: Rows) {}
+    /// Masks what `scrubber` finds in every value of the result's rows; how many changed.
+    fn scrub(&mut self, scrubber: &querygate_mask::Scrubber) -> Result<u64, Fault> {
+        let Some(rows) = self.rows() else {
+            return Ok(0);
+        };
+        let mut rows = rows?;
+        let n = crate::values::scrub_rows(&mut rows, scrubber);
+        if n > 0 {
+            self.put_rows(rows);
+        }
+        Ok(n)
+    }
+    /// Masks the cells of a direct table read as `masks` say (every column of the table, in
+    /// schema order), with the hash strategy keyed by `key`; how many values changed.
+    /// A reply the source accepted that shows no rows cannot be masked: the read fails
+    /// (closed) rather than return what it carries.
+    fn mask_rows(&mut self, masks: &[ColumnMask], key: &[u8]) -> Result<u64, Fault> {
+        let Some(rows) = self.rows() else {
+            if self.summary().accepted {
+                return Err(Fault::gateway(
+                    "this source cannot mask the rows of a table read; run a query instead",
+                ));
+            }
+            return Ok(0);
+        };
+        let mut rows = rows?;
+        let n = crate::values::mask_rows(&mut rows, masks, key)?;
+        self.put_rows(rows);
+        Ok(n)
     }
     /// Replaces the text of every error the reply carries (it could echo values) with a
     /// note saying why, keeping the error's kind; `true` when something was withheld.
@@ -188,13 +223,9 @@ pub trait Source: Send + Sync {
         async { Ok(None) }
     }
 
-    /// Masks the rows of a direct table read (tabledata.list) in `reply`, column by column
-    /// as `masks` says (every column of the table, in schema order); returns how many
-    /// values changed. Sources that cannot fail, and the read is refused.
-    fn mask_rows(&self, _reply: &mut Self::Reply, _masks: &[ColumnMask]) -> Result<u64, Fault> {
-        Err(Fault::gateway(
-            "this source cannot mask the rows of a table read; run a query instead",
-        ))
+    /// The key of the `hash` masking strategy, when the gateway has one.
+    fn mask_key(&self) -> Option<&querygate_core::Secret> {
+        None
     }
 
     /// Replaces the statement a query call runs (the masking rewrite's output). `Err` when
