@@ -2,7 +2,8 @@
 //!
 //! Pure. Denials become the Google JSON error envelope with a 4xx status and a
 //! non-retryable reason, so the official clients raise at once instead of retrying
-//! for minutes (reference/bigquery-wire.md §8). Upstream replies pass through.
+//! for minutes (the Python client retries 5xx and rate-limit reasons for up to 600 s).
+//! Upstream replies pass through.
 
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode};

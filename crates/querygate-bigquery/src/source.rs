@@ -835,6 +835,13 @@ impl Source for BigQuerySource {
         Ok(self.lookup_table(table).await?.and_then(|m| m.view))
     }
 
+    /// On-demand pricing: US$6.25 per TiB processed (US multi-region list price; capacity
+    /// pricing differs, the bytes are exact).
+    fn price(&self, bytes: u64) -> Option<f64> {
+        const USD_PER_TIB: f64 = 6.25;
+        Some(bytes as f64 / (1u64 << 40) as f64 * USD_PER_TIB)
+    }
+
     fn mask_key(&self) -> Option<&Secret> {
         self.mask_key.as_ref()
     }

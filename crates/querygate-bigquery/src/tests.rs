@@ -1,7 +1,7 @@
 //! Render tests, by tables: every denial kind with and without SQL, faults, the
 //! [`StatusCodes`] the pipeline records against what the client gets, and a held job's
 //! answer for every [`Api`] while it waits and once it has ended. The expectations are what
-//! the official clients need (reference/bigquery-wire.md §8): refusals are 4xx with reasons
+//! the official clients need (they retry 5xx and rate-limit reasons for up to 600 s): refusals are 4xx with reasons
 //! the clients do not retry, in the Google JSON error envelope.
 
 use axum::body::Body;

@@ -9,15 +9,6 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// BigQuery's on-demand list price per TiB processed (US multi-region), for the cost an
-/// approver sees next to the bytes. Capacity (slot) pricing differs; the bytes are exact.
-pub const ON_DEMAND_USD_PER_TIB: f64 = 6.25;
-
-/// The on-demand cost of processing `bytes`, in US dollars.
-pub fn on_demand_cost(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 40) as f64 * ON_DEMAND_USD_PER_TIB
-}
-
 /// SHA-256 (hex) of a normalized statement and its parameters: what a grant binds.
 pub fn fingerprint(normalized: &str) -> String {
     hex::encode(Sha256::digest(normalized.as_bytes()))
@@ -101,7 +92,7 @@ pub struct Ticket {
     pub tables: Vec<String>,
     /// Bytes a dry run said the query would process.
     pub bytes_estimate: Option<u64>,
-    /// What those bytes cost at BigQuery's on-demand list price ([`ON_DEMAND_USD_PER_TIB`]).
+    /// What those bytes cost at the source's list price, in US dollars, when it has one.
     #[serde(default)]
     pub cost_estimate_usd: Option<f64>,
     /// The most the run may bill once approved (`maximumBytesBilled`).

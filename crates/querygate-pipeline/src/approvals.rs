@@ -349,11 +349,11 @@ pub fn describe(t: &Ticket) -> String {
     let bytes = t
         .bytes_estimate
         .map(|b| {
-            format!(
-                ", ~{} to process, ~${:.2} on demand",
-                format_bytes(b),
-                querygate_core::ticket::on_demand_cost(b)
-            )
+            let cost = t
+                .cost_estimate_usd
+                .map(|usd| format!(", ~${usd:.2} on demand"))
+                .unwrap_or_default();
+            format!(", ~{} to process{cost}", format_bytes(b))
         })
         .unwrap_or_default();
     let reason = t

@@ -167,10 +167,7 @@ impl Pipeline {
             kinds: ctx.explained.kinds.clone(),
             tables: ctx.explained.tables.clone(),
             bytes_estimate: ctx.explained.bytes_estimate,
-            cost_estimate_usd: ctx
-                .explained
-                .bytes_estimate
-                .map(querygate_core::ticket::on_demand_cost),
+            cost_estimate_usd: ctx.explained.bytes_estimate.and_then(|b| source.price(b)),
             max_bytes_billed: ceiling(ctx.explained.bytes_estimate),
             rule: needed.rule.clone(),
             approvers: needed.approvers.clone(),

@@ -223,6 +223,12 @@ pub trait Source: Send + Sync {
         async { Ok(None) }
     }
 
+    /// What processing `bytes` costs at the source's list price, in US dollars, for the
+    /// approver to see beside the estimate. Sources without a price keep the default.
+    fn price(&self, _bytes: u64) -> Option<f64> {
+        None
+    }
+
     /// The key of the `hash` masking strategy, when the gateway has one.
     fn mask_key(&self) -> Option<&querygate_core::Secret> {
         None

@@ -1273,7 +1273,7 @@ async fn errors_of_queries_that_filter_on_masked_columns_are_withheld() {
     );
 }
 
-/// The known ways around SQL-level masking (reference/attacks.md, vectors 1–10, 12, 13):
+/// The known ways around SQL-level masking (vectors 1–10, 12 and 13 of the bypass catalogue):
 /// each is refused before anything runs, or runs with every read of the masked table
 /// replaced by its masked read (so what it computes, it computes from masked values).
 #[tokio::test]

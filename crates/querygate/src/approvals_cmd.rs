@@ -509,18 +509,17 @@ fn details(t: &Ticket, now: i64) -> String {
     if !t.message.is_empty() {
         lines.push(("message", t.message.clone()));
     }
+    let cost = t
+        .cost_estimate_usd
+        .map(|usd| format!(", ~${usd:.2} on demand"))
+        .unwrap_or_default();
     let estimate = match (t.bytes_estimate, t.max_bytes_billed) {
         (Some(e), Some(cap)) => format!(
-            "{} to process, ~${:.2} on demand (billing capped at {})",
+            "{} to process{cost} (billing capped at {})",
             format_bytes(e),
-            querygate_core::ticket::on_demand_cost(e),
             format_bytes(cap)
         ),
-        (Some(e), None) => format!(
-            "{} to process, ~${:.2} on demand",
-            format_bytes(e),
-            querygate_core::ticket::on_demand_cost(e)
-        ),
+        (Some(e), None) => format!("{} to process{cost}", format_bytes(e)),
         (None, _) => "unknown (no dry-run estimate)".into(),
     };
     lines.push(("estimate", estimate));
