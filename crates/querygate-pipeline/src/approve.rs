@@ -13,10 +13,11 @@ use querygate_core::{
     Action, Denial, DenialKind, Fault, Identity, JobOp, Query, Ticket, TicketState,
 };
 use querygate_policy::OnApproval;
-use querygate_store::Alongside;
 
-use crate::audit::{Completion, job_row};
+use crate::audit::job_row;
 use crate::decide::Needed;
+use crate::decide::Plan;
+use crate::gate::Ownership;
 use crate::source::{Held, Source};
 use crate::{Context, Outcome, Pipeline};
 
@@ -326,10 +327,11 @@ impl Pipeline {
         }
     }
 
-    /// Submits an approved ticket's saved call upstream under its job id: the execute
-    /// stage's own steps (decided record durable first, the admitted call, the completed
-    /// record), audited as a request of its own (the source names it: BigQuery's
-    /// `jobs.insert` of the ticket's statement). `None` when it was submitted (the poll then goes on as usual).
+    /// Submits an approved ticket's saved call upstream under its job id, through the
+    /// execute stage (decided record durable first, the admitted call, the completed record
+    /// claiming the job), as a request of its own (the source names it: BigQuery's
+    /// `jobs.insert` of the ticket's statement). `None` when it was submitted (the poll then
+    /// goes on as usual); if the upstream did not accept it, the ticket ends.
     async fn run_held<S: Source>(
         &self,
         ctx: &mut Context<'_>,
@@ -337,13 +339,10 @@ impl Pipeline {
         source: &S,
         ticket: Ticket,
     ) -> Option<Outcome<S::Reply>> {
-        let crate::Resumed { mut call, method } = match source.resume(&ticket.call) {
+        let crate::Resumed { call, method } = match source.resume(&ticket.call) {
             Ok(resumed) => resumed,
             Err(fault) => return Some(self.fail(ctx, fault).await),
         };
-        if let Some(bytes) = ticket.max_bytes_billed {
-            source.limit_bytes(&mut call, bytes);
-        }
         let run = querygate_core::Request {
             id: ctx.request.id.clone(),
             credential: None,
@@ -377,72 +376,53 @@ impl Pipeline {
                 rewritten: source.statement(&call).filter(|s| *s != ticket.statement),
             },
         };
-        let reason = format!(
-            "approved by {} (ticket {})",
-            ticket.decided_by.as_deref().unwrap_or("?"),
-            ticket.id
-        );
-        if let Err(fault) = self.admit(&run_ctx, Some(&ticket), Some(reason)).await {
-            tracing::error!(ticket = %ticket.id, "the approved job does not run: {}", fault.message);
-            return Some(Outcome::Failed(Fault::gateway(
-                "querygate could not write its audit record, so the approved job was not run; \
-                 contact the gateway's operator",
-            )));
-        }
-        self.trace_upstream(&run_ctx, ticket.max_bytes_billed);
-        let reply = match source
-            .execute(crate::Admitted::new(call, identity.clone()))
+        let plan = Plan {
+            max_bytes_billed: ticket.max_bytes_billed,
+            reason: Some(format!(
+                "approved by {} (ticket {})",
+                ticket.decided_by.as_deref().unwrap_or("?"),
+                ticket.id
+            )),
+            grant: Some(ticket.clone()),
+            ..Plan::default()
+        };
+        let reply = match self
+            .execute(
+                &run_ctx,
+                identity,
+                source,
+                call,
+                plan,
+                &Ownership::default(),
+            )
             .await
         {
-            Ok(reply) => reply,
-            Err(fault) => return Some(self.fail(&run_ctx, fault).await),
+            Outcome::Done(reply) => reply,
+            other => return Some(other),
         };
         let summary = crate::Reply::summary(&reply);
-        let completion = Completion {
-            decision: "allow",
-            status: summary.status,
-            error: summary.error.clone(),
-            ticket: Some((ticket.id.clone(), ticket.decided_by.clone())),
-            ..Completion::default()
-        };
-        if !summary.accepted {
-            // The upstream did not create the job (a duplicate id, a refusal): the id is not
-            // the requester's job, so its polls must never reach what the upstream has under it.
-            self.complete(&run_ctx, completion, Alongside::default());
-            let why = format!(
-                "the upstream did not accept the approved job: {}",
-                summary
-                    .error
-                    .as_deref()
-                    .unwrap_or("it answered with an error")
-            );
-            let ended = match self.store.fail_running_ticket(&ticket.id, &why, now()) {
-                Ok(Some(t)) => t,
-                Ok(None) => ticket,
-                Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
-            };
-            self.approvals.changed();
-            let message = crate::approvals::ended_message(&ended);
-            return Some(self.waiting(ctx, ended, Some(message)).await);
+        if summary.accepted {
+            tracing::info!(ticket = %ticket.id, job_id = %ticket.job_id, status = summary.status, "approved job submitted");
+            return None;
         }
-        let claim = job_row(
-            source.name(),
-            &ticket.job_id,
-            identity,
-            summary.destination.clone(),
-            summary.schema.clone(),
-            None,
+        // The upstream did not create the job (a duplicate id, a refusal): the id is not the
+        // requester's job (execute claimed nothing), so its polls must never reach what the
+        // upstream has under it.
+        let why = format!(
+            "the upstream did not accept the approved job: {}",
+            summary
+                .error
+                .as_deref()
+                .unwrap_or("it answered with an error")
         );
-        self.complete(
-            &run_ctx,
-            completion,
-            Alongside {
-                claim: Some(claim),
-                usage: None,
-            },
-        );
-        tracing::info!(ticket = %ticket.id, job_id = %ticket.job_id, status = summary.status, "approved job submitted");
-        None
+        let ended = match self.store.fail_running_ticket(&ticket.id, &why, now()) {
+            Ok(Some(t)) => t,
+            Ok(None) => ticket,
+            Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
+        };
+        self.approvals.changed();
+        let message = crate::approvals::ended_message(&ended);
+        Some(self.waiting(ctx, ended, Some(message)).await)
     }
 
     /// Audits a poll of a held job and answers it.

@@ -79,8 +79,10 @@ pub struct Plan {
     pub sensitive: Option<String>,
     /// A direct read of a table with masked columns: how to mask its rows.
     pub row_masks: Option<Vec<ColumnMask>>,
-    /// The approved ticket it runs under (set by the approve stage).
+    /// The approved ticket it runs under, and why that lets it run (set by the approve
+    /// stage), for the decided record.
     pub grant: Option<Ticket>,
+    pub reason: Option<String>,
 }
 
 /// What an approve rule asked for.
@@ -161,6 +163,7 @@ pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
         sensitive: None,
         row_masks: None,
         grant: None,
+        reason: None,
     };
     let admission = match approval {
         Some(needed) => Admission::Approve { needed, plan },

@@ -35,20 +35,10 @@ impl Pipeline {
         }
         // audit decided: durable before anything reaches the upstream (fail closed).
         let grant = plan.grant.as_ref();
-        let reason = grant.map(|t| {
-            let by = t.decided_by.as_deref().unwrap_or("an approver");
-            match t.grant_until {
-                Some(_) => format!("within the window {by} granted (ticket {})", t.id),
-                None => format!(
-                    "approved by {by} (ticket {}), run once by running the statement again",
-                    t.id
-                ),
-            }
-        });
         // A job id is claimed for the caller only once the upstream accepted the job (at
         // completion): an id that names someone else's job, or that the upstream refuses,
         // never becomes the caller's.
-        if let Err(fault) = self.admit(ctx, grant, reason).await {
+        if let Err(fault) = self.admit(ctx, grant, plan.reason.clone()).await {
             return Outcome::Failed(fault);
         }
 
@@ -187,6 +177,7 @@ impl Pipeline {
                 masked,
                 error: summary.error,
                 job_id: summary.job_id,
+                ticket: grant.map(|t| (t.id.clone(), t.decided_by.clone())),
                 ..completion
             },
             Alongside { claim, usage },

@@ -299,6 +299,17 @@ impl Pipeline {
                             plan.max_bytes_billed =
                                 Some(plan.max_bytes_billed.map_or(ceiling, |b| b.min(ceiling)));
                         }
+                        let by = ticket.decided_by.as_deref().unwrap_or("an approver");
+                        plan.reason = Some(match ticket.grant_until {
+                            Some(_) => {
+                                format!("within the window {by} granted (ticket {})", ticket.id)
+                            }
+                            None => format!(
+                                "approved by {by} (ticket {}), run once by running the statement \
+                                 again",
+                                ticket.id
+                            ),
+                        });
                         plan.grant = Some(ticket);
                         plan
                     }
