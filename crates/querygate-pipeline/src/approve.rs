@@ -58,7 +58,7 @@ impl Pipeline {
     /// covers it, or the answer to give (a ticket was opened, or it cannot wait).
     pub(crate) async fn approve<S: Source>(
         &self,
-        ctx: &mut Context<'_>,
+        ctx: &Context<'_>,
         identity: &Identity,
         source: &S,
         call: &mut S::Call,
@@ -132,11 +132,14 @@ impl Pipeline {
             );
             return Err(self.refuse(ctx, denial).await);
         };
-        if ctx.explained.bytes_estimate.is_none() {
-            // Best effort: the approver should see the cost, but a failed estimate does
-            // not stop the ticket (the upstream will report the error when it runs).
-            ctx.explained.bytes_estimate = source.estimate(call).await.ok();
+        // Best effort: the approver should see the cost, but a failed estimate does not stop
+        // the ticket (the upstream will report the error when it runs). The ticket's records
+        // carry it.
+        let mut with_estimate = ctx.clone();
+        if with_estimate.explained.bytes_estimate.is_none() {
+            with_estimate.explained.bytes_estimate = source.estimate(call).await.ok();
         }
+        let ctx = &with_estimate;
         let reason = ctx
             .request
             .reason
@@ -235,7 +238,7 @@ impl Pipeline {
     /// (never was, or it runs now) and the request goes on as usual.
     pub(crate) async fn resume<S: Source>(
         &self,
-        ctx: &mut Context<'_>,
+        ctx: &Context<'_>,
         identity: &Identity,
         source: &S,
         job_id: &str,
@@ -245,7 +248,10 @@ impl Pipeline {
             Ok(None) => return None,
             Err(e) => return Some(self.fail(ctx, Fault::gateway(e.to_string())).await),
         };
-        ctx.explained.rule = Some(ticket.rule.clone());
+        // The poll's records name the ticket's rule.
+        let mut polled = ctx.clone();
+        polled.explained.rule = Some(ticket.rule.clone());
+        let ctx = &polled;
         // A poll that may wait (getQueryResults' timeoutMs) is held until the ticket is
         // decided or the wait is over, as BigQuery holds it until the job completes: the
         // client hears of an approval at once, and a waiting client makes a request every
@@ -334,7 +340,7 @@ impl Pipeline {
     /// goes on as usual); if the upstream did not accept it, the ticket ends.
     async fn run_held<S: Source>(
         &self,
-        ctx: &mut Context<'_>,
+        ctx: &Context<'_>,
         identity: &Identity,
         source: &S,
         ticket: Ticket,

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Query, Ticket};
+use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Query, Request, Ticket};
 use querygate_policy::{
     Input, OnApproval, Outcome as PolicyOutcome, Policy, RowLimit, TableUse, Verdict, format_bytes,
 };
@@ -19,7 +19,7 @@ use querygate_sql::Facts;
 
 use crate::analyze::Subject;
 use crate::source::{ColumnMask, Refusal, Source};
-use crate::{Context, Pipeline, PolicySet, audit_time, reach};
+use crate::{Explained, Pipeline, PolicySet, audit_time, reach};
 
 /// What the policy is asked about one request.
 #[derive(Debug, Clone)]
@@ -175,15 +175,42 @@ pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
 impl Pipeline {
     /// The decide stage for a query or a table read: the inputs of [`decide`], gathered
     /// as the rules need them, and the mask stage (before any estimate: the dry run runs
-    /// what will run, and can fail with an error that echoes values).
+    /// what will run, and can fail with an error that echoes values). Returns the admission
+    /// and what it found, for the records (a refusal has findings too).
     pub(crate) async fn decide<S: Source>(
         &self,
         policies: &PolicySet,
-        ctx: &mut Context<'_>,
+        request: &Request,
         identity: &Identity,
         source: &S,
         call: &mut S::Call,
         facts: Option<&Facts>,
+    ) -> (Result<Admission, Refusal>, Explained) {
+        let mut explained = Explained::default();
+        let decided = self
+            .consider(
+                policies,
+                request,
+                identity,
+                source,
+                call,
+                facts,
+                &mut explained,
+            )
+            .await;
+        (decided, explained)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn consider<S: Source>(
+        &self,
+        policies: &PolicySet,
+        request: &Request,
+        identity: &Identity,
+        source: &S,
+        call: &mut S::Call,
+        facts: Option<&Facts>,
+        explained: &mut Explained,
     ) -> Result<Admission, Refusal> {
         let Some(policy) = policies.policy(source.name()) else {
             return Ok(Admission::Deny(Denial::new(
@@ -196,7 +223,7 @@ impl Pipeline {
             kinds,
             mut tables,
             mut opaque,
-        } = match (facts, &ctx.request.action) {
+        } = match (facts, &request.action) {
             (Some(f), _) => Subject::of(f, project),
             (None, Action::ReadTable { table, .. }) => Subject::table_read(&source.table_of(table)),
             _ => Subject::default(),
@@ -233,12 +260,12 @@ impl Pipeline {
                 }
             }
         }
-        ctx.explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
-        ctx.explained.tables = tables.iter().map(|t| t.name.clone()).collect();
-        ctx.explained.policy_version = Some(policy.version.clone());
+        explained.kinds = kinds.iter().map(|k| k.name().to_string()).collect();
+        explained.tables = tables.iter().map(|t| t.name.clone()).collect();
+        explained.policy_version = Some(policy.version.clone());
         // Classified columns the request reaches: the policy's `touches`, the reads to
         // mask, and what masking cannot make safe.
-        let reach = match (facts, &ctx.request.action) {
+        let reach = match (facts, &request.action) {
             (Some(f), _) => reach::of_facts(&policies.classifier, f, project, identity),
             (
                 None,
@@ -249,18 +276,15 @@ impl Pipeline {
             ) => reach::of_table(&policies.classifier, &source.table_of(table), identity),
             _ => reach::Reach::default(),
         };
-        let dry_run = matches!(
-            ctx.request.action,
-            Action::Query(Query { dry_run: true, .. })
-        );
-        let query = matches!(ctx.request.action, Action::Query(_));
+        let dry_run = matches!(request.action, Action::Query(Query { dry_run: true, .. }));
+        let query = matches!(request.action, Action::Query(_));
         // mask: before the estimate, so the statement as written never goes upstream.
         if let Some(f) = facts {
-            self.views(&policies.classifier, ctx, identity, source, f)
+            self.views(&policies.classifier, explained, identity, source, f)
                 .await?;
         }
         let row_masks = self
-            .mask(policies, ctx, identity, source, call, &reach)
+            .mask(policies, request, explained, identity, source, call, &reach)
             .await?;
 
         let mut partitions = HashMap::new();
@@ -318,12 +342,12 @@ impl Pipeline {
                 )),
                 other => other,
             })?;
-            ctx.explained.bytes_estimate = Some(estimate);
+            explained.bytes_estimate = Some(estimate);
             question.input.bytes = Some(estimate);
             (verdict, decided) = decide(policy, &question);
         }
-        ctx.explained.rule = verdict.rule.take();
-        ctx.explained.rules = std::mem::take(&mut verdict.matched);
+        explained.rule = verdict.rule.take();
+        explained.rules = std::mem::take(&mut verdict.matched);
         let admission = match decided {
             Decided::Admission(a) => a,
             // Asked again with the bytes: never asks a third time.

@@ -93,7 +93,9 @@ pub struct Pipeline {
     analyses: analyze::Analyses,
 }
 
-/// One request's context, recorded in its audit records.
+/// One request's context, recorded in its audit records. Stages read it; only
+/// [`Pipeline::handle`] changes it, with what a stage returned.
+#[derive(Clone)]
 struct Context<'a> {
     request: &'a Request,
     identity: Option<&'a Identity>,
@@ -103,12 +105,15 @@ struct Context<'a> {
     received: String,
     /// The session the request was put in (set once it is authenticated, or refused).
     tag: &'a OnceLock<recording::Tag>,
-    /// What analysis and policy said, for the records.
+    /// What analysis and policy said, for the records (the decide stage's findings).
     explained: Explained,
 }
 
-#[derive(Default, Clone)]
-struct Explained {
+/// What the decide stage found, for the audit records: statement kinds and tables, the
+/// rules that matched and the one that decided, the policy version, the estimate, and the
+/// statement as the masking rewrite left it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Explained {
     kinds: Vec<String>,
     tables: Vec<String>,
     rule: Option<String>,
@@ -259,21 +264,24 @@ impl Pipeline {
         // decide (and mask): the rules over the facts, as a value.
         let admission = match shape {
             Gate::Allow => Admission::Run(Plan::default()),
-            _ => match self
-                .decide(
-                    &settings.policies,
-                    &mut ctx,
-                    &identity,
-                    source,
-                    &mut call,
-                    facts.as_deref(),
-                )
-                .await
-            {
-                Ok(admission) => admission,
-                Err(Refusal::Denied(denial)) => Admission::Deny(denial),
-                Err(Refusal::Failed(fault)) => return self.fail(&ctx, fault).await,
-            },
+            _ => {
+                let (decided, explained) = self
+                    .decide(
+                        &settings.policies,
+                        request,
+                        &identity,
+                        source,
+                        &mut call,
+                        facts.as_deref(),
+                    )
+                    .await;
+                ctx.explained = explained;
+                match decided {
+                    Ok(admission) => admission,
+                    Err(Refusal::Denied(denial)) => Admission::Deny(denial),
+                    Err(Refusal::Failed(fault)) => return self.fail(&ctx, fault).await,
+                }
+            }
         };
         // Text the parser rejects that would not run anyway is answered as the syntax error
         // it is (400 invalidQuery, the parser's position), not as a denial, a masking
@@ -291,7 +299,7 @@ impl Pipeline {
             Admission::Run(plan) => plan,
             Admission::Approve { needed, mut plan } => {
                 match self
-                    .approve(&mut ctx, &identity, source, &mut call, needed)
+                    .approve(&ctx, &identity, source, &mut call, needed)
                     .await
                 {
                     Ok(ticket) => {
@@ -321,7 +329,7 @@ impl Pipeline {
         if let Action::Job(
             JobOp::Get { job_id } | JobOp::Results { job_id } | JobOp::Cancel { job_id },
         ) = &request.action
-            && let Some(answer) = self.resume(&mut ctx, &identity, source, job_id).await
+            && let Some(answer) = self.resume(&ctx, &identity, source, job_id).await
         {
             return answer;
         }

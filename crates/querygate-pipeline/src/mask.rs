@@ -10,12 +10,12 @@
 
 use std::collections::HashMap;
 
-use querygate_core::{Action, Denial, DenialKind, Identity, Query};
+use querygate_core::{Action, Denial, DenialKind, Identity, Query, Request};
 use querygate_sql::Facts;
 
 use crate::decide::views_read;
 use crate::source::{ColumnMask, Refusal, Source};
-use crate::{Context, Pipeline, PolicySet, masking, reach};
+use crate::{Explained, Pipeline, PolicySet, masking, reach};
 
 impl Pipeline {
     /// The mask stage. A statement that names the rewrite's own markers, or that masking
@@ -23,21 +23,19 @@ impl Pipeline {
     /// with columns masked for the identity is rewritten (their schemas from the source)
     /// so that every such read returns masked values only. A direct read of a table's rows
     /// runs no SQL: the masks for its cells are returned, to apply as the rows come back.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn mask<S: Source>(
         &self,
         policies: &PolicySet,
-        ctx: &mut Context<'_>,
+        request: &Request,
+        explained: &mut Explained,
         identity: &Identity,
         source: &S,
         call: &mut S::Call,
         reach: &reach::Reach,
     ) -> Result<Option<Vec<ColumnMask>>, Refusal> {
         let forbidden = |why: String| Refusal::Denied(Denial::new(DenialKind::Forbidden, why));
-        if let Some(marker) = ctx
-            .request
-            .statement()
-            .and_then(querygate_sql::reserved_marker)
-        {
+        if let Some(marker) = request.statement().and_then(querygate_sql::reserved_marker) {
             return Err(Refusal::Denied(Denial::new(
                 DenialKind::Invalid,
                 format!(
@@ -47,13 +45,13 @@ impl Pipeline {
             )));
         }
         if let Some(why) = &reach.refusal {
-            ctx.explained.rule = Some("masking".into());
+            explained.rule = Some("masking".into());
             return Err(forbidden(why.clone()));
         }
         let Some(first) = reach.masked_tables.first() else {
             return Ok(None);
         };
-        let (sql, dataset) = match &ctx.request.action {
+        let (sql, dataset) = match &request.action {
             Action::ReadTable { .. } => {
                 let columns = source.columns(first).await.map_err(Refusal::Failed)?;
                 let masks = masking::column_masks(&policies.classifier, first, &columns, identity)
@@ -92,7 +90,7 @@ impl Pipeline {
         )
         .map_err(|why| forbidden(format!("Access Denied: {why}")))?;
         source.rewrite(call, &rewritten).map_err(Refusal::Denied)?;
-        ctx.explained.rewritten = Some(rewritten);
+        explained.rewritten = Some(rewritten);
         Ok(None)
     }
 
@@ -103,7 +101,7 @@ impl Pipeline {
     pub(crate) async fn views<S: Source>(
         &self,
         classifier: &querygate_policy::Classifier,
-        ctx: &mut Context<'_>,
+        explained: &mut Explained,
         identity: &Identity,
         source: &S,
         facts: &Facts,
@@ -116,7 +114,7 @@ impl Pipeline {
             return Ok(());
         }
         let mut refuse = |why: String| {
-            ctx.explained.rule = Some("masking".into());
+            explained.rule = Some("masking".into());
             Refusal::Denied(Denial::new(DenialKind::Forbidden, why))
         };
         let views = match views_read(source, facts).await.map_err(Refusal::Failed)? {
