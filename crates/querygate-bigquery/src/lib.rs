@@ -28,7 +28,10 @@ pub mod token;
 
 pub use decode::{Api, Call};
 pub use routes::{Front, router};
-pub use source::{BigQueryReply, BigQuerySource, IAM_ENDPOINT, Impersonation, UpstreamAuth};
+pub use source::{
+    BigQueryReply, BigQuerySource, IAM_ENDPOINT, Impersonation, NotBigQuery, SetupError,
+    UpstreamAuth,
+};
 pub use token::Tokens;
 
 #[cfg(test)]

@@ -82,17 +82,27 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// Why a `bigquery` source could not be set up. Messages name files, never their content.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read service account key {path}: {error}")]
+    KeyUnreadable { path: String, error: std::io::Error },
+    #[error("{path} is not a service account key file (expected the JSON key Google issues)")]
+    NotAKey { path: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
 impl UpstreamAuth {
     /// Loads a service-account key file. Errors name the file, never its content.
-    pub fn service_account(path: &std::path::Path) -> Result<UpstreamAuth, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read service account key {}: {e}", path.display()))?;
-        let sa = gcp_auth::CustomServiceAccount::from_json(&text).map_err(|_| {
-            format!(
-                "{} is not a service account key file (expected the JSON key Google issues)",
-                path.display()
-            )
+    pub fn service_account(path: &std::path::Path) -> Result<UpstreamAuth, SetupError> {
+        let shown = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| SetupError::KeyUnreadable {
+            path: shown(),
+            error,
         })?;
+        let sa = gcp_auth::CustomServiceAccount::from_json(&text)
+            .map_err(|_| SetupError::NotAKey { path: shown() })?;
         Ok(UpstreamAuth::ServiceAccount(Arc::new(sa)))
     }
 }
@@ -169,7 +179,7 @@ impl BigQuerySource {
         project: String,
         endpoint: &str,
         auth: UpstreamAuth,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
@@ -177,7 +187,7 @@ impl BigQuerySource {
             .tcp_nodelay(true)
             .user_agent(concat!("querygate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(SetupError::Client)?;
         Ok(BigQuerySource {
             name,
             project,
@@ -197,7 +207,11 @@ impl BigQuerySource {
 
     /// A source whose upstream is an engine in this process (`local` sources): every call
     /// goes to `engine` directly, never over the network.
-    pub fn in_process(name: String, project: String, engine: axum::Router) -> Result<Self, String> {
+    pub fn in_process(
+        name: String,
+        project: String,
+        engine: axum::Router,
+    ) -> Result<Self, SetupError> {
         let mut source = BigQuerySource::new(
             name,
             project,
@@ -1023,6 +1037,11 @@ impl Source for BigQuerySource {
     }
 }
 
+/// An upstream answered with a body that is not BigQuery's JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a body that is not BigQuery JSON")]
+pub struct NotBigQuery;
+
 /// An upstream answer, with the facts the pipeline records.
 #[derive(Debug)]
 pub struct BigQueryReply {
@@ -1036,9 +1055,8 @@ pub struct BigQueryReply {
 
 impl BigQueryReply {
     /// Reads the facts of a reply; `Err` when the body is not BigQuery's JSON.
-    pub fn read(api: Api, status: StatusCode, body: Bytes) -> Result<BigQueryReply, String> {
-        let facts: ResponseFacts = serde_json::from_slice(&body)
-            .map_err(|_| "a body that is not BigQuery JSON".to_string())?;
+    pub fn read(api: Api, status: StatusCode, body: Bytes) -> Result<BigQueryReply, NotBigQuery> {
+        let facts: ResponseFacts = serde_json::from_slice(&body).map_err(|_| NotBigQuery)?;
         let errors_in_200 =
             facts.errors.as_ref().is_some_and(|e| !e.is_empty()) && facts.rows.is_none();
         let mut reply = BigQueryReply {

@@ -64,6 +64,19 @@ const AAD: &[u8] = b"querygate access token v1";
 /// The largest token request read (a form with a key in it is well under 1 KiB).
 const MAX_BODY: usize = 16 * 1024;
 
+/// Why the token endpoint's secret or an access token could not be made. Messages name
+/// the secret's file, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The secret file could not be read, written or created, or holds no secret.
+    #[error("{0}")]
+    Secret(String),
+    #[error("the system's random number generator failed")]
+    Random,
+    #[error("cannot seal an access token")]
+    Seal,
+}
+
 /// Seals keys into access tokens and opens them again, under one secret.
 pub struct Tokens {
     key: LessSafeKey,
@@ -112,7 +125,7 @@ impl Tokens {
 
     /// Reads the secret at `path` (64 hex digits), creating it (mode 0600) when missing.
     /// Errors name the file, never its content.
-    pub fn load_or_create(path: &Path) -> Result<Tokens, String> {
+    pub fn load_or_create(path: &Path) -> Result<Tokens, TokenError> {
         use std::io::Write;
         let shown = path.display();
         let mut opts = std::fs::OpenOptions::new();
@@ -124,38 +137,41 @@ impl Tokens {
                 let mut secret = [0u8; 32];
                 SystemRandom::new()
                     .fill(&mut secret)
-                    .map_err(|_| "the system's random number generator failed".to_string())?;
+                    .map_err(|_| TokenError::Random)?;
                 file.write_all(format!("{}\n", hex::encode(secret)).as_bytes())
                     .and_then(|()| file.sync_all())
-                    .map_err(|e| format!("cannot write the access-token secret {shown}: {e}"))?;
+                    .map_err(|e| {
+                        TokenError::Secret(format!(
+                            "cannot write the access-token secret {shown}: {e}"
+                        ))
+                    })?;
                 Ok(Tokens::from_secret(&secret))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the access-token secret {shown}: {e}"))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    TokenError::Secret(format!("cannot read the access-token secret {shown}: {e}"))
+                })?;
                 let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32);
                 let Some(bytes) = bytes else {
-                    return Err(format!(
+                    return Err(TokenError::Secret(format!(
                         "the access-token secret {shown} is not 64 hex digits; delete it to make \
                          a new one (tokens issued under it stop working; clients get new ones)"
-                    ));
+                    )));
                 };
                 let mut secret = [0u8; 32];
                 secret.copy_from_slice(&bytes);
                 Ok(Tokens::from_secret(&secret))
             }
-            Err(e) => Err(format!(
+            Err(e) => Err(TokenError::Secret(format!(
                 "cannot create the access-token secret {shown}: {e}"
-            )),
+            ))),
         }
     }
 
     /// An access token for `key`, good until the Unix time `expires`.
-    pub fn seal(&self, key: &Secret, expires: u64) -> Result<String, String> {
+    pub fn seal(&self, key: &Secret, expires: u64) -> Result<String, TokenError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng
-            .fill(&mut nonce)
-            .map_err(|_| "the system's random number generator failed".to_string())?;
+        self.rng.fill(&mut nonce).map_err(|_| TokenError::Random)?;
         let mut sealed = Vec::with_capacity(8 + key.expose().len() + 16);
         sealed.extend_from_slice(&expires.to_be_bytes());
         sealed.extend_from_slice(key.expose().as_bytes());
@@ -165,7 +181,7 @@ impl Tokens {
                 Aad::from(AAD),
                 &mut sealed,
             )
-            .map_err(|_| "cannot seal an access token".to_string())?;
+            .map_err(|_| TokenError::Seal)?;
         Ok(format!(
             "{PREFIX}{}{}",
             hex::encode(nonce),
@@ -582,7 +598,7 @@ mod tests {
         assert_eq!(again.open(&token, 0).expect("open").expose(), "qg_k");
         std::fs::write(&path, "not hex\n").expect("write");
         let err = Tokens::load_or_create(&path).expect_err("bad file");
-        assert!(err.contains("64 hex digits"), "{err}");
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
