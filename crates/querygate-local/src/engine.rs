@@ -108,6 +108,11 @@ pub struct QueryRequest {
     pub maximum_bytes_billed: Option<u64>,
 }
 
+/// Why the engine could not open its tables (a file, a format, a pattern, DuckDB itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(pub String);
+
 /// The engine of one `local` source.
 pub struct Engine {
     project: String,
@@ -152,7 +157,11 @@ fn clean_duckdb_message(m: &str) -> String {
 
 impl Engine {
     /// Opens the engine over `tables`; fails with a message naming the table and file.
-    pub fn open(project: &str, tables: &[TableSpec]) -> Result<Engine, String> {
+    pub fn open(project: &str, tables: &[TableSpec]) -> Result<Engine, OpenError> {
+        Self::start(project, tables).map_err(OpenError)
+    }
+
+    fn start(project: &str, tables: &[TableSpec]) -> Result<Engine, String> {
         let config = duckdb::Config::default()
             .enable_autoload_extension(false)
             .and_then(|c| c.with("autoinstall_known_extensions", "false"))

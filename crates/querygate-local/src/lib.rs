@@ -19,7 +19,7 @@ pub mod sample;
 pub mod translate;
 pub mod values;
 
-pub use engine::{Engine, QueryRequest, TableSpec};
+pub use engine::{Engine, OpenError, QueryRequest, TableSpec};
 pub use error::EngineError;
 pub use rest::router;
 

@@ -173,7 +173,16 @@ fn ascii_lower(s: &str) -> String {
 }
 
 /// Writes whatever of the sample data is missing into `dir/data`; returns what it wrote.
-pub fn generate(dir: &Path) -> Result<Vec<String>, String> {
+pub fn generate(dir: &Path) -> Result<Vec<String>, SampleError> {
+    write_sample(dir).map_err(SampleError)
+}
+
+/// Why the demo's data could not be written (the directory, a file, DuckDB).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SampleError(pub String);
+
+fn write_sample(dir: &Path) -> Result<Vec<String>, String> {
     let data = dir.join("data");
     let marker = data.join(".complete");
     if marker.exists() {

@@ -53,10 +53,41 @@ pub(crate) fn comment_reason(statement: &str) -> Option<String> {
     (!rest.is_empty()).then(|| rest.chars().take(500).collect())
 }
 
+/// `plan` under `grant`: the grant's byte ceiling, and why it may run, for the records.
+fn granted(mut plan: Plan, grant: Ticket) -> Plan {
+    if let Some(ceiling) = grant.max_bytes_billed {
+        plan.max_bytes_billed = Some(plan.max_bytes_billed.map_or(ceiling, |b| b.min(ceiling)));
+    }
+    let by = grant.decided_by.as_deref().unwrap_or("an approver");
+    plan.reason = Some(match grant.grant_until {
+        Some(_) => format!("within the window {by} granted (ticket {})", grant.id),
+        None => format!(
+            "approved by {by} (ticket {}), run once by running the statement again",
+            grant.id
+        ),
+    });
+    plan.grant = Some(grant);
+    plan
+}
+
 impl Pipeline {
-    /// The approve stage for a request an approve rule caught: `Ok` with the grant that
-    /// covers it, or the answer to give (a ticket was opened, or it cannot wait).
+    /// The approve stage for a request an approve rule caught: `Ok` with the plan under the
+    /// grant that covers it, or the answer to give (a ticket was opened, or it cannot wait).
     pub(crate) async fn approve<S: Source>(
+        &self,
+        ctx: &Context<'_>,
+        identity: &Identity,
+        source: &S,
+        call: &mut S::Call,
+        needed: Needed,
+        plan: Plan,
+    ) -> Result<Plan, Outcome<S::Reply>> {
+        let grant = self.grant(ctx, identity, source, call, needed).await?;
+        Ok(granted(plan, grant))
+    }
+
+    /// The grant that covers the request, or the answer to give.
+    async fn grant<S: Source>(
         &self,
         ctx: &Context<'_>,
         identity: &Identity,

@@ -297,30 +297,12 @@ impl Pipeline {
         let plan = match admission {
             Admission::Deny(denial) => return self.refuse(&ctx, denial).await,
             Admission::Run(plan) => plan,
-            Admission::Approve { needed, mut plan } => {
+            Admission::Approve { needed, plan } => {
                 match self
-                    .approve(&ctx, &identity, source, &mut call, needed)
+                    .approve(&ctx, &identity, source, &mut call, needed, plan)
                     .await
                 {
-                    Ok(ticket) => {
-                        if let Some(ceiling) = ticket.max_bytes_billed {
-                            plan.max_bytes_billed =
-                                Some(plan.max_bytes_billed.map_or(ceiling, |b| b.min(ceiling)));
-                        }
-                        let by = ticket.decided_by.as_deref().unwrap_or("an approver");
-                        plan.reason = Some(match ticket.grant_until {
-                            Some(_) => {
-                                format!("within the window {by} granted (ticket {})", ticket.id)
-                            }
-                            None => format!(
-                                "approved by {by} (ticket {}), run once by running the statement \
-                                 again",
-                                ticket.id
-                            ),
-                        });
-                        plan.grant = Some(ticket);
-                        plan
-                    }
+                    Ok(plan) => plan,
                     Err(answer) => return answer,
                 }
             }
