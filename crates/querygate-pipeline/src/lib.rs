@@ -139,6 +139,14 @@ impl Pipeline {
         }
     }
 
+    /// The data path with the approvals and recordings services the binary built (the
+    /// defaults: approvals with default settings, no recording).
+    pub fn with_services(mut self, approvals: Arc<Approvals>, recordings: Arc<Recordings>) -> Self {
+        self.approvals = approvals;
+        self.recordings = recordings;
+        self
+    }
+
     /// Sets how long tickets wait and how long a window grant may last (not reloadable).
     pub fn with_approvals(mut self, approvals: ApprovalSettings) -> Pipeline {
         self.approvals = Arc::new(Approvals::new(self.store.clone(), approvals));

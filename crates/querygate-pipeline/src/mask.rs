@@ -55,7 +55,7 @@ impl Pipeline {
             Action::ReadTable { .. } => {
                 let columns = source.columns(first).await.map_err(Refusal::Failed)?;
                 let masks = masking::column_masks(&policies.classifier, first, &columns, identity)
-                    .map_err(forbidden)?;
+                    .map_err(|e| forbidden(e.to_string()))?;
                 return Ok(Some(masks));
             }
             Action::Query(Query {
@@ -76,7 +76,7 @@ impl Pipeline {
                 )));
             }
             let list = masking::select_list(&policies.classifier, table, &columns, identity)
-                .map_err(forbidden)?;
+                .map_err(|e| forbidden(e.to_string()))?;
             lists.insert(table.clone(), list);
         }
         let rewritten = querygate_sql::mask_reads(

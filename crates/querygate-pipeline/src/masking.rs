@@ -9,7 +9,7 @@
 //! other columns.
 
 use querygate_core::Identity;
-use querygate_mask::{Strategy, mask_expression};
+use querygate_mask::{Strategy, StrategyError, mask_expression};
 use querygate_policy::Classifier;
 use querygate_sql::{MaskedColumn, SqlDialect, quote_column};
 
@@ -22,7 +22,7 @@ pub fn column_masks(
     table: &str,
     columns: &[Column],
     identity: &Identity,
-) -> Result<Vec<ColumnMask>, String> {
+) -> Result<Vec<ColumnMask>, StrategyError> {
     columns
         .iter()
         .map(|c| {
@@ -33,7 +33,7 @@ pub fn column_masks(
             let strategy = match rule {
                 None => None,
                 Some(_) if is_struct(c) => Some(Strategy::Null),
-                Some(rule) => Some(Strategy::parse(&rule.strategy).map_err(|e| e.to_string())?),
+                Some(rule) => Some(Strategy::parse(&rule.strategy)?),
             };
             Ok(ColumnMask {
                 column: c.clone(),
@@ -52,7 +52,7 @@ pub fn select_list(
     table: &str,
     columns: &[Column],
     identity: &Identity,
-) -> Result<Vec<MaskedColumn>, String> {
+) -> Result<Vec<MaskedColumn>, StrategyError> {
     Ok(column_masks(classifier, table, columns, identity)?
         .into_iter()
         .filter_map(

@@ -77,10 +77,7 @@ fn now() -> String {
 impl Pipeline {
     /// Records sessions with `recorder` (which the caller closes at shutdown).
     pub fn with_recording(mut self, settings: RecordingSettings, recorder: Arc<Recorder>) -> Self {
-        self.recordings = Arc::new(Recordings {
-            store: self.store.clone(),
-            recording: Some(Recording { settings, recorder }),
-        });
+        self.recordings = Arc::new(Recordings::on(self.store.clone(), settings, recorder));
         self
     }
 
@@ -306,6 +303,18 @@ pub struct Recordings {
 }
 
 impl Recordings {
+    /// Sessions recorded with `recorder` (which the caller closes at shutdown).
+    pub fn on(
+        store: Arc<Store>,
+        settings: RecordingSettings,
+        recorder: Arc<Recorder>,
+    ) -> Recordings {
+        Recordings {
+            store,
+            recording: Some(Recording { settings, recorder }),
+        }
+    }
+
     /// No sessions recorded: reads are answered "not recorded".
     pub fn off(store: Arc<Store>) -> Recordings {
         Recordings {

@@ -514,7 +514,8 @@ fn rewrite(
                 }
             })
             .collect::<Vec<_>>();
-        let list = querygate_pipeline::masking::select_list(classifier, table, &columns, identity)?;
+        let list = querygate_pipeline::masking::select_list(classifier, table, &columns, identity)
+            .map_err(|e| e.to_string())?;
         lists.insert(table.clone(), list);
     }
     querygate_sql::mask_reads(

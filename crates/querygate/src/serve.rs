@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use querygate_bigquery::{BigQuerySource, Front, UpstreamAuth, router};
 use querygate_core::Identity;
 use querygate_identity::KeyCaches;
-use querygate_pipeline::{ApiKey, Authenticator, Pipeline};
+use querygate_pipeline::{ApiKey, Approvals, Authenticator, Pipeline, Recordings};
 use querygate_store::Store;
 use tokio::net::TcpListener;
 
@@ -111,14 +111,19 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     let policies = config.policies().map_err(anyhow::Error::msg)?;
     let authenticator = authenticator(config, &store, caches).map_err(anyhow::Error::msg)?;
     authenticator.warm_up();
-    let mut pipeline = Pipeline::new(authenticator, policies, store.clone())
-        .with_approvals(config.approval_settings());
-    if let Some(settings) = config.recording_settings() {
-        let recorder = querygate_store::Recorder::start(&store_path, Default::default())
-            .with_context(|| format!("cannot record sessions in {}", store_path.display()))?;
-        pipeline = pipeline.with_recording(settings, Arc::new(recorder));
-    }
-    let pipeline = Arc::new(pipeline);
+    // The three services: approvals, recordings, and the data path that uses both.
+    let approvals = Arc::new(Approvals::new(store.clone(), config.approval_settings()));
+    let recordings = Arc::new(match config.recording_settings() {
+        Some(settings) => {
+            let recorder = querygate_store::Recorder::start(&store_path, Default::default())
+                .with_context(|| format!("cannot record sessions in {}", store_path.display()))?;
+            Recordings::on(store.clone(), settings, Arc::new(recorder))
+        }
+        None => Recordings::off(store.clone()),
+    });
+    let pipeline = Arc::new(
+        Pipeline::new(authenticator, policies, store.clone()).with_services(approvals, recordings),
+    );
     let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
     let mut sources = Vec::new();
     for s in &config.sources {
