@@ -13,10 +13,12 @@
 pub mod decode;
 pub mod model;
 pub mod render;
+pub mod routes;
 
 pub use decode::{Decoded, decode};
 pub use model::tools;
 pub use render::{CODES, render};
+pub use routes::{McpFront, router};
 
 #[cfg(test)]
 mod tests;

@@ -207,9 +207,19 @@ impl Pipeline {
         call: S::Call,
     ) -> Outcome<S::Reply> {
         let tag = OnceLock::new();
-        let outcome = self.run(&request, source, call, &tag).await;
+        let outcome = self.run(&request, source, Some(call), &tag).await;
         // record: what the client gets back (the other events are recorded as they happen).
         self.trace_response(&request, &tag, source.map(|s| s.name()), &outcome);
+        outcome
+    }
+
+    /// Runs a request that addresses a target no source serves, for fronts that build their
+    /// calls through a source and so have none to pass: it is authenticated, refused as not
+    /// found and audited like any other.
+    pub async fn handle_unrouted<S: Source>(&self, request: Request) -> Outcome<S::Reply> {
+        let tag = OnceLock::new();
+        let outcome = self.run::<S>(&request, None, None, &tag).await;
+        self.trace_response(&request, &tag, None, &outcome);
         outcome
     }
 
@@ -217,7 +227,7 @@ impl Pipeline {
         &self,
         request: &Request,
         source: Option<&S>,
-        mut call: S::Call,
+        call: Option<S::Call>,
         tag: &OnceLock<recording::Tag>,
     ) -> Outcome<S::Reply> {
         let settings = self.settings();
@@ -239,12 +249,12 @@ impl Pipeline {
         let identity = match identity {
             Ok(identity) => identity,
             Err(denial) => {
-                self.begin(&ctx, source, &call);
+                self.begin(&ctx, source, call.as_ref());
                 return self.refuse(&ctx, denial).await;
             }
         };
         ctx.identity = Some(&identity);
-        self.begin(&ctx, source, &call);
+        self.begin(&ctx, source, call.as_ref());
 
         // analyze: facts from the SQL text, in the source's dialect.
         let facts = source.and_then(|s| self.analyze(request, s));
@@ -267,6 +277,10 @@ impl Pipeline {
                 return self.refuse(&ctx, denial).await;
             }
             (shape, Some(source)) => (shape, source),
+        };
+        let Some(mut call) = call else {
+            let denial = Denial::new(DenialKind::NotFound, "no such source");
+            return self.refuse(&ctx, denial).await;
         };
 
         // decide (and mask): the rules over the facts, as a value.

@@ -88,7 +88,12 @@ impl Pipeline {
 
     /// Puts the request in a session (once its identity is known, or known to be
     /// missing) and records it as received.
-    pub(crate) fn begin<S: Source>(&self, ctx: &Context<'_>, source: Option<&S>, call: &S::Call) {
+    pub(crate) fn begin<S: Source>(
+        &self,
+        ctx: &Context<'_>,
+        source: Option<&S>,
+        call: Option<&S::Call>,
+    ) {
         let r = ctx.request;
         let identity = who(r, ctx.identity);
         let job = match &r.action {
@@ -116,7 +121,8 @@ impl Pipeline {
             return;
         }
         let parameters = source
-            .and_then(|s| s.parameters(call))
+            .zip(call)
+            .and_then(|(s, call)| s.parameters(call))
             .and_then(|p| serde_json::from_str(&p).ok());
         let event = RequestEvent {
             identity: tag.identity.clone(),

@@ -162,7 +162,9 @@ pub trait Source: Send + Sync {
 
     /// The source's own call for a neutral action (a query, a catalog description, a job
     /// operation, a table read), paged as `paging` says. `Err` for an action the source
-    /// cannot serve (the message is for the client).
+    /// cannot serve (the message is for the client). `Other` and `Malformed` actions get a
+    /// call too, which the gate refuses before it is ever forwarded, so that they are
+    /// audited like any request.
     fn call_for(&self, action: &Action, paging: &Paging) -> Result<Self::Call, Denial>;
 
     /// Bytes the call's query would process (a dry run upstream). Runs no query and

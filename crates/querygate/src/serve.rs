@@ -303,6 +303,37 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             None
         }
     };
+    let mcp = match config.mcp_listen() {
+        Some(mcp_addr) => {
+            let listener = TcpListener::bind(mcp_addr)
+                .await
+                .with_context(|| format!("cannot listen on {mcp_addr} (server.mcp_listen)"))?;
+            let local = listener.local_addr().unwrap_or(mcp_addr);
+            tracing::info!("querygate serving MCP (Streamable HTTP) at {scheme}://{local}/mcp");
+            let mut allowed_hosts: Vec<String> =
+                vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            allowed_hosts.push(local.ip().to_string());
+            if let Some(host) = config
+                .mcp
+                .resource
+                .as_deref()
+                .and_then(|r| reqwest::Url::parse(r).ok())
+                .and_then(|u| u.host_str().map(str::to_string))
+            {
+                allowed_hosts.push(host);
+            }
+            let mcp_front = Arc::new(querygate_mcp::McpFront {
+                pipeline: pipeline.clone(),
+                sources: front.sources.clone(),
+                max_rows: config.mcp.max_rows.unwrap_or(200).max(1),
+                resource: config.mcp.resource.clone(),
+                authorization_servers: config.mcp.authorization_servers.clone(),
+                allowed_hosts,
+            });
+            Some((listener, querygate_mcp::router(mcp_front)))
+        }
+        None => None,
+    };
     tokio::spawn(sweep(pipeline.clone()));
     let recordings_keep = config.recordings_retention();
     if config.audit_retention().is_some() || recordings_keep.is_some() {
@@ -362,8 +393,21 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             },
         ))
     });
+    let mcp = mcp.map(|(listener, mcp_router)| {
+        let mut stopped = stop_admin.subscribe();
+        tokio::spawn(serve_on(listener, mcp_router, tls.clone(), async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
+    });
     let served = serve_on(listener, router(front.clone()), tls, shutdown()).await;
     let _ = stop_admin.send(true);
+    if let Some(mcp) = mcp {
+        match mcp.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the MCP front failed"),
+            Err(e) => tracing::error!(error = %e, "the MCP front task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(admin) = admin {
         match admin.await {
             Ok(Err(e)) => tracing::error!(error = %e, "the admin API failed"),

@@ -131,15 +131,16 @@ pub fn call_for(project: &str, action: &Action, paging: &Paging) -> Result<Call,
             },
             JobOp::List => get(Api::JobsList, format!("{root}/jobs"), page(&[])),
         },
-        Action::Other { what } => {
-            return Err(Denial::new(
-                DenialKind::Forbidden,
-                format!("Access Denied: {what} is not something querygate runs for this client"),
-            ));
-        }
-        Action::Malformed { message, .. } => {
-            return Err(Denial::new(DenialKind::Invalid, message.clone()));
-        }
+        // Requests the gate refuses still need a call to be audited with: one that is
+        // never forwarded.
+        Action::Other { .. } | Action::Malformed { .. } => Call {
+            api: Api::Refused,
+            method: Method::GET,
+            path: root,
+            query: None,
+            body: None,
+            shows_result_table: false,
+        },
     })
 }
 

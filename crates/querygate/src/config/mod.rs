@@ -88,6 +88,9 @@ pub struct Config {
     /// Where the `hash` masking strategy's key is kept.
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// The MCP front (`server.mcp_listen`).
+    #[serde(default)]
+    pub mcp: server::McpConfig,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base: PathBuf,

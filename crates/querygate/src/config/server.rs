@@ -27,6 +27,23 @@ pub struct ServerConfig {
     pub max_body_bytes: Option<usize>,
     /// Address of the admin API (approvals), e.g. `127.0.0.1:8080`; none when absent.
     pub admin_listen: Option<Spanned<String>>,
+    /// Address of the MCP front (Streamable HTTP at `/mcp`), e.g. `127.0.0.1:9060`; none
+    /// when absent.
+    pub mcp_listen: Option<Spanned<String>>,
+}
+
+/// `[mcp]`: the MCP front's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// The canonical URI tokens must be issued for (RFC 8707), shown in the
+    /// protected-resource metadata; default: `http(s)://<mcp_listen>/mcp`.
+    pub resource: Option<String>,
+    /// The issuers that mint tokens for it (from `[[oidc]]`).
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Rows one tool call returns (pages beyond); default 200.
+    pub max_rows: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,16 +78,22 @@ impl Config {
         }
         let data =
             self.check_listen("bigquery_listen", &self.server.bigquery_listen, text, path)?;
-        if let Some(admin) = &self.server.admin_listen {
-            let addr = self.check_listen("admin_listen", admin, text, path)?;
-            if addr == data {
+        let mut taken = vec![("bigquery_listen", data)];
+        for (key, listen) in [
+            ("admin_listen", &self.server.admin_listen),
+            ("mcp_listen", &self.server.mcp_listen),
+        ] {
+            let Some(listen) = listen else { continue };
+            let addr = self.check_listen(key, listen, text, path)?;
+            if let Some((other, _)) = taken.iter().find(|(_, a)| *a == addr) {
                 return Err(format!(
-                    "{}{}: server.admin_listen = {addr} is the address of bigquery_listen: \
-                     give the admin API its own port",
+                    "{}{}: server.{key} = {addr} is the address of {other}: give each \
+                     front its own port",
                     path.display(),
-                    line_of(text, &admin.span())
+                    line_of(text, &listen.span())
                 ));
             }
+            taken.push((key, addr));
         }
         Ok(())
     }
@@ -135,6 +158,14 @@ impl Config {
             "http"
         };
         Some(format!("{scheme}://{addr}"))
+    }
+
+    /// The MCP front's address, if configured (checked at load).
+    pub fn mcp_listen(&self) -> Option<SocketAddr> {
+        self.server
+            .mcp_listen
+            .as_ref()
+            .and_then(|a| a.get_ref().parse().ok())
     }
 
     pub fn store_path(&self) -> PathBuf {

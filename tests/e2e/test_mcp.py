@@ -1,0 +1,194 @@
+"""querygate's own MCP front, through the official MCP Python SDK client over Streamable
+HTTP (the first part of the MCP issue): the tools are listed; catalog tools and execute_sql
+answer from the embedded engine with masked columns masked for the agent and clear for the
+privacy group; a write is a tool error with the rule's message; an unknown tool and bad
+arguments are tool errors; a request without a credential gets 401 with the
+protected-resource metadata; every call is in the audit log under its tool's name.
+
+Starts `querygate serve` with a `local` source over small CSV files it writes and
+`server.mcp_listen`; the SDK runs in its own venv (.venv-mcp) and is driven as a script.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import textwrap
+
+import pytest
+import requests
+
+import e2e_support as s
+
+pytestmark = pytest.mark.gateway_only
+
+VENV_MCP = s.HERE / ".venv-mcp" / "bin"
+
+
+def _has_local() -> bool:
+    if s.DIRECT:
+        return False
+    cp = s.run_cli(s.default_gateway_bin(), "--help")
+    return cp.returncode == 0 and "\n  demo " in cp.stdout
+
+
+if not _has_local():
+    pytest.skip("querygate was built without the embedded engine", allow_module_level=True)
+
+PROJECT = "mcp-local"
+
+CONFIG = """
+[server]
+bigquery_listen = "127.0.0.1:{port}"
+mcp_listen = "127.0.0.1:{mcp_port}"
+
+[store]
+path = "querygate.db"
+
+{keys}
+[[sources]]
+name = "files"
+kind = "local"
+project = "{project}"
+tables = {{ "shop.customers" = "customers.csv", "shop.orders" = "orders.csv" }}
+
+[[classify]]
+tag = "email"
+columns = ["{project}.shop.customers.email"]
+
+[[mask]]
+tag = "email"
+strategy = "email_domain"
+unmasked_for = ["group:privacy"]
+
+[[rule]]
+name = "the files are read-only"
+statements = ["insert", "update", "delete", "merge", "create", "drop"]
+action = "deny"
+message = "the shop data is read-only through querygate"
+
+[[rule]]
+name = "read"
+who = ["group:agents", "group:privacy"]
+statements = ["select"]
+action = "allow"
+"""
+
+DRIVER = textwrap.dedent("""
+    # Drives querygate's MCP front with the official MCP Python SDK: list the tools, then
+    # make each call given, and print what the agent would read.
+    import asyncio, json, sys
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def main():
+        url, key, calls = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        headers = {"Authorization": f"Bearer {key}"}
+        async with streamablehttp_client(url, headers=headers) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = [t.name for t in (await session.list_tools()).tools]
+                results = []
+                for tool, arguments in calls:
+                    r = await session.call_tool(tool, arguments)
+                    results.append({
+                        "is_error": bool(r.isError),
+                        "structured": r.structuredContent,
+                        "texts": [c.text for c in r.content if getattr(c, "type", "") == "text"],
+                    })
+                print(json.dumps({"tools": tools, "results": results}))
+
+    asyncio.run(main())
+""")
+
+
+@pytest.fixture(scope="module")
+def gateway(e2e_tmp):
+    work = e2e_tmp / "mcp-local"
+    work.mkdir(parents=True)
+    (work / "customers.csv").write_text(
+        "id,name,email\n"
+        "1,Ana Lima,ana@example.com\n"
+        "2,Bo Chen,bo@corp.example\n")
+    (work / "orders.csv").write_text("order_id,customer_id,amount\n1,1,10.5\n")
+    keys = {"agent": "qg_mcp_agent_" + secrets.token_urlsafe(16),
+            "privacy": "qg_mcp_privacy_" + secrets.token_urlsafe(16)}
+    key_toml = (s.api_key_toml("agent:mcp-test", ["agents"], s.sha256_hex(keys["agent"]))
+                + s.api_key_toml("human:privacy", ["privacy"], s.sha256_hex(keys["privacy"])))
+    port, mcp_port = s.free_port(), s.free_port()
+    config = work / "querygate.toml"
+    config.write_text(CONFIG.format(port=port, mcp_port=mcp_port, keys=key_toml, project=PROJECT))
+    env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
+    server = s.Server(name="querygate-mcp", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
+                      log_path=work / "querygate.log", env=env, cwd=work)
+    server.start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        yield {"url": f"http://127.0.0.1:{mcp_port}/mcp", "keys": keys, "config": config, "server": server}
+    finally:
+        server.stop()
+
+
+def drive(gateway, who: str, calls: list) -> dict:
+    cp = subprocess.run([str(VENV_MCP / "python"), "-c", DRIVER, gateway["url"], gateway["keys"][who],
+                         json.dumps(calls)], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, f"driver failed:\n{cp.stderr[-3000:]}\n--- log ---\n{gateway['server'].log_text()}"
+    return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
+def test_the_tools_answer_from_the_source_masked_for_the_agent(gateway):
+    out = drive(gateway, "agent", [
+        ["list_dataset_ids", {}],
+        ["list_table_ids", {"dataset_id": "shop"}],
+        ["get_table_info", {"dataset_id": "shop", "table_id": "customers"}],
+        ["execute_sql", {"sql": "SELECT id, email FROM shop.customers ORDER BY id"}],
+        ["execute_sql", {"sql": "DELETE FROM shop.orders WHERE TRUE"}],
+        ["drop_all_tables", {}],
+        ["execute_sql", {"sql": 42}],
+    ])
+    assert out["tools"] == ["list_dataset_ids", "list_table_ids", "get_dataset_info", "get_table_info",
+                            "execute_sql", "get_query_results", "get_job", "cancel_job"]
+    datasets, tables, table, rows, write, unknown, bad = out["results"]
+    assert datasets["structured"] == {"dataset_ids": ["shop"]}, datasets
+    assert "customers" in tables["structured"]["table_ids"], tables
+    assert [c["name"] for c in table["structured"]["schema"]] == ["id", "name", "email"], table
+    assert not rows["is_error"], rows
+    assert rows["structured"]["rows"] == [{"id": 1, "email": "***@example.com"},
+                                          {"id": 2, "email": "***@corp.example"}], rows
+    assert "***@example.com" in rows["texts"][0]
+    assert write["is_error"] and "read-only through querygate" in write["texts"][0], write
+    assert unknown["is_error"] and "Unknown tool `drop_all_tables`" in unknown["texts"][0], unknown
+    assert bad["is_error"] and "Invalid arguments for execute_sql" in bad["texts"][0], bad
+
+
+def test_the_privacy_group_reads_in_clear(gateway):
+    out = drive(gateway, "privacy", [["execute_sql", {"sql": "SELECT email FROM shop.customers ORDER BY id"}]])
+    (rows,) = out["results"]
+    assert [r["email"] for r in rows["structured"]["rows"]] == ["ana@example.com", "bo@corp.example"], rows
+
+
+def test_no_credential_gets_401_with_where_to_get_a_token(gateway):
+    r = requests.post(gateway["url"], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                      headers={"Accept": "application/json, text/event-stream"}, timeout=10)
+    assert r.status_code == 401
+    assert 'resource_metadata="' in r.headers["WWW-Authenticate"]
+    meta = requests.get(gateway["url"].replace("/mcp", "/.well-known/oauth-protected-resource/mcp"), timeout=10)
+    assert meta.status_code == 200 and meta.json()["resource"].endswith("/mcp")
+
+
+def test_every_call_is_audited_under_its_tool(gateway):
+    drive(gateway, "agent", [["execute_sql", {"sql": "SELECT name FROM shop.customers"}],
+                             ["execute_sql", {"sql": "DELETE FROM shop.orders WHERE TRUE"}],
+                             ["list_dataset_ids", {}]])
+    cp = s.run_cli(s.default_gateway_bin(), "audit", "tail", "--config", str(gateway["config"]),
+                   "--json", "-n", "200")
+    assert cp.returncode == 0, s.describe(cp)
+    records = [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
+    methods = {(r["method"], r["decision"]) for r in records}
+    for expected in [("execute_sql", "allow"), ("execute_sql", "deny"), ("list_dataset_ids", "allow")]:
+        assert expected in methods, methods
+    assert any(r["method"] == "execute_sql" and r["identity"] == "agent:mcp-test"
+               and r.get("statement") == "DELETE FROM shop.orders WHERE TRUE" for r in records), records
+    verify = s.run_cli(s.default_gateway_bin(), "audit", "verify", "--config", str(gateway["config"]))
+    assert verify.returncode == 0, s.describe(verify)
