@@ -42,6 +42,7 @@ CONFIG = """
 [server]
 bigquery_listen = "127.0.0.1:{port}"
 mcp_listen = "127.0.0.1:{mcp_port}"
+admin_listen = "127.0.0.1:{admin_port}"
 
 [store]
 path = "querygate.db"
@@ -67,6 +68,15 @@ name = "the files are read-only"
 statements = ["insert", "update", "delete", "merge", "create", "drop"]
 action = "deny"
 message = "the shop data is read-only through querygate"
+
+[[rule]]
+name = "orders need an approver"
+who = ["group:agents"]
+tables = ["*.shop.orders"]
+statements = ["select"]
+action = "approve"
+approvers = ["group:approvers"]
+message = "reads of orders need an approver"
 
 [[rule]]
 name = "read"
@@ -113,19 +123,23 @@ def gateway(e2e_tmp):
         "2,Bo Chen,bo@corp.example\n")
     (work / "orders.csv").write_text("order_id,customer_id,amount\n1,1,10.5\n")
     keys = {"agent": "qg_mcp_agent_" + secrets.token_urlsafe(16),
-            "privacy": "qg_mcp_privacy_" + secrets.token_urlsafe(16)}
+            "privacy": "qg_mcp_privacy_" + secrets.token_urlsafe(16),
+            "approver": "qg_mcp_approver_" + secrets.token_urlsafe(16)}
     key_toml = (s.api_key_toml("agent:mcp-test", ["agents"], s.sha256_hex(keys["agent"]))
-                + s.api_key_toml("human:privacy", ["privacy"], s.sha256_hex(keys["privacy"])))
-    port, mcp_port = s.free_port(), s.free_port()
+                + s.api_key_toml("human:privacy", ["privacy"], s.sha256_hex(keys["privacy"]))
+                + s.api_key_toml("human:approver", ["approvers"], s.sha256_hex(keys["approver"])))
+    port, mcp_port, admin_port = s.free_port(), s.free_port(), s.free_port()
     config = work / "querygate.toml"
-    config.write_text(CONFIG.format(port=port, mcp_port=mcp_port, keys=key_toml, project=PROJECT))
+    config.write_text(CONFIG.format(port=port, mcp_port=mcp_port, admin_port=admin_port, keys=key_toml,
+                                    project=PROJECT))
     env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
     server = s.Server(name="querygate-mcp", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
                       log_path=work / "querygate.log", env=env, cwd=work)
     server.start()
     try:
         server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
-        yield {"url": f"http://127.0.0.1:{mcp_port}/mcp", "keys": keys, "config": config, "server": server}
+        yield {"url": f"http://127.0.0.1:{mcp_port}/mcp", "keys": keys, "config": config, "server": server,
+               "admin": f"http://127.0.0.1:{admin_port}"}
     finally:
         server.stop()
 
@@ -192,3 +206,23 @@ def test_every_call_is_audited_under_its_tool(gateway):
                and r.get("statement") == "DELETE FROM shop.orders WHERE TRUE" for r in records), records
     verify = s.run_cli(s.default_gateway_bin(), "audit", "verify", "--config", str(gateway["config"]))
     assert verify.returncode == 0, s.describe(verify)
+
+
+def test_a_call_an_approve_rule_catches_waits_for_a_person_then_returns_rows(gateway):
+    sql = "SELECT order_id, amount FROM shop.orders"
+    (held,) = drive(gateway, "agent", [["execute_sql", {"sql": sql}]])["results"]
+    assert not held["is_error"], held
+    pending = held["structured"]
+    assert pending["state"] == "PENDING" and pending["approvers"] == ["group:approvers"], pending
+    assert "get_query_results" in pending["message"] and "reads of orders need an approver" in pending["message"]
+    # Before a decision, get_query_results waits (briefly here) and answers still pending.
+    (waiting,) = drive(gateway, "agent", [["get_query_results", {"job_id": pending["job_id"], "timeout_ms": 500}]])["results"]
+    assert waiting["structured"]["state"] == "PENDING", waiting
+    env = dict(os.environ, QUERYGATE_TOKEN=gateway["keys"]["approver"], NO_COLOR="1")
+    cp = subprocess.run([str(s.default_gateway_bin()), "approvals", "approve", pending["ticket"],
+                         "--reason", "ok for the test", "--server", gateway["admin"]],
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert cp.returncode == 0, s.describe(cp)
+    (rows,) = drive(gateway, "agent", [["get_query_results", {"job_id": pending["job_id"], "timeout_ms": 5000}]])["results"]
+    assert not rows["is_error"], rows
+    assert rows["structured"]["rows"] == [{"order_id": 1, "amount": 10.5}], rows
