@@ -1,5 +1,5 @@
-"""querygate's own MCP front, through the official MCP Python SDK client over Streamable
-HTTP (the first part of the MCP issue): the tools are listed; catalog tools and execute_sql
+"""querygate's own MCP front, through the official MCP Python SDK client (and the TypeScript
+SDK's) over Streamable HTTP (the first part of the MCP issue): the tools are listed; catalog tools and execute_sql
 answer from the embedded engine with masked columns masked for the agent and clear for the
 privacy group; a write is a tool error with the rule's message; an unknown tool and bad
 arguments are tool errors; a request without a credential gets 401 with the
@@ -24,6 +24,7 @@ import e2e_support as s
 pytestmark = pytest.mark.gateway_only
 
 VENV_MCP = s.HERE / ".venv-mcp" / "bin"
+NODE_DRIVER = s.HERE / "mcp-node" / "drive.mjs"
 
 
 def _has_local() -> bool:
@@ -174,6 +175,22 @@ def test_the_tools_answer_from_the_source_masked_for_the_agent(gateway):
     assert write["is_error"] and "read-only through querygate" in write["texts"][0], write
     assert unknown["is_error"] and "Unknown tool `drop_all_tables`" in unknown["texts"][0], unknown
     assert bad["is_error"] and "Invalid arguments for execute_sql" in bad["texts"][0], bad
+
+
+def test_the_typescript_sdk_client_gets_the_same_answers(gateway):
+    cp = subprocess.run(["node", str(NODE_DRIVER), gateway["url"], gateway["keys"]["agent"], json.dumps([
+        ["list_table_ids", {"dataset_id": "shop"}],
+        ["execute_sql", {"sql": "SELECT id, email FROM shop.customers ORDER BY id"}],
+        ["execute_sql", {"sql": "DELETE FROM shop.orders WHERE TRUE"}],
+    ])], capture_output=True, text=True, timeout=120, cwd=NODE_DRIVER.parent)
+    assert cp.returncode == 0, f"node driver failed:\n{cp.stderr[-3000:]}"
+    out = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert "execute_sql" in out["tools"]
+    tables, rows, write = out["results"]
+    assert sorted(tables["structured"]["table_ids"]) == ["customers", "orders"], tables
+    assert rows["structured"]["rows"] == [{"id": 1, "email": "***@example.com"},
+                                          {"id": 2, "email": "***@corp.example"}], rows
+    assert write["is_error"] and "read-only through querygate" in write["texts"][0], write
 
 
 def test_the_privacy_group_reads_in_clear(gateway):
