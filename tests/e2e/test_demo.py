@@ -122,6 +122,7 @@ def test_demo_json_names_the_endpoints_config_and_keys(demo):
     assert info["project"] == "demo"
     assert info["bigquery_endpoint"].startswith("http://127.0.0.1:")
     assert info["admin_endpoint"].startswith("http://127.0.0.1:")
+    assert info["mcp_endpoint"].startswith("http://127.0.0.1:") and info["mcp_endpoint"].endswith("/mcp")
     assert Path(info["config"]).is_file()
     assert set(info["keys"]) >= {"agent", "analyst", "approver", "privacy"}
     log = demo.log.read_text()
@@ -129,6 +130,7 @@ def test_demo_json_names_the_endpoints_config_and_keys(demo):
     for key in info["keys"].values():
         assert key in log
     assert "from google.cloud import bigquery" in log and "approvals approve" in log
+    assert f"claude mcp add --transport http querygate {info['mcp_endpoint']}" in log
 
 
 def test_quickstart_1_run_a_query(demo):

@@ -22,6 +22,7 @@ use crate::serve::LogFormat;
 /// Preferred ports; a busy one is replaced by a free one the OS picks.
 const BIGQUERY_PORT: u16 = 9050;
 const ADMIN_PORT: u16 = 9080;
+const MCP_PORT: u16 = 9060;
 
 /// The demo's identities: (name in demo.json, identity, group).
 const PEOPLE: &[(&str, &str, &str)] = &[
@@ -59,6 +60,10 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_path).map_err(anyhow::Error::msg)?;
     let bigquery = format!("http://{}", config.listen());
     let admin = config.admin_url().unwrap_or_default();
+    let mcp = config
+        .mcp_listen()
+        .map(|a| format!("http://{a}/mcp"))
+        .unwrap_or_default();
     let project = config
         .sources
         .first()
@@ -66,6 +71,7 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     let demo_json = json!({
         "bigquery_endpoint": bigquery,
         "admin_endpoint": admin,
+        "mcp_endpoint": mcp,
         "project": project,
         "config": config_path.to_string_lossy(),
         "keys": keys.iter().map(|(n, k)| (n.clone(), json!(k.expose()))).collect::<serde_json::Map<_, _>>(),
@@ -74,7 +80,13 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         &dir.join("demo.json"),
         &serde_json::to_string_pretty(&demo_json)?,
     )?;
-    print_banner(&dir, &config_path, &bigquery, &admin, &project, &keys);
+    print_banner(
+        &dir,
+        &config_path,
+        [&bigquery, &admin, &mcp],
+        &project,
+        &keys,
+    );
     crate::serve::run(&config_path, LogFormat::Text)
 }
 
@@ -138,8 +150,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// `preferred` if nothing listens there, else a free port.
-fn free_port(preferred: u16, avoid: u16) -> anyhow::Result<u16> {
-    if preferred != avoid
+fn free_port(preferred: u16, avoid: &[u16]) -> anyhow::Result<u16> {
+    if !avoid.contains(&preferred)
         && TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], preferred))).is_ok()
     {
         return Ok(preferred);
@@ -148,7 +160,7 @@ fn free_port(preferred: u16, avoid: u16) -> anyhow::Result<u16> {
         let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .context("cannot find a free port")?;
         let port = l.local_addr()?.port();
-        if port != avoid {
+        if !avoid.contains(&port) {
             return Ok(port);
         }
     }
@@ -156,8 +168,9 @@ fn free_port(preferred: u16, avoid: u16) -> anyhow::Result<u16> {
 }
 
 fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
-    let bigquery = free_port(BIGQUERY_PORT, 0)?;
-    let admin = free_port(ADMIN_PORT, bigquery)?;
+    let bigquery = free_port(BIGQUERY_PORT, &[])?;
+    let admin = free_port(ADMIN_PORT, &[bigquery])?;
+    let mcp = free_port(MCP_PORT, &[bigquery, admin])?;
     let mut api_keys = String::new();
     for ((name, key), (_, identity, group)) in keys.iter().zip(PEOPLE) {
         api_keys.push_str(&format!(
@@ -173,6 +186,7 @@ fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
 [server]
 bigquery_listen = "127.0.0.1:{bigquery}"
 admin_listen = "127.0.0.1:{admin}"       # the admin API: approvals
+mcp_listen = "127.0.0.1:{mcp}"         # the MCP server for agents (Streamable HTTP at /mcp)
 
 [store]
 path = "store/querygate.db"               # the audit log, tickets, jobs, sessions
@@ -240,8 +254,7 @@ ticket_ttl = "1h"
 fn print_banner(
     dir: &Path,
     config: &Path,
-    bigquery: &str,
-    admin: &str,
+    [bigquery, admin, mcp]: [&str; 3],
     project: &str,
     keys: &[(String, Secret)],
 ) {
@@ -268,6 +281,7 @@ querygate demo: the gateway over an embedded DuckDB with sample data, in {dir}
 
   BigQuery REST API  {bigquery}   (project "{project}": shop.customers, shop.orders, shop.events)
   Admin API          {admin}
+  MCP server         {mcp}
   Config             {c}
   For scripts        {dir}/demo.json
 
@@ -281,6 +295,10 @@ client = bigquery.Client(project="{project}", credentials=Credentials(token="{ag
                          client_options={{"api_endpoint": "{bigquery}"}})
 for row in client.query_and_wait("SELECT status, COUNT(*) AS n FROM shop.orders GROUP BY status ORDER BY n DESC"):
     print(row.status, row.n)
+
+Claude Code (or any MCP client), as the agent:
+
+claude mcp add --transport http querygate {mcp} --header "Authorization: Bearer {agent}"
 
 Watch the audit log:   {exe} audit tail --config {c} -n 20
 Pending approvals:     QUERYGATE_TOKEN={approver} {exe} approvals list --config {c}
