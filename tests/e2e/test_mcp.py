@@ -243,3 +243,76 @@ def test_a_call_an_approve_rule_catches_waits_for_a_person_then_returns_rows(gat
     (rows,) = drive(gateway, "agent", [["get_query_results", {"job_id": pending["job_id"], "timeout_ms": 5000}]])["results"]
     assert not rows["is_error"], rows
     assert rows["structured"]["rows"] == [{"order_id": 1, "amount": 10.5}], rows
+
+
+EMU_MASKING = """
+[[classify]]
+tag = "email"
+columns = ["{project}.shop.customers.email"]
+
+[[mask]]
+tag = "email"
+strategy = "email_domain"
+"""
+
+
+@pytest.fixture(scope="module")
+def emu_gateway(seeded, emulator, e2e_tmp):
+    """A gateway whose source is the BigQuery emulator (the REST front's e2e policy, email
+    masked for the agent), serving MCP."""
+    work = e2e_tmp / "mcp-emulator"
+    work.mkdir(parents=True)
+    key = "qg_mcp_emu_" + secrets.token_urlsafe(16)
+    port, mcp_port = s.free_port(), s.free_port()
+    config = work / "querygate.toml"
+    config.write_text(
+        f'[server]\nbigquery_listen = "127.0.0.1:{port}"\nmcp_listen = "127.0.0.1:{mcp_port}"\n\n'
+        f'[store]\npath = "{work / "querygate.db"}"\n\n'
+        + s.api_key_toml(s.IDENTITY, s.GROUPS, s.sha256_hex(key))
+        + s.bigquery_source_toml(emulator.url)
+        + EMU_MASKING.format(project=s.PROJECT)
+        + s.POLICY)
+    server = s.Server(name="querygate-mcp-emulator",
+                      argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
+                      log_path=work / "querygate.log", env=dict(os.environ, NO_COLOR="1"), cwd=work)
+    server.start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        yield {"url": f"http://127.0.0.1:{mcp_port}/mcp", "keys": {"agent": key}, "server": server}
+    finally:
+        server.stop()
+
+
+def test_every_tool_works_against_the_bigquery_emulator(emu_gateway):
+    out = drive(emu_gateway, "agent", [
+        ["list_dataset_ids", {}],
+        ["list_table_ids", {"dataset_id": "shop"}],
+        ["get_dataset_info", {"dataset_id": "shop"}],
+        ["get_table_info", {"dataset_id": "shop", "table_id": "customers"}],
+        ["execute_sql", {"sql": "SELECT id, email FROM shop.customers ORDER BY id LIMIT 3", "max_rows": 2}],
+        ["execute_sql", {"sql": "DELETE FROM shop.customers WHERE TRUE"}],
+    ])
+    datasets, tables, dataset, table, rows, write = out["results"]
+    assert "shop" in datasets["structured"]["dataset_ids"], datasets
+    assert "customers" in tables["structured"]["table_ids"], tables
+    assert dataset["structured"]["dataset_id"].endswith("shop"), dataset
+    assert {c["name"] for c in table["structured"]["schema"]} >= {"id", "name", "email"}, table
+    assert not rows["is_error"], rows
+    first = rows["structured"]
+    assert [r["id"] for r in first["rows"]] == [1, 2], first
+    assert all(r["email"].startswith("***@") for r in first["rows"]), first
+    assert write["is_error"] and write["texts"][0].startswith("Access Denied"), write
+    # The next page, and the job, through the jobs tools.
+    job = first["job_id"]
+    more = drive(emu_gateway, "agent", [
+        ["get_query_results", {"job_id": job, "page_token": first["page_token"], "max_rows": 2}],
+        ["get_job", {"job_id": job}],
+        ["cancel_job", {"job_id": job}],
+        ["get_job", {"job_id": "someone-elses-job"}],
+    ])["results"]
+    page, state, cancelled, other = more
+    assert [r["id"] for r in page["structured"]["rows"]] == [3], page
+    assert page["structured"]["rows"][0]["email"].startswith("***@"), page
+    assert state["structured"]["state"] == "DONE", state
+    assert not cancelled["is_error"], cancelled
+    assert other["is_error"] and "Not found" in other["texts"][0], other
