@@ -222,6 +222,15 @@ max_bytes_billed = "1 TiB"
 """
 
 
+def has_local() -> bool:
+    """Whether the gateway binary was built with the embedded engine (the default feature
+    `local`): its `demo` command exists."""
+    if DIRECT:
+        return False
+    cp = run_cli(default_gateway_bin(), "--help")
+    return cp.returncode == 0 and "\n  demo " in cp.stdout
+
+
 def run_cli(binary: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run `querygate ARGS...`, capturing text output."""
     return subprocess.run([str(binary), *args], capture_output=True, text=True,

@@ -23,15 +23,7 @@ import e2e_support as s
 pytestmark = pytest.mark.gateway_only
 
 
-def _has_local() -> bool:
-    """Whether the binary was built with the embedded engine (the default feature `local`)."""
-    if s.DIRECT:
-        return False
-    cp = s.run_cli(s.default_gateway_bin(), "--help")
-    return cp.returncode == 0 and "\n  demo " in cp.stdout
-
-
-if not _has_local():
+if not s.has_local():
     pytest.skip("querygate was built without the embedded engine", allow_module_level=True)
 
 PROJECT = "local-tools"

@@ -65,10 +65,7 @@ pub fn router<S: Source + 'static>(front: Arc<McpFront<S>>) -> Router {
     let metadata = get(metadata::<S>);
     Router::new()
         .nest_service("/mcp", service)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&front),
-            bearer_required::<S>,
-        ))
+        .layer(middleware::from_fn(bearer_required))
         .route("/.well-known/oauth-protected-resource", metadata.clone())
         .route("/.well-known/oauth-protected-resource/mcp", metadata)
         .with_state(front)
@@ -102,11 +99,7 @@ fn origin(headers: &HeaderMap) -> String {
 
 /// A request without `Authorization: Bearer …` gets 401 and where to find out how to get
 /// a token; the credential itself is checked by the pipeline with each tool call.
-async fn bearer_required<S: Source + 'static>(
-    State(_front): State<Arc<McpFront<S>>>,
-    request: HttpRequest<Body>,
-    next: Next,
-) -> Response {
+async fn bearer_required(request: HttpRequest<Body>, next: Next) -> Response {
     if bearer(request.headers()).is_some() {
         return next.run(request).await;
     }
