@@ -27,14 +27,7 @@ VENV_MCP = s.HERE / ".venv-mcp" / "bin"
 NODE_DRIVER = s.HERE / "mcp-node" / "drive.mjs"
 
 
-def _has_local() -> bool:
-    if s.DIRECT:
-        return False
-    cp = s.run_cli(s.default_gateway_bin(), "--help")
-    return cp.returncode == 0 and "\n  demo " in cp.stdout
-
-
-if not _has_local():
+if not s.has_local():
     pytest.skip("querygate was built without the embedded engine", allow_module_level=True)
 
 PROJECT = "mcp-local"
@@ -360,3 +353,28 @@ def test_the_masking_bypasses_sent_as_execute_sql_leak_nothing(vault_gateway):
         answered += not result["is_error"]
     # Most of them run (masked), the rest are refused: none is an empty success by accident.
     assert answered >= len(m.BYPASSES) // 3, answered
+
+
+def test_names_and_ids_the_upstream_could_read_another_way_are_refused(vault_gateway):
+    """Ids become path segments of the upstream call: separators, encodings and another
+    project must not reach a different table, job or source than the one decided on."""
+    import test_masking as m
+    out = drive(vault_gateway, "agent", [
+        ["get_table_info", {"dataset_id": "shop/../vault", "table_id": "people"}],
+        ["get_table_info", {"dataset_id": "vault.people", "table_id": "x"}],
+        ["list_table_ids", {"dataset_id": "vault%2Fpeople"}],
+        ["get_query_results", {"job_id": "../queries/x"}],
+        ["get_job", {"job_id": "x%2F..%2Fy"}],
+        ["execute_sql", {"sql": "SELECT email FROM vault.people", "project": "another-project"}],
+        ["execute_sql", {"sql": "SELECT email FROM VAULT.People"}],
+    ])["results"]
+    sep, dotted, encoded, job_path, job_encoded, other_project, miscased = out
+    for name, r in [("separator", sep), ("dotted", dotted), ("job path", job_path),
+                    ("encoded job", job_encoded), ("other project", other_project)]:
+        assert r["is_error"], f"{name}: {r}"
+    assert "Not found" in other_project["texts"][0], other_project
+    # An encoded separator is a dataset name of its own: nothing but "not found" or no tables.
+    assert encoded["is_error"] or encoded["structured"] == {"table_ids": []}, encoded
+    # A miscased name reads the same masked table, masked.
+    seen = json.dumps(miscased)
+    assert not [v for v in m.SECRETS if v in seen], seen
