@@ -62,7 +62,7 @@ async fn authenticate(
             return Err(render::bad_credential(bad));
         }
     };
-    match pipeline.authenticate(Some(&credential)).await {
+    match pipeline.authenticate(Some(&credential), None).await {
         Ok(identity) => Ok(identity),
         Err(denial) => {
             tracing::warn!(peer = %peer(extensions), reason = %denial.message, "admin API: authentication failed");

@@ -130,6 +130,7 @@ pub fn decode(wire: WireRequest<'_>) -> (Request, Call) {
         id: wire.request_id,
         credential: bearer(wire.headers),
         delegation: delegation(wire.headers),
+        audience: None,
         client: ClientInfo {
             user_agent: wire
                 .headers

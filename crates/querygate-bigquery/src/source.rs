@@ -1225,21 +1225,43 @@ impl Reply for BigQueryReply {
     }
 
     /// Job listings keep only the caller's own jobs.
+    /// Job listings keep the caller's jobs; dataset and table listings lose the names the
+    /// caller's rules hide. A job listing that cannot be read is replaced by an empty one.
     fn restrict(&mut self, scope: &Scope) {
-        if self.api != Api::JobsList || !self.status.is_success() {
+        let jobs = self.api == Api::JobsList;
+        let names = self.api == Api::Metadata && !scope.hidden.is_empty();
+        if !(jobs || names) || !self.status.is_success() {
             return;
         }
-        // Fail closed: a listing that cannot be filtered is replaced by an empty one.
         let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&self.body) else {
-            self.body = Bytes::from_static(br#"{"kind":"bigquery#jobList","jobs":[]}"#);
+            self.body = Bytes::from_static(if jobs {
+                br#"{"kind":"bigquery#jobList","jobs":[]}"#
+            } else {
+                br#"{}"#
+            });
             return;
         };
-        if let Some(Value::Array(jobs)) = obj.get_mut("jobs") {
-            jobs.retain(|j| {
-                j.pointer("/jobReference/jobId")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| scope.owned_jobs.contains(id))
-            });
+        let (key, id) = if jobs {
+            ("jobs", "/jobReference/jobId")
+        } else if obj.contains_key("datasets") {
+            ("datasets", "/datasetReference/datasetId")
+        } else {
+            ("tables", "/tableReference/tableId")
+        };
+        let keep = |item: &Value| {
+            let name = item.pointer(id).and_then(Value::as_str);
+            if jobs {
+                name.is_some_and(|n| scope.owned_jobs.contains(n))
+            } else {
+                name.is_some_and(|n| !scope.hidden.contains(n))
+            }
+        };
+        if let Some(Value::Array(items)) = obj.get_mut(key) {
+            items.retain(keep);
+            let n = items.len();
+            if key == "tables" && obj.contains_key("totalItems") {
+                obj.insert("totalItems".into(), Value::from(n));
+            }
         }
         self.body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
     }

@@ -450,7 +450,7 @@ async fn exchange(
                    writes it into the credentials file)";
         return call.refuse(Err(false), bad, "invalid_request", why).await;
     };
-    let identity = match call.front.pipeline.authenticate(Some(&key)).await {
+    let identity = match call.front.pipeline.authenticate(Some(&key), None).await {
         Ok(i) => i,
         Err(denial) => {
             return call

@@ -61,6 +61,18 @@ impl Identity {
     }
 }
 
+/// Whom the bearer tokens a front accepts must have been issued for, when not the
+/// gateway's own `[[oidc]]` audiences: the MCP front, an OAuth resource server, accepts
+/// only tokens issued for its own resource (RFC 8707) by its authorization servers, so a
+/// token meant for another service, or for the REST front, is refused there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// The `aud` value a token must carry (`[mcp] resource`).
+    pub resource: String,
+    /// The issuers whose tokens are accepted (`[mcp] authorization_servers`).
+    pub issuers: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

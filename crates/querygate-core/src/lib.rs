@@ -15,7 +15,7 @@ pub mod ticket;
 
 pub use audit::{AuditRecord, Phase};
 pub use decision::{Decision, Denial, DenialKind, Fault, FaultCause, StatusCodes};
-pub use identity::{Identity, IdentityKind};
+pub use identity::{Audience, Identity, IdentityKind};
 pub use request::{Action, Catalog, ClientInfo, JobOp, Malformed, Query, Request, RequestId};
 pub use secret::Secret;
 pub use ticket::{Ticket, TicketState};

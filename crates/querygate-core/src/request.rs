@@ -148,6 +148,9 @@ pub struct Request {
     /// A second token the client presented for the person it acts for (a delegation
     /// token, e.g. the `x-querygate-on-behalf-of` header), if any.
     pub delegation: Option<Secret>,
+    /// Whom the credential's token must be issued for, when the front is its own OAuth
+    /// resource (MCP); `None`: the `[[oidc]]` audiences.
+    pub audience: Option<std::sync::Arc<crate::Audience>>,
     pub client: ClientInfo,
     /// The project (BigQuery) or database the client addressed; the pipeline maps it to a source.
     pub target: String,

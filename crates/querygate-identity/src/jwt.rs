@@ -164,8 +164,18 @@ fn time(secs: u64) -> String {
 impl Issuer {
     /// Verifies `token` (already peeked as `peek`) against this issuer and returns who it
     /// names. With an `act` claim, the identity is the actor and `acting_for` the subject.
-    pub async fn verify(&self, token: &str, peek: &Peek) -> Result<Identity, Refused> {
+    /// `resource`, when given, is the one audience accepted instead of the issuer's own.
+    pub async fn verify(
+        &self,
+        token: &str,
+        peek: &Peek,
+        resource: Option<&str>,
+    ) -> Result<Identity, Refused> {
         let c = &self.config;
+        let audiences = match resource {
+            Some(r) => vec![r.to_string()],
+            None => c.audiences.clone(),
+        };
         let keyset = self
             .keys
             .keys(peek.kid.as_deref(), c.jwks_refresh, c.jwks_min_interval)
@@ -211,12 +221,12 @@ impl Issuer {
         validation.validate_nbf = true;
         validation.validate_aud = true;
         validation.set_issuer(&[c.issuer.as_str()]);
-        validation.set_audience(&c.audiences);
+        validation.set_audience(&audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let claims = match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
         {
             Ok(data) => data.claims,
-            Err(e) => return Err(self.explain(e.kind(), token)),
+            Err(e) => return Err(self.explain(e.kind(), token, &audiences)),
         };
         let now = now();
         if let Some(iat) = claims.get("iat") {
@@ -260,7 +270,7 @@ impl Issuer {
     }
 
     /// Maps a verification failure to a message the client can act on.
-    fn explain(&self, kind: &ErrorKind, token: &str) -> Refused {
+    fn explain(&self, kind: &ErrorKind, token: &str, audiences: &[String]) -> Refused {
         let c = &self.config;
         // Safe to read now only for messages: the failure is already decided.
         let unverified = token
@@ -291,7 +301,7 @@ impl Issuer {
             ErrorKind::InvalidAudience => refused(format!(
                 "the token's audience (aud) is not one this gateway accepts from {} ({:?}); \
                  request a token for this gateway's audience",
-                c.issuer, c.audiences
+                c.issuer, audiences
             )),
             ErrorKind::InvalidIssuer => refused(format!("the token's issuer is not {}", c.issuer)),
             ErrorKind::MissingRequiredClaim(claim) => refused(format!(

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use querygate_core::{Denial, DenialKind, Identity, Secret};
+use querygate_core::{Audience, Denial, DenialKind, Identity, Secret};
 use querygate_store::Store;
 
 pub use config::{
@@ -132,10 +132,12 @@ impl Authenticator {
     }
 
     /// Who presented `credential`, and whom they act for (`act` claim or `delegation`).
+    /// With `audience`, a token is accepted only from its issuers and for its resource.
     pub async fn authenticate(
         &self,
         credential: Option<&Secret>,
         delegation: Option<&Secret>,
+        audience: Option<&Audience>,
     ) -> Result<Identity, Denial> {
         let Some(credential) = credential else {
             return Err(Denial::new(
@@ -144,7 +146,7 @@ impl Authenticator {
                  provider's token as the bearer token (Authorization: Bearer <token>)",
             ));
         };
-        let mut identity = self.identify(credential).await?;
+        let mut identity = self.identify(credential, audience).await?;
         if let Some(delegation) = delegation {
             let what = "the delegation token (x-querygate-on-behalf-of)";
             if let Some(p) = &identity.acting_for {
@@ -160,7 +162,7 @@ impl Authenticator {
                 )));
             }
             let person = self
-                .oidc(token)
+                .oidc(token, None)
                 .await
                 .map_err(|e| denied(format!("{what}: {e}")))?;
             if person.acting_for.is_some() {
@@ -173,7 +175,11 @@ impl Authenticator {
         Ok(identity)
     }
 
-    async fn identify(&self, credential: &Secret) -> Result<Identity, Denial> {
+    async fn identify(
+        &self,
+        credential: &Secret,
+        audience: Option<&Audience>,
+    ) -> Result<Identity, Denial> {
         let token = credential.expose();
         if token.len() > MAX_TOKEN_BYTES {
             return Err(denied(format!(
@@ -198,7 +204,7 @@ impl Authenticator {
             });
         }
         if looks_like_jwt(token) {
-            return self.oidc(token).await.map_err(|e| denied(e.0));
+            return self.oidc(token, audience).await.map_err(|e| denied(e.0));
         }
         if let Some(store) = &self.store {
             match store.api_key(&hash) {
@@ -247,9 +253,26 @@ impl Authenticator {
         ))
     }
 
-    /// Verifies an OIDC token against the issuer its `iss` names.
-    async fn oidc(&self, token: &str) -> Result<Identity, jwt::Refused> {
+    /// Verifies an OIDC token against the issuer its `iss` names (one of `audience`'s
+    /// issuers, and for its resource, when one is given).
+    async fn oidc(
+        &self,
+        token: &str,
+        audience: Option<&Audience>,
+    ) -> Result<Identity, jwt::Refused> {
         let peek = jwt::peek(token)?;
+        if let Some(a) = audience
+            && !a.issuers.iter().any(|i| i == &peek.iss)
+        {
+            let iss: String = peek.iss.chars().take(80).collect();
+            return Err(jwt::Refused(format!(
+                "the token's issuer {iss:?} does not issue tokens for {}; get one from {} for \
+                 the resource {}",
+                a.resource,
+                a.issuers.join(" or "),
+                a.resource
+            )));
+        }
         let Some(issuer) = self.issuers.get(&peek.iss) else {
             return Err(jwt::Refused(if self.issuers.is_empty() {
                 "the bearer token is a JWT, and this gateway trusts no identity provider \
@@ -263,7 +286,9 @@ impl Authenticator {
                 )
             }));
         };
-        issuer.verify(token, &peek).await
+        issuer
+            .verify(token, &peek, audience.map(|a| a.resource.as_str()))
+            .await
     }
 }
 

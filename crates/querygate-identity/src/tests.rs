@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::routing::get;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{EncodingKey, Header, encode};
-use querygate_core::IdentityKind;
+use querygate_core::{Audience, IdentityKind};
 use serde_json::{Value, json};
 
 use super::*;
@@ -174,7 +174,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 async fn auth(a: &Authenticator, token: &str) -> Result<Identity, String> {
-    a.authenticate(Some(&Secret::new(token)), None)
+    a.authenticate(Some(&Secret::new(token)), None, None)
         .await
         .map_err(|d| {
             assert_eq!(d.kind, DenialKind::Unauthenticated);
@@ -466,7 +466,7 @@ async fn act_claims_and_delegation_tokens_name_whom_an_agent_acts_for() {
     let agent_token = Secret::new(sign(&k, &agent));
     let alice = Secret::new(sign(&k, &idp.claims("alice")));
     let id = a
-        .authenticate(Some(&agent_token), Some(&alice))
+        .authenticate(Some(&agent_token), Some(&alice), None)
         .await
         .expect("delegation");
     assert_eq!(id.subject, "corp:claude-code");
@@ -476,7 +476,11 @@ async fn act_claims_and_delegation_tokens_name_whom_an_agent_acts_for() {
     let mut stale = idp.claims("alice");
     stale["exp"] = json!(1);
     let e = a
-        .authenticate(Some(&agent_token), Some(&Secret::new(sign(&k, &stale))))
+        .authenticate(
+            Some(&agent_token),
+            Some(&Secret::new(sign(&k, &stale))),
+            None,
+        )
         .await
         .expect_err("expired delegation");
     assert!(
@@ -484,13 +488,17 @@ async fn act_claims_and_delegation_tokens_name_whom_an_agent_acts_for() {
         "{e:?}"
     );
     let e = a
-        .authenticate(Some(&agent_token), Some(&Secret::new("qg_not_a_token")))
+        .authenticate(
+            Some(&agent_token),
+            Some(&Secret::new("qg_not_a_token")),
+            None,
+        )
         .await
         .expect_err("delegation must be a token");
     assert!(e.message.contains("OIDC token"), "{e:?}");
     // An act token plus a delegation token is ambiguous.
     let e = a
-        .authenticate(Some(&Secret::new(sign(&k, &exchanged))), Some(&alice))
+        .authenticate(Some(&Secret::new(sign(&k, &exchanged))), Some(&alice), None)
         .await
         .expect_err("both");
     assert!(e.message.contains("already acts for corp:alice"), "{e:?}");
@@ -587,7 +595,64 @@ async fn api_keys_expire_and_stored_keys_are_revoked_without_restart() {
     assert!(e.contains("ci:deploy was revoked at"), "{e}");
     let e = auth(&a, "qg_unknown").await.expect_err("unknown");
     assert!(e.contains("not a querygate API key"), "{e}");
-    let e = a.authenticate(None, None).await.expect_err("none");
+    let e = a.authenticate(None, None, None).await.expect_err("none");
     assert!(e.message.contains("no credential"), "{e:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_front_that_is_its_own_resource_takes_only_tokens_issued_for_it() {
+    use jsonwebtoken::Algorithm as A;
+    let k = key("k", A::RS256, true);
+    let idp = TestIdp::start(&[&k]).await;
+    let a = idp.authenticator("");
+    let mcp = Audience {
+        resource: "https://gw.example/mcp".into(),
+        issuers: vec![idp.url.clone()],
+    };
+    let at = |audience: &Audience, token: String| {
+        let a = &a;
+        let audience = audience.clone();
+        async move {
+            a.authenticate(Some(&Secret::new(token)), None, Some(&audience))
+                .await
+                .map_err(|d| d.message)
+        }
+    };
+    let mut for_mcp = idp.claims("alice");
+    for_mcp["aud"] = json!("https://gw.example/mcp");
+    // Issued for the resource: accepted there, and not at the gateway's own audience.
+    let id = at(&mcp, sign(&k, &for_mcp))
+        .await
+        .expect("token for the resource");
+    assert_eq!(id.subject, "alice");
+    let e = auth(&a, &sign(&k, &for_mcp))
+        .await
+        .expect_err("not for querygate");
+    assert!(e.contains("audience"), "{e}");
+    // Issued for the gateway (or anyone else): refused at the resource, saying for what.
+    let e = at(&mcp, sign(&k, &idp.claims("alice")))
+        .await
+        .expect_err("token for another audience");
+    assert!(
+        e.contains("audience") && e.contains("https://gw.example/mcp"),
+        "{e}"
+    );
+    // From a trusted issuer the resource does not name: refused before any key is fetched.
+    let elsewhere = Audience {
+        issuers: vec!["https://other-idp.example".into()],
+        ..mcp.clone()
+    };
+    let e = at(&elsewhere, sign(&k, &for_mcp))
+        .await
+        .expect_err("issuer");
+    assert!(
+        e.contains("does not issue tokens for https://gw.example/mcp"),
+        "{e}"
+    );
+    // Expired is expired.
+    let mut old = for_mcp.clone();
+    old["exp"] = json!(jsonwebtoken::get_current_timestamp() - 600);
+    let e = at(&mcp, sign(&k, &old)).await.expect_err("expired");
+    assert!(e.contains("expired"), "{e}");
 }

@@ -17,6 +17,9 @@ use crate::model::{
 /// The longest a `get_query_results` call waits for a job (or its approval).
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest statement `execute_sql` takes: BigQuery's own limit on a query's length.
+pub const MAX_STATEMENT_BYTES: usize = 1024 * 1024;
+
 /// A tool call, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
@@ -69,12 +72,22 @@ pub fn decode(
                 table: format!("{}.{}.{}", decoded.project, a.dataset_id, a.table_id),
             })
         }),
-        "execute_sql" => args::<SqlArgs>(name, arguments).map(|a| {
+        "execute_sql" => args::<SqlArgs>(name, arguments).and_then(|a| {
             decoded.project = project(a.project);
+            if a.sql.len() > MAX_STATEMENT_BYTES {
+                return Err(Action::Malformed {
+                    problem: Malformed::TooLarge,
+                    message: format!(
+                        "The statement is {} bytes, more than the {MAX_STATEMENT_BYTES} a query \
+                         may have; send a shorter statement",
+                        a.sql.len()
+                    ),
+                });
+            }
             decoded.paging.max_rows = rows(a.max_rows);
             let mut query = Query::new(a.sql);
             query.dry_run = a.dry_run;
-            Action::Query(query)
+            Ok(Action::Query(query))
         }),
         "get_query_results" => args::<ResultsArgs>(name, arguments).map(|a| {
             decoded.project = project(a.project);

@@ -4,10 +4,13 @@
 //! readable text version in `content`. Denials, failures and the source's own errors are
 //! tool results with `isError: true` and a message the agent can act on; protocol-level
 //! errors are reserved for protocol faults. A request an approval holds answers at once
-//! with `"state": "PENDING"`, the job, the ticket and its approvers.
+//! with `"state": "PENDING"`, the job, the ticket and its approvers. A dry run answers
+//! with the estimate and the decision a real run would get (`allow`/`deny`/`approve` and
+//! the rule); a table's description says, per column, whether it is masked for the caller
+//! and how.
 
 use querygate_core::{DenialKind, Fault, StatusCodes};
-use querygate_pipeline::{Answer, Outcome, Reply, ResultSet, Waiting};
+use querygate_pipeline::{Answer, Explanation, Outcome, Reply, ResultSet, Waiting};
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{Map, Value, json};
 
@@ -42,14 +45,122 @@ impl StatusCodes for Codes {
     }
 }
 
-/// The result of a call of `tool`.
-pub fn render<R: Reply>(tool: &str, outcome: Outcome<R>) -> CallToolResult {
+/// The result of a call of `tool`, with what the pipeline decided about it (`dry_run`:
+/// the call was a dry run, which answers with the decision).
+pub fn render<R: Reply>(
+    tool: &str,
+    outcome: Outcome<R>,
+    explanation: &Explanation,
+    dry_run: bool,
+) -> CallToolResult {
     match outcome {
-        Outcome::Done(reply) => answer(tool, reply.answer()),
+        Outcome::Done(reply) => match reply.answer() {
+            Answer::Rows(set) if dry_run => dry(&set, explanation),
+            Answer::Table(info) => table_info(&info, explanation),
+            other => answer(tool, other),
+        },
+        Outcome::Denied(denial) if dry_run => {
+            let mut result = CallToolResult::structured_error(json!({
+                "dry_run": true,
+                "decision": decision(explanation),
+                "message": denial.message,
+            }));
+            result.content = vec![ContentBlock::text(denial.message)];
+            result
+        }
         Outcome::Denied(denial) => error(&denial.message),
         Outcome::Failed(fault) => error(&fault.message),
         Outcome::Waiting(w) => waiting(&w),
     }
+}
+
+/// `{"verdict", "rule", "approvers"?}`: what the rules say of the statement.
+fn decision(e: &Explanation) -> Value {
+    let mut value = json!({
+        "verdict": e.verdict.unwrap_or("deny"),
+        "rule": e.rule,
+    });
+    if !e.approvers.is_empty() {
+        value["approvers"] = json!(e.approvers);
+    }
+    value
+}
+
+/// A dry run: the estimate, the result's schema, and the decision a real run would get.
+fn dry(set: &ResultSet, e: &Explanation) -> CallToolResult {
+    let verdict = e.verdict.unwrap_or("allow");
+    let rule = e
+        .rule
+        .as_deref()
+        .map(|r| format!(" (rule {r:?})"))
+        .unwrap_or_default();
+    let then = match verdict {
+        "approve" => format!(
+            "; a real run waits for approval by {}",
+            e.approvers.join(" or ")
+        ),
+        _ => String::new(),
+    };
+    let bytes = set
+        .bytes_processed
+        .map_or_else(|| "an unknown number of".to_string(), |b| b.to_string());
+    let text =
+        format!("Dry run: the query would process {bytes} bytes; decision: {verdict}{rule}{then}");
+    structured(
+        json!({
+            "dry_run": true,
+            "bytes_processed": set.bytes_processed,
+            "schema": set.columns.iter().map(|c| json!({ "name": c.name, "type": c.data_type })).collect::<Vec<_>>(),
+            "decision": decision(e),
+        }),
+        text,
+    )
+}
+
+/// A table's description, each column with whether (and how) it is masked for the caller.
+fn table_info(info: &querygate_pipeline::TableInfo, e: &Explanation) -> CallToolResult {
+    let mask = |name: &str| {
+        e.masks
+            .iter()
+            .find(|m| m.column.name == name)
+            .and_then(|m| m.strategy)
+            .map(|s| s.name())
+    };
+    let schema: Vec<Value> = info
+        .columns
+        .iter()
+        .map(|c| {
+            let mut column = json!({
+                "name": c.name,
+                "type": c.data_type,
+                "mode": if c.repeated { "REPEATED" } else { "NULLABLE" },
+                "masked": mask(&c.name).is_some(),
+            });
+            if let Some(how) = mask(&c.name) {
+                column["mask"] = json!(how);
+            }
+            column
+        })
+        .collect();
+    let text = info
+        .columns
+        .iter()
+        .map(|c| match mask(&c.name) {
+            Some(how) => format!("{} {} (masked for you: {how})", c.name, c.data_type),
+            None => format!("{} {}", c.name, c.data_type),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    structured(
+        json!({
+            "table_id": info.name,
+            "type": info.kind,
+            "num_rows": info.rows,
+            "description": info.description,
+            "schema": schema,
+        }),
+        format!("{}\n{text}", info.name),
+    )
 }
 
 fn error(message: &str) -> CallToolResult {
@@ -94,35 +205,7 @@ fn answer(tool: &str, answer: Answer) -> CallToolResult {
             let text = value.to_string();
             structured(value, text)
         }
-        Answer::Table(info) => {
-            let schema: Vec<Value> = info
-                .columns
-                .iter()
-                .map(|c| {
-                    json!({
-                        "name": c.name,
-                        "type": c.data_type,
-                        "mode": if c.repeated { "REPEATED" } else { "NULLABLE" },
-                    })
-                })
-                .collect();
-            let text = info
-                .columns
-                .iter()
-                .map(|c| format!("{} {}", c.name, c.data_type))
-                .collect::<Vec<_>>()
-                .join("\n");
-            structured(
-                json!({
-                    "table_id": info.name,
-                    "type": info.kind,
-                    "num_rows": info.rows,
-                    "description": info.description,
-                    "schema": schema,
-                }),
-                format!("{}\n{text}", info.name),
-            )
-        }
+        Answer::Table(info) => table_info(&info, &Explanation::default()),
         Answer::Jobs(jobs) => {
             let list: Vec<Value> = jobs
                 .iter()

@@ -1,12 +1,16 @@
 //! The MCP front's listener glue: MCP Streamable HTTP at `/mcp` (rmcp's server, the
 //! current protocol and the earlier session-based one clients in use today open with),
-//! behind a layer that answers a request without a bearer credential with 401 and
-//! `WWW-Authenticate` naming the protected-resource metadata (RFC 9728), which is served at
-//! `/.well-known/oauth-protected-resource` (and its `/mcp` suffixed form).
+//! behind a guard that makes `/mcp` an OAuth 2.1 resource server: a request without a
+//! bearer credential, or with one the gateway refuses (a token not issued for `[mcp]
+//! resource` by its authorization servers, expired, unknown), gets 401 and
+//! `WWW-Authenticate` naming the protected-resource metadata (RFC 9728), served at
+//! `/.well-known/oauth-protected-resource` (and its `/mcp` suffixed form); a refused
+//! credential is audited. Bodies over `max_body_bytes` get 413.
 //!
 //! Each tool call: the bearer credential and client facts from the HTTP request, decode,
 //! the source's call for the neutral action, `Pipeline::handle`, render. The credential is
-//! the pipeline's to check (API keys and OIDC tokens as everywhere); it never goes upstream.
+//! the pipeline's to check (API keys and OIDC tokens as everywhere, tokens for this
+//! resource only); it never goes upstream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +22,9 @@ use axum::http::{HeaderMap, HeaderValue, Request as HttpRequest, StatusCode, hea
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use querygate_core::{ClientInfo, Request, RequestId, Secret};
-use querygate_pipeline::{Pipeline, Source, Sources};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use querygate_core::{Audience, ClientInfo, Identity, Request, RequestId, Secret};
+use querygate_pipeline::{Explanation, Pipeline, Source, Sources};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, InitializeResult, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities,
@@ -39,12 +44,25 @@ pub struct McpFront<S> {
     pub sources: Arc<Sources<S>>,
     /// Rows a tool returns per call (pages beyond).
     pub max_rows: u64,
-    /// The canonical URI tokens must be issued for (`[mcp] resource`), when set.
-    pub resource: Option<String>,
+    /// The canonical URI tokens must be issued for (`[mcp] resource`, or the listener's
+    /// own `/mcp` URL).
+    pub resource: String,
     /// The issuers that mint tokens for it.
     pub authorization_servers: Vec<String>,
     /// Hosts the server answers for (DNS-rebinding protection).
     pub allowed_hosts: Vec<String>,
+    /// The largest request body read.
+    pub max_body_bytes: usize,
+}
+
+impl<S> McpFront<S> {
+    /// Whom tokens must be issued for here: the resource, by its authorization servers.
+    fn audience(&self) -> Option<Arc<Audience>> {
+        Some(Arc::new(Audience {
+            resource: self.resource.clone(),
+            issuers: self.authorization_servers.clone(),
+        }))
+    }
 }
 
 /// The MCP front's router: `/mcp` and the protected-resource metadata.
@@ -65,23 +83,16 @@ pub fn router<S: Source + 'static>(front: Arc<McpFront<S>>) -> Router {
     let metadata = get(metadata::<S>);
     Router::new()
         .nest_service("/mcp", service)
-        .layer(middleware::from_fn(bearer_required))
+        .layer(middleware::from_fn_with_state(front.clone(), guard::<S>))
         .route("/.well-known/oauth-protected-resource", metadata.clone())
         .route("/.well-known/oauth-protected-resource/mcp", metadata)
         .with_state(front)
 }
 
 /// RFC 9728 protected-resource metadata.
-async fn metadata<S: Source + 'static>(
-    State(front): State<Arc<McpFront<S>>>,
-    headers: HeaderMap,
-) -> Response {
-    let resource = front
-        .resource
-        .clone()
-        .unwrap_or_else(|| format!("{}/mcp", origin(&headers)));
+async fn metadata<S: Source + 'static>(State(front): State<Arc<McpFront<S>>>) -> Response {
     axum::Json(json!({
-        "resource": resource,
+        "resource": front.resource,
         "authorization_servers": front.authorization_servers,
         "bearer_methods_supported": ["header"],
     }))
@@ -97,25 +108,116 @@ fn origin(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-/// A request without `Authorization: Bearer …` gets 401 and where to find out how to get
-/// a token; the credential itself is checked by the pipeline with each tool call.
-async fn bearer_required(request: HttpRequest<Body>, next: Next) -> Response {
-    if bearer(request.headers()).is_some() {
-        return next.run(request).await;
+/// The resource server's guard: a credential the gateway accepts (checked as the data
+/// path checks it, for this resource), and a body of bounded size.
+async fn guard<S: Source + 'static>(
+    State(front): State<Arc<McpFront<S>>>,
+    request: HttpRequest<Body>,
+    next: Next,
+) -> Response {
+    let Some(credential) = bearer(request.headers()) else {
+        return unauthorized(
+            request.headers(),
+            None,
+            "querygate needs a bearer credential: an API key or a token issued for this server",
+        );
+    };
+    let audience = front.audience();
+    let identity = match front
+        .pipeline
+        .authenticate(Some(&credential), audience.as_deref())
+        .await
+    {
+        Ok(identity) => identity,
+        Err(denial) => {
+            // Audited like any refused request (the pipeline checks the credential again and
+            // records the refusal); the client learns what was wrong.
+            let refused = Request {
+                id: RequestId(format!("qg-{}", uuid::Uuid::new_v4().simple())),
+                credential: Some(credential),
+                delegation: None,
+                audience,
+                client: client_info(request.headers(), request.extensions()),
+                target: String::new(),
+                method: "mcp".into(),
+                action: querygate_core::Action::Other {
+                    what: "an MCP request".into(),
+                },
+                job_id: None,
+                reason: None,
+                wait: None,
+                session: None,
+                codes: &crate::CODES,
+            };
+            let _ = front.pipeline.handle_unrouted::<S>(refused).await;
+            return unauthorized(request.headers(), Some("invalid_token"), &denial.message);
+        }
+    };
+    let (mut parts, body) = request.into_parts();
+    // For choosing the source of a call that names no project; the pipeline still checks
+    // the credential of every call itself.
+    parts.extensions.insert(identity);
+    match Limited::new(body, front.max_body_bytes).collect().await {
+        Ok(body) => next.run(HttpRequest::from_parts(parts, Body::from(body.to_bytes()))).await,
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(json!({
+                "jsonrpc": "2.0", "id": null,
+                "error": { "code": -32600, "message": format!(
+                    "the request is larger than querygate accepts ({} bytes)", front.max_body_bytes) },
+            })),
+        )
+            .into_response(),
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }
-    let at = format!(
-        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
-        origin(request.headers())
+}
+
+/// 401 with where to find out how to get a token (and, for a refused one, why).
+fn unauthorized(headers: &HeaderMap, error: Option<&str>, description: &str) -> Response {
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        origin(headers)
     );
+    // Header values are quoted strings: keep the description to printable ASCII sans quotes.
+    let quoted: String = description
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect();
+    let at = match error {
+        Some(e) => format!(
+            "Bearer error=\"{e}\", error_description=\"{quoted}\", resource_metadata=\"{metadata}\""
+        ),
+        None => format!("Bearer resource_metadata=\"{metadata}\""),
+    };
     let mut response = (
         StatusCode::UNAUTHORIZED,
-        axum::Json(json!({ "error": "unauthorized", "error_description": "querygate needs a bearer credential: an API key or a token issued for this server" })),
+        axum::Json(json!({
+            "error": error.unwrap_or("unauthorized"),
+            "error_description": description,
+        })),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&at) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     response
+}
+
+/// What the client software is and where it connected from.
+fn client_info(headers: &HeaderMap, extensions: &axum::http::Extensions) -> ClientInfo {
+    ClientInfo {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        peer: extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.to_string()),
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<Secret> {
@@ -164,10 +266,13 @@ impl<S: Source + 'static> ServerHandler for Tools<S> {
         let front = &self.front;
         let parts = context.extensions.get::<axum::http::request::Parts>();
         let headers = parts.map(|p| &p.headers);
+        // Without a project: the first source the caller may use (else the first).
+        let identity = parts.and_then(|p| p.extensions.get::<Identity>());
         let default_project = front
             .sources
             .iter()
-            .next()
+            .find(|s| identity.is_some_and(|i| front.pipeline.may_use(i, s.name())))
+            .or_else(|| front.sources.iter().next())
             .map(|s| s.default_project().to_string())
             .unwrap_or_default();
         let mut decoded = decode(
@@ -194,24 +299,23 @@ impl<S: Source + 'static> ServerHandler for Tools<S> {
             }
             None => None,
         };
-        let client = ClientInfo {
-            user_agent: headers
-                .and_then(|h| h.get(header::USER_AGENT))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            peer: parts
-                .and_then(|p| p.extensions.get::<ConnectInfo<SocketAddr>>())
-                .map(|ConnectInfo(a)| a.to_string()),
-        };
+        let client = parts
+            .map(|p| client_info(&p.headers, &p.extensions))
+            .unwrap_or_default();
         let session = headers
             .and_then(|h| h.get("mcp-session-id"))
             .and_then(|v| v.to_str().ok())
             .map(|s| format!("mcp-{s}"));
         let tool = decoded.method.clone();
+        let dry_run = matches!(
+            &decoded.action,
+            querygate_core::Action::Query(q) if q.dry_run
+        );
         let pipeline_request = Request {
             id: RequestId(format!("qg-{}", uuid::Uuid::new_v4().simple())),
             credential: headers.and_then(bearer),
             delegation: None,
+            audience: front.audience(),
             client,
             target: decoded.project.clone(),
             method: decoded.method,
@@ -223,17 +327,17 @@ impl<S: Source + 'static> ServerHandler for Tools<S> {
             codes: &crate::CODES,
         };
         let result = match (source, call) {
-            (Some(source), Some(call)) => render(
-                &tool,
-                front
+            (Some(source), Some(call)) => {
+                let (outcome, explanation) = front
                     .pipeline
-                    .handle(pipeline_request, Some(source.as_ref()), call)
-                    .await,
-            ),
+                    .handle_explained(pipeline_request, Some(source.as_ref()), call)
+                    .await;
+                render(&tool, outcome, &explanation, dry_run)
+            }
             // No such project: the pipeline answers (and audits) "not found".
             (None, _) | (_, None) => {
                 let outcome = front.pipeline.handle_unrouted::<S>(pipeline_request).await;
-                render(&tool, outcome)
+                render(&tool, outcome, &Explanation::default(), dry_run)
             }
         };
         Ok(CallToolResponse::Complete(result))

@@ -6,7 +6,8 @@ use querygate_core::{
     Action, Catalog, Denial, DenialKind, Fault, JobOp, Malformed, Query, Ticket, TicketState,
 };
 use querygate_pipeline::{
-    Answer, Column, JobInfo, Outcome, Reply, ResultSet, Scope, Summary, TableInfo, Waiting,
+    Answer, Column, ColumnMask, Explanation, JobInfo, Outcome, Reply, ResultSet, Scope, Summary,
+    TableInfo, Waiting,
 };
 use rmcp::model::{CallToolResult, JsonObject};
 use serde_json::{Value, json};
@@ -227,6 +228,10 @@ fn done(answer: Answer) -> Outcome<Answered> {
     Outcome::Done(Answered(answer))
 }
 
+fn none() -> Explanation {
+    Explanation::default()
+}
+
 fn text(result: &CallToolResult) -> String {
     serde_json::to_value(&result.content)
         .expect("json")
@@ -252,7 +257,12 @@ fn outcomes_render_as_tool_results_an_agent_reads() {
         job_id: Some("job_1".into()),
         bytes_processed: Some(1024),
     };
-    let r = render("execute_sql", done(Answer::Rows(set)));
+    let r = render(
+        "execute_sql",
+        done(Answer::Rows(set.clone())),
+        &none(),
+        false,
+    );
     assert_eq!(r.is_error, Some(false));
     let s = r.structured_content.clone().expect("structured");
     assert_eq!(s["rows"][0], json!({"id": 1, "email": "***@example.com"}));
@@ -268,9 +278,19 @@ fn outcomes_render_as_tool_results_an_agent_reads() {
         text(&r)
     );
 
-    let r = render("list_dataset_ids", done(Answer::Names(vec!["shop".into()])));
+    let r = render(
+        "list_dataset_ids",
+        done(Answer::Names(vec!["shop".into()])),
+        &none(),
+        false,
+    );
     assert_eq!(r.structured_content, Some(json!({"dataset_ids": ["shop"]})));
-    let r = render("list_table_ids", done(Answer::Names(vec!["orders".into()])));
+    let r = render(
+        "list_table_ids",
+        done(Answer::Names(vec!["orders".into()])),
+        &none(),
+        false,
+    );
     assert_eq!(r.structured_content, Some(json!({"table_ids": ["orders"]})));
     let table = TableInfo {
         name: "demo.shop.orders".into(),
@@ -279,23 +299,83 @@ fn outcomes_render_as_tool_results_an_agent_reads() {
         rows: Some(3),
         description: None,
     };
-    let r = render("get_table_info", done(Answer::Table(table)));
+    let r = render(
+        "get_table_info",
+        done(Answer::Table(table.clone())),
+        &none(),
+        false,
+    );
     let s = r.structured_content.clone().expect("structured");
     assert_eq!(s["schema"][0]["name"], "id");
+    assert_eq!(s["schema"][0]["masked"], false);
     assert_eq!(s["num_rows"], 3);
+    // Masked for this caller: said per column, in the data and the text.
+    let masked = Explanation {
+        masks: vec![ColumnMask {
+            column: column("id", "INTEGER"),
+            strategy: Some(querygate_mask::Strategy::Hash),
+        }],
+        ..none()
+    };
+    let r = render("get_table_info", done(Answer::Table(table)), &masked, false);
+    let s = r.structured_content.clone().expect("structured");
+    assert_eq!(
+        (
+            s["schema"][0]["masked"].clone(),
+            s["schema"][0]["mask"].clone()
+        ),
+        (json!(true), json!("hash"))
+    );
+    assert!(text(&r).contains("masked for you: hash"), "{}", text(&r));
+    // A dry run: the estimate and the decision a real run would get.
+    let approve = Explanation {
+        verdict: Some("approve"),
+        rule: Some("big-scans".into()),
+        approvers: vec!["group:leads".into()],
+        ..none()
+    };
+    let r = render("execute_sql", done(Answer::Rows(set)), &approve, true);
+    let s = r.structured_content.clone().expect("structured");
+    assert_eq!(
+        s["decision"],
+        json!({"verdict": "approve", "rule": "big-scans", "approvers": ["group:leads"]})
+    );
+    assert_eq!(s["bytes_processed"], 1024);
+    assert!(
+        text(&r).contains("waits for approval by group:leads"),
+        "{}",
+        text(&r)
+    );
+    let deny = Explanation {
+        verdict: Some("deny"),
+        rule: Some("no-writes".into()),
+        ..none()
+    };
+    let refused = Outcome::<Answered>::Denied(Denial::new(
+        DenialKind::Forbidden,
+        "Access Denied: no writes",
+    ));
+    let r = render("execute_sql", refused, &deny, true);
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(
+        r.structured_content.expect("structured")["decision"]["rule"],
+        "no-writes"
+    );
     let job = JobInfo {
         job_id: "j1".into(),
         state: "DONE".into(),
         error: None,
         statement: None,
     };
-    let r = render("get_job", done(Answer::Jobs(vec![job])));
+    let r = render("get_job", done(Answer::Jobs(vec![job])), &none(), false);
     assert_eq!(r.structured_content.expect("structured")["state"], "DONE");
     let r = render(
         "get_query_results",
         done(Answer::Running {
             job_id: Some("j2".into()),
         }),
+        &none(),
+        false,
     );
     assert!(text(&r).contains("get_query_results with job_id j2"));
 
@@ -319,7 +399,7 @@ fn outcomes_render_as_tool_results_an_agent_reads() {
             "Unrecognized name",
         ),
     ] {
-        let r = render("execute_sql", outcome);
+        let r = render("execute_sql", outcome, &none(), false);
         assert_eq!(r.is_error, Some(true));
         assert!(text(&r).contains(says), "{}", text(&r));
     }
@@ -367,7 +447,7 @@ fn a_held_call_answers_at_once_with_its_ticket_and_an_ended_one_with_why() {
         ticket: ticket(),
         ended: None,
     }));
-    let r = render("execute_sql", pending);
+    let r = render("execute_sql", pending, &none(), false);
     assert_eq!(r.is_error, Some(false));
     let s = r.structured_content.expect("structured");
     assert_eq!(s["state"], "PENDING");
@@ -386,7 +466,7 @@ fn a_held_call_answers_at_once_with_its_ticket_and_an_ended_one_with_why() {
             "Access Denied: the approval request was denied by human:approver: too big".into(),
         ),
     }));
-    let r = render("get_query_results", ended);
+    let r = render("get_query_results", ended, &none(), false);
     assert_eq!(r.is_error, Some(true));
     assert!(text(&r).contains("too big"));
 }

@@ -384,6 +384,7 @@ impl Pipeline {
             id: ctx.request.id.clone(),
             credential: None,
             delegation: None,
+            audience: None,
             client: ctx.request.client.clone(),
             target: ctx.request.target.clone(),
             method,
@@ -411,7 +412,10 @@ impl Pipeline {
                 // The ticket keeps the statement as the client wrote it; the held call
                 // carries it as the masking rewrite left it.
                 rewritten: source.statement(&call).filter(|s| *s != ticket.statement),
+                verdict: Some("approve"),
+                approvers: ticket.approvers.clone(),
             },
+            noted: ctx.noted,
         };
         let plan = Plan {
             max_bytes_billed: ticket.max_bytes_billed,

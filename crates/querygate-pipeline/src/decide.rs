@@ -346,6 +346,11 @@ impl Pipeline {
             question.input.bytes = Some(estimate);
             (verdict, decided) = decide(policy, &question);
         }
+        (explained.verdict, explained.approvers) = match &verdict.outcome {
+            PolicyOutcome::Allow => (Some("allow"), Vec::new()),
+            PolicyOutcome::Deny { .. } => (Some("deny"), Vec::new()),
+            PolicyOutcome::Approve { approvers, .. } => (Some("approve"), approvers.clone()),
+        };
         explained.rule = verdict.rule.take();
         explained.rules = std::mem::take(&mut verdict.matched);
         let admission = match decided {

@@ -2,20 +2,22 @@
 //! reply is restricted to what the identity may see before it is recorded and rendered.
 //!
 //! In order: the decided record is made durable ([`Pipeline::admit`]), the call becomes
-//! [`Admitted`] and runs, job listings keep the caller's jobs, value detectors scrub every
+//! [`Admitted`] and runs, job listings keep the caller's jobs, catalog listings the names
+//! the caller's rules let it read (a table's description notes how its columns are masked
+//! for the caller), value detectors scrub every
 //! value, a direct table read's rows are masked, errors that could echo masked values are
 //! withheld, a result over the plan's row limit is withheld, and the completed record
 //! claims the job for the caller and charges the bytes to its budget.
 
-use querygate_core::{Action, Denial, DenialKind, Fault, Identity, JobOp, Query};
+use querygate_core::{Action, Catalog, Denial, DenialKind, Fault, Identity, JobOp, Query};
 use querygate_mask::Strategy;
 use querygate_store::{Alongside, JobRow};
 
 use crate::audit::{Completion, job_row};
 use crate::decide::Plan;
 use crate::gate::Ownership;
-use crate::source::{Admitted, Reply, Scope, Source};
-use crate::{Context, Outcome, Pipeline};
+use crate::source::{Admitted, Answer, Reply, Scope, Source};
+use crate::{Context, Outcome, Pipeline, catalog};
 
 impl Pipeline {
     /// Runs an admitted request: `plan` from the decide and approve stages, `ownership`
@@ -50,13 +52,49 @@ impl Pipeline {
         };
 
         // restrict (mask): keep only what this identity may see.
-        if matches!(request.action, Action::Job(JobOp::List)) {
-            match self.store.jobs_of(source.name(), &identity.owner()) {
-                Ok(owned) => reply.restrict(&Scope {
-                    owned_jobs: owned.into_iter().collect(),
-                }),
-                Err(e) => return self.fail(ctx, Fault::gateway(e.to_string())).await,
+        match &request.action {
+            Action::Job(JobOp::List) => {
+                match self.store.jobs_of(source.name(), &identity.owner()) {
+                    Ok(owned) => reply.restrict(&Scope {
+                        owned_jobs: owned.into_iter().collect(),
+                        ..Scope::default()
+                    }),
+                    Err(e) => return self.fail(ctx, Fault::gateway(e.to_string())).await,
+                }
             }
+            Action::Catalog {
+                object: object @ (Catalog::Schemas | Catalog::Tables { .. }),
+                hidden: false,
+            } => {
+                if let Answer::Names(names) = reply.answer() {
+                    let policies = &self.settings().policies;
+                    let hidden = catalog::hidden(
+                        policies,
+                        identity,
+                        source.name(),
+                        &request.target,
+                        object,
+                        &names,
+                    );
+                    if !hidden.is_empty() {
+                        reply.restrict(&Scope {
+                            hidden,
+                            ..Scope::default()
+                        });
+                    }
+                }
+            }
+            Action::Catalog {
+                object: Catalog::Table { table },
+                ..
+            } => {
+                if let Answer::Table(info) = reply.answer() {
+                    let policies = &self.settings().policies;
+                    let masks = catalog::column_masks(policies, identity, table, &info.columns);
+                    ctx.noted.lock().unwrap_or_else(|e| e.into_inner()).masks = masks;
+                }
+            }
+            _ => {}
         }
         // The second line: value detectors on every value the result returns (before the
         // reply is recorded or rendered, so neither holds what they find).

@@ -9,8 +9,8 @@
 //!
 //! Fronts decode their wire traffic into a [`Request`] plus a source-specific call,
 //! call [`Pipeline::handle`], and render the [`Outcome`]. Each stage is its own file:
-//! `analyze`, `gate`, `decide` (a pure [`decide`] over a [`Question`], giving an
-//! [`Admission`]), `mask`, `approve`, `execute`, `audit` (every audit record is written
+//! `analyze`, `gate`, `catalog` (what the rules let a caller see of the catalog), `decide`
+//! (a pure [`decide`] over a [`Question`], giving an [`Admission`]), `mask`, `approve`, `execute`, `audit` (every audit record is written
 //! there) and `recording`. A [`Source`] executes only an [`Admitted`] call, and only this
 //! crate can construct one, so no front can run an unchecked request. This crate holds no
 //! wire knowledge: fronts number their answers through [`querygate_core::StatusCodes`].
@@ -19,6 +19,7 @@ mod analyze;
 mod approvals;
 mod approve;
 mod audit;
+mod catalog;
 mod decide;
 mod execute;
 mod gate;
@@ -31,7 +32,7 @@ mod sessions;
 mod source;
 mod values;
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use querygate_core::{Action, Denial, DenialKind, Fault, Identity, JobOp, Query, Request};
@@ -107,6 +108,37 @@ struct Context<'a> {
     tag: &'a OnceLock<recording::Tag>,
     /// What analysis and policy said, for the records (the decide stage's findings).
     explained: Explained,
+    /// What the front is told of the decision (set by the decide and execute stages).
+    noted: &'a Mutex<Explanation>,
+}
+
+/// What the pipeline decided about a request, for fronts that show it (the MCP front's
+/// dry runs and table descriptions).
+#[derive(Debug, Clone, Default)]
+pub struct Explanation {
+    /// What the rules said: `allow`, `deny` or `approve`. A dry run an approve rule catches
+    /// runs without waiting, and says `approve`: the real run would wait.
+    pub verdict: Option<&'static str>,
+    /// The rule that decided (`masking` when masking refused it).
+    pub rule: Option<String>,
+    /// Who may approve, when an approve rule decided.
+    pub approvers: Vec<String>,
+    /// For a table's description: how each of its columns is masked for the caller.
+    pub masks: Vec<ColumnMask>,
+}
+
+impl Context<'_> {
+    /// Tells the front what was decided.
+    fn note(&self, admission: &Admission) {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        noted.verdict = match admission {
+            Admission::Deny(_) => Some("deny"),
+            Admission::Approve { .. } => Some("approve"),
+            Admission::Run(_) => self.explained.verdict.or(Some("allow")),
+        };
+        noted.rule = self.explained.rule.clone();
+        noted.approvers = self.explained.approvers.clone();
+    }
 }
 
 /// What the decide stage found, for the audit records: statement kinds and tables, the
@@ -122,6 +154,9 @@ pub(crate) struct Explained {
     bytes_estimate: Option<u64>,
     /// The statement as the masking rewrite sent it upstream.
     rewritten: Option<String>,
+    /// What the rules said (`allow`, `deny`, `approve`) and who may approve.
+    verdict: Option<&'static str>,
+    approvers: Vec<String>,
 }
 
 impl Pipeline {
@@ -167,15 +202,26 @@ impl Pipeline {
             .map(|p| p.version.clone())
     }
 
-    /// Who presents `credential` (for the admin API), as the data path would decide it.
+    /// Who presents `credential`, as the data path would decide it (for the admin API, the
+    /// token endpoint, and fronts that check a credential before decoding a call).
     pub async fn authenticate(
         &self,
         credential: Option<&querygate_core::Secret>,
+        audience: Option<&querygate_core::Audience>,
     ) -> Result<Identity, Denial> {
         self.settings()
             .authenticator
-            .authenticate(credential, None)
+            .authenticate(credential, None, audience)
             .await
+    }
+
+    /// Whether the rules of `source` could let `identity` do anything (the MCP front sends
+    /// a call that names no project to the first source the caller may use).
+    pub fn may_use(&self, identity: &Identity, source: &str) -> bool {
+        self.settings()
+            .policies
+            .policy(source)
+            .is_some_and(|p| p.may_use(identity))
     }
 
     /// Replaces keys and policy; requests in flight finish with what they started with.
@@ -206,11 +252,25 @@ impl Pipeline {
         source: Option<&S>,
         call: S::Call,
     ) -> Outcome<S::Reply> {
+        self.handle_explained(request, source, call).await.0
+    }
+
+    /// [`Pipeline::handle`], with what was decided, for fronts that show it.
+    pub async fn handle_explained<S: Source>(
+        &self,
+        request: Request,
+        source: Option<&S>,
+        call: S::Call,
+    ) -> (Outcome<S::Reply>, Explanation) {
         let tag = OnceLock::new();
-        let outcome = self.run(&request, source, Some(call), &tag).await;
+        let noted = Mutex::new(Explanation::default());
+        let outcome = self.run(&request, source, Some(call), &tag, &noted).await;
         // record: what the client gets back (the other events are recorded as they happen).
         self.trace_response(&request, &tag, source.map(|s| s.name()), &outcome);
-        outcome
+        (
+            outcome,
+            noted.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Runs a request that addresses a target no source serves, for fronts that build their
@@ -218,7 +278,8 @@ impl Pipeline {
     /// found and audited like any other.
     pub async fn handle_unrouted<S: Source>(&self, request: Request) -> Outcome<S::Reply> {
         let tag = OnceLock::new();
-        let outcome = self.run::<S>(&request, None, None, &tag).await;
+        let noted = Mutex::new(Explanation::default());
+        let outcome = self.run::<S>(&request, None, None, &tag, &noted).await;
         self.trace_response(&request, &tag, None, &outcome);
         outcome
     }
@@ -229,6 +290,7 @@ impl Pipeline {
         source: Option<&S>,
         call: Option<S::Call>,
         tag: &OnceLock<recording::Tag>,
+        noted: &Mutex<Explanation>,
     ) -> Outcome<S::Reply> {
         let settings = self.settings();
         let mut ctx = Context {
@@ -239,12 +301,17 @@ impl Pipeline {
             received: audit_time(time::OffsetDateTime::now_utc()),
             tag,
             explained: Explained::default(),
+            noted,
         };
 
         // authenticate: who is asking. Then record: the request, in its session.
         let identity = settings
             .authenticator
-            .authenticate(request.credential.as_ref(), request.delegation.as_ref())
+            .authenticate(
+                request.credential.as_ref(),
+                request.delegation.as_ref(),
+                request.audience.as_deref(),
+            )
             .await;
         let identity = match identity {
             Ok(identity) => identity,
@@ -285,7 +352,23 @@ impl Pipeline {
 
         // decide (and mask): the rules over the facts, as a value.
         let admission = match shape {
-            Gate::Allow => Admission::Run(Plan::default()),
+            Gate::Allow => match &request.action {
+                // catalog: only what the rules let the identity read is described.
+                Action::Catalog {
+                    object,
+                    hidden: false,
+                } => {
+                    match catalog::describable(&settings.policies, &identity, source.name(), object)
+                    {
+                        Ok(()) => Admission::Run(Plan::default()),
+                        Err((denial, rule)) => {
+                            ctx.explained.rule = rule;
+                            Admission::Deny(denial)
+                        }
+                    }
+                }
+                _ => Admission::Run(Plan::default()),
+            },
             _ => {
                 let (decided, explained) = self
                     .decide(
@@ -313,6 +396,7 @@ impl Pipeline {
             (Admission::Deny(_) | Admission::Approve { .. }, Some(e)) => Admission::Deny(e),
             (admission, _) => admission,
         };
+        ctx.note(&admission);
 
         // approve: a request an approve rule caught runs only under a grant; otherwise it
         // waits in a ticket.

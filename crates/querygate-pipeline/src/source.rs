@@ -74,6 +74,9 @@ pub struct Summary {
 pub struct Scope {
     /// Jobs the identity owns on this source (for job listings).
     pub owned_jobs: HashSet<String>,
+    /// Names a catalog listing (schema or table ids) must not show: the identity's rules
+    /// do not let it read them.
+    pub hidden: HashSet<String>,
 }
 
 /// A source's answer, before the front renders it.

@@ -190,6 +190,7 @@ fn request(key: Option<&str>, action: Action) -> Request {
         id: RequestId("r1".into()),
         credential: key.map(Secret::new),
         delegation: None,
+        audience: None,
         client: ClientInfo::default(),
         target: "p".into(),
         method: "jobs.query".into(),
@@ -560,7 +561,7 @@ async fn approvals_bind_to_the_request_the_identity_and_the_policy() {
     let who = |key: &'static str| {
         let p = &p;
         async move {
-            p.authenticate(Some(&Secret::new(key)))
+            p.authenticate(Some(&Secret::new(key)), None)
                 .await
                 .expect("identity")
         }
@@ -770,7 +771,7 @@ async fn tickets_expire_and_end_their_jobs() {
         panic!("expected a held job")
     };
     let owner = p
-        .authenticate(Some(&Secret::new("key-o")))
+        .authenticate(Some(&Secret::new("key-o")), None)
         .await
         .expect("owner");
     let late = p
@@ -810,7 +811,7 @@ async fn a_window_grant_ends_when_its_window_does() {
         panic!("expected a held job")
     };
     let owner = p
-        .authenticate(Some(&Secret::new("key-o")))
+        .authenticate(Some(&Secret::new("key-o")), None)
         .await
         .expect("owner");
     let window = TicketDecision {
@@ -1586,7 +1587,7 @@ async fn an_approve_rule_that_fails_at_once_runs_the_statement_once_when_run_aga
     p.reload(approval_keys(), set);
     let src = Echo::default();
     let owner = p
-        .authenticate(Some(&Secret::new("key-o")))
+        .authenticate(Some(&Secret::new("key-o")), None)
         .await
         .expect("owner");
     let sql = "SELECT * FROM t WHERE id = 7";
@@ -1657,7 +1658,7 @@ async fn a_held_job_the_upstream_does_not_accept_ends_and_its_id_stays_unreachab
         ..Echo::default()
     };
     let owner = p
-        .authenticate(Some(&Secret::new("key-o")))
+        .authenticate(Some(&Secret::new("key-o")), None)
         .await
         .expect("owner");
     let w = match p

@@ -133,6 +133,52 @@ impl Policy {
         }
     }
 
+    /// Whether `identity` may see `table` (`project.dataset.table`) in the catalog: the
+    /// verdict for the narrowest read of it — a `SELECT` of unclassified columns, filtered on
+    /// its partitions, processing no bytes — so that what hides a table is a rule about the
+    /// table or the caller (`tables`, `who`, `hours`), never one about a query's shape
+    /// (`touches`, `full_scan`, `bytes_over`, `rows_over`). A schema is probed as
+    /// `project.dataset.*`, which only a rule on all of its tables matches.
+    pub fn readable(
+        &self,
+        identity: &Identity,
+        source: &str,
+        table: &str,
+        now: jiff::Timestamp,
+    ) -> Verdict {
+        let tables = [TableUse {
+            name: table.to_string(),
+            write: false,
+            filtered: Vec::new(),
+        }];
+        let partitions = HashMap::from([(table.to_string(), Partitioning::NotPartitioned)]);
+        self.evaluate(&Input {
+            identity,
+            source,
+            statements: &[StatementKind::Select],
+            tables: &tables,
+            opaque: None,
+            bytes: Some(0),
+            partitions: &partitions,
+            tags: &[],
+            now,
+        })
+    }
+
+    /// Whether the rules could let `identity` do anything at all: a rule that names it
+    /// allows or asks approval for something before one denies it everything. The MCP
+    /// front's calls without a project go to the first source the caller may use.
+    pub fn may_use(&self, identity: &Identity) -> bool {
+        for rule in self.rules.iter().filter(|r| r.names(identity)) {
+            match rule.action {
+                RuleAction::Allow | RuleAction::Approve => return true,
+                RuleAction::Deny if rule.unconditional() => return false,
+                RuleAction::Deny => {}
+            }
+        }
+        false
+    }
+
     /// The policy used when the config has no rules: every identity may read.
     pub fn builtin_read_only() -> Policy {
         Policy::new(vec![Rule {

@@ -402,6 +402,22 @@ impl RuleSpec {
 }
 
 impl Rule {
+    /// The rule names `identity` (its `who` and `on_behalf_of`), whatever it is about.
+    pub(crate) fn names(&self, identity: &Identity) -> bool {
+        (self.who.is_empty() || self.who.iter().any(|p| p.matches(identity)))
+            && (self.on_behalf_of.is_empty()
+                || identity
+                    .acting_for
+                    .as_deref()
+                    .is_some_and(|person| self.on_behalf_of.iter().any(|p| p.matches(person))))
+    }
+
+    /// The rule holds for every request of whom it names (no tables, statements or
+    /// conditions).
+    pub(crate) fn unconditional(&self) -> bool {
+        self.tables.is_empty() && self.statements.is_empty() && self.when == When::default()
+    }
+
     pub(crate) fn check(&self, input: &Input<'_>) -> Check {
         let allow = self.action == RuleAction::Allow;
         if !self.who.is_empty() && !self.who.iter().any(|p| p.matches(input.identity)) {

@@ -547,3 +547,89 @@ fn table_names_compare_without_case() {
         Some("read")
     );
 }
+
+#[test]
+fn the_catalog_shows_what_some_read_could_see() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "no-hr"
+tables = ["*.hr.*"]
+action = "deny"
+message = "HR data is off limits"
+
+[[rule]]
+name = "no-salaries"
+who = ["group:agents"]
+tables = ["p.finance.salaries"]
+action = "deny"
+
+[[rule]]
+name = "no-pii-scans"
+when = { touches = "pii", full_scan = true }
+action = "deny"
+
+[[rule]]
+name = "big"
+when = { bytes_over = "1 GiB" }
+action = "approve"
+approvers = ["group:leads"]
+
+[[rule]]
+name = "reads"
+statements = ["select"]
+action = "allow"
+"#,
+    );
+    let at = jiff::Timestamp::from_second(1_790_000_000).expect("ts");
+    let agent = who("agent:a", &["agents"]);
+    let person = who("user:b", &["analysts"]);
+    let seen = |id: &Identity, table: &str| p.readable(id, "analytics", table, at);
+    // A rule on the table or its dataset hides it, with that rule's message.
+    let v = seen(&agent, "p.hr.people");
+    assert_eq!(v.rule.as_deref(), Some("no-hr"));
+    assert!(matches!(&v.outcome, Outcome::Deny { message } if message.contains("HR data")));
+    assert_eq!(seen(&agent, "p.hr.*").rule.as_deref(), Some("no-hr"));
+    // A rule on one table hides that table from whom it names, not its dataset.
+    assert!(matches!(
+        seen(&agent, "p.finance.salaries").outcome,
+        Outcome::Deny { .. }
+    ));
+    assert_eq!(seen(&person, "p.finance.salaries").outcome, Outcome::Allow);
+    assert_eq!(seen(&agent, "p.finance.*").outcome, Outcome::Allow);
+    // Rules about a query's shape (classified columns, scans, bytes) hide nothing.
+    assert_eq!(seen(&agent, "p.shop.customers").outcome, Outcome::Allow);
+    assert_eq!(
+        seen(&agent, "p.shop.customers").rule.as_deref(),
+        Some("reads")
+    );
+}
+
+#[test]
+fn a_source_is_usable_by_whom_some_rule_could_allow() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "no-contractors"
+who = ["group:contractors"]
+action = "deny"
+
+[[rule]]
+name = "no-writes"
+statements = ["insert", "update", "delete"]
+action = "deny"
+
+[[rule]]
+name = "analysts"
+who = ["group:analysts"]
+statements = ["select"]
+action = "allow"
+"#,
+    );
+    assert!(p.may_use(&who("user:a", &["analysts"])));
+    // Denied everything before any rule that could allow it.
+    assert!(!p.may_use(&who("user:c", &["contractors", "analysts"])));
+    // Named by no allow rule at all.
+    assert!(!p.may_use(&who("agent:x", &["agents"])));
+    assert!(Policy::builtin_read_only().may_use(&who("agent:x", &[])));
+}

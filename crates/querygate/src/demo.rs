@@ -345,6 +345,7 @@ mod neutral_tests {
             id: RequestId(format!("qg-neutral-{who}")),
             credential: Some(Secret::new(format!("qg_neutral_{who}"))),
             delegation: None,
+            audience: None,
             client: ClientInfo::default(),
             target: "demo".into(),
             method: "neutral".into(),

@@ -326,9 +326,16 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 pipeline: pipeline.clone(),
                 sources: front.sources.clone(),
                 max_rows: config.mcp.max_rows.unwrap_or(200).max(1),
-                resource: config.mcp.resource.clone(),
+                // Tokens are accepted for this resource only: the configured one, or this
+                // listener's own /mcp URL.
+                resource: config
+                    .mcp
+                    .resource
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{local}/mcp")),
                 authorization_servers: config.mcp.authorization_servers.clone(),
                 allowed_hosts,
+                max_body_bytes: front.max_body_bytes,
             });
             Some((listener, querygate_mcp::router(mcp_front)))
         }

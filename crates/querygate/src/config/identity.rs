@@ -86,6 +86,27 @@ impl Config {
                 );
             }
         }
+        // The MCP front takes tokens from these issuers only: each must be one querygate
+        // verifies (an [[oidc]] block says how).
+        for server in &self.mcp.authorization_servers {
+            if !issuers.contains(server.as_str()) {
+                return Err(format!(
+                    "{}: [mcp] authorization_servers names {server:?}, which is not the issuer \
+                     of any [[oidc]] block; add one for it (its tokens are verified as those are)",
+                    path.display()
+                ));
+            }
+        }
+        if let Some(resource) = &self.mcp.resource
+            && reqwest::Url::parse(resource)
+                .map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(format!(
+                "{}: [mcp] resource {resource:?} must be the MCP endpoint's absolute http(s) URL, \
+                 e.g. \"https://querygate.example.com/mcp\"",
+                path.display()
+            ));
+        }
         Ok(())
     }
 
