@@ -6,6 +6,7 @@
 #   - directly against the canned upstream,
 #   - through nginx (Debian package) as a plain keepalive reverse proxy,
 #   - through querygate (every request durably audited),
+#   - through querygate's MCP front, as an execute_sql tool call (target "mcp"),
 # at 1 connection (added latency) and at BENCH_CONNECTIONS connections
 # (throughput), with wrk. Then pages a 1M-row result through querygate's
 # getQueryResults (100 pages x 10,000 rows) while sampling querygate's RSS.
@@ -132,9 +133,9 @@ stop_pid() { # pid
   wait "$pid" 2>/dev/null || true
 }
 
-read -r UP_PORT PX_PORT QG_PORT FL_PORT < <(python3 - <<'EOF'
+read -r UP_PORT PX_PORT QG_PORT FL_PORT MCP_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -337,6 +338,10 @@ if [ "$NO_QG" -eq 0 ]; then
   cat >"$T/querygate.toml" <<EOF
 [server]
 bigquery_listen = "127.0.0.1:$QG_PORT"
+mcp_listen = "127.0.0.1:$MCP_PORT"
+
+[mcp]
+max_rows = 100
 
 [store]
 path = "$T/querygate.db"
@@ -371,12 +376,54 @@ declare -A URL=(
   [nginx]="http://127.0.0.1:$PX_PORT$QPATH"
   [querygate]="http://127.0.0.1:$QG_PORT$QPATH"
   [floor]="http://127.0.0.1:$FL_PORT$QPATH"
+  [mcp]="http://127.0.0.1:$MCP_PORT/mcp"
 )
 TARGETS=(direct nginx)
 [ -n "$FLOOR_PID" ] && TARGETS+=(floor)
-[ "$NO_QG" -eq 0 ] && TARGETS+=(querygate)
+[ "$NO_QG" -eq 0 ] && TARGETS+=(querygate mcp)
+
+# MCP sessions for the mcp target (initialize, then notifications/initialized), one per
+# connection of the throughput run; the wrk script takes turns over them.
+open_mcp_sessions() { # count
+  local i sid sessions=()
+  for i in $(seq "$1"); do
+    sid="$(curl -s -D - -o /dev/null -X POST "${URL[mcp]}" -H "Authorization: Bearer $KEY" \
+      -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+      --data '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}' |
+      tr -d '\r' | sed -n 's/^[Mm]cp-[Ss]ession-[Ii]d: *//p')"
+    [ -n "$sid" ] || return 1
+    curl -s -o /dev/null -X POST "${URL[mcp]}" -H "Authorization: Bearer $KEY" -H "Mcp-Session-Id: $sid" \
+      -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+      --data '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    sessions+=("$sid")
+  done
+  export QG_BENCH_MCP_SESSIONS="${sessions[*]}"
+}
+
+check_mcp() { # -> 0 if an execute_sql tool call returned the 100 rows
+  local out="$T/check-mcp.json" sid
+  open_mcp_sessions "$CONNS" || { log "mcp: initialize gave no Mcp-Session-Id"; return 1; }
+  sid="${QG_BENCH_MCP_SESSIONS%% *}"
+  curl -s -o "$out" -X POST "${URL[mcp]}" -H "Authorization: Bearer $KEY" -H "Mcp-Session-Id: $sid" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    --data '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql","arguments":{"sql":"SELECT id, name, email, score FROM ds.t LIMIT 100"}}}'
+  python3 - "$out" <<'EOF'
+import json, sys
+body = open(sys.argv[1], "rb").read()
+try:
+    r = json.loads(body)["result"]
+    assert not r.get("isError"), r
+    rows = r["structuredContent"]["rows"]
+    assert len(rows) == 100 and rows[99]["email"] == "user100@example.com", "%d rows" % len(rows)
+    print("[bench] mcp: execute_sql OK (%d bytes)" % len(body), file=sys.stderr)
+except Exception as e:
+    print("[bench] mcp: execute_sql check FAILED: %s; body: %r" % (e, body[:400]), file=sys.stderr)
+    sys.exit(1)
+EOF
+}
 
 check_query() { # target -> 0 if a 100-row jobs.query response came back
+  [ "$1" = mcp ] && { check_mcp; return; }
   local out="$T/check-$1.json" code
   code="$(curl -s -o "$out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
     -H "Authorization: Bearer $KEY" --data "$QBODY" "${URL[$1]}")" || true
@@ -405,8 +452,8 @@ for t in "${TARGETS[@]}"; do
   elif [ "$t" = querygate ]; then
     show_diagnostics
     QG_FAILED="jobs.query through querygate failed the sanity check"
-  elif [ "$t" = floor ]; then
-    log "WARNING: the floor failed the sanity check (log: $T/floor.log); not measured"
+  elif [ "$t" = floor ] || [ "$t" = mcp ]; then
+    log "WARNING: $t failed the sanity check; not measured"
   else
     die "$t jobs.query check failed"
   fi
@@ -429,11 +476,15 @@ cpu_ticks() { # pid -> utime+stime of it and its children (nginx workers), in ti
 QG_REQUESTS_SENT=1 # the sanity check above
 us_to_ms() { awk -v x="$1" 'BEGIN { printf "%.3f", x / 1000 }'; }
 
+script_of() { # target -> its wrk script
+  if [ "$1" = mcp ]; then echo mcp_call.lua; else echo jobs_query.lua; fi
+}
+
 run_wrk() { # target conns threads
   local t="$1" c="$2" th="$3" raw line k v
   local -A kv=()
   log "wrk $t c=$c: ${WARMUP}s warm-up + ${DURATION}s"
-  wrk -t"$th" -c"$c" -d"${WARMUP}s" --timeout 5s --latency -s "$HERE/jobs_query.lua" "${URL[$t]}" \
+  wrk -t"$th" -c"$c" -d"${WARMUP}s" --timeout 5s --latency -s "$HERE/$(script_of "$t")" "${URL[$t]}" \
     >"$T/wrk-$t-c$c-warmup.txt" 2>&1 || true
   line="$(grep '^QGBENCH' "$T/wrk-$t-c$c-warmup.txt" || true)"
   if [ "$t" = querygate ]; then
@@ -443,7 +494,7 @@ run_wrk() { # target conns threads
   local cpu_pid cpu0 cpu1
   case "$t" in direct) cpu_pid="$UP_PID" ;; nginx) cpu_pid="$PX_PID" ;; floor) cpu_pid="$FLOOR_PID" ;; *) cpu_pid="$QG_PID" ;; esac
   cpu0="$(cpu_ticks "$cpu_pid")"
-  wrk -t"$th" -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$HERE/jobs_query.lua" "${URL[$t]}" \
+  wrk -t"$th" -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$HERE/$(script_of "$t")" "${URL[$t]}" \
     >"$raw" 2>&1 || { cat "$raw" >&2; die "wrk failed for $t c=$c"; }
   line="$(grep '^QGBENCH' "$raw")" || { cat "$raw" >&2; die "no result line from wrk for $t"; }
   for k in ${line#QGBENCH }; do kv[${k%%=*}]="${k#*=}"; done
@@ -613,7 +664,15 @@ report() {
     v="$(pct "${RPS[querygate,$CONNS]}" "${RPS[nginx,$CONNS]}")"
     local vv; vv="$(verdict "$v" ge 60)"; [ "$vv" = MISS ] && MISSED=1
     echo "| querygate / nginx req/s, c=$CONNS | $v % | ≥ 60 % | **$vv** |"
+    if [[ " ${TARGETS[*]} " == *" mcp "* ]]; then
+      for c in 1 "$CONNS"; do
+        echo "| mcp / querygate (REST) req/s, c=$c | $(pct "${RPS[mcp,$c]}" "${RPS[querygate,$c]}") % | | |"
+        echo "| mcp − querygate (REST) p50, c=$c | $(diff_ms "${P50[mcp,$c]}" "${P50[querygate,$c]}") ms | | |"
+        echo "| mcp − querygate (REST) CPU µs/req, c=$c | $((CPU_US[mcp,$c] - CPU_US[querygate,$c])) µs | | |"
+      done
+    fi
     echo
+    echo "mcp: the same query as an \`execute_sql\` tool call (JSON-RPC over Streamable HTTP, $CONNS sessions, JSON responses) through querygate's MCP front: decoded, run through the same pipeline as jobs.query (audited, recorded) and rendered as \`structuredContent\` rows plus a text table."
     echo "Added latency is judged at 1 connection (c=$CONNS shown in brackets, it mostly measures CPU contention on $(nproc) cores); throughput at $CONNS connections."
     local av="**not verified**"
     if [ -n "$AUDIT_ROWS" ]; then
