@@ -24,10 +24,12 @@ append what they expect to find in the audit log to the `audit_ledger` fixture.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,3 +229,28 @@ def audit_ledger():
       {"kind": "call", "flow", "method", "job_id"?}
     """
     return []
+
+
+@pytest.fixture(scope="session")
+def idp(e2e_tmp):
+    keys_dir = e2e_tmp / "idp-keys"
+    log = e2e_tmp / "idp.log"
+    out = e2e_tmp / "idp.ready"
+    server = s.Server(name="oidc-provider", log_path=log,
+                      argv=["node", str(s.OIDC_DIR / "server.js"), "--keys-dir", str(keys_dir)])
+    server.start()
+    try:
+        deadline = time.monotonic() + 20
+        ready = None
+        while ready is None and time.monotonic() < deadline:
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith('{"issuer"'):
+                    ready = json.loads(line)
+            if not server.alive():
+                raise RuntimeError(f"oidc-provider exited:\n{server.log_text()}")
+            time.sleep(0.05)
+        assert ready, f"oidc-provider did not start:\n{server.log_text()}"
+        out.write_text(json.dumps(ready))
+        yield s.Idp(server, ready["issuer"], keys_dir)
+    finally:
+        server.stop()

@@ -299,3 +299,38 @@ def byte_shim(upstream: str):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+#: The test OpenID provider (oidc-provider from npm) and its token client.
+OIDC_DIR = REPO_ROOT / "tests" / "oidc"
+
+
+class Idp:
+    """The running provider: tokens the way real clients get them, and forged ones."""
+
+    def __init__(self, server: Server, issuer: str, keys_dir):
+        self.server, self.issuer, self.keys_dir = server, issuer, keys_dir
+
+    def token(self, *args: str, resource: str | None = None) -> str:
+        env = dict(os.environ, **({"QG_RESOURCE": resource} if resource else {}))
+        cp = subprocess.run(["node", str(OIDC_DIR / "client.js"), args[0], self.issuer, *args[1:]],
+                            capture_output=True, text=True, timeout=30, env=env)
+        assert cp.returncode == 0, cp.stderr
+        return cp.stdout.strip()
+
+    def agent(self) -> str:
+        return self.token("agent", "claude-code", "agent-secret")
+
+    def login(self, user: str) -> str:
+        return self.token("login", user, f"{user}-pw")
+
+    def exchange(self, person_token: str) -> str:
+        return self.token("exchange", "claude-code", "agent-secret", person_token)
+
+    def forge(self, claims: dict) -> str:
+        """Signs claims with the provider's own key (what a misconfigured IdP could issue)."""
+        from google.auth import crypt, jwt
+
+        signer = crypt.RSASigner.from_string((self.keys_dir / "signing-key.pem").read_text(),
+                                             key_id=(self.keys_dir / "kid.txt").read_text())
+        return jwt.encode(signer, claims).decode()

@@ -46,7 +46,7 @@ path = "querygate.db"
 name = "files"
 kind = "local"
 project = "{project}"
-tables = {{ "shop.customers" = "customers.csv", "shop.orders" = "orders.csv" }}
+tables = {{ "shop.customers" = "customers.csv", "shop.orders" = "orders.csv", "shop.payroll" = "payroll.csv", "hr.people" = "people.csv" }}
 
 [[classify]]
 tag = "email"
@@ -56,6 +56,20 @@ columns = ["{project}.shop.customers.email"]
 tag = "email"
 strategy = "email_domain"
 unmasked_for = ["group:privacy"]
+
+[[rule]]
+name = "no hr for agents"
+who = ["group:agents"]
+tables = ["*.hr.*"]
+action = "deny"
+message = "agents do not read HR data"
+
+[[rule]]
+name = "no payroll for agents"
+who = ["group:agents"]
+tables = ["*.shop.payroll"]
+action = "deny"
+message = "payroll is for people, not agents"
 
 [[rule]]
 name = "the files are read-only"
@@ -116,6 +130,8 @@ def gateway(e2e_tmp):
         "1,Ana Lima,ana@example.com\n"
         "2,Bo Chen,bo@corp.example\n")
     (work / "orders.csv").write_text("order_id,customer_id,amount\n1,1,10.5\n")
+    (work / "payroll.csv").write_text("employee,salary\nAna,100\n")
+    (work / "people.csv").write_text("id,name\n1,Ana\n")
     keys = {"agent": "qg_mcp_agent_" + secrets.token_urlsafe(16),
             "privacy": "qg_mcp_privacy_" + secrets.token_urlsafe(16),
             "approver": "qg_mcp_approver_" + secrets.token_urlsafe(16)}
@@ -158,9 +174,14 @@ def test_the_tools_answer_from_the_source_masked_for_the_agent(gateway):
     assert out["tools"] == ["list_dataset_ids", "list_table_ids", "get_dataset_info", "get_table_info",
                             "execute_sql", "get_query_results", "get_job", "cancel_job"]
     datasets, tables, table, rows, write, unknown, bad = out["results"]
+    # The catalog shows the agent only what its rules let it read.
     assert datasets["structured"] == {"dataset_ids": ["shop"]}, datasets
-    assert "customers" in tables["structured"]["table_ids"], tables
+    assert sorted(tables["structured"]["table_ids"]) == ["customers", "orders"], tables
     assert [c["name"] for c in table["structured"]["schema"]] == ["id", "name", "email"], table
+    # ... and which columns are masked for it, and how.
+    assert [(c["name"], c["masked"], c.get("mask")) for c in table["structured"]["schema"]] == [
+        ("id", False, None), ("name", False, None), ("email", True, "email_domain")], table
+    assert "email STRING (masked for you: email_domain)" in table["texts"][0], table
     assert not rows["is_error"], rows
     assert rows["structured"]["rows"] == [{"id": 1, "email": "***@example.com"},
                                           {"id": 2, "email": "***@corp.example"}], rows
@@ -187,9 +208,93 @@ def test_the_typescript_sdk_client_gets_the_same_answers(gateway):
 
 
 def test_the_privacy_group_reads_in_clear(gateway):
-    out = drive(gateway, "privacy", [["execute_sql", {"sql": "SELECT email FROM shop.customers ORDER BY id"}]])
-    (rows,) = out["results"]
+    out = drive(gateway, "privacy", [["execute_sql", {"sql": "SELECT email FROM shop.customers ORDER BY id"}],
+                                     ["get_table_info", {"dataset_id": "shop", "table_id": "customers"}],
+                                     ["list_dataset_ids", {}],
+                                     ["list_table_ids", {"dataset_id": "shop"}]])
+    rows, table, datasets, tables = out["results"]
     assert [r["email"] for r in rows["structured"]["rows"]] == ["ana@example.com", "bo@corp.example"], rows
+    assert not any(c["masked"] for c in table["structured"]["schema"]), table
+    # The rules that hide HR and payroll from agents do not hide them from people.
+    assert sorted(datasets["structured"]["dataset_ids"]) == ["hr", "shop"], datasets
+    assert sorted(tables["structured"]["table_ids"]) == ["customers", "orders", "payroll"], tables
+
+
+def test_what_the_rules_hide_cannot_be_described_or_read(gateway):
+    out = drive(gateway, "agent", [
+        ["get_table_info", {"dataset_id": "shop", "table_id": "payroll"}],
+        ["get_dataset_info", {"dataset_id": "hr"}],
+        ["list_table_ids", {"dataset_id": "hr"}],
+        ["get_table_info", {"dataset_id": "hr", "table_id": "people"}],
+        ["execute_sql", {"sql": "SELECT * FROM shop.payroll"}],
+    ])
+    payroll, hr, hr_tables, people, read = out["results"]
+    for r, says in [(payroll, "payroll is for people"), (hr, "agents do not read HR data"),
+                    (hr_tables, "agents do not read HR data"), (people, "agents do not read HR data"),
+                    (read, "payroll is for people")]:
+        assert r["is_error"] and says in r["texts"][0], r
+
+
+def test_a_dry_run_says_what_a_real_run_would_get(gateway):
+    out = drive(gateway, "agent", [
+        ["execute_sql", {"sql": "SELECT order_id FROM shop.orders", "dry_run": True}],
+        ["execute_sql", {"sql": "SELECT id FROM shop.customers", "dry_run": True}],
+        ["execute_sql", {"sql": "DELETE FROM shop.orders WHERE TRUE", "dry_run": True}],
+    ])
+    approve, allow, deny = out["results"]
+    assert not approve["is_error"], approve
+    assert approve["structured"]["dry_run"] is True
+    assert approve["structured"]["decision"] == {"verdict": "approve", "rule": "orders need an approver",
+                                                 "approvers": ["group:approvers"]}, approve
+    assert "waits for approval by group:approvers" in approve["texts"][0]
+    assert allow["structured"]["decision"] == {"verdict": "allow", "rule": "read"}, allow
+    assert "bytes_processed" in allow["structured"]
+    assert deny["is_error"], deny
+    assert deny["structured"]["decision"] == {"verdict": "deny", "rule": "the files are read-only"}, deny
+    assert "read-only through querygate" in deny["texts"][0]
+    # Nothing waits and nothing was held: no ticket for the dry run.
+    tickets = s.run_cli(s.default_gateway_bin(), "approvals", "list", "--config", str(gateway["config"]), "--json")
+    assert "SELECT order_id FROM shop.orders" not in tickets.stdout
+
+
+def test_huge_arguments_and_bodies_are_refused_clearly(gateway):
+    headers = {"Authorization": f"Bearer {gateway['keys']['agent']}",
+               "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    # A body over the limit: 413 with a JSON-RPC error, before anything is parsed.
+    huge = "x" * (11 * 1024 * 1024)
+    r = requests.post(gateway["url"], headers=headers, timeout=60, data=json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+         "params": {"name": "execute_sql", "arguments": {"sql": huge}}}))
+    assert r.status_code == 413 and "larger than querygate accepts" in r.json()["error"]["message"], r.text[:300]
+    # A statement within the body limit but over the query limit: a tool error, audited.
+    out = drive(gateway, "agent", [["execute_sql", {"sql": "SELECT '" + "y" * (1100 * 1024) + "'"}],
+                                   ["list_table_ids", {"dataset_id": "d" * 5000}]])
+    statement, name = out["results"]
+    assert statement["is_error"] and "statement" in statement["texts"][0].lower(), statement["texts"][0][:300]
+    assert name["is_error"], name
+    assert gateway["server"].alive()
+
+
+def test_a_flood_of_calls_is_answered_and_audited(gateway):
+    calls = [["execute_sql", {"sql": f"SELECT {i} AS n"}] for i in range(150)]
+    calls += [["no_such_tool", {}]] * 25 + [["execute_sql", {"sql": ["not", "text"]}]] * 25
+    out = drive(gateway, "agent", calls)
+    results = out["results"]
+    assert [r["structured"]["rows"] for r in results[:150]] == [[{"n": i}] for i in range(150)]
+    assert all(r["is_error"] for r in results[150:])
+    # Malformed JSON-RPC between the calls gets a JSON-RPC error, not a hang.
+    headers = {"Authorization": f"Bearer {gateway['keys']['agent']}",
+               "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    bad = requests.post(gateway["url"], headers=headers, data="{not json", timeout=10)
+    assert bad.status_code in (400, 422) and "error" in bad.text, bad.text
+    cp = s.run_cli(s.default_gateway_bin(), "audit", "tail", "--config", str(gateway["config"]),
+                   "--json", "-n", "2000")
+    records = [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
+    answered = {r["statement"] for r in records if r["method"] == "execute_sql" and r.get("phase") == "completed"
+                and (r.get("statement") or "").startswith("SELECT ") and r["statement"].endswith(" AS n")}
+    assert len(answered) >= 150, len(answered)
+    assert sum(1 for r in records if r["method"] == "no_such_tool") >= 25
+    assert gateway["server"].alive()
 
 
 def test_no_credential_gets_401_with_where_to_get_a_token(gateway):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import pytest
@@ -33,59 +32,6 @@ ROWS = [(c["id"], c["name"]) for c in s.CUSTOMERS[:3]]
 
 #: The delegation rules, shared with crates/querygate/tests/oidc.rs.
 RULES = "\n" + (OIDC_DIR / "rules.toml").read_text()
-
-
-class Idp:
-    def __init__(self, server: s.Server, issuer: str, keys_dir):
-        self.server, self.issuer, self.keys_dir = server, issuer, keys_dir
-
-    def token(self, *args: str) -> str:
-        cp = subprocess.run(["node", str(OIDC_DIR / "client.js"), args[0], self.issuer, *args[1:]],
-                            capture_output=True, text=True, timeout=30)
-        assert cp.returncode == 0, cp.stderr
-        return cp.stdout.strip()
-
-    def agent(self) -> str:
-        return self.token("agent", "claude-code", "agent-secret")
-
-    def login(self, user: str) -> str:
-        return self.token("login", user, f"{user}-pw")
-
-    def exchange(self, person_token: str) -> str:
-        return self.token("exchange", "claude-code", "agent-secret", person_token)
-
-    def forge(self, claims: dict) -> str:
-        """Signs claims with the provider's own key (what a misconfigured IdP could issue)."""
-        from google.auth import crypt, jwt
-
-        signer = crypt.RSASigner.from_string((self.keys_dir / "signing-key.pem").read_text(),
-                                             key_id=(self.keys_dir / "kid.txt").read_text())
-        return jwt.encode(signer, claims).decode()
-
-
-@pytest.fixture(scope="module")
-def idp(e2e_tmp):
-    keys_dir = e2e_tmp / "idp-keys"
-    log = e2e_tmp / "idp.log"
-    out = e2e_tmp / "idp.ready"
-    server = s.Server(name="oidc-provider", log_path=log,
-                      argv=["node", str(OIDC_DIR / "server.js"), "--keys-dir", str(keys_dir)])
-    server.start()
-    try:
-        deadline = time.monotonic() + 20
-        ready = None
-        while ready is None and time.monotonic() < deadline:
-            for line in log.read_text(errors="replace").splitlines():
-                if line.startswith('{"issuer"'):
-                    ready = json.loads(line)
-            if not server.alive():
-                raise RuntimeError(f"oidc-provider exited:\n{server.log_text()}")
-            time.sleep(0.05)
-        assert ready, f"oidc-provider did not start:\n{server.log_text()}"
-        out.write_text(json.dumps(ready))
-        yield Idp(server, ready["issuer"], keys_dir)
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

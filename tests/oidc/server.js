@@ -12,7 +12,18 @@
 //     bob/bob-pw in "contractors"); a POST there during the consent prompt grants it;
 //   - RFC 8693 token exchange for `claude-code`: a person's token in, a token for the
 //     person with `act: {sub: "claude-code", groups, kind}` out, signed with the current key.
-// Every access token is a JWT (RS256) with aud "querygate", `groups` and `kind` claims.
+// Every access token is a JWT (RS256) with `groups` and `kind` claims, scope "bigquery" (when
+// asked for) and a 300 s lifetime. Its audience follows the RFC 8707 `resource` parameter:
+//   - `urn:querygate` (the default when none is sent): aud "querygate";
+//   - an absolute http:// URL on 127.0.0.1 or localhost (an MCP server under test, e.g.
+//     http://127.0.0.1:PORT/mcp, as the MCP SDKs send it): aud is that URL, for both the
+//     client-credentials agents and `querygate-cli`;
+//   - anything else: invalid_target.
+// (Token exchange takes and gives "querygate" tokens only.)
+// An access token is for a resource as long as the request names one (or the default applies),
+// whatever OIDC scopes ride along ("openid email bigquery", "openid", …). An authorization
+// request without any `scope` is given the default scope "bigquery" (RFC 6749 §3.3), since
+// oidc-provider denies a request that grants no scope at all.
 // Test controls (this is a test IdP): POST /__test/rotate puts a new signing key first
 // (the old one stays published) and answers {"kid"}; POST /__test/down and /__test/up make
 // discovery and JWKS answer 503 or work again.
@@ -24,7 +35,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import * as jose from 'jose';
 
 const args = process.argv.slice(2);
@@ -38,6 +49,18 @@ const requestedPort = Number(arg('--port', '0'));
 const RESOURCE = 'urn:querygate';
 const AUDIENCE = 'querygate';
 const TOKEN_TTL = 300;
+const DEFAULT_SCOPE = 'bigquery';
+
+/** The audience for a resource indicator: "querygate", a local MCP server's own URL, or none. */
+function audienceFor(resource) {
+  if (resource === RESOURCE) return AUDIENCE;
+  const url = URL.parse(resource);
+  if (url && url.protocol === 'http:' && ['127.0.0.1', 'localhost'].includes(url.hostname)
+      && !url.username && !url.password && !url.hash) {
+    return resource;
+  }
+  return undefined;
+}
 
 const ACCOUNTS = {
   alice: { password: 'alice-pw', groups: ['engineers'], email: 'alice@example.com' },
@@ -167,13 +190,17 @@ function build() {
         enabled: true,
         defaultResource: () => RESOURCE,
         useGrantedResource: () => true,
-        getResourceServerInfo: () => ({
-          scope: 'bigquery',
-          audience: AUDIENCE,
-          accessTokenFormat: 'jwt',
-          accessTokenTTL: TOKEN_TTL,
-          jwt: { sign: { alg: 'RS256' } },
-        }),
+        getResourceServerInfo: (ctx, resource) => {
+          const audience = audienceFor(resource);
+          if (!audience) throw new errors.InvalidTarget();
+          return {
+            scope: 'bigquery',
+            audience,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: TOKEN_TTL,
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        },
       },
     },
     scopes: ['openid', 'email', 'bigquery'],
@@ -184,6 +211,14 @@ function build() {
     extraTokenClaims: (ctx, token) => extraClaims(token),
   });
   p.registerGrantType(EXCHANGE, tokenExchange, ['subject_token', 'subject_token_type', 'audience']);
+  // RFC 6749 §3.3: an authorization request without a scope gets the default one (the MCP
+  // SDKs leave scope out when neither the 401 nor any metadata names one).
+  p.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/auth' && !ctx.query.scope) {
+      ctx.query = { ...ctx.query, scope: DEFAULT_SCOPE };
+    }
+    await next();
+  });
   return p;
 }
 
