@@ -43,6 +43,17 @@ pub(crate) fn describable(
     }
 }
 
+/// `object` as the upstream describes it: a table without its decorators (`t$2024`,
+/// `t@123` describe `t`), so a rule on the table holds for every spelling of it.
+pub(crate) fn as_described<S: crate::Source>(source: &S, object: &Catalog) -> Catalog {
+    match object {
+        Catalog::Table { table } => Catalog::Table {
+            table: source.table_of(table),
+        },
+        other => other.clone(),
+    }
+}
+
 /// The names of a listing of `object` (schema ids of `project`, or table ids of a
 /// schema) that the rules hide from `identity`. Every name, when the source has no policy.
 pub(crate) fn hidden(

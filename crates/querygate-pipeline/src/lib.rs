@@ -358,8 +358,12 @@ impl Pipeline {
                     object,
                     hidden: false,
                 } => {
-                    match catalog::describable(&settings.policies, &identity, source.name(), object)
-                    {
+                    match catalog::describable(
+                        &settings.policies,
+                        &identity,
+                        source.name(),
+                        &catalog::as_described(source, object),
+                    ) {
                         Ok(()) => Admission::Run(Plan::default()),
                         Err((denial, rule)) => {
                             ctx.explained.rule = rule;
