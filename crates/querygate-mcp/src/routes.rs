@@ -132,25 +132,11 @@ async fn guard<S: Source + 'static>(
         Err(denial) => {
             // Audited like any refused request (the pipeline checks the credential again and
             // records the refusal); the client learns what was wrong.
-            let refused = Request {
-                id: RequestId(format!("qg-{}", uuid::Uuid::new_v4().simple())),
-                credential: Some(credential),
-                delegation: None,
-                audience,
-                client: client_info(request.headers(), request.extensions()),
-                target: String::new(),
-                method: "mcp".into(),
-                action: querygate_core::Action::Other {
-                    what: "an MCP request".into(),
-                },
-                job_id: None,
-                reason: None,
-                wait: None,
-                session: None,
-                codes: &crate::CODES,
-            };
-            let _ = front.pipeline.handle_unrouted::<S>(refused).await;
-            return unauthorized(request.headers(), Some("invalid_token"), &denial.message);
+            let client = client_info(request.headers(), request.extensions());
+            let headers = request.headers().clone();
+            drop(request);
+            audit_refused(&front, client, credential, "an MCP request").await;
+            return unauthorized(&headers, Some("invalid_token"), &denial.message);
         }
     };
     let (mut parts, body) = request.into_parts();
@@ -158,18 +144,79 @@ async fn guard<S: Source + 'static>(
     // the credential of every call itself.
     parts.extensions.insert(identity);
     match Limited::new(body, front.max_body_bytes).collect().await {
-        Ok(body) => next.run(HttpRequest::from_parts(parts, Body::from(body.to_bytes()))).await,
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => (
+        Ok(body) => {
+            let body = body.to_bytes();
+            // A POST carries JSON-RPC: anything else is a parse error in JSON-RPC's own
+            // form (rmcp would answer 415 in plain text, which no client can act on).
+            if parts.method == axum::http::Method::POST
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+            {
+                let client = client_info(&parts.headers, &parts.extensions);
+                drop(parts);
+                audit_refused(
+                    &front,
+                    client,
+                    credential,
+                    "an MCP message that is not JSON",
+                )
+                .await;
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    -32700,
+                    "the request body is not JSON: send one JSON-RPC message or a batch",
+                );
+            }
+            next.run(HttpRequest::from_parts(parts, Body::from(body)))
+                .await
+        }
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => rpc_error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            axum::Json(json!({
-                "jsonrpc": "2.0", "id": null,
-                "error": { "code": -32600, "message": format!(
-                    "the request is larger than querygate accepts ({} bytes)", front.max_body_bytes) },
-            })),
-        )
-            .into_response(),
+            -32600,
+            &format!(
+                "the request is larger than querygate accepts ({} bytes)",
+                front.max_body_bytes
+            ),
+        ),
         Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }
+}
+
+/// Records a request refused before any tool call (a credential the gateway refuses, a
+/// body that is not JSON-RPC): the pipeline checks the credential itself and records the
+/// refusal under the method `mcp`.
+async fn audit_refused<S: Source + 'static>(
+    front: &McpFront<S>,
+    client: ClientInfo,
+    credential: Secret,
+    what: &str,
+) {
+    let refused = Request {
+        id: RequestId(format!("qg-{}", uuid::Uuid::new_v4().simple())),
+        credential: Some(credential),
+        delegation: None,
+        audience: front.audience(),
+        client,
+        target: String::new(),
+        method: "mcp".into(),
+        action: querygate_core::Action::Other { what: what.into() },
+        job_id: None,
+        reason: None,
+        wait: None,
+        session: None,
+        codes: &crate::CODES,
+    };
+    let _ = front.pipeline.handle_unrouted::<S>(refused).await;
+}
+
+/// A JSON-RPC error that belongs to no request (`id: null`), with its HTTP status.
+fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        axum::Json(
+            json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } }),
+        ),
+    )
+        .into_response()
 }
 
 /// 401 with where to find out how to get a token (and, for a refused one, why).
