@@ -14,6 +14,8 @@
 //!   never matches a request that acts for nobody.
 //! - `statements` / `tables` lists: an `allow` rule matches when *every* statement kind
 //!   and *every* table is in its lists; a `deny` or `approve` rule matches when *any* is.
+//!   Transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints) reads and writes
+//!   nothing: an `allow` rule's list need not name it (a deny rule may).
 //! - Opaque SQL (not fully understood) never matches an `allow` rule unless the rule says
 //!   `when = { opaque = true }`; for `deny`/`approve` rules it counts as touching every
 //!   statement kind and table (it could be anything).

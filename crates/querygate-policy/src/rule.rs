@@ -245,6 +245,9 @@ const KINDS: &[StatementKind] = &[
     StatementKind::Export,
     StatementKind::Copy,
     StatementKind::Call,
+    StatementKind::Declare,
+    StatementKind::Set,
+    StatementKind::Transaction,
     StatementKind::Other,
 ];
 
@@ -447,7 +450,11 @@ impl Rule {
         if !self.statements.is_empty() && !unknown {
             let listed = |k: &StatementKind| self.statements.contains(k);
             let ok = if allow {
-                input.statements.iter().all(listed)
+                input
+                    .statements
+                    .iter()
+                    .filter(|k| **k != StatementKind::Transaction)
+                    .all(listed)
             } else {
                 input.statements.iter().any(listed)
             };

@@ -128,6 +128,30 @@ fn decision_table() {
             "allow",
         ),
         (
+            "agent select in a transaction (BEGIN and COMMIT need no listing)",
+            Case {
+                identity: agent(),
+                kinds: &[K::Transaction, K::Select, K::Transaction],
+                tables: vec![read("p.shop.orders", &[])],
+                opaque: None,
+                bytes: Some(gib),
+            },
+            Some("read"),
+            "allow",
+        ),
+        (
+            "agent SET is not a select",
+            Case {
+                identity: agent(),
+                kinds: &[K::Set, K::Select],
+                tables: vec![read("p.shop.orders", &[])],
+                opaque: None,
+                bytes: Some(gib),
+            },
+            None,
+            "deny",
+        ),
+        (
             "agent delete",
             Case {
                 identity: agent(),

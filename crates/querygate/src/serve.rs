@@ -127,6 +127,9 @@ pub fn front(config: &Config, caches: &KeyCaches) -> anyhow::Result<(Arc<Front>,
     let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
     let mut sources = Vec::new();
     for s in &config.sources {
+        if matches!(s.kind.get_ref(), SourceKind::Postgres(_)) {
+            continue;
+        }
         sources.push(Arc::new(source(config, s, mask_key.as_ref())?));
     }
     let sources = Arc::new(querygate_pipeline::Sources::new(sources));
@@ -157,10 +160,43 @@ pub fn source(
     let source = match s.kind.get_ref() {
         SourceKind::BigQuery(settings) => bigquery_source(config, s, settings)?,
         SourceKind::Local(settings) => local_source(config, s, settings)?,
+        SourceKind::Postgres(_) => bail!(
+            "source {} is a PostgreSQL database, served by the PostgreSQL front",
+            s.name
+        ),
     };
     Ok(source
         .with_scrubber(s.scrubber(mask_key))
         .with_mask_key(mask_key.cloned()))
+}
+
+/// The `postgres` sources: each upstream with the gateway's password for it (read now).
+pub fn postgres_sources(
+    config: &Config,
+) -> anyhow::Result<querygate_pipeline::Sources<querygate_postgres::PostgresSource>> {
+    let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
+    let mut sources = Vec::new();
+    for s in &config.sources {
+        let SourceKind::Postgres(settings) = s.kind.get_ref() else {
+            continue;
+        };
+        let fail = |e: String| anyhow::anyhow!("source {}: {e}", s.name);
+        let tls = settings.tls_mode().ok_or_else(|| {
+            fail("tls is not one of disable, prefer, require, verify-full".into())
+        })?;
+        let endpoint = querygate_postgres::Endpoint::new(
+            settings.url.get_ref(),
+            settings.password(config).map_err(fail)?,
+            tls,
+            settings.ca(config).map_err(fail)?.as_deref(),
+        )
+        .map_err(fail)?;
+        let source =
+            querygate_postgres::PostgresSource::new(s.name.clone(), s.project.clone(), endpoint)
+                .with_scrubber(s.scrubber(mask_key.as_ref()));
+        sources.push(Arc::new(source));
+    }
+    Ok(querygate_pipeline::Sources::new(sources))
 }
 
 /// A `bigquery` source: the REST upstream with the gateway's credential, and the service
@@ -279,6 +315,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         let upstream = match s.kind.get_ref() {
             SourceKind::BigQuery(settings) => settings.endpoint(),
             SourceKind::Local(_) => "local engine (in-process)",
+            SourceKind::Postgres(settings) => settings.url.get_ref().as_str(),
         };
         tracing::info!(source = %s.name, project = %s.project, upstream, "source ready");
     }
@@ -338,6 +375,40 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 max_body_bytes: front.max_body_bytes,
             });
             Some((listener, querygate_mcp::router(mcp_front)))
+        }
+        None => None,
+    };
+    let postgres = match config.postgres_listen() {
+        Some(pg_addr) => {
+            let listener = TcpListener::bind(pg_addr)
+                .await
+                .with_context(|| format!("cannot listen on {pg_addr} (server.postgres_listen)"))?;
+            let local = listener.local_addr().unwrap_or(pg_addr);
+            let pg_tls = match (&config.server.tls_cert, &config.server.tls_key) {
+                (Some(cert), Some(key)) => Some(tls_acceptor_for(
+                    &config.resolve(cert),
+                    &config.resolve(key),
+                    &[b"postgresql"],
+                )?),
+                _ => None,
+            };
+            let sources = Arc::new(postgres_sources(&config)?);
+            tracing::info!(
+                "querygate serving PostgreSQL at {local} (clients: host={} port={} dbname=<source>)",
+                local.ip(),
+                local.port()
+            );
+            let pg_front = querygate_postgres::PostgresFront::new(
+                pipeline.clone(),
+                sources,
+                pg_tls,
+                config.server.insecure_plaintext,
+                config
+                    .server
+                    .postgres_max_message_bytes
+                    .unwrap_or(crate::config::DEFAULT_POSTGRES_MAX_MESSAGE_BYTES),
+            );
+            Some((listener, Arc::new(pg_front)))
         }
         None => None,
     };
@@ -406,8 +477,17 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     });
+    let postgres = postgres.map(|(listener, pg_front)| {
+        let mut stopped = stop_admin.subscribe();
+        tokio::spawn(querygate_postgres::serve(pg_front, listener, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
+    });
     let served = serve_on(listener, router(front.clone()), tls, shutdown()).await;
     let _ = stop_admin.send(true);
+    if let Some(postgres) = postgres {
+        let _ = postgres.await;
+    }
     if let Some(mcp) = mcp {
         match mcp.await {
             Ok(Err(e)) => tracing::error!(error = %e, "the MCP front failed"),
@@ -571,6 +651,16 @@ where
 
 /// A TLS acceptor from PEM files. Errors name the files, never their content.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    tls_acceptor_for(cert, key, &[b"h2", b"http/1.1"])
+}
+
+/// A TLS acceptor with the listener's certificate, offering `alpn` (PostgreSQL clients
+/// that negotiate it ask for `postgresql`).
+pub fn tls_acceptor_for(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(cert)
             .with_context(|| format!("cannot open tls_cert {}", cert.display()))?,
@@ -594,7 +684,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::Tls
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("tls_cert and tls_key do not form a usable certificate")?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 

@@ -38,7 +38,7 @@ use identity::ApiKeyConfig;
 use policy::{ClassifyConfig, MaskConfig, MaskingConfig};
 use server::{ServerConfig, StoreConfig};
 
-pub use server::{DEFAULT_MAX_BODY_BYTES, Synchronous};
+pub use server::{DEFAULT_MAX_BODY_BYTES, DEFAULT_POSTGRES_MAX_MESSAGE_BYTES, Synchronous};
 pub use sources::{BigQuerySettings, LocalSettings, SourceConfig, SourceKind, UpstreamCredential};
 
 #[derive(Debug, Deserialize)]

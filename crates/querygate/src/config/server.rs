@@ -1,5 +1,5 @@
-//! `[server]` and `[store]`: where the gateway listens (the BigQuery front and the admin
-//! API), TLS, the largest request body, and where the store lives and how it syncs.
+//! `[server]` and `[store]`: where the gateway listens (the BigQuery front, the admin
+//! API, the MCP and PostgreSQL fronts), TLS, the largest request body, and where the store lives and how it syncs.
 //!
 //! Checked here: listen addresses parse, plaintext only on loopback or by consent
 //! (`insecure_plaintext`), TLS cert and key together, the admin API on its own port.
@@ -30,7 +30,13 @@ pub struct ServerConfig {
     /// Address of the MCP front (Streamable HTTP at `/mcp`), e.g. `127.0.0.1:9060`; none
     /// when absent.
     pub mcp_listen: Option<Spanned<String>>,
+    /// Address of the PostgreSQL front, e.g. `127.0.0.1:6432`; none when absent.
+    pub postgres_listen: Option<Spanned<String>>,
+    /// The largest message a PostgreSQL client may send (default 64 MiB).
+    pub postgres_max_message_bytes: Option<usize>,
 }
+
+pub const DEFAULT_POSTGRES_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// `[mcp]`: the MCP front's settings.
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +88,7 @@ impl Config {
         for (key, listen) in [
             ("admin_listen", &self.server.admin_listen),
             ("mcp_listen", &self.server.mcp_listen),
+            ("postgres_listen", &self.server.postgres_listen),
         ] {
             let Some(listen) = listen else { continue };
             let addr = self.check_listen(key, listen, text, path)?;
@@ -164,6 +171,14 @@ impl Config {
     pub fn mcp_listen(&self) -> Option<SocketAddr> {
         self.server
             .mcp_listen
+            .as_ref()
+            .and_then(|a| a.get_ref().parse().ok())
+    }
+
+    /// The PostgreSQL front's address, if configured (checked at load).
+    pub fn postgres_listen(&self) -> Option<SocketAddr> {
+        self.server
+            .postgres_listen
             .as_ref()
             .and_then(|a| a.get_ref().parse().ok())
     }

@@ -10,13 +10,16 @@
 //! exist, a key of another kind, and a key of no kind. The kinds and their keys are read
 //! from `SourceKind`'s derived `Deserialize` (`probe.rs`), so no list of them is kept here.
 //!
-//! A new kind (`postgres` is next: `url`, `password_env`/`password_file`, `tls`) is a
-//! variant of [`SourceKind`] holding its own settings type, in its own file (its keys,
+//! A postgres source (`kind = "postgres"`, `postgres.rs`) is addressed by its name when it
+//! sets no `project` (clients' `dbname`).
+//!
+//! A new kind is a variant of [`SourceKind`] holding its own settings type, in its own file (its keys,
 //! its checks, its accessors), an arm in [`SourceKind::check`], and its wiring in
 //! `serve`; nothing else in the config changes.
 
 mod bigquery;
 mod local;
+mod postgres;
 mod probe;
 
 use std::borrow::Cow;
@@ -33,6 +36,7 @@ use super::{Config, line_of};
 
 pub use bigquery::{BigQuerySettings, UpstreamCredential};
 pub use local::LocalSettings;
+pub use postgres::PostgresSettings;
 
 /// `[[sources]]`: what every kind of source takes, and its kind with that kind's own settings.
 #[derive(Debug, Deserialize)]
@@ -71,6 +75,9 @@ pub enum SourceKind {
     /// The embedded engine over local files.
     #[serde(rename = "local")]
     Local(LocalSettings),
+    /// A PostgreSQL database, through its wire protocol.
+    #[serde(rename = "postgres")]
+    Postgres(PostgresSettings),
 }
 
 impl SourceKind {
@@ -80,6 +87,7 @@ impl SourceKind {
         match self {
             SourceKind::BigQuery(settings) => settings.check(),
             SourceKind::Local(settings) => settings.check(kind),
+            SourceKind::Postgres(settings) => settings.check(),
         }
     }
 }
@@ -170,6 +178,13 @@ fn nest_block(
         if let Some((k, v)) = table.remove_entry(*k) {
             settings.insert(k, v);
         }
+    }
+    // A postgres source is addressed by its name (`dbname`) unless it says otherwise.
+    if kind_name == "postgres"
+        && !table.contains_key("project")
+        && let Some(name) = table.get("name").cloned()
+    {
+        table.insert(Spanned::new(span.clone(), Cow::Borrowed("project")), name);
     }
     let at = kind.span();
     let mut nested = DeTable::new();

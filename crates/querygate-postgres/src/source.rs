@@ -1,0 +1,405 @@
+//! The `postgres` source: an upstream PostgreSQL server, reached with the gateway's own
+//! credential, one upstream session per client connection (session mode).
+//!
+//! A [`PgCall`] is a client's statement bound to its connection's upstream session (the
+//! [`Link`]); [`PostgresSource::execute`] sends it as a simple Query and reads every
+//! answer up to ReadyForQuery into a [`PgReply`]: the frames as the server sent them,
+//! with what the records need (rows, command tags, the error and its SQLSTATE). Value
+//! detectors run over the text of every row; errors that could echo withheld values keep
+//! only their SQLSTATE.
+//!
+//! Results are buffered up to [`MAX_BUFFERED`] (rows are checked before the client sees
+//! any); a larger result is refused with a message saying how to page it.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pgwire::messages::simplequery::Query as QueryMessage;
+use querygate_core::{Action, Denial, DenialKind, Fault};
+use querygate_mask::Scrubber;
+use querygate_pipeline::{
+    Admitted, Answer, Column, Held, Paging, Refusal, Reply, ResultSet, Resumed, Scope, Source,
+    SqlDialect, Summary,
+};
+use querygate_policy::Partitioning;
+use tokio::sync::Mutex;
+
+use crate::upstream::{Endpoint, Upstream, error_text};
+
+/// The most answer bytes one statement's reply holds.
+pub const MAX_BUFFERED: usize = 256 << 20;
+
+/// A client connection's upstream session.
+pub type Link = Arc<Mutex<Upstream>>;
+
+/// A configured PostgreSQL upstream.
+#[derive(Debug)]
+pub struct PostgresSource {
+    name: String,
+    /// The database clients address (`dbname`).
+    database: String,
+    endpoint: Arc<Endpoint>,
+    scrubber: Option<Scrubber>,
+}
+
+impl PostgresSource {
+    pub fn new(name: String, database: String, endpoint: Endpoint) -> PostgresSource {
+        PostgresSource {
+            name,
+            database,
+            endpoint: Arc::new(endpoint),
+            scrubber: None,
+        }
+    }
+
+    pub fn with_scrubber(mut self, scrubber: Option<Scrubber>) -> Self {
+        self.scrubber = scrubber;
+        self
+    }
+
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+/// A call on a PostgreSQL source.
+#[derive(Debug)]
+pub enum PgCall {
+    /// A simple Query (one or more statements) on the client's upstream session.
+    Query { link: Link, sql: String },
+    /// What the gate refuses before anything is sent (an unknown message, a refused
+    /// credential): never forwarded.
+    Refused,
+}
+
+/// The upstream's answers to one call.
+#[derive(Debug, Default)]
+pub struct PgReply {
+    /// Every answer frame up to (not including) ReadyForQuery, as sent.
+    pub frames: Vec<BytesMut>,
+    /// The session's transaction status after the call (`I`, `T`, `E`).
+    pub status: u8,
+    pub(crate) rows: u64,
+    /// The upstream's error (`SQLSTATE: message`), if it sent one.
+    pub(crate) error: Option<String>,
+    /// The columns of the last row description.
+    pub(crate) columns: Vec<String>,
+}
+
+impl PgReply {
+    /// The frames as one buffer, for the client.
+    pub fn bytes(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(self.frames.iter().map(|f| f.len()).sum());
+        for f in &self.frames {
+            out.extend_from_slice(f);
+        }
+        out
+    }
+}
+
+/// The fields of a DataRow: `None` for NULL. `None` overall when the frame is malformed.
+fn fields(frame: &BytesMut) -> Option<Vec<Option<&[u8]>>> {
+    let mut body = frame.get(5..)?;
+    if body.len() < 2 {
+        return None;
+    }
+    let n = body.get_i16();
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        if body.len() < 4 {
+            return None;
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if body.len() < len {
+            return None;
+        }
+        out.push(Some(&body[..len]));
+        body.advance(len);
+    }
+    body.is_empty().then_some(out)
+}
+
+fn data_row(values: &[Option<Vec<u8>>]) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            None => out.put_i32(-1),
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+        }
+    }
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The column names of a RowDescription.
+fn column_names(frame: &BytesMut) -> Vec<String> {
+    use pgwire::messages::data::RowDescription;
+    crate::decode::decode_as::<RowDescription>(frame)
+        .map(|d| d.fields.into_iter().map(|f| f.name).collect())
+        .unwrap_or_default()
+}
+
+impl Reply for PgReply {
+    fn summary(&self) -> Summary {
+        Summary {
+            status: 200,
+            accepted: self.error.is_none(),
+            rows: Some(self.rows),
+            total_rows: Some(self.rows),
+            error: self.error.clone(),
+            ..Summary::default()
+        }
+    }
+
+    fn scrub(&mut self, scrubber: &Scrubber) -> Result<u64, Fault> {
+        let mut changed = 0;
+        for frame in &mut self.frames {
+            match frame[0] {
+                b'D' => {
+                    let Some(cells) = fields(frame) else {
+                        return Err(Fault::upstream(
+                            "the upstream sent a row querygate cannot read",
+                        ));
+                    };
+                    let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(cells.len());
+                    let mut row_changed = false;
+                    for cell in cells {
+                        values.push(cell.map(|bytes| match std::str::from_utf8(bytes) {
+                            Ok(text) => match scrubber.scrub(text) {
+                                std::borrow::Cow::Owned(masked) => {
+                                    row_changed = true;
+                                    changed += 1;
+                                    masked.into_bytes()
+                                }
+                                std::borrow::Cow::Borrowed(_) => bytes.to_vec(),
+                            },
+                            Err(_) => bytes.to_vec(),
+                        }));
+                    }
+                    if row_changed {
+                        *frame = data_row(&values);
+                    }
+                }
+                // COPY's rows are not cut into values: fail closed.
+                b'd' => {
+                    return Err(Fault::gateway(
+                        "this source's results are scanned for sensitive values, which COPY TO \
+                         STDOUT does not allow; run the SELECT instead",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(changed)
+    }
+
+    fn withhold_errors(&mut self, why: &str) -> bool {
+        let mut withheld = false;
+        for frame in &mut self.frames {
+            if frame[0] != b'E' {
+                continue;
+            }
+            let code = error_text(frame)
+                .split(':')
+                .next()
+                .unwrap_or("XX000")
+                .to_string();
+            let mut out = BytesMut::new();
+            crate::render::error(
+                &mut out,
+                "ERROR",
+                &code,
+                &format!("the statement failed ({code}); its message is withheld: {why}"),
+                None,
+            );
+            *frame = out;
+            withheld = true;
+        }
+        withheld
+    }
+
+    fn restrict(&mut self, _scope: &Scope) {}
+
+    fn body(&self) -> Bytes {
+        self.bytes().freeze()
+    }
+
+    fn answer(&self) -> Answer {
+        if let Some(message) = &self.error {
+            return Answer::Error {
+                message: message.clone(),
+            };
+        }
+        let mut rows = Vec::new();
+        for frame in self.frames.iter().filter(|f| f[0] == b'D') {
+            let row = fields(frame)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| match v {
+                    None => serde_json::Value::Null,
+                    Some(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+                })
+                .collect();
+            rows.push(row);
+        }
+        Answer::Rows(ResultSet {
+            columns: self
+                .columns
+                .iter()
+                .map(|name| Column {
+                    name: name.clone(),
+                    data_type: "TEXT".into(),
+                    repeated: false,
+                })
+                .collect(),
+            total_rows: Some(rows.len() as u64),
+            rows,
+            ..ResultSet::default()
+        })
+    }
+}
+
+/// Runs a simple Query on `upstream` and reads its answers up to ReadyForQuery.
+async fn query(upstream: &mut Upstream, sql: String) -> Result<PgReply, Fault> {
+    upstream.send_message(QueryMessage::new(sql)).await?;
+    let mut reply = PgReply::default();
+    let mut buffered = 0usize;
+    let mut overflow = false;
+    loop {
+        let frame = upstream.frame().await?;
+        match frame[0] {
+            b'Z' => {
+                upstream.status = frame.get(5).copied().unwrap_or(b'I');
+                reply.status = upstream.status;
+                break;
+            }
+            b'D' => reply.rows += 1,
+            b'T' => reply.columns = column_names(&frame),
+            b'E' => {
+                reply.error.get_or_insert_with(|| error_text(&frame));
+            }
+            // COPY FROM STDIN: the upstream waits for the client's data.
+            b'G' => {
+                upstream
+                    .send_message(pgwire::messages::copy::CopyFail::new(
+                        "querygate does not forward COPY FROM STDIN yet".into(),
+                    ))
+                    .await?;
+                continue;
+            }
+            b'W' => {
+                return Err(Fault::upstream(
+                    "the upstream started a COPY BOTH exchange, which querygate does not serve",
+                ));
+            }
+            _ => {}
+        }
+        buffered += frame.len();
+        if buffered > MAX_BUFFERED {
+            overflow = true;
+        }
+        if !overflow {
+            reply.frames.push(frame);
+        }
+    }
+    if overflow {
+        let message = format!(
+            "the result is larger than the {} MiB querygate holds for one statement; \
+             page it (LIMIT/OFFSET, or DECLARE a cursor and FETCH)",
+            MAX_BUFFERED >> 20
+        );
+        reply.frames.clear();
+        let mut out = BytesMut::new();
+        crate::render::error(&mut out, "ERROR", "54000", &message, None);
+        reply.frames.push(out);
+        reply.error = Some(format!("54000: {message}"));
+    }
+    Ok(reply)
+}
+
+impl Source for PostgresSource {
+    type Call = PgCall;
+    type Reply = PgReply;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn default_project(&self) -> &str {
+        &self.database
+    }
+
+    fn dialect(&self) -> SqlDialect {
+        SqlDialect::Postgres
+    }
+
+    async fn execute(&self, call: Admitted<PgCall>) -> Result<PgReply, Fault> {
+        match call.into_call() {
+            PgCall::Query { link, sql } => {
+                let mut upstream = link.lock().await;
+                query(&mut upstream, sql).await
+            }
+            PgCall::Refused => Err(Fault::gateway("querygate forwards no such call")),
+        }
+    }
+
+    fn call_for(&self, action: &Action, _paging: &Paging) -> Result<PgCall, Denial> {
+        match action {
+            Action::Other { .. } | Action::Malformed { .. } => Ok(PgCall::Refused),
+            _ => Err(Denial::new(
+                DenialKind::Invalid,
+                format!(
+                    "source {} is a PostgreSQL database: connect to it with a PostgreSQL \
+                     client through querygate's PostgreSQL listener",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    async fn estimate(&self, _call: &PgCall) -> Result<u64, Refusal> {
+        Err(Refusal::Failed(Fault::gateway(
+            "PostgreSQL does not say how many bytes a query reads before it runs: write rules \
+             with rows_over rather than bytes_over for this source",
+        )))
+    }
+
+    async fn partitioning(&self, _table: &str) -> Result<Partitioning, Fault> {
+        Ok(Partitioning::NotPartitioned)
+    }
+
+    fn limit_bytes(&self, _call: &mut PgCall, _bytes: u64) {}
+
+    fn hold(&self, _call: &PgCall, _request_id: &str) -> Option<Held> {
+        None
+    }
+
+    fn scrubber(&self) -> Option<&Scrubber> {
+        self.scrubber.as_ref()
+    }
+
+    fn resume(&self, _saved: &str) -> Result<Resumed<PgCall>, Fault> {
+        Err(Fault::gateway(
+            "a PostgreSQL statement runs when the client sends it again after approval",
+        ))
+    }
+
+    fn statement(&self, call: &PgCall) -> Option<String> {
+        match call {
+            PgCall::Query { sql, .. } => Some(sql.clone()),
+            PgCall::Refused => None,
+        }
+    }
+}
