@@ -253,6 +253,13 @@ pub fn query(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) ->
     request(conn, "query", Action::Query(query), codes)
 }
 
+/// A request for one Execute: the statement its portal was bound from.
+pub fn execute(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) -> Request {
+    let mut query = Query::new(sql);
+    query.default_schema = Some(conn.schema.clone());
+    request(conn, "execute", Action::Query(query), codes)
+}
+
 /// A request for something the front refuses to forward (`what` names it for the message).
 pub fn other(
     conn: &Connection,

@@ -18,8 +18,10 @@
 //! checked in constant time and becomes a cancel of the upstream session's statement.
 //!
 //! Served today: the simple query protocol (each Query message one request: all its
-//! statements decided together), transactions, Terminate. Extended-query messages are
-//! refused (audited) up to their Sync, with a message saying what works.
+//! statements decided together) and the extended one (each Execute one request, decided
+//! on the text its portal's statement was parsed from; the Parse, Bind, Describe and
+//! Close messages before it travel with it, and the Sync after it when the client sent
+//! one, so a pipelined batch is one round trip), transactions, Terminate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::decode::{self, Connection, Opening, Problem};
 use crate::render::{self, CODES};
-use crate::source::{Link, PgCall, PgReply, PostgresSource};
+use crate::source::{Expect, Link, PgCall, PgReply, PostgresSource};
 use crate::upstream::{self, Endpoint};
 
 /// How long a client has to sign in.
@@ -386,7 +388,10 @@ pub(crate) fn startup_parameters(
             "user" => user = Some(value),
             "database" => database = Some(value),
             "client_encoding" => {
-                let v = value.to_ascii_uppercase().replace(['-', '_'], "");
+                let v = value
+                    .trim_matches(['\'', '"', ' '])
+                    .to_ascii_uppercase()
+                    .replace(['-', '_'], "");
                 if !matches!(v.as_str(), "UTF8" | "UNICODE" | "SQLASCII" | "AUTO") {
                     return Err((
                         "22023",
@@ -581,6 +586,43 @@ fn source_name(source: &PostgresSource) -> &str {
     querygate_pipeline::Source::name(source)
 }
 
+/// What the extended query protocol has set up on the connection: the text of each
+/// prepared statement and portal (so that an Execute is decided on the statement it
+/// runs), the messages that run nothing yet, and whether messages are skipped to the
+/// next Sync after an error.
+#[derive(Default)]
+struct Extended {
+    statements: HashMap<String, String>,
+    portals: HashMap<String, String>,
+    /// Parse, Bind, Describe and Close messages not yet sent, with the answers they are owed.
+    pending: BytesMut,
+    owed: Vec<Expect>,
+    skipping: bool,
+}
+
+impl Extended {
+    fn hold(&mut self, frame: &BytesMut, expect: Expect) {
+        self.pending.extend_from_slice(frame);
+        self.owed.push(expect);
+    }
+
+    /// The held messages, with `frame` after them, as one exchange.
+    fn with(&mut self, frame: &BytesMut, expect: Expect) -> (BytesMut, Vec<Expect>) {
+        self.hold(frame, expect);
+        (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.owed),
+        )
+    }
+
+    /// After an error: what was held is dropped, and messages up to Sync are skipped.
+    fn fail(&mut self) {
+        self.pending.clear();
+        self.owed.clear();
+        self.skipping = true;
+    }
+}
+
 /// Message after message until Terminate, the client leaving, or a protocol fault.
 async fn serve_messages(
     front: &PostgresFront,
@@ -589,9 +631,7 @@ async fn serve_messages(
     source: &Arc<PostgresSource>,
     link: &Link,
 ) {
-    // After a refused extended-query message, messages up to Sync are skipped (as the
-    // server skips them after an error).
-    let mut skipping = false;
+    let mut ext = Extended::default();
     loop {
         let frame = match client.frame(front.max_message_bytes).await {
             Ok(Some(frame)) => frame,
@@ -608,49 +648,149 @@ async fn serve_messages(
                 return;
             }
         };
+        if ext.skipping
+            && !matches!(
+                message,
+                PgWireFrontendMessage::Sync(_) | PgWireFrontendMessage::Terminate(_)
+            )
+        {
+            continue;
+        }
         match message {
             PgWireFrontendMessage::Query(q) => {
+                // A simple Query ends the unnamed statement and portal.
+                ext.statements.remove("");
+                ext.portals.remove("");
                 let request = decode::query(conn, q.query.clone(), &CODES);
-                let call = PgCall::Query {
+                let (frames, expect) = ext.with(&frame, Expect::Ready);
+                let call = PgCall::Exchange {
                     link: Arc::clone(link),
+                    frames,
+                    expect,
                     sql: q.query,
                 };
                 let outcome = front.pipeline.handle(request, Some(&**source), call).await;
-                render_outcome(client, link, outcome).await;
+                render_outcome(client, link, outcome, true).await;
+            }
+            PgWireFrontendMessage::Parse(p) => {
+                ext.statements
+                    .insert(p.name.clone().unwrap_or_default(), p.query);
+                ext.hold(&frame, Expect::One);
+            }
+            PgWireFrontendMessage::Bind(b) => {
+                let statement = b.statement_name.clone().unwrap_or_default();
+                let Some(sql) = ext.statements.get(&statement).cloned() else {
+                    render::error(
+                        &mut client.out,
+                        "ERROR",
+                        "26000",
+                        &format!(
+                            "prepared statement \"{statement}\" does not exist (querygate \
+                             knows the statements prepared with Parse on this connection)"
+                        ),
+                        None,
+                    );
+                    ext.fail();
+                    continue;
+                };
+                ext.portals
+                    .insert(b.portal_name.clone().unwrap_or_default(), sql);
+                ext.hold(&frame, Expect::One);
+            }
+            PgWireFrontendMessage::Describe(d) => {
+                let expect = if d.target_type == b'S' {
+                    Expect::Statement
+                } else {
+                    Expect::Portal
+                };
+                ext.hold(&frame, expect);
+            }
+            PgWireFrontendMessage::Close(c) => {
+                let name = c.name.clone().unwrap_or_default();
+                if c.target_type == b'S' {
+                    ext.statements.remove(&name);
+                } else {
+                    ext.portals.remove(&name);
+                }
+                ext.hold(&frame, Expect::One);
+            }
+            PgWireFrontendMessage::Execute(e) => {
+                let portal = e.name.clone().unwrap_or_default();
+                let Some(sql) = ext.portals.get(&portal).cloned() else {
+                    render::error(
+                        &mut client.out,
+                        "ERROR",
+                        "34000",
+                        &format!("portal \"{portal}\" does not exist"),
+                        None,
+                    );
+                    ext.fail();
+                    continue;
+                };
+                let request = decode::execute(conn, sql.clone(), &CODES);
+                let (mut frames, mut expect) = ext.with(&frame, Expect::Execute);
+                // The Sync that usually follows goes in the same exchange: one round trip.
+                let synced = next_is_sync(&client.buf);
+                if synced {
+                    let sync = client.buf.split_to(5);
+                    frames.extend_from_slice(&sync);
+                    expect.push(Expect::Ready);
+                }
+                let call = PgCall::Exchange {
+                    link: Arc::clone(link),
+                    frames,
+                    expect,
+                    sql,
+                };
+                let outcome = front.pipeline.handle(request, Some(&**source), call).await;
+                let failed = match &outcome {
+                    Outcome::Done(reply) => reply.failed(),
+                    _ => true,
+                };
+                render_outcome(client, link, outcome, synced).await;
+                if failed && !synced {
+                    ext.fail();
+                }
+            }
+            PgWireFrontendMessage::Sync(_) | PgWireFrontendMessage::Flush(_) => {
+                let sync = matches!(message, PgWireFrontendMessage::Sync(_));
+                if sync {
+                    ext.skipping = false;
+                } else if ext.owed.is_empty() {
+                    continue;
+                }
+                // Messages that run nothing (and Sync itself) go upstream outside the
+                // pipeline: there is nothing to decide, and the Execute that runs what
+                // they set up is decided on its statement.
+                let (frames, expect) = if sync {
+                    ext.with(&frame, Expect::Ready)
+                } else {
+                    (
+                        std::mem::take(&mut ext.pending),
+                        std::mem::take(&mut ext.owed),
+                    )
+                };
+                let mut upstream = link.lock().await;
+                match crate::source::exchange(&mut upstream, frames, &expect).await {
+                    Ok(reply) => {
+                        client.out.extend_from_slice(&reply.bytes());
+                        if reply.failed() && !sync {
+                            ext.fail();
+                        }
+                    }
+                    Err(fault) => {
+                        render::failed(&mut client.out, &fault);
+                        drop(upstream);
+                        let _ = client.flush().await;
+                        return;
+                    }
+                }
             }
             PgWireFrontendMessage::Terminate(_) => return,
-            PgWireFrontendMessage::Sync(_) => {
-                skipping = false;
-                let status = link.lock().await.status;
-                render::ready(&mut client.out, status);
-            }
-            PgWireFrontendMessage::Flush(_) => {}
             // Outside COPY these are ignored, as the server ignores them.
             PgWireFrontendMessage::CopyData(_)
             | PgWireFrontendMessage::CopyDone(_)
             | PgWireFrontendMessage::CopyFail(_) => {}
-            m if m.is_extended_query() => {
-                if !skipping {
-                    skipping = true;
-                    let request = decode::other(
-                        conn,
-                        "extended",
-                        "the extended query protocol (Parse/Bind/Execute), which this \
-                         querygate does not serve yet: send statements as simple queries \
-                         (psql; psycopg without parameters or with ClientCursor)",
-                        &CODES,
-                    );
-                    if let Outcome::Denied(denial) = front
-                        .pipeline
-                        .handle(request, Some(&**source), PgCall::Refused)
-                        .await
-                    {
-                        render::denied(&mut client.out, &denial);
-                    } else {
-                        render::error(&mut client.out, "ERROR", "0A000", "not served", None);
-                    }
-                }
-            }
             _ => {
                 let problem = Problem {
                     code: "08P01",
@@ -666,6 +806,11 @@ async fn serve_messages(
             return;
         }
     }
+}
+
+/// Whether the next buffered client message is a Sync.
+fn next_is_sync(buf: &BytesMut) -> bool {
+    buf.len() >= 5 && buf[..5] == [b'S', 0, 0, 0, 4]
 }
 
 /// Audits bytes the front cannot serve and ends the connection with FATAL.
@@ -684,23 +829,17 @@ async fn refuse(
     client.fatal(problem.code, &problem.message).await;
 }
 
-/// The client's answer to one Query.
-async fn render_outcome(client: &mut Client, link: &Link, outcome: Outcome<PgReply>) {
+/// The client's answer to one Query or Execute; `ready`: the exchange ended with a
+/// ReadyForQuery the client waits for (a simple Query, or an Execute sent with its Sync),
+/// which a refusal must send too.
+async fn render_outcome(client: &mut Client, link: &Link, outcome: Outcome<PgReply>, ready: bool) {
     match outcome {
         Outcome::Done(reply) => {
             client.out.extend_from_slice(&reply.bytes());
-            render::ready(&mut client.out, reply.status);
+            return;
         }
-        Outcome::Denied(denial) => {
-            render::denied(&mut client.out, &denial);
-            let status = link.lock().await.status;
-            render::ready(&mut client.out, status);
-        }
-        Outcome::Failed(fault) => {
-            render::failed(&mut client.out, &fault);
-            let status = link.lock().await.status;
-            render::ready(&mut client.out, status);
-        }
+        Outcome::Denied(denial) => render::denied(&mut client.out, &denial),
+        Outcome::Failed(fault) => render::failed(&mut client.out, &fault),
         Outcome::Waiting(waiting) => {
             let message = waiting.ended.unwrap_or_else(|| {
                 format!(
@@ -710,8 +849,10 @@ async fn render_outcome(client: &mut Client, link: &Link, outcome: Outcome<PgRep
                 )
             });
             render::error(&mut client.out, "ERROR", "42501", &message, None);
-            let status = link.lock().await.status;
-            render::ready(&mut client.out, status);
         }
+    }
+    if ready {
+        let status = link.lock().await.status;
+        render::ready(&mut client.out, status);
     }
 }

@@ -1,10 +1,11 @@
 //! The `postgres` source: an upstream PostgreSQL server, reached with the gateway's own
 //! credential, one upstream session per client connection (session mode).
 //!
-//! A [`PgCall`] is a client's statement bound to its connection's upstream session (the
-//! [`Link`]); [`PostgresSource::execute`] sends it as a simple Query and reads every
-//! answer up to ReadyForQuery into a [`PgReply`]: the frames as the server sent them,
-//! with what the records need (rows, command tags, the error and its SQLSTATE). Value
+//! A [`PgCall`] is a client's messages bound to its connection's upstream session (the
+//! [`Link`]): a simple Query, or an Execute with the messages that prepared it;
+//! [`PostgresSource::execute`] sends them and reads the answers each is owed
+//! ([`Expect`]) into a [`PgReply`]: the frames as the server sent them (its
+//! ReadyForQuery included), with what the records need (rows, the error and its SQLSTATE). Value
 //! detectors run over the text of every row; errors that could echo withheld values keep
 //! only their SQLSTATE.
 //!
@@ -14,7 +15,6 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pgwire::messages::simplequery::Query as QueryMessage;
 use querygate_core::{Action, Denial, DenialKind, Fault};
 use querygate_mask::Scrubber;
 use querygate_pipeline::{
@@ -65,11 +65,34 @@ impl PostgresSource {
 /// A call on a PostgreSQL source.
 #[derive(Debug)]
 pub enum PgCall {
-    /// A simple Query (one or more statements) on the client's upstream session.
-    Query { link: Link, sql: String },
+    /// Messages for the client's upstream session: a simple Query, or an Execute with the
+    /// Parse/Bind/Describe/Close messages sent before it (and the Sync after it, when the
+    /// client sent one), with the answers each is owed.
+    Exchange {
+        link: Link,
+        frames: BytesMut,
+        expect: Vec<Expect>,
+        /// The statement that runs (for the records).
+        sql: String,
+    },
     /// What the gate refuses before anything is sent (an unknown message, a refused
     /// credential): never forwarded.
     Refused,
+}
+
+/// The answers one message is owed, in the order the server sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Parse, Bind, Close: ParseComplete, BindComplete, CloseComplete.
+    One,
+    /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
+    Statement,
+    /// Describe of a portal: RowDescription or NoData.
+    Portal,
+    /// Execute: rows up to CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// A simple Query or a Sync: everything up to ReadyForQuery.
+    Ready,
 }
 
 /// The upstream's answers to one call.
@@ -87,6 +110,11 @@ pub struct PgReply {
 }
 
 impl PgReply {
+    /// The upstream answered with an error (the server then skips to the next Sync).
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
     /// The frames as one buffer, for the client.
     pub fn bytes(&self) -> BytesMut {
         let mut out = BytesMut::with_capacity(self.frames.iter().map(|f| f.len()).sum());
@@ -271,24 +299,62 @@ impl Reply for PgReply {
     }
 }
 
-/// Runs a simple Query on `upstream` and reads its answers up to ReadyForQuery.
-async fn query(upstream: &mut Upstream, sql: String) -> Result<PgReply, Fault> {
-    upstream.send_message(QueryMessage::new(sql)).await?;
-    let mut reply = PgReply::default();
+/// Sends `frames` (and a Flush when they hold no Sync or Query, so that the server
+/// answers now) and reads the answers `expect` says they are owed. After an error the
+/// server skips everything up to the next Sync, and so does the reading.
+pub(crate) async fn exchange(
+    upstream: &mut Upstream,
+    mut frames: BytesMut,
+    expect: &[Expect],
+) -> Result<PgReply, Fault> {
+    let mut owed: std::collections::VecDeque<Expect> = expect.iter().copied().collect();
+    if owed.back() != Some(&Expect::Ready) && !owed.is_empty() {
+        frames.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+    }
+    upstream
+        .send(&frames)
+        .await
+        .map_err(|e| Fault::upstream(format!("the upstream PostgreSQL went away: {e}")))?;
+    let mut reply = PgReply {
+        status: upstream.status,
+        ..PgReply::default()
+    };
     let mut buffered = 0usize;
     let mut overflow = false;
-    loop {
+    while let Some(&next) = owed.front() {
         let frame = upstream.frame().await?;
-        match frame[0] {
+        let tag = frame[0];
+        match tag {
+            // Asynchronous: a notice, a setting changed, a notification.
+            b'N' | b'S' | b'A' => {}
+            b'E' => {
+                reply.error.get_or_insert_with(|| error_text(&frame));
+                // The rest up to the next Sync is skipped by the server.
+                while owed.front().is_some_and(|e| *e != Expect::Ready) {
+                    owed.pop_front();
+                }
+                // A simple Query's own error is followed by its ReadyForQuery.
+            }
             b'Z' => {
                 upstream.status = frame.get(5).copied().unwrap_or(b'I');
                 reply.status = upstream.status;
-                break;
+                owed.pop_front();
             }
             b'D' => reply.rows += 1,
-            b'T' => reply.columns = column_names(&frame),
-            b'E' => {
-                reply.error.get_or_insert_with(|| error_text(&frame));
+            b'T' => {
+                reply.columns = column_names(&frame);
+                if matches!(next, Expect::Statement | Expect::Portal) {
+                    owed.pop_front();
+                }
+            }
+            b'n' if matches!(next, Expect::Statement | Expect::Portal) => {
+                owed.pop_front();
+            }
+            b'1' | b'2' | b'3' if next == Expect::One => {
+                owed.pop_front();
+            }
+            b'C' | b'I' | b's' if next == Expect::Execute => {
+                owed.pop_front();
             }
             // COPY FROM STDIN: the upstream waits for the client's data.
             b'G' => {
@@ -307,23 +373,23 @@ async fn query(upstream: &mut Upstream, sql: String) -> Result<PgReply, Fault> {
             _ => {}
         }
         buffered += frame.len();
-        if buffered > MAX_BUFFERED {
+        if buffered > MAX_BUFFERED && !overflow {
             overflow = true;
+            reply.frames.clear();
         }
-        if !overflow {
+        if !overflow || tag == b'Z' {
             reply.frames.push(frame);
         }
     }
     if overflow {
         let message = format!(
             "the result is larger than the {} MiB querygate holds for one statement; \
-             page it (LIMIT/OFFSET, or DECLARE a cursor and FETCH)",
+             page it (LIMIT/OFFSET, a cursor with FETCH, or a row limit on Execute)",
             MAX_BUFFERED >> 20
         );
-        reply.frames.clear();
         let mut out = BytesMut::new();
         crate::render::error(&mut out, "ERROR", "54000", &message, None);
-        reply.frames.push(out);
+        reply.frames.insert(0, out);
         reply.error = Some(format!("54000: {message}"));
     }
     Ok(reply)
@@ -347,9 +413,14 @@ impl Source for PostgresSource {
 
     async fn execute(&self, call: Admitted<PgCall>) -> Result<PgReply, Fault> {
         match call.into_call() {
-            PgCall::Query { link, sql } => {
+            PgCall::Exchange {
+                link,
+                frames,
+                expect,
+                ..
+            } => {
                 let mut upstream = link.lock().await;
-                query(&mut upstream, sql).await
+                exchange(&mut upstream, frames, &expect).await
             }
             PgCall::Refused => Err(Fault::gateway("querygate forwards no such call")),
         }
@@ -398,7 +469,7 @@ impl Source for PostgresSource {
 
     fn statement(&self, call: &PgCall) -> Option<String> {
         match call {
-            PgCall::Query { sql, .. } => Some(sql.clone()),
+            PgCall::Exchange { sql, .. } => Some(sql.clone()),
             PgCall::Refused => None,
         }
     }

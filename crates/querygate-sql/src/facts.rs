@@ -33,11 +33,14 @@ pub enum StatementKind {
     Copy,
     /// `CALL procedure(…)`.
     Call,
-    /// `DECLARE` (BigQuery script variables, PostgreSQL cursors).
+    /// `DECLARE` of BigQuery script variables (a PostgreSQL cursor is a `Select`).
     Declare,
     /// `SET` (BigQuery script variables, PostgreSQL session settings and roles).
     Set,
-    /// Transaction control: `BEGIN [TRANSACTION]`, `COMMIT`, `ROLLBACK`, savepoints.
+    /// Transaction and session control, which reads and writes nothing: `BEGIN
+    /// [TRANSACTION]`, `COMMIT`, `ROLLBACK`, savepoints; PostgreSQL's `DEALLOCATE`,
+    /// `DISCARD`, `CLOSE` and `FETCH` (a cursor's rows are decided when it is declared: a
+    /// `DECLARE … CURSOR FOR SELECT` is a `Select`).
     Transaction,
     /// Anything else (`SHOW`, `IF` conditions, `RAISE`, `NOTIFY`, …).
     Other,

@@ -378,8 +378,14 @@ impl Script {
                         new_vars.push((n.value.to_lowercase(), lin.clone()));
                     }
                 }
-                (StatementKind::Declare, Check::Statement(s))
+                (declare_kind(stmts), Check::Statement(s))
             }
+            // A cursor's rows were decided when it was declared; prepared statements and
+            // session state are let go of: nothing is read or written.
+            Statement::Close { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Discard { .. }
+            | Statement::Fetch { into: None, .. } => (StatementKind::Transaction, Check::Nothing),
             Statement::Set(set) => {
                 self.set(&mut w, set, &mut new_vars);
                 (StatementKind::Set, Check::Statement(s))
@@ -745,7 +751,11 @@ fn classify(s: &Statement) -> StatementKind {
         Statement::ExportData(_) | Statement::Unload { .. } => K::Export,
         Statement::Copy { .. } | Statement::CopyIntoSnowflake { .. } => K::Copy,
         Statement::Call(_) => K::Call,
-        Statement::Declare { .. } => K::Declare,
+        Statement::Declare { stmts, .. } => declare_kind(stmts),
+        Statement::Close { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Discard { .. }
+        | Statement::Fetch { into: None, .. } => K::Transaction,
         Statement::Set(_) => K::Set,
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
@@ -753,6 +763,20 @@ fn classify(s: &Statement) -> StatementKind {
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. } => K::Transaction,
         _ => K::Other,
+    }
+}
+
+/// A PostgreSQL cursor (`DECLARE c CURSOR FOR SELECT …`) is a query whose rows are
+/// fetched later; other declarations (BigQuery script variables) are `declare`.
+fn declare_kind(stmts: &[sqlparser::ast::Declare]) -> StatementKind {
+    if !stmts.is_empty()
+        && stmts
+            .iter()
+            .all(|d| d.for_query.is_some() && d.assignment.is_none())
+    {
+        StatementKind::Select
+    } else {
+        StatementKind::Declare
     }
 }
 

@@ -531,3 +531,18 @@ fn nested_recursive_ctes_stay_cheap() {
         assert_eq!(names(&only_output(&f).sources), ["ds.users.ssn"]);
     }
 }
+
+#[test]
+fn postgres_cursors_are_reads_and_session_housekeeping_reads_nothing() {
+    let f = pg("DECLARE c CURSOR WITH HOLD FOR SELECT email FROM app.users");
+    assert_eq!(kinds(&f), [K::Select]);
+    assert_eq!(f.statements[0].reads[0].name(), "app.users");
+    assert!(f.opaque.is_none(), "{:?}", f.opaque);
+    let f = pg("FETCH FORWARD 10 FROM c; CLOSE c; DEALLOCATE _pg3_1; DISCARD ALL; DEALLOCATE ALL");
+    assert_eq!(kinds(&f), [K::Transaction; 5], "{f}");
+    assert!(
+        f.statements
+            .iter()
+            .all(|s| s.reads.is_empty() && s.writes.is_empty())
+    );
+}
