@@ -135,7 +135,10 @@ async fn guard<S: Source + 'static>(
             let client = client_info(request.headers(), request.extensions());
             let headers = request.headers().clone();
             drop(request);
-            audit_refused(&front, client, credential, "an MCP request").await;
+            let action = querygate_core::Action::Other {
+                what: "an MCP request".into(),
+            };
+            audit_refused(&front, client, credential, action).await;
             return unauthorized(&headers, Some("invalid_token"), &denial.message);
         }
     };
@@ -153,18 +156,12 @@ async fn guard<S: Source + 'static>(
             {
                 let client = client_info(&parts.headers, &parts.extensions);
                 drop(parts);
-                audit_refused(
-                    &front,
-                    client,
-                    credential,
-                    "an MCP message that is not JSON",
-                )
-                .await;
-                return rpc_error(
-                    StatusCode::BAD_REQUEST,
-                    -32700,
-                    "the request body is not JSON: send one JSON-RPC message or a batch",
-                );
+                let action = querygate_core::Action::Malformed {
+                    problem: querygate_core::Malformed::Invalid,
+                    message: NOT_JSON.into(),
+                };
+                audit_refused(&front, client, credential, action).await;
+                return rpc_error(StatusCode::BAD_REQUEST, -32700, NOT_JSON);
             }
             next.run(HttpRequest::from_parts(parts, Body::from(body)))
                 .await
@@ -188,7 +185,7 @@ async fn audit_refused<S: Source + 'static>(
     front: &McpFront<S>,
     client: ClientInfo,
     credential: Secret,
-    what: &str,
+    action: querygate_core::Action,
 ) {
     let refused = Request {
         id: RequestId(format!("qg-{}", uuid::Uuid::new_v4().simple())),
@@ -198,7 +195,7 @@ async fn audit_refused<S: Source + 'static>(
         client,
         target: String::new(),
         method: "mcp".into(),
-        action: querygate_core::Action::Other { what: what.into() },
+        action,
         job_id: None,
         reason: None,
         wait: None,
@@ -207,6 +204,8 @@ async fn audit_refused<S: Source + 'static>(
     };
     let _ = front.pipeline.handle_unrouted::<S>(refused).await;
 }
+
+const NOT_JSON: &str = "the request body is not JSON: send one JSON-RPC message or a batch";
 
 /// A JSON-RPC error that belongs to no request (`id: null`), with its HTTP status.
 fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
