@@ -1,0 +1,312 @@
+"""querygate's PostgreSQL front against the machine's PostgreSQL (127.0.0.1:5432), through
+real clients: psql (simple queries, its catalog queries), psycopg 3 (parameters over the
+extended protocol, binary results, prepared statements, server-side cursors, cancel) and
+asyncpg (prepared statements). The client signs in with its querygate credential as the
+password; querygate holds the database's own credential.
+
+Each test module makes its own database and role (qg_<random>, dropped after) and starts
+`querygate serve` with a `postgres` source and `server.postgres_listen`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import asyncpg
+import psycopg
+import pytest
+
+import e2e_support as s
+
+pytestmark = pytest.mark.gateway_only
+
+ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+CONFIG = """
+[server]
+bigquery_listen = "127.0.0.1:{port}"
+postgres_listen = "127.0.0.1:{pg_port}"
+
+[store]
+path = "querygate.db"
+
+{keys}
+[[sources]]
+name = "app"
+kind = "postgres"
+project = "{db}"
+url = "postgresql://{role}@127.0.0.1:5432/{db}"
+password_env = "QG_TEST_DB_PASSWORD"
+tls = "prefer"
+detect = ["email"]
+
+[[rule]]
+name = "no hr for agents"
+who = ["group:agents"]
+tables = ["*.hr.*"]
+action = "deny"
+message = "agents do not read HR data"
+
+[[rule]]
+name = "agents never write"
+who = ["group:agents"]
+statements = ["insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "copy", "set"]
+action = "deny"
+message = "agents have read-only access; ask a person to run this change"
+
+[[rule]]
+name = "read"
+who = ["group:agents"]
+statements = ["select"]
+action = "allow"
+
+[[rule]]
+name = "people do everything else"
+who = ["group:people"]
+action = "allow"
+"""
+
+
+def admin(sql: str, dbname: str = "postgres") -> None:
+    with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={dbname}"), autocommit=True) as c:
+        c.execute(sql)
+
+
+@pytest.fixture(scope="module")
+def gateway(e2e_tmp):
+    work = e2e_tmp / "postgres"
+    work.mkdir(parents=True)
+    name = "qg_" + secrets.token_hex(4)
+    password = secrets.token_urlsafe(16)
+    admin(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    admin(f"CREATE DATABASE {name} OWNER {name}")
+    setup = f"""
+        SET ROLE {name};
+        CREATE SCHEMA hr;
+        CREATE TABLE public.customers (id int PRIMARY KEY, name text, email text);
+        INSERT INTO public.customers VALUES (1, 'Ana Lima', 'ana@example.com'), (2, 'Bo Chen', NULL);
+        CREATE TABLE hr.people (id int, salary int);
+        INSERT INTO hr.people VALUES (1, 100);
+        CREATE TABLE public.numbers AS SELECT g AS n FROM generate_series(1, 1000) g;
+    """
+    admin(setup, dbname=name)
+    keys = {"agent": "qg_pg_agent_" + secrets.token_urlsafe(16),
+            "person": "qg_pg_person_" + secrets.token_urlsafe(16)}
+    key_toml = (s.api_key_toml("agent:pg-test", ["agents"], s.sha256_hex(keys["agent"]))
+                + s.api_key_toml("human:dba", ["people"], s.sha256_hex(keys["person"])))
+    port, pg_port = s.free_port(), s.free_port()
+    config = work / "querygate.toml"
+    config.write_text(CONFIG.format(port=port, pg_port=pg_port, keys=key_toml, db=name, role=name))
+    env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1", QG_TEST_DB_PASSWORD=password)
+    server = s.Server(name="querygate-pg", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
+                      log_path=work / "querygate.log", env=env, cwd=work)
+    server.start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        yield {"port": pg_port, "db": name, "keys": keys, "config": config, "server": server}
+    finally:
+        server.stop()
+        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin(f"DROP ROLE IF EXISTS {name}")
+
+
+def dsn(gw, who: str = "agent", **extra) -> str:
+    parts = {"host": "127.0.0.1", "port": gw["port"], "dbname": gw["db"], "user": who,
+             "password": gw["keys"][who], "sslmode": "disable", **extra}
+    return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def audit(gw) -> list[dict]:
+    cp = s.run_cli(s.default_gateway_bin(), "audit", "tail", "--config", str(gw["config"]), "--json", "-n", "5000")
+    assert cp.returncode == 0, s.describe(cp)
+    return [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
+
+
+def psql(gw, *commands: str, who: str = "agent") -> subprocess.CompletedProcess:
+    args = ["psql", "-X", "--no-psqlrc", "-v", "ON_ERROR_STOP=0", f"host=127.0.0.1 port={gw['port']} dbname={gw['db']} user={who}"]
+    for c in commands:
+        args += ["-c", c]
+    env = dict(os.environ, PGPASSWORD=gw["keys"][who], PGCONNECT_TIMEOUT="10")
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_psql_reads_through_the_gateway_and_is_refused_what_the_rules_refuse(gateway):
+    gw = gateway
+    cp = psql(gw, "SELECT id, name FROM customers ORDER BY id", "SELECT * FROM hr.people",
+              "DELETE FROM customers", "SELECT 1 AS one; SELECT 2 AS two", "\\dt")
+    assert "Ana Lima" in cp.stdout and "Bo Chen" in cp.stdout, s.describe(cp)
+    assert 'rule "no hr for agents": agents do not read HR data' in cp.stderr, s.describe(cp)
+    assert "agents have read-only access" in cp.stderr
+    assert "one" in cp.stdout and "two" in cp.stdout
+    # psql's catalog query lists the tables.
+    assert "customers" in cp.stdout and "numbers" in cp.stdout
+    # The refused statements never reached the database.
+    with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={gw['db']}")) as c:
+        assert c.execute("SELECT count(*) FROM customers").fetchone()[0] == 2
+
+
+def test_detectors_mask_values_in_every_result(gateway):
+    cp = psql(gateway, "SELECT email FROM customers WHERE id = 1")
+    assert "ana@example.com" not in cp.stdout and "[REDACTED]" in cp.stdout, s.describe(cp)
+    with psycopg.connect(dsn(gateway)) as c:
+        rows = c.execute("SELECT email FROM customers WHERE id = %s", (1,), binary=True).fetchall()
+        assert rows == [("[REDACTED]",)]
+
+
+def test_psycopg_parameters_binary_prepared_and_cursors(gateway):
+    with psycopg.connect(dsn(gateway)) as c:
+        assert c.execute("SELECT name FROM customers WHERE id = %s", (2,)).fetchone() == ("Bo Chen",)
+        assert c.execute("SELECT n FROM numbers WHERE n <= %s ORDER BY n", (3,), binary=True).fetchall() == [(1,), (2,), (3,)]
+        for _ in range(3):  # prepared on the server after the first runs
+            assert c.execute("SELECT count(*) FROM numbers WHERE n > %s", (990,), prepare=True).fetchone() == (10,)
+        with c.cursor(name="pages") as cur:
+            cur.execute("SELECT n FROM numbers ORDER BY n")
+            assert cur.fetchmany(5) == [(1,), (2,), (3,), (4,), (5,)]
+            assert len(cur.fetchall()) == 995
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as denied:
+            c.execute("SELECT salary FROM hr.people WHERE id = %s", (1,))
+        assert denied.value.sqlstate == "42501"
+        assert "agents do not read HR data" in str(denied.value)
+        c.rollback()
+        # The connection is usable after a refusal.
+        assert c.execute("SELECT 40 + %s", (2,)).fetchone() == (42,)
+
+
+def test_transactions_commit_and_roll_back_upstream(gateway):
+    with psycopg.connect(dsn(gateway, "person")) as c:
+        c.execute("INSERT INTO customers VALUES (%s, %s, %s)", (3, "Cy", None))
+        c.rollback()
+        assert c.execute("SELECT count(*) FROM customers WHERE id = 3").fetchone() == (0,)
+        c.execute("INSERT INTO customers VALUES (%s, %s, %s)", (4, "Di", None))
+        c.commit()
+        assert c.execute("SELECT count(*) FROM customers WHERE id = 4").fetchone() == (1,)
+        c.execute("DELETE FROM customers WHERE id = 4")
+        c.commit()
+
+
+def test_asyncpg_prepared_statements(gateway):
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gateway["port"], database=gateway["db"],
+                                     user="agent", password=gateway["keys"]["agent"], ssl=False)
+        try:
+            stmt = await conn.prepare("SELECT n FROM numbers WHERE n BETWEEN $1 AND $2 ORDER BY n")
+            assert [r["n"] for r in await stmt.fetch(10, 12)] == [10, 11, 12]
+            assert await conn.fetchval("SELECT name FROM customers WHERE id = $1", 1) == "Ana Lima"
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.fetch("SELECT * FROM hr.people")
+            assert await conn.fetchval("SELECT 7") == 7
+        finally:
+            await conn.close()
+    asyncio.run(main())
+
+
+def test_every_statement_is_audited_with_who_and_what(gateway):
+    with psycopg.connect(dsn(gateway)) as c:
+        c.execute("SELECT id FROM customers WHERE id = %s /* audit-marker */", (1,))
+    psql(gateway, "SELECT 'simple-marker'")
+    records = audit(gateway)
+    extended = [r for r in records if "audit-marker" in (r.get("statement") or "")]
+    assert {r["phase"] for r in extended} == {"decided", "completed"}, extended
+    assert all(r["identity"] == "agent:pg-test" and r["method"] == "execute" for r in extended)
+    done = next(r for r in extended if r["phase"] == "completed")
+    assert done["rows"] == 1 and done["source"] == "app"
+    simple = [r for r in records if "simple-marker" in (r.get("statement") or "")]
+    assert {r["method"] for r in simple} == {"query"}
+    denied = [r for r in records if r["decision"] == "deny" and "hr.people" in (r.get("statement") or "")]
+    assert denied and all(r["phase"] == "decided" for r in denied)
+    cp = s.run_cli(s.default_gateway_bin(), "audit", "verify", "--config", str(gateway["config"]))
+    assert cp.returncode == 0, s.describe(cp)
+
+
+def test_sign_in_is_refused_clearly_and_audited(gateway):
+    with pytest.raises(psycopg.OperationalError) as bad:
+        psycopg.connect(dsn(gateway).replace(gateway["keys"]["agent"], "not-a-key"))
+    assert "not a querygate API key" in str(bad.value)
+    with pytest.raises(psycopg.OperationalError) as nodb:
+        psycopg.connect(dsn(gateway, dbname="elsewhere"))
+    assert 'database "elsewhere" is not served by querygate' in str(nodb.value)
+    with pytest.raises(psycopg.OperationalError) as options:
+        psycopg.connect(dsn(gateway, options="'-c role=postgres'"))
+    assert "does not forward the startup parameter \"options\"" in str(options.value)
+    refused = [r for r in audit(gateway) if r["method"] == "connect"]
+    assert any(r["identity"] == "unauthenticated" and r["decision"] == "deny" for r in refused), refused
+
+
+def test_cancel_reaches_the_running_statement(gateway):
+    with psycopg.connect(dsn(gateway)) as c:
+        timer = threading.Timer(0.5, c.cancel)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute("SELECT count(*) FROM generate_series(1, 2000000000)")
+        assert time.monotonic() - started < 10
+        c.rollback()
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def raw_session(gateway):
+    """A socket signed in as the agent, past its first ReadyForQuery."""
+    sock = socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10)
+    params = b"user\0agent\0database\0" + gateway["db"].encode() + b"\0\0"
+    sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+    assert sock.recv(1) == b"R"
+    sock.recv(8)
+    password = gateway["keys"]["agent"].encode() + b"\0"
+    sock.sendall(b"p" + struct.pack("!i", 4 + len(password)) + password)
+    seen = b""
+    while not seen.endswith(b"Z\0\0\0\x05I"):
+        chunk = sock.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    return sock
+
+
+def read_all(sock) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_garbage_and_oversized_messages_end_the_connection_clearly(gateway):
+    # Before the startup: bytes that are no startup packet.
+    sock = socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10)
+    sock.sendall(b"\x00\x00\x00\x10GET / HTTP/1.1\r\n")
+    assert b"08P01" in read_all(sock)
+    # After it: a message type the protocol does not have.
+    sock = raw_session(gateway)
+    sock.sendall(b"?\x00\x00\x00\x04")
+    answer = read_all(sock)
+    assert b"FATAL" in answer and b"08P01" in answer, answer
+    # A Query that is not UTF-8 is not analyzed one way and run another.
+    sock = raw_session(gateway)
+    body = b"SELECT '\xff'\0"
+    sock.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
+    assert b"not UTF-8" in read_all(sock)
+    # A message declaring more than the gateway accepts is refused before it is read.
+    sock = raw_session(gateway)
+    sock.sendall(b"Q" + struct.pack("!i", 0x7fffff00))
+    assert b"54000" in read_all(sock)
+    # A Bind too short for what it declares.
+    sock = raw_session(gateway)
+    sock.sendall(b"B\x00\x00\x00\x06\x00\x00")
+    assert b"08P01" in read_all(sock)
+    assert gateway["server"].alive()
+    malformed = [r for r in audit(gateway) if r["method"] == "malformed"]
+    assert len(malformed) >= 4, malformed
+    # The gateway still serves.
+    with psycopg.connect(dsn(gateway)) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
