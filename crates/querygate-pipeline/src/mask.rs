@@ -75,8 +75,14 @@ impl Pipeline {
                     identity.subject
                 )));
             }
-            let list = masking::select_list(&policies.classifier, table, &columns, identity)
-                .map_err(|e| forbidden(e.to_string()))?;
+            let list = masking::select_list(
+                &policies.classifier,
+                table,
+                &columns,
+                identity,
+                source.dialect(),
+            )
+            .map_err(|e| forbidden(e.to_string()))?;
             lists.insert(table.clone(), list);
         }
         let rewritten = querygate_sql::mask_reads(

@@ -9,7 +9,7 @@
 //! other columns.
 
 use querygate_core::Identity;
-use querygate_mask::{Strategy, StrategyError, mask_expression};
+use querygate_mask::{Strategy, StrategyError, mask_expression, mask_expression_pg};
 use querygate_policy::Classifier;
 use querygate_sql::{MaskedColumn, SqlDialect, quote_column};
 
@@ -46,12 +46,14 @@ pub fn column_masks(
 /// The name of an array's element while it is masked.
 const ELEMENT: &str = "__qg_e";
 
-/// The select list replacing a read of `table` (`project.dataset.table`) for `identity`.
+/// The select list replacing a read of `table` (`project.dataset.table`) for `identity`,
+/// with masks written in `dialect`.
 pub fn select_list(
     classifier: &Classifier,
     table: &str,
     columns: &[Column],
     identity: &Identity,
+    dialect: SqlDialect,
 ) -> Result<Vec<MaskedColumn>, StrategyError> {
     Ok(column_masks(classifier, table, columns, identity)?
         .into_iter()
@@ -69,12 +71,28 @@ pub fn select_list(
                 if is_struct(&c) {
                     return None;
                 }
-                let quoted = quote_column(SqlDialect::BigQuery, &c.name);
-                let mask = if c.repeated {
-                    let element = mask_expression(strategy, ELEMENT, &c.data_type);
-                    format!("ARRAY(SELECT {element} FROM UNNEST({quoted}) AS {ELEMENT})")
-                } else {
-                    mask_expression(strategy, &quoted, &c.data_type)
+                let quoted = quote_column(dialect, &c.name);
+                let mask = match (dialect, c.repeated) {
+                    (SqlDialect::BigQuery, true) => {
+                        let element = mask_expression(strategy, ELEMENT, &c.data_type);
+                        format!("ARRAY(SELECT {element} FROM UNNEST({quoted}) AS {ELEMENT})")
+                    }
+                    (SqlDialect::BigQuery, false) => {
+                        mask_expression(strategy, &quoted, &c.data_type)
+                    }
+                    // Element by element, in the array's order; the result keeps the
+                    // array's type.
+                    (SqlDialect::Postgres, true) => {
+                        let element = mask_expression_pg(strategy, ELEMENT, &c.data_type);
+                        format!(
+                            "(CASE WHEN {quoted} IS NULL THEN NULL ELSE ARRAY(SELECT {element} \
+                             FROM pg_catalog.unnest({quoted}) WITH ORDINALITY AS \
+                             __qg_u({ELEMENT}, __qg_n) ORDER BY __qg_n) END)"
+                        )
+                    }
+                    (SqlDialect::Postgres, false) => {
+                        mask_expression_pg(strategy, &quoted, &c.data_type)
+                    }
                 };
                 Some(MaskedColumn {
                     name: c.name,
@@ -126,6 +144,7 @@ mod tests {
             "p.crm.customers",
             &[column("id", "INTEGER"), column("SSN", "STRING")],
             &agent,
+            SqlDialect::BigQuery,
         )
         .expect("plan");
         assert_eq!(list[0].mask, None);
@@ -146,6 +165,7 @@ mod tests {
                 column("ssn", "RECORD"),
             ],
             &agent,
+            SqlDialect::BigQuery,
         )
         .expect("plan");
         assert_eq!(list.len(), 1, "a masked STRUCT is left out: {list:?}");

@@ -668,6 +668,8 @@ async fn serve_messages(
                     frames,
                     expect,
                     sql: q.query,
+                    simple: true,
+                    quiet: false,
                 };
                 let outcome = front.pipeline.handle(request, Some(&**source), call).await;
                 render_outcome(client, link, outcome, true).await;
@@ -741,6 +743,8 @@ async fn serve_messages(
                     frames,
                     expect,
                     sql,
+                    simple: false,
+                    quiet: false,
                 };
                 let outcome = front.pipeline.handle(request, Some(&**source), call).await;
                 let failed = match &outcome {
@@ -771,7 +775,7 @@ async fn serve_messages(
                     )
                 };
                 let mut upstream = link.lock().await;
-                match crate::source::exchange(&mut upstream, frames, &expect).await {
+                match crate::source::exchange(&mut upstream, frames, &expect, false).await {
                     Ok(reply) => {
                         client.out.extend_from_slice(&reply.bytes());
                         if reply.failed() && !sync {

@@ -12,9 +12,13 @@
 //! Results are buffered up to [`MAX_BUFFERED`] (rows are checked before the client sees
 //! any); a larger result is refused with a message saying how to page it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pgwire::messages::Message;
+use pgwire::messages::extendedquery::{Bind, Describe, Execute as ExecuteMessage, Parse};
 use querygate_core::{Action, Denial, DenialKind, Fault};
 use querygate_mask::Scrubber;
 use querygate_pipeline::{
@@ -40,7 +44,13 @@ pub struct PostgresSource {
     database: String,
     endpoint: Arc<Endpoint>,
     scrubber: Option<Scrubber>,
+    mask_key: Option<querygate_core::Secret>,
+    /// Tables' columns, looked up with the gateway's credential, kept [`SCHEMA_TTL`].
+    schemas: std::sync::Mutex<HashMap<String, (Instant, Vec<Column>)>>,
 }
+
+/// How long a table's looked-up columns are kept.
+const SCHEMA_TTL: Duration = Duration::from_secs(60);
 
 impl PostgresSource {
     pub fn new(name: String, database: String, endpoint: Endpoint) -> PostgresSource {
@@ -49,7 +59,62 @@ impl PostgresSource {
             database,
             endpoint: Arc::new(endpoint),
             scrubber: None,
+            mask_key: None,
+            schemas: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The key of the `hash` masking strategy.
+    pub fn with_mask_key(mut self, key: Option<querygate_core::Secret>) -> Self {
+        self.mask_key = key;
+        self
+    }
+
+    /// Runs `sql` with text `parameters` on a connection of its own (the gateway's
+    /// credential, nothing of a client's session) and returns its rows as text.
+    async fn lookup(
+        &self,
+        sql: &str,
+        parameters: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, Fault> {
+        let settings = [
+            ("client_encoding".to_string(), "UTF8".to_string()),
+            ("search_path".to_string(), "pg_catalog".to_string()),
+            ("application_name".to_string(), "querygate".to_string()),
+        ];
+        let mut upstream = crate::upstream::connect(&self.endpoint, &settings).await?;
+        let mut frames = BytesMut::new();
+        let params = parameters
+            .iter()
+            .map(|p| Some(Bytes::copy_from_slice(p.as_bytes())))
+            .collect();
+        encode(&mut frames, Parse::new(None, sql.to_string(), Vec::new()))?;
+        encode(
+            &mut frames,
+            Bind::new(None, None, Vec::new(), params, Vec::new()),
+        )?;
+        encode(&mut frames, ExecuteMessage::new(None, 0))?;
+        frames.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        let expect = [Expect::One, Expect::One, Expect::Execute, Expect::Ready];
+        let reply = exchange(&mut upstream, frames, &expect, false).await;
+        upstream.terminate().await;
+        let reply = reply?;
+        if let Some(error) = reply.error {
+            return Err(Fault::upstream(format!(
+                "the upstream PostgreSQL refused querygate's catalog lookup: {error}"
+            )));
+        }
+        Ok(reply
+            .frames
+            .iter()
+            .filter(|f| f[0] == b'D')
+            .filter_map(fields)
+            .map(|row| {
+                row.into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect()
+            })
+            .collect())
     }
 
     pub fn with_scrubber(mut self, scrubber: Option<Scrubber>) -> Self {
@@ -74,6 +139,12 @@ pub enum PgCall {
         expect: Vec<Expect>,
         /// The statement that runs (for the records).
         sql: String,
+        /// The client sent a simple Query (what a rewrite may turn into Parse/Bind/
+        /// Execute).
+        simple: bool,
+        /// The exchange is a simple Query sent as Parse/Bind/Execute: its answers are
+        /// given back as a simple Query's.
+        quiet: bool,
     },
     /// What the gate refuses before anything is sent (an unknown message, a refused
     /// credential): never forwarded.
@@ -299,6 +370,18 @@ impl Reply for PgReply {
     }
 }
 
+/// `"name"`, quoted for PostgreSQL.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Appends one encoded message.
+fn encode<M: Message>(out: &mut BytesMut, message: M) -> Result<(), Fault> {
+    message
+        .encode(out)
+        .map_err(|e| Fault::gateway(format!("cannot encode a message for the upstream: {e}")))
+}
+
 /// Sends `frames` (and a Flush when they hold no Sync or Query, so that the server
 /// answers now) and reads the answers `expect` says they are owed. After an error the
 /// server skips everything up to the next Sync, and so does the reading.
@@ -306,6 +389,7 @@ pub(crate) async fn exchange(
     upstream: &mut Upstream,
     mut frames: BytesMut,
     expect: &[Expect],
+    quiet: bool,
 ) -> Result<PgReply, Fault> {
     let mut owed: std::collections::VecDeque<Expect> = expect.iter().copied().collect();
     if owed.back() != Some(&Expect::Ready) && !owed.is_empty() {
@@ -377,7 +461,9 @@ pub(crate) async fn exchange(
             overflow = true;
             reply.frames.clear();
         }
-        if !overflow || tag == b'Z' {
+        // A simple Query sent as Parse/Bind/Execute answers as a simple Query would.
+        let hidden = quiet && matches!(tag, b'1' | b'2' | b'n');
+        if (!overflow || tag == b'Z') && !hidden {
             reply.frames.push(frame);
         }
     }
@@ -417,10 +503,11 @@ impl Source for PostgresSource {
                 link,
                 frames,
                 expect,
+                quiet,
                 ..
             } => {
                 let mut upstream = link.lock().await;
-                exchange(&mut upstream, frames, &expect).await
+                exchange(&mut upstream, frames, &expect, quiet).await
             }
             PgCall::Refused => Err(Fault::gateway("querygate forwards no such call")),
         }
@@ -465,6 +552,141 @@ impl Source for PostgresSource {
         Err(Fault::gateway(
             "a PostgreSQL statement runs when the client sends it again after approval",
         ))
+    }
+
+    fn mask_key(&self) -> Option<&querygate_core::Secret> {
+        self.mask_key.as_ref()
+    }
+
+    /// The columns of `database.schema.table`, from the upstream's catalog (the element
+    /// type of an array column, with `repeated`).
+    async fn columns(&self, table: &str) -> Result<Vec<Column>, Fault> {
+        if let Some((at, columns)) = self
+            .schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            && at.elapsed() < SCHEMA_TTL
+        {
+            return Ok(columns.clone());
+        }
+        let parts: Vec<&str> = table.split('.').collect();
+        let [_, schema, name] = parts[..] else {
+            return Err(Fault::gateway(format!(
+                "cannot describe {table}: expected database.schema.table"
+            )));
+        };
+        let relation = format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let rows = self
+            .lookup(
+                "SELECT a.attname, pg_catalog.format_type(CASE WHEN t.typcategory = 'A' \
+                 THEN t.typelem ELSE a.atttypid END, a.atttypmod), t.typcategory = 'A' \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 \
+                 AND NOT a.attisdropped ORDER BY a.attnum",
+                &[&relation],
+            )
+            .await?;
+        let columns: Vec<Column> = rows
+            .into_iter()
+            .filter_map(|row| match &row[..] {
+                [Some(name), Some(data_type), repeated] => Some(Column {
+                    name: name.clone(),
+                    data_type: data_type.clone(),
+                    repeated: repeated.as_deref() == Some("t"),
+                }),
+                _ => None,
+            })
+            .collect();
+        self.schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(table.to_string(), (Instant::now(), columns.clone()));
+        Ok(columns)
+    }
+
+    /// Carries the masking rewrite: a simple Query's text is replaced; a rewrite that
+    /// needs the hash key is sent as Parse/Bind/Execute with the key bound as `$1`
+    /// (`bytea`, binary), and answered as the simple Query it was.
+    fn rewrite(&self, call: &mut PgCall, statement: &str) -> Result<(), Denial> {
+        let PgCall::Exchange {
+            frames,
+            expect,
+            simple: true,
+            sql,
+            quiet,
+            ..
+        } = call
+        else {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "this statement reads columns masked for you and was prepared with Parse; \
+                 querygate masks them in simple queries today: send it as a simple query \
+                 (without bound parameters)",
+            ));
+        };
+        if *expect != [Expect::Ready] {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "a statement reading masked columns must not follow unsynchronized \
+                 extended-protocol messages; send Sync first",
+            ));
+        }
+        let keyed = statement.contains(querygate_mask::PG_HASH_KEY);
+        if keyed
+            && querygate_sql::analyze(statement, querygate_sql::SqlDialect::Postgres)
+                .statements
+                .len()
+                > 1
+        {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "a script of several statements cannot read hash-masked columns (the key is \
+                 bound as a parameter, which only one statement can take): send them one by one",
+            ));
+        }
+        let mut out = BytesMut::new();
+        let encoded = if keyed {
+            let Some(key) = &self.mask_key else {
+                return Err(Denial::new(
+                    DenialKind::Unavailable,
+                    "a masked column uses the hash strategy, and this gateway has no masking key",
+                ));
+            };
+            let key = Bytes::copy_from_slice(key.expose().as_bytes());
+            // 17: bytea.
+            encode(&mut out, Parse::new(None, statement.to_string(), vec![17]))
+                .and_then(|()| {
+                    encode(
+                        &mut out,
+                        Bind::new(None, None, vec![1], vec![Some(key)], Vec::new()),
+                    )
+                })
+                .and_then(|()| encode(&mut out, Describe::new(b'P', None)))
+                .and_then(|()| encode(&mut out, ExecuteMessage::new(None, 0)))
+                .map(|()| out.extend_from_slice(&[b'S', 0, 0, 0, 4]))
+        } else {
+            encode(
+                &mut out,
+                pgwire::messages::simplequery::Query::new(statement.to_string()),
+            )
+        };
+        encoded.map_err(|fault| Denial::new(DenialKind::Invalid, fault.message))?;
+        *frames = out;
+        *expect = if keyed {
+            vec![
+                Expect::One,
+                Expect::One,
+                Expect::Portal,
+                Expect::Execute,
+                Expect::Ready,
+            ]
+        } else {
+            vec![Expect::Ready]
+        };
+        *sql = statement.to_string();
+        *quiet = keyed;
+        Ok(())
     }
 
     fn statement(&self, call: &PgCall) -> Option<String> {

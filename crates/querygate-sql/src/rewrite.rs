@@ -80,6 +80,14 @@ pub enum RewriteError {
          (@name) instead of positional ? markers in queries that read masked columns"
     )]
     PositionalParameter(String),
+    /// PostgreSQL: a statement with parameters (`$1`) reads a hash-masked column, whose
+    /// key is bound as the statement's own parameter.
+    #[error(
+        "this statement reads columns masked for you with the hash strategy, whose key \
+         querygate binds as the statement's parameter, so it cannot take parameters ({0}) \
+         today: send it as a simple query, with the values written in"
+    )]
+    KeyedStatementParameter(String),
     /// A parameter name with a back-slash escape (the parameter as written, quoted).
     #[error(
         "the query parameter {0} has a back-slash escape in its name; in queries that read \
@@ -238,6 +246,9 @@ fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), RewriteError> 
     let mut iter = tokens.iter().peekable();
     while let Some(t) = iter.next() {
         match &t.token {
+            Token::Placeholder(p) if dialect == SqlDialect::Postgres => {
+                return Err(RewriteError::KeyedStatementParameter(p.clone()));
+            }
             Token::Placeholder(p) => {
                 return Err(RewriteError::PositionalParameter(p.clone()));
             }

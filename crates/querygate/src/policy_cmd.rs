@@ -514,8 +514,14 @@ fn rewrite(
                 }
             })
             .collect::<Vec<_>>();
-        let list = querygate_pipeline::masking::select_list(classifier, table, &columns, identity)
-            .map_err(|e| e.to_string())?;
+        let list = querygate_pipeline::masking::select_list(
+            classifier,
+            table,
+            &columns,
+            identity,
+            SqlDialect::BigQuery,
+        )
+        .map_err(|e| e.to_string())?;
         lists.insert(table.clone(), list);
     }
     querygate_sql::mask_reads(

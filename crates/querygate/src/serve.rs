@@ -193,7 +193,8 @@ pub fn postgres_sources(
         .map_err(fail)?;
         let source =
             querygate_postgres::PostgresSource::new(s.name.clone(), s.project.clone(), endpoint)
-                .with_scrubber(s.scrubber(mask_key.as_ref()));
+                .with_scrubber(s.scrubber(mask_key.as_ref()))
+                .with_mask_key(mask_key.clone());
         sources.push(Arc::new(source));
     }
     Ok(querygate_pipeline::Sources::new(sources))
