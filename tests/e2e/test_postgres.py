@@ -383,3 +383,24 @@ def test_masked_reads_through_the_extended_protocol_are_refused_until_they_are_m
         c.rollback()
         # Without parameters psycopg sends a simple query, which is masked.
         assert c.execute("SELECT ssn FROM customers WHERE id = 1").fetchone() == ("*******6789",)
+
+
+def test_search_path_cannot_move_under_the_gateway(gateway):
+    # Even for someone every statement is allowed for: names would resolve two ways.
+    cp = psql(gateway, "SET search_path = hr, public", "SELECT set_config('search_path', 'hr', false)",
+              "SELECT current_setting('search_path')", who="person")
+    assert cp.stderr.count("does not let a session change search_path") == 2, s.describe(cp)
+    assert " public" in cp.stdout
+    # A schema named at startup is where one-part names resolve (and rules see them).
+    params = dict(host="127.0.0.1", port=gateway["port"], dbname=gateway["db"], user="agent",
+                  password=gateway["keys"]["agent"], sslmode="disable")
+    async def main():
+        conn = await asyncpg.connect(**{k: v for k, v in params.items() if k not in ("dbname", "sslmode")},
+                                     database=gateway["db"], ssl=False, server_settings={"search_path": "hr"})
+        try:
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError) as denied:
+                await conn.fetch("SELECT * FROM people")
+            assert "agents do not read HR data" in str(denied.value)
+        finally:
+            await conn.close()
+    asyncio.run(main())

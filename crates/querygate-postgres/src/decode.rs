@@ -260,6 +260,30 @@ pub fn execute(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) 
     request(conn, "execute", Action::Query(query), codes)
 }
 
+/// Why a statement is not forwarded as it stands: it could change how the session
+/// resolves unqualified names (`search_path`), which the gateway reads as the connection's
+/// schema. Matched on the words of the text, comments and strings included: a false match
+/// is refused with a message, never run with names resolved two ways.
+pub fn changes_resolution(sql: &str) -> Option<Problem> {
+    let lower = sql.to_ascii_lowercase();
+    let mut words = lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    let mut names_path = false;
+    let mut sets = false;
+    for w in words.by_ref() {
+        names_path |= w == "search_path";
+        sets |= matches!(w, "set" | "reset" | "set_config");
+    }
+    (names_path && sets).then(|| Problem {
+        code: "0A000",
+        message: "querygate does not let a session change search_path: it resolves \
+                  unqualified names in the connection's schema (search_path in the \
+                  connection string, default public); qualify names with their schema, or \
+                  reconnect with search_path set"
+            .into(),
+        kind: Malformed::Invalid,
+    })
+}
+
 /// A request for something the front refuses to forward (`what` names it for the message).
 pub fn other(
     conn: &Connection,

@@ -174,11 +174,16 @@ impl Client {
         }
     }
 
-    /// The next typed message frame; `None` when the client went away.
+    /// The next typed message frame; `None` when the client went away. What is owed the
+    /// client is sent before waiting for more (answers to pipelined messages go out
+    /// together).
     async fn frame(&mut self, max: usize) -> Result<Option<BytesMut>, Problem> {
         loop {
             if let Some(frame) = decode::frame(&mut self.buf, max)? {
                 return Ok(Some(frame));
+            }
+            if !self.out.is_empty() && self.flush().await.is_err() {
+                return Ok(None);
             }
             if !self.fill().await.unwrap_or(false) {
                 return Ok(None);
@@ -661,6 +666,12 @@ async fn serve_messages(
                 // A simple Query ends the unnamed statement and portal.
                 ext.statements.remove("");
                 ext.portals.remove("");
+                if let Some(problem) = decode::changes_resolution(&q.query) {
+                    refuse_statement(front, client, conn, source, &problem).await;
+                    let status = link.lock().await.status;
+                    render::ready(&mut client.out, status);
+                    continue;
+                }
                 let request = decode::query(conn, q.query.clone(), &CODES);
                 let (frames, expect) = ext.with(&frame, Expect::Ready);
                 let call = PgCall::Exchange {
@@ -675,6 +686,11 @@ async fn serve_messages(
                 render_outcome(client, link, outcome, true).await;
             }
             PgWireFrontendMessage::Parse(p) => {
+                if let Some(problem) = decode::changes_resolution(&p.query) {
+                    refuse_statement(front, client, conn, source, &problem).await;
+                    ext.fail();
+                    continue;
+                }
                 ext.statements
                     .insert(p.name.clone().unwrap_or_default(), p.query);
                 ext.hold(&frame, Expect::One);
@@ -805,16 +821,35 @@ async fn serve_messages(
                 return;
             }
         }
-        // Answers wait while the client has more in flight (pipelined messages).
-        if client.buf.is_empty() && client.flush().await.is_err() {
-            return;
-        }
     }
 }
 
 /// Whether the next buffered client message is a Sync.
 fn next_is_sync(buf: &BytesMut) -> bool {
     buf.len() >= 5 && buf[..5] == [b'S', 0, 0, 0, 4]
+}
+
+/// Audits a statement the front does not forward (as malformed, with why) and answers
+/// ERROR with `problem`'s SQLSTATE.
+async fn refuse_statement(
+    front: &PostgresFront,
+    client: &mut Client,
+    conn: &Connection,
+    source: &Arc<PostgresSource>,
+    problem: &Problem,
+) {
+    let request = decode::malformed(conn, problem, &CODES);
+    let _ = front
+        .pipeline
+        .handle(request, Some(&**source), PgCall::Refused)
+        .await;
+    render::error(
+        &mut client.out,
+        "ERROR",
+        problem.code,
+        &problem.message,
+        None,
+    );
 }
 
 /// Audits bytes the front cannot serve and ends the connection with FATAL.

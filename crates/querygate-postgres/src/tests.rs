@@ -270,3 +270,19 @@ fn withheld_errors_keep_their_sqlstate_only() {
         "{text}"
     );
 }
+
+#[test]
+fn statements_that_could_move_name_resolution_are_caught_however_written() {
+    for sql in [
+        "SET search_path = hr, public",
+        "set SEARCH_PATH to hr",
+        "SELECT set_config('search_path', 'hr', false)",
+        "RESET search_path",
+        "SET LOCAL search_path = hr",
+        "ALTER ROLE x SET search_path = hr",
+    ] {
+        assert!(decode::changes_resolution(sql).is_some(), "{sql}");
+    }
+    assert!(decode::changes_resolution("SELECT * FROM public.t").is_none());
+    assert!(decode::changes_resolution("SELECT current_setting('search_path')").is_none());
+}
