@@ -411,7 +411,10 @@ check_mcp() { # -> 0 if an execute_sql tool call returned the 100 rows
 import json, sys
 body = open(sys.argv[1], "rb").read()
 try:
-    r = json.loads(body)["result"]
+    # In a session the answer comes as one server-sent event (`data: {...}`); stateless
+    # servers may answer plain JSON.
+    events = [l[5:].strip() for l in body.decode().splitlines() if l.startswith("data:") and l[5:].strip()]
+    r = json.loads(events[-1] if events else body)["result"]
     assert not r.get("isError"), r
     rows = r["structuredContent"]["rows"]
     assert len(rows) == 100 and rows[99]["email"] == "user100@example.com", "%d rows" % len(rows)
@@ -672,7 +675,7 @@ report() {
       done
     fi
     echo
-    echo "mcp: the same query as an \`execute_sql\` tool call (JSON-RPC over Streamable HTTP, $CONNS sessions, JSON responses) through querygate's MCP front: decoded, run through the same pipeline as jobs.query (audited, recorded) and rendered as \`structuredContent\` rows plus a text table."
+    echo "mcp: the same query as an \`execute_sql\` tool call (JSON-RPC over Streamable HTTP, $CONNS sessions, each answer one server-sent event) through querygate's MCP front: decoded, run through the same pipeline as jobs.query (audited, recorded) and rendered as \`structuredContent\` rows plus a text table."
     echo "Added latency is judged at 1 connection (c=$CONNS shown in brackets, it mostly measures CPU contention on $(nproc) cores); throughput at $CONNS connections."
     local av="**not verified**"
     if [ -n "$AUDIT_ROWS" ]; then
