@@ -375,14 +375,37 @@ def test_masking_bypasses_leak_nothing(gateway, sql):
         assert secret not in cp.stdout + cp.stderr, s.describe(cp)
 
 
-def test_masked_reads_through_the_extended_protocol_are_refused_until_they_are_masked(gateway):
+def test_masked_reads_through_the_extended_protocol_are_masked_too(gateway):
+    import hashlib
+    ana = hashlib.sha256(mask_key(gateway) + b"Ana Lima").hexdigest()
     with psycopg.connect(dsn(gateway)) as c:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
-            c.execute("SELECT ssn FROM customers WHERE id = %s", (1,))
-        assert "send it as a simple query" in str(refused.value)
-        c.rollback()
-        # Without parameters psycopg sends a simple query, which is masked.
-        assert c.execute("SELECT ssn FROM customers WHERE id = 1").fetchone() == ("*******6789",)
+        # Parameters of its own: the key is bound past them.
+        row = c.execute("SELECT name, ssn FROM customers WHERE id = %s", (1,)).fetchone()
+        assert row == (ana, "*******6789")
+        row = c.execute("SELECT name, ssn FROM customers WHERE id = %s", (1,), binary=True).fetchone()
+        assert row == (ana, "*******6789")
+        for _ in range(3):  # server-side prepared after the first runs
+            row = c.execute("SELECT name FROM customers WHERE id = %s AND id < %s", (1, 5), prepare=True).fetchone()
+            assert row == (ana,)
+        with c.cursor(name="masked") as cur:
+            cur.execute("SELECT ssn FROM customers ORDER BY id")
+            assert cur.fetchall() == [("*******6789",), (None,)]
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gateway["port"], database=gateway["db"],
+                                     user="agent", password=gateway["keys"]["agent"], ssl=False)
+        try:
+            # asyncpg describes the statement: it must see its own parameters only.
+            stmt = await conn.prepare("SELECT name, ssn FROM customers WHERE id = $1")
+            assert len(stmt.get_parameters()) == 1
+            assert [tuple(r) for r in await stmt.fetch(1)] == [(ana, "*******6789")]
+            assert await conn.fetchval("SELECT ssn FROM customers WHERE id = $1", 1) == "*******6789"
+        finally:
+            await conn.close()
+    asyncio.run(main())
+    # People see the values.
+    with psycopg.connect(dsn(gateway, "person")) as c:
+        assert c.execute("SELECT name FROM customers WHERE id = %s", (1,)).fetchone() == ("Ana Lima",)
 
 
 def test_search_path_cannot_move_under_the_gateway(gateway):

@@ -14,7 +14,7 @@ pub mod postgres;
 pub mod strategy;
 
 pub use detect::{Detector, DetectorError, DetectorKind, Finding, Scrubber};
-pub use postgres::{PG_HASH_KEY, mask_expression_pg};
+pub use postgres::mask_expression_pg;
 pub use strategy::{
     HASH_KEY_PARAM, Strategy, StrategyError, mask_cell, mask_expression, mask_text,
 };

@@ -3,15 +3,12 @@
 //! binary formats stay what the client expects.
 //!
 //! Every function is called `pg_catalog.`-qualified and no operator is used, so no schema
-//! on a search path can substitute its own. `hash` reads the key from the query parameter
-//! [`PG_HASH_KEY`] (bound as `bytea`, never text in the statement): hex(SHA-256(key ‖
-//! value)), the value [`crate::mask_text`] computes, so both stay joinable.
+//! on a search path can substitute its own. `hash` reads the key from a query parameter
+//! (`$n`, one past the statement's own, bound as `bytea`: never text in the statement):
+//! hex(SHA-256(key ‖ value)), the value [`crate::mask_text`] computes, so both stay
+//! joinable.
 
 use crate::Strategy;
-
-/// The parameter that carries the hash key (the statement's only parameter: masked
-/// statements with a hash are sent with no other).
-pub const PG_HASH_KEY: &str = "$1";
 
 /// What kind of value a PostgreSQL type (as `format_type` names it) holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +85,9 @@ fn default_value(pg_type: &str) -> &'static str {
 }
 
 /// The expression that replaces a read of `column` (quoted SQL) of `pg_type` (as
-/// `format_type` names it). Strategies for strings fall back to `redact` on other types.
-pub fn mask_expression_pg(strategy: Strategy, column: &str, pg_type: &str) -> String {
+/// `format_type` names it), the hash key being the parameter `key` (`$n`). Strategies for
+/// strings fall back to `redact` on other types.
+pub fn mask_expression_pg(strategy: Strategy, column: &str, pg_type: &str, key: &str) -> String {
     let text = kind(pg_type) == Kind::Text;
     let to = unbounded(pg_type);
     let when =
@@ -97,7 +95,7 @@ pub fn mask_expression_pg(strategy: Strategy, column: &str, pg_type: &str) -> St
     match strategy {
         Strategy::Null => format!("(NULL::{pg_type})"),
         Strategy::Hash if text => when(format!(
-            "pg_catalog.encode(pg_catalog.sha256(pg_catalog.byteacat({PG_HASH_KEY}::bytea, \
+            "pg_catalog.encode(pg_catalog.sha256(pg_catalog.byteacat({key}::bytea, \
              pg_catalog.convert_to({column}::text, 'UTF8'))), 'hex')"
         )),
         Strategy::Last4 if text => when(format!(
@@ -120,34 +118,34 @@ mod tests {
 
     #[test]
     fn strings_keep_their_type_without_its_length() {
-        let e = mask_expression_pg(Strategy::Hash, "\"ssn\"", "character varying(11)");
+        let e = mask_expression_pg(Strategy::Hash, "\"ssn\"", "character varying(11)", "$1");
         assert!(
             e.contains("pg_catalog.sha256(pg_catalog.byteacat($1::bytea"),
             "{e}"
         );
         assert!(e.ends_with("::varchar END)"), "{e}");
-        let e = mask_expression_pg(Strategy::Last4, "\"card\"", "text");
+        let e = mask_expression_pg(Strategy::Last4, "\"card\"", "text", "$1");
         assert!(e.contains("pg_catalog.\"right\"(\"card\"::text, 4)"), "{e}");
-        let e = mask_expression_pg(Strategy::EmailDomain, "\"email\"", "character(20)");
+        let e = mask_expression_pg(Strategy::EmailDomain, "\"email\"", "character(20)", "$1");
         assert!(e.ends_with("::bpchar END)"), "{e}");
     }
 
     #[test]
     fn other_types_are_redacted_to_their_zero_or_null() {
         assert_eq!(
-            mask_expression_pg(Strategy::Last4, "\"n\"", "integer"),
+            mask_expression_pg(Strategy::Last4, "\"n\"", "integer", "$1"),
             "(CASE WHEN \"n\" IS NULL THEN NULL ELSE '0'::integer END)"
         );
         assert_eq!(
-            mask_expression_pg(Strategy::Hash, "\"t\"", "timestamp with time zone"),
+            mask_expression_pg(Strategy::Hash, "\"t\"", "timestamp with time zone", "$1"),
             "(CASE WHEN \"t\" IS NULL THEN NULL ELSE 'epoch'::timestamp with time zone END)"
         );
         assert_eq!(
-            mask_expression_pg(Strategy::Redact, "\"p\"", "point"),
+            mask_expression_pg(Strategy::Redact, "\"p\"", "point", "$1"),
             "(CASE WHEN \"p\" IS NULL THEN NULL ELSE NULL::point END)"
         );
         assert_eq!(
-            mask_expression_pg(Strategy::Null, "\"x\"", "numeric(10,2)"),
+            mask_expression_pg(Strategy::Null, "\"x\"", "numeric(10,2)", "$1"),
             "(NULL::numeric(10,2))"
         );
     }

@@ -264,7 +264,9 @@ impl Pipeline {
     ) -> (Outcome<S::Reply>, Explanation) {
         let tag = OnceLock::new();
         let noted = Mutex::new(Explanation::default());
-        let outcome = self.run(&request, source, Some(call), &tag, &noted).await;
+        let outcome = self
+            .run(&request, source, Some(call), &tag, &noted, None)
+            .await;
         // record: what the client gets back (the other events are recorded as they happen).
         self.trace_response(&request, &tag, source.map(|s| s.name()), &outcome);
         (
@@ -279,9 +281,45 @@ impl Pipeline {
     pub async fn handle_unrouted<S: Source>(&self, request: Request) -> Outcome<S::Reply> {
         let tag = OnceLock::new();
         let noted = Mutex::new(Explanation::default());
-        let outcome = self.run::<S>(&request, None, None, &tag, &noted).await;
+        let outcome = self
+            .run::<S>(&request, None, None, &tag, &noted, None)
+            .await;
         self.trace_response(&request, &tag, None, &outcome);
         outcome
+    }
+
+    /// Decides a statement that is only being prepared (PostgreSQL's Parse), which runs
+    /// nothing yet: authenticated, analyzed, decided and masked as a request is, and then
+    /// given back as the call masking left it (the text that will run) — unaudited, since
+    /// nothing ran; it is decided again, and audited, each time it is executed. A refusal
+    /// is audited and returned as the outcome to render. An approve rule's statement is
+    /// prepared too: its execution waits for the approval.
+    pub async fn prepare<S: Source>(
+        &self,
+        request: Request,
+        source: &S,
+        call: S::Call,
+    ) -> Result<S::Call, Outcome<S::Reply>> {
+        let tag = OnceLock::new();
+        let noted = Mutex::new(Explanation::default());
+        let mut prepared = None;
+        let outcome = self
+            .run(
+                &request,
+                Some(source),
+                Some(call),
+                &tag,
+                &noted,
+                Some(&mut prepared),
+            )
+            .await;
+        match prepared {
+            Some(call) => Ok(call),
+            None => {
+                self.trace_response(&request, &tag, Some(source.name()), &outcome);
+                Err(outcome)
+            }
+        }
     }
 
     async fn run<S: Source>(
@@ -291,6 +329,7 @@ impl Pipeline {
         call: Option<S::Call>,
         tag: &OnceLock<recording::Tag>,
         noted: &Mutex<Explanation>,
+        prepared: Option<&mut Option<S::Call>>,
     ) -> Outcome<S::Reply> {
         let settings = self.settings();
         let mut ctx = Context {
@@ -401,6 +440,18 @@ impl Pipeline {
             (admission, _) => admission,
         };
         ctx.note(&admission);
+
+        // A statement only being prepared stops here: allowed (or approvable), it goes back
+        // as masking left it, and nothing is written; the outcome returned is not used.
+        if let Some(slot) = prepared {
+            return match admission {
+                Admission::Deny(denial) => self.refuse(&ctx, denial).await,
+                Admission::Run(_) | Admission::Approve { .. } => {
+                    *slot = Some(call);
+                    Outcome::Failed(Fault::gateway("prepared; nothing ran"))
+                }
+            };
+        }
 
         // approve: a request an approve rule caught runs only under a grant; otherwise it
         // waits in a ticket.

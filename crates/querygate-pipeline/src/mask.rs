@@ -66,6 +66,7 @@ impl Pipeline {
             _ => return Ok(None),
         };
         let mut lists = HashMap::new();
+        let key_param = source.mask_key_param(call);
         for table in &reach.masked_tables {
             let columns = source.columns(table).await.map_err(Refusal::Failed)?;
             if columns.is_empty() {
@@ -81,6 +82,7 @@ impl Pipeline {
                 &columns,
                 identity,
                 source.dialect(),
+                &key_param,
             )
             .map_err(|e| forbidden(e.to_string()))?;
             lists.insert(table.clone(), list);

@@ -47,13 +47,15 @@ pub fn column_masks(
 const ELEMENT: &str = "__qg_e";
 
 /// The select list replacing a read of `table` (`project.dataset.table`) for `identity`,
-/// with masks written in `dialect`.
+/// with masks written in `dialect`, naming the hash key as `key_param` (PostgreSQL; a
+/// BigQuery statement's key is always `@__querygate_mask_key`).
 pub fn select_list(
     classifier: &Classifier,
     table: &str,
     columns: &[Column],
     identity: &Identity,
     dialect: SqlDialect,
+    key_param: &str,
 ) -> Result<Vec<MaskedColumn>, StrategyError> {
     Ok(column_masks(classifier, table, columns, identity)?
         .into_iter()
@@ -83,7 +85,8 @@ pub fn select_list(
                     // Element by element, in the array's order; the result keeps the
                     // array's type.
                     (SqlDialect::Postgres, true) => {
-                        let element = mask_expression_pg(strategy, ELEMENT, &c.data_type);
+                        let element =
+                            mask_expression_pg(strategy, ELEMENT, &c.data_type, key_param);
                         format!(
                             "(CASE WHEN {quoted} IS NULL THEN NULL ELSE ARRAY(SELECT {element} \
                              FROM pg_catalog.unnest({quoted}) WITH ORDINALITY AS \
@@ -91,7 +94,7 @@ pub fn select_list(
                         )
                     }
                     (SqlDialect::Postgres, false) => {
-                        mask_expression_pg(strategy, &quoted, &c.data_type)
+                        mask_expression_pg(strategy, &quoted, &c.data_type, key_param)
                     }
                 };
                 Some(MaskedColumn {
@@ -145,6 +148,7 @@ mod tests {
             &[column("id", "INTEGER"), column("SSN", "STRING")],
             &agent,
             SqlDialect::BigQuery,
+            "@__querygate_mask_key",
         )
         .expect("plan");
         assert_eq!(list[0].mask, None);
@@ -166,6 +170,7 @@ mod tests {
             ],
             &agent,
             SqlDialect::BigQuery,
+            "@__querygate_mask_key",
         )
         .expect("plan");
         assert_eq!(list.len(), 1, "a masked STRUCT is left out: {list:?}");

@@ -239,6 +239,13 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// How mask expressions name the hash key in this call's statement: a query parameter
+    /// the source binds as the call leaves (BigQuery: `@__querygate_mask_key`;
+    /// PostgreSQL: `$n`, one past the statement's own parameters).
+    fn mask_key_param(&self, _call: &Self::Call) -> String {
+        format!("@{}", querygate_mask::HASH_KEY_PARAM)
+    }
+
     /// Replaces the statement a query call runs (the masking rewrite's output). `Err` when
     /// the call cannot carry it (the message is for the client).
     fn rewrite(&self, _call: &mut Self::Call, _statement: &str) -> Result<(), Denial> {

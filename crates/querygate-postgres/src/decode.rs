@@ -253,6 +253,14 @@ pub fn query(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) ->
     request(conn, "query", Action::Query(query), codes)
 }
 
+/// A request for one Parse: the statement being prepared (decided and masked, run by
+/// nothing).
+pub fn parse(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) -> Request {
+    let mut query = Query::new(sql);
+    query.default_schema = Some(conn.schema.clone());
+    request(conn, "parse", Action::Query(query), codes)
+}
+
 /// A request for one Execute: the statement its portal was bound from.
 pub fn execute(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) -> Request {
     let mut query = Query::new(sql);

@@ -38,7 +38,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::decode::{self, Connection, Opening, Problem};
 use crate::render::{self, CODES};
-use crate::source::{Expect, Link, PgCall, PgReply, PostgresSource};
+use crate::source::{
+    Exchange, Expect, Link, PgCall, PgReply, PostgresSource, Sent, highest_parameter,
+};
 use crate::upstream::{self, Endpoint};
 
 /// How long a client has to sign in.
@@ -591,32 +593,54 @@ fn source_name(source: &PostgresSource) -> &str {
     querygate_pipeline::Source::name(source)
 }
 
-/// What the extended query protocol has set up on the connection: the text of each
-/// prepared statement and portal (so that an Execute is decided on the statement it
-/// runs), the messages that run nothing yet, and whether messages are skipped to the
-/// next Sync after an error.
+/// What the extended query protocol has set up on the connection: each prepared
+/// statement and portal (so that an Execute is decided on the statement it runs, and runs
+/// what it was parsed as), the messages that run nothing yet, and whether messages are
+/// skipped to the next Sync after an error.
 #[derive(Default)]
 struct Extended {
-    statements: HashMap<String, String>,
-    portals: HashMap<String, String>,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Prepared>,
     /// Parse, Bind, Describe and Close messages not yet sent, with the answers they are owed.
     pending: BytesMut,
     owed: Vec<Expect>,
+    /// For each statement Describe held, whether its statement carries the hash key (whose
+    /// parameter the client must not see).
+    described: Vec<bool>,
     skipping: bool,
 }
 
+/// A statement as the client parsed it and as it went upstream.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The client's text: what each Execute is decided on.
+    original: String,
+    /// What was parsed upstream (the masking rewrite's, when masks apply).
+    sent: String,
+    /// The client's own parameters.
+    parameters: usize,
+    /// The parameter the hash key is bound to, one past the client's.
+    key: Option<usize>,
+}
+
 impl Extended {
-    fn hold(&mut self, frame: &BytesMut, expect: Expect) {
+    fn hold(&mut self, frame: &[u8], expect: Expect) {
         self.pending.extend_from_slice(frame);
         self.owed.push(expect);
     }
 
-    /// The held messages, with `frame` after them, as one exchange.
-    fn with(&mut self, frame: &BytesMut, expect: Expect) -> (BytesMut, Vec<Expect>) {
+    /// The held messages, with `frame` after them, as one exchange, and which statement
+    /// descriptions in it carry the key.
+    fn with(&mut self, frame: &[u8], expect: Expect) -> (BytesMut, Vec<Expect>, Vec<bool>) {
         self.hold(frame, expect);
+        self.take()
+    }
+
+    fn take(&mut self) -> (BytesMut, Vec<Expect>, Vec<bool>) {
         (
             std::mem::take(&mut self.pending),
             std::mem::take(&mut self.owed),
+            std::mem::take(&mut self.described),
         )
     }
 
@@ -624,8 +648,51 @@ impl Extended {
     fn fail(&mut self) {
         self.pending.clear();
         self.owed.clear();
+        self.described.clear();
         self.skipping = true;
     }
+}
+
+/// A Bind of a statement that carries the hash key, with the key appended as its last
+/// parameter (binary); the client binds its own parameters only.
+fn bind_with_key(
+    bind: pgwire::messages::extendedquery::Bind,
+    key: bytes::Bytes,
+    parameters: usize,
+) -> Result<BytesMut, Problem> {
+    let supplied = bind.parameters.len();
+    if supplied != parameters {
+        return Err(Problem {
+            code: "08P01",
+            message: format!(
+                "bind message supplies {supplied} parameters, but prepared statement \
+                 requires {parameters}"
+            ),
+            kind: querygate_core::Malformed::Invalid,
+        });
+    }
+    let mut formats = match bind.parameter_format_codes.len() {
+        0 => vec![0; parameters],
+        1 => vec![bind.parameter_format_codes[0]; parameters],
+        _ => bind.parameter_format_codes.clone(),
+    };
+    formats.push(1);
+    let mut parameters_with_key = bind.parameters.clone();
+    parameters_with_key.push(Some(key));
+    let keyed = pgwire::messages::extendedquery::Bind::new(
+        bind.portal_name.clone(),
+        bind.statement_name.clone(),
+        formats,
+        parameters_with_key,
+        bind.result_column_format_codes.clone(),
+    );
+    let mut out = BytesMut::new();
+    pgwire::messages::Message::encode(&keyed, &mut out).map_err(|e| Problem {
+        code: "54000",
+        message: format!("cannot bind the statement: {e}"),
+        kind: querygate_core::Malformed::TooLarge,
+    })?;
+    Ok(out)
 }
 
 /// Message after message until Terminate, the client leaving, or a protocol fault.
@@ -673,15 +740,16 @@ async fn serve_messages(
                     continue;
                 }
                 let request = decode::query(conn, q.query.clone(), &CODES);
-                let (frames, expect) = ext.with(&frame, Expect::Ready);
-                let call = PgCall::Exchange {
+                let (frames, expect, _) = ext.with(&frame, Expect::Ready);
+                let call = PgCall::Exchange(Exchange {
                     link: Arc::clone(link),
                     frames,
                     expect,
                     sql: q.query,
-                    simple: true,
+                    sent: Sent::Query,
                     quiet: false,
-                };
+                    key: None,
+                });
                 let outcome = front.pipeline.handle(request, Some(&**source), call).await;
                 render_outcome(client, link, outcome, true).await;
             }
@@ -691,13 +759,45 @@ async fn serve_messages(
                     ext.fail();
                     continue;
                 }
-                ext.statements
-                    .insert(p.name.clone().unwrap_or_default(), p.query);
-                ext.hold(&frame, Expect::One);
+                // Decided (and masked) now, so that what is parsed upstream is what may run.
+                let name = p.name.clone().unwrap_or_default();
+                let request = decode::parse(conn, p.query.clone(), &CODES);
+                let call = PgCall::Exchange(Exchange {
+                    link: Arc::clone(link),
+                    frames: frame.clone(),
+                    expect: vec![Expect::One],
+                    sql: p.query.clone(),
+                    sent: Sent::Parse {
+                        name: p.name.clone(),
+                        types: p.type_oids.clone(),
+                    },
+                    quiet: false,
+                    key: None,
+                });
+                match front.pipeline.prepare(request, &**source, call).await {
+                    Ok(PgCall::Exchange(prepared)) => {
+                        let parameters = highest_parameter(&p.query).max(p.type_oids.len());
+                        ext.hold(&prepared.frames, Expect::One);
+                        ext.statements.insert(
+                            name,
+                            Prepared {
+                                original: p.query,
+                                sent: prepared.sql,
+                                parameters,
+                                key: prepared.key,
+                            },
+                        );
+                    }
+                    Ok(PgCall::Refused) => ext.fail(),
+                    Err(outcome) => {
+                        render_outcome(client, link, outcome, false).await;
+                        ext.fail();
+                    }
+                }
             }
             PgWireFrontendMessage::Bind(b) => {
                 let statement = b.statement_name.clone().unwrap_or_default();
-                let Some(sql) = ext.statements.get(&statement).cloned() else {
+                let Some(prepared) = ext.statements.get(&statement).cloned() else {
                     render::error(
                         &mut client.out,
                         "ERROR",
@@ -711,17 +811,35 @@ async fn serve_messages(
                     ext.fail();
                     continue;
                 };
-                ext.portals
-                    .insert(b.portal_name.clone().unwrap_or_default(), sql);
-                ext.hold(&frame, Expect::One);
+                let portal = b.portal_name.clone().unwrap_or_default();
+                match (prepared.key, source.key_bytes()) {
+                    (Some(_), Some(key)) => match bind_with_key(b, key, prepared.parameters) {
+                        Ok(bind) => ext.hold(&bind, Expect::One),
+                        Err(problem) => {
+                            render::error(
+                                &mut client.out,
+                                "ERROR",
+                                problem.code,
+                                &problem.message,
+                                None,
+                            );
+                            ext.fail();
+                            continue;
+                        }
+                    },
+                    _ => ext.hold(&frame, Expect::One),
+                }
+                ext.portals.insert(portal, prepared);
             }
             PgWireFrontendMessage::Describe(d) => {
-                let expect = if d.target_type == b'S' {
-                    Expect::Statement
+                let name = d.name.clone().unwrap_or_default();
+                if d.target_type == b'S' {
+                    let keyed = ext.statements.get(&name).is_some_and(|p| p.key.is_some());
+                    ext.described.push(keyed);
+                    ext.hold(&frame, Expect::Statement);
                 } else {
-                    Expect::Portal
-                };
-                ext.hold(&frame, expect);
+                    ext.hold(&frame, Expect::Portal);
+                }
             }
             PgWireFrontendMessage::Close(c) => {
                 let name = c.name.clone().unwrap_or_default();
@@ -734,7 +852,7 @@ async fn serve_messages(
             }
             PgWireFrontendMessage::Execute(e) => {
                 let portal = e.name.clone().unwrap_or_default();
-                let Some(sql) = ext.portals.get(&portal).cloned() else {
+                let Some(prepared) = ext.portals.get(&portal).cloned() else {
                     render::error(
                         &mut client.out,
                         "ERROR",
@@ -745,8 +863,8 @@ async fn serve_messages(
                     ext.fail();
                     continue;
                 };
-                let request = decode::execute(conn, sql.clone(), &CODES);
-                let (mut frames, mut expect) = ext.with(&frame, Expect::Execute);
+                let request = decode::execute(conn, prepared.original.clone(), &CODES);
+                let (mut frames, mut expect, described) = ext.with(&frame, Expect::Execute);
                 // The Sync that usually follows goes in the same exchange: one round trip.
                 let synced = next_is_sync(&client.buf);
                 if synced {
@@ -754,17 +872,24 @@ async fn serve_messages(
                     frames.extend_from_slice(&sync);
                     expect.push(Expect::Ready);
                 }
-                let call = PgCall::Exchange {
+                let call = PgCall::Exchange(Exchange {
                     link: Arc::clone(link),
                     frames,
                     expect,
-                    sql,
-                    simple: false,
+                    sql: prepared.original.clone(),
+                    sent: Sent::Execute {
+                        prepared_as: prepared.sent.clone(),
+                        parameters: prepared.parameters,
+                    },
                     quiet: false,
-                };
-                let outcome = front.pipeline.handle(request, Some(&**source), call).await;
-                let failed = match &outcome {
-                    Outcome::Done(reply) => reply.failed(),
+                    key: None,
+                });
+                let mut outcome = front.pipeline.handle(request, Some(&**source), call).await;
+                let failed = match &mut outcome {
+                    Outcome::Done(reply) => {
+                        reply.hide_key_parameters(&described);
+                        reply.failed()
+                    }
                     _ => true,
                 };
                 render_outcome(client, link, outcome, synced).await;
@@ -780,19 +905,17 @@ async fn serve_messages(
                     continue;
                 }
                 // Messages that run nothing (and Sync itself) go upstream outside the
-                // pipeline: there is nothing to decide, and the Execute that runs what
-                // they set up is decided on its statement.
-                let (frames, expect) = if sync {
+                // pipeline: each Parse was decided and masked as it came, and the Execute
+                // that runs what they set up is decided on its statement.
+                let (frames, expect, described) = if sync {
                     ext.with(&frame, Expect::Ready)
                 } else {
-                    (
-                        std::mem::take(&mut ext.pending),
-                        std::mem::take(&mut ext.owed),
-                    )
+                    ext.take()
                 };
                 let mut upstream = link.lock().await;
                 match crate::source::exchange(&mut upstream, frames, &expect, false).await {
-                    Ok(reply) => {
+                    Ok(mut reply) => {
+                        reply.hide_key_parameters(&described);
                         client.out.extend_from_slice(&reply.bytes());
                         if reply.failed() && !sync {
                             ext.fail();

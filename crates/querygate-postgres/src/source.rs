@@ -49,6 +49,9 @@ pub struct PostgresSource {
     schemas: std::sync::Mutex<HashMap<String, (Instant, Vec<Column>)>>,
 }
 
+/// The type OID of `bytea`, the hash key's.
+const BYTEA: u32 = 17;
+
 /// How long a table's looked-up columns are kept.
 const SCHEMA_TTL: Duration = Duration::from_secs(60);
 
@@ -64,10 +67,83 @@ impl PostgresSource {
         }
     }
 
+    /// The hash key as a parameter value (binary `bytea`).
+    pub fn key_bytes(&self) -> Option<Bytes> {
+        self.mask_key
+            .as_ref()
+            .map(|k| Bytes::copy_from_slice(k.expose().as_bytes()))
+    }
+
     /// The key of the `hash` masking strategy.
     pub fn with_mask_key(mut self, key: Option<querygate_core::Secret>) -> Self {
         self.mask_key = key;
         self
+    }
+
+    /// A simple Query's rewrite: its text replaced, or, when it needs the hash key, the
+    /// statement sent as Parse/Bind/Describe/Execute/Sync with the key bound as `$1`.
+    fn rewrite_query(
+        &self,
+        exchange: &mut Exchange,
+        statement: &str,
+        keyed: bool,
+    ) -> Result<(), Denial> {
+        if exchange.expect != [Expect::Ready] {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "a statement reading masked columns must not follow unsynchronized \
+                 extended-protocol messages; send Sync first",
+            ));
+        }
+        let fail = |fault: Fault| Denial::new(DenialKind::Invalid, fault.message);
+        let mut out = BytesMut::new();
+        if !keyed {
+            encode(
+                &mut out,
+                pgwire::messages::simplequery::Query::new(statement.to_string()),
+            )
+            .map_err(fail)?;
+            exchange.frames = out;
+            return Ok(());
+        }
+        if querygate_sql::analyze(statement, querygate_sql::SqlDialect::Postgres)
+            .statements
+            .len()
+            > 1
+        {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "a script of several statements cannot read hash-masked columns (the key is \
+                 bound as a parameter, which only one statement can take): send them one by one",
+            ));
+        }
+        let key = self
+            .mask_key
+            .as_ref()
+            .map(|k| Bytes::copy_from_slice(k.expose().as_bytes()));
+        encode(
+            &mut out,
+            Parse::new(None, statement.to_string(), vec![BYTEA]),
+        )
+        .map_err(fail)?;
+        encode(
+            &mut out,
+            Bind::new(None, None, vec![1], vec![key], Vec::new()),
+        )
+        .map_err(fail)?;
+        encode(&mut out, Describe::new(b'P', None)).map_err(fail)?;
+        encode(&mut out, ExecuteMessage::new(None, 0)).map_err(fail)?;
+        out.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        exchange.frames = out;
+        exchange.expect = vec![
+            Expect::One,
+            Expect::One,
+            Expect::Portal,
+            Expect::Execute,
+            Expect::Ready,
+        ];
+        exchange.quiet = true;
+        Ok(())
     }
 
     /// Runs `sql` with text `parameters` on a connection of its own (the gateway's
@@ -130,25 +206,96 @@ impl PostgresSource {
 /// A call on a PostgreSQL source.
 #[derive(Debug)]
 pub enum PgCall {
-    /// Messages for the client's upstream session: a simple Query, or an Execute with the
-    /// Parse/Bind/Describe/Close messages sent before it (and the Sync after it, when the
+    /// Messages for the client's upstream session: a simple Query, a Parse being prepared,
+    /// or an Execute with the messages that prepared it (and the Sync after it, when the
     /// client sent one), with the answers each is owed.
-    Exchange {
-        link: Link,
-        frames: BytesMut,
-        expect: Vec<Expect>,
-        /// The statement that runs (for the records).
-        sql: String,
-        /// The client sent a simple Query (what a rewrite may turn into Parse/Bind/
-        /// Execute).
-        simple: bool,
-        /// The exchange is a simple Query sent as Parse/Bind/Execute: its answers are
-        /// given back as a simple Query's.
-        quiet: bool,
-    },
+    Exchange(Exchange),
     /// What the gate refuses before anything is sent (an unknown message, a refused
     /// credential): never forwarded.
     Refused,
+}
+
+/// Messages for the client's upstream session.
+#[derive(Debug)]
+pub struct Exchange {
+    pub link: Link,
+    pub frames: BytesMut,
+    pub expect: Vec<Expect>,
+    /// The statement that runs (for the records): after a masking rewrite, the rewritten.
+    pub sql: String,
+    pub sent: Sent,
+    /// The exchange is a simple Query sent as Parse/Bind/Execute (to bind the hash key):
+    /// its answers are given back as a simple Query's.
+    pub quiet: bool,
+    /// The parameter number that carries the hash key, when the rewrite uses it.
+    pub key: Option<usize>,
+}
+
+/// What the client's message in an [`Exchange`] was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// A simple Query (the exchange's last frame).
+    Query,
+    /// A Parse being prepared (the exchange's only frame).
+    Parse {
+        name: Option<String>,
+        types: Vec<u32>,
+    },
+    /// An Execute of a statement parsed (and masked) as `prepared_as`, which takes
+    /// `parameters` of the client's own.
+    Execute {
+        prepared_as: String,
+        parameters: usize,
+    },
+}
+
+/// The highest `$n` in `sql` (strings and comments included: a number too high only
+/// moves the key further).
+pub fn highest_parameter(sql: &str) -> usize {
+    let bytes = sql.as_bytes();
+    let mut highest = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' {
+            let digits = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if digits > 0 {
+                let n = std::str::from_utf8(&bytes[i + 1..i + 1 + digits])
+                    .ok()
+                    .and_then(|d| d.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX);
+                highest = highest.max(n);
+            }
+            i += 1 + digits;
+        } else {
+            i += 1;
+        }
+    }
+    highest
+}
+
+/// Whether `sql` names the parameter `$n` (not `$n0`).
+fn names_parameter(sql: &str, n: usize) -> bool {
+    let needle = format!("${n}");
+    sql.match_indices(&needle).any(|(at, _)| {
+        !sql[at + needle.len()..]
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit())
+    })
+}
+
+impl Exchange {
+    /// The parameters the client's statement takes.
+    fn parameters(&self) -> usize {
+        match &self.sent {
+            Sent::Query => highest_parameter(&self.sql),
+            Sent::Parse { types, .. } => highest_parameter(&self.sql).max(types.len()),
+            Sent::Execute { parameters, .. } => *parameters,
+        }
+    }
 }
 
 /// The answers one message is owed, in the order the server sends them.
@@ -181,6 +328,30 @@ pub struct PgReply {
 }
 
 impl PgReply {
+    /// Takes the hash key's parameter (the last) out of the ParameterDescription of each
+    /// statement description `keyed` says carries it, in order.
+    pub fn hide_key_parameters(&mut self, keyed: &[bool]) {
+        let mut descriptions = keyed.iter();
+        for frame in &mut self.frames {
+            if frame[0] != b't' {
+                continue;
+            }
+            if descriptions.next() != Some(&true) || frame.len() < 7 {
+                continue;
+            }
+            let count = i16::from_be_bytes([frame[5], frame[6]]);
+            if count < 1 || frame.len() != 7 + 4 * count as usize {
+                continue;
+            }
+            let mut out = BytesMut::with_capacity(frame.len() - 4);
+            out.put_u8(b't');
+            out.put_i32(frame.len() as i32 - 1 - 4);
+            out.put_i16(count - 1);
+            out.extend_from_slice(&frame[7..frame.len() - 4]);
+            *frame = out;
+        }
+    }
+
     /// The upstream answered with an error (the server then skips to the next Sync).
     pub fn failed(&self) -> bool {
         self.error.is_some()
@@ -499,13 +670,13 @@ impl Source for PostgresSource {
 
     async fn execute(&self, call: Admitted<PgCall>) -> Result<PgReply, Fault> {
         match call.into_call() {
-            PgCall::Exchange {
+            PgCall::Exchange(Exchange {
                 link,
                 frames,
                 expect,
                 quiet,
                 ..
-            } => {
+            }) => {
                 let mut upstream = link.lock().await;
                 exchange(&mut upstream, frames, &expect, quiet).await
             }
@@ -605,93 +776,61 @@ impl Source for PostgresSource {
         Ok(columns)
     }
 
-    /// Carries the masking rewrite: a simple Query's text is replaced; a rewrite that
-    /// needs the hash key is sent as Parse/Bind/Execute with the key bound as `$1`
-    /// (`bytea`, binary), and answered as the simple Query it was.
+    fn mask_key_param(&self, call: &PgCall) -> String {
+        match call {
+            PgCall::Exchange(e) => format!("${}", e.parameters() + 1),
+            PgCall::Refused => "$1".into(),
+        }
+    }
+
+    /// Carries the masking rewrite. A simple Query's text is replaced (one that needs the
+    /// hash key is sent as Parse/Bind/Execute with the key bound as `$1`, `bytea` in
+    /// binary, and answered as the simple Query it was); a Parse's text is replaced (with
+    /// the key as one more parameter, which the front binds at each Bind); an Execute runs
+    /// what its statement was parsed as, which must be this very rewrite.
     fn rewrite(&self, call: &mut PgCall, statement: &str) -> Result<(), Denial> {
-        let PgCall::Exchange {
-            frames,
-            expect,
-            simple: true,
-            sql,
-            quiet,
-            ..
-        } = call
-        else {
-            return Err(Denial::new(
-                DenialKind::Forbidden,
-                "this statement reads columns masked for you and was prepared with Parse; \
-                 querygate masks them in simple queries today: send it as a simple query \
-                 (without bound parameters)",
-            ));
+        let PgCall::Exchange(exchange) = call else {
+            return Err(Denial::new(DenialKind::Invalid, "nothing to rewrite"));
         };
-        if *expect != [Expect::Ready] {
+        let k = exchange.parameters() + 1;
+        let keyed = names_parameter(statement, k);
+        if keyed && self.mask_key.is_none() {
             return Err(Denial::new(
-                DenialKind::Forbidden,
-                "a statement reading masked columns must not follow unsynchronized \
-                 extended-protocol messages; send Sync first",
+                DenialKind::Unavailable,
+                "a masked column uses the hash strategy, and this gateway has no masking key",
             ));
         }
-        let keyed = statement.contains(querygate_mask::PG_HASH_KEY);
-        if keyed
-            && querygate_sql::analyze(statement, querygate_sql::SqlDialect::Postgres)
-                .statements
-                .len()
-                > 1
-        {
-            return Err(Denial::new(
-                DenialKind::Forbidden,
-                "a script of several statements cannot read hash-masked columns (the key is \
-                 bound as a parameter, which only one statement can take): send them one by one",
-            ));
+        match exchange.sent.clone() {
+            Sent::Execute { prepared_as, .. } => {
+                if prepared_as != statement {
+                    return Err(Denial::new(
+                        DenialKind::Conflict,
+                        "how this statement's columns are masked for you changed since it was \
+                         prepared: prepare it again (Close it and Parse it anew)",
+                    ));
+                }
+            }
+            Sent::Parse { name, types } => {
+                let mut types = types;
+                if keyed {
+                    types.resize(k - 1, 0);
+                    types.push(BYTEA);
+                }
+                let mut out = BytesMut::new();
+                encode(&mut out, Parse::new(name, statement.to_string(), types))
+                    .map_err(|fault| Denial::new(DenialKind::Invalid, fault.message))?;
+                exchange.frames = out;
+            }
+            Sent::Query => self.rewrite_query(exchange, statement, keyed)?,
         }
-        let mut out = BytesMut::new();
-        let encoded = if keyed {
-            let Some(key) = &self.mask_key else {
-                return Err(Denial::new(
-                    DenialKind::Unavailable,
-                    "a masked column uses the hash strategy, and this gateway has no masking key",
-                ));
-            };
-            let key = Bytes::copy_from_slice(key.expose().as_bytes());
-            // 17: bytea.
-            encode(&mut out, Parse::new(None, statement.to_string(), vec![17]))
-                .and_then(|()| {
-                    encode(
-                        &mut out,
-                        Bind::new(None, None, vec![1], vec![Some(key)], Vec::new()),
-                    )
-                })
-                .and_then(|()| encode(&mut out, Describe::new(b'P', None)))
-                .and_then(|()| encode(&mut out, ExecuteMessage::new(None, 0)))
-                .map(|()| out.extend_from_slice(&[b'S', 0, 0, 0, 4]))
-        } else {
-            encode(
-                &mut out,
-                pgwire::messages::simplequery::Query::new(statement.to_string()),
-            )
-        };
-        encoded.map_err(|fault| Denial::new(DenialKind::Invalid, fault.message))?;
-        *frames = out;
-        *expect = if keyed {
-            vec![
-                Expect::One,
-                Expect::One,
-                Expect::Portal,
-                Expect::Execute,
-                Expect::Ready,
-            ]
-        } else {
-            vec![Expect::Ready]
-        };
-        *sql = statement.to_string();
-        *quiet = keyed;
+        exchange.sql = statement.to_string();
+        exchange.key = keyed.then_some(k);
         Ok(())
     }
 
     fn statement(&self, call: &PgCall) -> Option<String> {
         match call {
-            PgCall::Exchange { sql, .. } => Some(sql.clone()),
+            PgCall::Exchange(e) => Some(e.sql.clone()),
             PgCall::Refused => None,
         }
     }

@@ -286,3 +286,31 @@ fn statements_that_could_move_name_resolution_are_caught_however_written() {
     assert!(decode::changes_resolution("SELECT * FROM public.t").is_none());
     assert!(decode::changes_resolution("SELECT current_setting('search_path')").is_none());
 }
+
+#[test]
+fn the_hash_key_is_numbered_past_the_clients_parameters_and_hidden_from_descriptions() {
+    use crate::source::highest_parameter;
+    assert_eq!(highest_parameter("SELECT $1, $12 FROM t WHERE a = $3"), 12);
+    assert_eq!(highest_parameter("SELECT '$' || x, $$a$$ FROM t"), 0);
+    // A statement description of a keyed statement: the key's OID (bytea, 17) goes.
+    let mut body = BytesMut::new();
+    body.put_i16(2);
+    body.put_u32(23);
+    body.put_u32(17);
+    let mut reply = PgReply {
+        frames: vec![typed(b't', &body), typed(b'n', b"")],
+        ..PgReply::default()
+    };
+    reply.hide_key_parameters(&[true]);
+    let mut want = BytesMut::new();
+    want.put_i16(1);
+    want.put_u32(23);
+    assert_eq!(reply.frames[0], typed(b't', &want));
+    // Not keyed: untouched.
+    let mut plain = PgReply {
+        frames: vec![typed(b't', &body)],
+        ..PgReply::default()
+    };
+    plain.hide_key_parameters(&[false]);
+    assert_eq!(plain.frames[0], typed(b't', &body));
+}

@@ -80,12 +80,11 @@ pub enum RewriteError {
          (@name) instead of positional ? markers in queries that read masked columns"
     )]
     PositionalParameter(String),
-    /// PostgreSQL: a statement with parameters (`$1`) reads a hash-masked column, whose
-    /// key is bound as the statement's own parameter.
+    /// PostgreSQL: a statement reading a hash-masked column (whose key is bound as a
+    /// numbered parameter) has a parameter that is not `$n`.
     #[error(
         "this statement reads columns masked for you with the hash strategy, whose key \
-         querygate binds as the statement's parameter, so it cannot take parameters ({0}) \
-         today: send it as a simple query, with the values written in"
+         querygate binds as a numbered parameter; {0} is not one ($1, $2, …)"
     )]
     KeyedStatementParameter(String),
     /// A parameter name with a back-slash escape (the parameter as written, quoted).
@@ -246,6 +245,13 @@ fn check_parameters(sql: &str, dialect: SqlDialect) -> Result<(), RewriteError> 
     let mut iter = tokens.iter().peekable();
     while let Some(t) = iter.next() {
         match &t.token {
+            // PostgreSQL numbers its parameters: the source binds the key one past the
+            // highest the statement uses, which no `$n` here can name.
+            Token::Placeholder(p)
+                if dialect == SqlDialect::Postgres
+                    && p.len() > 1
+                    && p.starts_with('$')
+                    && p[1..].bytes().all(|b| b.is_ascii_digit()) => {}
             Token::Placeholder(p) if dialect == SqlDialect::Postgres => {
                 return Err(RewriteError::KeyedStatementParameter(p.clone()));
             }

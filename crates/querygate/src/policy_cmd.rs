@@ -520,6 +520,7 @@ fn rewrite(
             &columns,
             identity,
             SqlDialect::BigQuery,
+            "@__querygate_mask_key",
         )
         .map_err(|e| e.to_string())?;
         lists.insert(table.clone(), list);
