@@ -75,14 +75,14 @@ message = "agents do not read HR data"
 [[rule]]
 name = "agents never write"
 who = ["group:agents"]
-statements = ["insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "copy", "set"]
+statements = ["insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "set"]
 action = "deny"
 message = "agents have read-only access; ask a person to run this change"
 
 [[rule]]
 name = "read"
 who = ["group:agents"]
-statements = ["select"]
+statements = ["select", "copy"]
 action = "allow"
 
 [[rule]]
@@ -365,12 +365,17 @@ BYPASSES = [
     "SELECT json_agg(t) FROM (SELECT * FROM customers) t",
     "SELECT ssn FROM ONLY customers",
     "SELECT 1; SELECT ssn FROM customers",
+    "COPY customers TO STDOUT",
+    "COPY customers (ssn, name) TO STDOUT WITH (FORMAT csv)",
+    "COPY (SELECT ssn, name FROM customers) TO STDOUT",
+    "COPY (SELECT * FROM customers) TO STDOUT",
 ]
 
 
 @pytest.mark.parametrize("sql", BYPASSES)
 def test_masking_bypasses_leak_nothing(gateway, sql):
     cp = psql(gateway, sql)
+    assert gateway["server"].alive()
     for secret in ("123-45-6789", "123-45", "Ana Lima", "ana lima", "ANA LIMA"):
         assert secret not in cp.stdout + cp.stderr, s.describe(cp)
 

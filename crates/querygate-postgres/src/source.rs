@@ -794,6 +794,17 @@ impl Source for PostgresSource {
         };
         let k = exchange.parameters() + 1;
         let keyed = names_parameter(statement, k);
+        if keyed
+            && querygate_sql::analyze(statement, querygate_sql::SqlDialect::Postgres)
+                .kinds()
+                .any(|kind| kind == querygate_sql::StatementKind::Copy)
+        {
+            return Err(Denial::new(
+                DenialKind::Forbidden,
+                "this COPY reads columns masked for you with the hash strategy, whose key is \
+                 bound as a parameter, which COPY cannot take: read them with SELECT",
+            ));
+        }
         if keyed && self.mask_key.is_none() {
             return Err(Denial::new(
                 DenialKind::Unavailable,

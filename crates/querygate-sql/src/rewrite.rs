@@ -109,6 +109,12 @@ pub enum RewriteError {
          or MERGE changes"
     )]
     MaskedTableChanged(String),
+    /// PostgreSQL `COPY t TO …` of a table with masked columns (it names no query to wrap).
+    #[error(
+        "{0} has columns masked for you, and COPY of a table copies them as stored: write \
+         COPY (SELECT * FROM the table) TO STDOUT, whose read is masked"
+    )]
+    MaskedTableCopied(String),
     /// A CTE named like a masked table.
     #[error("the CTE `{0}` has the name of a table with columns masked for you; rename the CTE")]
     CteNamedLikeMaskedTable(String),
@@ -328,6 +334,16 @@ fn mask_reads_inner(sql: &str, m: &Masking<'_>) -> Result<String, RewriteError> 
             let t = wrapper.names.table_ref(target)?;
             if let Some((name, _)) = m.masked(&t) {
                 return Err(RewriteError::MaskedTableChanged(name.clone()));
+            }
+        }
+        if let Statement::Copy {
+            source: sqlparser::ast::CopySource::Table { table_name, .. },
+            ..
+        } = st
+        {
+            let t = wrapper.names.table_ref(table_name)?;
+            if let Some((name, _)) = m.masked(&t) {
+                return Err(RewriteError::MaskedTableCopied(name.clone()));
             }
         }
         let _ = st.visit(&mut wrapper);

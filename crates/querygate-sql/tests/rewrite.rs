@@ -520,3 +520,37 @@ fn backticked_parameters_survive_the_rewrite() {
         )
     );
 }
+
+fn rewrite_pg(sql: &str) -> Result<String, String> {
+    let tables = tables();
+    mask_reads(
+        sql,
+        &Masking {
+            dialect: SqlDialect::Postgres,
+            project: "p",
+            dataset: Some("crm"),
+            tables: &tables,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// PostgreSQL `COPY t TO` copies a table as stored: refused when it has masked columns;
+/// `COPY (SELECT …) TO` is a query, whose reads are wrapped.
+#[test]
+fn copies_of_masked_tables_are_refused_and_copies_of_queries_wrapped() {
+    for sql in [
+        "COPY customers TO STDOUT",
+        "COPY crm.customers (email) TO STDOUT WITH (FORMAT csv)",
+        "COPY CRM.Customers TO STDOUT",
+    ] {
+        let err = rewrite_pg(sql).expect_err(sql);
+        assert!(err.contains("COPY (SELECT"), "{sql}: {err}");
+    }
+    let out = rewrite_pg("COPY (SELECT email FROM customers) TO STDOUT").expect("query copy");
+    assert!(out.contains("AS __qg_src"), "{out}");
+    assert_eq!(
+        rewrite_pg("COPY orders TO STDOUT").expect("other table"),
+        "COPY orders TO STDOUT"
+    );
+}
