@@ -816,7 +816,7 @@ async fn a_window_grant_ends_when_its_window_does() {
         .expect("owner");
     let window = TicketDecision {
         approve: true,
-        window: Some(std::time::Duration::from_secs(1)),
+        window: Some(std::time::Duration::from_secs(3)),
         reason: None,
     };
     p.approvals()
@@ -832,7 +832,7 @@ async fn a_window_grant_ends_when_its_window_does() {
         .await,
         Outcome::Done(_)
     ));
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
     assert!(
         matches!(
             p.handle(

@@ -15,9 +15,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::{DecodeContext, Message, PgWireFrontendMessage, ProtocolVersion};
-use querygate_core::{
-    Action, ClientInfo, Malformed, Query, Request, RequestId, Secret, StatusCodes,
-};
+use querygate_core::{Action, Malformed, Query, Request, RequestId, StatusCodes};
+
+pub use crate::model::{Connection, Opening, Problem};
 
 /// The largest opening packet read (PostgreSQL's own limit).
 pub const MAX_STARTUP_BYTES: usize = 10_000;
@@ -27,42 +27,6 @@ const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 const PROTOCOL_3: i32 = 3 << 16;
-
-/// What was wrong with the client's bytes, as the client is told (an ErrorResponse).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// SQLSTATE.
-    pub code: &'static str,
-    pub message: String,
-    /// How the audit log classes it.
-    pub kind: Malformed,
-}
-
-impl Problem {
-    fn protocol(message: impl Into<String>) -> Problem {
-        Problem {
-            code: "08P01",
-            message: message.into(),
-            kind: Malformed::Invalid,
-        }
-    }
-}
-
-/// The first packet of a connection (or the one after an SSL/GSS answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Opening {
-    Ssl,
-    Gss,
-    Cancel {
-        pid: i32,
-        secret: i32,
-    },
-    /// A StartupMessage: protocol minor version (major is 3) and its parameters.
-    Startup {
-        minor: u16,
-        parameters: Vec<(String, String)>,
-    },
-}
 
 /// Cuts one opening packet (length-prefixed, no type byte) off `buf`; `None` until it is
 /// all there.
@@ -230,20 +194,6 @@ pub fn message(frame: &BytesMut) -> Result<PgWireFrontendMessage, Problem> {
         Ok(()) if again == *frame => Ok(message),
         _ => Err(unreadable()),
     }
-}
-
-/// What the front knows of the connection a message came on, for its requests.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    /// The credential the client authenticated with.
-    pub credential: Secret,
-    /// The database the client addressed (the source's `project`).
-    pub database: String,
-    pub client: ClientInfo,
-    /// The recorded session: one per connection.
-    pub session: String,
-    /// The schema one-part names resolve to (the upstream session's pinned search_path).
-    pub schema: String,
 }
 
 /// A request for one simple Query message (all its statements).

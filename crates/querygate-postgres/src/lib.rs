@@ -16,6 +16,7 @@
 //! FROM STDIN (refused by the upstream's COPY failing).
 
 pub mod decode;
+pub mod model;
 pub mod render;
 pub mod routes;
 pub mod source;

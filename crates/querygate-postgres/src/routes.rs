@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::decode::{self, Connection, Opening, Problem};
+use crate::model::{Extended, Prepared};
 use crate::render::{self, CODES};
 use crate::source::{
     Exchange, Expect, Link, PgCall, PgReply, PostgresSource, Sent, highest_parameter,
@@ -591,66 +592,6 @@ async fn session(
 
 fn source_name(source: &PostgresSource) -> &str {
     querygate_pipeline::Source::name(source)
-}
-
-/// What the extended query protocol has set up on the connection: each prepared
-/// statement and portal (so that an Execute is decided on the statement it runs, and runs
-/// what it was parsed as), the messages that run nothing yet, and whether messages are
-/// skipped to the next Sync after an error.
-#[derive(Default)]
-struct Extended {
-    statements: HashMap<String, Prepared>,
-    portals: HashMap<String, Prepared>,
-    /// Parse, Bind, Describe and Close messages not yet sent, with the answers they are owed.
-    pending: BytesMut,
-    owed: Vec<Expect>,
-    /// For each statement Describe held, whether its statement carries the hash key (whose
-    /// parameter the client must not see).
-    described: Vec<bool>,
-    skipping: bool,
-}
-
-/// A statement as the client parsed it and as it went upstream.
-#[derive(Debug, Clone)]
-struct Prepared {
-    /// The client's text: what each Execute is decided on.
-    original: String,
-    /// What was parsed upstream (the masking rewrite's, when masks apply).
-    sent: String,
-    /// The client's own parameters.
-    parameters: usize,
-    /// The parameter the hash key is bound to, one past the client's.
-    key: Option<usize>,
-}
-
-impl Extended {
-    fn hold(&mut self, frame: &[u8], expect: Expect) {
-        self.pending.extend_from_slice(frame);
-        self.owed.push(expect);
-    }
-
-    /// The held messages, with `frame` after them, as one exchange, and which statement
-    /// descriptions in it carry the key.
-    fn with(&mut self, frame: &[u8], expect: Expect) -> (BytesMut, Vec<Expect>, Vec<bool>) {
-        self.hold(frame, expect);
-        self.take()
-    }
-
-    fn take(&mut self) -> (BytesMut, Vec<Expect>, Vec<bool>) {
-        (
-            std::mem::take(&mut self.pending),
-            std::mem::take(&mut self.owed),
-            std::mem::take(&mut self.described),
-        )
-    }
-
-    /// After an error: what was held is dropped, and messages up to Sync are skipped.
-    fn fail(&mut self) {
-        self.pending.clear();
-        self.owed.clear();
-        self.described.clear();
-        self.skipping = true;
-    }
 }
 
 /// A Bind of a statement that carries the hash key, with the key appended as its last

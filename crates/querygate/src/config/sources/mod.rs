@@ -382,19 +382,21 @@ mod tests {
 
     #[test]
     fn an_unknown_or_missing_kind_is_refused_with_the_kinds() {
-        let e = error_of(&GOOD.replace("kind = \"bigquery\"", "kind = \"postgres\""));
+        let e = error_of(&GOOD.replace("kind = \"bigquery\"", "kind = \"mysql\""));
         assert!(
-            e.starts_with("/etc/qg/querygate.toml, line 15: source analytics: kind \"postgres\" is not supported; supported kinds: \"bigquery\", \"local\""),
+            e.starts_with("/etc/qg/querygate.toml, line 15: source analytics: kind \"mysql\" is not supported; supported kinds: \"bigquery\", \"local\", \"postgres\""),
             "{e}"
         );
         let e = error_of(&GOOD.replace("kind = \"bigquery\"", "kind = 7"));
         assert!(
-            e.contains("line 15") && e.contains("supported kinds: \"bigquery\", \"local\""),
+            e.contains("line 15")
+                && e.contains("supported kinds: \"bigquery\", \"local\", \"postgres\""),
             "{e}"
         );
         let e = error_of(&GOOD.replace("kind = \"bigquery\"\n", ""));
         assert!(
-            e.contains("has no kind") && e.contains("supported kinds: \"bigquery\", \"local\""),
+            e.contains("has no kind")
+                && e.contains("supported kinds: \"bigquery\", \"local\", \"postgres\""),
             "{e}"
         );
     }
@@ -405,7 +407,7 @@ mod tests {
         let kinds = super::probe::variants::<SourceKind>();
         assert_eq!(
             kinds.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            ["bigquery", "local"]
+            ["bigquery", "local", "postgres"]
         );
         for (i, (kind, keys)) in kinds.iter().enumerate() {
             assert!(!keys.is_empty(), "{kind}");
@@ -419,5 +421,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    const POSTGRES: &str = r#"
+[[sources]]
+name = "app"
+kind = "postgres"
+url = "postgresql://querygate@127.0.0.1:5432/app"
+password_env = "APP_DB_PASSWORD"
+"#;
+
+    #[test]
+    fn a_postgres_source_is_addressed_by_its_name_and_its_settings_are_checked() {
+        let c = parse(&format!("{GOOD}{POSTGRES}")).expect("postgres source");
+        let app = &c.sources[1];
+        assert_eq!(app.project, "app");
+        let SourceKind::Postgres(settings) = app.kind.get_ref() else {
+            panic!("kind")
+        };
+        assert_eq!(
+            settings.tls_mode(),
+            Some(querygate_postgres::TlsMode::Prefer)
+        );
+        for (bad, says) in [
+            (
+                "postgresql://querygate:secret@127.0.0.1/app",
+                "password does not belong in url",
+            ),
+            ("mysql://querygate@127.0.0.1/app", "postgresql://"),
+            ("postgresql://127.0.0.1/app", "must name a user"),
+        ] {
+            let e = error_of(&format!(
+                "{GOOD}{}",
+                POSTGRES.replace("postgresql://querygate@127.0.0.1:5432/app", bad)
+            ));
+            assert!(e.contains("line 23") && e.contains(says), "{bad}: {e}");
+        }
+        let e = error_of(&format!("{GOOD}{POSTGRES}tls = \"maybe\"\n"));
+        assert!(e.contains("tls must be one of"), "{e}");
+        let e = error_of(&format!("{GOOD}{POSTGRES}tls = \"verify-full\"\n"));
+        assert!(e.contains("needs ca_file"), "{e}");
+        let e = error_of(&format!("{GOOD}{POSTGRES}endpoint = \"http://x\"\n"));
+        assert!(e.contains("is for kind = \"bigquery\""), "{e}");
     }
 }
