@@ -33,6 +33,10 @@ CONFIG = """
 [server]
 bigquery_listen = "127.0.0.1:{port}"
 postgres_listen = "127.0.0.1:{pg_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+
+[approvals]
+wire_wait = "8s"
 
 [store]
 path = "querygate.db"
@@ -80,6 +84,14 @@ action = "deny"
 message = "agents have read-only access; ask a person to run this change"
 
 [[rule]]
+name = "payments need an approver"
+who = ["group:agents"]
+tables = ["*.public.payments"]
+action = "approve"
+approvers = ["group:approvers"]
+message = "reads of payments need an approver"
+
+[[rule]]
 name = "read"
 who = ["group:agents"]
 statements = ["select", "copy"]
@@ -111,6 +123,8 @@ def gateway(e2e_tmp):
         CREATE TABLE public.customers (id int PRIMARY KEY, name varchar(20), email text, ssn text);
         INSERT INTO public.customers VALUES (1, 'Ana Lima', 'ana@example.com', '123-45-6789'),
                                             (2, 'Bo Chen', NULL, NULL);
+        CREATE TABLE public.payments (id int, amount numeric);
+        INSERT INTO public.payments VALUES (1, 9.5);
         CREATE TABLE public.contacts (id int PRIMARY KEY, email text);
         INSERT INTO public.contacts VALUES (1, 'ana@example.com'), (2, 'bo@example.org');
         CREATE TABLE hr.people (id int, salary int);
@@ -119,19 +133,23 @@ def gateway(e2e_tmp):
     """
     admin(setup, dbname=name)
     keys = {"agent": "qg_pg_agent_" + secrets.token_urlsafe(16),
-            "person": "qg_pg_person_" + secrets.token_urlsafe(16)}
+            "person": "qg_pg_person_" + secrets.token_urlsafe(16),
+            "approver": "qg_pg_approver_" + secrets.token_urlsafe(16)}
     key_toml = (s.api_key_toml("agent:pg-test", ["agents"], s.sha256_hex(keys["agent"]))
-                + s.api_key_toml("human:dba", ["people"], s.sha256_hex(keys["person"])))
-    port, pg_port = s.free_port(), s.free_port()
+                + s.api_key_toml("human:dba", ["people"], s.sha256_hex(keys["person"]))
+                + s.api_key_toml("human:approver", ["approvers"], s.sha256_hex(keys["approver"])))
+    port, pg_port, admin_port = s.free_port(), s.free_port(), s.free_port()
     config = work / "querygate.toml"
-    config.write_text(CONFIG.format(port=port, pg_port=pg_port, keys=key_toml, db=name, role=name))
+    config.write_text(CONFIG.format(port=port, pg_port=pg_port, admin_port=admin_port, keys=key_toml,
+                                    db=name, role=name))
     env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1", QG_TEST_DB_PASSWORD=password)
     server = s.Server(name="querygate-pg", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
                       log_path=work / "querygate.log", env=env, cwd=work)
     server.start()
     try:
         server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
-        yield {"port": pg_port, "db": name, "keys": keys, "config": config, "server": server}
+        yield {"port": pg_port, "db": name, "keys": keys, "config": config, "server": server,
+               "admin": f"http://127.0.0.1:{admin_port}"}
     finally:
         server.stop()
         admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -432,3 +450,96 @@ def test_search_path_cannot_move_under_the_gateway(gateway):
         finally:
             await conn.close()
     asyncio.run(main())
+
+
+def tickets(text: str) -> list[dict]:
+    data = json.loads(text)
+    return data if isinstance(data, list) else data.get("tickets", [])
+
+
+def pending_ticket(gateway, statement: str, timeout: float = 10) -> str:
+    env = dict(os.environ, QUERYGATE_TOKEN=gateway["keys"]["approver"], NO_COLOR="1")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cp = subprocess.run([str(s.default_gateway_bin()), "approvals", "list", "--json", "--server", gateway["admin"]],
+                            capture_output=True, text=True, env=env, timeout=30)
+        assert cp.returncode == 0, s.describe(cp)
+        for t in tickets(cp.stdout):
+            if t.get("statement") == statement and t.get("state") == "pending":
+                return t["id"]
+        time.sleep(0.2)
+    raise AssertionError(f"no pending ticket for {statement!r}")
+
+
+def decide(gateway, ticket: str, verb: str) -> None:
+    env = dict(os.environ, QUERYGATE_TOKEN=gateway["keys"]["approver"], NO_COLOR="1")
+    cp = subprocess.run([str(s.default_gateway_bin()), "approvals", verb, ticket, "--reason", "e2e",
+                         "--server", gateway["admin"]], capture_output=True, text=True, env=env, timeout=30)
+    assert cp.returncode == 0, s.describe(cp)
+
+
+def test_an_approved_statement_runs_while_the_client_waits(gateway):
+    sql = "SELECT amount FROM payments WHERE id = 1"
+    notices = []
+    result = {}
+
+    def client():
+        with psycopg.connect(dsn(gateway)) as c:
+            c.add_notice_handler(lambda d: notices.append(d.message_primary))
+            result["rows"] = c.execute(sql).fetchall()
+
+    t = threading.Thread(target=client)
+    t.start()
+    ticket = pending_ticket(gateway, sql)
+    decide(gateway, ticket, "approve")
+    t.join(20)
+    assert result.get("rows") == [(__import__("decimal").Decimal("9.5"),)], result
+    assert any(ticket in n and "group:approvers" in n for n in notices), notices
+
+
+def test_a_denied_or_undecided_statement_answers_with_its_ticket(gateway):
+    sql = "SELECT amount FROM payments WHERE id < 5"
+    errors = {}
+
+    def client():
+        with psycopg.connect(dsn(gateway)) as c:
+            try:
+                c.execute(sql)
+            except psycopg.Error as e:
+                errors["denied"] = (e.sqlstate, str(e))
+
+    t = threading.Thread(target=client)
+    t.start()
+    ticket = pending_ticket(gateway, sql)
+    decide(gateway, ticket, "deny")
+    t.join(20)
+    assert errors["denied"][0] == "42501" and ticket in errors["denied"][1] and "denied" in errors["denied"][1]
+    # Nobody decides within wire_wait: the answer names the ticket; after the approval,
+    # the same statement runs once.
+    sql = "SELECT count(*) FROM payments"
+    with psycopg.connect(dsn(gateway)) as c:
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as waited:
+            c.execute(sql)
+        assert 7 <= time.monotonic() - started < 20
+        ticket = pending_ticket(gateway, sql)
+        assert ticket in str(waited.value) and "run the same statement again" in str(waited.value)
+        c.rollback()
+        decide(gateway, ticket, "approve")
+        assert c.execute(sql).fetchone() == (1,)
+
+
+def test_cancel_while_waiting_withdraws_the_ticket(gateway):
+    sql = "SELECT id FROM payments"
+    with psycopg.connect(dsn(gateway)) as c:
+        timer = threading.Timer(1.0, c.cancel)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as cancelled:
+            c.execute(sql)
+        assert time.monotonic() - started < 6
+        assert "withdrawn" in str(cancelled.value)
+    env = dict(os.environ, QUERYGATE_TOKEN=gateway["keys"]["approver"], NO_COLOR="1")
+    cp = subprocess.run([str(s.default_gateway_bin()), "approvals", "list", "--json", "--state", "cancelled",
+                         "--server", gateway["admin"]], capture_output=True, text=True, env=env, timeout=30)
+    assert any(t["statement"] == sql for t in tickets(cp.stdout)), s.describe(cp)

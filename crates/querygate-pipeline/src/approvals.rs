@@ -324,7 +324,7 @@ pub(crate) fn visible(t: &Ticket, identity: &Identity) -> bool {
 }
 
 /// What the client hears when its held job will not run.
-pub(crate) fn ended_message(t: &Ticket) -> String {
+pub fn ended_message(t: &Ticket) -> String {
     let why = t.decision_reason.as_deref().unwrap_or("no reason given");
     match t.state {
         TicketState::Denied => format!(

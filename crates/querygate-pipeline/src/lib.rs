@@ -42,7 +42,7 @@ pub use querygate_store::{SessionFilter, SessionSummary, audit_time, point_in_ti
 
 pub use analyze::Subject;
 use analyze::syntax_error;
-pub use approvals::{ApprovalSettings, Approvals, TicketDecision, describe};
+pub use approvals::{ApprovalSettings, Approvals, TicketDecision, describe, ended_message};
 pub use approve::Waiting;
 pub use decide::{Admission, Decided, Needed, Plan, Question, decide};
 pub use gate::{Gate, Ownership, gate};

@@ -66,6 +66,8 @@ pub struct PostgresFront {
     pub insecure_plaintext: bool,
     /// The largest client message read.
     pub max_message_bytes: usize,
+    /// How long a client is held while its statement waits for approval.
+    pub wire_wait: Duration,
     /// Connections' cancel keys: the gateway's key → the upstream session's.
     cancels: Mutex<HashMap<i32, Cancel>>,
 }
@@ -84,6 +86,8 @@ struct Cancel {
     endpoint: Arc<Endpoint>,
     pid: i32,
     upstream_secret: i32,
+    /// Wakes the connection while it waits for an approval (the cancel withdraws it).
+    waiting: Arc<tokio::sync::Notify>,
 }
 
 impl PostgresFront {
@@ -100,8 +104,14 @@ impl PostgresFront {
             tls,
             insecure_plaintext,
             max_message_bytes,
+            wire_wait: Duration::from_secs(60),
             cancels: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn with_wire_wait(mut self, wait: Duration) -> Self {
+        self.wire_wait = wait;
+        self
     }
 }
 
@@ -472,7 +482,11 @@ async fn cancel(front: &PostgresFront, pid: i32, secret: i32) {
         let cancels = front.cancels.lock().unwrap_or_else(|e| e.into_inner());
         cancels.get(&pid).and_then(|c| {
             let same = constant_time_eq(c.secret, secret);
-            same.then(|| (Arc::clone(&c.endpoint), c.pid, c.upstream_secret))
+            same.then(|| {
+                // A statement waiting for approval is withdrawn.
+                c.waiting.notify_waiters();
+                (Arc::clone(&c.endpoint), c.pid, c.upstream_secret)
+            })
         })
     };
     match target {
@@ -552,6 +566,7 @@ async fn session(
         }
     };
     // The gateway's own cancel key for this connection.
+    let waiting = Arc::new(tokio::sync::Notify::new());
     let (pid, secret) = {
         let mut cancels = front.cancels.lock().unwrap_or_else(|e| e.into_inner());
         let mut pid: i32 = rand::random::<i32>() & i32::MAX;
@@ -566,6 +581,7 @@ async fn session(
                 endpoint: Arc::clone(source.endpoint()),
                 pid: upstream.pid,
                 upstream_secret: upstream.secret,
+                waiting: Arc::clone(&waiting),
             },
         );
         (pid, secret)
@@ -578,7 +594,7 @@ async fn session(
     render::ready(&mut client.out, upstream.status);
     let link: Link = Arc::new(tokio::sync::Mutex::new(upstream));
     if client.flush().await.is_ok() {
-        serve_messages(&front, &mut client, &conn, &source, &link).await;
+        serve_messages(&front, &mut client, &conn, &source, &link, &waiting).await;
     }
     front
         .cancels
@@ -643,6 +659,7 @@ async fn serve_messages(
     conn: &Connection,
     source: &Arc<PostgresSource>,
     link: &Link,
+    waiting: &tokio::sync::Notify,
 ) {
     let mut ext = Extended::default();
     loop {
@@ -680,18 +697,18 @@ async fn serve_messages(
                     render::ready(&mut client.out, status);
                     continue;
                 }
-                let request = decode::query(conn, q.query.clone(), &CODES);
                 let (frames, expect, _) = ext.with(&frame, Expect::Ready);
-                let call = PgCall::Exchange(Exchange {
+                let call = Exchange {
                     link: Arc::clone(link),
                     frames,
                     expect,
-                    sql: q.query,
+                    sql: q.query.clone(),
                     sent: Sent::Query,
                     quiet: false,
                     key: None,
-                });
-                let outcome = front.pipeline.handle(request, Some(&**source), call).await;
+                };
+                let request = || decode::query(conn, q.query.clone(), &CODES);
+                let outcome = run(front, client, source, waiting, request, call).await;
                 render_outcome(client, link, outcome, true).await;
             }
             PgWireFrontendMessage::Parse(p) => {
@@ -804,7 +821,6 @@ async fn serve_messages(
                     ext.fail();
                     continue;
                 };
-                let request = decode::execute(conn, prepared.original.clone(), &CODES);
                 let (mut frames, mut expect, described) = ext.with(&frame, Expect::Execute);
                 // The Sync that usually follows goes in the same exchange: one round trip.
                 let synced = next_is_sync(&client.buf);
@@ -813,7 +829,7 @@ async fn serve_messages(
                     frames.extend_from_slice(&sync);
                     expect.push(Expect::Ready);
                 }
-                let call = PgCall::Exchange(Exchange {
+                let call = Exchange {
                     link: Arc::clone(link),
                     frames,
                     expect,
@@ -824,8 +840,9 @@ async fn serve_messages(
                     },
                     quiet: false,
                     key: None,
-                });
-                let mut outcome = front.pipeline.handle(request, Some(&**source), call).await;
+                };
+                let request = || decode::execute(conn, prepared.original.clone(), &CODES);
+                let mut outcome = run(front, client, source, waiting, request, call).await;
                 let failed = match &mut outcome {
                     Outcome::Done(reply) => {
                         reply.hide_key_parameters(&described);
@@ -885,6 +902,98 @@ async fn serve_messages(
                 return;
             }
         }
+    }
+}
+
+/// Runs one statement through the pipeline. One that waits for approval holds the
+/// client: a NOTICE names the ticket and its approvers, and the connection waits up to
+/// `wire_wait` for the decision (a CancelRequest withdraws it); approved, the statement
+/// runs (the grant is bound to it); otherwise the answer says why, and a statement still
+/// waiting runs once if it is sent again after its approval.
+async fn run(
+    front: &PostgresFront,
+    client: &mut Client,
+    source: &Arc<PostgresSource>,
+    waiting: &tokio::sync::Notify,
+    request: impl Fn() -> querygate_core::Request,
+    call: Exchange,
+) -> Outcome<PgReply> {
+    let again = Exchange {
+        link: Arc::clone(&call.link),
+        frames: call.frames.clone(),
+        expect: call.expect.clone(),
+        sql: call.sql.clone(),
+        sent: call.sent.clone(),
+        quiet: call.quiet,
+        key: call.key,
+    };
+    let outcome = front
+        .pipeline
+        .handle(request(), Some(&**source), PgCall::Exchange(call))
+        .await;
+    let Outcome::Waiting(held) = outcome else {
+        return outcome;
+    };
+    if held.ended.is_some() {
+        return Outcome::Waiting(held);
+    }
+    let ticket = &held.ticket;
+    render::notice(
+        &mut client.out,
+        &format!(
+            "this statement waits for approval (ticket {}, for {}): {}. Waiting up to {} s; \
+             cancel the statement to withdraw the request",
+            ticket.id,
+            ticket.approvers.join(" or "),
+            ticket.message,
+            front.wire_wait.as_secs()
+        ),
+    );
+    if client.flush().await.is_err() {
+        return Outcome::Waiting(held);
+    }
+    let decided = tokio::select! {
+        t = front.pipeline.approvals().wait(&ticket.id, front.wire_wait) => t,
+        () = waiting.notified() => {
+            // Withdrawn: the ticket ends as cancelled, audited.
+            let mut cancel = request();
+            cancel.method = "cancel".into();
+            cancel.action = querygate_core::Action::Job(querygate_core::JobOp::Cancel {
+                job_id: ticket.job_id.clone(),
+            });
+            let _ = front.pipeline.handle(cancel, Some(&**source), PgCall::Refused).await;
+            return Outcome::Denied(querygate_core::Denial::new(
+                querygate_core::DenialKind::Forbidden,
+                format!("the statement was cancelled while it waited; ticket {} is withdrawn", ticket.id),
+            ));
+        }
+    };
+    match decided {
+        Ok(Some(t)) if t.state == querygate_core::TicketState::Approved => {
+            front
+                .pipeline
+                .handle(request(), Some(&**source), PgCall::Exchange(again))
+                .await
+        }
+        Ok(Some(t)) if t.state == querygate_core::TicketState::Pending => {
+            Outcome::Denied(querygate_core::Denial::new(
+                querygate_core::DenialKind::Forbidden,
+                format!(
+                    "{} (ticket {}, for {}): nobody decided within {} s. Nothing ran: run the \
+                     same statement again once it is approved, and it will run once",
+                    t.message,
+                    t.id,
+                    t.approvers.join(" or "),
+                    front.wire_wait.as_secs()
+                ),
+            ))
+        }
+        Ok(Some(t)) => Outcome::Denied(querygate_core::Denial::new(
+            querygate_core::DenialKind::Forbidden,
+            querygate_pipeline::ended_message(&t),
+        )),
+        Ok(None) => Outcome::Waiting(held),
+        Err(fault) => Outcome::Failed(fault),
     }
 }
 

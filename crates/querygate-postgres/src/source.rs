@@ -711,8 +711,19 @@ impl Source for PostgresSource {
 
     fn limit_bytes(&self, _call: &mut PgCall, _bytes: u64) {}
 
-    fn hold(&self, _call: &PgCall, _request_id: &str) -> Option<Held> {
-        None
+    /// A statement that waits for approval is held by its client's connection (the front
+    /// waits for the decision, then runs it again): the ticket shows the statement, and a
+    /// grant is bound to it.
+    fn hold(&self, call: &PgCall, _request_id: &str) -> Option<Held> {
+        let PgCall::Exchange(exchange) = call else {
+            return None;
+        };
+        Some(Held {
+            job_id: format!("pg-{}", uuid::Uuid::new_v4().simple()),
+            location: None,
+            call: serde_json::json!({ "statement": exchange.sql }).to_string(),
+            parameters: None,
+        })
     }
 
     fn scrubber(&self) -> Option<&Scrubber> {

@@ -408,7 +408,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                     .server
                     .postgres_max_message_bytes
                     .unwrap_or(crate::config::DEFAULT_POSTGRES_MAX_MESSAGE_BYTES),
-            );
+            )
+            .with_wire_wait(config.wire_wait());
             Some((listener, Arc::new(pg_front)))
         }
         None => None,

@@ -14,6 +14,7 @@
 //! [approvals]
 //! ticket_ttl = "1h"   # a pending ticket expires after this; an approved one must run within it
 //! max_window = "8h"   # the longest `--for` window an approver may grant ("0s": no windows)
+//! wire_wait = "60s"   # how long a PostgreSQL client is held while its statement waits
 //!
 //! [notify]
 //! # A Slack-compatible incoming webhook told of every new ticket. It often carries a
@@ -44,6 +45,9 @@ pub struct ApprovalsConfig {
     pub ticket_ttl: Option<Spanned<String>>,
     /// The longest window grant an approver may give (default 8h).
     pub max_window: Option<Spanned<String>>,
+    /// How long a client of a wire protocol (PostgreSQL) is held while its statement waits
+    /// for approval (default 60s); then it is answered with the ticket to re-run it.
+    pub wire_wait: Option<Spanned<String>>,
 }
 
 /// `[notify]`: the webhook told of new tickets and the base of the links it gets.
@@ -138,6 +142,9 @@ impl Config {
         if let Some(w) = &self.approvals.max_window {
             duration("max_window", w)?;
         }
+        if let Some(w) = &self.approvals.wire_wait {
+            duration("wire_wait", w)?;
+        }
         Ok(())
     }
 
@@ -183,6 +190,11 @@ impl Config {
             ticket_ttl: duration_of(&self.approvals.ticket_ttl).unwrap_or(defaults.ticket_ttl),
             max_window: duration_of(&self.approvals.max_window).unwrap_or(defaults.max_window),
         }
+    }
+
+    /// How long a PostgreSQL client waits for a decision on its statement.
+    pub fn wire_wait(&self) -> std::time::Duration {
+        duration_of(&self.approvals.wire_wait).unwrap_or(std::time::Duration::from_secs(60))
     }
 
     /// The base of ticket links: `console_url`, else the admin API's own URL.
