@@ -7,6 +7,8 @@
 #   tests/e2e/.venv-mcp     bq-readonly-mcp (an MCP server on ADC) + the MCP Python SDK (test_connect.py)
 #   tests/e2e/.venv-dbt     dbt-core + dbt-bigquery (test_connect.py)
 #   tests/e2e/mcp-node/node_modules  @ergut/mcp-bigquery-server, an MCP server from npm (test_connect.py)
+#   tests/e2e/pg-node/node_modules   node-postgres and pg-cursor (test_postgres.py)
+#   /usr/share/java/postgresql.jar   Debian's PostgreSQL JDBC driver (apt-get, when root; test_postgres.py)
 #   tests/oidc/node_modules      oidc-provider, the OpenID provider of the identity tests
 #
 # Idempotent and fast when already done: each step writes a stamp file holding a
@@ -75,5 +77,16 @@ ensure_npm "$HERE/node"
 ensure_venv "$HERE/.venv-mcp" "$HERE/requirements-mcp.txt"
 ensure_venv "$HERE/.venv-dbt" "$HERE/requirements-dbt.txt"
 ensure_npm "$HERE/mcp-node"
+# test_postgres.py: node-postgres, and Debian's PostgreSQL JDBC driver (root installs it).
+ensure_npm "$HERE/pg-node"
+if [[ ! -f /usr/share/java/postgresql.jar ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "libpostgresql-jdbc-java: installing (apt-get)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java) >/dev/null \
+            || log "libpostgresql-jdbc-java could not be installed: the JDBC test will say so"
+    else
+        log "libpostgresql-jdbc-java is not installed and this is not root: the JDBC test will say so"
+    fi
+fi
 bash "$HERE/../oidc/setup.sh"   # the test OpenID provider (tests/oidc)
 log "done"

@@ -543,3 +543,31 @@ def test_cancel_while_waiting_withdraws_the_ticket(gateway):
     cp = subprocess.run([str(s.default_gateway_bin()), "approvals", "list", "--json", "--state", "cancelled",
                          "--server", gateway["admin"]], capture_output=True, text=True, env=env, timeout=30)
     assert any(t["statement"] == sql for t in tickets(cp.stdout)), s.describe(cp)
+
+
+def test_node_postgres_parameters_cursors_and_denials(gateway):
+    cp = subprocess.run(["node", str(s.HERE / "pg-node" / "drive.mjs"), str(gateway["port"]), gateway["db"],
+                         gateway["keys"]["agent"]], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, s.describe(cp)
+    out = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert out["param"] == [{"n": 5}, {"n": 6}, {"n": 7}]
+    assert out["masked"] == [{"ssn": "*******6789"}]
+    assert out["pages"] == [[1, 2, 3], [4, 5]]
+    assert out["denied"]["code"] == "42501" and "agents do not read HR data" in out["denied"]["message"]
+    assert out["after"] == [{"one": 1}]
+
+
+JDBC_JAR = "/usr/share/java/postgresql.jar"
+
+
+@pytest.mark.skipif(not os.path.exists(JDBC_JAR),
+                    reason="Debian's libpostgresql-jdbc-java is not installed (tests/e2e/setup.sh installs it as root)")
+def test_jdbc_metadata_prepared_statements_and_denials(gateway):
+    cp = subprocess.run(["java", "-cp", JDBC_JAR, str(s.HERE / "PgJdbc.java"), str(gateway["port"]), gateway["db"],
+                         gateway["keys"]["agent"]], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, s.describe(cp)
+    lines = dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
+    assert "customers" in lines["tables"] and "contacts" in lines["tables"], cp.stdout
+    assert lines["columns"].startswith("id,name,email,ssn"), cp.stdout
+    assert cp.stdout.count("ssn=*******6789") == 3, cp.stdout
+    assert lines["denied"].startswith("42501") and "agents do not read HR data" in lines["denied"], cp.stdout

@@ -224,12 +224,23 @@ pub fn execute(conn: &Connection, sql: String, codes: &'static dyn StatusCodes) 
 /// is refused with a message, never run with names resolved two ways.
 pub fn changes_resolution(sql: &str) -> Option<Problem> {
     let lower = sql.to_ascii_lowercase();
-    let mut words = lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    let words = lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
     let mut names_path = false;
     let mut sets = false;
-    for w in words.by_ref() {
+    for w in words {
         names_path |= w == "search_path";
         sets |= matches!(w, "set" | "reset" | "set_config");
+    }
+    let encoding =
+        sets && (lower.contains("client_encoding") || lower.trim_start().starts_with("set names"));
+    if encoding {
+        return Some(Problem {
+            code: "0A000",
+            message: "querygate does not let a session change client_encoding: statements \
+                      and results are read as UTF-8"
+                .into(),
+            kind: Malformed::Invalid,
+        });
     }
     (names_path && sets).then(|| Problem {
         code: "0A000",

@@ -285,6 +285,13 @@ fn statements_that_could_move_name_resolution_are_caught_however_written() {
     }
     assert!(decode::changes_resolution("SELECT * FROM public.t").is_none());
     assert!(decode::changes_resolution("SELECT current_setting('search_path')").is_none());
+    for sql in [
+        "SET client_encoding = 'LATIN1'",
+        "set names 'SJIS'",
+        "RESET client_encoding",
+    ] {
+        assert!(decode::changes_resolution(sql).is_some(), "{sql}");
+    }
 }
 
 #[test]

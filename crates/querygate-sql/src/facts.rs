@@ -40,7 +40,9 @@ pub enum StatementKind {
     /// Transaction and session control, which reads and writes nothing: `BEGIN
     /// [TRANSACTION]`, `COMMIT`, `ROLLBACK`, savepoints; PostgreSQL's `DEALLOCATE`,
     /// `DISCARD`, `CLOSE` and `FETCH` (a cursor's rows are decided when it is declared: a
-    /// `DECLARE … CURSOR FOR SELECT` is a `Select`).
+    /// `DECLARE … CURSOR FOR SELECT` is a `Select`), and `SET` of a setting that only
+    /// changes how values are shown or how long a statement may run (`application_name`,
+    /// `extra_float_digits`, `DateStyle`, `TimeZone`, timeouts, …).
     Transaction,
     /// Anything else (`SHOW`, `IF` conditions, `RAISE`, `NOTIFY`, …).
     Other,

@@ -388,7 +388,7 @@ impl Script {
             | Statement::Fetch { into: None, .. } => (StatementKind::Transaction, Check::Nothing),
             Statement::Set(set) => {
                 self.set(&mut w, set, &mut new_vars);
-                (StatementKind::Set, Check::Statement(s))
+                (set_kind(self.dialect, set), Check::Statement(s))
             }
             Statement::StartTransaction { .. }
             | Statement::Commit { .. }
@@ -756,13 +756,46 @@ fn classify(s: &Statement) -> StatementKind {
         | Statement::Deallocate { .. }
         | Statement::Discard { .. }
         | Statement::Fetch { into: None, .. } => K::Transaction,
-        Statement::Set(_) => K::Set,
+        Statement::Set(set) => set_kind(SqlDialect::Postgres, set),
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. } => K::Transaction,
         _ => K::Other,
+    }
+}
+
+/// PostgreSQL settings that change only how values are shown or how long a statement may
+/// take, which drivers set as they connect (JDBC: `extra_float_digits`, `application_name`):
+/// session housekeeping. Every other `SET` (roles, `search_path`, encodings, …) is a `set`
+/// for rules to decide.
+const PRESENTATION_SETTINGS: &[&str] = &[
+    "application_name",
+    "extra_float_digits",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "client_min_messages",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "bytea_output",
+];
+
+fn set_kind(dialect: SqlDialect, set: &Set) -> StatementKind {
+    let presentation = |variable: &ObjectName| {
+        matches!(&variable.0[..], [ObjectNamePart::Identifier(id)]
+            if PRESENTATION_SETTINGS.contains(&id.value.to_ascii_lowercase().as_str()))
+    };
+    match (dialect, set) {
+        (SqlDialect::Postgres, Set::SingleAssignment { variable, .. })
+            if presentation(variable) =>
+        {
+            StatementKind::Transaction
+        }
+        (SqlDialect::Postgres, Set::SetTimeZone { .. }) => StatementKind::Transaction,
+        _ => StatementKind::Set,
     }
 }
 

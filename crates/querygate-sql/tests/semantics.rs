@@ -546,3 +546,20 @@ fn postgres_cursors_are_reads_and_session_housekeeping_reads_nothing() {
             .all(|s| s.reads.is_empty() && s.writes.is_empty())
     );
 }
+
+#[test]
+fn postgres_presentation_settings_are_housekeeping_and_other_sets_are_sets() {
+    let f = pg(
+        "SET extra_float_digits = 3; SET application_name = 'PostgreSQL JDBC Driver'; SET TIME ZONE 'UTC'",
+    );
+    assert_eq!(kinds(&f), [K::Transaction; 3], "{f}");
+    for sql in [
+        "SET ROLE admin",
+        "SET search_path = hr",
+        "SET session_replication_role = replica",
+        "SET client_encoding = 'LATIN1'",
+        "SET SESSION AUTHORIZATION admin",
+    ] {
+        assert_eq!(kinds(&pg(sql)), [K::Set], "{sql}");
+    }
+}
