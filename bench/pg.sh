@@ -66,13 +66,16 @@ auth_file = $T/users.txt
 pool_mode = session
 max_client_conn = 200
 default_pool_size = 40
-logfile = $T/pgbouncer.log
-pidfile = $T/pgbouncer.pid
+logfile = $T/pgbouncer/pgbouncer.log
+pidfile = $T/pgbouncer/pgbouncer.pid
 unix_socket_dir =
 EOF
+  mkdir -p "$T/pgbouncer"
   echo "\"$SUPER\" \"\"" > "$T/users.txt"
   chmod 644 "$T"/*.ini "$T"/users.txt
   if [ "$(id -u)" = 0 ]; then
+    # pgbouncer does not run as root.
+    chown postgres "$T/pgbouncer"
     runuser -u postgres -- pgbouncer "$T/pgbouncer.ini" >"$T/pgbouncer.out" 2>&1 &
   else
     pgbouncer "$T/pgbouncer.ini" >"$T/pgbouncer.out" 2>&1 &
@@ -119,6 +122,38 @@ USER[querygate]=agent; PASS[querygate]="$KEY"
 TARGETS+=(querygate)
 sleep 2
 
+# Memory of idle client connections through a fresh querygate, before any load (each
+# holds an upstream session, so fewer than the server's max_connections).
+IDLE="${BENCH_IDLE:-60}"
+rss() { awk '/VmRSS/ {print $2}' "/proc/$QG_PID/status"; }
+before="$(rss)"
+python3 - "${PORT[querygate]}" "$DB" "$KEY" "$IDLE" <<'PY' &
+import socket, struct, sys, time
+port, db, key, idle = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+socks = []
+for _ in range(idle):
+    s = socket.create_connection(("127.0.0.1", port))
+    params = b"user\0agent\0database\0" + db.encode() + b"\0\0"
+    s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+    s.recv(9)
+    pw = key.encode() + b"\0"
+    s.sendall(b"p" + struct.pack("!i", 4 + len(pw)) + pw)
+    got = b""
+    while not got.endswith(b"Z\0\0\0\x05I"):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("a connection was refused: " + got.decode("latin-1")[-200:])
+        got += chunk
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(8)
+PY
+IDLE_PID=$!
+sleep 6
+after="$(rss)"
+wait "$IDLE_PID" 2>/dev/null || true
+per_conn=$(( (after - before) * 1024 / IDLE ))
+
 # run TARGET MODE CLIENTS -> "tps p50_ms p99_ms"
 run() {
   local t="$1" mode="$2" c="$3" j
@@ -147,32 +182,7 @@ for mode in simple prepared; do
   done
 done
 
-# Memory of idle client connections through querygate.
-rss() { awk '/VmRSS/ {print $2}' "/proc/$QG_PID/status"; }
-before="$(rss)"
-python3 - "${PORT[querygate]}" "$DB" "$KEY" <<'PY' &
-import socket, struct, sys, time
-port, db, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-socks = []
-for _ in range(500):
-    s = socket.create_connection(("127.0.0.1", port))
-    params = b"user\0agent\0database\0" + db.encode() + b"\0\0"
-    s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
-    s.recv(9)
-    pw = key.encode() + b"\0"
-    s.sendall(b"p" + struct.pack("!i", 4 + len(pw)) + pw)
-    got = b""
-    while not got.endswith(b"Z\0\0\0\x05I"):
-        got += s.recv(4096)
-    socks.append(s)
-print("ready", flush=True)
-time.sleep(8)
-PY
-IDLE_PID=$!
-sleep 6
-after="$(rss)"
-wait "$IDLE_PID" 2>/dev/null || true
-per_conn=$(( (after - before) * 1024 / 500 ))
+
 
 {
   echo "# querygate PostgreSQL benchmark"
@@ -190,5 +200,5 @@ per_conn=$(( (after - before) * 1024 / 500 ))
     done
   done
   echo
-  echo "Idle client connections through querygate: $per_conn bytes of RSS each (500 connections, each with its upstream session)."
+  echo "Idle client connections through querygate: $per_conn bytes of RSS each ($IDLE connections, each with its upstream session)."
 } | tee "$RESULTS"

@@ -1,5 +1,5 @@
-//! The MCP front (in progress: the tools, decoded and rendered; the Streamable HTTP
-//! listener, authorization and wiring come next).
+//! The MCP front: querygate's own MCP server (Streamable HTTP at `/mcp`, an OAuth 2.1
+//! resource server; [`routes`]).
 //!
 //! Agents reach every source through querygate's own MCP server. Each tool call becomes a
 //! neutral [`querygate_core::Action`] ([`decode`]) that the pipeline decides, masks, audits

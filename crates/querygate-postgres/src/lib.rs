@@ -10,10 +10,12 @@
 //! the server's own messages, or an ErrorResponse with SQLSTATE `42501` and the rule's
 //! message for a denial. [`routes`] is the listener glue.
 //!
-//! Served today: startup with TLS, the simple query protocol, transactions, cancel
-//! requests, Terminate. Not yet: the extended query protocol (refused, audited),
-//! masking (a statement reading a masked table is refused), approvals (refused), COPY
-//! FROM STDIN (refused by the upstream's COPY failing).
+//! Served: startup with TLS, both query protocols (each simple Query one request; each
+//! Parse decided and masked by `Pipeline::prepare`, each Execute one request decided on
+//! the client's text), masking with PostgreSQL expressions, approvals that hold the
+//! client up to `wire_wait`, transactions, cancel requests, Terminate. Not yet: MCP tools
+//! and `policy check` over postgres sources, COPY FROM STDIN (the upstream's COPY is
+//! failed), streaming results (held up to 256 MiB per statement).
 
 pub mod decode;
 pub mod model;
