@@ -104,7 +104,8 @@ impl Pipeline {
 
     /// Views are not rewritten: a view whose definition reaches a column masked for the
     /// identity (returns it or filters on it, through any depth of views) is refused, so a
-    /// view over a classified table never returns its values in clear. Views are looked up
+    /// view over a classified table never returns its values in clear. Nor are catalog
+    /// relations that hold values (`Source::holds_values`): refused to the same identities. Views are looked up
     /// (tables.get, cached by the source) only for identities something is masked for.
     pub(crate) async fn views<S: Source>(
         &self,
@@ -125,6 +126,22 @@ impl Pipeline {
             explained.rule = Some("masking".into());
             Refusal::Denied(Denial::new(DenialKind::Forbidden, why))
         };
+        // Catalog relations that hold other tables' values (statistics) or other clients'
+        // statements would show what the masks hide.
+        if let Some(t) = facts
+            .statements
+            .iter()
+            .flat_map(|s| s.reads.iter())
+            .find(|t| source.holds_values(&t.name()))
+        {
+            return Err(refuse(format!(
+                "Access Denied: {} holds values of other tables (or other clients' \
+                 statements), and columns are masked for {}; it is not readable through \
+                 querygate for you",
+                t.name(),
+                identity.subject
+            )));
+        }
         let views = match views_read(source, facts).await.map_err(Refusal::Failed)? {
             Ok(views) => views,
             Err(why) => {

@@ -158,6 +158,15 @@ pub trait Source: Send + Sync {
         name.to_string()
     }
 
+    /// Whether reading `table` (a name as the statement wrote it, its last part the
+    /// relation) reads values of other tables or other clients' statements in the source's
+    /// own catalog (PostgreSQL's `pg_stats`, `pg_stat_activity`): such reads are refused
+    /// to identities something is masked for. Sources without such relations keep the
+    /// default.
+    fn holds_values(&self, _table: &str) -> bool {
+        false
+    }
+
     fn execute(
         &self,
         call: Admitted<Self::Call>,

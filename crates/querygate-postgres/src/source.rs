@@ -668,6 +668,27 @@ impl Source for PostgresSource {
         SqlDialect::Postgres
     }
 
+    /// Statistics (most common values, histograms: values of any column) and the views
+    /// that show every session's statement (all clients share the gateway's role).
+    fn holds_values(&self, table: &str) -> bool {
+        let relation = table
+            .rsplit('.')
+            .next()
+            .unwrap_or(table)
+            .to_ascii_lowercase();
+        matches!(
+            relation.as_str(),
+            "pg_stats"
+                | "pg_stats_ext"
+                | "pg_stats_ext_exprs"
+                | "pg_statistic"
+                | "pg_statistic_ext"
+                | "pg_statistic_ext_data"
+                | "pg_stat_activity"
+                | "pg_stat_statements"
+        )
+    }
+
     async fn execute(&self, call: Admitted<PgCall>) -> Result<PgReply, Fault> {
         match call.into_call() {
             PgCall::Exchange(Exchange {
