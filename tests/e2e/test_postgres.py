@@ -579,3 +579,19 @@ def test_jdbc_metadata_prepared_statements_and_denials(gateway):
     assert lines["columns"].startswith("id,name,email,ssn"), cp.stdout
     assert cp.stdout.count("ssn=*******6789") == 3, cp.stdout
     assert lines["denied"].startswith("42501") and "agents do not read HR data" in lines["denied"], cp.stdout
+
+
+def test_sqlalchemy_reflects_and_queries(gateway):
+    from sqlalchemy import create_engine, inspect, text
+    url = (f"postgresql+psycopg://agent:{gateway['keys']['agent']}@127.0.0.1:{gateway['port']}/{gateway['db']}"
+           "?sslmode=disable")
+    engine = create_engine(url)
+    try:
+        reflected = inspect(engine)
+        assert {"customers", "contacts", "numbers"} <= set(reflected.get_table_names())
+        assert [c["name"] for c in reflected.get_columns("customers")] == ["id", "name", "email", "ssn"]
+        assert reflected.get_pk_constraint("customers")["constrained_columns"] == ["id"]
+        with engine.connect() as c:
+            assert c.execute(text("SELECT ssn FROM customers WHERE id = :i"), {"i": 1}).scalar() == "*******6789"
+    finally:
+        engine.dispose()

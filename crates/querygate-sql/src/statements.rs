@@ -395,6 +395,10 @@ impl Script {
             | Statement::Rollback { .. }
             | Statement::Savepoint { .. }
             | Statement::ReleaseSavepoint { .. } => (StatementKind::Transaction, Check::Nothing),
+            // PostgreSQL's `SHOW x` is `SELECT current_setting('x')`: a read of no table.
+            Statement::ShowVariable { .. } if self.dialect == SqlDialect::Postgres => {
+                (StatementKind::Select, Check::Nothing)
+            }
             Statement::Execute { immediate, .. } => {
                 w.skip_idents(s);
                 w.opaque(if *immediate {
@@ -757,6 +761,7 @@ fn classify(s: &Statement) -> StatementKind {
         | Statement::Discard { .. }
         | Statement::Fetch { into: None, .. } => K::Transaction,
         Statement::Set(set) => set_kind(SqlDialect::Postgres, set),
+        Statement::ShowVariable { .. } => K::Select,
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }

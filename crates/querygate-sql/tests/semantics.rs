@@ -549,6 +549,9 @@ fn postgres_cursors_are_reads_and_session_housekeeping_reads_nothing() {
 
 #[test]
 fn postgres_presentation_settings_are_housekeeping_and_other_sets_are_sets() {
+    let f = pg("SHOW transaction isolation level; SHOW standard_conforming_strings");
+    assert_eq!(kinds(&f), [K::Select; 2], "{f}");
+    assert!(f.statements.iter().all(|s| s.reads.is_empty()) && f.opaque.is_none());
     let f = pg(
         "SET extra_float_digits = 3; SET application_name = 'PostgreSQL JDBC Driver'; SET TIME ZONE 'UTC'",
     );
