@@ -445,6 +445,8 @@ def test_search_path_cannot_move_under_the_gateway(gateway):
               "SELECT current_setting('search_path')", who="person")
     assert cp.stderr.count("does not let a session change search_path") == 2, s.describe(cp)
     assert " public" in cp.stdout
+    refused = [r for r in audit(gateway) if r.get("statement") == "SET search_path = hr, public"]
+    assert refused and refused[0]["decision"] == "deny" and refused[0]["identity"] == "human:dba", refused
     # A schema named at startup is where one-part names resolve (and rules see them).
     params = dict(host="127.0.0.1", port=gateway["port"], dbname=gateway["db"], user="agent",
                   password=gateway["keys"]["agent"], sslmode="disable")

@@ -253,6 +253,19 @@ pub fn changes_resolution(sql: &str) -> Option<Problem> {
     })
 }
 
+/// A request for a statement the front does not forward (`problem` says why): refused by
+/// the gate, audited with its text.
+pub fn refused(
+    conn: &Connection,
+    sql: &str,
+    problem: &Problem,
+    codes: &'static dyn StatusCodes,
+) -> Request {
+    let mut query = Query::new(sql);
+    query.dialect_problem = Some(problem.message.clone());
+    request(conn, "query", Action::Query(query), codes)
+}
+
 /// A request for something the front refuses to forward (`what` names it for the message).
 pub fn other(
     conn: &Connection,

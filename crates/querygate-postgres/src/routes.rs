@@ -692,7 +692,7 @@ async fn serve_messages(
                 ext.statements.remove("");
                 ext.portals.remove("");
                 if let Some(problem) = decode::changes_resolution(&q.query) {
-                    refuse_statement(front, client, conn, source, &problem).await;
+                    refuse_statement(front, client, conn, source, &q.query, &problem).await;
                     let status = link.lock().await.status;
                     render::ready(&mut client.out, status);
                     continue;
@@ -713,7 +713,7 @@ async fn serve_messages(
             }
             PgWireFrontendMessage::Parse(p) => {
                 if let Some(problem) = decode::changes_resolution(&p.query) {
-                    refuse_statement(front, client, conn, source, &problem).await;
+                    refuse_statement(front, client, conn, source, &p.query, &problem).await;
                     ext.fail();
                     continue;
                 }
@@ -1002,16 +1002,17 @@ fn next_is_sync(buf: &BytesMut) -> bool {
     buf.len() >= 5 && buf[..5] == [b'S', 0, 0, 0, 4]
 }
 
-/// Audits a statement the front does not forward (as malformed, with why) and answers
-/// ERROR with `problem`'s SQLSTATE.
+/// Audits a statement the front does not forward (its text and why) and answers ERROR
+/// with `problem`'s SQLSTATE.
 async fn refuse_statement(
     front: &PostgresFront,
     client: &mut Client,
     conn: &Connection,
     source: &Arc<PostgresSource>,
+    sql: &str,
     problem: &Problem,
 ) {
-    let request = decode::malformed(conn, problem, &CODES);
+    let request = decode::refused(conn, sql, problem, &CODES);
     let _ = front
         .pipeline
         .handle(request, Some(&**source), PgCall::Refused)
