@@ -1755,3 +1755,42 @@ async fn rules_that_name_tables_hold_for_the_tables_a_view_reads() {
     ));
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A statement only being prepared (PostgreSQL's Parse) is decided and masked, and runs
+/// nothing: allowed, it comes back as the call to send, with no record written; refused,
+/// the refusal is the outcome, audited once.
+#[tokio::test]
+async fn a_prepared_statement_is_decided_but_runs_nothing() {
+    let dir = tmp("prepare");
+    let p = pipeline(&dir);
+    let src = Echo::default();
+    let call = p
+        .prepare(request(Some("key-a"), query("SELECT 1")), &src, "parse-1")
+        .await
+        .expect("allowed");
+    assert_eq!(call, "parse-1");
+    match p
+        .prepare(
+            request(Some("key-a"), query("DELETE FROM d.t WHERE true")),
+            &src,
+            "parse-2",
+        )
+        .await
+    {
+        Err(Outcome::Denied(d)) => assert_eq!(d.kind, DenialKind::Forbidden),
+        other => panic!("a write was prepared: {other:?}"),
+    }
+    assert!(matches!(
+        p.prepare(request(Some("wrong"), query("SELECT 1")), &src, "parse-3")
+            .await,
+        Err(Outcome::Denied(_))
+    ));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    p.store().flush().await.expect("flush");
+    let recs = records(&dir);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(
+        recs.iter()
+            .all(|r| r.decision == "deny" && r.phase == Phase::Decided)
+    );
+}
