@@ -597,3 +597,14 @@ def test_sqlalchemy_reflects_and_queries(gateway):
             assert c.execute(text("SELECT ssn FROM customers WHERE id = :i"), {"i": 1}).scalar() == "*******6789"
     finally:
         engine.dispose()
+
+
+def test_policy_check_decides_postgres_statements_as_the_front_does(gateway):
+    check = lambda *args: s.run_cli(s.default_gateway_bin(), "policy", "check", "--config", str(gateway["config"]),
+                                    "--source", "app", "--as", "agent:pg-test", "--groups", "agents", *args)
+    cp = check("--sql", "SELECT * FROM hr.people")
+    assert cp.returncode != 0 or "deny" in cp.stdout, s.describe(cp)
+    assert "no hr for agents" in cp.stdout, s.describe(cp)
+    cp = check("--sql", "SELECT ssn FROM customers WHERE id = $1",
+               "--columns", f"{gateway['db']}.public.customers=id:integer,name:varchar,email:text,ssn:text")
+    assert "decision:   allow" in cp.stdout and "pg_catalog.repeat" in cp.stdout, s.describe(cp)

@@ -237,6 +237,10 @@ fn assumptions(
 fn ask_the_source(config: &Config, case: &mut Case) -> anyhow::Result<()> {
     use querygate_pipeline::Source;
     let spec = source_of(config, case)?;
+    if dialect_of(spec).0 == SqlDialect::Postgres {
+        // PostgreSQL tables are not partitioned for policy, and it gives no estimate.
+        return Ok(());
+    }
     let mask_key = config.mask_key().map_err(|e| anyhow::anyhow!(e))?;
     let source = crate::serve::source(config, spec, mask_key.as_ref())?;
     let facts = analyze(&case.sql, SqlDialect::BigQuery);
@@ -294,6 +298,25 @@ fn ask_the_source(config: &Config, case: &mut Case) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The dialect a source's statements are analyzed in, and the schema one-part names
+/// belong to (PostgreSQL: the connection's, `public` by default).
+fn dialect_of(source: &crate::config::SourceConfig) -> (SqlDialect, Option<&'static str>) {
+    match source.kind.get_ref() {
+        crate::config::SourceKind::Postgres(_) => (SqlDialect::Postgres, Some("public")),
+        _ => (SqlDialect::BigQuery, None),
+    }
+}
+
+/// The facts of a case's statement, as the gateway analyzes it for `source`.
+fn facts_of(source: &crate::config::SourceConfig, sql: &str) -> querygate_sql::Facts {
+    let (dialect, schema) = dialect_of(source);
+    let mut facts = analyze(sql, dialect);
+    if let Some(schema) = schema {
+        facts.with_default_dataset(schema);
+    }
+    facts
 }
 
 /// The source a case names (or the only one).
@@ -384,7 +407,7 @@ fn evaluate(
         }),
         auth: None,
     };
-    let facts = analyze(&case.sql, SqlDialect::BigQuery);
+    let facts = facts_of(source, &case.sql);
     let subject = Subject::of(&facts, &source.project);
     let reach = querygate_pipeline::reach::of_facts(
         &policies.classifier,
@@ -445,13 +468,7 @@ fn evaluate(
         }
         _ => verdict,
     };
-    let rewritten = rewrite(
-        &policies.classifier,
-        &source.project,
-        &identity,
-        case,
-        &reach,
-    );
+    let rewritten = rewrite(&policies.classifier, source, &identity, case, &reach);
     let verdict = match reach
         .refusal
         .as_ref()
@@ -482,11 +499,19 @@ fn evaluate(
 /// The statement as the gateway would send it upstream, from the columns the case gives.
 fn rewrite(
     classifier: &querygate_policy::Classifier,
-    project: &str,
+    source: &crate::config::SourceConfig,
     identity: &Identity,
     case: &Case,
     reach: &Reach,
 ) -> Rewritten {
+    let (dialect, schema) = dialect_of(source);
+    let key_param = match dialect {
+        SqlDialect::Postgres => format!(
+            "${}",
+            querygate_postgres::source::highest_parameter(&case.sql) + 1
+        ),
+        SqlDialect::BigQuery => "@__querygate_mask_key".to_string(),
+    };
     if reach.masked_tables.is_empty() || reach.refusal.is_some() {
         return Ok(None);
     }
@@ -515,12 +540,7 @@ fn rewrite(
             })
             .collect::<Vec<_>>();
         let list = querygate_pipeline::masking::select_list(
-            classifier,
-            table,
-            &columns,
-            identity,
-            SqlDialect::BigQuery,
-            "@__querygate_mask_key",
+            classifier, table, &columns, identity, dialect, &key_param,
         )
         .map_err(|e| e.to_string())?;
         lists.insert(table.clone(), list);
@@ -528,9 +548,9 @@ fn rewrite(
     querygate_sql::mask_reads(
         &case.sql,
         &querygate_sql::Masking {
-            dialect: SqlDialect::BigQuery,
-            project,
-            dataset: None,
+            dialect,
+            project: &source.project,
+            dataset: schema,
             tables: &lists,
         },
     )
