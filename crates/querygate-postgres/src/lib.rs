@@ -14,8 +14,8 @@
 //! Parse decided and masked by `Pipeline::prepare`, each Execute one request decided on
 //! the client's text), masking with PostgreSQL expressions, approvals that hold the
 //! client up to `wire_wait`, transactions, cancel requests, Terminate. Not yet: MCP tools
-//! and `policy check` over postgres sources, COPY FROM STDIN (the upstream's COPY is
-//! failed), streaming results (held up to 256 MiB per statement).
+//! over postgres sources, COPY FROM STDIN (the upstream's COPY is failed), streaming
+//! results (held up to 256 MiB per statement).
 
 pub mod decode;
 pub mod model;
