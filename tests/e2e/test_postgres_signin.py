@@ -2,7 +2,9 @@
 MD5, against a cluster of its own that the test creates (initdb + pg_ctl as the postgres
 user, on a free port, with password authentication in pg_hba.conf), since the machine's
 PostgreSQL trusts 127.0.0.1. A wrong password is a clear FATAL naming what the upstream said.
-Needs root (to run the cluster as postgres); skipped, saying why, otherwise.
+Needs root (to run the cluster as postgres); skipped, saying why, otherwise. And the upstream
+connection encrypted as `tls` says (`require`; `verify-full` against the machine's snakeoil
+certificate for localhost), seen from the server's own pg_stat_ssl.
 """
 from __future__ import annotations
 
@@ -100,5 +102,43 @@ def test_the_gateway_signs_in_with_its_own_password(e2e_tmp, cluster, method):
             psycopg.connect(dsn)
         assert "refused querygate's sign-in" in str(refused.value) and "28P01" in str(refused.value)
         assert "not-the-password" not in server.log_text()
+    finally:
+        server.stop()
+
+
+SNAKEOIL = Path("/etc/ssl/certs/ssl-cert-snakeoil.pem")
+
+
+def machine_tls() -> bool:
+    cp = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "show ssl", "postgres"],
+                        capture_output=True, text=True, timeout=30)
+    return cp.stdout.strip() == "on" and SNAKEOIL.exists()
+
+
+@pytest.mark.skipif(not machine_tls(), reason="the machine's PostgreSQL does not serve TLS with its snakeoil certificate")
+@pytest.mark.parametrize("mode", ["require", "verify-full"])
+def test_the_upstream_connection_is_encrypted_as_configured(e2e_tmp, mode):
+    work = e2e_tmp / f"tls-{mode}"
+    work.mkdir(parents=True)
+    key = "qg_pg_tls_" + secrets.token_urlsafe(12)
+    port, pg_port = s.free_port(), s.free_port()
+    host = "localhost" if mode == "verify-full" else "127.0.0.1"
+    extra = f'ca_file = "{SNAKEOIL}"\n' if mode == "verify-full" else ""
+    config = work / "querygate.toml"
+    config.write_text(
+        f'[server]\nbigquery_listen = "127.0.0.1:{port}"\npostgres_listen = "127.0.0.1:{pg_port}"\n\n'
+        f'[store]\npath = "querygate.db"\n\n'
+        + s.api_key_toml("human:dba", ["people"], s.sha256_hex(key))
+        + f'[[sources]]\nname = "db"\nkind = "postgres"\nproject = "postgres"\n'
+          f'url = "postgresql://postgres@{host}:5432/postgres"\ntls = "{mode}"\n{extra}\n'
+          '[[rule]]\nname = "all"\nwho = ["group:people"]\naction = "allow"\n')
+    server = s.Server(name=f"querygate-tls-{mode}", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
+                      log_path=work / "querygate.log", env=dict(os.environ, NO_COLOR="1"), cwd=work)
+    server.start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        dsn = f"host=127.0.0.1 port={pg_port} dbname=postgres user=dba password={key} sslmode=disable"
+        with psycopg.connect(dsn) as c:
+            assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
     finally:
         server.stop()
