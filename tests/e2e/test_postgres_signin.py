@@ -24,9 +24,8 @@ pytestmark = pytest.mark.gateway_only
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 
-if os.geteuid() != 0 or not (BIN / "initdb").exists():
-    pytest.skip("needs root and PostgreSQL 15's initdb to run a password-protected cluster",
-                allow_module_level=True)
+def can_run_a_cluster() -> bool:
+    return os.geteuid() == 0 and (BIN / "initdb").exists()
 
 
 def as_postgres(*argv: str, **kw) -> subprocess.CompletedProcess:
@@ -36,6 +35,8 @@ def as_postgres(*argv: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def cluster(e2e_tmp):
+    if not can_run_a_cluster():
+        pytest.skip("needs root and PostgreSQL 15's initdb to run a password-protected cluster")
     home = Path(f"/tmp/qg-pgcluster-{secrets.token_hex(4)}")
     home.mkdir()
     shutil.chown(home, "postgres", "postgres")
