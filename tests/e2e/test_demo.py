@@ -133,6 +133,25 @@ def test_demo_json_names_the_endpoints_config_and_keys(demo):
     assert f"claude mcp add --transport http querygate {info['mcp_endpoint']}" in log
 
 
+def test_the_machines_postgresql_is_a_source_behind_the_postgresql_front(demo):
+    pg = demo.info.get("postgres")
+    if not pg:
+        pytest.skip("no PostgreSQL answered on 127.0.0.1:5432 as postgres: the demo has no postgres source")
+    import psycopg
+
+    def rows(who: str):
+        dsn = (f"host={pg['host']} port={pg['port']} dbname={pg['dbname']} user={who} "
+               f"password={demo.info['keys'][who]} sslmode=disable")
+        with psycopg.connect(dsn) as c:
+            return c.execute("SELECT name, email FROM customers ORDER BY id").fetchall()
+
+    clear = rows("privacy")
+    masked = rows("agent")
+    assert [n for n, _ in masked] == [n for n, _ in clear] and len(clear) == 4
+    assert [e for _, e in masked] == ["***@" + e.split("@")[1] for _, e in clear], masked
+    assert f"psql \"host={pg['host']} port={pg['port']} dbname={pg['dbname']} user=agent\"" in demo.log.read_text()
+
+
 def test_quickstart_1_run_a_query(demo):
     rows = list(demo.client("agent").query_and_wait(ORDERS_BY_STATUS))
     assert {r.status for r in rows} == {"placed", "paid", "shipped", "delivered", "returned"}

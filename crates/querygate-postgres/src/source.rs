@@ -352,6 +352,11 @@ impl PgReply {
         }
     }
 
+    /// The upstream's error (`SQLSTATE: message`), if it answered one.
+    pub fn error(&self) -> Option<String> {
+        self.error.clone()
+    }
+
     /// The upstream answered with an error (the server then skips to the next Sync).
     pub fn failed(&self) -> bool {
         self.error.is_some()

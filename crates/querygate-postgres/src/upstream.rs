@@ -514,6 +514,25 @@ impl Upstream {
     }
 }
 
+/// Runs `sql` (a script of statements, through a simple query) on a session of its own,
+/// for setup work (`querygate demo`); the upstream's first error, if it answers one.
+pub async fn run_script(endpoint: &Endpoint, sql: &str) -> Result<Option<String>, Fault> {
+    let mut upstream = connect(endpoint, &[]).await?;
+    let mut frames = BytesMut::new();
+    pgwire::messages::simplequery::Query::new(sql.to_string())
+        .encode(&mut frames)
+        .map_err(|e| Fault::gateway(format!("cannot encode the script: {e}")))?;
+    let reply = crate::source::exchange(
+        &mut upstream,
+        frames,
+        &[crate::source::Expect::Ready],
+        false,
+    )
+    .await;
+    upstream.terminate().await;
+    Ok(reply?.error())
+}
+
 /// Asks the upstream to cancel the statement session `(pid, secret)` runs (a new
 /// connection, as the protocol says).
 pub async fn cancel(endpoint: &Endpoint, pid: i32, secret: i32) -> Result<(), Fault> {

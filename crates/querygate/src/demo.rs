@@ -23,6 +23,64 @@ use crate::serve::LogFormat;
 const BIGQUERY_PORT: u16 = 9050;
 const ADMIN_PORT: u16 = 9080;
 const MCP_PORT: u16 = 9060;
+const POSTGRES_PORT: u16 = 6432;
+
+/// The demo's database in the machine's PostgreSQL, when there is one.
+const POSTGRES_DB: &str = "querygate_demo";
+
+/// Its tables: customers (with personal data the masks cover) and orders.
+const POSTGRES_SETUP: &str = "
+CREATE TABLE IF NOT EXISTS public.customers (id int PRIMARY KEY, name text, email text, country text);
+INSERT INTO public.customers VALUES
+  (1, 'Ana Lima', 'ana.lima@example.com', 'BR'), (2, 'Bo Chen', 'bo.chen@example.org', 'SG'),
+  (3, 'Cleo Martin', 'cleo@example.net', 'FR'), (4, 'Dev Patel', 'dev.patel@example.com', 'IN')
+  ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS public.orders (id int PRIMARY KEY, customer_id int, amount numeric(10,2), status text);
+INSERT INTO public.orders SELECT g, 1 + g % 4, (g * 7 % 500) + 0.99, (ARRAY['paid','shipped','refunded'])[1 + g % 3]
+  FROM generate_series(1, 200) g ON CONFLICT DO NOTHING;
+";
+
+/// Makes the demo database in the machine's PostgreSQL (127.0.0.1:5432, as `postgres`,
+/// without a password, as a development machine's usually allows), or says why not.
+fn postgres_demo() -> Result<String, String> {
+    let url = |db: &str| format!("postgresql://postgres@127.0.0.1:5432/{db}");
+    let endpoint = |db: &str| {
+        querygate_postgres::Endpoint::new(&url(db), None, querygate_postgres::TlsMode::Prefer, None)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let within = std::time::Duration::from_secs(5);
+        let admin = endpoint("postgres")?;
+        let created = tokio::time::timeout(
+            within,
+            querygate_postgres::upstream::run_script(
+                &admin,
+                &format!("CREATE DATABASE {POSTGRES_DB}"),
+            ),
+        )
+        .await
+        .map_err(|_| "PostgreSQL on 127.0.0.1:5432 did not answer".to_string())?
+        .map_err(|f| f.message)?;
+        if let Some(e) = created.filter(|e| !e.starts_with("42P04")) {
+            return Err(e);
+        }
+        let demo = endpoint(POSTGRES_DB)?;
+        match tokio::time::timeout(
+            within,
+            querygate_postgres::upstream::run_script(&demo, POSTGRES_SETUP),
+        )
+        .await
+        {
+            Ok(Ok(None)) => Ok(url(POSTGRES_DB)),
+            Ok(Ok(Some(e))) => Err(e),
+            Ok(Err(f)) => Err(f.message),
+            Err(_) => Err("PostgreSQL on 127.0.0.1:5432 did not answer".into()),
+        }
+    })
+}
 
 /// The demo's identities: (name in demo.json, identity, group).
 const PEOPLE: &[(&str, &str, &str)] = &[
@@ -68,10 +126,19 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         .sources
         .first()
         .map_or("demo".to_string(), |s| s.project.clone());
+    let postgres = config.postgres_listen().map(|a| {
+        let db = config
+            .sources
+            .iter()
+            .find(|s| matches!(s.kind.get_ref(), crate::config::SourceKind::Postgres(_)))
+            .map_or(POSTGRES_DB.to_string(), |s| s.project.clone());
+        json!({ "host": a.ip().to_string(), "port": a.port(), "dbname": db })
+    });
     let demo_json = json!({
         "bigquery_endpoint": bigquery,
         "admin_endpoint": admin,
         "mcp_endpoint": mcp,
+        "postgres": postgres,
         "project": project,
         "config": config_path.to_string_lossy(),
         "keys": keys.iter().map(|(n, k)| (n.clone(), json!(k.expose()))).collect::<serde_json::Map<_, _>>(),
@@ -87,6 +154,21 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         &project,
         &keys,
     );
+    if let Some(pg) = &postgres {
+        let agent = keys
+            .iter()
+            .find(|(n, _)| n == "agent")
+            .map(|(_, k)| k.expose().to_string())
+            .unwrap_or_default();
+        println!(
+            "PostgreSQL, as the agent (customers.email is masked for it):\n\n\
+             PGPASSWORD={agent} psql \"host={} port={} dbname={} user=agent\" \\\n  \
+             -c \"SELECT name, email FROM customers\"\n",
+            pg["host"].as_str().unwrap_or_default(),
+            pg["port"],
+            pg["dbname"].as_str().unwrap_or_default()
+        );
+    }
     crate::serve::run(&config_path, LogFormat::Text)
 }
 
@@ -171,6 +253,30 @@ fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
     let bigquery = free_port(BIGQUERY_PORT, &[])?;
     let admin = free_port(ADMIN_PORT, &[bigquery])?;
     let mcp = free_port(MCP_PORT, &[bigquery, admin])?;
+    // The machine's PostgreSQL, when there is one, behind the PostgreSQL front.
+    let (postgres_listen, postgres_source) = match postgres_demo() {
+        Ok(url) => {
+            let port = free_port(POSTGRES_PORT, &[bigquery, admin, mcp])?;
+            (
+                format!(
+                    "postgres_listen = \"127.0.0.1:{port}\"  # the PostgreSQL front (psql, drivers)\n"
+                ),
+                format!(
+                    "# The machine's PostgreSQL: a database the demo made, behind the PostgreSQL front.\n\
+                     [[sources]]\nname = \"{POSTGRES_DB}\"\nkind = \"postgres\"\nurl = \"{url}\"\n\
+                     tls = \"prefer\"\n\n[[classify]]\ntag = \"email\"\n\
+                     columns = [\"{POSTGRES_DB}.public.customers.email\"]\n\n"
+                ),
+            )
+        }
+        Err(why) => {
+            eprintln!(
+                "  no PostgreSQL source: {why}\n  (to add one: a [[sources]] block with kind = \"postgres\" \
+                 and server.postgres_listen; see the README, \"Use with PostgreSQL\")"
+            );
+            (String::new(), String::new())
+        }
+    };
     let mut api_keys = String::new();
     for ((name, key), (_, identity, group)) in keys.iter().zip(PEOPLE) {
         api_keys.push_str(&format!(
@@ -187,7 +293,7 @@ fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
 bigquery_listen = "127.0.0.1:{bigquery}"
 admin_listen = "127.0.0.1:{admin}"       # the admin API: approvals
 mcp_listen = "127.0.0.1:{mcp}"         # the MCP server for agents (Streamable HTTP at /mcp)
-
+{postgres_listen}
 [store]
 path = "store/querygate.db"               # the audit log, tickets, jobs, sessions
 
@@ -198,7 +304,7 @@ kind = "local"
 project = "demo"
 tables = {{ "shop.customers" = "data/customers.parquet", "shop.orders" = "data/orders/*.csv", "shop.events" = "data/events.parquet" }}
 
-# Personal data: masked for everyone but the privacy group.
+{postgres_source}# Personal data: masked for everyone but the privacy group.
 [[classify]]
 tag = "email"
 columns = ["demo.shop.customers.email"]
@@ -235,6 +341,7 @@ message = "the demo data is read-only: querygate refuses writes before they reac
 [[rule]]
 name = "large scans by agents need an approver"
 who = ["group:agents"]
+tables = ["demo.*.*"]                     # the embedded engine's: PostgreSQL gives no byte estimate
 when = {{ bytes_over = "8 MiB" }}           # from a dry run: SELECT * over shop.events (1.2M rows) is ~29 MiB
 action = "approve"
 approvers = ["group:approvers"]
