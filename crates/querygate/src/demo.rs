@@ -113,7 +113,17 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", store.display()))?;
     let config_path = dir.join("querygate.toml");
     if !config_path.exists() {
-        write_private(&config_path, &config_text(&keys)?)?;
+        // The machine's PostgreSQL, when there is one, behind the PostgreSQL front.
+        let postgres = postgres_demo()
+            .map_err(|why| {
+                eprintln!(
+                    "  no PostgreSQL source: {why}\n  (to add one: a [[sources]] block with kind = \
+                     \"postgres\" and server.postgres_listen; see the README, \"Use with \
+                     PostgreSQL\")"
+                )
+            })
+            .ok();
+        write_private(&config_path, &config_text(&keys, postgres.as_deref())?)?;
     }
     let config = Config::load(&config_path).map_err(anyhow::Error::msg)?;
     let bigquery = format!("http://{}", config.listen());
@@ -249,13 +259,13 @@ fn free_port(preferred: u16, avoid: &[u16]) -> anyhow::Result<u16> {
     anyhow::bail!("cannot find a free port")
 }
 
-fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
+/// The demo's config; `postgres`: the URL of the demo database in the machine's PostgreSQL.
+fn config_text(keys: &[(String, Secret)], postgres: Option<&str>) -> anyhow::Result<String> {
     let bigquery = free_port(BIGQUERY_PORT, &[])?;
     let admin = free_port(ADMIN_PORT, &[bigquery])?;
     let mcp = free_port(MCP_PORT, &[bigquery, admin])?;
-    // The machine's PostgreSQL, when there is one, behind the PostgreSQL front.
-    let (postgres_listen, postgres_source) = match postgres_demo() {
-        Ok(url) => {
+    let (postgres_listen, postgres_source) = match postgres {
+        Some(url) => {
             let port = free_port(POSTGRES_PORT, &[bigquery, admin, mcp])?;
             (
                 format!(
@@ -269,13 +279,7 @@ fn config_text(keys: &[(String, Secret)]) -> anyhow::Result<String> {
                 ),
             )
         }
-        Err(why) => {
-            eprintln!(
-                "  no PostgreSQL source: {why}\n  (to add one: a [[sources]] block with kind = \"postgres\" \
-                 and server.postgres_listen; see the README, \"Use with PostgreSQL\")"
-            );
-            (String::new(), String::new())
-        }
+        None => (String::new(), String::new()),
     };
     let mut api_keys = String::new();
     for ((name, key), (_, identity, group)) in keys.iter().zip(PEOPLE) {
@@ -443,7 +447,7 @@ mod neutral_tests {
             .collect();
         std::fs::create_dir_all(dir.join("store")).expect("store dir");
         let config_path = dir.join("querygate.toml");
-        std::fs::write(&config_path, config_text(&keys).expect("config")).expect("write");
+        std::fs::write(&config_path, config_text(&keys, None).expect("config")).expect("write");
         let config = Config::load(&config_path).expect("config loads");
         let (front, store) =
             crate::serve::front(&config, &querygate_identity::KeyCaches::default()).expect("front");
