@@ -231,6 +231,19 @@ pub fn changes_resolution(sql: &str) -> Option<Problem> {
         names_path |= w == "search_path";
         sets |= matches!(w, "set" | "reset" | "set_config");
     }
+    // set_config() can build its setting's name (`'search' || '_path'`), so it is not
+    // read; and a Unicode-escaped identifier (U&"\0063ustomers") names a table the
+    // analyzer would read as written, not as the server decodes it.
+    if words_any(&lower, &["set_config"]) || lower.contains("u&\"") {
+        return Some(Problem {
+            code: "0A000",
+            message: "querygate does not forward set_config() or Unicode-escaped identifiers \
+                      (U&\"…\"): it could not tell what they name; use SET for settings it \
+                      allows and plain identifiers"
+                .into(),
+            kind: Malformed::Invalid,
+        });
+    }
     let encoding =
         sets && (lower.contains("client_encoding") || lower.trim_start().starts_with("set names"));
     if encoding {
@@ -251,6 +264,12 @@ pub fn changes_resolution(sql: &str) -> Option<Problem> {
             .into(),
         kind: Malformed::Invalid,
     })
+}
+
+fn words_any(lower: &str, wanted: &[&str]) -> bool {
+    lower
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| wanted.contains(&w))
 }
 
 /// A request for a statement the front does not forward (`problem` says why): refused by

@@ -74,6 +74,9 @@ pub struct Extended {
     /// For each statement Describe held, whether its statement carries the hash key (whose
     /// parameter the client must not see).
     pub described: Vec<bool>,
+    /// Statements whose Parse is held, not yet sent: an error drops them unsent, and
+    /// the server never knew them.
+    pub unsent: Vec<String>,
     pub skipping: bool,
 }
 
@@ -104,6 +107,7 @@ impl Extended {
     }
 
     pub fn take(&mut self) -> (BytesMut, Vec<Expect>, Vec<bool>) {
+        self.unsent.clear();
         (
             std::mem::take(&mut self.pending),
             std::mem::take(&mut self.owed),
@@ -111,8 +115,19 @@ impl Extended {
         )
     }
 
+    /// Portals end with their transaction: at ReadyForQuery with status `I` (idle) none
+    /// is left on the server, so none is kept here.
+    pub fn end_of_transaction(&mut self, status: u8) {
+        if status == b'I' {
+            self.portals.clear();
+        }
+    }
+
     /// After an error: what was held is dropped, and messages up to Sync are skipped.
     pub fn fail(&mut self) {
+        for name in self.unsent.drain(..) {
+            self.statements.remove(&name);
+        }
         self.pending.clear();
         self.owed.clear();
         self.described.clear();

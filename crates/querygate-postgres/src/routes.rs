@@ -710,6 +710,7 @@ async fn serve_messages(
                 let request = || decode::query(conn, q.query.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
                 render_outcome(client, link, outcome, true).await;
+                ext.end_of_transaction(link.lock().await.status);
             }
             PgWireFrontendMessage::Parse(p) => {
                 if let Some(problem) = decode::changes_resolution(&p.query) {
@@ -719,6 +720,14 @@ async fn serve_messages(
                 }
                 // Decided (and masked) now, so that what is parsed upstream is what may run.
                 let name = p.name.clone().unwrap_or_default();
+                // The server refuses a second statement of a name and keeps the first: the
+                // gateway must not take the second's text for what that name runs.
+                if !name.is_empty() && ext.statements.contains_key(&name) {
+                    let message = format!("prepared statement \"{name}\" already exists");
+                    render::error(&mut client.out, "ERROR", "42P05", &message, None);
+                    ext.fail();
+                    continue;
+                }
                 let request = decode::parse(conn, p.query.clone(), &CODES);
                 let call = PgCall::Exchange(Exchange {
                     link: Arc::clone(link),
@@ -736,6 +745,7 @@ async fn serve_messages(
                     Ok(PgCall::Exchange(prepared)) => {
                         let parameters = highest_parameter(&p.query).max(p.type_oids.len());
                         ext.hold(&prepared.frames, Expect::One);
+                        ext.unsent.push(name.clone());
                         ext.statements.insert(
                             name,
                             Prepared {
@@ -770,6 +780,13 @@ async fn serve_messages(
                     continue;
                 };
                 let portal = b.portal_name.clone().unwrap_or_default();
+                // Likewise a second portal of a name, within a transaction.
+                if !portal.is_empty() && ext.portals.contains_key(&portal) {
+                    let message = format!("portal \"{portal}\" already exists");
+                    render::error(&mut client.out, "ERROR", "42P03", &message, None);
+                    ext.fail();
+                    continue;
+                }
                 match (prepared.key, source.key_bytes()) {
                     (Some(_), Some(key)) => match bind_with_key(b, key, prepared.parameters) {
                         Ok(bind) => ext.hold(&bind, Expect::One),
@@ -851,6 +868,9 @@ async fn serve_messages(
                     _ => true,
                 };
                 render_outcome(client, link, outcome, synced).await;
+                if synced {
+                    ext.end_of_transaction(link.lock().await.status);
+                }
                 if failed && !synced {
                     ext.fail();
                 }
@@ -875,6 +895,9 @@ async fn serve_messages(
                     Ok(mut reply) => {
                         reply.hide_key_parameters(&described);
                         client.out.extend_from_slice(&reply.bytes());
+                        if sync {
+                            ext.end_of_transaction(reply.status);
+                        }
                         if reply.failed() && !sync {
                             ext.fail();
                         }

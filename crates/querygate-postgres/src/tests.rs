@@ -289,6 +289,10 @@ fn statements_that_could_move_name_resolution_are_caught_however_written() {
         "SET client_encoding = 'LATIN1'",
         "set names 'SJIS'",
         "RESET client_encoding",
+        "SELECT set_config('search' || '_path', 'hr', false)",
+        "SELECT pg_catalog.SET_CONFIG('x', 'y', true)",
+        "SELECT * FROM U&\"\\0063ustomers\"",
+        "select * from u&\"\\0063ustomers\"",
     ] {
         assert!(decode::changes_resolution(sql).is_some(), "{sql}");
     }

@@ -83,11 +83,11 @@ pub enum SourceKind {
 impl SourceKind {
     /// The kind's own settings, checked. `kind` is the span of `kind = "..."`, for what
     /// is missing.
-    fn check(&self, kind: Range<usize>) -> Result<(), (Range<usize>, String)> {
+    fn check(&self, kind: Range<usize>, project: &str) -> Result<(), (Range<usize>, String)> {
         match self {
             SourceKind::BigQuery(settings) => settings.check(),
             SourceKind::Local(settings) => settings.check(kind),
-            SourceKind::Postgres(settings) => settings.check(),
+            SourceKind::Postgres(settings) => settings.check(project),
         }
     }
 }
@@ -210,7 +210,11 @@ impl Config {
         let mut names = HashSet::new();
         let mut projects = HashSet::new();
         for source in &self.sources {
-            if let Err((span, msg)) = source.kind.get_ref().check(source.kind.span()) {
+            if let Err((span, msg)) = source
+                .kind
+                .get_ref()
+                .check(source.kind.span(), &source.project)
+            {
                 return fail(span, format!("source {}: {msg}", source.name));
             }
             if !names.insert(source.name.as_str()) {
@@ -457,6 +461,8 @@ password_env = "APP_DB_PASSWORD"
             ));
             assert!(e.contains("line 23") && e.contains(says), "{bad}: {e}");
         }
+        let e = error_of(&format!("{GOOD}{POSTGRES}project = \"other\"\n"));
+        assert!(e.contains("must be the source's project"), "{e}");
         let e = error_of(&format!("{GOOD}{POSTGRES}tls = \"maybe\"\n"));
         assert!(e.contains("tls must be one of"), "{e}");
         let e = error_of(&format!("{GOOD}{POSTGRES}tls = \"verify-full\"\n"));

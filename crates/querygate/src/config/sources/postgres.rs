@@ -38,7 +38,10 @@ pub struct PostgresSettings {
 }
 
 impl PostgresSettings {
-    pub(super) fn check(&self) -> Result<(), (std::ops::Range<usize>, String)> {
+    /// `project` is the source's `project` (clients' `dbname`): it must be the upstream
+    /// database's own name, since a statement may name it (`db.schema.table`) and rules
+    /// and masks must see the name the server resolves.
+    pub(super) fn check(&self, project: &str) -> Result<(), (std::ops::Range<usize>, String)> {
         let url = self.url.get_ref();
         let parsed =
             url::Url::parse(url).map_err(|e| (self.url.span(), format!("url {url:?}: {e}")))?;
@@ -55,6 +58,23 @@ impl PostgresSettings {
             return Err((
                 self.url.span(),
                 "url must name a user and a host: postgresql://user@host:5432/database".into(),
+            ));
+        }
+        let database = parsed.path().trim_start_matches('/');
+        let database = if database.is_empty() {
+            parsed.username()
+        } else {
+            database
+        };
+        if database != project {
+            return Err((
+                self.url.span(),
+                format!(
+                    "the url's database {database:?} must be the source's project ({project:?}): \
+                     statements may name it (database.schema.table), and rules and masks must \
+                     see the name the server reads; set project = {database:?} (clients then \
+                     connect with dbname={database})"
+                ),
             ));
         }
         if let (Some(_), Some(file)) = (&self.password_env, &self.password_file) {
