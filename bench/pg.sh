@@ -154,6 +154,18 @@ after="$(rss)"
 wait "$IDLE_PID" 2>/dev/null || true
 per_conn=$(( (after - before) * 1024 / IDLE ))
 
+# A 1M-row SELECT (about 110 MB of rows) straight from PostgreSQL and through querygate
+# (every row passes the value detectors' gate): seconds each, and how much querygate's
+# peak RSS (VmHWM) grew while it streamed.
+BIG="SELECT n, repeat('x', 100) AS pad FROM generate_series(1, 1000000) n"
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$QG_PID/status"; }
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+big_direct=$(timed psql -X -q -h 127.0.0.1 -p 5432 -U "$SUPER" -d "$DB" -c "$BIG")
+hwm_before="$(hwm)"
+big_qg=$(PGPASSWORD="$KEY" timed psql -X -q -h 127.0.0.1 -p "${PORT[querygate]}" -U agent -d "$DB" -c "$BIG")
+hwm_after="$(hwm)"
+log "1M rows: direct ${big_direct}s, querygate ${big_qg}s, peak RSS +$(( hwm_after - hwm_before )) KiB"
+
 # run TARGET MODE CLIENTS -> "tps p50_ms p99_ms"
 run() {
   local t="$1" mode="$2" c="$3" j
@@ -201,4 +213,6 @@ done
   done
   echo
   echo "Idle client connections through querygate: $per_conn bytes of RSS each ($IDLE connections, each with its upstream session)."
+  echo
+  echo "A 1M-row SELECT (\`$BIG\`, about 110 MB of rows) through psql: ${big_direct} s straight from PostgreSQL, ${big_qg} s through querygate, whose peak RSS grew by $(( hwm_after - hwm_before )) KiB while it streamed (from $hwm_before KiB)."
 } | tee "$RESULTS"

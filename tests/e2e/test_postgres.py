@@ -637,3 +637,53 @@ def test_a_second_statement_of_a_name_is_refused_as_the_server_refuses_it(gatewa
         second += sock.recv(4096)
     assert b"42P05" in second and b"already exists" in second, second
     sock.close()
+
+
+def test_a_large_result_streams_whole_scrubbed_and_audited(gateway):
+    """A result far larger than the gateway holds at once (256 KiB) streams to the client:
+    every row arrives, values found late in it are scrubbed like early ones, and the
+    completed record counts them all."""
+    sql = ("SELECT n, CASE WHEN n % 100000 = 0 THEN 'late' || n || '@example.com' "
+           "ELSE 'v' || n END AS v FROM generate_series(1, 300000) n /* stream-marker */")
+    with psycopg.connect(dsn(gateway)) as c:
+        for binary in (False, True):
+            rows = c.execute(sql, binary=binary).fetchall()
+            assert len(rows) == 300000 and rows[-1] == (300000, "[REDACTED]"), rows[-1]
+            assert [v for _, v in rows if "@" in v] == []
+    cp = psql(gateway, sql.replace("stream-marker", "stream-simple"))
+    assert "(300000 rows)" in cp.stdout and "late300000@example.com" not in cp.stdout, s.describe(cp)
+    done = [r for r in audit(gateway) if r["phase"] == "completed"
+            and "stream-" in (r.get("statement") or "")]
+    assert len(done) == 3 and all(r["rows"] == 300000 and r["masked"] == 3 for r in done), done
+
+
+def test_an_error_late_in_a_streamed_result_keeps_its_text_withheld(gateway):
+    # Reads a masked column: an error could echo it, and it comes after 256 KiB of rows.
+    with psycopg.connect(dsn(gateway)) as c:
+        with pytest.raises(psycopg.errors.DivisionByZero) as failed:
+            c.execute("SELECT ssn, 1 / (n - 100000) FROM customers, generate_series(1, 100000) n "
+                      "WHERE id = 1").fetchall()
+        assert "its message is withheld" in str(failed.value), failed.value
+        c.rollback()
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_client_that_leaves_mid_result_is_audited_and_the_gateway_serves_on(gateway):
+    sock = raw_session(gateway)
+    body = b"SELECT repeat('x', 100) FROM generate_series(1, 2000000) /* leave-marker */\0"
+    sock.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
+    got = 0
+    while got < 1 << 20:
+        got += len(sock.recv(65536))
+    sock.close()
+    deadline = time.monotonic() + 20
+    while True:
+        done = [r for r in audit(gateway) if r["phase"] == "completed"
+                and "leave-marker" in (r.get("statement") or "")]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert done and "not read to its end" in done[0]["error"], done
+    assert done[0]["rows"] < 2000000
+    with psycopg.connect(dsn(gateway)) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)

@@ -9,7 +9,13 @@
 //! writer, which chains and signs them.
 
 use querygate_core::{AuditRecord, Denial, Fault, Identity, Phase, Ticket, TicketState};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
 use querygate_store::{Alongside, JobRow, Store};
+
+use crate::source::Summary;
 
 use crate::{Context, Outcome, Pipeline, audit_time};
 
@@ -184,6 +190,35 @@ impl Pipeline {
         }
     }
 
+    /// The completion of a reply that is still streaming (see [`Ending`]): the completed
+    /// record as [`Pipeline::complete`] would write it now, finished by the reply.
+    pub(crate) fn ending(
+        &self,
+        ctx: &Context<'_>,
+        c: Completion,
+        alongside: Alongside,
+        scrubber: Option<querygate_mask::Scrubber>,
+        withhold: Option<String>,
+    ) -> Ending {
+        let mut completed = self.record(ctx, Phase::Completed, c.decision, c.reason);
+        completed.bytes_processed = c.bytes_processed;
+        completed.bytes_billed = c.bytes_billed;
+        completed.job_id = c.job_id.or(completed.job_id);
+        if let Some((ticket, approver)) = c.ticket {
+            completed.ticket = Some(ticket);
+            completed.approver = approver;
+        }
+        Ending {
+            store: Arc::clone(&self.store),
+            record: Some(completed),
+            alongside,
+            started: ctx.started,
+            scrubber,
+            withhold,
+            masked: c.masked.unwrap_or(0),
+        }
+    }
+
     /// The decided record of a request an approve rule caught and that now waits in
     /// `ticket` (durable, with the held job claimed for the requester).
     pub(crate) async fn ticket_opened(
@@ -355,5 +390,88 @@ pub(crate) async fn recordings_read(
     }
     if let Err(e) = store.append(record).await {
         tracing::error!(error = %e, "cannot write the audit record of a read of recordings");
+    }
+}
+
+/// The rest of a request whose reply streams: a result larger than the source holds at
+/// once goes to the client as the client reads it, and the request completes when the
+/// last of it has been read. The reply that streams owns this: it scrubs each value the
+/// rest of the result carries with [`Ending::scrub`], withholds its errors' text when
+/// [`Ending::withholds`] says so, and ends with [`Ending::finish`]. Dropped unfinished (the
+/// client went away, the upstream failed), it completes the request with that error.
+#[derive(Debug)]
+pub struct Ending {
+    store: Arc<Store>,
+    /// The completed record, as far as it is known before the rest is read.
+    record: Option<AuditRecord>,
+    alongside: Alongside,
+    started: Instant,
+    scrubber: Option<querygate_mask::Scrubber>,
+    withhold: Option<String>,
+    masked: u64,
+}
+
+impl Ending {
+    /// `text` with what the source's value detectors find in it masked (counted for the
+    /// completed record).
+    pub fn scrub<'a>(&mut self, text: &'a str) -> Cow<'a, str> {
+        let Some(scrubber) = &self.scrubber else {
+            return Cow::Borrowed(text);
+        };
+        let out = scrubber.scrub(text);
+        if matches!(out, Cow::Owned(_)) {
+            self.masked += 1;
+        }
+        out
+    }
+
+    /// Whether values are scrubbed (else [`Ending::scrub`] returns its input).
+    pub fn scrubs(&self) -> bool {
+        self.scrubber.is_some()
+    }
+
+    /// Why the text of an error in the rest must be withheld (it could echo masked
+    /// values), when it must.
+    pub fn withholds(&self) -> Option<&str> {
+        self.withhold.as_deref()
+    }
+
+    /// Completes the request with what the whole reply said.
+    pub fn finish(mut self, summary: Summary) {
+        self.write(summary);
+    }
+
+    fn write(&mut self, summary: Summary) {
+        let Some(mut completed) = self.record.take() else {
+            return;
+        };
+        completed.status = Some(summary.status);
+        completed.rows = summary.rows;
+        completed.error = summary.error;
+        completed.masked = Some(self.masked).filter(|n| *n > 0);
+        completed.duration_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
+        let request_id = completed.request_id.clone();
+        if let Err(e) = self
+            .store
+            .enqueue(completed, std::mem::take(&mut self.alongside))
+        {
+            tracing::error!(request_id = %request_id, error = %e, "cannot write the completed record");
+        }
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            self.write(Summary {
+                status: 0,
+                error: Some(
+                    "the result was not read to its end: the client went away or the upstream \
+                     failed while it streamed"
+                        .into(),
+                ),
+                ..Summary::default()
+            });
+        }
     }
 }

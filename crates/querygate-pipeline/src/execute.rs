@@ -7,7 +7,8 @@
 //! for the caller), value detectors scrub every
 //! value, a direct table read's rows are masked, errors that could echo masked values are
 //! withheld, a result over the plan's row limit is withheld, and the completed record
-//! claims the job for the caller and charges the bytes to its budget.
+//! claims the job for the caller and charges the bytes to its budget. A reply that streams
+//! the rest of a large result gets that completion as an [`crate::Ending`] to finish.
 
 use querygate_core::{Action, Catalog, Denial, DenialKind, Fault, Identity, JobOp, Query};
 use querygate_mask::Strategy;
@@ -34,6 +35,9 @@ impl Pipeline {
         let request = ctx.request;
         if let Some(bytes) = plan.max_bytes_billed {
             source.limit_bytes(&mut call, bytes);
+        }
+        if let Some(limit) = &plan.row_limit {
+            source.limit_rows(&mut call, limit.rows);
         }
         // audit decided: durable before anything reaches the upstream (fail closed).
         let grant = plan.grant.as_ref();
@@ -207,19 +211,33 @@ impl Pipeline {
                 ..Completion::default()
             },
         };
-        self.complete(
-            ctx,
-            Completion {
-                bytes_processed: summary.bytes_processed,
-                bytes_billed: summary.bytes_billed,
-                masked,
-                error: summary.error,
-                job_id: summary.job_id,
-                ticket: grant.map(|t| (t.id.clone(), t.decided_by.clone())),
-                ..completion
-            },
-            Alongside { claim, usage },
-        );
+        let completion = Completion {
+            bytes_processed: summary.bytes_processed,
+            bytes_billed: summary.bytes_billed,
+            masked,
+            error: summary.error,
+            job_id: summary.job_id,
+            ticket: grant.map(|t| (t.id.clone(), t.decided_by.clone())),
+            ..completion
+        };
+        // A reply that streams the rest of its result completes when the client has read
+        // it (scrubbed and withheld alike on the way).
+        if reply.is_open() && withheld.is_none() {
+            let end = self.ending(
+                ctx,
+                completion,
+                Alongside { claim, usage },
+                source.scrubber().cloned(),
+                sensitive,
+            );
+            reply.stream(end);
+            tracing::info!(
+                request_id = %request.id, identity = %identity.subject, method = %request.method,
+                "request streaming"
+            );
+            return Outcome::Done(reply);
+        }
+        self.complete(ctx, completion, Alongside { claim, usage });
         if let Some(message) = withheld {
             tracing::info!(request_id = %request.id, identity = %identity.subject, "result withheld: {message}");
             return Outcome::Denied(Denial::new(DenialKind::Forbidden, message));

@@ -54,7 +54,7 @@ pub use querygate_store::TicketFilter;
 pub use recording::{RecordingSettings, Recordings};
 pub use sessions::IDLE_GAP;
 pub use source::{
-    Admitted, Answer, Column, ColumnMask, Held, JobInfo, Paging, Refusal, Reply, ResultSet,
+    Admitted, Answer, Column, ColumnMask, Ending, Held, JobInfo, Paging, Refusal, Reply, ResultSet,
     Resumed, SchemaInfo, Scope, Source, Sources, Summary, TableInfo, View,
 };
 pub use values::{Rows, mask_rows, scrub_rows};

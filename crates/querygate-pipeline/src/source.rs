@@ -21,6 +21,7 @@ use querygate_core::{Action, Denial, Fault, Identity};
 use querygate_policy::Partitioning;
 use querygate_sql::SqlDialect;
 
+pub use crate::audit::Ending;
 use crate::values::Rows;
 
 /// A call the pipeline has authenticated, decided, and audited.
@@ -133,6 +134,16 @@ pub trait Reply: Send {
     fn body(&self) -> bytes::Bytes;
     /// The reply in the gateway's own terms, for fronts that speak no source's protocol.
     fn answer(&self) -> Answer;
+    /// Whether the reply holds only the start of its result and reads the rest from the
+    /// source as the client reads it (a result larger than the source holds at once).
+    /// Restricting, scrubbing and withholding apply to what it holds; the rest is the
+    /// reply's to treat alike, through the [`Ending`] it is given.
+    fn is_open(&self) -> bool {
+        false
+    }
+    /// Hands an open reply the completion of its request, to finish once its last part
+    /// has been read. Only called when [`Reply::is_open`].
+    fn stream(&mut self, _end: Ending) {}
 }
 
 /// Something the gateway forwards admitted calls to.
@@ -190,6 +201,11 @@ pub trait Source: Send + Sync {
     /// Caps the bytes the call's query may bill (`maximumBytesBilled` for BigQuery),
     /// keeping a lower cap the client set.
     fn limit_bytes(&self, call: &mut Self::Call, bytes: u64);
+
+    /// The result may be withheld when it has more than `rows` rows: the source reads it
+    /// whole before it answers (it does not stream it). Sources that never stream keep
+    /// the default.
+    fn limit_rows(&self, _call: &mut Self::Call, _rows: u64) {}
 
     /// Saves a query call that must wait for approval so that it can run later, under a
     /// job id the client can poll (`request_id` seeds one when the client chose none).

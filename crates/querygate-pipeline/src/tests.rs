@@ -23,7 +23,14 @@ struct Echo {
 }
 
 #[derive(Debug)]
-struct EchoReply(Summary);
+struct EchoReply(Summary, Streaming);
+
+/// A reply whose call starts with `stream` holds only the start of its result.
+#[derive(Debug, Default)]
+struct Streaming {
+    open: bool,
+    end: Option<Ending>,
+}
 
 impl Reply for EchoReply {
     fn summary(&self) -> Summary {
@@ -46,6 +53,12 @@ impl Reply for EchoReply {
     }
     fn body(&self) -> bytes::Bytes {
         bytes::Bytes::from_static(br#"{"rows":[1,2,3]}"#)
+    }
+    fn is_open(&self) -> bool {
+        self.1.open
+    }
+    fn stream(&mut self, end: Ending) {
+        self.1.end = Some(end);
     }
 }
 
@@ -143,16 +156,21 @@ impl Source for Echo {
     }
     async fn execute(&self, call: Admitted<&'static str>) -> Result<EchoReply, Fault> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(EchoReply(Summary {
-            status: self.status.unwrap_or(200),
-            accepted: self.status.is_none_or(|s| (200..300).contains(&s)),
-            rows: Some(3),
-            job_id: Some(call.into_call().to_string()),
-            schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
-            bytes_billed: Some(self.bytes),
-            error: self.error.clone(),
-            ..Summary::default()
-        }))
+        let open = call.call().starts_with("stream");
+        let streaming = Streaming { open, end: None };
+        Ok(EchoReply(
+            Summary {
+                status: self.status.unwrap_or(200),
+                accepted: self.status.is_none_or(|s| (200..300).contains(&s)),
+                rows: Some(3),
+                job_id: Some(call.into_call().to_string()),
+                schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
+                bytes_billed: Some(self.bytes),
+                error: self.error.clone(),
+                ..Summary::default()
+            },
+            streaming,
+        ))
     }
 }
 
@@ -314,6 +332,61 @@ async fn allowed_query_reaches_source_and_is_audited_twice() {
     assert_eq!(job.identity, "agent:a");
     // The schema is remembered for pages that arrive without one (`fields=`).
     assert!(job.schema.is_some_and(|s| s.contains("INTEGER")));
+}
+
+#[tokio::test]
+async fn a_streaming_reply_completes_when_read_to_its_end_or_left() {
+    let dir = tmp("stream");
+    let p = pipeline(&dir);
+    let src = Echo::default();
+    let out = p
+        .handle(
+            request(Some("key-a"), query("SELECT 1")),
+            Some(&src),
+            "stream-1",
+        )
+        .await;
+    let Outcome::Done(mut reply) = out else {
+        panic!("allowed: {out:?}");
+    };
+    p.store().flush().await.expect("flush");
+    assert_eq!(
+        records(&dir).len(),
+        1,
+        "decided only: the result is still streaming"
+    );
+    let end = reply
+        .1
+        .end
+        .take()
+        .expect("the open reply was given its ending");
+    assert!(!end.scrubs() && end.withholds().is_none());
+    end.finish(Summary {
+        status: 200,
+        rows: Some(1_000_000),
+        ..Summary::default()
+    });
+    // A reply left before its end (the client went away) completes with that error.
+    let out = p
+        .handle(
+            request(Some("key-a"), query("SELECT 2")),
+            Some(&src),
+            "stream-2",
+        )
+        .await;
+    assert!(matches!(out, Outcome::Done(_)));
+    drop(out);
+    p.store().flush().await.expect("flush");
+    let recs = records(&dir);
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    assert_eq!(
+        (recs[1].phase, recs[1].rows),
+        (Phase::Completed, Some(1_000_000))
+    );
+    assert!(recs[1].error.is_none() && recs[1].duration_ms.is_some());
+    assert_eq!(recs[3].phase, Phase::Completed);
+    let error = recs[3].error.as_deref().unwrap_or_default();
+    assert!(error.contains("not read to its end"), "{error}");
 }
 
 #[tokio::test]

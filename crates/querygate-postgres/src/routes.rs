@@ -32,7 +32,7 @@ use bytes::BytesMut;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::messages::startup::NegotiateProtocolVersion;
 use querygate_core::{ClientInfo, Secret};
-use querygate_pipeline::{Outcome, Pipeline, Sources};
+use querygate_pipeline::{Outcome, Pipeline, Reply, Sources};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -706,10 +706,16 @@ async fn serve_messages(
                     sent: Sent::Query,
                     quiet: false,
                     key: None,
+                    whole: false,
                 };
                 let request = || decode::query(conn, q.query.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
-                render_outcome(client, link, outcome, true).await;
+                if render_outcome(client, link, outcome, true, &[])
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
                 ext.end_of_transaction(link.lock().await.status);
             }
             PgWireFrontendMessage::Parse(p) => {
@@ -740,6 +746,7 @@ async fn serve_messages(
                     },
                     quiet: false,
                     key: None,
+                    whole: false,
                 });
                 match front.pipeline.prepare(request, &**source, call).await {
                     Ok(PgCall::Exchange(prepared)) => {
@@ -758,7 +765,12 @@ async fn serve_messages(
                     }
                     Ok(PgCall::Refused) => ext.fail(),
                     Err(outcome) => {
-                        render_outcome(client, link, outcome, false).await;
+                        if render_outcome(client, link, outcome, false, &[])
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                         ext.fail();
                     }
                 }
@@ -857,17 +869,14 @@ async fn serve_messages(
                     },
                     quiet: false,
                     key: None,
+                    whole: false,
                 };
                 let request = || decode::execute(conn, prepared.original.clone(), &CODES);
-                let mut outcome = run(front, client, source, waiting, request, call).await;
-                let failed = match &mut outcome {
-                    Outcome::Done(reply) => {
-                        reply.hide_key_parameters(&described);
-                        reply.failed()
-                    }
-                    _ => true,
+                let outcome = run(front, client, source, waiting, request, call).await;
+                let Ok(failed) = render_outcome(client, link, outcome, synced, &described).await
+                else {
+                    return;
                 };
-                render_outcome(client, link, outcome, synced).await;
                 if synced {
                     ext.end_of_transaction(link.lock().await.status);
                 }
@@ -949,6 +958,7 @@ async fn run(
         sent: call.sent.clone(),
         quiet: call.quiet,
         key: call.key,
+        whole: call.whole,
     };
     let outcome = front
         .pipeline
@@ -1067,12 +1077,36 @@ async fn refuse(
 
 /// The client's answer to one Query or Execute; `ready`: the exchange ended with a
 /// ReadyForQuery the client waits for (a simple Query, or an Execute sent with its Sync),
-/// which a refusal must send too.
-async fn render_outcome(client: &mut Client, link: &Link, outcome: Outcome<PgReply>, ready: bool) {
+/// which a refusal must send too; `described`: which statement descriptions in it carry
+/// the hash key's parameter. The rest of a large result is streamed: written to the client
+/// as it drains it. `Ok(failed)`: whether the statement failed; `Err` when the connection
+/// cannot go on (the client went away mid-result, the upstream failed).
+async fn render_outcome(
+    client: &mut Client,
+    link: &Link,
+    outcome: Outcome<PgReply>,
+    ready: bool,
+    described: &[bool],
+) -> Result<bool, ()> {
     match outcome {
-        Outcome::Done(reply) => {
+        Outcome::Done(mut reply) => {
+            reply.hide_key_parameters(described);
             client.out.extend_from_slice(&reply.bytes());
-            return;
+            while reply.is_open() {
+                match reply.more().await {
+                    Ok(Some(part)) => {
+                        client.out.extend_from_slice(&part);
+                        client.flush().await.map_err(|_| ())?;
+                    }
+                    Ok(None) => break,
+                    Err(fault) => {
+                        render::failed(&mut client.out, &fault);
+                        let _ = client.flush().await;
+                        return Err(());
+                    }
+                }
+            }
+            return Ok(reply.failed());
         }
         Outcome::Denied(denial) => render::denied(&mut client.out, &denial),
         Outcome::Failed(fault) => render::failed(&mut client.out, &fault),
@@ -1091,4 +1125,5 @@ async fn render_outcome(client: &mut Client, link: &Link, outcome: Outcome<PgRep
         let status = link.lock().await.status;
         render::ready(&mut client.out, status);
     }
+    Ok(true)
 }

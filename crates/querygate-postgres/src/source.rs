@@ -9,10 +9,13 @@
 //! detectors run over the text of every row; errors that could echo withheld values keep
 //! only their SQLSTATE.
 //!
-//! Results are buffered up to [`MAX_BUFFERED`] (rows are checked before the client sees
-//! any); a larger result is refused with a message saying how to page it.
+//! A reply holds up to [`STREAM_AFTER`] bytes of answers; the rest of a larger result is
+//! read from the session as the client takes it ([`PgReply::more`]: scrubbed and withheld
+//! alike, the request completed at its end), so memory stays flat however many rows a
+//! statement returns. A statement a row limit applies to is read whole first, up to
+//! [`MAX_BUFFERED`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,16 +25,20 @@ use pgwire::messages::extendedquery::{Bind, Describe, Execute as ExecuteMessage,
 use querygate_core::{Action, Denial, DenialKind, Fault};
 use querygate_mask::Scrubber;
 use querygate_pipeline::{
-    Admitted, Answer, Column, Held, Paging, Refusal, Reply, ResultSet, Resumed, Scope, Source,
-    SqlDialect, Summary,
+    Admitted, Answer, Column, Ending, Held, Paging, Refusal, Reply, ResultSet, Resumed, Scope,
+    Source, SqlDialect, Summary,
 };
 use querygate_policy::Partitioning;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::upstream::{Endpoint, Upstream, error_text};
 
-/// The most answer bytes one statement's reply holds.
+/// The most answer bytes one statement's reply holds when it must be read whole (a row
+/// limit may withhold it).
 pub const MAX_BUFFERED: usize = 256 << 20;
+
+/// The answer bytes a reply holds before it streams the rest as the client reads it.
+pub const STREAM_AFTER: usize = 256 << 10;
 
 /// A client connection's upstream session.
 pub type Link = Arc<Mutex<Upstream>>;
@@ -229,6 +236,9 @@ pub struct Exchange {
     pub quiet: bool,
     /// The parameter number that carries the hash key, when the rewrite uses it.
     pub key: Option<usize>,
+    /// The answers are read whole before the reply is given (a row limit may withhold
+    /// them); otherwise a large result streams.
+    pub whole: bool,
 }
 
 /// What the client's message in an [`Exchange`] was.
@@ -325,6 +335,8 @@ pub struct PgReply {
     pub(crate) error: Option<String>,
     /// The columns of the last row description.
     pub(crate) columns: Vec<String>,
+    /// The rest of a result larger than a reply holds, still to read.
+    pub(crate) tail: Option<Tail>,
 }
 
 impl PgReply {
@@ -360,6 +372,48 @@ impl PgReply {
     /// The upstream answered with an error (the server then skips to the next Sync).
     pub fn failed(&self) -> bool {
         self.error.is_some()
+    }
+
+    /// The next part of the rest of an open reply (see [`Reply::is_open`]) for the
+    /// client, about [`STREAM_AFTER`] bytes at most: its rows scrubbed and its errors
+    /// withheld as the request's [`Ending`] says. `None` once the last answer has been
+    /// read; the request is then completed. An `Err` leaves the session unusable.
+    pub async fn more(&mut self) -> Result<Option<BytesMut>, Fault> {
+        let Some(mut tail) = self.tail.take() else {
+            return Ok(None);
+        };
+        let mut out = BytesMut::new();
+        while out.len() < STREAM_AFTER {
+            let next = tail.reading.next(&mut tail.upstream, self).await?;
+            tail.rows = self.rows;
+            let Some((mut frame, forward)) = next else {
+                if let Some(end) = tail.end.take() {
+                    end.finish(self.summary());
+                }
+                return Ok((!out.is_empty()).then_some(out));
+            };
+            if let Some(end) = tail.end.as_mut() {
+                match frame[0] {
+                    b'D' if end.scrubs() => {
+                        if let Some(row) = scrub_row(&frame, |t| end.scrub(t))? {
+                            frame = row;
+                        }
+                    }
+                    b'd' if end.scrubs() => return Err(copy_unscrubbable()),
+                    b'E' => {
+                        if let Some(why) = end.withholds() {
+                            frame = withheld_error(&frame, why);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if forward {
+                out.extend_from_slice(&frame);
+            }
+        }
+        self.tail = Some(tail);
+        Ok(Some(out))
     }
 
     /// The frames as one buffer, for the client.
@@ -443,37 +497,16 @@ impl Reply for PgReply {
         for frame in &mut self.frames {
             match frame[0] {
                 b'D' => {
-                    let Some(cells) = fields(frame) else {
-                        return Err(Fault::upstream(
-                            "the upstream sent a row querygate cannot read",
-                        ));
-                    };
-                    let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(cells.len());
-                    let mut row_changed = false;
-                    for cell in cells {
-                        values.push(cell.map(|bytes| match std::str::from_utf8(bytes) {
-                            Ok(text) => match scrubber.scrub(text) {
-                                std::borrow::Cow::Owned(masked) => {
-                                    row_changed = true;
-                                    changed += 1;
-                                    masked.into_bytes()
-                                }
-                                std::borrow::Cow::Borrowed(_) => bytes.to_vec(),
-                            },
-                            Err(_) => bytes.to_vec(),
-                        }));
-                    }
-                    if row_changed {
-                        *frame = data_row(&values);
+                    let row = scrub_row(frame, |text| {
+                        let out = scrubber.scrub(text);
+                        changed += u64::from(matches!(out, std::borrow::Cow::Owned(_)));
+                        out
+                    })?;
+                    if let Some(row) = row {
+                        *frame = row;
                     }
                 }
-                // COPY's rows are not cut into values: fail closed.
-                b'd' => {
-                    return Err(Fault::gateway(
-                        "this source's results are scanned for sensitive values, which COPY TO \
-                         STDOUT does not allow; run the SELECT instead",
-                    ));
-                }
+                b'd' => return Err(copy_unscrubbable()),
                 _ => {}
             }
         }
@@ -483,26 +516,22 @@ impl Reply for PgReply {
     fn withhold_errors(&mut self, why: &str) -> bool {
         let mut withheld = false;
         for frame in &mut self.frames {
-            if frame[0] != b'E' {
-                continue;
+            if frame[0] == b'E' {
+                *frame = withheld_error(frame, why);
+                withheld = true;
             }
-            let code = error_text(frame)
-                .split(':')
-                .next()
-                .unwrap_or("XX000")
-                .to_string();
-            let mut out = BytesMut::new();
-            crate::render::error(
-                &mut out,
-                "ERROR",
-                &code,
-                &format!("the statement failed ({code}); its message is withheld: {why}"),
-                None,
-            );
-            *frame = out;
-            withheld = true;
         }
         withheld
+    }
+
+    fn is_open(&self) -> bool {
+        self.tail.is_some()
+    }
+
+    fn stream(&mut self, end: Ending) {
+        if let Some(tail) = self.tail.as_mut() {
+            tail.end = Some(end);
+        }
     }
 
     fn restrict(&mut self, _scope: &Scope) {}
@@ -546,6 +575,59 @@ impl Reply for PgReply {
     }
 }
 
+/// A DataRow with `scrub` applied to each value that is text; `None` when none changed.
+fn scrub_row<'a>(
+    frame: &'a BytesMut,
+    mut scrub: impl FnMut(&'a str) -> std::borrow::Cow<'a, str>,
+) -> Result<Option<BytesMut>, Fault> {
+    let Some(cells) = fields(frame) else {
+        return Err(Fault::upstream(
+            "the upstream sent a row querygate cannot read",
+        ));
+    };
+    let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(cells.len());
+    let mut changed = false;
+    for cell in cells {
+        values.push(cell.map(|bytes| match std::str::from_utf8(bytes) {
+            Ok(text) => match scrub(text) {
+                std::borrow::Cow::Owned(masked) => {
+                    changed = true;
+                    masked.into_bytes()
+                }
+                std::borrow::Cow::Borrowed(_) => bytes.to_vec(),
+            },
+            Err(_) => bytes.to_vec(),
+        }));
+    }
+    Ok(changed.then(|| data_row(&values)))
+}
+
+/// COPY's rows are not cut into values, so they cannot be scrubbed: fail closed.
+fn copy_unscrubbable() -> Fault {
+    Fault::gateway(
+        "this source's results are scanned for sensitive values, which COPY TO STDOUT does \
+         not allow; run the SELECT instead",
+    )
+}
+
+/// An ErrorResponse that keeps only the SQLSTATE of `frame`'s, saying why.
+fn withheld_error(frame: &BytesMut, why: &str) -> BytesMut {
+    let code = error_text(frame)
+        .split(':')
+        .next()
+        .unwrap_or("XX000")
+        .to_string();
+    let mut out = BytesMut::new();
+    crate::render::error(
+        &mut out,
+        "ERROR",
+        &code,
+        &format!("the statement failed ({code}); its message is withheld: {why}"),
+        None,
+    );
+    out
+}
+
 /// `"name"`, quoted for PostgreSQL.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -558,30 +640,26 @@ fn encode<M: Message>(out: &mut BytesMut, message: M) -> Result<(), Fault> {
         .map_err(|e| Fault::gateway(format!("cannot encode a message for the upstream: {e}")))
 }
 
-/// Sends `frames` (and a Flush when they hold no Sync or Query, so that the server
-/// answers now) and reads the answers `expect` says they are owed. After an error the
-/// server skips everything up to the next Sync, and so does the reading.
-pub(crate) async fn exchange(
-    upstream: &mut Upstream,
-    mut frames: BytesMut,
-    expect: &[Expect],
+/// Reading the answers one exchange is owed, in order. After an error the server skips
+/// everything up to the next Sync, and so does the reading.
+#[derive(Debug)]
+struct Reading {
+    owed: VecDeque<Expect>,
+    /// A simple Query sent as Parse/Bind/Execute: answers as a simple Query would.
     quiet: bool,
-) -> Result<PgReply, Fault> {
-    let mut owed: std::collections::VecDeque<Expect> = expect.iter().copied().collect();
-    if owed.back() != Some(&Expect::Ready) && !owed.is_empty() {
-        frames.extend_from_slice(&[b'H', 0, 0, 0, 4]);
-    }
-    upstream
-        .send(&frames)
-        .await
-        .map_err(|e| Fault::upstream(format!("the upstream PostgreSQL went away: {e}")))?;
-    let mut reply = PgReply {
-        status: upstream.status,
-        ..PgReply::default()
-    };
-    let mut buffered = 0usize;
-    let mut overflow = false;
-    while let Some(&next) = owed.front() {
+}
+
+impl Reading {
+    /// The next answer frame and whether the client gets it; `None` once every answer
+    /// owed has come. What the records need is tallied in `reply`.
+    async fn next(
+        &mut self,
+        upstream: &mut Upstream,
+        reply: &mut PgReply,
+    ) -> Result<Option<(BytesMut, bool)>, Fault> {
+        let Some(&next) = self.owed.front() else {
+            return Ok(None);
+        };
         let frame = upstream.frame().await?;
         let tag = frame[0];
         match tag {
@@ -590,31 +668,31 @@ pub(crate) async fn exchange(
             b'E' => {
                 reply.error.get_or_insert_with(|| error_text(&frame));
                 // The rest up to the next Sync is skipped by the server.
-                while owed.front().is_some_and(|e| *e != Expect::Ready) {
-                    owed.pop_front();
+                while self.owed.front().is_some_and(|e| *e != Expect::Ready) {
+                    self.owed.pop_front();
                 }
                 // A simple Query's own error is followed by its ReadyForQuery.
             }
             b'Z' => {
                 upstream.status = frame.get(5).copied().unwrap_or(b'I');
                 reply.status = upstream.status;
-                owed.pop_front();
+                self.owed.pop_front();
             }
             b'D' => reply.rows += 1,
             b'T' => {
                 reply.columns = column_names(&frame);
                 if matches!(next, Expect::Statement | Expect::Portal) {
-                    owed.pop_front();
+                    self.owed.pop_front();
                 }
             }
             b'n' if matches!(next, Expect::Statement | Expect::Portal) => {
-                owed.pop_front();
+                self.owed.pop_front();
             }
             b'1' | b'2' | b'3' if next == Expect::One => {
-                owed.pop_front();
+                self.owed.pop_front();
             }
             b'C' | b'I' | b's' if next == Expect::Execute => {
-                owed.pop_front();
+                self.owed.pop_front();
             }
             // COPY FROM STDIN: the upstream waits for the client's data.
             b'G' => {
@@ -623,7 +701,7 @@ pub(crate) async fn exchange(
                         "querygate does not forward COPY FROM STDIN yet".into(),
                     ))
                     .await?;
-                continue;
+                return Ok(Some((frame, false)));
             }
             b'W' => {
                 return Err(Fault::upstream(
@@ -632,21 +710,144 @@ pub(crate) async fn exchange(
             }
             _ => {}
         }
+        let hidden = self.quiet && matches!(tag, b'1' | b'2' | b'n');
+        Ok(Some((frame, !hidden)))
+    }
+}
+
+/// The rest of a reply that streams: the session it is read from (held until its last
+/// answer), where the reading is, and the request's completion.
+pub(crate) struct Tail {
+    upstream: OwnedMutexGuard<Upstream>,
+    reading: Reading,
+    end: Option<Ending>,
+    /// Rows read so far, for a completion the client never reads to.
+    rows: u64,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail")
+            .field("reading", &self.reading)
+            .finish()
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        // Left mid-answer: the session's next statement would read this one's answers.
+        if !self.reading.owed.is_empty() {
+            self.upstream.interrupted = true;
+        }
+        if let Some(end) = self.end.take() {
+            end.finish(Summary {
+                rows: Some(self.rows),
+                error: Some(
+                    "the result was not read to its end: the client went away or the upstream \
+                     failed while it streamed"
+                        .into(),
+                ),
+                ..Summary::default()
+            });
+        }
+    }
+}
+
+/// Sends `frames` (and a Flush when they hold no Sync or Query, so that the server
+/// answers now) and reads, whole, the answers `expect` says they are owed.
+pub(crate) async fn exchange(
+    upstream: &mut Upstream,
+    frames: BytesMut,
+    expect: &[Expect],
+    quiet: bool,
+) -> Result<PgReply, Fault> {
+    let mut reading = send(upstream, frames, expect, quiet).await?;
+    let mut reply = PgReply {
+        status: upstream.status,
+        ..PgReply::default()
+    };
+    read(upstream, &mut reading, &mut reply, None).await?;
+    Ok(reply)
+}
+
+/// [`exchange`] on the session behind `link`, holding at most [`STREAM_AFTER`] bytes of
+/// answers unless `whole`: the reply to a larger result keeps the session and reads the
+/// rest as the client takes it ([`PgReply::more`]).
+async fn exchange_on(
+    link: &Link,
+    frames: BytesMut,
+    expect: &[Expect],
+    quiet: bool,
+    whole: bool,
+) -> Result<PgReply, Fault> {
+    let mut upstream = Arc::clone(link).lock_owned().await;
+    let mut reading = send(&mut upstream, frames, expect, quiet).await?;
+    let mut reply = PgReply {
+        status: upstream.status,
+        ..PgReply::default()
+    };
+    let hold = (!whole).then_some(STREAM_AFTER);
+    if read(&mut upstream, &mut reading, &mut reply, hold).await? {
+        reply.tail = Some(Tail {
+            upstream,
+            reading,
+            end: None,
+            rows: reply.rows,
+        });
+    }
+    Ok(reply)
+}
+
+async fn send(
+    upstream: &mut Upstream,
+    mut frames: BytesMut,
+    expect: &[Expect],
+    quiet: bool,
+) -> Result<Reading, Fault> {
+    let owed: VecDeque<Expect> = expect.iter().copied().collect();
+    if owed.back() != Some(&Expect::Ready) && !owed.is_empty() {
+        frames.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+    }
+    upstream
+        .send(&frames)
+        .await
+        .map_err(|e| Fault::upstream(format!("the upstream PostgreSQL went away: {e}")))?;
+    Ok(Reading { owed, quiet })
+}
+
+/// Reads answers into `reply`: all of them (a result over [`MAX_BUFFERED`] is refused
+/// with a message saying how to page it), or, with `hold`, until `hold` bytes are held.
+/// `true` when answers are left to read.
+async fn read(
+    upstream: &mut Upstream,
+    reading: &mut Reading,
+    reply: &mut PgReply,
+    hold: Option<usize>,
+) -> Result<bool, Fault> {
+    let mut buffered = 0usize;
+    let mut overflow = false;
+    while let Some((frame, forward)) = reading.next(upstream, reply).await? {
+        let tag = frame[0];
         buffered += frame.len();
+        if hold.is_some_and(|h| buffered > h) {
+            if forward {
+                reply.frames.push(frame);
+            }
+            return Ok(!reading.owed.is_empty());
+        }
         if buffered > MAX_BUFFERED && !overflow {
             overflow = true;
             reply.frames.clear();
         }
-        // A simple Query sent as Parse/Bind/Execute answers as a simple Query would.
-        let hidden = quiet && matches!(tag, b'1' | b'2' | b'n');
-        if (!overflow || tag == b'Z') && !hidden {
+        if (!overflow || tag == b'Z') && forward {
             reply.frames.push(frame);
         }
     }
     if overflow {
         let message = format!(
-            "the result is larger than the {} MiB querygate holds for one statement; \
-             page it (LIMIT/OFFSET, a cursor with FETCH, or a row limit on Execute)",
+            "the result is larger than the {} MiB querygate holds for a statement a row \
+             limit applies to; page it (LIMIT/OFFSET, a cursor with FETCH, or a row limit on \
+             Execute)",
             MAX_BUFFERED >> 20
         );
         let mut out = BytesMut::new();
@@ -654,7 +855,7 @@ pub(crate) async fn exchange(
         reply.frames.insert(0, out);
         reply.error = Some(format!("54000: {message}"));
     }
-    Ok(reply)
+    Ok(false)
 }
 
 impl Source for PostgresSource {
@@ -701,11 +902,9 @@ impl Source for PostgresSource {
                 frames,
                 expect,
                 quiet,
+                whole,
                 ..
-            }) => {
-                let mut upstream = link.lock().await;
-                exchange(&mut upstream, frames, &expect, quiet).await
-            }
+            }) => exchange_on(&link, frames, &expect, quiet, whole).await,
             PgCall::Refused => Err(Fault::gateway("querygate forwards no such call")),
         }
     }
@@ -736,6 +935,12 @@ impl Source for PostgresSource {
     }
 
     fn limit_bytes(&self, _call: &mut PgCall, _bytes: u64) {}
+
+    fn limit_rows(&self, call: &mut PgCall, _rows: u64) {
+        if let PgCall::Exchange(exchange) = call {
+            exchange.whole = true;
+        }
+    }
 
     /// A statement that waits for approval is held by its client's connection (the front
     /// waits for the decision, then runs it again): the ticket shows the statement, and a

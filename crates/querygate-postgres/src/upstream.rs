@@ -248,6 +248,8 @@ pub struct Upstream {
     pub parameters: Vec<(String, String)>,
     /// The transaction status of the last ReadyForQuery (`I`, `T`, `E`).
     pub status: u8,
+    /// A reply was left unread mid-answer: the session cannot serve another statement.
+    pub interrupted: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -334,6 +336,7 @@ pub async fn connect(
         secret: 0,
         parameters: Vec::new(),
         status: b'I',
+        interrupted: false,
     };
     let mut startup = BytesMut::new();
     startup.put_i32(0);
@@ -363,6 +366,11 @@ pub async fn connect(
 
 impl Upstream {
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.interrupted {
+            return Err(std::io::Error::other(
+                "its session was left in the middle of an answer",
+            ));
+        }
         self.io.write_all(bytes).await?;
         self.io.flush().await
     }
