@@ -687,3 +687,50 @@ def test_a_client_that_leaves_mid_result_is_audited_and_the_gateway_serves_on(ga
     assert done[0]["rows"] < 2000000
     with psycopg.connect(dsn(gateway)) as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_copy_from_stdin_is_a_write_the_rules_decide(gateway):
+    # A person loads rows with COPY over the extended protocol (psycopg) and the simple one (psql).
+    with psycopg.connect(dsn(gateway, "person")) as c:
+        with c.cursor() as cur:
+            with cur.copy("COPY contacts (id, email) FROM STDIN /* copy-marker */") as copy:
+                for i in range(100, 150):
+                    copy.write_row((i, f"user{i}@example.net"))
+        c.commit()
+        # Data the server refuses: its error, and the session goes on.
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            with c.cursor() as cur:
+                with cur.copy("COPY contacts (id) FROM STDIN /* copy-bad */") as copy:
+                    copy.write(b"not-a-number\n")
+        c.rollback()
+        # A client that gives up mid-COPY (psycopg sends CopyFail and re-raises): nothing is
+        # loaded, and the session goes on.
+        with pytest.raises(RuntimeError):
+            with c.cursor() as cur:
+                with cur.copy("COPY contacts (id) FROM STDIN") as copy:
+                    copy.write_row((999,))
+                    raise RuntimeError("changed my mind")
+        c.rollback()
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    cp = subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", f"host=127.0.0.1 port={gateway['port']} dbname={gateway['db']} user=person",
+         "-c", "\\copy contacts (id, email) FROM STDIN"],
+        input="200\tpsql@example.net\n201\t\\N\n", capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PGPASSWORD=gateway["keys"]["person"]))
+    assert cp.returncode == 0 and "COPY 2" in cp.stdout, s.describe(cp)
+    # An agent may not write: COPY … FROM is an insert to the rules.
+    with psycopg.connect(dsn(gateway)) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as denied:
+            with c.cursor() as cur:
+                with cur.copy("COPY contacts (id) FROM STDIN") as copy:
+                    copy.write_row((300,))
+        assert "agents have read-only access" in str(denied.value)
+    with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={gateway['db']}"), autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM contacts WHERE id >= 100").fetchone() == (52,)
+        assert c.execute("SELECT count(*) FROM contacts WHERE id IN (300, 999)").fetchone() == (0,)
+        c.execute("DELETE FROM contacts WHERE id >= 100")
+    records = audit(gateway)
+    done = next(r for r in records if r["phase"] == "completed" and "copy-marker" in (r.get("statement") or ""))
+    assert done["rows"] == 50 and done["sqlstate"] == "00000" and done["statement_kinds"] == ["insert"], done
+    bad = next(r for r in records if r["phase"] == "completed" and "copy-bad" in (r.get("statement") or ""))
+    assert bad["sqlstate"] == "22P02", bad

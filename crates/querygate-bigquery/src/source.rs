@@ -1161,6 +1161,7 @@ impl BigQueryReply {
                 .map(|t| t.dotted()),
             schema,
             error,
+            sqlstate: None,
         }
     }
 

@@ -108,6 +108,10 @@ pub struct AuditRecord {
     /// The recorded session the request belongs to (see `querygate sessions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// On a completed record of a PostgreSQL statement: its SQLSTATE (`00000` when it
+    /// succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
 }
 
 impl AuditRecord {
@@ -152,6 +156,7 @@ impl AuditRecord {
             rewritten: None,
             masked: None,
             session: None,
+            sqlstate: None,
         }
     }
 

@@ -30,6 +30,7 @@ pub(crate) struct Completion {
     pub bytes_billed: Option<u64>,
     pub masked: Option<u64>,
     pub error: Option<String>,
+    pub sqlstate: Option<String>,
     pub job_id: Option<String>,
     /// The approved ticket the request ran under.
     pub ticket: Option<(String, Option<String>)>,
@@ -138,6 +139,7 @@ impl Pipeline {
             checkpoint: None,
             masked: None,
             session: ctx.tag.get().map(|t| t.session.clone()),
+            sqlstate: None,
         }
     }
 
@@ -177,6 +179,7 @@ impl Pipeline {
         completed.bytes_billed = c.bytes_billed;
         completed.masked = c.masked;
         completed.error = c.error;
+        completed.sqlstate = c.sqlstate;
         completed.job_id = c.job_id.or(completed.job_id);
         if let Some((ticket, approver)) = c.ticket {
             completed.ticket = Some(ticket);
@@ -448,6 +451,7 @@ impl Ending {
         completed.status = Some(summary.status);
         completed.rows = summary.rows;
         completed.error = summary.error;
+        completed.sqlstate = summary.sqlstate;
         completed.masked = Some(self.masked).filter(|n| *n > 0);
         completed.duration_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
         let request_id = completed.request_id.clone();

@@ -216,6 +216,7 @@ impl Pipeline {
             bytes_billed: summary.bytes_billed,
             masked,
             error: summary.error,
+            sqlstate: summary.sqlstate,
             job_id: summary.job_id,
             ticket: grant.map(|t| (t.id.clone(), t.decided_by.clone())),
             ..completion

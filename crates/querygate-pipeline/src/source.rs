@@ -68,6 +68,8 @@ pub struct Summary {
     pub schema: Option<String>,
     /// The error the reply carries (upstream HTTP error or job error).
     pub error: Option<String>,
+    /// The outcome's SQLSTATE, for sources that report one (PostgreSQL).
+    pub sqlstate: Option<String>,
 }
 
 /// What an identity may see of a reply.

@@ -710,7 +710,7 @@ async fn serve_messages(
                 };
                 let request = || decode::query(conn, q.query.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
-                if render_outcome(client, link, outcome, true, &[])
+                if render_outcome(front, client, link, outcome, true, &[])
                     .await
                     .is_err()
                 {
@@ -765,7 +765,7 @@ async fn serve_messages(
                     }
                     Ok(PgCall::Refused) => ext.fail(),
                     Err(outcome) => {
-                        if render_outcome(client, link, outcome, false, &[])
+                        if render_outcome(front, client, link, outcome, false, &[])
                             .await
                             .is_err()
                         {
@@ -873,7 +873,8 @@ async fn serve_messages(
                 };
                 let request = || decode::execute(conn, prepared.original.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
-                let Ok(failed) = render_outcome(client, link, outcome, synced, &described).await
+                let Ok(failed) =
+                    render_outcome(front, client, link, outcome, synced, &described).await
                 else {
                     return;
                 };
@@ -1075,6 +1076,41 @@ async fn refuse(
     client.fatal(problem.code, &problem.message).await;
 }
 
+/// Relays a COPY FROM STDIN's data from the client to the server, up to its CopyDone or
+/// CopyFail (the Flush and Sync a client sends along go too: the server ignores them until
+/// the COPY ends). Anything else ends the connection: the server would be left mid-COPY.
+async fn copy_in(
+    front: &PostgresFront,
+    client: &mut Client,
+    reply: &mut PgReply,
+) -> Result<(), ()> {
+    while reply.wants_copy_data() {
+        let frame = match client.frame(front.max_message_bytes).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(()),
+            Err(problem) => {
+                client.fatal(problem.code, &problem.message).await;
+                return Err(());
+            }
+        };
+        if !matches!(frame[0], b'd' | b'c' | b'f' | b'H' | b'S') {
+            client
+                .fatal(
+                    "08P01",
+                    "only CopyData, CopyDone or CopyFail may follow a COPY FROM STDIN",
+                )
+                .await;
+            return Err(());
+        }
+        if let Err(fault) = reply.copy(&frame).await {
+            render::failed(&mut client.out, &fault);
+            let _ = client.flush().await;
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
 /// The client's answer to one Query or Execute; `ready`: the exchange ended with a
 /// ReadyForQuery the client waits for (a simple Query, or an Execute sent with its Sync),
 /// which a refusal must send too; `described`: which statement descriptions in it carry
@@ -1082,6 +1118,7 @@ async fn refuse(
 /// as it drains it. `Ok(failed)`: whether the statement failed; `Err` when the connection
 /// cannot go on (the client went away mid-result, the upstream failed).
 async fn render_outcome(
+    front: &PostgresFront,
     client: &mut Client,
     link: &Link,
     outcome: Outcome<PgReply>,
@@ -1093,6 +1130,11 @@ async fn render_outcome(
             reply.hide_key_parameters(described);
             client.out.extend_from_slice(&reply.bytes());
             while reply.is_open() {
+                if reply.wants_copy_data() {
+                    client.flush().await.map_err(|_| ())?;
+                    copy_in(front, client, &mut reply).await?;
+                    continue;
+                }
                 match reply.more().await {
                     Ok(Some(part)) => {
                         client.out.extend_from_slice(&part);

@@ -411,9 +411,33 @@ impl PgReply {
             if forward {
                 out.extend_from_slice(&frame);
             }
+            if tail.reading.copy_in {
+                break;
+            }
         }
         self.tail = Some(tail);
         Ok(Some(out))
+    }
+
+    /// Whether the server waits for the client's COPY data: the front relays the
+    /// client's CopyData, CopyDone or CopyFail (and the Flush or Sync a client sends
+    /// along, which the server ignores until the COPY ends) with [`PgReply::copy`].
+    pub fn wants_copy_data(&self) -> bool {
+        self.tail.as_ref().is_some_and(|t| t.reading.copy_in)
+    }
+
+    /// Relays one client message of a COPY FROM STDIN to the server.
+    pub async fn copy(&mut self, frame: &[u8]) -> Result<(), Fault> {
+        let Some(tail) = self.tail.as_mut().filter(|t| t.reading.copy_in) else {
+            return Err(Fault::gateway("no COPY is waiting for data"));
+        };
+        if matches!(frame.first(), Some(b'c' | b'f')) {
+            tail.reading.copy_in = false;
+        }
+        tail.upstream
+            .send(frame)
+            .await
+            .map_err(|e| Fault::upstream(format!("the upstream PostgreSQL went away: {e}")))
     }
 
     /// The frames as one buffer, for the client.
@@ -488,6 +512,13 @@ impl Reply for PgReply {
             rows: Some(self.rows),
             total_rows: Some(self.rows),
             error: self.error.clone(),
+            sqlstate: Some(
+                self.error
+                    .as_deref()
+                    .and_then(|e| e.split(':').next())
+                    .unwrap_or("00000")
+                    .to_string(),
+            ),
             ..Summary::default()
         }
     }
@@ -602,6 +633,19 @@ fn scrub_row<'a>(
     Ok(changed.then(|| data_row(&values)))
 }
 
+/// The row count at the end of a CommandComplete's tag (`INSERT 0 5`, `COPY 5`); 0 when
+/// it has none.
+fn command_rows(frame: &BytesMut) -> u64 {
+    let tag = frame
+        .get(5..frame.len().saturating_sub(1))
+        .unwrap_or_default();
+    std::str::from_utf8(tag)
+        .ok()
+        .and_then(|t| t.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// COPY's rows are not cut into values, so they cannot be scrubbed: fail closed.
 fn copy_unscrubbable() -> Fault {
     Fault::gateway(
@@ -647,6 +691,8 @@ struct Reading {
     owed: VecDeque<Expect>,
     /// A simple Query sent as Parse/Bind/Execute: answers as a simple Query would.
     quiet: bool,
+    /// The server waits for the client's COPY data (it sent CopyInResponse).
+    copy_in: bool,
 }
 
 impl Reading {
@@ -691,18 +737,19 @@ impl Reading {
             b'1' | b'2' | b'3' if next == Expect::One => {
                 self.owed.pop_front();
             }
-            b'C' | b'I' | b's' if next == Expect::Execute => {
-                self.owed.pop_front();
+            b'C' | b'I' | b's' => {
+                // `INSERT 0 5`, `COPY 5`, `UPDATE 5`: the rows a statement that returns
+                // none wrote.
+                if tag == b'C' && reply.rows == 0 {
+                    reply.rows = command_rows(&frame);
+                }
+                if next == Expect::Execute {
+                    self.owed.pop_front();
+                }
             }
-            // COPY FROM STDIN: the upstream waits for the client's data.
-            b'G' => {
-                upstream
-                    .send_message(pgwire::messages::copy::CopyFail::new(
-                        "querygate does not forward COPY FROM STDIN yet".into(),
-                    ))
-                    .await?;
-                return Ok(Some((frame, false)));
-            }
+            // COPY FROM STDIN: the server waits for the client's data, which the front
+            // relays ([`PgReply::copy`]) before the reading goes on.
+            b'G' => self.copy_in = true,
             b'W' => {
                 return Err(Fault::upstream(
                     "the upstream started a COPY BOTH exchange, which querygate does not serve",
@@ -766,7 +813,12 @@ pub(crate) async fn exchange(
         status: upstream.status,
         ..PgReply::default()
     };
-    read(upstream, &mut reading, &mut reply, None).await?;
+    if read(upstream, &mut reading, &mut reply, None).await? {
+        upstream.interrupted = true;
+        return Err(Fault::upstream(
+            "the upstream started a COPY outside a statement querygate decided",
+        ));
+    }
     Ok(reply)
 }
 
@@ -786,6 +838,7 @@ async fn exchange_on(
         status: upstream.status,
         ..PgReply::default()
     };
+    // A reply read whole still stops where the server waits for COPY data.
     let hold = (!whole).then_some(STREAM_AFTER);
     if read(&mut upstream, &mut reading, &mut reply, hold).await? {
         reply.tail = Some(Tail {
@@ -812,7 +865,11 @@ async fn send(
         .send(&frames)
         .await
         .map_err(|e| Fault::upstream(format!("the upstream PostgreSQL went away: {e}")))?;
-    Ok(Reading { owed, quiet })
+    Ok(Reading {
+        owed,
+        quiet,
+        copy_in: false,
+    })
 }
 
 /// Reads answers into `reply`: all of them (a result over [`MAX_BUFFERED`] is refused
@@ -829,7 +886,7 @@ async fn read(
     while let Some((frame, forward)) = reading.next(upstream, reply).await? {
         let tag = frame[0];
         buffered += frame.len();
-        if hold.is_some_and(|h| buffered > h) {
+        if hold.is_some_and(|h| buffered > h) || reading.copy_in {
             if forward {
                 reply.frames.push(frame);
             }

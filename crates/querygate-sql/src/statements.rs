@@ -294,7 +294,14 @@ impl Script {
                         output = w.query(q, None);
                     }
                 }
-                (StatementKind::Copy, Check::Statement(s))
+                // `COPY … FROM` loads rows into a table: for policy, an insert (a rule that
+                // allows `copy` allows exporting a table, not writing one).
+                let kind = if *to {
+                    StatementKind::Copy
+                } else {
+                    StatementKind::Insert
+                };
+                (kind, Check::Statement(s))
             }
             Statement::Drop { names, table, .. } => {
                 for n in names.iter().chain(table) {
