@@ -14,7 +14,9 @@ import os
 import re
 import signal
 import socket
+import secrets
 import subprocess
+import textwrap
 import threading
 import time
 import urllib.error
@@ -334,3 +336,48 @@ class Idp:
         signer = crypt.RSASigner.from_string((self.keys_dir / "signing-key.pem").read_text(),
                                              key_id=(self.keys_dir / "kid.txt").read_text())
         return jwt.encode(signer, claims).decode()
+
+
+VENV_MCP = HERE / ".venv-mcp" / "bin"
+
+MCP_DRIVER = textwrap.dedent("""
+    # Drives querygate's MCP front with the official MCP Python SDK: list the tools, then
+    # make each call given, and print what the agent would read.
+    import asyncio, json, sys
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def main():
+        url, key, calls = sys.argv[1], sys.argv[2], sys.argv[3]
+        calls = json.loads(open(calls[1:]).read() if calls.startswith("@") else calls)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with streamablehttp_client(url, headers=headers) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = [t.name for t in (await session.list_tools()).tools]
+                results = []
+                for tool, arguments in calls:
+                    r = await session.call_tool(tool, arguments)
+                    results.append({
+                        "is_error": bool(r.isError),
+                        "structured": r.structuredContent,
+                        "texts": [c.text for c in r.content if getattr(c, "type", "") == "text"],
+                    })
+                print(json.dumps({"tools": tools, "results": results}))
+
+    asyncio.run(main())
+""")
+
+
+def mcp_drive(gateway: dict, who: str, calls: list) -> dict:
+    """Makes `calls` ([tool, arguments] pairs) on the MCP front at gateway["url"] as
+    gateway["keys"][who], with the official MCP Python SDK; what the agent read."""
+    text = json.dumps(calls)
+    if len(text) > 100_000:  # past what one argv string may hold: through a file
+        path = gateway["config"].parent / f"calls-{secrets.token_hex(4)}.json"
+        path.write_text(text)
+        text = f"@{path}"
+    cp = subprocess.run([str(VENV_MCP / "python"), "-c", MCP_DRIVER, gateway["url"], gateway["keys"][who],
+                         text], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, f"driver failed:\n{cp.stderr[-3000:]}\n--- log ---\n{gateway['server'].log_text()}"
+    return json.loads(cp.stdout.strip().splitlines()[-1])

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import subprocess
-import textwrap
 
 import pytest
 import requests
@@ -23,7 +22,6 @@ import e2e_support as s
 
 pytestmark = pytest.mark.gateway_only
 
-VENV_MCP = s.HERE / ".venv-mcp" / "bin"
 NODE_DRIVER = s.HERE / "mcp-node" / "drive.mjs"
 
 
@@ -93,35 +91,6 @@ statements = ["select"]
 action = "allow"
 """
 
-DRIVER = textwrap.dedent("""
-    # Drives querygate's MCP front with the official MCP Python SDK: list the tools, then
-    # make each call given, and print what the agent would read.
-    import asyncio, json, sys
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
-
-    async def main():
-        url, key, calls = sys.argv[1], sys.argv[2], sys.argv[3]
-        calls = json.loads(open(calls[1:]).read() if calls.startswith("@") else calls)
-        headers = {"Authorization": f"Bearer {key}"}
-        async with streamablehttp_client(url, headers=headers) as (read, write, _):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                tools = [t.name for t in (await session.list_tools()).tools]
-                results = []
-                for tool, arguments in calls:
-                    r = await session.call_tool(tool, arguments)
-                    results.append({
-                        "is_error": bool(r.isError),
-                        "structured": r.structuredContent,
-                        "texts": [c.text for c in r.content if getattr(c, "type", "") == "text"],
-                    })
-                print(json.dumps({"tools": tools, "results": results}))
-
-    asyncio.run(main())
-""")
-
-
 @pytest.fixture(scope="module")
 def gateway(e2e_tmp):
     work = e2e_tmp / "mcp-local"
@@ -156,15 +125,7 @@ def gateway(e2e_tmp):
 
 
 def drive(gateway, who: str, calls: list) -> dict:
-    text = json.dumps(calls)
-    if len(text) > 100_000:  # past what one argv string may hold: through a file
-        path = gateway["config"].parent / f"calls-{secrets.token_hex(4)}.json"
-        path.write_text(text)
-        text = f"@{path}"
-    cp = subprocess.run([str(VENV_MCP / "python"), "-c", DRIVER, gateway["url"], gateway["keys"][who],
-                         text], capture_output=True, text=True, timeout=120)
-    assert cp.returncode == 0, f"driver failed:\n{cp.stderr[-3000:]}\n--- log ---\n{gateway['server'].log_text()}"
-    return json.loads(cp.stdout.strip().splitlines()[-1])
+    return s.mcp_drive(gateway, who, calls)
 
 
 def test_the_tools_answer_from_the_source_masked_for_the_agent(gateway):

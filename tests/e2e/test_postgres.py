@@ -33,6 +33,7 @@ CONFIG = """
 [server]
 bigquery_listen = "127.0.0.1:{port}"
 postgres_listen = "127.0.0.1:{pg_port}"
+mcp_listen = "127.0.0.1:{mcp_port}"
 admin_listen = "127.0.0.1:{admin_port}"
 
 [approvals]
@@ -138,9 +139,9 @@ def gateway(e2e_tmp):
     key_toml = (s.api_key_toml("agent:pg-test", ["agents"], s.sha256_hex(keys["agent"]))
                 + s.api_key_toml("human:dba", ["people"], s.sha256_hex(keys["person"]))
                 + s.api_key_toml("human:approver", ["approvers"], s.sha256_hex(keys["approver"])))
-    port, pg_port, admin_port = s.free_port(), s.free_port(), s.free_port()
+    port, pg_port, admin_port, mcp_port = s.free_port(), s.free_port(), s.free_port(), s.free_port()
     config = work / "querygate.toml"
-    config.write_text(CONFIG.format(port=port, pg_port=pg_port, admin_port=admin_port, keys=key_toml,
+    config.write_text(CONFIG.format(port=port, pg_port=pg_port, admin_port=admin_port, mcp_port=mcp_port, keys=key_toml,
                                     db=name, role=name))
     env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1", QG_TEST_DB_PASSWORD=password)
     server = s.Server(name="querygate-pg", argv=[str(s.default_gateway_bin()), "serve", "--config", str(config)],
@@ -149,6 +150,7 @@ def gateway(e2e_tmp):
     try:
         server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
         yield {"port": pg_port, "db": name, "keys": keys, "config": config, "server": server,
+               "url": f"http://127.0.0.1:{mcp_port}/mcp",
                "admin": f"http://127.0.0.1:{admin_port}"}
     finally:
         server.stop()
@@ -734,3 +736,49 @@ def test_copy_from_stdin_is_a_write_the_rules_decide(gateway):
     assert done["rows"] == 50 and done["sqlstate"] == "00000" and done["statement_kinds"] == ["insert"], done
     bad = next(r for r in records if r["phase"] == "completed" and "copy-bad" in (r.get("statement") or ""))
     assert bad["sqlstate"] == "22P02", bad
+
+
+def test_mcp_tools_reach_postgres_decided_and_masked(gateway):
+    db = gateway["db"]
+    out = s.mcp_drive(gateway, "agent", [
+        ["list_dataset_ids", {"project": db}],
+        ["list_table_ids", {"project": db, "dataset_id": "public"}],
+        ["get_table_info", {"project": db, "dataset_id": "public", "table_id": "customers"}],
+        ["execute_sql", {"project": db, "sql": "SELECT id, name, ssn FROM customers ORDER BY id"}],
+        ["execute_sql", {"project": db, "sql": "SELECT * FROM hr.people"}],
+        ["execute_sql", {"project": db, "sql": "SELECT n FROM numbers ORDER BY n", "max_rows": 5}],
+        ["execute_sql", {"project": db, "sql": "SELECT email FROM contacts WHERE id = 1"}],
+        ["execute_sql", {"project": db, "sql": "SELECT $1"}],
+        ["execute_sql", {"project": db, "sql": "SELECT ssn FROM customers", "dry_run": True}],
+    ])
+    datasets, tables, info, customers, hr, numbers, contacts, parameter, dry = out["results"]
+    # The catalog shows what the rules let the agent read ("hr" is denied), and how it is masked.
+    assert datasets["structured"]["dataset_ids"] == ["public"], datasets
+    assert tables["structured"]["table_ids"] == ["contacts", "customers", "numbers", "payments"]
+    masks = {c["name"]: c.get("mask") for c in info["structured"]["schema"]}
+    assert masks == {"id": None, "name": "hash", "email": None, "ssn": "last4"}, info
+    # Rows come back masked where the column is read, typed by their PostgreSQL types.
+    import hashlib
+    ana = hashlib.sha256(mask_key(gateway) + b"Ana Lima").hexdigest()
+    assert customers["structured"]["rows"] == [{"id": 1, "name": ana, "ssn": "*******6789"},
+                                               {"id": 2, "name": customers["structured"]["rows"][1]["name"], "ssn": None}]
+    assert "Ana Lima" not in json.dumps(customers) and "123-45" not in json.dumps(customers)
+    assert hr["is_error"] and "agents do not read HR data" in hr["texts"][0], hr
+    assert numbers["structured"]["rows"] == [{"n": i} for i in range(1, 6)], numbers
+    assert contacts["structured"]["rows"] == [{"email": "[REDACTED]"}], contacts
+    assert parameter["is_error"] and "none can be bound here" in parameter["texts"][0], parameter
+    assert dry["structured"]["dry_run"] and dry["structured"]["schema"] == [{"name": "ssn", "type": "text"}], dry
+    records = [r for r in audit(gateway) if r["method"] == "execute_sql" and r["source"] == "app"]
+    done = [r for r in records if r["phase"] == "completed" and "FROM customers ORDER BY id" in (r.get("statement") or "")]
+    assert done and done[0]["rows"] == 2 and done[0]["sqlstate"] == "00000", records
+    assert "$1" in (done[0].get("rewritten") or ""), "the hash key is bound as a parameter, never in the text"
+
+
+def test_mcp_on_postgres_a_statement_an_approve_rule_catches_runs_once_approved(gateway):
+    db = gateway["db"]
+    (held,) = s.mcp_drive(gateway, "agent", [["execute_sql", {"project": db, "sql": "SELECT amount FROM payments"}]])["results"]
+    pending = held["structured"]
+    assert pending["state"] == "PENDING" and pending["approvers"] == ["group:approvers"], held
+    decide(gateway, pending["ticket"], "approve")
+    (rows,) = s.mcp_drive(gateway, "agent", [["get_query_results", {"project": db, "job_id": pending["job_id"], "timeout_ms": 5000}]])["results"]
+    assert not rows["is_error"] and rows["structured"]["rows"] == [{"amount": "9.5"}], rows

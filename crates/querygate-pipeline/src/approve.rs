@@ -444,6 +444,10 @@ impl Pipeline {
         let summary = crate::Reply::summary(&reply);
         if summary.accepted {
             tracing::info!(ticket = %ticket.id, job_id = %ticket.job_id, status = summary.status, "approved job submitted");
+            // A source without jobs answers with the result itself: it answers this poll.
+            if !source.keeps_jobs() {
+                return Some(Outcome::Done(reply));
+            }
             return None;
         }
         // The upstream did not create the job (a duplicate id, a refusal): the id is not the

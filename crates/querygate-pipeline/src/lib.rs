@@ -494,7 +494,7 @@ impl Pipeline {
             return None;
         };
         let mut facts = self.analyses.of(statement, source.dialect());
-        if let Some(schema) = default_schema {
+        if let Some(schema) = default_schema.as_deref().or(source.default_schema()) {
             Arc::make_mut(&mut facts).with_default_dataset(schema);
         }
         Some(facts)

@@ -62,7 +62,10 @@ impl Pipeline {
                 statement,
                 default_schema,
                 ..
-            }) => (statement, default_schema.as_deref()),
+            }) => (
+                statement,
+                default_schema.as_deref().or(source.default_schema()),
+            ),
             _ => return Ok(None),
         };
         let mut lists = HashMap::new();

@@ -47,6 +47,15 @@ impl<C> Admitted<C> {
     pub fn into_call(self) -> C {
         self.call
     }
+
+    /// The same admitted call in another type (a source that delegates to another by
+    /// kind unwraps it); `Err` when `f` finds no call in it.
+    pub fn try_map<D, E>(self, f: impl FnOnce(C) -> Result<D, E>) -> Result<Admitted<D>, E> {
+        Ok(Admitted {
+            call: f(self.call)?,
+            identity: self.identity,
+        })
+    }
 }
 
 /// What the pipeline learns from a reply, for the audit log and the job table.
@@ -160,6 +169,13 @@ pub trait Source: Send + Sync {
     /// The project (or database) unqualified table names belong to.
     fn default_project(&self) -> &str;
 
+    /// The schema one-part table names resolve in when a request names none (PostgreSQL:
+    /// `public`, as the source's own connections resolve them). Sources whose requests say
+    /// (a BigQuery default dataset) or whose names need none keep the default.
+    fn default_schema(&self) -> Option<&str> {
+        None
+    }
+
     /// The SQL dialect the source runs: statements to it are analyzed, fingerprinted and
     /// rewritten in it.
     fn dialect(&self) -> SqlDialect;
@@ -217,6 +233,13 @@ pub trait Source: Send + Sync {
     /// The value detectors to run on what this source returns (`detect = [...]`), if any.
     fn scrubber(&self) -> Option<&querygate_mask::Scrubber> {
         None
+    }
+
+    /// Whether the source runs queries as jobs that can be polled after they ran
+    /// (BigQuery). A source without them (PostgreSQL) answers a held call's run with its
+    /// result, which the poll that ran it returns.
+    fn keeps_jobs(&self) -> bool {
+        true
     }
 
     /// Rebuilds a call [`Source::hold`] saved: it creates the held job upstream.

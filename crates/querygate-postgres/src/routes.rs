@@ -763,7 +763,7 @@ async fn serve_messages(
                             },
                         );
                     }
-                    Ok(PgCall::Refused) => ext.fail(),
+                    Ok(PgCall::Refused | PgCall::Neutral(_)) => ext.fail(),
                     Err(outcome) => {
                         if render_outcome(front, client, link, outcome, false, &[])
                             .await

@@ -33,6 +33,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::upstream::{Endpoint, Upstream, error_text};
 
+mod neutral;
+pub use neutral::Neutral;
+
 /// The most answer bytes one statement's reply holds when it must be read whole (a row
 /// limit may withhold it).
 pub const MAX_BUFFERED: usize = 256 << 20;
@@ -217,6 +220,8 @@ pub enum PgCall {
     /// or an Execute with the messages that prepared it (and the Sync after it, when the
     /// client sent one), with the answers each is owed.
     Exchange(Exchange),
+    /// A neutral action (an MCP tool's), on a connection of its own.
+    Neutral(Neutral),
     /// What the gate refuses before anything is sent (an unknown message, a refused
     /// credential): never forwarded.
     Refused,
@@ -336,7 +341,9 @@ pub struct PgReply {
     /// The columns of the last row description.
     pub(crate) columns: Vec<String>,
     /// The rest of a result larger than a reply holds, still to read.
-    pub(crate) tail: Option<Tail>,
+    pub(crate) tail: Option<Box<Tail>>,
+    /// The answer to a neutral call.
+    pub(crate) neutral: Option<Answer>,
 }
 
 impl PgReply {
@@ -524,6 +531,15 @@ impl Reply for PgReply {
     }
 
     fn scrub(&mut self, scrubber: &Scrubber) -> Result<u64, Fault> {
+        if let Some(Answer::Rows(set)) = &mut self.neutral {
+            let mut rows = querygate_pipeline::Rows {
+                columns: None,
+                rows: std::mem::take(&mut set.rows),
+            };
+            let changed = querygate_pipeline::scrub_rows(&mut rows, scrubber);
+            set.rows = rows.rows;
+            return Ok(changed);
+        }
         let mut changed = 0;
         for frame in &mut self.frames {
             match frame[0] {
@@ -545,6 +561,12 @@ impl Reply for PgReply {
     }
 
     fn withhold_errors(&mut self, why: &str) -> bool {
+        if let Some(Answer::Error { message }) = &mut self.neutral {
+            let code = message.split(':').next().unwrap_or("XX000").to_string();
+            *message = format!("the statement failed ({code}); its message is withheld: {why}");
+            self.error = Some(message.clone());
+            return true;
+        }
         let mut withheld = false;
         for frame in &mut self.frames {
             if frame[0] == b'E' {
@@ -565,13 +587,23 @@ impl Reply for PgReply {
         }
     }
 
-    fn restrict(&mut self, _scope: &Scope) {}
+    fn restrict(&mut self, scope: &Scope) {
+        if let Some(Answer::Names(names)) = &mut self.neutral {
+            names.retain(|n| !scope.hidden.contains(n));
+        }
+    }
 
     fn body(&self) -> Bytes {
-        self.bytes().freeze()
+        match &self.neutral {
+            Some(answer) => Bytes::from(neutral::body(answer)),
+            None => self.bytes().freeze(),
+        }
     }
 
     fn answer(&self) -> Answer {
+        if let Some(answer) = &self.neutral {
+            return answer.clone();
+        }
         if let Some(message) = &self.error {
             return Answer::Error {
                 message: message.clone(),
@@ -841,12 +873,12 @@ async fn exchange_on(
     // A reply read whole still stops where the server waits for COPY data.
     let hold = (!whole).then_some(STREAM_AFTER);
     if read(&mut upstream, &mut reading, &mut reply, hold).await? {
-        reply.tail = Some(Tail {
+        reply.tail = Some(Box::new(Tail {
             upstream,
             reading,
             end: None,
             rows: reply.rows,
-        });
+        }));
     }
     Ok(reply)
 }
@@ -962,22 +994,20 @@ impl Source for PostgresSource {
                 whole,
                 ..
             }) => exchange_on(&link, frames, &expect, quiet, whole).await,
-            PgCall::Refused => Err(Fault::gateway("querygate forwards no such call")),
+            PgCall::Neutral(neutral) => self.neutral(neutral).await,
+            PgCall::Refused => Err(Fault::gateway(
+                "querygate forwards no such call (a PostgreSQL source keeps no jobs: a statement \
+                 approved after it waited runs once, and the poll that ran it returned its rows)",
+            )),
         }
     }
 
-    fn call_for(&self, action: &Action, _paging: &Paging) -> Result<PgCall, Denial> {
-        match action {
-            Action::Other { .. } | Action::Malformed { .. } => Ok(PgCall::Refused),
-            _ => Err(Denial::new(
-                DenialKind::Invalid,
-                format!(
-                    "source {} is a PostgreSQL database: connect to it with a PostgreSQL \
-                     client through querygate's PostgreSQL listener",
-                    self.name
-                ),
-            )),
-        }
+    fn call_for(&self, action: &Action, paging: &Paging) -> Result<PgCall, Denial> {
+        neutral::call_for(action, paging)
+    }
+
+    fn default_schema(&self) -> Option<&str> {
+        Some(neutral::SCHEMA)
     }
 
     async fn estimate(&self, _call: &PgCall) -> Result<u64, Refusal> {
@@ -993,23 +1023,39 @@ impl Source for PostgresSource {
 
     fn limit_bytes(&self, _call: &mut PgCall, _bytes: u64) {}
 
-    fn limit_rows(&self, call: &mut PgCall, _rows: u64) {
-        if let PgCall::Exchange(exchange) = call {
-            exchange.whole = true;
+    fn limit_rows(&self, call: &mut PgCall, rows: u64) {
+        match call {
+            PgCall::Exchange(exchange) => exchange.whole = true,
+            // One row past the limit is enough to know the result is over it.
+            PgCall::Neutral(Neutral::Query { max_rows, .. }) => {
+                *max_rows = (*max_rows).min(rows.saturating_add(1));
+            }
+            _ => {}
         }
     }
 
     /// A statement that waits for approval is held by its client's connection (the front
     /// waits for the decision, then runs it again): the ticket shows the statement, and a
     /// grant is bound to it.
+    /// A neutral query (an MCP tool's) is saved to run once approved, under a job id the
+    /// agent polls.
     fn hold(&self, call: &PgCall, _request_id: &str) -> Option<Held> {
-        let PgCall::Exchange(exchange) = call else {
-            return None;
+        let saved = match call {
+            PgCall::Exchange(exchange) => serde_json::json!({ "statement": exchange.sql }),
+            PgCall::Neutral(Neutral::Query {
+                sql,
+                max_rows,
+                keyed,
+                dry_run: false,
+            }) => serde_json::json!({
+                "statement": sql, "max_rows": max_rows, "keyed": keyed, "neutral": true,
+            }),
+            _ => return None,
         };
         Some(Held {
             job_id: format!("pg-{}", uuid::Uuid::new_v4().simple()),
             location: None,
-            call: serde_json::json!({ "statement": exchange.sql }).to_string(),
+            call: saved.to_string(),
             parameters: None,
         })
     }
@@ -1018,10 +1064,27 @@ impl Source for PostgresSource {
         self.scrubber.as_ref()
     }
 
-    fn resume(&self, _saved: &str) -> Result<Resumed<PgCall>, Fault> {
-        Err(Fault::gateway(
-            "a PostgreSQL statement runs when the client sends it again after approval",
-        ))
+    fn keeps_jobs(&self) -> bool {
+        false
+    }
+
+    fn resume(&self, saved: &str) -> Result<Resumed<PgCall>, Fault> {
+        let saved: serde_json::Value = serde_json::from_str(saved)
+            .map_err(|e| Fault::gateway(format!("the held statement cannot be read: {e}")))?;
+        if saved["neutral"] != serde_json::Value::Bool(true) {
+            return Err(Fault::gateway(
+                "a PostgreSQL statement runs when the client sends it again after approval",
+            ));
+        }
+        Ok(Resumed {
+            call: PgCall::Neutral(Neutral::Query {
+                sql: saved["statement"].as_str().unwrap_or_default().to_string(),
+                dry_run: false,
+                max_rows: saved["max_rows"].as_u64().unwrap_or(1),
+                keyed: saved["keyed"].as_bool().unwrap_or(false),
+            }),
+            method: "execute_sql".into(),
+        })
     }
 
     fn mask_key(&self) -> Option<&querygate_core::Secret> {
@@ -1078,7 +1141,7 @@ impl Source for PostgresSource {
     fn mask_key_param(&self, call: &PgCall) -> String {
         match call {
             PgCall::Exchange(e) => format!("${}", e.parameters() + 1),
-            PgCall::Refused => "$1".into(),
+            PgCall::Neutral(_) | PgCall::Refused => "$1".into(),
         }
     }
 
@@ -1088,6 +1151,18 @@ impl Source for PostgresSource {
     /// the key as one more parameter, which the front binds at each Bind); an Execute runs
     /// what its statement was parsed as, which must be this very rewrite.
     fn rewrite(&self, call: &mut PgCall, statement: &str) -> Result<(), Denial> {
+        if let PgCall::Neutral(Neutral::Query { sql, keyed, .. }) = call {
+            // A neutral statement takes no parameters of its own (`call_for`): the key is $1.
+            *keyed = names_parameter(statement, 1);
+            if *keyed && self.mask_key.is_none() {
+                return Err(Denial::new(
+                    DenialKind::Unavailable,
+                    "a masked column uses the hash strategy, and this gateway has no masking key",
+                ));
+            }
+            *sql = statement.to_string();
+            return Ok(());
+        }
         let PgCall::Exchange(exchange) = call else {
             return Err(Denial::new(DenialKind::Invalid, "nothing to rewrite"));
         };
@@ -1141,7 +1216,8 @@ impl Source for PostgresSource {
     fn statement(&self, call: &PgCall) -> Option<String> {
         match call {
             PgCall::Exchange(e) => Some(e.sql.clone()),
-            PgCall::Refused => None,
+            PgCall::Neutral(Neutral::Query { sql, .. }) => Some(sql.clone()),
+            PgCall::Neutral(_) | PgCall::Refused => None,
         }
     }
 }

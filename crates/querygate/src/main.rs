@@ -4,6 +4,7 @@
 //! Parses the command line and hands off to one module per command. Errors reach
 //! the user as one readable message and a non-zero exit; nothing here panics.
 
+mod any_source;
 mod approvals_cmd;
 mod audit_cmd;
 mod config;

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use querygate_bigquery::{BigQuerySource, Front, UpstreamAuth, router};
+
+use crate::any_source::AnySource;
 use querygate_core::Identity;
 use querygate_identity::KeyCaches;
 use querygate_pipeline::{ApiKey, Approvals, Authenticator, Pipeline, Recordings};
@@ -168,6 +170,21 @@ pub fn source(
     Ok(source
         .with_scrubber(s.scrubber(mask_key))
         .with_mask_key(mask_key.cloned()))
+}
+
+/// Every configured source, in configuration order, for the MCP tools.
+fn any_sources(
+    config: &Config,
+    bigquery: &querygate_pipeline::Sources<BigQuerySource>,
+    postgres: &querygate_pipeline::Sources<querygate_postgres::PostgresSource>,
+) -> querygate_pipeline::Sources<AnySource> {
+    querygate_pipeline::Sources::new(config.sources.iter().filter_map(|s| {
+        let any = match bigquery.named(&s.name) {
+            Some(bq) => AnySource::BigQuery(bq.clone()),
+            None => AnySource::Postgres(postgres.named(&s.name)?.clone()),
+        };
+        Some(Arc::new(any))
+    }))
 }
 
 /// The `postgres` sources: each upstream with the gateway's password for it (read now).
@@ -341,6 +358,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             None
         }
     };
+    // The postgres sources, shared by the PostgreSQL front and the MCP tools.
+    let pg_sources = Arc::new(postgres_sources(&config)?);
     let mcp = match config.mcp_listen() {
         Some(mcp_addr) => {
             let listener = TcpListener::bind(mcp_addr)
@@ -362,7 +381,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
             let mcp_front = Arc::new(querygate_mcp::McpFront {
                 pipeline: pipeline.clone(),
-                sources: front.sources.clone(),
+                sources: Arc::new(any_sources(&config, &front.sources, &pg_sources)),
                 max_rows: config.mcp.max_rows.unwrap_or(200).max(1),
                 // Tokens are accepted for this resource only: the configured one, or this
                 // listener's own /mcp URL.
@@ -393,7 +412,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 )?),
                 _ => None,
             };
-            let sources = Arc::new(postgres_sources(&config)?);
+            let sources = pg_sources.clone();
             tracing::info!(
                 "querygate serving PostgreSQL at {local} (clients: host={} port={} dbname=<source>)",
                 local.ip(),
