@@ -782,3 +782,38 @@ def test_mcp_on_postgres_a_statement_an_approve_rule_catches_runs_once_approved(
     decide(gateway, pending["ticket"], "approve")
     (rows,) = s.mcp_drive(gateway, "agent", [["get_query_results", {"project": db, "job_id": pending["job_id"], "timeout_ms": 5000}]])["results"]
     assert not rows["is_error"] and rows["structured"]["rows"] == [{"amount": "9.5"}], rows
+
+
+def test_an_approval_binds_the_values_a_statement_was_bound_with(gateway):
+    sql = "SELECT amount FROM payments WHERE id = $1 /* bound */"
+    errors = []
+
+    def client(value):
+        with psycopg.connect(dsn(gateway)) as c:
+            try:
+                c.execute(sql.replace("$1", "%s"), (value,))
+            except psycopg.Error as e:
+                errors.append(e.sqlstate)
+
+    first = threading.Thread(target=client, args=(1,))
+    first.start()
+    one = pending_ticket(gateway, sql)
+    second = threading.Thread(target=client, args=(2,))
+    second.start()
+    env = dict(os.environ, QUERYGATE_TOKEN=gateway["keys"]["approver"], NO_COLOR="1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        cp = subprocess.run([str(s.default_gateway_bin()), "approvals", "list", "--json", "--server", gateway["admin"]],
+                            capture_output=True, text=True, env=env, timeout=30)
+        waiting = [t for t in tickets(cp.stdout) if t.get("statement") == sql and t.get("state") == "pending"]
+        if len(waiting) == 2:
+            break
+        time.sleep(0.2)
+    # Another value is another request: it waits for its own approval.
+    assert len(waiting) == 2, waiting
+    assert sorted(t.get("parameters") for t in waiting) == ['["1"]', '["2"]'], waiting
+    for t in waiting:
+        decide(gateway, t["id"], "deny")
+    first.join(20)
+    second.join(20)
+    assert errors == ["42501", "42501"] and one in {t["id"] for t in waiting}

@@ -232,7 +232,7 @@ impl Pipeline {
                 sensitive,
             );
             reply.stream(end);
-            tracing::info!(
+            tracing::debug!(
                 request_id = %request.id, identity = %identity.subject, method = %request.method,
                 "request streaming"
             );
@@ -243,7 +243,7 @@ impl Pipeline {
             tracing::info!(request_id = %request.id, identity = %identity.subject, "result withheld: {message}");
             return Outcome::Denied(Denial::new(DenialKind::Forbidden, message));
         }
-        tracing::info!(
+        tracing::debug!(
             request_id = %request.id, identity = %identity.subject, method = %request.method,
             status = summary.status, "request completed"
         );

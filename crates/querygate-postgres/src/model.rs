@@ -91,6 +91,32 @@ pub struct Prepared {
     pub parameters: usize,
     /// The parameter the hash key is bound to, one past the client's.
     pub key: Option<usize>,
+    /// The values a portal was bound with (JSON), which an approval binds too.
+    pub bound: Option<String>,
+}
+
+/// The values of a Bind as JSON: text as it is, binary as `\x` and hex (as PostgreSQL
+/// writes `bytea`), NULL as null.
+pub fn bound_values(bind: &pgwire::messages::extendedquery::Bind) -> String {
+    let binary = |i: usize| match bind.parameter_format_codes.len() {
+        0 => false,
+        1 => bind.parameter_format_codes[0] == 1,
+        _ => bind.parameter_format_codes.get(i) == Some(&1),
+    };
+    let values: Vec<serde_json::Value> = bind
+        .parameters
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            None => serde_json::Value::Null,
+            Some(b) if binary(i) => serde_json::Value::String(format!(
+                "\\x{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )),
+            Some(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+        })
+        .collect();
+    serde_json::Value::Array(values).to_string()
 }
 
 impl Extended {

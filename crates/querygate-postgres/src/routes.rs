@@ -760,6 +760,7 @@ async fn serve_messages(
                                 sent: prepared.sql,
                                 parameters,
                                 key: prepared.key,
+                                bound: None,
                             },
                         );
                     }
@@ -799,6 +800,8 @@ async fn serve_messages(
                     ext.fail();
                     continue;
                 }
+                let mut prepared = prepared;
+                prepared.bound = Some(crate::model::bound_values(&b));
                 match (prepared.key, source.key_bytes()) {
                     (Some(_), Some(key)) => match bind_with_key(b, key, prepared.parameters) {
                         Ok(bind) => ext.hold(&bind, Expect::One),
@@ -866,6 +869,7 @@ async fn serve_messages(
                     sent: Sent::Execute {
                         prepared_as: prepared.sent.clone(),
                         parameters: prepared.parameters,
+                        bound: prepared.bound.clone(),
                     },
                     quiet: false,
                     key: None,

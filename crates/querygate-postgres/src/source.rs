@@ -261,6 +261,8 @@ pub enum Sent {
     Execute {
         prepared_as: String,
         parameters: usize,
+        /// The values its portal was bound with (JSON).
+        bound: Option<String>,
     },
 }
 
@@ -519,13 +521,15 @@ impl Reply for PgReply {
             rows: Some(self.rows),
             total_rows: Some(self.rows),
             error: self.error.clone(),
-            sqlstate: Some(
-                self.error
-                    .as_deref()
-                    .and_then(|e| e.split(':').next())
-                    .unwrap_or("00000")
-                    .to_string(),
-            ),
+            // The upstream's errors read `SQLSTATE: message`; the gateway's own have none.
+            sqlstate: match self.error.as_deref() {
+                None => Some("00000".to_string()),
+                Some(e) => e
+                    .split(':')
+                    .next()
+                    .filter(|c| c.len() == 5 && c.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    .map(str::to_string),
+            },
             ..Summary::default()
         }
     }
@@ -667,7 +671,7 @@ fn scrub_row<'a>(
 
 /// The row count at the end of a CommandComplete's tag (`INSERT 0 5`, `COPY 5`); 0 when
 /// it has none.
-fn command_rows(frame: &BytesMut) -> u64 {
+pub(crate) fn command_rows(frame: &BytesMut) -> u64 {
     let tag = frame
         .get(5..frame.len().saturating_sub(1))
         .unwrap_or_default();
@@ -1211,6 +1215,18 @@ impl Source for PostgresSource {
         exchange.sql = statement.to_string();
         exchange.key = keyed.then_some(k);
         Ok(())
+    }
+
+    /// The values an Execute's portal was bound with: an approval of the statement is an
+    /// approval of these values, as for BigQuery's query parameters.
+    fn parameters(&self, call: &PgCall) -> Option<String> {
+        match call {
+            PgCall::Exchange(Exchange {
+                sent: Sent::Execute { bound, .. },
+                ..
+            }) => bound.clone(),
+            _ => None,
+        }
     }
 
     fn statement(&self, call: &PgCall) -> Option<String> {

@@ -325,3 +325,12 @@ fn the_hash_key_is_numbered_past_the_clients_parameters_and_hidden_from_descript
     plain.hide_key_parameters(&[false]);
     assert_eq!(plain.frames[0], typed(b't', &body));
 }
+
+#[test]
+fn a_write_reports_its_rows_in_its_command_tag() {
+    use crate::source::command_rows;
+    assert_eq!(command_rows(&typed(b'C', b"INSERT 0 5\0")), 5);
+    assert_eq!(command_rows(&typed(b'C', b"COPY 12\0")), 12);
+    assert_eq!(command_rows(&typed(b'C', b"BEGIN\0")), 0);
+    assert_eq!(command_rows(&typed(b'C', b"")), 0);
+}

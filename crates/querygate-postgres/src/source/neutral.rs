@@ -381,3 +381,140 @@ pub(crate) fn body(answer: &Answer) -> String {
     };
     value.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use querygate_core::{Action, Catalog, JobOp, Query};
+    use querygate_pipeline::{Answer, Paging, Reply, Scope};
+    use serde_json::json;
+
+    use super::*;
+
+    fn typed(tag: u8, body: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.put_u8(tag);
+        out.put_i32(4 + body.len() as i32);
+        out.put_slice(body);
+        out
+    }
+
+    fn row(values: &[Option<&str>]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                None => body.put_i32(-1),
+                Some(v) => {
+                    body.put_i32(v.len() as i32);
+                    body.put_slice(v.as_bytes());
+                }
+            }
+        }
+        typed(b'D', &body)
+    }
+
+    fn description(columns: &[(&str, u32)]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_i16(columns.len() as i16);
+        for (name, oid) in columns {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_i32(0);
+            body.put_i16(0);
+            body.put_u32(*oid);
+            body.put_i16(-1);
+            body.put_i32(-1);
+            body.put_i16(0);
+        }
+        typed(b'T', &body)
+    }
+
+    #[test]
+    fn values_are_typed_by_their_type_oids() {
+        let frames = vec![
+            description(&[
+                ("n", 23),
+                ("big", 20),
+                ("ok", 16),
+                ("x", 701),
+                ("doc", 3802),
+                ("amount", 1700),
+                ("name", 25),
+            ]),
+            row(&[
+                Some("7"),
+                Some("9007199254740993"),
+                Some("t"),
+                Some("1.5"),
+                Some(r#"{"a":1}"#),
+                Some("9.50"),
+                None,
+            ]),
+            typed(b's', b""),
+        ];
+        let set = result_set(&frames);
+        assert_eq!(
+            set.rows,
+            vec![vec![
+                json!(7),
+                json!("9007199254740993"),
+                json!(true),
+                json!(1.5),
+                json!({"a": 1}),
+                json!("9.50"),
+                serde_json::Value::Null,
+            ]]
+        );
+        assert_eq!(set.columns[3].data_type, "double precision");
+        assert_eq!(set.total_rows, None, "a suspended portal has more rows");
+    }
+
+    #[test]
+    fn neutral_actions_become_calls_and_jobs_are_never_forwarded() {
+        let paging = Paging {
+            max_rows: Some(5),
+            ..Paging::default()
+        };
+        let query = Action::Query(Query::new("SELECT 1"));
+        assert!(matches!(
+            call_for(&query, &paging),
+            Ok(PgCall::Neutral(Neutral::Query { max_rows: 5, .. }))
+        ));
+        let parameter = Action::Query(Query::new("SELECT $1"));
+        assert!(call_for(&parameter, &paging).is_err());
+        let tables = Action::Catalog {
+            object: Catalog::Tables {
+                schema: "db.public".into(),
+            },
+            hidden: false,
+        };
+        assert!(matches!(
+            call_for(&tables, &paging),
+            Ok(PgCall::Neutral(Neutral::Tables { .. }))
+        ));
+        let job = Action::Job(JobOp::Get {
+            job_id: "pg-1".into(),
+        });
+        assert!(matches!(call_for(&job, &paging), Ok(PgCall::Refused)));
+    }
+
+    #[test]
+    fn a_listing_keeps_only_what_the_scope_shows_and_errors_can_be_withheld() {
+        let mut names = PgReply::neutral(Answer::Names(vec!["public".into(), "hr".into()]));
+        names.restrict(&Scope {
+            hidden: ["hr".to_string()].into_iter().collect(),
+            ..Scope::default()
+        });
+        assert_eq!(names.answer(), Answer::Names(vec!["public".into()]));
+        let mut failed = PgReply::neutral(Answer::Error {
+            message: "22012: division by zero near 123-45-6789".into(),
+        });
+        assert!(failed.withhold_errors("it reads masked columns"));
+        let Answer::Error { message } = failed.answer() else {
+            panic!("an error");
+        };
+        assert!(message.contains("22012") && !message.contains("6789"), "{message}");
+        assert_eq!(failed.summary().sqlstate.as_deref(), Some("22012"));
+    }
+}
