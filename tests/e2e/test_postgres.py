@@ -811,9 +811,28 @@ def test_an_approval_binds_the_values_a_statement_was_bound_with(gateway):
         time.sleep(0.2)
     # Another value is another request: it waits for its own approval.
     assert len(waiting) == 2, waiting
-    assert sorted(t.get("parameters") for t in waiting) == ['["1"]', '["2"]'], waiting
+    # The approver sees the values each would run with (psycopg binds ints as binary int2).
+    shown = []
+    for t in waiting:
+        cp = subprocess.run([str(s.default_gateway_bin()), "approvals", "show", t["id"], "--server", gateway["admin"]],
+                            capture_output=True, text=True, env=env, timeout=30)
+        assert cp.returncode == 0, s.describe(cp)
+        shown.append(next(line for line in cp.stdout.splitlines() if "parameters" in line))
+    assert sorted(line.split()[-1] for line in shown) == ['["\\\\x0001"]', '["\\\\x0002"]'], shown
     for t in waiting:
         decide(gateway, t["id"], "deny")
     first.join(20)
     second.join(20)
     assert errors == ["42501", "42501"] and one in {t["id"] for t in waiting}
+    # Approved while the client waits, the statement runs with the values it was bound with.
+    result = {}
+
+    def approved():
+        with psycopg.connect(dsn(gateway)) as c:
+            result["rows"] = c.execute(sql.replace("$1", "%s"), (1,)).fetchall()
+
+    t = threading.Thread(target=approved)
+    t.start()
+    decide(gateway, pending_ticket(gateway, sql), "approve")
+    t.join(20)
+    assert result.get("rows") == [(__import__("decimal").Decimal("9.5"),)], result

@@ -568,7 +568,7 @@ impl Reply for PgReply {
         if let Some(Answer::Error { message }) = &mut self.neutral {
             let code = message.split(':').next().unwrap_or("XX000").to_string();
             *message = format!("the statement failed ({code}); its message is withheld: {why}");
-            self.error = Some(message.clone());
+            self.error = Some(format!("{code}: {message}"));
             return true;
         }
         let mut withheld = false;
@@ -1060,7 +1060,8 @@ impl Source for PostgresSource {
             job_id: format!("pg-{}", uuid::Uuid::new_v4().simple()),
             location: None,
             call: saved.to_string(),
-            parameters: None,
+            // What the grant binds besides the statement (see `Source::parameters`).
+            parameters: self.parameters(call),
         })
     }
 

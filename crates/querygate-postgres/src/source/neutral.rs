@@ -514,7 +514,10 @@ mod tests {
         let Answer::Error { message } = failed.answer() else {
             panic!("an error");
         };
-        assert!(message.contains("22012") && !message.contains("6789"), "{message}");
+        assert!(
+            message.contains("22012") && !message.contains("6789"),
+            "{message}"
+        );
         assert_eq!(failed.summary().sqlstate.as_deref(), Some("22012"));
     }
 }
