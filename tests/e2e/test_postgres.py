@@ -836,3 +836,29 @@ def test_an_approval_binds_the_values_a_statement_was_bound_with(gateway):
     decide(gateway, pending_ticket(gateway, sql), "approve")
     t.join(20)
     assert result.get("rows") == [(__import__("decimal").Decimal("9.5"),)], result
+
+
+def test_garbage_in_the_middle_of_a_copy_ends_the_connection_clearly_and_is_audited(gateway):
+    sock = socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10)
+    params = b"user\0person\0database\0" + gateway["db"].encode() + b"\0\0"
+    sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+    assert sock.recv(1) == b"R"
+    sock.recv(8)
+    password = gateway["keys"]["person"].encode() + b"\0"
+    sock.sendall(b"p" + struct.pack("!i", 4 + len(password)) + password)
+    seen = b""
+    while not seen.endswith(b"Z\0\0\0\x05I"):
+        seen += sock.recv(4096)
+    body = b"COPY contacts (id) FROM STDIN /* copy-garbage */\0"
+    sock.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
+    seen = b""
+    while b"G" not in seen:
+        seen += sock.recv(4096)
+    sock.sendall(b"d" + struct.pack("!i", 4 + 4) + b"500\n" + b"Q\x00\x00\x00\x05\x00")
+    answer = read_all(sock)
+    assert b"FATAL" in answer and b"only CopyData" in answer, answer
+    assert gateway["server"].alive()
+    records = audit(gateway)
+    assert any(r["method"] == "malformed" and "only CopyData" in (r.get("reason") or "") for r in records)
+    with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={gateway['db']}")) as c:
+        assert c.execute("SELECT count(*) FROM contacts WHERE id = 500").fetchone() == (0,)

@@ -710,10 +710,10 @@ async fn serve_messages(
                 };
                 let request = || decode::query(conn, q.query.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
-                if render_outcome(front, client, link, outcome, true, &[])
-                    .await
-                    .is_err()
-                {
+                if let Err(ended) = render_outcome(front, client, link, outcome, true, &[]).await {
+                    if let Some(problem) = ended {
+                        refuse(front, client, conn, source, &problem).await;
+                    }
                     return;
                 }
                 ext.end_of_transaction(link.lock().await.status);
@@ -766,10 +766,12 @@ async fn serve_messages(
                     }
                     Ok(PgCall::Refused | PgCall::Neutral(_)) => ext.fail(),
                     Err(outcome) => {
-                        if render_outcome(front, client, link, outcome, false, &[])
-                            .await
-                            .is_err()
+                        if let Err(ended) =
+                            render_outcome(front, client, link, outcome, false, &[]).await
                         {
+                            if let Some(problem) = ended {
+                                refuse(front, client, conn, source, &problem).await;
+                            }
                             return;
                         }
                         ext.fail();
@@ -877,11 +879,16 @@ async fn serve_messages(
                 };
                 let request = || decode::execute(conn, prepared.original.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
-                let Ok(failed) =
-                    render_outcome(front, client, link, outcome, synced, &described).await
-                else {
-                    return;
-                };
+                let failed =
+                    match render_outcome(front, client, link, outcome, synced, &described).await {
+                        Ok(failed) => failed,
+                        Err(ended) => {
+                            if let Some(problem) = ended {
+                                refuse(front, client, conn, source, &problem).await;
+                            }
+                            return;
+                        }
+                    };
                 if synced {
                     ext.end_of_transaction(link.lock().await.status);
                 }
@@ -1087,29 +1094,24 @@ async fn copy_in(
     front: &PostgresFront,
     client: &mut Client,
     reply: &mut PgReply,
-) -> Result<(), ()> {
+) -> Result<(), Option<Problem>> {
     while reply.wants_copy_data() {
         let frame = match client.frame(front.max_message_bytes).await {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Err(()),
-            Err(problem) => {
-                client.fatal(problem.code, &problem.message).await;
-                return Err(());
-            }
+            Ok(None) => return Err(None),
+            Err(problem) => return Err(Some(problem)),
         };
         if !matches!(frame[0], b'd' | b'c' | b'f' | b'H' | b'S') {
-            client
-                .fatal(
-                    "08P01",
-                    "only CopyData, CopyDone or CopyFail may follow a COPY FROM STDIN",
-                )
-                .await;
-            return Err(());
+            return Err(Some(Problem {
+                code: "08P01",
+                message: "only CopyData, CopyDone or CopyFail may follow a COPY FROM STDIN".into(),
+                kind: querygate_core::Malformed::Invalid,
+            }));
         }
         if let Err(fault) = reply.copy(&frame).await {
             render::failed(&mut client.out, &fault);
             let _ = client.flush().await;
-            return Err(());
+            return Err(None);
         }
     }
     Ok(())
@@ -1120,7 +1122,8 @@ async fn copy_in(
 /// which a refusal must send too; `described`: which statement descriptions in it carry
 /// the hash key's parameter. The rest of a large result is streamed: written to the client
 /// as it drains it. `Ok(failed)`: whether the statement failed; `Err` when the connection
-/// cannot go on (the client went away mid-result, the upstream failed).
+/// cannot go on: the client went away mid-result or the upstream failed (`None`), or the
+/// client sent what the front cannot serve (a problem to refuse and audit).
 async fn render_outcome(
     front: &PostgresFront,
     client: &mut Client,
@@ -1128,27 +1131,27 @@ async fn render_outcome(
     outcome: Outcome<PgReply>,
     ready: bool,
     described: &[bool],
-) -> Result<bool, ()> {
+) -> Result<bool, Option<Problem>> {
     match outcome {
         Outcome::Done(mut reply) => {
             reply.hide_key_parameters(described);
             client.out.extend_from_slice(&reply.bytes());
             while reply.is_open() {
                 if reply.wants_copy_data() {
-                    client.flush().await.map_err(|_| ())?;
+                    client.flush().await.map_err(|_| None)?;
                     copy_in(front, client, &mut reply).await?;
                     continue;
                 }
                 match reply.more().await {
                     Ok(Some(part)) => {
                         client.out.extend_from_slice(&part);
-                        client.flush().await.map_err(|_| ())?;
+                        client.flush().await.map_err(|_| None)?;
                     }
                     Ok(None) => break,
                     Err(fault) => {
                         render::failed(&mut client.out, &fault);
                         let _ = client.flush().await;
-                        return Err(());
+                        return Err(None);
                     }
                 }
             }
