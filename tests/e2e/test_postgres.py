@@ -292,14 +292,14 @@ def test_cancel_reaches_the_running_statement(gateway):
         assert c.execute("SELECT 1").fetchone() == (1,)
 
 
-def raw_session(gateway):
-    """A socket signed in as the agent, past its first ReadyForQuery."""
+def raw_session(gateway, who: str = "agent"):
+    """A socket signed in as `who`, past its first ReadyForQuery."""
     sock = socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10)
-    params = b"user\0agent\0database\0" + gateway["db"].encode() + b"\0\0"
+    params = b"user\0" + who.encode() + b"\0database\0" + gateway["db"].encode() + b"\0\0"
     sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
     assert sock.recv(1) == b"R"
     sock.recv(8)
-    password = gateway["keys"]["agent"].encode() + b"\0"
+    password = gateway["keys"][who].encode() + b"\0"
     sock.sendall(b"p" + struct.pack("!i", 4 + len(password)) + password)
     seen = b""
     while not seen.endswith(b"Z\0\0\0\x05I"):
@@ -839,16 +839,7 @@ def test_an_approval_binds_the_values_a_statement_was_bound_with(gateway):
 
 
 def test_garbage_in_the_middle_of_a_copy_ends_the_connection_clearly_and_is_audited(gateway):
-    sock = socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10)
-    params = b"user\0person\0database\0" + gateway["db"].encode() + b"\0\0"
-    sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
-    assert sock.recv(1) == b"R"
-    sock.recv(8)
-    password = gateway["keys"]["person"].encode() + b"\0"
-    sock.sendall(b"p" + struct.pack("!i", 4 + len(password)) + password)
-    seen = b""
-    while not seen.endswith(b"Z\0\0\0\x05I"):
-        seen += sock.recv(4096)
+    sock = raw_session(gateway, "person")
     body = b"COPY contacts (id) FROM STDIN /* copy-garbage */\0"
     sock.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
     seen = b""
