@@ -853,3 +853,34 @@ def test_garbage_in_the_middle_of_a_copy_ends_the_connection_clearly_and_is_audi
     assert any(r["method"] == "malformed" and "only CopyData" in (r.get("reason") or "") for r in records)
     with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={gateway['db']}")) as c:
         assert c.execute("SELECT count(*) FROM contacts WHERE id = 500").fetchone() == (0,)
+
+
+def test_copy_from_stdin_over_the_extended_protocol_ends_at_the_clients_sync(gateway):
+    # As libpq sends it: Parse/Bind/Execute/Sync, the data, CopyDone, then its own Sync (the
+    # server ignores the first Sync while the COPY runs).
+    sock = raw_session(gateway, "person")
+    sql = b"COPY contacts (id) FROM STDIN\0"
+    parse = b"P" + struct.pack("!i", 4 + 1 + len(sql) + 2) + b"\0" + sql + b"\0\0"
+    bind = b"B" + struct.pack("!i", 4 + 1 + 1 + 2 + 2 + 2) + b"\0\0" + b"\0\0\0\0\0\0"
+    execute = b"E" + struct.pack("!i", 4 + 1 + 4) + b"\0" + b"\0\0\0\0"
+    sync = b"S\0\0\0\x04"
+    sock.sendall(parse + bind + execute + sync)
+    seen = b""
+    while b"G" not in seen:
+        seen += sock.recv(4096)
+    sock.sendall(b"d" + struct.pack("!i", 4 + 4) + b"700\n" + b"c\0\0\0\x04" + sync)
+    seen = b""
+    while not seen.endswith(b"Z\0\0\0\x05I"):
+        chunk = sock.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    assert b"COPY 1" in seen, seen
+    # The session goes on.
+    query = b"SELECT 1\0"
+    sock.sendall(b"Q" + struct.pack("!i", 4 + len(query)) + query)
+    seen = b""
+    while not seen.endswith(b"Z\0\0\0\x05I"):
+        seen += sock.recv(4096)
+    assert b"SELECT 1" in seen
+    with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={gateway['db']}"), autocommit=True) as c:
+        assert c.execute("DELETE FROM contacts WHERE id = 700").rowcount == 1

@@ -1101,10 +1101,12 @@ async fn copy_in(
             Ok(None) => return Err(None),
             Err(problem) => return Err(Some(problem)),
         };
-        if !matches!(frame[0], b'd' | b'c' | b'f' | b'H' | b'S') {
+        if !reply.takes(frame[0]) {
             return Err(Some(Problem {
                 code: "08P01",
-                message: "only CopyData, CopyDone or CopyFail may follow a COPY FROM STDIN".into(),
+                message: "only CopyData, CopyDone or CopyFail may follow a COPY FROM STDIN (and, \
+                          in the extended protocol, the Sync after its CopyDone)"
+                    .into(),
                 kind: querygate_core::Malformed::Invalid,
             }));
         }

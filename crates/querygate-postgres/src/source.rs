@@ -428,20 +428,41 @@ impl PgReply {
         Ok(Some(out))
     }
 
-    /// Whether the server waits for the client's COPY data: the front relays the
-    /// client's CopyData, CopyDone or CopyFail (and the Flush or Sync a client sends
-    /// along, which the server ignores until the COPY ends) with [`PgReply::copy`].
+    /// Whether the server waits for the client's COPY data, or, after a COPY run by the
+    /// extended protocol, for the Sync that follows it: the front relays what the client
+    /// sends with [`PgReply::copy`] (a message [`PgReply::takes`] does not take ends the
+    /// connection).
     pub fn wants_copy_data(&self) -> bool {
-        self.tail.as_ref().is_some_and(|t| t.reading.copy_in)
+        self.tail
+            .as_ref()
+            .is_some_and(|t| t.reading.copy_in || t.reading.sync_after_copy)
+    }
+
+    /// Whether a client message of type `tag` may go to the server now: CopyData, CopyDone,
+    /// CopyFail (and the Flush or Sync a client sends along, which the server ignores)
+    /// during the COPY; after it, a Flush or the Sync that ends it. Nothing that could
+    /// run a statement goes this way.
+    pub fn takes(&self, tag: u8) -> bool {
+        match self.tail.as_ref().map(|t| &t.reading) {
+            Some(r) if r.copy_in => matches!(tag, b'd' | b'c' | b'f' | b'H' | b'S'),
+            Some(r) if r.sync_after_copy => matches!(tag, b'H' | b'S'),
+            _ => false,
+        }
     }
 
     /// Relays one client message of a COPY FROM STDIN to the server.
     pub async fn copy(&mut self, frame: &[u8]) -> Result<(), Fault> {
-        let Some(tail) = self.tail.as_mut().filter(|t| t.reading.copy_in) else {
+        let tag = frame.first().copied().unwrap_or(0);
+        if !self.takes(tag) {
+            return Err(Fault::gateway("no COPY is waiting for this message"));
+        }
+        let Some(tail) = self.tail.as_mut() else {
             return Err(Fault::gateway("no COPY is waiting for data"));
         };
-        if matches!(frame.first(), Some(b'c' | b'f')) {
-            tail.reading.copy_in = false;
+        match tag {
+            b'c' | b'f' => tail.reading.copy_in = false,
+            b'S' if !tail.reading.copy_in => tail.reading.sync_after_copy = false,
+            _ => {}
         }
         tail.upstream
             .send(frame)
@@ -729,6 +750,9 @@ struct Reading {
     quiet: bool,
     /// The server waits for the client's COPY data (it sent CopyInResponse).
     copy_in: bool,
+    /// A COPY run by an Execute that was sent with its Sync: the server ignores a Sync
+    /// during COPY, so the client's own Sync after its CopyDone must reach it too.
+    sync_after_copy: bool,
 }
 
 impl Reading {
@@ -785,7 +809,12 @@ impl Reading {
             }
             // COPY FROM STDIN: the server waits for the client's data, which the front
             // relays ([`PgReply::copy`]) before the reading goes on.
-            b'G' => self.copy_in = true,
+            b'G' => {
+                self.copy_in = true;
+                self.sync_after_copy = !self.quiet
+                    && next == Expect::Execute
+                    && self.owed.back() == Some(&Expect::Ready);
+            }
             b'W' => {
                 return Err(Fault::upstream(
                     "the upstream started a COPY BOTH exchange, which querygate does not serve",
@@ -905,6 +934,7 @@ async fn send(
         owed,
         quiet,
         copy_in: false,
+        sync_after_copy: false,
     })
 }
 
