@@ -166,21 +166,32 @@ big_qg=$(PGPASSWORD="$KEY" timed psql -X -q -h 127.0.0.1 -p "${PORT[querygate]}"
 hwm_after="$(hwm)"
 log "1M rows: direct ${big_direct}s, querygate ${big_qg}s, peak RSS +$(( hwm_after - hwm_before )) KiB"
 
-# run TARGET MODE CLIENTS -> "tps p50_ms p99_ms"
+# querygate's CPU time so far (user + system), in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$QG_PID/stat"; }
+HZ="$(getconf CLK_TCK)"
+
+# run TARGET MODE CLIENTS -> "tps p50_ms p99_ms cpu_us_per_tx" (CPU: querygate's own, per
+# transaction; "-" for the other targets)
 run() {
-  local t="$1" mode="$2" c="$3" j
+  local t="$1" mode="$2" c="$3" j t0 t1
   j=$(( c < 2 ? c : 2 ))
   rm -f "$T"/log.*
+  t0="$(ticks)"
   (cd "$T" && PGPASSWORD="${PASS[$t]}" pgbench -n -S -M "$mode" -c "$c" -j "$j" -T "$DURATION" \
      -h 127.0.0.1 -p "${PORT[$t]}" -U "${USER[$t]}" -l --log-prefix=log "$DB" >"$T/out" 2>&1) || {
-       log "$t $mode c=$c failed: $(tail -3 "$T/out")"; echo "- - -"; return; }
-  local tps
+       log "$t $mode c=$c failed: $(tail -3 "$T/out")"; echo "- - - -"; return; }
+  t1="$(ticks)"
+  local tps tx cpu="-"
   tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$T/out" | head -1)"
+  tx="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$T/out" | head -1)"
+  if [ "$t" = querygate ] && [ "${tx:-0}" -gt 0 ]; then
+    cpu=$(( (t1 - t0) * 1000000 / HZ / tx ))
+  fi
   # Per-transaction logs: the third field is the latency in microseconds.
-  cat "$T"/log.* | awk '{print $3}' | sort -n | awk -v tps="$tps" '
+  cat "$T"/log.* | awk '{print $3}' | sort -n | awk -v tps="$tps" -v cpu="$cpu" '
     { v[NR] = $1 }
     END { p50 = v[int(NR * 0.5) + 1] / 1000; p99 = v[int(NR * 0.99) + 1] / 1000;
-          printf "%s %.3f %.3f\n", tps, p50, p99 }'
+          printf "%s %.3f %.3f %s\n", tps, p50, p99, cpu }'
 }
 
 declare -A R
@@ -189,7 +200,7 @@ for mode in simple prepared; do
     for t in "${TARGETS[@]}"; do
       log "$t -M $mode -c $c: ${DURATION}s"
       R["$t/$mode/$c"]="$(run "$t" "$mode" "$c")"
-      log "  ${R["$t/$mode/$c"]} (tps p50 p99)"
+      log "  ${R["$t/$mode/$c"]} (tps p50 p99 cpu_us/tx)"
     done
   done
 done
@@ -201,13 +212,13 @@ done
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) CPUs, PostgreSQL $(psql -h 127.0.0.1 -U "$SUPER" -Atc 'show server_version' postgres), pgbench -S, scale $SCALE, ${DURATION}s per row, all on 127.0.0.1 (pgbench included)."
   echo
-  echo "| target | protocol | clients | tps | p50 ms | p99 ms |"
-  echo "| --- | --- | ---: | ---: | ---: | ---: |"
+  echo "| target | protocol | clients | tps | p50 ms | p99 ms | gateway CPU µs/tx |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
   for mode in simple prepared; do
     for c in 1 "$CLIENTS"; do
       for t in "${TARGETS[@]}"; do
-        read -r tps p50 p99 <<<"${R["$t/$mode/$c"]}"
-        echo "| $t | $mode | $c | $tps | $p50 | $p99 |"
+        read -r tps p50 p99 cpu <<<"${R["$t/$mode/$c"]}"
+        echo "| $t | $mode | $c | $tps | $p50 | $p99 | $cpu |"
       done
     done
   done
