@@ -172,19 +172,7 @@ impl Pipeline {
     /// The completed record of a request that ran, with the job it claims for the caller
     /// and the bytes it charges (in the same commit, so the next request sees them).
     pub(crate) fn complete(&self, ctx: &Context<'_>, c: Completion, alongside: Alongside) {
-        let mut completed = self.record(ctx, Phase::Completed, c.decision, c.reason);
-        completed.status = Some(c.status);
-        completed.rows = c.rows;
-        completed.bytes_processed = c.bytes_processed;
-        completed.bytes_billed = c.bytes_billed;
-        completed.masked = c.masked;
-        completed.error = c.error;
-        completed.sqlstate = c.sqlstate;
-        completed.job_id = c.job_id.or(completed.job_id);
-        if let Some((ticket, approver)) = c.ticket {
-            completed.ticket = Some(ticket);
-            completed.approver = approver;
-        }
+        let completed = self.completed(ctx, c);
         // Queued, not awaited: the completion need not be durable before the client hears
         // it (the decided record already is), and the claim is visible to lookups at once.
         if let Err(e) = self.store.enqueue(completed, alongside) {
@@ -203,23 +191,34 @@ impl Pipeline {
         scrubber: Option<querygate_mask::Scrubber>,
         withhold: Option<String>,
     ) -> Ending {
+        let masked = c.masked.unwrap_or(0);
+        Ending {
+            store: Arc::clone(&self.store),
+            record: Some(self.completed(ctx, c)),
+            alongside,
+            started: ctx.started,
+            scrubber,
+            withhold,
+            masked,
+        }
+    }
+
+    /// A completed record saying what `c` says.
+    fn completed(&self, ctx: &Context<'_>, c: Completion) -> AuditRecord {
         let mut completed = self.record(ctx, Phase::Completed, c.decision, c.reason);
+        completed.status = Some(c.status);
+        completed.rows = c.rows;
         completed.bytes_processed = c.bytes_processed;
         completed.bytes_billed = c.bytes_billed;
+        completed.masked = c.masked;
+        completed.error = c.error;
+        completed.sqlstate = c.sqlstate;
         completed.job_id = c.job_id.or(completed.job_id);
         if let Some((ticket, approver)) = c.ticket {
             completed.ticket = Some(ticket);
             completed.approver = approver;
         }
-        Ending {
-            store: Arc::clone(&self.store),
-            record: Some(completed),
-            alongside,
-            started: ctx.started,
-            scrubber,
-            withhold,
-            masked: c.masked.unwrap_or(0),
-        }
+        completed
     }
 
     /// The decided record of a request an approve rule caught and that now waits in
