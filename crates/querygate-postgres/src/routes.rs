@@ -711,10 +711,7 @@ async fn serve_messages(
                 let request = || decode::query(conn, q.query.clone(), &CODES);
                 let outcome = run(front, client, source, waiting, request, call).await;
                 if let Err(ended) = render_outcome(front, client, link, outcome, true, &[]).await {
-                    if let Some(problem) = ended {
-                        refuse(front, client, conn, source, &problem).await;
-                    }
-                    return;
+                    return end(front, client, conn, source, ended).await;
                 }
                 ext.end_of_transaction(link.lock().await.status);
             }
@@ -769,10 +766,7 @@ async fn serve_messages(
                         if let Err(ended) =
                             render_outcome(front, client, link, outcome, false, &[]).await
                         {
-                            if let Some(problem) = ended {
-                                refuse(front, client, conn, source, &problem).await;
-                            }
-                            return;
+                            return end(front, client, conn, source, ended).await;
                         }
                         ext.fail();
                     }
@@ -882,12 +876,7 @@ async fn serve_messages(
                 let failed =
                     match render_outcome(front, client, link, outcome, synced, &described).await {
                         Ok(failed) => failed,
-                        Err(ended) => {
-                            if let Some(problem) = ended {
-                                refuse(front, client, conn, source, &problem).await;
-                            }
-                            return;
-                        }
+                        Err(ended) => return end(front, client, conn, source, ended).await,
                     };
                 if synced {
                     ext.end_of_transaction(link.lock().await.status);
@@ -1069,6 +1058,20 @@ async fn refuse_statement(
         &problem.message,
         None,
     );
+}
+
+/// Ends a connection that cannot go on after a statement's answer: refused (audited, FATAL)
+/// when the client sent what the front cannot serve, quietly when it went away.
+async fn end(
+    front: &PostgresFront,
+    client: &mut Client,
+    conn: &Connection,
+    source: &Arc<PostgresSource>,
+    ended: Option<Problem>,
+) {
+    if let Some(problem) = ended {
+        refuse(front, client, conn, source, &problem).await;
+    }
 }
 
 /// Audits bytes the front cannot serve and ends the connection with FATAL.

@@ -545,11 +545,7 @@ impl Reply for PgReply {
             // The upstream's errors read `SQLSTATE: message`; the gateway's own have none.
             sqlstate: match self.error.as_deref() {
                 None => Some("00000".to_string()),
-                Some(e) => e
-                    .split(':')
-                    .next()
-                    .filter(|c| c.len() == 5 && c.bytes().all(|b| b.is_ascii_alphanumeric()))
-                    .map(str::to_string),
+                Some(e) => sqlstate(e).map(str::to_string),
             },
             ..Summary::default()
         }
@@ -587,9 +583,9 @@ impl Reply for PgReply {
 
     fn withhold_errors(&mut self, why: &str) -> bool {
         if let Some(Answer::Error { message }) = &mut self.neutral {
-            let code = message.split(':').next().unwrap_or("XX000").to_string();
-            *message = format!("the statement failed ({code}); its message is withheld: {why}");
-            self.error = Some(format!("{code}: {message}"));
+            let (code, text) = withheld(self.error.as_deref().unwrap_or(message), why);
+            self.error = Some(format!("{code}: {text}"));
+            *message = text;
             return true;
         }
         let mut withheld = false;
@@ -713,20 +709,27 @@ fn copy_unscrubbable() -> Fault {
 
 /// An ErrorResponse that keeps only the SQLSTATE of `frame`'s, saying why.
 fn withheld_error(frame: &BytesMut, why: &str) -> BytesMut {
-    let code = error_text(frame)
+    let (code, message) = withheld(&error_text(frame), why);
+    let mut out = BytesMut::new();
+    crate::render::error(&mut out, "ERROR", &code, &message, None);
+    out
+}
+
+/// The SQLSTATE an error's text (`SQLSTATE: message`, as [`error_text`] writes it) starts
+/// with; `None` for the gateway's own errors, which have none.
+fn sqlstate(error: &str) -> Option<&str> {
+    error
         .split(':')
         .next()
-        .unwrap_or("XX000")
-        .to_string();
-    let mut out = BytesMut::new();
-    crate::render::error(
-        &mut out,
-        "ERROR",
-        &code,
-        &format!("the statement failed ({code}); its message is withheld: {why}"),
-        None,
-    );
-    out
+        .filter(|c| c.len() == 5 && c.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// What an error whose text could echo withheld values says instead: its SQLSTATE, and a
+/// message saying why the rest is withheld.
+fn withheld(error: &str, why: &str) -> (String, String) {
+    let code = sqlstate(error).unwrap_or("XX000").to_string();
+    let message = format!("the statement failed ({code}); its message is withheld: {why}");
+    (code, message)
 }
 
 /// `"name"`, quoted for PostgreSQL.

@@ -10,7 +10,7 @@ use crate::decode::{self, Opening};
 use crate::routes::startup_parameters;
 use crate::source::PgReply;
 
-fn typed(tag: u8, body: &[u8]) -> BytesMut {
+pub(crate) fn typed(tag: u8, body: &[u8]) -> BytesMut {
     let mut out = BytesMut::new();
     out.put_u8(tag);
     out.put_i32(4 + body.len() as i32);
@@ -195,7 +195,7 @@ fn startup_parameters_forward_a_short_list_and_pin_the_encoding_and_schema() {
     }
 }
 
-fn row(values: &[Option<&str>]) -> BytesMut {
+pub(crate) fn row(values: &[Option<&str>]) -> BytesMut {
     let mut body = BytesMut::new();
     body.put_i16(values.len() as i16);
     for v in values {

@@ -221,10 +221,7 @@ impl PostgresSource {
         upstream.terminate().await;
         let reply = reply?;
         if let Some(message) = reply.error.clone() {
-            return Ok(PgReply {
-                error: Some(message.clone()),
-                ..PgReply::neutral(Answer::Error { message })
-            });
+            return Ok(PgReply::neutral(Answer::Error { message }));
         }
         Ok(PgReply::neutral(Answer::Rows(result_set(&reply.frames))))
     }
@@ -390,29 +387,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn typed(tag: u8, body: &[u8]) -> BytesMut {
-        let mut out = BytesMut::new();
-        out.put_u8(tag);
-        out.put_i32(4 + body.len() as i32);
-        out.put_slice(body);
-        out
-    }
-
-    fn row(values: &[Option<&str>]) -> BytesMut {
-        let mut body = BytesMut::new();
-        body.put_i16(values.len() as i16);
-        for v in values {
-            match v {
-                None => body.put_i32(-1),
-                Some(v) => {
-                    body.put_i32(v.len() as i32);
-                    body.put_slice(v.as_bytes());
-                }
-            }
-        }
-        typed(b'D', &body)
-    }
+    use crate::tests::{row, typed};
 
     fn description(columns: &[(&str, u32)]) -> BytesMut {
         let mut body = BytesMut::new();
