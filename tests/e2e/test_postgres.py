@@ -43,6 +43,10 @@ wire_wait = "8s"
 path = "querygate.db"
 
 {keys}
+[budgets]
+# PostgreSQL bills no bytes: the byte budget does not hold there, the row budget does.
+"identity:agent:pg-budget" = ["1 KiB", "1500 rows"]
+
 [[sources]]
 name = "app"
 kind = "postgres"
@@ -135,10 +139,12 @@ def gateway(e2e_tmp):
     admin(setup, dbname=name)
     keys = {"agent": "qg_pg_agent_" + secrets.token_urlsafe(16),
             "person": "qg_pg_person_" + secrets.token_urlsafe(16),
-            "approver": "qg_pg_approver_" + secrets.token_urlsafe(16)}
+            "approver": "qg_pg_approver_" + secrets.token_urlsafe(16),
+            "budget": "qg_pg_budget_" + secrets.token_urlsafe(16)}
     key_toml = (s.api_key_toml("agent:pg-test", ["agents"], s.sha256_hex(keys["agent"]))
                 + s.api_key_toml("human:dba", ["people"], s.sha256_hex(keys["person"]))
-                + s.api_key_toml("human:approver", ["approvers"], s.sha256_hex(keys["approver"])))
+                + s.api_key_toml("human:approver", ["approvers"], s.sha256_hex(keys["approver"]))
+                + s.api_key_toml("agent:pg-budget", ["agents"], s.sha256_hex(keys["budget"])))
     port, pg_port, admin_port, mcp_port = s.free_port(), s.free_port(), s.free_port(), s.free_port()
     config = work / "querygate.toml"
     config.write_text(CONFIG.format(port=port, pg_port=pg_port, admin_port=admin_port, mcp_port=mcp_port, keys=key_toml,
@@ -884,3 +890,30 @@ def test_copy_from_stdin_over_the_extended_protocol_ends_at_the_clients_sync(gat
     assert b"SELECT 1" in seen
     with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={gateway['db']}"), autocommit=True) as c:
         assert c.execute("DELETE FROM contacts WHERE id = 700").rowcount == 1
+
+
+def test_a_row_budget_limits_what_an_identity_reads_in_a_day(gateway):
+    # 1000 of the 1500 rows: read whole (the 1 KiB byte budget does not hold on PostgreSQL).
+    with psycopg.connect(dsn(gateway, "budget")) as c:
+        assert len(c.execute("SELECT n FROM numbers").fetchall()) == 1000
+        # 500 left: a result of 1000 rows is withheld whole, with what is left and why.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            c.execute("SELECT n FROM numbers")
+        message = str(e.value)
+        assert "more than 500 rows" in message and "daily budget of 1,500 rows" in message, message
+        c.rollback()
+        # What fits still runs, through the extended protocol too.
+        assert len(c.execute("SELECT n FROM numbers WHERE n <= %s", (500,)).fetchall()) == 500
+        # Spent: nothing more runs today.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            c.execute("SELECT 1")
+        assert "is spent" in str(e.value) and "1,500 rows returned or changed today" in str(e.value), str(e.value)
+    # Another identity of the same group has its own day.
+    assert psql(gateway, "SELECT count(*) FROM numbers").returncode == 0
+    records = [r for r in audit(gateway) if r.get("identity") == "agent:pg-budget"]
+    completed = [r for r in records if r.get("phase") == "completed" and r["statement"].startswith("SELECT")]
+    assert [r.get("rows") for r in completed if r.get("decision") == "allow"][:2] == [1000, 500], completed
+    withheld = [r for r in completed if r.get("decision") == "deny"]
+    assert withheld and "more than 500 rows" in withheld[0]["reason"], completed
+    spent = [r for r in records if r.get("phase") == "decided" and "is spent" in (r.get("reason") or "")]
+    assert spent and spent[0]["statement"] == "SELECT 1", records

@@ -12,6 +12,7 @@ pub mod recording;
 pub mod request;
 pub mod secret;
 pub mod ticket;
+pub mod usage;
 
 pub use audit::{AuditRecord, Phase};
 pub use decision::{Decision, Denial, DenialKind, Fault, FaultCause, StatusCodes};
@@ -19,3 +20,4 @@ pub use identity::{Audience, Identity, IdentityKind};
 pub use request::{Action, Catalog, ClientInfo, JobOp, Malformed, Query, Request, RequestId};
 pub use secret::Secret;
 pub use ticket::{Ticket, TicketState};
+pub use usage::Usage;

@@ -449,6 +449,10 @@ impl Ending {
         };
         completed.status = Some(summary.status);
         completed.rows = summary.rows;
+        // The rows it charges are those it read out, now known.
+        if let Some(usage) = &mut self.alongside.usage {
+            usage.rows = summary.rows.unwrap_or(0);
+        }
         completed.error = summary.error;
         completed.sqlstate = summary.sqlstate;
         completed.masked = Some(self.masked).filter(|n| *n > 0);

@@ -11,13 +11,15 @@
 
 use std::collections::HashMap;
 
-use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Query, Request, Ticket};
+use querygate_core::{Action, Denial, DenialKind, Fault, Identity, Query, Request, Ticket, Usage};
 use querygate_policy::{
-    Input, OnApproval, Outcome as PolicyOutcome, Policy, RowLimit, TableUse, Verdict, format_bytes,
+    Input, OnApproval, Outcome as PolicyOutcome, Policy, RowLimit, StatementKind, TableUse,
+    Verdict, format_bytes, format_rows,
 };
 use querygate_sql::Facts;
 
 use crate::analyze::Subject;
+use crate::policies::Budgets;
 use crate::source::{ColumnMask, Refusal, Source};
 use crate::{Explained, Pipeline, PolicySet, audit_time, reach};
 
@@ -32,10 +34,11 @@ pub struct Question<'a> {
     pub dry_run: bool,
     /// Its bytes can be estimated (a query the analyzer understood).
     pub estimable: bool,
-    /// The identity's daily budget in bytes and whose it is, if one applies.
-    pub budget: Option<(u64, String)>,
-    /// Bytes the identity was billed today (read when a budget applies).
-    pub used_today: u64,
+    /// The identity's daily budgets that hold on this source (a byte budget only where
+    /// the source bills bytes).
+    pub budgets: Budgets,
+    /// What the identity used today (read when a budget applies).
+    pub used_today: Usage,
     /// The most the source lets any query bill (`max_bytes_billed` of the source).
     pub source_cap: Option<u64>,
 }
@@ -72,7 +75,8 @@ pub struct Plan {
     pub max_bytes_billed: Option<u64>,
     /// Results over this many rows are withheld.
     pub row_limit: Option<RowLimit>,
-    /// Bytes it bills count against the identity's daily usage.
+    /// The bytes it bills and the rows it returns or changes count against the identity's
+    /// daily usage.
     pub billable: bool,
     /// It reaches columns masked for the identity: its errors, which could echo values,
     /// are withheld. Says why.
@@ -98,7 +102,7 @@ pub struct Needed {
 /// The policy's answer to `q`, with the verdict that explains it. Pure.
 pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
     let verdict = policy.evaluate(&q.input);
-    let budget = q.budget.as_ref().filter(|_| q.query && !q.dry_run);
+    let budget = q.budgets.bytes.as_ref().filter(|_| q.query && !q.dry_run);
     let needs_bytes = verdict.needs_estimate.is_some()
         || (budget.is_some() && matches!(verdict.outcome, PolicyOutcome::Allow));
     if needs_bytes && q.input.bytes.is_none() && q.query && q.estimable {
@@ -138,18 +142,57 @@ pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
         }
     }
     if let (Some((limit, whose)), Some(bytes)) = (budget, q.input.bytes)
-        && q.used_today.saturating_add(bytes) > *limit
+        && q.used_today.bytes.saturating_add(bytes) > *limit
     {
         let message = format!(
             "Access Denied: daily budget of {} for {whose} would be exceeded: {} used today, \
              {} remaining, and this query would process {}; try a narrower query or wait \
              until tomorrow (UTC)",
             format_bytes(*limit),
-            format_bytes(q.used_today),
-            format_bytes(limit.saturating_sub(q.used_today)),
+            format_bytes(q.used_today.bytes),
+            format_bytes(limit.saturating_sub(q.used_today.bytes)),
             format_bytes(bytes)
         );
         return (verdict, deny(message));
+    }
+    // A row budget: spent, nothing more runs today; else what is left of it is a row
+    // limit on a result (a statement that changes rows cannot be stopped halfway: it is
+    // charged what it changed).
+    // Transaction control returns and changes nothing: a spent budget still lets a
+    // client end its transaction.
+    let control = !q.input.statements.is_empty()
+        && q.input
+            .statements
+            .iter()
+            .all(|k| *k == StatementKind::Transaction);
+    let mut row_limit = verdict.row_limit.clone();
+    if let Some((limit, whose)) = q.budgets.rows.as_ref().filter(|_| !q.dry_run && !control) {
+        let left = limit.saturating_sub(q.used_today.rows);
+        if left == 0 {
+            let message = format!(
+                "Access Denied: daily budget of {} for {whose} is spent: {} returned or \
+                 changed today; wait until tomorrow (UTC) or ask the gateway's operator for a \
+                 larger budget",
+                format_rows(*limit),
+                format_rows(q.used_today.rows),
+            );
+            return (verdict, deny(message));
+        }
+        let reads = !q.input.statements.iter().any(|k| changes(*k));
+        if reads && row_limit.as_ref().is_none_or(|l| l.rows > left) {
+            row_limit = Some(RowLimit {
+                rows: left,
+                rule: format!("budget of {whose}"),
+                message: format!(
+                    "Access Denied: the result has more than {}, what is left of the daily \
+                     budget of {} for {whose} ({} used today); narrow the query (a LIMIT or \
+                     a filter) or wait until tomorrow (UTC)",
+                    format_rows(left),
+                    format_rows(*limit),
+                    format_rows(q.used_today.rows),
+                ),
+            });
+        }
     }
     let runs = q.query && !q.dry_run;
     let cap = [verdict.max_bytes_billed, q.source_cap]
@@ -158,8 +201,8 @@ pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
         .min();
     let plan = Plan {
         max_bytes_billed: cap.filter(|_| runs),
-        row_limit: verdict.row_limit.clone(),
-        billable: runs,
+        row_limit,
+        billable: !q.dry_run,
         sensitive: None,
         row_masks: None,
         grant: None,
@@ -298,15 +341,21 @@ impl Pipeline {
                 }
             }
         }
-        let budget = policies.budget(identity).filter(|_| query && !dry_run);
-        let used_today = match &budget {
-            Some(_) => {
-                let day = audit_time(time::OffsetDateTime::now_utc());
-                self.store
-                    .usage(&identity.subject, &day[..10])
-                    .map_err(|e| Refusal::Failed(Fault::gateway(e.to_string())))?
-            }
-            None => 0,
+        // Budgets: bytes where the source bills them (queries), rows on every source.
+        let all = policies.budgets(identity);
+        let budgets = Budgets {
+            bytes: all
+                .bytes
+                .filter(|_| query && !dry_run && source.bills_bytes()),
+            rows: all.rows.filter(|_| !dry_run),
+        };
+        let used_today = if budgets == Budgets::default() {
+            Usage::default()
+        } else {
+            let day = audit_time(time::OffsetDateTime::now_utc());
+            self.store
+                .usage(&identity.subject, &day[..10])
+                .map_err(|e| Refusal::Failed(Fault::gateway(e.to_string())))?
         };
         let mut question = Question {
             input: Input {
@@ -324,7 +373,7 @@ impl Pipeline {
             query,
             dry_run,
             estimable: opaque.is_none(),
-            budget,
+            budgets,
             used_today,
             source_cap: policies.max_bytes_billed.get(source.name()).copied(),
         };
@@ -377,6 +426,17 @@ impl Pipeline {
             },
             deny => deny,
         })
+    }
+}
+
+/// Whether a statement of this kind changes something (it is charged the rows it changed,
+/// but cannot be held to a row limit: it has run by the time they are known).
+fn changes(kind: StatementKind) -> bool {
+    use StatementKind::*;
+    match kind {
+        Insert | Update | Delete | Merge | Create | Drop | Alter | Truncate | Grant | Export
+        | Call => true,
+        Select | Copy | Declare | Set | Transaction | Other => false,
     }
 }
 

@@ -10,7 +10,7 @@
 //! claims the job for the caller and charges the bytes to its budget. A reply that streams
 //! the rest of a large result gets that completion as an [`crate::Ending`] to finish.
 
-use querygate_core::{Action, Catalog, Denial, DenialKind, Fault, Identity, JobOp, Query};
+use querygate_core::{Action, Catalog, Denial, DenialKind, Fault, Identity, JobOp, Query, Usage};
 use querygate_mask::Strategy;
 use querygate_store::{Alongside, JobRow};
 
@@ -191,11 +191,19 @@ impl Pipeline {
                     plan.row_limit.as_ref().map(|l| l.rows),
                 )
             });
-        let usage = if plan.billable {
-            summary.bytes_billed.or(summary.bytes_processed)
-        } else {
-            None
-        };
+        // What it charges: the bytes billed, and the rows of the whole result (pages read
+        // later are covered: the job keeps the row limit its budget set) or that it changed;
+        // a withheld result returned none.
+        let usage = plan.billable.then(|| Usage {
+            bytes: summary
+                .bytes_billed
+                .or(summary.bytes_processed)
+                .unwrap_or(0),
+            rows: match withheld {
+                Some(_) => 0,
+                None => summary.total_rows.or(summary.rows).unwrap_or(0),
+            },
+        });
         let completion = match &withheld {
             Some(message) => Completion {
                 decision: "deny",

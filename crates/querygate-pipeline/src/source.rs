@@ -216,6 +216,13 @@ pub trait Source: Send + Sync {
     fn partitioning(&self, table: &str)
     -> impl Future<Output = Result<Partitioning, Fault>> + Send;
 
+    /// Whether the source says, before a query runs, how many bytes it will process, and
+    /// bills by them (BigQuery). Byte budgets and `bytes_over` apply where it does; a
+    /// source that does not (PostgreSQL) is held to row budgets instead.
+    fn bills_bytes(&self) -> bool {
+        true
+    }
+
     /// Caps the bytes the call's query may bill (`maximumBytesBilled` for BigQuery),
     /// keeping a lower cap the client set.
     fn limit_bytes(&self, call: &mut Self::Call, bytes: u64);

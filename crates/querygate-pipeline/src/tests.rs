@@ -20,6 +20,8 @@ struct Echo {
     rewritten: std::sync::Mutex<Vec<String>>,
     /// The HTTP-style status every answer has (200 when unset).
     status: Option<u16>,
+    /// The source says nothing of bytes before a query runs (as PostgreSQL).
+    no_bytes: bool,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,9 @@ impl Source for Echo {
     fn limit_bytes(&self, _call: &mut &'static str, bytes: u64) {
         self.limited.store(bytes as usize, Ordering::SeqCst);
     }
+    fn bills_bytes(&self) -> bool {
+        !self.no_bytes
+    }
     fn hold(&self, call: &&'static str, _request_id: &str) -> Option<Held> {
         Some(Held {
             job_id: call.to_string(),
@@ -163,6 +168,7 @@ impl Source for Echo {
                 status: self.status.unwrap_or(200),
                 accepted: self.status.is_none_or(|s| (200..300).contains(&s)),
                 rows: Some(3),
+                total_rows: Some(3),
                 job_id: Some(call.into_call().to_string()),
                 schema: Some(r#"{"fields":[{"name":"id","type":"INTEGER"}]}"#.into()),
                 bytes_billed: Some(self.bytes),
@@ -497,7 +503,7 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
     ]));
     set.budgets.push(Budget {
         who: Principal::Group("agents".into()),
-        bytes_per_day: 1500,
+        per_day: querygate_policy::Amount::Bytes(1500),
     });
     let keys = Authenticator::new([api_key("agent:a", "agents", "key-a")]);
     p.reload(keys, set);
@@ -550,6 +556,114 @@ async fn rules_ask_for_an_estimate_cap_bytes_and_enforce_budgets() {
     assert_eq!(last.rule.as_deref(), Some("big"));
     assert_eq!(last.bytes_estimate, Some(2000));
     assert_eq!(last.statement_kinds, vec!["select"]);
+}
+
+/// A rule that allows everything.
+fn allow_all() -> querygate_policy::Rule {
+    querygate_policy::Rule {
+        name: "all".into(),
+        who: vec![],
+        on_behalf_of: vec![],
+        tables: vec![],
+        statements: vec![],
+        when: querygate_policy::When::default(),
+        action: querygate_policy::RuleAction::Allow,
+        message: None,
+        approvers: vec![],
+        max_bytes_billed: None,
+        on_approval: querygate_policy::OnApproval::Wait,
+    }
+}
+
+#[tokio::test]
+async fn row_budgets_hold_sources_that_say_nothing_of_bytes() {
+    use querygate_policy::{Amount, Budget, Principal};
+    let dir = tmp("row-budget");
+    let p = pipeline(&dir);
+    let mut set = policies(querygate_policy::Policy::new(vec![allow_all()]));
+    let budget = |per_day| Budget {
+        who: Principal::Group("agents".into()),
+        per_day,
+    };
+    // A byte budget holds where bytes are billed; this source bills none.
+    set.budgets.push(budget(Amount::Bytes(10)));
+    set.budgets.push(budget(Amount::Rows(8)));
+    set.budgets.push(budget(Amount::Rows(100)));
+    let keys = Authenticator::new([api_key("agent:a", "agents", "key-a")]);
+    p.reload(keys, set);
+    let src = Echo {
+        bytes: 600,
+        no_bytes: true,
+        ..Echo::default()
+    };
+    // Each answer has 3 rows: 3, then 6 of the smaller budget (8) used.
+    for _ in 0..2 {
+        let out = p
+            .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
+            .await;
+        assert!(matches!(out, Outcome::Done(_)), "{out:?}");
+    }
+    assert_eq!(src.estimates.load(Ordering::SeqCst), 0, "no estimate asked");
+    // 2 rows left: a 3-row result is withheld, and charges nothing.
+    match p
+        .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
+        .await
+    {
+        Outcome::Denied(d) => assert!(
+            d.message.contains("more than 2 rows")
+                && d.message
+                    .contains("daily budget of 8 rows for group:agents")
+                && d.message.contains("6 rows used today"),
+            "{}",
+            d.message
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A write is charged what it changed (it cannot be held to a limit): 3 more, 9 of 8.
+    let out = p
+        .handle(
+            request(Some("key-a"), query("INSERT INTO d.t VALUES (1)")),
+            Some(&src),
+            "j",
+        )
+        .await;
+    assert!(matches!(out, Outcome::Done(_)), "{out:?}");
+    // Spent: nothing runs, and the message says why and until when.
+    match p
+        .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
+        .await
+    {
+        Outcome::Denied(d) => assert!(
+            d.message
+                .contains("daily budget of 8 rows for group:agents is spent")
+                && d.message.contains("9 rows returned or changed today")
+                && d.message.contains("tomorrow (UTC)"),
+            "{}",
+            d.message
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Ending a transaction still works.
+    let out = p
+        .handle(request(Some("key-a"), query("COMMIT")), Some(&src), "j")
+        .await;
+    assert!(matches!(out, Outcome::Done(_)), "{out:?}");
+    assert_eq!(src.calls.load(Ordering::SeqCst), 5);
+    let day = &querygate_store::audit_time(time::OffsetDateTime::now_utc())[..10];
+    // The COMMIT's 3 rows (this source answers every statement with 3) are charged too.
+    assert_eq!(p.store().usage("agent:a", day).expect("usage").rows, 12);
+    // Someone else's budget is their own.
+    let keys = Authenticator::new([
+        api_key("agent:a", "agents", "key-a"),
+        api_key("agent:b", "agents", "key-b"),
+    ]);
+    let mut set = policies(querygate_policy::Policy::new(vec![allow_all()]));
+    set.budgets.push(budget(Amount::Rows(8)));
+    p.reload(keys, set);
+    let out = p
+        .handle(request(Some("key-b"), query("SELECT 1")), Some(&src), "j")
+        .await;
+    assert!(matches!(out, Outcome::Done(_)), "{out:?}");
 }
 
 #[test]

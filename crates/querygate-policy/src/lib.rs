@@ -34,10 +34,10 @@ pub use classify::{Classification, Classifier, MaskRule};
 use querygate_core::Identity;
 pub use querygate_sql::StatementKind;
 pub use rule::{
-    Budget, BudgetError, Hours, HoursError, OnApproval, Principal, PrincipalError, Rule,
+    Amount, Budget, BudgetError, Hours, HoursError, OnApproval, Principal, PrincipalError, Rule,
     RuleAction, RuleError, RuleProblem, RuleSpec, TableGlob, When, WhenSpec,
 };
-pub use size::{SizeError, format_bytes, parse_bytes};
+pub use size::{RowsError, SizeError, format_bytes, format_rows, parse_bytes, parse_rows};
 
 /// A table a request touches, with the columns its predicates filter on.
 #[derive(Debug, Clone, PartialEq, Eq)]

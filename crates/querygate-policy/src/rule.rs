@@ -215,11 +215,31 @@ pub struct Rule {
     pub on_approval: OnApproval,
 }
 
-/// A per-identity daily byte budget for the identities a principal names.
+/// A per-identity daily budget for the identities a principal names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     pub who: Principal,
-    pub bytes_per_day: u64,
+    pub per_day: Amount,
+}
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// Bytes a query processes (billed bytes where the source bills them): checked
+    /// against the dry-run estimate before it runs, on sources that bill by bytes.
+    Bytes(u64),
+    /// Rows the requests return or change: on every source, the rest of today's
+    /// budget is a row limit on the next result.
+    Rows(u64),
+}
+
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Amount::Bytes(b) => f.write_str(&crate::format_bytes(*b)),
+            Amount::Rows(r) => f.write_str(&crate::format_rows(*r)),
+        }
+    }
 }
 
 pub(crate) enum Check {
@@ -636,16 +656,28 @@ pub enum BudgetError {
     Who(PrincipalError),
     #[error("budgets.{who:?}: {size}")]
     Size { who: String, size: SizeError },
+    #[error("budgets.{who:?}: {rows}")]
+    Rows { who: String, rows: crate::RowsError },
 }
 
 impl Budget {
-    pub fn parse(who: &str, size: &str) -> Result<Budget, BudgetError> {
+    /// A budget as `[budgets]` writes it: `"25 GiB"` (bytes) or `"1M rows"`.
+    pub fn parse(who: &str, amount: &str) -> Result<Budget, BudgetError> {
+        let who_ = || who.to_string();
+        let trimmed = amount.trim_end();
+        let per_day = if trimmed.ends_with("rows") || trimmed.ends_with("row") {
+            Amount::Rows(
+                crate::parse_rows(amount)
+                    .map_err(|rows| BudgetError::Rows { who: who_(), rows })?,
+            )
+        } else {
+            Amount::Bytes(
+                parse_bytes(amount).map_err(|size| BudgetError::Size { who: who_(), size })?,
+            )
+        };
         Ok(Budget {
             who: Principal::parse(who).map_err(BudgetError::Who)?,
-            bytes_per_day: parse_bytes(size).map_err(|e| BudgetError::Size {
-                who: who.to_string(),
-                size: e,
-            })?,
+            per_day,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Byte sizes as users write them (`10 GiB`, `500 MB`, `1TiB`, `1048576`) and back.
+//! Byte sizes as users write them (`10 GiB`, `500 MB`, `1TiB`, `1048576`), row counts
+//! (`1M rows`), and back.
 
 /// Why a written size is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +50,60 @@ pub fn parse_bytes(text: &str) -> Result<u64, SizeError> {
     Ok(bytes as u64)
 }
 
+/// Why a written row count is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a row count like \"1M rows\", \"250k rows\" or \"5000 rows\"")]
+pub struct RowsError {
+    text: String,
+}
+
+/// Parses a row count as budgets write it: a number (digits, `_` between them), an
+/// optional `k`, `M` or `G` (thousands, millions, billions), then `rows` (or `row`).
+pub fn parse_rows(text: &str) -> Result<u64, RowsError> {
+    let err = || RowsError {
+        text: text.to_string(),
+    };
+    let t = text.trim();
+    let t = t
+        .strip_suffix("rows")
+        .or_else(|| t.strip_suffix("row"))
+        .ok_or_else(err)?
+        .trim_end();
+    let (num, mult) = match t.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&t[..at], 1_000),
+        Some((at, 'm' | 'M')) => (&t[..at], 1_000_000),
+        Some((at, 'g' | 'G' | 'b' | 'B')) => (&t[..at], 1_000_000_000),
+        _ => (t, 1),
+    };
+    let num = num.trim_end();
+    if num.is_empty() || num.starts_with('_') || num.ends_with('_') {
+        return Err(err());
+    }
+    let digits: String = num.chars().filter(|c| *c != '_').collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(err)
+}
+
+/// A row count for people: `1,000,000 rows`, `1 row`.
+pub fn format_rows(rows: u64) -> String {
+    let digits = rows.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 5);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out.push_str(if rows == 1 { " row" } else { " rows" });
+    out
+}
+
 /// A size for people: `10.0 GiB`, `512 B`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -79,5 +134,31 @@ mod tests {
         assert!(parse_bytes("10 parsecs").is_err());
         assert_eq!(format_bytes(10 * 1024 * 1024 * 1024), "10.0 GiB");
         assert_eq!(format_bytes(512), "512 B");
+    }
+
+    #[test]
+    fn row_counts_parse_and_print() {
+        assert_eq!(parse_rows("1M rows"), Ok(1_000_000));
+        assert_eq!(parse_rows(" 250k rows "), Ok(250_000));
+        assert_eq!(parse_rows("2G rows"), Ok(2_000_000_000));
+        assert_eq!(parse_rows("1_000_000 rows"), Ok(1_000_000));
+        assert_eq!(parse_rows("1 row"), Ok(1));
+        assert_eq!(parse_rows("5000rows"), Ok(5000));
+        for bad in [
+            "1M",
+            "rows",
+            "1.5M rows",
+            "-1 rows",
+            "_1 rows",
+            "1 GiB",
+            "ten rows",
+        ] {
+            assert!(parse_rows(bad).is_err(), "{bad}");
+        }
+        assert!(parse_rows("99999999999999999999 rows").is_err());
+        assert!(parse_rows("99999999999999G rows").is_err());
+        assert_eq!(format_rows(1_000_000), "1,000,000 rows");
+        assert_eq!(format_rows(1), "1 row");
+        assert_eq!(format_rows(999), "999 rows");
     }
 }

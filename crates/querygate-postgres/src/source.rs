@@ -1102,6 +1102,10 @@ impl Source for PostgresSource {
         self.scrubber.as_ref()
     }
 
+    fn bills_bytes(&self) -> bool {
+        false
+    }
+
     fn keeps_jobs(&self) -> bool {
         false
     }

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use querygate_core::Usage;
+
 use crate::JobRow;
 
 /// Largest frame accepted when reading (a record holds a whole statement, never truncated).
@@ -46,8 +48,8 @@ pub(crate) enum Entry {
         record: String,
         prev_hash: String,
         hash: String,
-        /// (identity, day, bytes) to add to usage.
-        usage: Option<(String, String, u64)>,
+        /// (identity, day, usage) to add to usage.
+        usage: Option<(String, String, Usage)>,
     },
     /// A job claim (idempotent: an existing owner is never replaced).
     Claim(JobRow),
@@ -87,7 +89,7 @@ impl Entry {
                 ..
             } => json!({
                 "t": "record", "seq": seq, "prev": prev_hash, "hash": hash,
-                "usage": usage.as_ref().map(|(i, d, b)| json!([i, d, b])),
+                "usage": usage.as_ref().map(|(i, d, u)| json!([i, d, u.bytes, u.rows])),
             }),
             Entry::Claim(j) => json!({
                 "t": "claim", "source": j.source, "job_id": j.job_id, "identity": j.identity,
@@ -109,7 +111,11 @@ impl Entry {
                     Some(Value::Array(a)) => Some((
                         a.first()?.as_str()?.to_string(),
                         a.get(1)?.as_str()?.to_string(),
-                        a.get(2)?.as_u64()?,
+                        Usage {
+                            bytes: a.get(2)?.as_u64()?,
+                            // Journals written before row budgets carry bytes only.
+                            rows: a.get(3).and_then(Value::as_u64).unwrap_or(0),
+                        },
                     )),
                     _ => None,
                 },
@@ -361,7 +367,11 @@ mod tests {
             record: format!("{{\"seq\":{seq}}}"),
             prev_hash: "p".into(),
             hash: "h".into(),
-            usage: Some(("agent".into(), "2026-11-27".into(), 42)),
+            usage: Some((
+                "agent".into(),
+                "2026-11-27".into(),
+                Usage { bytes: 42, rows: 7 },
+            )),
         }
     }
 

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use querygate_core::AuditRecord;
+use querygate_core::{AuditRecord, Usage};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -120,8 +120,8 @@ pub struct Options {
 pub struct Alongside {
     /// A job to claim for its owner (see [`Store::claim_job`]).
     pub claim: Option<JobRow>,
-    /// Bytes to add to the record's identity's usage for the record's day.
-    pub usage: Option<u64>,
+    /// What to add to the record's identity's usage for the record's day.
+    pub usage: Option<Usage>,
 }
 
 /// What is queued or journalled but not yet indexed in SQLite, so lookups see it at once.
@@ -131,7 +131,7 @@ struct Queued {
     /// claims of the job are still to be indexed.
     claims: HashMap<(String, String), (JobRow, u32)>,
     /// Usage by (identity, day).
-    usage: HashMap<(String, String), u64>,
+    usage: HashMap<(String, String), Usage>,
 }
 
 impl Queued {
@@ -162,15 +162,16 @@ impl Queued {
         }
     }
 
-    fn hold_usage(&mut self, identity: &str, day: String, bytes: u64) {
-        *self.usage.entry((identity.to_string(), day)).or_default() += bytes;
+    fn hold_usage(&mut self, identity: &str, day: String, usage: Usage) {
+        let held = self.usage.entry((identity.to_string(), day)).or_default();
+        *held = held.plus(usage);
     }
 
-    fn release_usage(&mut self, identity: &str, day: &str, bytes: u64) {
+    fn release_usage(&mut self, identity: &str, day: &str, usage: Usage) {
         let key = (identity.to_string(), day.to_string());
         if let Some(v) = self.usage.get_mut(&key) {
-            *v = v.saturating_sub(bytes);
-            if *v == 0 {
+            *v = v.minus(usage);
+            if v.is_zero() {
                 self.usage.remove(&key);
             }
         }
@@ -186,7 +187,7 @@ enum Op {
     },
     Append {
         record: Box<AuditRecord>,
-        usage: Option<u64>,
+        usage: Option<Usage>,
         ack: oneshot::Sender<Result<u64, StoreError>>,
     },
     ClaimJob {
@@ -376,8 +377,8 @@ impl Store {
         if let Some(job) = &alongside.claim {
             queued.hold_claim(job);
         }
-        if let Some(bytes) = alongside.usage.filter(|b| *b > 0) {
-            queued.hold_usage(&record.identity, day_of(record), bytes);
+        if let Some(usage) = alongside.usage.filter(|u| !u.is_zero()) {
+            queued.hold_usage(&record.identity, day_of(record), usage);
         }
     }
 
@@ -660,21 +661,26 @@ impl Store {
         .map_err(sqlite_err(&self.path))
     }
 
-    /// Bytes `identity` used on `day` (`YYYY-MM-DD`, UTC), from completed requests.
-    pub fn usage(&self, identity: &str, day: &str) -> Result<u64, StoreError> {
+    /// What `identity` used on `day` (`YYYY-MM-DD`, UTC), from completed requests.
+    pub fn usage(&self, identity: &str, day: &str) -> Result<Usage, StoreError> {
         let queued = self
             .queued()
             .usage
             .get(&(identity.to_string(), day.to_string()))
             .copied()
-            .unwrap_or(0);
+            .unwrap_or_default();
         let conn = self.reads.lock().unwrap_or_else(|e| e.into_inner());
-        conn.prepare_cached("SELECT bytes FROM usage WHERE identity = ?1 AND day = ?2")
+        conn.prepare_cached("SELECT bytes, rows FROM usage WHERE identity = ?1 AND day = ?2")
             .and_then(|mut st| {
-                st.query_row(params![identity, day], |r| r.get::<_, i64>(0))
-                    .optional()
+                st.query_row(params![identity, day], |r| {
+                    Ok(Usage {
+                        bytes: r.get::<_, i64>(0)?.max(0) as u64,
+                        rows: r.get::<_, i64>(1)?.max(0) as u64,
+                    })
+                })
+                .optional()
             })
-            .map(|v| v.unwrap_or(0).max(0) as u64 + queued)
+            .map(|v| v.unwrap_or_default().plus(queued))
             .map_err(sqlite_err(&self.path))
     }
 

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS usage (
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "row_limit", "INTEGER"),
     ("jobs", "sensitive", "INTEGER"),
+    ("usage", "rows", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 pub(crate) fn open(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {

@@ -174,21 +174,68 @@ mod tempdir {
 async fn usage_adds_up_per_identity_and_day() {
     let dir = tempdir::Dir::new();
     let store = Store::open(&dir.0.join("qg.db")).expect("open");
-    for bytes in [100, 250, 0] {
+    for (bytes, rows) in [(100, 3), (250, 0), (0, 40), (0, 0)] {
         store
             .append_with(
                 record("SELECT 1"),
                 Alongside {
                     claim: None,
-                    usage: Some(bytes),
+                    usage: Some(Usage { bytes, rows }),
                 },
             )
             .await
             .expect("append");
     }
-    assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), 350);
-    assert_eq!(store.usage("agent:x", "2026-11-28").expect("usage"), 0);
-    assert_eq!(store.usage("agent:y", "2026-11-27").expect("usage"), 0);
+    let spent = Usage {
+        bytes: 350,
+        rows: 43,
+    };
+    assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), spent);
+    // Once indexed in SQLite, the same.
+    store.flush().await.expect("flush");
+    assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), spent);
+    assert_eq!(
+        store.usage("agent:x", "2026-11-28").expect("usage"),
+        Usage::default()
+    );
+    assert_eq!(
+        store.usage("agent:y", "2026-11-27").expect("usage"),
+        Usage::default()
+    );
+}
+
+#[tokio::test]
+async fn a_store_made_before_row_budgets_counts_rows_once_opened() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE usage (identity TEXT NOT NULL, day TEXT NOT NULL,
+                 bytes INTEGER NOT NULL, PRIMARY KEY (identity, day));
+             INSERT INTO usage VALUES ('agent:x', '2026-11-27', 500);",
+        )
+        .expect("old schema");
+    }
+    let store = Store::open(&path).expect("open");
+    store
+        .append_with(
+            record("SELECT 1"),
+            Alongside {
+                claim: None,
+                usage: Some(Usage { bytes: 1, rows: 9 }),
+            },
+        )
+        .await
+        .expect("append");
+    store.flush().await.expect("flush");
+    assert_eq!(
+        store.usage("agent:x", "2026-11-27").expect("usage"),
+        Usage {
+            bytes: 501,
+            rows: 9
+        }
+    );
 }
 
 #[test]
@@ -273,7 +320,14 @@ async fn journalled_records_survive_a_crash_before_indexing() {
             record: encoded,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
-            usage: Some(("agent:x".into(), "2026-11-27".into(), 1000)),
+            usage: Some((
+                "agent:x".into(),
+                "2026-11-27".into(),
+                Usage {
+                    bytes: 1000,
+                    rows: 1,
+                },
+            )),
         });
     }
     entries.push(journal::Entry::Claim(JobRow {
@@ -298,7 +352,13 @@ async fn journalled_records_survive_a_crash_before_indexing() {
             .map(|j| j.identity),
         Some("agent:x".into())
     );
-    assert_eq!(store.usage("agent:x", "2026-11-27").expect("usage"), 2000);
+    assert_eq!(
+        store.usage("agent:x", "2026-11-27").expect("usage"),
+        Usage {
+            bytes: 2000,
+            rows: 2
+        }
+    );
     // The chain goes on from the recovered head.
     assert_eq!(store.append(record("SELECT 6")).await.expect("append"), 6);
     drop(store);

@@ -272,10 +272,10 @@ fn forget_ops(batch: &[Op], pending: &Pending) {
             Op::ClaimJob { job, .. } => queued.release_claim(job),
             Op::Append {
                 record,
-                usage: Some(bytes),
+                usage: Some(usage),
                 ..
-            } if *bytes > 0 => {
-                queued.release_usage(&record.identity, &crate::day_of(record), *bytes)
+            } if !usage.is_zero() => {
+                queued.release_usage(&record.identity, &crate::day_of(record), *usage)
             }
             _ => {}
         }
@@ -318,8 +318,8 @@ impl Writer {
                         prev_hash: std::mem::replace(&mut prev, hash.clone()),
                         hash,
                         usage: usage
-                            .filter(|b| *b > 0)
-                            .map(|b| (record.identity.clone(), crate::day_of(record), b)),
+                            .filter(|u| !u.is_zero())
+                            .map(|u| (record.identity.clone(), crate::day_of(record), u)),
                     });
                     seqs.push(seq);
                 }
@@ -568,9 +568,9 @@ impl Indexer {
             match e {
                 Entry::Claim(job) => queued.release_claim(job),
                 Entry::Record {
-                    usage: Some((identity, day, bytes)),
+                    usage: Some((identity, day, usage)),
                     ..
-                } => queued.release_usage(identity, day, *bytes),
+                } => queued.release_usage(identity, day, *usage),
                 Entry::Record { .. } => {}
             }
         }
@@ -623,8 +623,9 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
                 sensitive = MAX(COALESCE(jobs.sensitive, 0), excluded.sensitive)",
         )?;
         let mut spend = tx.prepare_cached(
-            "INSERT INTO usage (identity, day, bytes) VALUES (?1, ?2, ?3)
-             ON CONFLICT (identity, day) DO UPDATE SET bytes = usage.bytes + excluded.bytes",
+            "INSERT INTO usage (identity, day, bytes, rows) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (identity, day) DO UPDATE SET
+                bytes = usage.bytes + excluded.bytes, rows = usage.rows + excluded.rows",
         )?;
         for e in entries {
             match e {
@@ -635,8 +636,13 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
                     hash,
                     usage,
                 } => {
-                    if let Some((identity, day, bytes)) = usage {
-                        spend.execute(params![identity, day, *bytes as i64])?;
+                    if let Some((identity, day, usage)) = usage {
+                        spend.execute(params![
+                            identity,
+                            day,
+                            usage.bytes as i64,
+                            usage.rows as i64
+                        ])?;
                     }
                     record.execute(params![*seq as i64, encoded, prev_hash, hash])?;
                 }

@@ -136,6 +136,10 @@ impl Source for AnySource {
         paired!(self, call, (s, c) => s.hold(c, request_id), s.hold(c, request_id), else None)
     }
 
+    fn bills_bytes(&self) -> bool {
+        each!(self, s => s.bills_bytes())
+    }
+
     fn keeps_jobs(&self) -> bool {
         each!(self, s => s.keeps_jobs())
     }

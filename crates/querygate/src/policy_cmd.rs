@@ -450,8 +450,18 @@ fn evaluate(
         query: true,
         dry_run: false,
         estimable: subject.opaque.is_none(),
-        budget: policies.budget(&identity),
-        used_today: 0,
+        budgets: {
+            // As the data path holds the identity: bytes where the source bills them.
+            let mut budgets = policies.budgets(&identity);
+            if matches!(
+                source.kind.get_ref(),
+                crate::config::SourceKind::Postgres(_)
+            ) {
+                budgets.bytes = None;
+            }
+            budgets
+        },
+        used_today: Default::default(),
         source_cap: policies.max_bytes_billed.get(&source.name).copied(),
     };
     let (verdict, decided) = querygate_pipeline::decide(policy, &question);

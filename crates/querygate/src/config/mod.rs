@@ -58,9 +58,10 @@ pub struct Config {
     /// Rules for every source, checked in order after the source's own.
     #[serde(default)]
     pub rule: Vec<Spanned<RuleSpec>>,
-    /// Daily bytes per identity, by `group:NAME` or `identity:SUBJECT`.
+    /// Daily budgets per identity, by `group:NAME` or `identity:SUBJECT`: `"25 GiB"`,
+    /// `"1M rows"`, or both as a list.
     #[serde(default)]
-    pub budgets: BTreeMap<String, Spanned<String>>,
+    pub budgets: BTreeMap<String, Spanned<policy::Amounts>>,
     /// How long tickets wait and how long window grants may last.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
@@ -263,5 +264,35 @@ mod tests {
             "groups = [\"agents\"]\nexpires = \"next week\"",
         ));
         assert!(e.contains("line 11") && e.contains("expires"), "{e}");
+    }
+
+    #[test]
+    fn budgets_are_bytes_rows_or_both() {
+        use querygate_policy::Amount;
+        let with = |budgets: &str| format!("{GOOD}\n[budgets]\n{budgets}\n");
+        let c = parse(&with(
+            "\"group:agents\" = \"1 TiB\"\n\"identity:agent:etl\" = [\"200 GiB\", \"5M rows\"]",
+        ))
+        .expect("budgets");
+        let mut budgets: Vec<_> = c
+            .policies()
+            .expect("policies")
+            .budgets
+            .iter()
+            .map(|b| (b.who.to_string(), b.per_day))
+            .collect();
+        budgets.sort_by_key(|(who, _)| who.clone());
+        assert_eq!(
+            budgets,
+            vec![
+                ("group:agents".to_string(), Amount::Bytes(1 << 40)),
+                ("identity:agent:etl".to_string(), Amount::Bytes(200 << 30)),
+                ("identity:agent:etl".to_string(), Amount::Rows(5_000_000)),
+            ]
+        );
+        let e = error_of(&with("\"group:agents\" = \"lots of rows\""));
+        assert!(e.contains("line 21") && e.contains("row count"), "{e}");
+        let e = error_of(&with("\"group:agents\" = 5"));
+        assert!(e.contains("line 21") && e.contains("a budget like"), "{e}");
     }
 }

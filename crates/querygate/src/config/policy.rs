@@ -24,7 +24,28 @@ struct PolicyFile {
     #[serde(default)]
     rule: Vec<Spanned<RuleSpec>>,
     #[serde(default)]
-    budgets: BTreeMap<String, Spanned<String>>,
+    budgets: BTreeMap<String, Spanned<Amounts>>,
+}
+
+/// One `[budgets]` entry's value: `"25 GiB"`, `"1M rows"`, or a list of both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a budget like \"25 GiB\" or \"1M rows\", or a list of them"
+)]
+pub enum Amounts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Amounts {
+    fn each(&self) -> impl Iterator<Item = &str> {
+        match self {
+            Amounts::One(a) => std::slice::from_ref(a).iter(),
+            Amounts::Many(v) => v.iter(),
+        }
+        .map(String::as_str)
+    }
 }
 
 /// `[[classify]]`: these columns (`project.dataset.table.column` globs) carry `tag`.
@@ -79,11 +100,13 @@ impl Config {
         };
         let mut global = checked(&self.rule, text, path)?;
         let mut budgets = Vec::new();
-        let mut add_budgets = |b: &BTreeMap<String, Spanned<String>>, text: &str, file: &Path| {
-            for (who, size) in b {
-                budgets.push(Budget::parse(who, size.get_ref()).map_err(|e| {
-                    format!("{}{}: {e}", file.display(), line_of(text, &size.span()))
-                })?);
+        let mut add_budgets = |b: &BTreeMap<String, Spanned<Amounts>>, text: &str, file: &Path| {
+            for (who, amounts) in b {
+                for amount in amounts.get_ref().each() {
+                    budgets.push(Budget::parse(who, amount).map_err(|e| {
+                        format!("{}{}: {e}", file.display(), line_of(text, &amounts.span()))
+                    })?);
+                }
             }
             Ok::<(), String>(())
         };
