@@ -166,25 +166,33 @@ big_qg=$(PGPASSWORD="$KEY" timed psql -X -q -h 127.0.0.1 -p "${PORT[querygate]}"
 hwm_after="$(hwm)"
 log "1M rows: direct ${big_direct}s, querygate ${big_qg}s, peak RSS +$(( hwm_after - hwm_before )) KiB"
 
-# querygate's CPU time so far (user + system), in clock ticks.
-ticks() { awk '{print $14 + $15}' "/proc/$QG_PID/stat"; }
+# A gateway's CPU time so far (user + system), in clock ticks: querygate's, or pgbouncer's
+# (from its pidfile), so that the two gateways' cost per transaction compare.
+gateway_pid() {
+  case "$1" in
+    querygate) echo "$QG_PID" ;;
+    pgbouncer) cat "$T/pgbouncer/pgbouncer.pid" 2>/dev/null || true ;;
+  esac
+}
+ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 HZ="$(getconf CLK_TCK)"
 
-# run TARGET MODE CLIENTS -> "tps p50_ms p99_ms cpu_us_per_tx" (CPU: querygate's own, per
+# run TARGET MODE CLIENTS -> "tps p50_ms p99_ms cpu_us_per_tx" (CPU: the gateway's own, per
 # transaction; "-" for the other targets)
 run() {
   local t="$1" mode="$2" c="$3" j t0 t1
   j=$(( c < 2 ? c : 2 ))
   rm -f "$T"/log.*
-  t0="$(ticks)"
+  local pid; pid="$(gateway_pid "$t")"
+  t0="$(ticks "$pid")"
   (cd "$T" && PGPASSWORD="${PASS[$t]}" pgbench -n -S -M "$mode" -c "$c" -j "$j" -T "$DURATION" \
      -h 127.0.0.1 -p "${PORT[$t]}" -U "${USER[$t]}" -l --log-prefix=log "$DB" >"$T/out" 2>&1) || {
        log "$t $mode c=$c failed: $(tail -3 "$T/out")"; echo "- - - -"; return; }
-  t1="$(ticks)"
+  t1="$(ticks "$pid")"
   local tps tx cpu="-"
   tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$T/out" | head -1)"
   tx="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$T/out" | head -1)"
-  if [ "$t" = querygate ] && [ "${tx:-0}" -gt 0 ]; then
+  if [ -n "$pid" ] && [ "${tx:-0}" -gt 0 ]; then
     cpu=$(( (t1 - t0) * 1000000 / HZ / tx ))
   fi
   # Per-transaction logs: the third field is the latency in microseconds.

@@ -4,9 +4,10 @@
 //! `querygate_sql::analyze` is a pure function of the text, and the same statements come
 //! back again and again (an agent's retries, a dashboard's refresh, a CI job's checks), so
 //! its answer is kept, as pgdog keeps parsed statements. Parsing and walking a short SELECT
-//! costs tens of microseconds, a lookup well under one. Facts are kept before the request's
-//! default dataset is applied, so two callers with different defaults share an entry (a
-//! request with a default dataset applies it to its own copy).
+//! costs tens of microseconds, a lookup well under one. Facts are kept as analyzed, and
+//! beside them as a few default schemas resolve them (PostgreSQL's `public` for every
+//! statement of a source, a BigQuery request's default dataset): a hit hands out the
+//! shared facts, never a copy.
 //!
 //! Bounded two ways: statements longer than [`MAX_TEXT`] are never kept, and the entries
 //! live in two generations of at most [`GENERATION`] each. A hit in the older generation
@@ -24,6 +25,8 @@ use querygate_sql::{Facts, SqlDialect, analyze};
 const MAX_TEXT: usize = 4 * 1024;
 /// Entries per generation.
 const GENERATION: usize = 512;
+/// Default schemas kept per statement (more are applied to a copy each time).
+const DEFAULTS: usize = 4;
 
 /// One memory per dialect (the same text can mean different things in two).
 #[derive(Debug, Default)]
@@ -34,13 +37,20 @@ pub(crate) struct Analyses {
 
 #[derive(Debug, Default)]
 struct Generations {
-    newer: HashMap<Box<str>, Arc<Facts>>,
-    older: HashMap<Box<str>, Arc<Facts>>,
+    newer: HashMap<Box<str>, Remembered>,
+    older: HashMap<Box<str>, Remembered>,
+}
+
+/// One statement's facts, as analyzed and under the default schemas it was asked with.
+#[derive(Debug)]
+struct Remembered {
+    plain: Arc<Facts>,
+    under: Vec<(Box<str>, Arc<Facts>)>,
 }
 
 impl Generations {
     /// Puts an entry in the newer generation, turning the generations over when it is full.
-    fn keep(&mut self, text: Box<str>, facts: Arc<Facts>) {
+    fn keep(&mut self, text: Box<str>, facts: Remembered) {
         if self.newer.len() >= GENERATION {
             self.older = std::mem::take(&mut self.newer);
         }
@@ -48,26 +58,66 @@ impl Generations {
     }
 }
 
+/// `facts` with one-part names resolved in `default`.
+fn under(facts: &Facts, default: &str) -> Arc<Facts> {
+    let mut facts = facts.clone();
+    facts.with_default_dataset(default);
+    Arc::new(facts)
+}
+
 impl Analyses {
-    /// The facts of a statement in `dialect`, from memory when it was analyzed recently.
-    pub(crate) fn of(&self, sql: &str, dialect: SqlDialect) -> Arc<Facts> {
+    /// The facts of a statement in `dialect`, its one-part table names in `default` when
+    /// one is given, from memory when it was analyzed recently.
+    pub(crate) fn of(&self, sql: &str, dialect: SqlDialect, default: Option<&str>) -> Arc<Facts> {
         if sql.len() > MAX_TEXT {
-            return Arc::new(analyze(sql, dialect));
+            let facts = analyze(sql, dialect);
+            return match default {
+                Some(d) => under(&facts, d),
+                None => Arc::new(facts),
+            };
         }
+        let mut g = self.lock(dialect);
+        if !g.newer.contains_key(sql)
+            && let Some((text, facts)) = g.older.remove_entry(sql)
         {
-            let mut g = self.lock(dialect);
-            if let Some(facts) = g.newer.get(sql) {
-                return Arc::clone(facts);
-            }
-            if let Some((text, facts)) = g.older.remove_entry(sql) {
-                g.keep(text, Arc::clone(&facts));
-                return facts;
-            }
+            g.keep(text, facts);
         }
-        // Analyzed outside the lock: two requests with a new statement may both analyze
-        // it, and the same facts are kept either way.
-        let facts = Arc::new(analyze(sql, dialect));
-        self.lock(dialect).keep(sql.into(), Arc::clone(&facts));
+        let plain = match g.newer.get(sql) {
+            Some(known) => {
+                let found = match default {
+                    None => Some(&known.plain),
+                    Some(d) => known.under.iter().find(|(s, _)| &**s == d).map(|(_, f)| f),
+                };
+                if let Some(facts) = found {
+                    return Arc::clone(facts);
+                }
+                Arc::clone(&known.plain)
+            }
+            None => {
+                // Analyzed outside the lock: two requests with a new statement may both
+                // analyze it, and the same facts are kept either way.
+                drop(g);
+                let plain = Arc::new(analyze(sql, dialect));
+                g = self.lock(dialect);
+                g.keep(
+                    sql.into(),
+                    Remembered {
+                        plain: Arc::clone(&plain),
+                        under: Vec::new(),
+                    },
+                );
+                plain
+            }
+        };
+        let Some(d) = default else {
+            return plain;
+        };
+        let facts = under(&plain, d);
+        if let Some(known) = g.newer.get_mut(sql)
+            && known.under.len() < DEFAULTS
+        {
+            known.under.push((d.into(), Arc::clone(&facts)));
+        }
         facts
     }
 
@@ -210,12 +260,12 @@ mod tests {
         ] {
             let fresh = analyze(sql, SqlDialect::BigQuery);
             assert_eq!(
-                *analyses.of(sql, SqlDialect::BigQuery),
+                *analyses.of(sql, SqlDialect::BigQuery, None),
                 fresh,
                 "first time: {sql}"
             );
             assert_eq!(
-                *analyses.of(sql, SqlDialect::BigQuery),
+                *analyses.of(sql, SqlDialect::BigQuery, None),
                 fresh,
                 "remembered: {sql}"
             );
@@ -227,23 +277,34 @@ mod tests {
     fn a_default_dataset_applied_to_one_request_does_not_reach_the_next() {
         let analyses = Analyses::default();
         let sql = "SELECT email FROM customers";
-        let mut first = analyses.of(sql, SqlDialect::BigQuery);
-        Arc::make_mut(&mut first).with_default_dataset("shop");
-        assert_ne!(*first, analyze(sql, SqlDialect::BigQuery));
-        assert_eq!(
-            *analyses.of(sql, SqlDialect::BigQuery),
-            analyze(sql, SqlDialect::BigQuery)
-        );
+        let mut expected = analyze(sql, SqlDialect::BigQuery);
+        expected.with_default_dataset("shop");
+        for _ in 0..2 {
+            let first = analyses.of(sql, SqlDialect::BigQuery, Some("shop"));
+            assert_eq!(*first, expected);
+            assert_eq!(
+                *analyses.of(sql, SqlDialect::BigQuery, None),
+                analyze(sql, SqlDialect::BigQuery)
+            );
+        }
+        // Remembered under its default: the same facts are handed out, not a copy.
+        assert!(Arc::ptr_eq(
+            &analyses.of(sql, SqlDialect::BigQuery, Some("shop")),
+            &analyses.of(sql, SqlDialect::BigQuery, Some("shop"))
+        ));
+        let mut other = analyze(sql, SqlDialect::BigQuery);
+        other.with_default_dataset("crm");
+        assert_eq!(*analyses.of(sql, SqlDialect::BigQuery, Some("crm")), other);
     }
 
     #[test]
     fn statements_differing_in_any_byte_are_analyzed_apart() {
         let analyses = Analyses::default();
-        let select = analyses.of("SELECT * FROM a.t", SqlDialect::BigQuery);
-        let delete = analyses.of("DELETE FROM a.t WHERE TRUE", SqlDialect::BigQuery);
+        let select = analyses.of("SELECT * FROM a.t", SqlDialect::BigQuery, None);
+        let delete = analyses.of("DELETE FROM a.t WHERE TRUE", SqlDialect::BigQuery, None);
         assert_ne!(select, delete);
         assert_eq!(
-            *analyses.of("SELECT * FROM a.u", SqlDialect::BigQuery),
+            *analyses.of("SELECT * FROM a.u", SqlDialect::BigQuery, None),
             analyze("SELECT * FROM a.u", SqlDialect::BigQuery)
         );
     }
@@ -252,7 +313,7 @@ mod tests {
     fn memory_stays_within_two_generations_and_long_statements_are_not_kept() {
         let analyses = Analyses::default();
         for i in 0..(GENERATION * 5) {
-            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery);
+            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery, None);
         }
         assert!(
             analyses.len() <= 2 * GENERATION,
@@ -272,7 +333,7 @@ mod tests {
         let long = format!("SELECT '{}' FROM a.t", "x".repeat(MAX_TEXT));
         let before = analyses.len();
         assert_eq!(
-            *analyses.of(&long, SqlDialect::BigQuery),
+            *analyses.of(&long, SqlDialect::BigQuery, None),
             analyze(&long, SqlDialect::BigQuery)
         );
         assert_eq!(analyses.len(), before);
@@ -281,14 +342,14 @@ mod tests {
     #[test]
     fn a_hit_in_the_older_generation_survives_the_next_turnover() {
         let analyses = Analyses::default();
-        analyses.of("SELECT kept FROM a.t", SqlDialect::BigQuery);
+        analyses.of("SELECT kept FROM a.t", SqlDialect::BigQuery, None);
         for i in 0..GENERATION {
-            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery);
+            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery, None);
         }
         // Now in the older generation; a hit moves it to the newer one.
-        analyses.of("SELECT kept FROM a.t", SqlDialect::BigQuery);
+        analyses.of("SELECT kept FROM a.t", SqlDialect::BigQuery, None);
         for i in GENERATION..(2 * GENERATION - 2) {
-            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery);
+            analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery, None);
         }
         let g = analyses.lock(SqlDialect::BigQuery);
         assert!(

@@ -45,10 +45,11 @@ impl Pipeline {
             request_id = %ctx.request.id, identity = %record.identity, method = %ctx.request.method,
             reason = %denial.message, "request denied"
         );
-        if let Err(e) = self.store.append(record.clone()).await {
+        let traced = self.decision_of(ctx, &record);
+        if let Err(e) = self.store.append(record).await {
             tracing::error!(request_id = %ctx.request.id, error = %e, "cannot write the denial record");
         }
-        self.trace_decision(ctx, &record);
+        self.trace_decision(ctx, traced);
         Outcome::Denied(denial)
     }
 
@@ -157,7 +158,7 @@ impl Pipeline {
             decided.ticket = Some(t.id.clone());
             decided.approver = t.decided_by.clone();
         }
-        let traced = decided.clone();
+        let traced = self.decision_of(ctx, &decided);
         if let Err(e) = self.store.append_with(decided, Alongside::default()).await {
             tracing::error!(request_id = %ctx.request.id, error = %e, "cannot write the decided record; refusing");
             return Err(Fault::gateway(
@@ -165,7 +166,7 @@ impl Pipeline {
                  contact the gateway's operator",
             ));
         }
-        self.trace_decision(ctx, &traced);
+        self.trace_decision(ctx, traced);
         Ok(())
     }
 
@@ -239,12 +240,12 @@ impl Pipeline {
             claim: Some(claim),
             usage: None,
         };
-        let traced = record.clone();
+        let traced = self.decision_of(ctx, &record);
         self.store
             .append_with(record, alongside)
             .await
             .map_err(|e| Fault::gateway(e.to_string()))?;
-        self.trace_decision(ctx, &traced);
+        self.trace_decision(ctx, traced);
         Ok(())
     }
 
@@ -261,14 +262,14 @@ impl Pipeline {
         record.ticket = Some(ticket.id.clone());
         record.approver = ticket.decided_by.clone();
         record.status = Some(status);
-        let traced = record.clone();
+        let traced = self.decision_of(ctx, &record);
         if let Err(e) = self.store.append(record).await {
             tracing::error!(error = %e, "cannot write the audit record of a held job");
             return Err(Fault::gateway(
                 "querygate could not write its audit record; contact the gateway's operator",
             ));
         }
-        self.trace_decision(ctx, &traced);
+        self.trace_decision(ctx, traced);
         Ok(())
     }
 

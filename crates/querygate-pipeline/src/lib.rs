@@ -493,11 +493,8 @@ impl Pipeline {
         else {
             return None;
         };
-        let mut facts = self.analyses.of(statement, source.dialect());
-        if let Some(schema) = default_schema.as_deref().or(source.default_schema()) {
-            Arc::make_mut(&mut facts).with_default_dataset(schema);
-        }
-        Some(facts)
+        let default = default_schema.as_deref().or(source.default_schema());
+        Some(self.analyses.of(statement, source.dialect(), default))
     }
 }
 

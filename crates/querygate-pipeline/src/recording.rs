@@ -148,27 +148,34 @@ impl Pipeline {
         );
     }
 
-    /// Records the decision of a decided audit record (once it is written).
-    pub(crate) fn trace_decision(&self, ctx: &Context<'_>, record: &AuditRecord) {
-        let Some(tag) = ctx
-            .tag
+    /// What the session recording keeps of a decided audit record, taken before the record
+    /// goes to the store (`None` when sessions are not recorded).
+    pub(crate) fn decision_of(&self, ctx: &Context<'_>, record: &AuditRecord) -> Option<Traced> {
+        ctx.tag
             .get()
-            .filter(|_| self.recordings.recording.is_some())
-        else {
+            .filter(|_| self.recordings.recording.is_some())?;
+        Some(Traced {
+            time: record.time.clone(),
+            event: DecisionEvent {
+                decision: record.decision.clone(),
+                reason: record.reason.clone(),
+                rule: record.rule.clone(),
+                ticket: record.ticket.clone(),
+                approver: record.approver.clone(),
+            },
+        })
+    }
+
+    /// Records a decision (once its audit record is written).
+    pub(crate) fn trace_decision(&self, ctx: &Context<'_>, traced: Option<Traced>) {
+        let (Some(tag), Some(traced)) = (ctx.tag.get(), traced) else {
             return;
-        };
-        let event = DecisionEvent {
-            decision: record.decision.clone(),
-            reason: record.reason.clone(),
-            rule: record.rule.clone(),
-            ticket: record.ticket.clone(),
-            approver: record.approver.clone(),
         };
         self.capture(
             tag,
             &ctx.request.id.0,
-            record.time.clone(),
-            EventKind::Decision(event),
+            traced.time,
+            EventKind::Decision(traced.event),
             None,
         );
     }
@@ -298,6 +305,12 @@ impl Pipeline {
             });
         }
     }
+}
+
+/// A decision as the session recording keeps it (see [`Pipeline::decision_of`]).
+pub(crate) struct Traced {
+    time: String,
+    event: DecisionEvent,
 }
 
 /// Recordings, the service: who may read which recorded session, and the reading.
