@@ -50,9 +50,42 @@ pub(crate) enum Entry {
         hash: String,
         /// (identity, day, usage) to add to usage.
         usage: Option<(String, String, Usage)>,
+        /// What SQLite indexes the record by.
+        keys: Keys,
     },
     /// A job claim (idempotent: an existing owner is never replaced).
     Claim(JobRow),
+}
+
+/// The fields of a record SQLite indexes it by, as columns of `audit_log` (kept beside the
+/// record's text so that indexing never parses it again).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Keys {
+    pub time: String,
+    pub identity: String,
+    pub ticket: Option<String>,
+}
+
+impl Keys {
+    pub(crate) fn of(record: &querygate_core::AuditRecord) -> Keys {
+        Keys {
+            time: record.time.clone(),
+            identity: record.identity.clone(),
+            ticket: record.ticket.clone(),
+        }
+    }
+
+    /// Read back from a record's text (a journal read again: the journal does not repeat
+    /// them).
+    fn of_text(record: &str) -> Keys {
+        let v: Value = serde_json::from_str(record).unwrap_or(Value::Null);
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Keys {
+            time: s("time").unwrap_or_default(),
+            identity: s("identity").unwrap_or_default(),
+            ticket: s("ticket"),
+        }
+    }
 }
 
 impl Entry {
@@ -104,6 +137,7 @@ impl Entry {
         match v.get("t")?.as_str()? {
             "record" => Some(Entry::Record {
                 seq: v.get("seq")?.as_u64()?,
+                keys: Keys::of_text(v.get("record")?.as_str()?),
                 record: s("record")?,
                 prev_hash: s("prev")?,
                 hash: s("hash")?,
@@ -365,6 +399,7 @@ mod tests {
         Entry::Record {
             seq,
             record: format!("{{\"seq\":{seq}}}"),
+            keys: Keys::default(),
             prev_hash: "p".into(),
             hash: "h".into(),
             usage: Some((

@@ -478,11 +478,9 @@ impl Store {
                 return Ok(None);
             };
             let time_of = |seq: i64| -> Result<String, StoreError> {
-                conn.query_row(
-                    "SELECT json_extract(record, '$.time') FROM audit_log WHERE seq = ?1",
-                    [seq],
-                    |r| r.get::<_, String>(0),
-                )
+                conn.query_row("SELECT time FROM audit_log WHERE seq = ?1", [seq], |r| {
+                    r.get::<_, String>(0)
+                })
                 .map_err(&err)
             };
             // The last seq whose time is before the cutoff.

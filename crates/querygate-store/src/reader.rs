@@ -74,17 +74,19 @@ impl AuditFilter {
     }
 
     /// The same filter as SQL over `audit_log`, in terms the indexes in `schema` serve
-    /// (identity and time; tickets): a `WHERE` clause and its parameters.
-    fn sql(&self) -> (String, Vec<String>) {
+    /// (identity and time; tickets): a `WHERE` clause and its parameters. `keyed`: the
+    /// table has the index columns (a store no gateway of this version opened yet has not).
+    fn sql(&self, keyed: bool) -> (String, Vec<String>) {
+        let column = |field: &str| match field {
+            "identity" | "ticket" | "time" if keyed => field.to_string(),
+            _ => format!("json_extract(record, '$.{field}')"),
+        };
         let mut clauses = vec!["1".to_string()];
         let mut values = Vec::new();
         let mut eq = |field: &str, v: &Option<String>| {
             if let Some(v) = v {
                 values.push(v.clone());
-                clauses.push(format!(
-                    "json_extract(record, '$.{field}') = ?{}",
-                    values.len()
-                ));
+                clauses.push(format!("{} = ?{}", column(field), values.len()));
             }
         };
         eq("identity", &self.identity);
@@ -97,17 +99,11 @@ impl AuditFilter {
         eq("ticket", &self.ticket);
         if let Some(since) = &self.since {
             values.push(since.clone());
-            clauses.push(format!(
-                "json_extract(record, '$.time') >= ?{}",
-                values.len()
-            ));
+            clauses.push(format!("{} >= ?{}", column("time"), values.len()));
         }
         if let Some(until) = &self.until {
             values.push(until.clone());
-            clauses.push(format!(
-                "json_extract(record, '$.time') <= ?{}",
-                values.len()
-            ));
+            clauses.push(format!("{} <= ?{}", column("time"), values.len()));
         }
         if let Some(table) = &self.table {
             values.push(table.clone());
@@ -362,7 +358,12 @@ impl Reader {
         // The journal is read first, then SQLite in one read transaction (one snapshot):
         // a record leaves the journal only once indexed, so each is in one or the other,
         // and the journal's are kept only beyond what the snapshot holds.
-        let (clause, values) = filter.sql();
+        let keyed = self
+            .conn
+            .prepare("SELECT 1 FROM pragma_table_info('audit_log') WHERE name = 'time'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(self.err())?;
+        let (clause, values) = filter.sql(keyed);
         let journalled = self.journal()?;
         let tx = self.conn.unchecked_transaction().map_err(self.err())?;
         let max_seq: i64 = tx

@@ -6,21 +6,17 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 const SCHEMA: &str = "
+-- `time`, `identity` and `ticket` repeat the record's fields for the indexes (written with
+-- the record, from the record the writer chained: SQLite never parses the JSON to index it).
 CREATE TABLE IF NOT EXISTS audit_log (
     seq       INTEGER PRIMARY KEY,
     record    TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL
+    hash      TEXT NOT NULL,
+    time      TEXT,
+    identity  TEXT,
+    ticket    TEXT
 );
-CREATE INDEX IF NOT EXISTS audit_by_time ON audit_log (json_extract(record, '$.time'));
-CREATE INDEX IF NOT EXISTS audit_by_identity
-    ON audit_log (json_extract(record, '$.identity'), json_extract(record, '$.time'));
-CREATE INDEX IF NOT EXISTS audit_by_ticket ON audit_log (json_extract(record, '$.ticket'))
-    WHERE json_extract(record, '$.ticket') IS NOT NULL;
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_log
-    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
-    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TABLE IF NOT EXISTS jobs (
     source      TEXT NOT NULL,
     job_id      TEXT NOT NULL,
@@ -70,11 +66,42 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 ";
 
+/// What follows the columns: indexes and triggers (after [`ADDED_COLUMNS`] and the
+/// migration of older stores, whose tables may lack columns these name).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS audit_time ON audit_log (time);
+CREATE INDEX IF NOT EXISTS audit_identity_time ON audit_log (identity, time);
+CREATE INDEX IF NOT EXISTS audit_ticket ON audit_log (ticket) WHERE ticket IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+";
+
+/// A store made before the index columns: they are filled from each record's text (under
+/// the append-only trigger, dropped for the one statement and made again), and the indexes
+/// over `json_extract` that parsed every record as it was written are dropped.
+const KEYS_FROM_TEXT: &str = "
+BEGIN IMMEDIATE;
+DROP TRIGGER IF EXISTS audit_no_update;
+UPDATE audit_log SET time = json_extract(record, '$.time'),
+    identity = json_extract(record, '$.identity'), ticket = json_extract(record, '$.ticket');
+DROP INDEX IF EXISTS audit_by_time;
+DROP INDEX IF EXISTS audit_by_identity;
+DROP INDEX IF EXISTS audit_by_ticket;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+COMMIT;
+";
+
 /// Columns added after the first release: (table, column, type).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "row_limit", "INTEGER"),
     ("jobs", "sensitive", "INTEGER"),
     ("usage", "rows", "INTEGER NOT NULL DEFAULT 0"),
+    ("audit_log", "time", "TEXT"),
+    ("audit_log", "identity", "TEXT"),
+    ("audit_log", "ticket", "TEXT"),
 ];
 
 pub(crate) fn open(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
@@ -93,6 +120,16 @@ pub(crate) fn open(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
     }
+    // Every record written since has its keys; records without are an older store's (or
+    // of a migration that did not finish), filled in one transaction.
+    let unkeyed = conn
+        .prepare("SELECT 1 FROM audit_log WHERE time IS NULL LIMIT 1")?
+        .exists([])?;
+    if unkeyed && let Err(e) = conn.execute_batch(KEYS_FROM_TEXT) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    conn.execute_batch(INDEXES)?;
     Ok(conn)
 }
 

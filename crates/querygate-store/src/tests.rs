@@ -205,6 +205,100 @@ async fn usage_adds_up_per_identity_and_day() {
 }
 
 #[tokio::test]
+async fn a_store_indexed_by_json_extract_is_indexed_by_columns_once_opened() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    // The schema before the index columns, with two chained records.
+    {
+        let conn = rusqlite::Connection::open(&path).expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE audit_log (seq INTEGER PRIMARY KEY, record TEXT NOT NULL,
+                 prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+             CREATE INDEX audit_by_time ON audit_log (json_extract(record, '$.time'));
+             CREATE INDEX audit_by_identity ON audit_log
+                 (json_extract(record, '$.identity'), json_extract(record, '$.time'));
+             CREATE INDEX audit_by_ticket ON audit_log (json_extract(record, '$.ticket'))
+                 WHERE json_extract(record, '$.ticket') IS NOT NULL;
+             CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit_log
+                 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+        )
+        .expect("old schema");
+        let mut prev = querygate_core::audit::GENESIS.to_string();
+        for (seq, who, ticket) in [(1u64, "agent:x", None), (2, "agent:y", Some("T-1"))] {
+            let mut r = record("SELECT 1");
+            r.seq = seq;
+            r.identity = who.into();
+            r.ticket = ticket.map(str::to_string);
+            let text = r.canonical();
+            let hash = querygate_core::audit::chain_hash(&prev, &text);
+            conn.execute(
+                "INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![seq as i64, text, prev, hash],
+            )
+            .expect("insert");
+            prev = hash;
+        }
+    }
+    // An `audit` command before any gateway of this version opened it still finds them.
+    let found = |filter: &AuditFilter| {
+        let mut seqs = Vec::new();
+        Reader::open(&path)
+            .expect("reader")
+            .records(filter, None, |r| seqs.push(r.record.seq))
+            .expect("read");
+        seqs
+    };
+    let by_ticket = AuditFilter {
+        ticket: Some("T-1".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(found(&by_ticket), vec![2]);
+    let store = Store::open(&path).expect("open");
+    let mut r = record("SELECT 3");
+    r.identity = "agent:y".into();
+    store.append(r).await.expect("append");
+    store.flush().await.expect("flush");
+    drop(store);
+    let by_identity = AuditFilter {
+        identity: Some("agent:y".into()),
+        since: Some("2026-11-27T00:00:00Z".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(found(&by_identity), vec![2, 3]);
+    assert_eq!(found(&by_ticket), vec![2]);
+    assert_eq!(verify(&path).expect("intact").records, 3);
+    // The columns were filled, the JSON indexes are gone, and the table is append-only still.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    let keys: Vec<(String, Option<String>)> = conn
+        .prepare("SELECT identity, ticket FROM audit_log ORDER BY seq")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .expect("columns");
+    assert_eq!(
+        keys,
+        vec![
+            ("agent:x".to_string(), None),
+            ("agent:y".to_string(), Some("T-1".to_string())),
+            ("agent:y".to_string(), None),
+        ]
+    );
+    let json_indexes: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND sql LIKE '%json_extract%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("indexes");
+    assert_eq!(json_indexes, 0);
+    assert!(
+        conn.execute("UPDATE audit_log SET identity = 'x'", [])
+            .is_err()
+    );
+}
+
+#[tokio::test]
 async fn a_store_made_before_row_budgets_counts_rows_once_opened() {
     let dir = tempdir::Dir::new();
     let path = dir.0.join("qg.db");
@@ -317,6 +411,7 @@ async fn journalled_records_survive_a_crash_before_indexing() {
         let hash = querygate_core::audit::chain_hash(&prev, &encoded);
         entries.push(journal::Entry::Record {
             seq,
+            keys: journal::Keys::of(&r),
             record: encoded,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,

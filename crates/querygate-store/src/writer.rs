@@ -314,6 +314,7 @@ impl Writer {
                     let hash = chain_hash(&prev, &encoded);
                     entries.push(Entry::Record {
                         seq,
+                        keys: crate::journal::Keys::of(record),
                         record: encoded,
                         prev_hash: std::mem::replace(&mut prev, hash.clone()),
                         hash,
@@ -611,7 +612,8 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut record = tx.prepare_cached(
-            "INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO audit_log (seq, record, prev_hash, hash, time, identity, ticket)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut claim = tx.prepare_cached(
             "INSERT INTO jobs (source, job_id, identity, destination, schema, row_limit, sensitive)
@@ -635,6 +637,7 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
                     prev_hash,
                     hash,
                     usage,
+                    keys,
                 } => {
                     if let Some((identity, day, usage)) = usage {
                         spend.execute(params![
@@ -644,7 +647,15 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
                             usage.rows as i64
                         ])?;
                     }
-                    record.execute(params![*seq as i64, encoded, prev_hash, hash])?;
+                    record.execute(params![
+                        *seq as i64,
+                        encoded,
+                        prev_hash,
+                        hash,
+                        keys.time,
+                        keys.identity,
+                        keys.ticket
+                    ])?;
                 }
                 Entry::Claim(job) => {
                     claim.execute(params![
