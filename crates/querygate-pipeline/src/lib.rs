@@ -314,7 +314,10 @@ impl Pipeline {
             )
             .await;
         match prepared {
-            Some(call) => Ok(call),
+            Some(call) => {
+                self.trace_prepared(&request, &tag);
+                Ok(call)
+            }
             None => {
                 self.trace_response(&request, &tag, Some(source.name()), &outcome);
                 Err(outcome)

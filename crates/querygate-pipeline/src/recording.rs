@@ -200,6 +200,20 @@ impl Pipeline {
         self.capture(tag, &r.id.0, now(), EventKind::Upstream(event), None);
     }
 
+    /// Records the answer to a statement only being prepared: allowed, nothing ran (its
+    /// run is a request of its own).
+    pub(crate) fn trace_prepared(&self, request: &Request, tag: &OnceLock<Tag>) {
+        let (Some(tag), Some(_)) = (tag.get(), &self.recordings.recording) else {
+            return;
+        };
+        let event = ResponseEvent {
+            status: 200,
+            rows: Some(0),
+            ..ResponseEvent::default()
+        };
+        self.capture(tag, &request.id.0, now(), EventKind::Response(event), None);
+    }
+
     /// Records what the client gets back.
     pub(crate) fn trace_response<R: Reply>(
         &self,

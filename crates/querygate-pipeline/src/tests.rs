@@ -1943,6 +1943,30 @@ async fn rules_that_name_tables_hold_for_the_tables_a_view_reads() {
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
 }
 
+/// A prepared statement's recording ends with its answer, as every request's does.
+#[tokio::test]
+async fn a_prepared_statement_is_recorded_with_its_answer() {
+    let dir = tmp("prepare-recorded");
+    let recorder = Arc::new(
+        querygate_store::Recorder::start(&dir.join("qg.db"), Default::default()).expect("recorder"),
+    );
+    let p = pipeline(&dir).with_recording(RecordingSettings::default(), recorder.clone());
+    let src = Echo::default();
+    let mut parse = request(Some("key-a"), query("SELECT 1"));
+    parse.session = Some("prep".into());
+    p.prepare(parse, &src, "parse-1").await.expect("allowed");
+    recorder.flush();
+    let events = recorder.events("prep", None).expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds, ["request", "response"]);
+    match &events[1].what {
+        querygate_core::recording::EventKind::Response(r) => {
+            assert_eq!((r.status, r.rows), (200, Some(0)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A statement only being prepared (PostgreSQL's Parse) is decided and masked, and runs
 /// nothing: allowed, it comes back as the call to send, with no record written; refused,
 /// the refusal is the outcome, audited once.
