@@ -917,3 +917,48 @@ def test_a_row_budget_limits_what_an_identity_reads_in_a_day(gateway):
     assert withheld and "more than 500 rows" in withheld[0]["reason"], completed
     spent = [r for r in records if r.get("phase") == "decided" and "is spent" in (r.get("reason") or "")]
     assert spent and spent[0]["statement"] == "SELECT 1", records
+
+
+def test_a_connection_is_a_recorded_session_that_replays_what_the_client_saw(gateway):
+    q1 = "SELECT id, email FROM contacts WHERE id = %s"
+    q2 = "SELECT count(*) FROM hr.people"
+    q3 = "SELECT * FROM no_such_table"
+    with psycopg.connect(dsn(gateway, "person"), autocommit=True) as c:
+        rows = c.execute(q1, (2,)).fetchall()
+        assert [r[0] for r in rows] == [2] and "bo@example.org" not in str(rows), rows
+        assert c.execute(q2).fetchone() == (1,)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            c.execute(q3)
+
+    def cli(*args) -> str:
+        cp = s.run_cli(s.default_gateway_bin(), "sessions", *args, "--config", str(gateway["config"]))
+        assert cp.returncode == 0, s.describe(cp)
+        return cp.stdout
+
+    # The recorder writes its segments within a quarter second: wait for the last answer.
+    deadline = time.monotonic() + 10
+    while True:
+        listed = [json.loads(line) for line in cli("list", "--json", "--identity", "human:dba").splitlines()]
+        docs = [json.loads(cli("show", x["id"], "--json")) for x in listed]
+        doc = next((d for d in docs if any(e.get("statement") == q3 for e in d["events"])), None)
+        if doc and doc["events"][-1]["type"] == "response":
+            break
+        assert time.monotonic() < deadline, f"the session never recorded the last statement: {listed}"
+        time.sleep(0.2)
+    events = doc["events"]
+    assert doc["session"]["id"].startswith("pg-"), doc["session"]
+    requests = [e for e in events if e["type"] == "request"]
+    assert all(e["identity"] == "human:dba" for e in requests)
+    # In the order the client sent them: the Parse psycopg sends for a statement with
+    # parameters (decided as it is prepared), its run, then two simple queries.
+    statements = [e["statement"] for e in requests if e.get("statement")]
+    prepared = q1.replace("%s", "$1")
+    assert statements == [prepared, prepared, q2, q3], statements
+    assert [e["method"] for e in requests] == ["parse", "execute", "query", "query"], requests
+    # Every request has its answer; the failed one carries the server's error.
+    by_request: dict[str, list[str]] = {}
+    for e in events:
+        by_request.setdefault(e["request_id"], []).append(e["type"])
+    assert all(kinds[-1] == "response" for kinds in by_request.values()), by_request
+    last = [e for e in events if e["type"] == "response"][-1]
+    assert "no_such_table" in (last.get("error") or ""), last
