@@ -191,17 +191,21 @@ impl Pipeline {
                     plan.row_limit.as_ref().map(|l| l.rows),
                 )
             });
-        // What it charges: the bytes billed, and the rows of the whole result (pages read
-        // later are covered: the job keeps the row limit its budget set) or that it changed;
-        // a withheld result returned none.
-        let usage = plan.billable.then(|| Usage {
-            bytes: summary
-                .bytes_billed
-                .or(summary.bytes_processed)
-                .unwrap_or(0),
+        // What it charges: the bytes a query billed, and the rows each answer carries or a
+        // statement changed — a query's first page, then each page of its job's results
+        // read later (whose bytes the query already paid); a withheld answer carries none.
+        let page = matches!(request.action, Action::Job(JobOp::Results { .. }));
+        let usage = (plan.billable || page).then(|| Usage {
+            bytes: match plan.billable {
+                true => summary
+                    .bytes_billed
+                    .or(summary.bytes_processed)
+                    .unwrap_or(0),
+                false => 0,
+            },
             rows: match withheld {
                 Some(_) => 0,
-                None => summary.total_rows.or(summary.rows).unwrap_or(0),
+                None => summary.rows.unwrap_or(0),
             },
         });
         let completion = match &withheld {

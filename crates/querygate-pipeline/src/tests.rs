@@ -596,13 +596,17 @@ async fn row_budgets_hold_sources_that_say_nothing_of_bytes() {
         no_bytes: true,
         ..Echo::default()
     };
-    // Each answer has 3 rows: 3, then 6 of the smaller budget (8) used.
-    for _ in 0..2 {
-        let out = p
-            .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
-            .await;
-        assert!(matches!(out, Outcome::Done(_)), "{out:?}");
-    }
+    // Each answer has 3 rows: a query's first page, then a page of its job's results read
+    // later (BigQuery's getQueryResults): 6 of the smaller budget (8) used.
+    let out = p
+        .handle(request(Some("key-a"), query("SELECT 1")), Some(&src), "j")
+        .await;
+    assert!(matches!(out, Outcome::Done(_)), "{out:?}");
+    let page = Action::Job(JobOp::Results { job_id: "j".into() });
+    let out = p
+        .handle(request(Some("key-a"), page), Some(&src), "j")
+        .await;
+    assert!(matches!(out, Outcome::Done(_)), "{out:?}");
     assert_eq!(src.estimates.load(Ordering::SeqCst), 0, "no estimate asked");
     // 2 rows left: a 3-row result is withheld, and charges nothing.
     match p
