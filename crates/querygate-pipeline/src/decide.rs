@@ -157,9 +157,8 @@ pub fn decide(policy: &Policy, q: &Question<'_>) -> (Verdict, Decided) {
     }
     // A row budget: spent, nothing more runs today; else what is left of it is a row
     // limit on a result (a statement that changes rows cannot be stopped halfway: it is
-    // charged what it changed).
-    // Transaction control returns and changes nothing: a spent budget still lets a
-    // client end its transaction.
+    // charged what it changed). Transaction control returns and changes nothing: a spent
+    // budget still lets a client end its transaction.
     let control = !q.input.statements.is_empty()
         && q.input
             .statements
