@@ -7,8 +7,9 @@
 //! for the caller), value detectors scrub every
 //! value, a direct table read's rows are masked, errors that could echo masked values are
 //! withheld, a result over the plan's row limit is withheld, and the completed record
-//! claims the job for the caller and charges its bytes and rows to its budgets. A reply that streams
-//! the rest of a large result gets that completion as an [`crate::Ending`] to finish.
+//! claims the job for the caller and charges its bytes and rows to its budgets. A reply
+//! that streams the rest of a large result gets that completion as an [`crate::Ending`] to
+//! finish.
 
 use querygate_core::{Action, Catalog, Denial, DenialKind, Fault, Identity, JobOp, Query, Usage};
 use querygate_mask::Strategy;
