@@ -962,3 +962,23 @@ def test_a_connection_is_a_recorded_session_that_replays_what_the_client_saw(gat
     assert all(kinds[-1] == "response" for kinds in by_request.values()), by_request
     last = [e for e in events if e["type"] == "response"][-1]
     assert "no_such_table" in (last.get("error") or ""), last
+
+
+def test_mcp_calls_on_postgres_reuse_sessions_and_leave_nothing_behind(gateway):
+    db = gateway["db"]
+    backends = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'querygate'"
+                " AND backend_type = 'client backend'")
+
+    def querygate_sessions() -> int:
+        with psycopg.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={db}"), autocommit=True) as c:
+            return c.execute(backends, (db,)).fetchone()[0]
+
+    # A person's call changes its session's settings; the next call does not inherit them.
+    calls = [["execute_sql", {"project": db, "sql": "SELECT set_config('work_mem', '7777kB', false) AS w"}]]
+    calls += [["execute_sql", {"project": db, "sql": "SELECT current_setting('work_mem') AS w"}]] * 12
+    out = s.mcp_drive(gateway, "person", calls)
+    first, *rest = out["results"]
+    assert first["structured"]["rows"] == [{"w": "7777kB"}], first
+    assert all(r["structured"]["rows"][0]["w"] != "7777kB" for r in rest), rest
+    # Thirteen calls, a handful of sessions: kept between calls, not one per call.
+    assert 1 <= querygate_sessions() <= 4

@@ -33,7 +33,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::upstream::{Endpoint, Upstream, error_text};
 
+mod idle;
 mod neutral;
+use idle::{Idle, Purpose};
 pub use neutral::Neutral;
 
 /// The most answer bytes one statement's reply holds when it must be read whole (a row
@@ -57,6 +59,8 @@ pub struct PostgresSource {
     mask_key: Option<querygate_core::Secret>,
     /// Tables' columns, looked up with the gateway's credential, kept [`SCHEMA_TTL`].
     schemas: std::sync::Mutex<HashMap<String, (Instant, Vec<Column>)>>,
+    /// The gateway's own sessions between calls.
+    idle: Idle,
 }
 
 /// The type OID of `bytea`, the hash key's.
@@ -74,7 +78,26 @@ impl PostgresSource {
             scrubber: None,
             mask_key: None,
             schemas: std::sync::Mutex::new(HashMap::new()),
+            idle: Idle::default(),
         }
+    }
+
+    /// Sends `frames` on a new session of the gateway's own, which is kept for the next
+    /// call when it can serve one.
+    async fn session(
+        &self,
+        purpose: Purpose,
+        settings: &[(String, String)],
+        frames: BytesMut,
+        expect: &[Expect],
+    ) -> Result<PgReply, Fault> {
+        let mut upstream = crate::upstream::connect(&self.endpoint, settings).await?;
+        let reply = exchange(&mut upstream, frames, expect, false).await;
+        match reply {
+            Ok(_) => self.idle.put(purpose, upstream).await,
+            Err(_) => upstream.terminate().await,
+        }
+        reply
     }
 
     /// The hash key as a parameter value (binary `bytea`).
@@ -168,7 +191,6 @@ impl PostgresSource {
             ("search_path".to_string(), "pg_catalog".to_string()),
             ("application_name".to_string(), "querygate".to_string()),
         ];
-        let mut upstream = crate::upstream::connect(&self.endpoint, &settings).await?;
         let mut frames = BytesMut::new();
         let params = parameters
             .iter()
@@ -182,8 +204,25 @@ impl PostgresSource {
         encode(&mut frames, ExecuteMessage::new(None, 0))?;
         frames.extend_from_slice(&[b'S', 0, 0, 0, 4]);
         let expect = [Expect::One, Expect::One, Expect::Execute, Expect::Ready];
-        let reply = exchange(&mut upstream, frames, &expect, false).await;
-        upstream.terminate().await;
+        // A kept session the server has since closed fails before it answers: the lookup
+        // (the gateway's own, read-only) runs again on a new one.
+        let reply = match self.idle.take(Purpose::Lookup) {
+            Some(mut kept) => match exchange(&mut kept, frames.clone(), &expect, false).await {
+                Ok(reply) => {
+                    self.idle.put(Purpose::Lookup, kept).await;
+                    Ok(reply)
+                }
+                Err(_) => {
+                    kept.terminate().await;
+                    self.session(Purpose::Lookup, &settings, frames, &expect)
+                        .await
+                }
+            },
+            None => {
+                self.session(Purpose::Lookup, &settings, frames, &expect)
+                    .await
+            }
+        };
         let reply = reply?;
         if let Some(error) = reply.error {
             return Err(Fault::upstream(format!(
