@@ -399,6 +399,11 @@ impl Store {
         alongside: Alongside,
     ) -> Result<u64, StoreError> {
         self.hold(&record, &alongside);
+        // What was queued before this record (a connection's previous completion) goes to
+        // the writer first: records of one caller are chained in the order it made them.
+        for earlier in self.lazy.take() {
+            self.send(earlier)?;
+        }
         let mut claimed = None;
         if let Some(job) = alongside.claim {
             let (ack, done) = oneshot::channel();

@@ -204,6 +204,40 @@ async fn usage_adds_up_per_identity_and_day() {
     );
 }
 
+/// A caller's queued completion is chained before the record it awaits next (a
+/// connection's statements read in order in the log), whatever the writer was doing.
+#[tokio::test]
+async fn a_callers_records_are_chained_in_the_order_it_made_them() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("qg.db");
+    let store = Store::open(&path).expect("open");
+    for i in 0..200 {
+        store
+            .enqueue(record(&format!("completed {i}")), Alongside::default())
+            .expect("enqueue");
+        store
+            .append(record(&format!("decided {}", i + 1)))
+            .await
+            .expect("append");
+    }
+    store.flush().await.expect("flush");
+    drop(store);
+    let mut order = Vec::new();
+    Reader::open(&path)
+        .expect("reader")
+        .records(&AuditFilter::default(), None, |r| {
+            order.push(r.record.statement.clone().unwrap_or_default())
+        })
+        .expect("read");
+    let at = |s: &str| order.iter().position(|x| x == s).expect(s);
+    for i in 0..200 {
+        assert!(
+            at(&format!("completed {i}")) < at(&format!("decided {}", i + 1)),
+            "completed {i} was chained after the next decided record"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_store_indexed_by_json_extract_is_indexed_by_columns_once_opened() {
     let dir = tempdir::Dir::new();
