@@ -171,6 +171,10 @@ impl StatusCodes for Codes {
         Codes::fault(fault).0
     }
 
+    fn done(&self) -> u16 {
+        200
+    }
+
     /// A held job is a job that has not started: 200.
     fn waiting(&self) -> u16 {
         200

@@ -98,4 +98,6 @@ pub trait StatusCodes: Sync + std::fmt::Debug {
     fn failed(&self, fault: &Fault) -> u16;
     /// An answer that the request waits for an approval (the request was accepted).
     fn waiting(&self) -> u16;
+    /// A success the gateway answers itself, with nothing run (a statement only prepared).
+    fn done(&self) -> u16;
 }

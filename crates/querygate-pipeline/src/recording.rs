@@ -207,7 +207,7 @@ impl Pipeline {
             return;
         };
         let event = ResponseEvent {
-            status: 200,
+            status: request.codes.done(),
             rows: Some(0),
             ..ResponseEvent::default()
         };

@@ -254,6 +254,10 @@ impl querygate_core::StatusCodes for TestCodes {
     fn waiting(&self) -> u16 {
         200
     }
+
+    fn done(&self) -> u16 {
+        200
+    }
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {

@@ -35,6 +35,10 @@ impl StatusCodes for Codes {
         if fault.retryable { 502 } else { 500 }
     }
 
+    fn done(&self) -> u16 {
+        200
+    }
+
     fn waiting(&self) -> u16 {
         202
     }
