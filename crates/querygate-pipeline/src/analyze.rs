@@ -28,11 +28,15 @@ const GENERATION: usize = 512;
 /// Default schemas kept per statement (more are applied to a copy each time).
 const DEFAULTS: usize = 4;
 
-/// One memory per dialect (the same text can mean different things in two).
+/// One memory per dialect (the same text can mean different things in two), and beside
+/// each one of statements by their shape ([`querygate_sql::shape`]: the numbers they
+/// compare against taken out; kept apart, so that no text can stand for a shape).
 #[derive(Debug, Default)]
 pub(crate) struct Analyses {
     bigquery: Mutex<Generations>,
     postgres: Mutex<Generations>,
+    bigquery_shapes: Mutex<Generations>,
+    postgres_shapes: Mutex<Generations>,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +52,14 @@ struct Remembered {
     under: Vec<(Box<str>, Arc<Facts>)>,
 }
 
+/// What a memory holds of a statement.
+enum Found {
+    /// Its facts as asked for.
+    Facts(Arc<Facts>),
+    /// Its facts as analyzed: the default schema asked for is still to be applied.
+    Plain(Arc<Facts>),
+}
+
 impl Generations {
     /// Puts an entry in the newer generation, turning the generations over when it is full.
     fn keep(&mut self, text: Box<str>, facts: Remembered) {
@@ -55,6 +67,38 @@ impl Generations {
             self.older = std::mem::take(&mut self.newer);
         }
         self.newer.insert(text, facts);
+    }
+
+    /// What is kept under `key` (a hit in the older generation moves to the newer).
+    fn find(&mut self, key: &str, default: Option<&str>) -> Option<Found> {
+        if !self.newer.contains_key(key)
+            && let Some((text, facts)) = self.older.remove_entry(key)
+        {
+            self.keep(text, facts);
+        }
+        let known = self.newer.get(key)?;
+        let found = match default {
+            None => Some(&known.plain),
+            Some(d) => known.under.iter().find(|(s, _)| &**s == d).map(|(_, f)| f),
+        };
+        Some(match found {
+            Some(facts) => Found::Facts(Arc::clone(facts)),
+            None => Found::Plain(Arc::clone(&known.plain)),
+        })
+    }
+
+    /// `plain` under `default` when one is given, kept beside the entry under `key`.
+    fn resolved(&mut self, key: &str, plain: Arc<Facts>, default: Option<&str>) -> Arc<Facts> {
+        let Some(d) = default else {
+            return plain;
+        };
+        let facts = under(&plain, d);
+        if let Some(known) = self.newer.get_mut(key)
+            && known.under.len() < DEFAULTS
+        {
+            known.under.push((d.into(), Arc::clone(&facts)));
+        }
+        facts
     }
 }
 
@@ -67,7 +111,7 @@ fn under(facts: &Facts, default: &str) -> Arc<Facts> {
 
 impl Analyses {
     /// The facts of a statement in `dialect`, its one-part table names in `default` when
-    /// one is given, from memory when it was analyzed recently.
+    /// one is given, from memory when it (or one of its shape) was analyzed recently.
     pub(crate) fn of(&self, sql: &str, dialect: SqlDialect, default: Option<&str>) -> Arc<Facts> {
         if sql.len() > MAX_TEXT {
             let facts = analyze(sql, dialect);
@@ -76,55 +120,47 @@ impl Analyses {
                 None => Arc::new(facts),
             };
         }
-        let mut g = self.lock(dialect);
-        if !g.newer.contains_key(sql)
-            && let Some((text, facts)) = g.older.remove_entry(sql)
         {
-            g.keep(text, facts);
-        }
-        let plain = match g.newer.get(sql) {
-            Some(known) => {
-                let found = match default {
-                    None => Some(&known.plain),
-                    Some(d) => known.under.iter().find(|(s, _)| &**s == d).map(|(_, f)| f),
-                };
-                if let Some(facts) = found {
-                    return Arc::clone(facts);
-                }
-                Arc::clone(&known.plain)
+            let mut g = self.lock(dialect, false);
+            match g.find(sql, default) {
+                Some(Found::Facts(facts)) => return facts,
+                Some(Found::Plain(plain)) => return g.resolved(sql, plain, default),
+                None => {}
             }
-            None => {
-                // Analyzed outside the lock: two requests with a new statement may both
-                // analyze it, and the same facts are kept either way.
-                drop(g);
-                let plain = Arc::new(analyze(sql, dialect));
-                g = self.lock(dialect);
-                g.keep(
-                    sql.into(),
-                    Remembered {
-                        plain: Arc::clone(&plain),
-                        under: Vec::new(),
-                    },
-                );
-                plain
-            }
-        };
-        let Some(d) = default else {
-            return plain;
-        };
-        let facts = under(&plain, d);
-        if let Some(known) = g.newer.get_mut(sql)
-            && known.under.len() < DEFAULTS
-        {
-            known.under.push((d.into(), Arc::clone(&facts)));
         }
-        facts
+        let shape = querygate_sql::shape(sql);
+        if let Some(key) = &shape {
+            let mut g = self.lock(dialect, true);
+            match g.find(key, default) {
+                Some(Found::Facts(facts)) => return facts,
+                Some(Found::Plain(plain)) => return g.resolved(key, plain, default),
+                None => {}
+            }
+        }
+        // Analyzed outside the lock: two requests with a new statement may both analyze
+        // it, and the same facts are kept either way. A statement kept by its shape is one
+        // analyzed whole (what cannot be parsed is kept by its text: its error's position
+        // is its own).
+        let plain = Arc::new(analyze(sql, dialect));
+        let shape = shape.filter(|_| plain.opaque.is_none() && plain.syntax_error.is_none());
+        let mut g = self.lock(dialect, shape.is_some());
+        let key: Box<str> = shape.map_or_else(|| sql.into(), String::into_boxed_str);
+        g.keep(
+            key.clone(),
+            Remembered {
+                plain: Arc::clone(&plain),
+                under: Vec::new(),
+            },
+        );
+        g.resolved(&key, plain, default)
     }
 
-    fn lock(&self, dialect: SqlDialect) -> std::sync::MutexGuard<'_, Generations> {
-        let generations = match dialect {
-            SqlDialect::BigQuery => &self.bigquery,
-            SqlDialect::Postgres => &self.postgres,
+    fn lock(&self, dialect: SqlDialect, shapes: bool) -> std::sync::MutexGuard<'_, Generations> {
+        let generations = match (dialect, shapes) {
+            (SqlDialect::BigQuery, false) => &self.bigquery,
+            (SqlDialect::Postgres, false) => &self.postgres,
+            (SqlDialect::BigQuery, true) => &self.bigquery_shapes,
+            (SqlDialect::Postgres, true) => &self.postgres_shapes,
         };
         // The maps hold no invariant a panicking holder could break halfway.
         generations
@@ -137,8 +173,13 @@ impl Analyses {
         [SqlDialect::BigQuery, SqlDialect::Postgres]
             .into_iter()
             .map(|d| {
-                let g = self.lock(d);
-                g.newer.len() + g.older.len()
+                [false, true]
+                    .into_iter()
+                    .map(|shapes| {
+                        let g = self.lock(d, shapes);
+                        g.newer.len() + g.older.len()
+                    })
+                    .sum::<usize>()
             })
             .sum()
     }
@@ -298,6 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn statements_of_one_shape_are_analyzed_once() {
+        let analyses = Analyses::default();
+        let a = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345";
+        let b = "SELECT abalance FROM pgbench_accounts WHERE aid = 7";
+        let first = analyses.of(a, SqlDialect::Postgres, Some("public"));
+        let second = analyses.of(b, SqlDialect::Postgres, Some("public"));
+        assert!(Arc::ptr_eq(&first, &second), "one analysis for both");
+        let mut expected = analyze(b, SqlDialect::Postgres);
+        expected.with_default_dataset("public");
+        assert_eq!(*second, expected);
+        assert_eq!(analyses.len(), 1);
+        // Text that does not parse is kept by its text: its error is its own.
+        let bad = |n: u32| format!("SELECT abalance FROM WHERE aid = {n}");
+        analyses.of(&bad(1), SqlDialect::Postgres, None);
+        assert_eq!(
+            *analyses.of(&bad(123456), SqlDialect::Postgres, None),
+            analyze(&bad(123456), SqlDialect::Postgres)
+        );
+        assert_eq!(analyses.len(), 3);
+    }
+
+    #[test]
     fn statements_differing_in_any_byte_are_analyzed_apart() {
         let analyses = Analyses::default();
         let select = analyses.of("SELECT * FROM a.t", SqlDialect::BigQuery, None);
@@ -321,7 +384,7 @@ mod tests {
             analyses.len()
         );
         // A recent statement is still remembered; the oldest are gone.
-        let g = analyses.lock(SqlDialect::BigQuery);
+        let g = analyses.lock(SqlDialect::BigQuery, false);
         let last = format!("SELECT {} FROM a.t", GENERATION * 5 - 1);
         assert!(g.newer.contains_key(last.as_str()));
         assert!(
@@ -351,7 +414,7 @@ mod tests {
         for i in GENERATION..(2 * GENERATION - 2) {
             analyses.of(&format!("SELECT {i} FROM a.t"), SqlDialect::BigQuery, None);
         }
-        let g = analyses.lock(SqlDialect::BigQuery);
+        let g = analyses.lock(SqlDialect::BigQuery, false);
         assert!(
             g.newer.contains_key("SELECT kept FROM a.t")
                 || g.older.contains_key("SELECT kept FROM a.t")

@@ -56,6 +56,7 @@ mod guard;
 mod names;
 mod rewrite;
 mod scope;
+mod shape;
 mod statements;
 mod walk;
 
@@ -76,6 +77,7 @@ pub use rewrite::{
     MASK_KEY_PARAM, MaskedColumn, Masking, RewriteError, SOURCE_ALIAS, mask_reads, quote_column,
     reserved_marker,
 };
+pub use shape::shape;
 
 /// Which SQL dialect to parse with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
