@@ -142,6 +142,24 @@ mod tests {
     }
 
     #[test]
+    fn any_text_is_read_without_a_panic() {
+        let parts = [
+            "=", "<", ">", "!", "<>", ">=", " ", "1", "12", "é", "😀", "'", "\"", "`", "$1", "a",
+            ".",
+        ];
+        // Every sequence of three parts, and each once more after a statement.
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    let text = format!("{a}{b}{c}");
+                    let _ = shape(&text);
+                    let _ = shape(&format!("SELECT x FROM t WHERE y {text}"));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn statements_of_one_shape_have_the_same_facts() {
         use crate::{SqlDialect, analyze};
         for (a, b, dialect) in [
