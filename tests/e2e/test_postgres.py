@@ -418,6 +418,24 @@ def test_masking_bypasses_leak_nothing(gateway, sql):
         assert secret not in cp.stdout + cp.stderr, s.describe(cp)
 
 
+def test_statements_that_differ_only_in_a_compared_number_are_decided_as_the_server_reads_them(gateway):
+    # One analysis serves statements that differ only in the numbers they compare against
+    # (analysis by shape). What else differs is decided anew: an ordinal that names the
+    # masked column, a comment that hides text, a number inside a string.
+    allowed = psql(gateway, "SELECT id, ssn FROM customers WHERE id = 1 ORDER BY 1")
+    assert allowed.returncode == 0 and "*******6789" in allowed.stdout, s.describe(allowed)
+    again = psql(gateway, "SELECT id, ssn FROM customers WHERE id = 2 ORDER BY 1")
+    assert again.returncode == 0 and "123-45" not in again.stdout, s.describe(again)
+    for sql in ["SELECT id, ssn FROM customers WHERE id = 1 ORDER BY 2",
+                "SELECT id, ssn FROM customers WHERE id = 1 /* = 2 */ ORDER BY 2",
+                "SELECT id, ssn FROM customers WHERE id = 1 -- = 2\nORDER BY 2"]:
+        cp = psql(gateway, sql)
+        assert "ERROR" in cp.stderr and "123-45" not in cp.stdout + cp.stderr, s.describe(cp)
+    quoted = psql(gateway, "SELECT id, ssn FROM customers WHERE ssn <> 'x = 5' AND id = 1")
+    assert "ERROR" in quoted.stderr and "123-45" not in quoted.stdout + quoted.stderr, s.describe(quoted)
+    assert gateway["server"].alive()
+
+
 def test_masked_reads_through_the_extended_protocol_are_masked_too(gateway):
     import hashlib
     ana = hashlib.sha256(mask_key(gateway) + b"Ana Lima").hexdigest()

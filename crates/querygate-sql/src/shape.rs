@@ -5,14 +5,16 @@
 //! (`ORDER BY 2`, `GROUP BY 2`), which never follows a comparison operator: two statements
 //! of one shape have the same facts. Conservative by construction: only a run of digits
 //! right after `=`, `<`, `>`, `<=`, `>=`, `<>` or `!=` (spaces between) and ending at a
-//! token boundary is taken out, and text the scanner cannot read with certainty (comments,
-//! backslashes, dollar or triple quotes, a NUL) has no shape: it is remembered by its text
-//! alone, as before.
+//! token boundary is taken out, and text the scanner cannot read with certainty (comments
+//! of either dialect — `--`, `/* */`, BigQuery's `#` —, backslashes, dollar or triple
+//! quotes, a NUL) has no shape: it is remembered by its text alone, as before. The scanner
+//! reads quotes as both dialects do once those are ruled out, so it never takes a number
+//! out of what the upstream reads as a string or a name.
 
 /// The shape of `sql`, or `None` when it compares against no number or cannot be read with
 /// certainty. The numbers taken out become NUL, which no statement text holds.
 pub fn shape(sql: &str) -> Option<String> {
-    if sql.contains(['\\', '\0'])
+    if sql.contains(['\\', '\0', '#'])
         || sql.contains("--")
         || sql.contains("/*")
         || sql.contains("$$")
@@ -136,6 +138,9 @@ mod tests {
             "SELECT ''' a = 1 ''' FROM t WHERE b = 2",
             "SELECT * FROM t WHERE b = 2 AND c = 'open",
             "SELECT * FROM t WHERE b = 2\0",
+            // BigQuery's `#` comment would hide a quote from the scanner: the string after
+            // it would be read as code.
+            "SELECT 1 # '\nFROM t WHERE a = 'y = 5'",
         ] {
             assert_eq!(shape(sql), None, "{sql}");
         }
