@@ -197,17 +197,12 @@ impl Pipeline {
         // read later (whose bytes the query already paid); a withheld answer carries none.
         let page = matches!(request.action, Action::Job(JobOp::Results { .. }));
         let usage = (plan.billable || page).then(|| Usage {
-            bytes: match plan.billable {
-                true => summary
-                    .bytes_billed
-                    .or(summary.bytes_processed)
-                    .unwrap_or(0),
-                false => 0,
-            },
-            rows: match withheld {
-                Some(_) => 0,
-                None => summary.rows.unwrap_or(0),
-            },
+            bytes: summary
+                .bytes_billed
+                .or(summary.bytes_processed)
+                .filter(|_| plan.billable)
+                .unwrap_or(0),
+            rows: summary.rows.filter(|_| withheld.is_none()).unwrap_or(0),
         });
         let completion = match &withheld {
             Some(message) => Completion {

@@ -82,15 +82,34 @@ impl PostgresSource {
         }
     }
 
-    /// Sends `frames` on a new session of the gateway's own, which is kept for the next
-    /// call when it can serve one.
-    async fn session(
+    /// Sends `frames` on a session of the gateway's own: a kept one when one waits, else a
+    /// new one; either is kept for the next call when it can serve one. A kept session the
+    /// server has since closed fails before it answers: the gateway's own lookups
+    /// ([`Purpose::Lookup`], read-only) run again on a new one; a client's statement never
+    /// runs twice (the call fails, and the client may run it again).
+    async fn on_session(
         &self,
         purpose: Purpose,
         settings: &[(String, String)],
         frames: BytesMut,
         expect: &[Expect],
     ) -> Result<PgReply, Fault> {
+        let frames = match self.idle.take(purpose) {
+            Some(mut kept) => {
+                let again = (purpose == Purpose::Lookup).then(|| frames.clone());
+                match exchange(&mut kept, frames, expect, false).await {
+                    Ok(reply) => {
+                        self.idle.put(purpose, kept).await;
+                        return Ok(reply);
+                    }
+                    Err(fault) => {
+                        kept.terminate().await;
+                        again.ok_or(fault)?
+                    }
+                }
+            }
+            None => frames,
+        };
         let mut upstream = crate::upstream::connect(&self.endpoint, settings).await?;
         let reply = exchange(&mut upstream, frames, expect, false).await;
         match reply {
@@ -204,26 +223,9 @@ impl PostgresSource {
         encode(&mut frames, ExecuteMessage::new(None, 0))?;
         frames.extend_from_slice(&[b'S', 0, 0, 0, 4]);
         let expect = [Expect::One, Expect::One, Expect::Execute, Expect::Ready];
-        // A kept session the server has since closed fails before it answers: the lookup
-        // (the gateway's own, read-only) runs again on a new one.
-        let reply = match self.idle.take(Purpose::Lookup) {
-            Some(mut kept) => match exchange(&mut kept, frames.clone(), &expect, false).await {
-                Ok(reply) => {
-                    self.idle.put(Purpose::Lookup, kept).await;
-                    Ok(reply)
-                }
-                Err(_) => {
-                    kept.terminate().await;
-                    self.session(Purpose::Lookup, &settings, frames, &expect)
-                        .await
-                }
-            },
-            None => {
-                self.session(Purpose::Lookup, &settings, frames, &expect)
-                    .await
-            }
-        };
-        let reply = reply?;
+        let reply = self
+            .on_session(Purpose::Lookup, &settings, frames, &expect)
+            .await?;
         if let Some(error) = reply.error {
             return Err(Fault::upstream(format!(
                 "the upstream PostgreSQL refused querygate's catalog lookup: {error}"

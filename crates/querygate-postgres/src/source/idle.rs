@@ -71,16 +71,13 @@ impl Idle {
                 )
             }
         };
-        let upstream = if reset {
+        if reset {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             if kept.iter().filter(|(p, _, _)| *p == purpose).count() < KEEP {
                 kept.push((purpose, Instant::now(), upstream));
                 return;
             }
-            upstream
-        } else {
-            upstream
-        };
+        }
         upstream.terminate().await;
     }
 }

@@ -11,7 +11,7 @@ use querygate_core::{Action, Catalog, Denial, DenialKind, Fault};
 use querygate_pipeline::{Answer, Column, Paging, ResultSet, SchemaInfo, TableInfo};
 use serde_json::Value;
 
-use super::{BYTEA, Expect, PgCall, PgReply, PostgresSource, Purpose, encode, exchange, fields};
+use super::{BYTEA, Expect, PgCall, PgReply, PostgresSource, Purpose, encode, fields};
 
 /// The schema unqualified names resolve in on a neutral call's connection.
 pub const SCHEMA: &str = "public";
@@ -216,23 +216,9 @@ impl PostgresSource {
             ]
         };
         frames.extend_from_slice(&[b'S', 0, 0, 0, 4]);
-        // A client's statement never runs twice: a kept session the server has since
-        // closed fails the call (the client may run it again, on a new session).
-        let reply = match self.idle.take(Purpose::Neutral) {
-            Some(mut kept) => {
-                let reply = exchange(&mut kept, frames, &expect, false).await;
-                match reply {
-                    Ok(_) => self.idle.put(Purpose::Neutral, kept).await,
-                    Err(_) => kept.terminate().await,
-                }
-                reply
-            }
-            None => {
-                self.session(Purpose::Neutral, &settings, frames, &expect)
-                    .await
-            }
-        };
-        let reply = reply?;
+        let reply = self
+            .on_session(Purpose::Neutral, &settings, frames, &expect)
+            .await?;
         if let Some(message) = reply.error.clone() {
             return Ok(PgReply::neutral(Answer::Error { message }));
         }
