@@ -233,15 +233,6 @@ pub enum Amount {
     Rows(u64),
 }
 
-impl std::fmt::Display for Amount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Amount::Bytes(b) => f.write_str(&crate::format_bytes(*b)),
-            Amount::Rows(r) => f.write_str(&crate::format_rows(*r)),
-        }
-    }
-}
-
 pub(crate) enum Check {
     No,
     Yes,

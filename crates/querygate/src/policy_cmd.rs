@@ -450,15 +450,12 @@ fn evaluate(
         query: true,
         dry_run: false,
         estimable: subject.opaque.is_none(),
+        // As the data path holds the identity: bytes where the source bills them.
         budgets: {
-            // As the data path holds the identity: bytes where the source bills them.
             let mut budgets = policies.budgets(&identity);
-            if matches!(
-                source.kind.get_ref(),
-                crate::config::SourceKind::Postgres(_)
-            ) {
-                budgets.bytes = None;
-            }
+            budgets.bytes = budgets
+                .bytes
+                .filter(|_| source.kind.get_ref().bills_bytes());
             budgets
         },
         used_today: Default::default(),

@@ -81,6 +81,12 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// Whether the kind's source bills by bytes (what `Source::bills_bytes` answers for
+    /// it): byte budgets hold there.
+    pub fn bills_bytes(&self) -> bool {
+        !matches!(self, SourceKind::Postgres(_))
+    }
+
     /// The kind's own settings, checked. `kind` is the span of `kind = "..."`, for what
     /// is missing.
     fn check(&self, kind: Range<usize>, project: &str) -> Result<(), (Range<usize>, String)> {
