@@ -50,8 +50,9 @@ pub(crate) enum Entry {
         hash: String,
         /// (identity, day, usage) to add to usage.
         usage: Option<(String, String, Usage)>,
-        /// What SQLite indexes the record by.
-        keys: Keys,
+        /// What SQLite indexes the record by; `None` for an entry read back from a journal
+        /// file (they are read from the record's text only if it is indexed then).
+        keys: Option<Keys>,
     },
     /// A job claim (idempotent: an existing owner is never replaced).
     Claim(JobRow),
@@ -77,7 +78,7 @@ impl Keys {
 
     /// Read back from a record's text (a journal read again: the journal does not repeat
     /// them).
-    fn of_text(record: &str) -> Keys {
+    pub(crate) fn of_text(record: &str) -> Keys {
         let v: Value = serde_json::from_str(record).unwrap_or(Value::Null);
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         Keys {
@@ -137,7 +138,7 @@ impl Entry {
         match v.get("t")?.as_str()? {
             "record" => Some(Entry::Record {
                 seq: v.get("seq")?.as_u64()?,
-                keys: Keys::of_text(v.get("record")?.as_str()?),
+                keys: None,
                 record: s("record")?,
                 prev_hash: s("prev")?,
                 hash: s("hash")?,
@@ -399,7 +400,7 @@ mod tests {
         Entry::Record {
             seq,
             record: format!("{{\"seq\":{seq}}}"),
-            keys: Keys::default(),
+            keys: None,
             prev_hash: "p".into(),
             hash: "h".into(),
             usage: Some((

@@ -445,7 +445,7 @@ async fn journalled_records_survive_a_crash_before_indexing() {
         let hash = querygate_core::audit::chain_hash(&prev, &encoded);
         entries.push(journal::Entry::Record {
             seq,
-            keys: journal::Keys::of(&r),
+            keys: Some(journal::Keys::of(&r)),
             record: encoded,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
@@ -488,6 +488,21 @@ async fn journalled_records_survive_a_crash_before_indexing() {
             rows: 2
         }
     );
+    // Indexed from the journal by their identity too (read from each record's text).
+    let mut found = Vec::new();
+    Reader::open(&path)
+        .expect("reader")
+        .records(
+            &AuditFilter {
+                identity: Some("agent:x".into()),
+                since: Some("2026-11-27T00:00:00Z".into()),
+                ..AuditFilter::default()
+            },
+            None,
+            |r| found.push(r.record.seq),
+        )
+        .expect("read");
+    assert_eq!(found, vec![1, 2, 3, 4, 5]);
     // The chain goes on from the recovered head.
     assert_eq!(store.append(record("SELECT 6")).await.expect("append"), 6);
     drop(store);

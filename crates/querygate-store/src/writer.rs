@@ -15,6 +15,7 @@
 //! [`JOURNAL_SIZE`] bytes, too long to do between two groups); the indexer deletes the
 //! full file after an index commit with `synchronous = FULL`.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -314,7 +315,7 @@ impl Writer {
                     let hash = chain_hash(&prev, &encoded);
                     entries.push(Entry::Record {
                         seq,
-                        keys: crate::journal::Keys::of(record),
+                        keys: Some(crate::journal::Keys::of(record)),
                         record: encoded,
                         prev_hash: std::mem::replace(&mut prev, hash.clone()),
                         hash,
@@ -647,6 +648,10 @@ pub(crate) fn insert(conn: &mut Connection, entries: &[Entry]) -> rusqlite::Resu
                             usage.rows as i64
                         ])?;
                     }
+                    let keys = match keys {
+                        Some(keys) => Cow::Borrowed(keys),
+                        None => Cow::Owned(crate::journal::Keys::of_text(encoded)),
+                    };
                     record.execute(params![
                         *seq as i64,
                         encoded,
